@@ -1,0 +1,95 @@
+"""One config object per checkpoint, round-tripping through JSON (config.json)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class ModelConfig(BaseModel):
+    """Hyperparameters of an S4D network (the paper's options, plus serving-relevant ones)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    d_input: int = Field(1, ge=1)
+    d_model: int = Field(128, ge=1)
+    d_state: int = Field(64, ge=2, description="N; N/2 complex modes per channel")
+    n_layers: int = Field(4, ge=1)
+    d_output: int = Field(10, ge=1)
+    patch_size: int = Field(1, ge=1, description="samples folded into one step by the encoder")
+    init: Literal["legs", "inv", "lin", "real", "random"] = "legs"
+    discretization: Literal["zoh", "bilinear"] = "zoh"
+    real_transform: Literal["exp", "relu", "none"] = "exp"
+    trainable_B: bool = False
+    dt_min: float = Field(1e-3, gt=0)
+    dt_max: float = Field(1e-1, gt=0)
+    norm: Literal["layer", "none"] = "layer"
+    prenorm: bool = True
+    dropout: float = Field(0.0, ge=0, lt=1)
+    pooling: Literal["mean", "last", "none"] = "mean"
+    bidirectional: bool = False
+    lr_ssm: float = Field(1e-3, gt=0)
+    input_mean: list[float] | None = None
+    input_std: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if self.d_state % 2:
+            raise ValueError("d_state must be even (conjugate pairs: N/2 complex modes)")
+        if self.dt_min > self.dt_max:
+            raise ValueError("dt_min must not exceed dt_max")
+        for name in ("input_mean", "input_std"):
+            value = getattr(self, name)
+            if value is not None and len(value) != self.d_input:
+                raise ValueError(f"{name} needs {self.d_input} values, got {len(value)}")
+        if self.input_std is not None and any(s <= 0 for s in self.input_std):
+            raise ValueError("input_std must be positive")
+        return self
+
+    @property
+    def n_modes(self) -> int:
+        return self.d_state // 2
+
+
+class TaskConfig(BaseModel):
+    """What the model's inputs and outputs mean, for serving."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "custom"
+    description: str = ""
+    sample_rate: int = Field(16000, ge=1)
+    input_channels: int = Field(1, ge=1)
+    class_names: list[str] = Field(default_factory=list)
+    frame_size: int = Field(320, ge=1, description="default streaming frame, in samples")
+    labels_from_generated_data: bool = False
+
+
+class CheckpointConfig(BaseModel):
+    """Everything config.json holds: network, task, and the record of how it was trained."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format_version: int = 1
+    model: ModelConfig
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    training: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CheckpointConfig:
+        if self.task.input_channels != self.model.d_input:
+            raise ValueError(
+                f"task.input_channels={self.task.input_channels} != model.d_input={self.model.d_input}"
+            )
+        if self.task.class_names and len(self.task.class_names) != self.model.d_output:
+            raise ValueError(
+                f"{len(self.task.class_names)} class names for d_output={self.model.d_output}"
+            )
+        if self.task.frame_size % self.model.patch_size:
+            raise ValueError("task.frame_size must be a multiple of model.patch_size")
+        return self
+
+    def class_names(self) -> list[str]:
+        return self.task.class_names or [str(i) for i in range(self.model.d_output)]

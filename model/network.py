@@ -1,0 +1,116 @@
+"""The deep S4D classifier: encoder -> n x [norm, S4D, GELU, dropout, linear+GLU, residual]
+-> pooling -> decoder. Everything but the S4D core is position-wise, which is what makes the
+exact chunked streaming form (model/streaming.py) possible."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+from .s4d import S4D
+
+
+class S4DBlock(nn.Module):
+    """One residual block; the pieces are exposed so the streaming form reuses them."""
+
+    def __init__(self, cfg: ModelConfig, generator: torch.Generator | None = None):
+        super().__init__()
+        self.cfg = cfg
+        h = cfg.d_model
+        self.norm = nn.LayerNorm(h) if cfg.norm == "layer" else nn.Identity()
+        self.s4d = S4D(cfg, generator)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.output_linear = nn.Linear(h, 2 * h)
+
+    def pre(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x) if self.cfg.prenorm else x
+
+    def post(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Everything after the S4D core: GELU, dropout, linear + GLU, dropout, residual."""
+        z = self.dropout(F.gelu(y))
+        z = self.dropout(F.glu(self.output_linear(z), dim=-1))
+        x = x + z
+        return x if self.cfg.prenorm else self.norm(x)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        u = self.pre(x)
+        if mask is not None and self.cfg.bidirectional:
+            u = u * mask  # padding must not leak backwards in time
+        return self.post(x, self.s4d(u))
+
+
+class S4DNetwork(nn.Module):
+    def __init__(self, cfg: ModelConfig, seed: int | None = 0):
+        super().__init__()
+        self.cfg = cfg
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        d_in = cfg.d_input
+        mean = torch.tensor(cfg.input_mean or [0.0] * d_in, dtype=torch.float32)
+        std = torch.tensor(cfg.input_std or [1.0] * d_in, dtype=torch.float32)
+        self.register_buffer("input_mean", mean)
+        self.register_buffer("input_std", std)
+        self.encoder = nn.Linear(d_in * cfg.patch_size, cfg.d_model)
+        self.blocks = nn.ModuleList([S4DBlock(cfg, gen) for _ in range(cfg.n_layers)])
+        self.decoder = nn.Linear(cfg.d_model, cfg.d_output)
+
+    def ssm_parameters(self) -> list[nn.Parameter]:
+        return [p for b in self.blocks for p in b.s4d.kernel.ssm_parameters()]
+
+    def parameter_groups(self, lr: float, weight_decay: float) -> list[dict]:
+        """AdamW groups: the SSM parameters get their own lr and no weight decay (as in S4D)."""
+        ssm = {id(p) for p in self.ssm_parameters()}
+        rest = [p for p in self.parameters() if id(p) not in ssm and p.requires_grad]
+        decay = [p for p in rest if p.ndim >= 2]
+        no_decay = [p for p in rest if p.ndim < 2]
+        return [
+            {"params": decay, "lr": lr, "weight_decay": weight_decay},
+            {"params": no_decay, "lr": lr, "weight_decay": 0.0},
+            {"params": self.ssm_parameters(), "lr": self.cfg.lr_ssm, "weight_decay": 0.0},
+        ]
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalize and fold patches: [B, L, d_in] -> encoder output [B, L // p, H]."""
+        p = self.cfg.patch_size
+        x = (x - self.input_mean.to(x.dtype)) / self.input_std.to(x.dtype)
+        b, length, c = x.shape
+        steps = length // p
+        x = x[:, : steps * p].reshape(b, steps, p * c)
+        return self.encoder(x)
+
+    def features(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-step features after the last block, [B, steps, H]."""
+        h = self.embed(x)
+        mask = None
+        if lengths is not None:
+            steps = torch.div(lengths, self.cfg.patch_size, rounding_mode="floor")
+            pos = torch.arange(h.shape[1], device=h.device)
+            mask = (pos.unsqueeze(0) < steps.unsqueeze(1)).unsqueeze(-1).to(h.dtype)
+        for block in self.blocks:
+            h = block(h, mask)
+        return h
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, classes] (mean/last pooling) or [B, steps, classes] (pooling none)."""
+        h = self.features(x, lengths)
+        pooling = self.cfg.pooling
+        if pooling == "none":
+            return self.decoder(h)
+        steps = h.shape[1]
+        if lengths is None:
+            n_valid = torch.full((h.shape[0],), steps, device=h.device, dtype=torch.long)
+        else:
+            n_valid = torch.div(lengths.to(h.device), self.cfg.patch_size, rounding_mode="floor")
+        if torch.any(n_valid < 1):
+            raise ValueError(f"every sequence needs at least patch_size={self.cfg.patch_size} samples")
+        if pooling == "mean":
+            pos = torch.arange(steps, device=h.device)
+            mask = (pos.unsqueeze(0) < n_valid.unsqueeze(1)).unsqueeze(-1).to(h.dtype)
+            pooled = (h * mask).sum(1) / n_valid.unsqueeze(-1).to(h.dtype)
+        else:
+            pooled = h[torch.arange(h.shape[0], device=h.device), n_valid - 1]
+        return self.decoder(pooled)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

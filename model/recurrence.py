@@ -1,0 +1,69 @@
+"""The classical recurrent step, one sample (step) at a time: the simple reference that
+tests and benchmarks compare the chunked form against.
+
+x_t = dA * x_{t-1} + dB * u_t,   y_t = 2 Re(C . x_t) + D u_t   (complex state per channel)
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from .network import S4DNetwork
+from .streaming import NotStreamableError
+
+
+class PerSampleStepper:
+    """Steps a frozen network step by step; state is complex [B, layers, H, M] + pooling."""
+
+    def __init__(self, network: S4DNetwork, dtype: torch.dtype = torch.float64, device=None):
+        if network.cfg.bidirectional:
+            raise NotStreamableError("bidirectional networks have no recurrent form")
+        self.cfg = network.cfg
+        device = device or next(network.parameters()).device
+        self.net = copy.deepcopy(network).eval().to(device=device, dtype=dtype)
+        self.dtype = dtype
+        with torch.no_grad():
+            disc = [b.s4d.kernel.discrete(dtype) for b in self.net.blocks]
+        self.da = torch.stack([d[0] for d in disc])  # [layers, H, M]
+        self.db = torch.stack([d[1] for d in disc])
+        self.c = torch.stack([d[3][0] for d in disc])
+        self.d = torch.stack([b.s4d.kernel.d for b in self.net.blocks]).detach()
+
+    def zero_state(self, batch: int) -> dict[str, torch.Tensor]:
+        c = self.cfg
+        dev = self.da.device
+        return {
+            "x": torch.zeros(batch, c.n_layers, c.d_model, c.n_modes, dtype=self.da.dtype, device=dev),
+            "pool": torch.zeros(batch, c.d_model, dtype=self.dtype, device=dev),
+            "count": torch.zeros(batch, 1, dtype=self.dtype, device=dev),
+        }
+
+    @torch.no_grad()
+    def step(self, frames: torch.Tensor, state: dict[str, torch.Tensor]):
+        """Same contract as StreamingNetwork.step, computed one step at a time."""
+        h_all = self.net.embed(frames.to(self.dtype))  # [B, S, H]
+        x = state["x"].clone()
+        pool, count = state["pool"], state["count"]
+        outs = []
+        for t in range(h_all.shape[1]):
+            h = h_all[:, t]
+            for i, block in enumerate(self.net.blocks):
+                u = block.pre(h)
+                x[:, i] = self.da[i] * x[:, i] + self.db[i] * u.unsqueeze(-1)
+                y = 2 * (self.c[i] * x[:, i]).sum(-1).real + self.d[i] * u
+                h = block.post(h, y)
+            count = count + 1
+            if self.cfg.pooling == "mean":
+                pool = pool + h
+            elif self.cfg.pooling == "last":
+                pool = h
+            outs.append(h)
+        if self.cfg.pooling == "mean":
+            logits = self.net.decoder(pool / count)
+        elif self.cfg.pooling == "last":
+            logits = self.net.decoder(pool)
+        else:
+            logits = self.net.decoder(torch.stack(outs, 1))
+        return logits, {"x": x, "pool": pool, "count": count}

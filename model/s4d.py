@@ -1,0 +1,188 @@
+"""The S4D layer (Gu, Gupta, Goel, Re 2022): diagonal A, Vandermonde kernel, FFT convolution.
+
+Per channel h and complex mode n (N/2 modes; the conjugate halves are implicit, hence the
+factor 2 and the real part): K_l = 2 Re sum_n C_n dB_n dA_n^l,  y = K * u + D u.
+`discretize` is shared with the recurrent forms so every path uses the same numbers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+
+INITS = ("legs", "inv", "lin", "real", "random")
+
+
+def hippo_legs(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The HiPPO-LegS matrix A (N x N) and vector B, float64 (as in S4)."""
+    q = np.arange(n, dtype=np.float64)
+    r = np.sqrt(2 * q + 1)
+    a = -np.tril(np.outer(r, r), -1) - np.diag(q + 1)
+    return a, r.copy()
+
+
+def legs_normal_eig(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Eigen-decomposition of the normal part of HiPPO-LegS, A + P P^T with P = sqrt(q + 1/2).
+
+    Returns the N/2 eigenvalues with positive imaginary part and V^* B for them (S4D-LegS).
+    The normal part is -1/2 I plus a skew-symmetric matrix, so the real parts are all -1/2.
+    """
+    a, b = hippo_legs(n)
+    p = np.sqrt(np.arange(n) + 0.5)
+    a_normal = a + np.outer(p, p)
+    skew = a_normal + 0.5 * np.eye(n)
+    w_imag, v = np.linalg.eigh(-1j * skew)  # skew = i * (Hermitian -i*skew)
+    order = np.argsort(w_imag)[::-1][: n // 2]  # positive imaginary parts, conjugates implicit
+    lam = -0.5 + 1j * w_imag[order]
+    vb = v[:, order].conj().T @ b
+    return lam, vb
+
+
+def init_modes(init: str, n_state: int, generator: torch.Generator | None = None):
+    """A (complex, [N/2]) and B (complex, [N/2]) for one channel under an S4D init."""
+    m = n_state // 2
+    n = np.arange(m, dtype=np.float64)
+    b = np.ones(m, dtype=np.complex128)
+    if init == "lin":
+        a = -0.5 + 1j * math.pi * n
+    elif init == "inv":
+        a = -0.5 + 1j * (n_state / math.pi) * (n_state / (2 * n + 1) - 1)
+    elif init == "legs":
+        a, b = legs_normal_eig(n_state)
+    elif init == "real":
+        a = -(n + 1) + 0j
+    elif init == "random":
+        g = torch.randn(m, generator=generator, dtype=torch.float64).numpy()
+        a = -0.5 + 1j * np.exp(g)
+    else:
+        raise ValueError(f"unknown init {init!r}; expected one of {INITS}")
+    return torch.as_tensor(a, dtype=torch.complex128), torch.as_tensor(b, dtype=torch.complex128)
+
+
+def discretize(dt: torch.Tensor, a: torch.Tensor, b: torch.Tensor, method: str):
+    """(dA, dB, log dA) for dt [H], A [H, M], B [H, M] (complex). ZOH or bilinear."""
+    dta = dt.unsqueeze(-1) * a
+    if method == "zoh":
+        da = torch.exp(dta)
+        db = (da - 1) / a * b
+        log_da = dta
+    elif method == "bilinear":
+        denom = 1 - dta / 2
+        da = (1 + dta / 2) / denom
+        db = dt.unsqueeze(-1) / denom * b
+        log_da = torch.log(da)
+    else:
+        raise ValueError(f"unknown discretization {method!r}")
+    return da, db, log_da
+
+
+def vandermonde_kernel(coef: torch.Tensor, log_da: torch.Tensor, length: int) -> torch.Tensor:
+    """K[..., l] = 2 Re sum_n coef[..., n] exp(l log_da[..., n]), l < length (chunked in l)."""
+    out = []
+    step = max(1, (1 << 22) // max(1, coef.numel()))
+    real_dtype = coef.real.dtype
+    for start in range(0, length, step):
+        pos = torch.arange(start, min(length, start + step), device=coef.device, dtype=real_dtype)
+        vander = torch.exp(log_da.unsqueeze(-1) * pos)  # [..., M, l]
+        out.append(2 * torch.einsum("...n,...nl->...l", coef, vander).real)
+    return torch.cat(out, dim=-1)
+
+
+def causal_conv(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """y[..., t] = sum_{s<=t} k[..., t-s] u[..., s] by FFT of length 2L (no wrap-around)."""
+    length = u.shape[-1]
+    n = 2 * length
+    y = torch.fft.irfft(torch.fft.rfft(u, n=n) * torch.fft.rfft(k, n=n), n=n)
+    return y[..., :length]
+
+
+class S4DKernel(nn.Module):
+    """The SSM parameters of H channels and their discretized kernel."""
+
+    def __init__(self, cfg: ModelConfig, seed_generator: torch.Generator | None = None):
+        super().__init__()
+        h, m = cfg.d_model, cfg.n_modes
+        self.cfg = cfg
+        log_dt = torch.rand(h, generator=seed_generator, dtype=torch.float64) * (
+            math.log(cfg.dt_max) - math.log(cfg.dt_min)
+        ) + math.log(cfg.dt_min)
+        a, b = init_modes(cfg.init, cfg.d_state, seed_generator)
+        a = a.expand(h, m).clone()
+        b = b.expand(h, m).clone()
+        n_kernels = 2 if cfg.bidirectional else 1
+        c = torch.randn(n_kernels, h, m, 2, generator=seed_generator, dtype=torch.float64)
+        c = c * math.sqrt(0.5)
+        if cfg.real_transform == "exp":
+            a_real_raw = torch.log(-a.real)
+        else:
+            a_real_raw = -a.real
+        self.log_dt = nn.Parameter(log_dt.float())
+        self.a_real_raw = nn.Parameter(a_real_raw.float())
+        self.a_imag = nn.Parameter(a.imag.float())
+        b_real = torch.view_as_real(b).float()
+        if cfg.trainable_B:
+            self.b = nn.Parameter(b_real)
+        else:
+            self.register_buffer("b", b_real)
+        self.c = nn.Parameter(c.float())
+        self.d = nn.Parameter(torch.randn(h, generator=seed_generator, dtype=torch.float64).float())
+
+    def ssm_parameters(self) -> list[nn.Parameter]:
+        """The parameters that train with their own lr and no weight decay."""
+        params = [self.log_dt, self.a_real_raw, self.a_imag]
+        if isinstance(self.b, nn.Parameter):
+            params.append(self.b)
+        return params
+
+    def continuous(self, dtype: torch.dtype | None = None):
+        """(dt [H], A [H, M], B [H, M], C [K, H, M]) as complex tensors in `dtype` precision."""
+        real = dtype or self.log_dt.dtype
+        transform = self.cfg.real_transform
+        raw = self.a_real_raw.to(real)
+        if transform == "exp":
+            a_real = -torch.exp(raw)
+        elif transform == "relu":
+            a_real = -torch.clamp(F.relu(raw), min=1e-4)
+        else:
+            a_real = -raw
+        a = torch.complex(a_real, self.a_imag.to(real))
+        b = torch.view_as_complex(self.b.to(real).contiguous())
+        c = torch.view_as_complex(self.c.to(real).contiguous())
+        return torch.exp(self.log_dt.to(real)), a, b, c
+
+    def discrete(self, dtype: torch.dtype | None = None):
+        """(dA, dB, log dA, C) for the configured discretization."""
+        dt, a, b, c = self.continuous(dtype)
+        da, db, log_da = discretize(dt, a, b, self.cfg.discretization)
+        return da, db, log_da, c
+
+    def kernel(self, length: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """K [n_kernels, H, L]: the Vandermonde product 2 Re sum_n C_n dB_n dA_n^l."""
+        da, db, log_da, c = self.discrete(dtype)
+        return vandermonde_kernel(c * db, log_da, length)
+
+
+class S4D(nn.Module):
+    """One S4D layer on [B, L, H]: FFT convolution with the kernel plus the D skip."""
+
+    def __init__(self, cfg: ModelConfig, seed_generator: torch.Generator | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.kernel = S4DKernel(cfg, seed_generator)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        length = u.shape[1]
+        x = u.transpose(1, 2)  # [B, H, L]
+        k = self.kernel.kernel(length, dtype=x.dtype)
+        y = causal_conv(x, k[0])
+        if self.cfg.bidirectional:
+            k_back = F.pad(k[1, :, :-1], (1, 0))  # lags start at 1: no double-counted u_t
+            y = y + causal_conv(x.flip(-1), k_back).flip(-1)
+        y = y + self.kernel.d.to(x.dtype).unsqueeze(-1) * x
+        return y.transpose(1, 2)
