@@ -1,0 +1,98 @@
+"""PyTorch backend: `S4DNetwork` (FFT convolution) for batches, `StreamingNetwork` for streams.
+
+Everything runs under `torch.inference_mode()`: the state slab is updated in place, and under
+autograd every frame would be chained into one ever-growing graph.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from server.backends.base import Backend, BackendError, ModelMetadata, State, register_backend
+from server.slab import TorchSlabStorage
+
+log = logging.getLogger("s4d.backend.torch")
+
+
+@register_backend
+class TorchBackend(Backend):
+    name = "torch"
+
+    def __init__(self, network, streaming, config, metadata: ModelMetadata, device: torch.device):
+        self.network = network
+        self.streaming = streaming
+        self.config = config
+        self.metadata = metadata
+        self.device = device
+
+    @classmethod
+    def load(cls, checkpoint_dir: Path, device: str, *, name: str | None = None) -> TorchBackend:
+        from model.checkpoint import load_checkpoint
+        from model.streaming import NotStreamableError, StreamingNetwork
+
+        checkpoint_dir = Path(checkpoint_dir)
+        dev = torch.device(device)
+        network, config = load_checkpoint(checkpoint_dir, device=str(dev), dtype=torch.float32)
+        network.eval()
+        for p in network.parameters():
+            p.requires_grad_(False)
+        task, mcfg = config.task, config.model
+        frame_size = int(task.frame_size)
+        streaming = None
+        state_bytes = 0
+        try:
+            streaming = StreamingNetwork(network, frame_size, dtype=torch.float32, device=dev)
+            streaming.eval()
+            state_bytes = int(streaming.state_bytes_per_session)
+            frame_size = int(streaming.frame_size)
+        except NotStreamableError as exc:
+            log.info("model %s is batch-only: %s", name or checkpoint_dir.name, exc)
+        except ValueError as exc:
+            raise BackendError(f"{checkpoint_dir}: cannot build the streaming network: {exc}") from exc
+        meta = ModelMetadata(
+            name=name or checkpoint_dir.name,
+            description=str(getattr(task, "description", "") or ""),
+            task=str(getattr(task, "name", "") or ""),
+            sample_rate=int(task.sample_rate),
+            input_channels=int(task.input_channels),
+            classes=tuple(str(c) for c in task.class_names),
+            frame_size=frame_size,
+            patch_size=int(getattr(mcfg, "patch_size", 1) or 1),
+            streamable=streaming is not None,
+            state_bytes_per_session=state_bytes,
+            parameters=int(sum(p.numel() for p in network.parameters())),
+            pooling=str(mcfg.pooling),
+            backend=cls.name,
+            device=str(dev),
+        )
+        if len(meta.classes) != int(mcfg.d_output):
+            raise BackendError(
+                f"{checkpoint_dir}: {len(meta.classes)} class names for d_output={mcfg.d_output}"
+            )
+        return cls(network, streaming, config, meta, dev)
+
+    def predict(self, batch: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
+            n = torch.from_numpy(np.asarray(lengths, dtype=np.int64)).to(self.device)
+            logits = self.network(x, n)
+            return logits.float().cpu().numpy()
+
+    def new_slab(self, max_sessions: int) -> TorchSlabStorage:
+        if self.streaming is None:
+            raise BackendError(f"model {self.metadata.name} is not streamable")
+        with torch.inference_mode():
+            template = self.streaming.zero_state(1)
+        return TorchSlabStorage(template, max_sessions, device=self.device)
+
+    def step(self, frames: np.ndarray, state: State) -> tuple[np.ndarray, State]:
+        if self.streaming is None:
+            raise BackendError(f"model {self.metadata.name} is not streamable")
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32)).to(self.device)
+            logits, new_state = self.streaming.step(x, state)
+            return logits.float().cpu().numpy(), new_state
