@@ -1,0 +1,479 @@
+"""REST + streaming clients for s4d-serve, speaking only the wire protocol (server/PROTOCOL.md).
+
+    from clients import S4DClient
+    with S4DClient("http://127.0.0.1:8000") as c:
+        print(c.models())
+        print(c.predict("kws-s4d", "yes.wav")[0].label)
+        for r in c.stream_file("kws-s4d", "yes.wav"):
+            print(r["offset"], r["label"])
+
+`AsyncS4DClient` is the same API with coroutines and async iterators.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from . import io as cio
+from ._portal import Portal
+from .errors import S4DError
+from .stream import AsyncStreamSession, ws_url_for
+
+DEFAULT_URL = os.environ.get("S4D_URL", "http://127.0.0.1:8000")
+
+PathLike = str | os.PathLike
+
+
+@dataclass
+class Prediction:
+    """One sequence's prediction. ``per_step`` is [steps, classes] when asked for."""
+
+    label: str
+    probabilities: dict[str, float]
+    num_samples: int
+    per_step: np.ndarray | None = None
+    raw: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_json(cls, d: dict) -> Prediction:
+        per_step = d.get("per_step")
+        return cls(
+            label=str(d.get("label")),
+            probabilities={str(k): float(v) for k, v in (d.get("probabilities") or {}).items()},
+            num_samples=int(d.get("num_samples", 0)),
+            per_step=None if per_step is None else np.asarray(per_step, dtype=np.float32),
+            raw=d,
+        )
+
+    def to_dict(self) -> dict:
+        out: dict[str, Any] = {
+            "label": self.label,
+            "probabilities": self.probabilities,
+            "num_samples": self.num_samples,
+        }
+        if self.per_step is not None:
+            out["per_step"] = self.per_step.tolist()
+        return out
+
+
+def _is_pathlike(x: Any) -> bool:
+    return isinstance(x, (str, os.PathLike))
+
+
+def _error_from_response(resp: httpx.Response) -> S4DError:
+    try:
+        err = resp.json().get("error", {})
+        code, message = (
+            str(err.get("code", f"http_{resp.status_code}")),
+            str(err.get("message", "")),
+        )
+    except Exception:  # noqa: BLE001 - not our JSON
+        code, message = f"http_{resp.status_code}", resp.text[:500]
+    return S4DError(code, message, resp.status_code)
+
+
+def _seq_to_json(x: np.ndarray, what: str) -> list:
+    a = cio.as_2d(x, what=what)
+    if not np.isfinite(a).all():
+        raise S4DError("non_finite", f"{what}: NaN or Inf in the input")
+    return a[:, 0].tolist() if a.shape[1] == 1 else a.tolist()
+
+
+def _arrays_to_batch(inputs: Any) -> list[np.ndarray]:
+    """An array [L] or [L, C] is one sequence, [B, L, C] a batch; a list is a batch."""
+    if isinstance(inputs, np.ndarray):
+        if inputs.ndim == 3:
+            return list(inputs)
+        return [inputs]
+    return [np.asarray(x) for x in inputs]
+
+
+class AsyncS4DClient:
+    """Async client. ``await client.aclose()`` (or ``async with``) when done."""
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        timeout: float = 60.0,
+        headers: dict[str, str] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.headers = headers
+        self._http = httpx.AsyncClient(
+            base_url=self.url,
+            timeout=timeout,
+            headers=headers,
+            transport=transport,
+            trust_env=False,
+        )
+        self._meta: dict[str, dict] = {}
+
+    async def __aenter__(self) -> AsyncS4DClient:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # ------------------------------------------------------------------ REST
+    async def _request(self, method: str, path: str, **kw: Any) -> Any:
+        try:
+            resp = await self._http.request(method, path, **kw)
+        except httpx.TimeoutException as exc:
+            raise S4DError("timeout", f"{method} {path}: {exc}") from exc
+        except httpx.TransportError as exc:
+            raise S4DError("connection_error", f"{self.url}{path}: {exc}") from exc
+        if resp.status_code >= 400:
+            raise _error_from_response(resp)
+        try:
+            return resp.json()
+        except json.JSONDecodeError as exc:
+            raise S4DError("bad_response", f"{path}: not JSON: {resp.text[:200]}") from exc
+
+    async def health(self) -> dict:
+        return await self._request("GET", "/healthz")
+
+    async def ready(self) -> bool:
+        try:
+            await self._request("GET", "/readyz")
+            return True
+        except S4DError:
+            return False
+
+    async def wait_ready(self, timeout: float = 30.0, interval: float = 0.1) -> None:
+        """Poll /readyz until the server is ready; S4DError('timeout') otherwise."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if await self.ready():
+                return
+            await asyncio.sleep(interval)
+        raise S4DError("timeout", f"{self.url} not ready within {timeout} s")
+
+    async def models(self) -> list[dict]:
+        """Metadata of every served model (see META in PROTOCOL.md)."""
+        models = (await self._request("GET", "/v1/models"))["models"]
+        for m in models:
+            self._meta[m["name"]] = m
+        return models
+
+    async def model(self, name: str) -> dict:
+        meta = await self._request("GET", f"/v1/models/{name}")
+        self._meta[name] = meta
+        return meta
+
+    async def _cached_model(self, name: str) -> dict:
+        return self._meta.get(name) or await self.model(name)
+
+    async def predict(
+        self,
+        model: str,
+        inputs: Any,
+        *,
+        sample_rate: int | None = None,
+        per_step: bool = False,
+    ) -> list[Prediction]:
+        """Batch prediction (the server's FFT path); one Prediction per sequence, in order.
+
+        inputs: a file path (WAV/CSV/NPY are uploaded as they are, so the server resamples
+        WAV; a WFDB record is read here, resampled to the model's rate and sent as JSON), a
+        list of paths, a numpy array ([L] or [L, C] = one sequence, [B, L, C] = a batch), or
+        a list of arrays (sequences may differ in length). ``sample_rate`` tells the server
+        the arrays' rate.
+        """
+        if _is_pathlike(inputs):
+            return await self._predict_files(model, [inputs], per_step)
+        if isinstance(inputs, (list, tuple)) and inputs and all(_is_pathlike(x) for x in inputs):
+            return await self._predict_files(model, list(inputs), per_step)
+        batch = _arrays_to_batch(inputs)
+        if not batch:
+            raise S4DError("bad_input", "no inputs")
+        return await self._predict_json(model, batch, sample_rate, per_step)
+
+    async def _predict_json(
+        self, model: str, batch: Sequence[np.ndarray], sample_rate: int | None, per_step: bool
+    ) -> list[Prediction]:
+        body: dict[str, Any] = {
+            "inputs": [_seq_to_json(x, f"inputs[{i}]") for i, x in enumerate(batch)]
+        }
+        if sample_rate is not None:
+            body["sample_rate"] = int(sample_rate)
+        if per_step:
+            body["per_step"] = True
+        data = await self._request("POST", f"/v1/models/{model}/predict", json=body)
+        return [Prediction.from_json(p) for p in data["predictions"]]
+
+    async def _predict_files(
+        self, model: str, paths: list[PathLike], per_step: bool
+    ) -> list[Prediction]:
+        # uploadable formats go in one multipart request; WFDB records are sent as JSON
+        fmts = [cio.detect_format(p) for p in paths]
+        results: list[Prediction | None] = [None] * len(paths)
+        upload = [i for i, f in enumerate(fmts) if f in cio.UPLOAD_CONTENT_TYPES]
+        other = [i for i, f in enumerate(fmts) if f not in cio.UPLOAD_CONTENT_TYPES]
+        if upload:
+            with contextlib.ExitStack() as stack:
+                files = []
+                for i in upload:
+                    fh = stack.enter_context(open(paths[i], "rb"))  # noqa: SIM115
+                    files.append(
+                        ("file", (Path(paths[i]).name, fh, cio.UPLOAD_CONTENT_TYPES[fmts[i]]))
+                    )
+                data = {"per_step": "true"} if per_step else None
+                out = await self._request(
+                    "POST", f"/v1/models/{model}/predict", files=files, data=data
+                )
+            preds = out["predictions"]
+            if len(preds) != len(upload):
+                raise S4DError("bad_response", f"{len(preds)} predictions for {len(upload)} files")
+            for i, p in zip(upload, preds, strict=True):
+                results[i] = Prediction.from_json(p)
+        if other:
+            meta = await self._cached_model(model)
+            batch = []
+            for i in other:
+                x, rate = cio.read_file(paths[i])
+                batch.append(
+                    cio.conform(x, rate, meta.get("sample_rate"), meta.get("input_channels"))
+                )
+            preds = await self._predict_json(model, batch, None, per_step)
+            for i, p in zip(other, preds, strict=True):
+                results[i] = p
+        return results  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ streaming
+    def stream(
+        self,
+        model: str,
+        *,
+        sample_rate: int,
+        channels: int = 1,
+        encoding: str = "pcm_s16le",
+        emit_every: int | None = None,
+        session_id: str | None = None,
+        offset: int = 0,
+        on_result: Callable[[dict], Any] | None = None,
+        **kwargs: Any,
+    ) -> AsyncStreamSession:
+        """A streaming session (not yet connected): ``async with client.stream(...) as s``.
+
+        ``emit_every`` in samples (None = the model's frame size, 0 = only the final).
+        Pass ``session_id`` and ``offset`` to resume a session left by another connection.
+        Other keywords: reconnect, max_reconnects, resume_buffer_seconds, open_timeout.
+        """
+        return AsyncStreamSession(
+            ws_url_for(self.url, model),
+            sample_rate=sample_rate,
+            channels=channels,
+            encoding=encoding,
+            emit_every=emit_every,
+            session_id=session_id,
+            offset=offset,
+            on_result=on_result,
+            headers=self.headers,
+            **kwargs,
+        )
+
+    async def prepare_stream_input(self, model: str, path: PathLike) -> tuple[np.ndarray, str]:
+        """Read a file and make it fit the model's stream (resampled, mixed down); returns
+        (samples [L, C], encoding): pcm_s16le when that is lossless, else f32le."""
+        meta = await self._cached_model(model)
+        x, rate = cio.read_file(path)
+        target = meta.get("sample_rate")
+        y = cio.conform(x, rate, target, meta.get("input_channels"))
+        lossless16 = (
+            cio.detect_format(path) == "wav"
+            and cio.wav_is_pcm16(path)
+            and (rate is None or target is None or rate == target)
+        )
+        return y, ("pcm_s16le" if lossless16 else "f32le")
+
+    async def stream_file(
+        self,
+        model: str,
+        path: PathLike,
+        *,
+        realtime: bool = False,
+        chunk_ms: float = 20.0,
+        emit_every: int | None = None,
+        encoding: str | None = None,
+        on_session: Callable[[AsyncStreamSession], Any] | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[dict]:
+        """Stream a file in chunks of ``chunk_ms`` (paced at real time with a monotonic clock
+        when ``realtime``); yields every result and, last, the final one."""
+        x, enc = await self.prepare_stream_input(model, path)
+        meta = await self._cached_model(model)
+        async for msg in self.stream_array(
+            model,
+            x,
+            sample_rate=int(meta["sample_rate"]),
+            realtime=realtime,
+            chunk_ms=chunk_ms,
+            emit_every=emit_every,
+            encoding=encoding or enc,
+            on_session=on_session,
+            **kwargs,
+        ):
+            yield msg
+
+    async def stream_array(
+        self,
+        model: str,
+        x: np.ndarray,
+        *,
+        sample_rate: int,
+        realtime: bool = False,
+        chunk_ms: float = 20.0,
+        emit_every: int | None = None,
+        encoding: str = "f32le",
+        on_session: Callable[[AsyncStreamSession], Any] | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[dict]:
+        """Like stream_file for samples already in memory ([L] or [L, C] at sample_rate)."""
+        x = cio.as_2d(x)
+        chunk = max(1, int(round(sample_rate * chunk_ms / 1000.0)))
+        session = self.stream(
+            model,
+            sample_rate=sample_rate,
+            channels=x.shape[1],
+            encoding=encoding,
+            emit_every=emit_every,
+            **kwargs,
+        )
+        await session.open()
+        if on_session is not None:
+            on_session(session)
+
+        async def feed() -> dict:
+            t0 = time.monotonic()
+            for k, i in enumerate(range(0, len(x), chunk)):
+                if realtime:
+                    # chunk k is complete (as if recorded live) at t0 + (k+1) * chunk duration
+                    delay = t0 + (k + 1) * chunk / sample_rate - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                await session.send(x[i : i + chunk])
+            return await session.end()
+
+        feeder = asyncio.get_running_loop().create_task(feed())
+        try:
+            async for msg in session.results():
+                yield msg
+            await feeder
+        finally:
+            if not feeder.done():
+                feeder.cancel()
+                with contextlib.suppress(BaseException):
+                    await feeder
+            if not session._done:
+                await session.close()
+
+
+class StreamSession:
+    """Synchronous view of an AsyncStreamSession (runs on the client's loop thread).
+
+    ``with client.stream(...) as s: s.send(x); final = s.end()``. ``on_result`` callbacks
+    run on the loop thread.
+    """
+
+    def __init__(self, portal: Portal, inner: AsyncStreamSession) -> None:
+        self._portal = portal
+        self.inner = inner
+
+    def __enter__(self) -> StreamSession:
+        self.open()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._portal.call(self.inner.__aexit__(exc_type, exc, tb))
+
+    def open(self) -> dict:
+        return self._portal.call(self.inner.open())
+
+    def send(self, samples: Any) -> None:
+        self._portal.call(self.inner.send(samples))
+
+    def reset(self, timeout: float | None = 30.0) -> int:
+        return self._portal.call(self.inner.reset(timeout))
+
+    def end(self, timeout: float | None = 60.0) -> dict:
+        return self._portal.call(self.inner.end(timeout))
+
+    def close(self) -> None:
+        self._portal.call(self.inner.close())
+
+    def results(self) -> Iterator[dict]:
+        return self._portal.iterate(self.inner.results())
+
+    def _abort_connection(self) -> None:
+        self._portal.loop.call_soon_threadsafe(self.inner._abort_connection)
+
+    def __getattr__(self, name: str) -> Any:  # session_id, offset, acked_offset, final, ...
+        return getattr(self.inner, name)
+
+
+class S4DClient:
+    """Synchronous client: the AsyncS4DClient API, blocking. ``close()`` (or ``with``)."""
+
+    def __init__(self, url: str = DEFAULT_URL, **kwargs: Any) -> None:
+        self._portal = Portal()
+        self._async = self._portal.call(_make_async(url, kwargs))
+        self.url = self._async.url
+
+    def __enter__(self) -> S4DClient:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._portal.call(self._async.aclose(), timeout=10)
+        self._portal.close()
+
+    def health(self) -> dict:
+        return self._portal.call(self._async.health())
+
+    def ready(self) -> bool:
+        return self._portal.call(self._async.ready())
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        self._portal.call(self._async.wait_ready(timeout))
+
+    def models(self) -> list[dict]:
+        return self._portal.call(self._async.models())
+
+    def model(self, name: str) -> dict:
+        return self._portal.call(self._async.model(name))
+
+    def predict(self, model: str, inputs: Any, **kwargs: Any) -> list[Prediction]:
+        return self._portal.call(self._async.predict(model, inputs, **kwargs))
+
+    def stream(self, model: str, **kwargs: Any) -> StreamSession:
+        return StreamSession(self._portal, self._async.stream(model, **kwargs))
+
+    def stream_file(self, model: str, path: PathLike, **kwargs: Any) -> Iterator[dict]:
+        return self._portal.iterate(self._async.stream_file(model, path, **kwargs))
+
+    def stream_array(self, model: str, x: np.ndarray, **kwargs: Any) -> Iterator[dict]:
+        return self._portal.iterate(self._async.stream_array(model, x, **kwargs))
+
+
+async def _make_async(url: str, kwargs: dict) -> AsyncS4DClient:
+    # httpx.AsyncClient binds to the loop it is first used on: create it on the portal's
+    return AsyncS4DClient(url, **kwargs)

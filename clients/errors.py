@@ -1,0 +1,23 @@
+"""The one exception type of the client library."""
+
+from __future__ import annotations
+
+
+class S4DError(Exception):
+    """An error reported by the server, or met by the client while talking to it.
+
+    `code` is the wire protocol's error code (``unknown_model``, ``bad_input``, ...) or, for
+    failures that never reached the server, a client-side code (``connection_error``,
+    ``connection_lost``, ``timeout``, ``bad_response``, ``non_finite``, ``bad_input``).
+    `status` is the HTTP status for REST calls, the WebSocket close code for streams, and
+    None for client-side failures.
+    """
+
+    def __init__(self, code: str, message: str, status: int | None = None) -> None:
+        super().__init__(f"{code}: {message}" + (f" (status {status})" if status else ""))
+        self.code = code
+        self.message = message
+        self.status = status
+
+    def __reduce__(self):  # keep it picklable (multiprocessing, pytest-xdist)
+        return (type(self), (self.code, self.message, self.status))

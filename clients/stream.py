@@ -1,0 +1,502 @@
+"""Streaming sessions over ``WS /v1/models/{name}/stream`` (see server/PROTOCOL.md).
+
+`AsyncStreamSession` is the real implementation; `StreamSession` (in client.py) drives one
+from synchronous code through a private event loop thread.
+
+Resume: the client keeps every sample it sent from the last offset the server acknowledged
+(the ``offset`` of its latest ``result``/``reset``) in a bounded buffer. When the connection
+drops without ``end``, it reconnects with ``start {session_id, offset}`` where ``offset`` is
+the first sample it still holds, and resends from there; the server skips the samples it
+already holds (``started.offset`` says how many) and refuses a gap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import numpy as np
+
+from .errors import S4DError
+
+log = logging.getLogger("s4d.client")
+
+ENCODINGS = ("pcm_s16le", "f32le")
+_END = object()
+# close codes after which resuming makes no sense even without an error message
+_NO_RESUME_CLOSE = {1000, 1003, 1008, 1009, 1011, 1013}
+
+
+def encode_samples(samples: Any, channels: int, encoding: str) -> tuple[bytes, int]:
+    """Interleaved little-endian bytes (channel fastest) and the number of samples (frames).
+
+    Floats are taken as full scale [-1, 1) for pcm_s16le (scaled by 32768, rounded, clipped);
+    int16 arrays pass through unscaled for pcm_s16le and are divided by 32768 for f32le.
+    """
+    a = np.asarray(samples)
+    if a.ndim == 1:
+        if channels != 1:
+            raise ValueError(f"a 1-D array is one channel; this stream has {channels}: pass [n, C]")
+        a = a[:, None]
+    elif a.ndim != 2 or a.shape[1] != channels:
+        raise ValueError(f"expected samples of shape [n, {channels}], got {list(a.shape)}")
+    if encoding == "pcm_s16le":
+        if a.dtype == np.int16:
+            out = a.astype("<i2", copy=False)
+        else:
+            f = a.astype(np.float64, copy=False)
+            if not np.isfinite(f).all():
+                raise S4DError("non_finite", "NaN or Inf in the samples")
+            out = np.clip(np.rint(f * 32768.0), -32768, 32767).astype("<i2")
+    elif encoding == "f32le":
+        if a.dtype == np.int16:
+            out = (a.astype(np.float32) / 32768.0).astype("<f4")
+        else:
+            out = a.astype("<f4", copy=False)
+            if not np.isfinite(out).all():
+                raise S4DError("non_finite", "NaN or Inf in the samples")
+    else:
+        raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
+    return np.ascontiguousarray(out).tobytes(), int(a.shape[0])
+
+
+def ws_url_for(base_url: str, model: str) -> str:
+    base = base_url.rstrip("/")
+    if base.startswith("https://"):
+        base = "wss://" + base[len("https://") :]
+    elif base.startswith("http://"):
+        base = "ws://" + base[len("http://") :]
+    elif not base.startswith(("ws://", "wss://")):
+        base = "ws://" + base
+    return f"{base}/v1/models/{model}/stream"
+
+
+class AsyncStreamSession:
+    """One streaming session. Use as ``async with client.stream(...) as s:``.
+
+    Attributes: ``session_id``; ``offset`` (samples sent so far = the next sample's offset);
+    ``acked_offset`` (samples the server reported consumed); ``frame_size``, ``classes``
+    (from the server's ``started``); ``final`` (the final result once ``end`` returned);
+    ``reconnects`` (how many times the connection was resumed).
+    """
+
+    def __init__(
+        self,
+        ws_url: str,
+        *,
+        sample_rate: int,
+        channels: int = 1,
+        encoding: str = "pcm_s16le",
+        emit_every: int | None = None,
+        session_id: str | None = None,
+        offset: int = 0,
+        on_result: Callable[[dict], Any] | None = None,
+        reconnect: bool = True,
+        max_reconnects: int = 5,
+        resume_buffer_seconds: float = 30.0,
+        open_timeout: float = 10.0,
+        results_maxlen: int = 100_000,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        if encoding not in ENCODINGS:
+            raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
+        self.ws_url = ws_url
+        self.sample_rate = int(sample_rate)
+        self.channels = int(channels)
+        self.encoding = encoding
+        self.emit_every = emit_every
+        self.session_id = session_id
+        self.offset = int(offset)
+        self.acked_offset = int(offset)
+        self.frame_size: int | None = None
+        self.classes: list[str] | None = None
+        self.started: dict | None = None
+        self.final: dict | None = None
+        self.reconnects = 0
+        self.on_result = on_result
+        self.reconnect = reconnect
+        self.max_reconnects = max_reconnects
+        self.open_timeout = open_timeout
+        self.headers = headers
+        self._max_buffer = max(1, int(resume_buffer_seconds * self.sample_rate))
+        self._buf: collections.deque[tuple[int, int, bytes]] = collections.deque()
+        self._buf_start = self.offset
+        self._buf_samples = 0
+        self._ws: Any = None
+        self._recv_task: asyncio.Task | None = None
+        self._reconnect_task: asyncio.Task | None = None
+        self._lock: asyncio.Lock | None = None
+        self._queue: asyncio.Queue | None = None
+        self._results_maxlen = results_maxlen
+        self._final_fut: asyncio.Future | None = None
+        self._reset_waiters: collections.deque[asyncio.Future] = collections.deque()
+        self._error: S4DError | None = None
+        self._end_sent = False
+        self._closing = False
+        self._done = False
+
+    # ------------------------------------------------------------------ lifecycle
+    async def __aenter__(self) -> AsyncStreamSession:
+        await self.open()
+        return self
+
+    async def __aexit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None and not self._done and self._error is None:
+            await self.end()
+        else:
+            await self.close()
+
+    async def open(self) -> dict:
+        """Connect and send ``start`` (resuming when a session_id was given); returns ``started``."""
+        loop = asyncio.get_running_loop()
+        self._lock = asyncio.Lock()
+        self._queue = asyncio.Queue()
+        self._final_fut = loop.create_future()
+        async with self._lock:
+            ws, started = await self._connect(resume=self.session_id is not None)
+            self._attach(ws, started)
+            if self.session_id is not None and started.get("offset", 0) > self.offset:
+                # resuming by id: the caller's offset was behind what the server holds
+                self.offset = self.acked_offset = self._buf_start = int(started["offset"])
+        return started
+
+    async def _connect(self, resume: bool) -> tuple[Any, dict]:
+        from websockets.asyncio.client import connect
+        from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
+
+        try:
+            ws = await connect(
+                self.ws_url,
+                open_timeout=self.open_timeout,
+                compression=None,
+                max_size=2**22,
+                proxy=None,
+                additional_headers=self.headers,
+                ping_interval=20,
+                ping_timeout=20,
+            )
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            code, message = _parse_http_error(exc.response.body, status)
+            raise S4DError(code, message, status) from exc
+        except InvalidURI as exc:
+            raise S4DError("bad_url", str(exc)) from exc
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise S4DError("connection_error", f"{self.ws_url}: {exc}") from exc
+        start: dict[str, Any] = {
+            "type": "start",
+            "sample_rate": self.sample_rate,
+            "encoding": self.encoding,
+            "channels": self.channels,
+        }
+        if self.emit_every is not None:
+            start["emit_every"] = int(self.emit_every)
+        if resume:
+            start["session_id"] = self.session_id
+            start["offset"] = int(self._buf_start)
+        try:
+            await ws.send(json.dumps(start))
+            raw = await asyncio.wait_for(ws.recv(), self.open_timeout)
+        except ConnectionClosed as exc:
+            raise S4DError(
+                "connection_lost", f"closed during start: {exc}", _close_code(ws)
+            ) from exc
+        except asyncio.TimeoutError as exc:
+            await ws.close()
+            raise S4DError("timeout", "no reply to start") from exc
+        msg = _loads(raw)
+        if msg.get("type") == "error":
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.wait_closed(), 2.0)
+            raise S4DError(
+                str(msg.get("code", "error")), str(msg.get("message", "")), _close_code(ws)
+            )
+        if msg.get("type") != "started":
+            await ws.close()
+            raise S4DError("bad_response", f"expected 'started', got {msg!r}")
+        return ws, msg
+
+    def _attach(self, ws: Any, started: dict) -> None:
+        self._ws = ws
+        self.started = started
+        self.session_id = started.get("session_id", self.session_id)
+        self.frame_size = started.get("frame_size", self.frame_size)
+        self.classes = started.get("classes", self.classes)
+        self._recv_task = asyncio.get_running_loop().create_task(self._recv_loop(ws))
+
+    async def close(self) -> None:
+        """Close the connection without ``end``: the server keeps the session for its idle
+        TTL, so it can be resumed with ``session_id`` and ``offset``."""
+        self._closing = True
+        self._done = True
+        if self._reconnect_task is not None:
+            self._reconnect_task.cancel()
+        if self._ws is not None:
+            with contextlib.suppress(Exception):
+                await self._ws.close()
+        if self._recv_task is not None:
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(self._recv_task, 2.0)
+        self._finish(None)
+
+    # ------------------------------------------------------------------ sending
+    async def send(self, samples: Any) -> None:
+        """Send samples: [n] (one channel) or [n, channels]; floats in [-1, 1) or int16."""
+        data, n = encode_samples(samples, self.channels, self.encoding)
+        if n == 0:
+            return
+        await self._send_encoded(data, n)
+
+    async def _send_encoded(self, data: bytes, n: int) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        self._check()
+        if self._end_sent:
+            raise RuntimeError("send() after end()")
+        async with self._lock:
+            self._check()
+            self._buf.append((self.offset, n, data))
+            self._buf_samples += n
+            self.offset += n
+            self._trim()
+            with contextlib.suppress(ConnectionClosed):
+                await self._ws.send(data)
+            # a dropped connection is noticed by the receiver, which resumes and resends
+
+    def _trim(self) -> None:
+        # forget what the server acknowledged, and the oldest beyond the bound
+        while self._buf:
+            start, n, _ = self._buf[0]
+            if start + n <= self.acked_offset or self._buf_samples - n >= self._max_buffer:
+                self._buf.popleft()
+                self._buf_samples -= n
+                self._buf_start = start + n
+            else:
+                break
+        if not self._buf:
+            self._buf_start = self.offset
+
+    async def reset(self, timeout: float | None = 30.0) -> int:
+        """Close the current segment (reported as a ``result`` with ``segment_end``), zero
+        the state; returns the server's offset at the reset."""
+        from websockets.exceptions import ConnectionClosed
+
+        self._check()
+        fut = asyncio.get_running_loop().create_future()
+        async with self._lock:
+            self._reset_waiters.append(fut)
+            with contextlib.suppress(ConnectionClosed):
+                await self._ws.send(json.dumps({"type": "reset"}))
+        return await asyncio.wait_for(fut, timeout)
+
+    async def end(self, timeout: float | None = 60.0) -> dict:
+        """Flush the remainder; returns the ``final`` result. The session is then closed."""
+        from websockets.exceptions import ConnectionClosed
+
+        if self.final is not None:
+            return self.final
+        self._check()
+        if not self._end_sent:
+            async with self._lock:
+                self._end_sent = True
+                with contextlib.suppress(ConnectionClosed):
+                    await self._ws.send(json.dumps({"type": "end"}))
+        try:
+            final = await asyncio.wait_for(asyncio.shield(self._final_fut), timeout)
+        except asyncio.TimeoutError as exc:
+            await self.close()
+            raise S4DError("timeout", f"no final result within {timeout} s") from exc
+        self._done = True
+        if self._ws is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._ws.wait_closed(), 2.0)
+        return final
+
+    # ------------------------------------------------------------------ receiving
+    async def results(self) -> AsyncIterator[dict]:
+        """Every ``result`` (and lastly the ``final``) in order. One consumer at a time."""
+        while True:
+            item = await self._queue.get()
+            if item is _END:
+                self._queue.put_nowait(_END)  # later iterators end at once
+                return
+            if isinstance(item, S4DError):
+                self._queue.put_nowait(item)
+                raise item
+            yield item
+            if item.get("type") == "final":
+                return
+
+    def _put(self, item: Any) -> None:
+        q = self._queue
+        if q is None:
+            return
+        while isinstance(item, dict) and q.qsize() >= self._results_maxlen:
+            with contextlib.suppress(asyncio.QueueEmpty):
+                q.get_nowait()
+        q.put_nowait(item)
+
+    async def _recv_loop(self, ws: Any) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            async for raw in ws:
+                if isinstance(raw, bytes):
+                    continue
+                msg = _loads(raw)
+                kind = msg.get("type")
+                if kind in ("result", "final"):
+                    off = msg.get("offset")
+                    if isinstance(off, int) and off > self.acked_offset:
+                        self.acked_offset = off
+                    self._put(msg)
+                    if self.on_result is not None:
+                        try:
+                            self.on_result(msg)
+                        except Exception:  # noqa: BLE001 - a user callback
+                            log.exception("on_result callback failed")
+                    if kind == "final":
+                        self.final = msg
+                        if not self._final_fut.done():
+                            self._final_fut.set_result(msg)
+                elif kind == "reset":
+                    off = msg.get("offset")
+                    if isinstance(off, int) and off > self.acked_offset:
+                        self.acked_offset = off
+                    if self._reset_waiters:
+                        w = self._reset_waiters.popleft()
+                        if not w.done():
+                            w.set_result(int(off) if isinstance(off, int) else self.acked_offset)
+                elif kind == "error":
+                    self._error = S4DError(
+                        str(msg.get("code", "error")), str(msg.get("message", ""))
+                    )
+        except ConnectionClosed:
+            pass
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a malformed message
+            self._error = self._error or S4DError("bad_response", str(exc))
+            with contextlib.suppress(Exception):
+                await ws.close()
+        if ws is not self._ws:
+            return
+        code = _close_code(ws)
+        if self._error is not None:
+            if self._error.status is None:
+                self._error.status = code
+            # a final sent before the error (shutting_down) still ends the session normally
+            self._finish(None if self.final is not None else self._error)
+        elif self.final is not None or self._closing:
+            self._finish(None)
+        elif self.reconnect and code not in _NO_RESUME_CLOSE and self.session_id:
+            self._reconnect_task = asyncio.get_running_loop().create_task(self._resume())
+        else:
+            self._finish(
+                S4DError("connection_lost", f"the server closed the stream ({code})", code)
+            )
+
+    async def _resume(self) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        delay = 0.05
+        last: S4DError | None = None
+        async with self._lock:
+            for _attempt in range(self.max_reconnects):
+                if self._closing:
+                    return
+                try:
+                    ws, started = await self._connect(resume=True)
+                except S4DError as exc:
+                    last = exc
+                    if exc.code not in ("connection_error", "connection_lost", "timeout"):
+                        self._finish(exc)
+                        return
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+                    continue
+                self.reconnects += 1
+                held = int(started.get("offset", self._buf_start))
+                if held > self.acked_offset:
+                    self.acked_offset = held  # the server holds these: never needed again
+                resend = list(self._buf)
+                self._attach(ws, started)
+                # a reset sent on the lost connection may or may not have happened
+                while self._reset_waiters:
+                    w = self._reset_waiters.popleft()
+                    if not w.done():
+                        w.set_exception(
+                            S4DError("connection_lost", "the connection dropped during reset")
+                        )
+                try:
+                    # the start message said resending begins at _buf_start: the server
+                    # skips the held duplicates itself
+                    for _start, _n, data in resend:
+                        await ws.send(data)
+                    if self._end_sent:
+                        await ws.send(json.dumps({"type": "end"}))
+                except ConnectionClosed:
+                    pass  # the new receiver resumes again
+                self._trim()
+                return
+        self._finish(
+            S4DError(
+                "connection_lost",
+                f"could not resume after {self.max_reconnects} tries: {last}",
+                last.status if last else None,
+            )
+        )
+
+    def _finish(self, error: S4DError | None) -> None:
+        if error is not None and self._error is None:
+            self._error = error
+        self._done = True
+        if self._final_fut is not None and not self._final_fut.done():
+            self._final_fut.set_exception(
+                error or S4DError("closed", "the session closed without a final result")
+            )
+            self._final_fut.exception()  # mark retrieved
+        while self._reset_waiters:
+            w = self._reset_waiters.popleft()
+            if not w.done():
+                w.set_exception(error or S4DError("closed", "the session closed"))
+        self._put(error if error is not None else _END)
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._ws is None:
+            raise RuntimeError("the session is not open: use 'async with' or await open()")
+
+    # ------------------------------------------------------------------ testing aid
+    def _abort_connection(self) -> None:
+        """Drop the TCP connection abruptly (no close handshake), as a network failure would."""
+        if self._ws is not None and self._ws.transport is not None:
+            self._ws.transport.abort()
+
+
+def _close_code(ws: Any) -> int | None:
+    try:
+        return ws.close_code
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _loads(raw: str | bytes) -> dict:
+    msg = json.loads(raw)
+    if not isinstance(msg, dict):
+        raise S4DError("bad_response", f"expected a JSON object, got {raw!r:.200}")
+    return msg
+
+
+def _parse_http_error(body: bytes | None, status: int) -> tuple[str, str]:
+    try:
+        err = json.loads(body or b"{}").get("error", {})
+        return str(err.get("code", f"http_{status}")), str(err.get("message", ""))
+    except Exception:  # noqa: BLE001
+        return f"http_{status}", (body or b"").decode("utf-8", "replace")[:500]
