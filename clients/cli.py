@@ -1,0 +1,172 @@
+"""`s4d predict` and `s4d stream`: the client side of the command line.
+
+s4d predict --url http://127.0.0.1:8000 --model kws-s4d a.wav b.csv    # one JSON line per file
+s4d stream  --url http://127.0.0.1:8000 --model kws-s4d a.wav --realtime
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from typing import Any
+
+DEFAULT_URL = os.environ.get("S4D_URL", "http://127.0.0.1:8000")
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "predict",
+        help="batch predictions for files (WAV, CSV, NPY, WFDB) from a running server",
+        description="Send each file to POST /v1/models/{model}/predict and print one JSON "
+        "line per file: {file, model, label, probabilities, num_samples}.",
+    )
+    _common(p)
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--per-step", action="store_true", help="include per-step probabilities")
+    p.set_defaults(func=run_predict)
+
+    s = subparsers.add_parser(
+        "stream",
+        help="stream a file to a running server over the WebSocket and print live results",
+        description="Stream FILE to WS /v1/models/{model}/stream in chunks (resampled and "
+        "mixed down to the model's rate/channels here) and print results, then the final one.",
+    )
+    _common(s)
+    s.add_argument("file", metavar="FILE")
+    s.add_argument("--realtime", action="store_true", help="pace chunks at real time")
+    s.add_argument("--chunk-ms", type=float, default=20.0, help="chunk length (default 20 ms)")
+    s.add_argument(
+        "--emit-every",
+        type=int,
+        default=None,
+        help="samples between results (default: the model's frame size; 0: final only)",
+    )
+    s.add_argument("--encoding", choices=["pcm_s16le", "f32le"], default=None)
+    s.add_argument("--json", action="store_true", help="print every message as a JSON line")
+    s.set_defaults(func=run_stream)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", default=DEFAULT_URL, help=f"server URL (default {DEFAULT_URL})")
+    p.add_argument("--model", default="kws-s4d", help="model name (default kws-s4d)")
+    p.add_argument("--timeout", type=float, default=60.0, help="HTTP timeout, seconds")
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from .client import S4DClient
+    from .errors import S4DError
+
+    status = 0
+    with S4DClient(args.url, timeout=args.timeout) as client:
+        for path in args.files:
+            try:
+                (pred,) = client.predict(args.model, path, per_step=args.per_step)
+                out = {"file": path, "model": args.model, **pred.to_dict()}
+                print(json.dumps(out), flush=True)
+            except S4DError as exc:
+                status = 1
+                err = {"code": exc.code, "message": exc.message, "status": exc.status}
+                print(json.dumps({"file": path, "model": args.model, "error": err}), flush=True)
+            except (OSError, ValueError) as exc:
+                status = 1
+                err = {"code": "bad_file", "message": str(exc), "status": None}
+                print(json.dumps({"file": path, "model": args.model, "error": err}), flush=True)
+    return status
+
+
+def _top(msg: dict, k: int = 3) -> str:
+    probs = sorted((msg.get("probabilities") or {}).items(), key=lambda kv: -kv[1])[:k]
+    return "  ".join(f"{c}={p:.3f}" for c, p in probs)
+
+
+def _line(msg: dict, rate: int | None) -> str:
+    off = int(msg.get("offset", 0))
+    t = f"{off / rate:8.3f}s" if rate else f"{off:>9d}"
+    lat = msg.get("latency_ms")
+    lat_s = f"  {lat:6.1f} ms" if isinstance(lat, (int, float)) else ""
+    seg = "  [segment end]" if msg.get("segment_end") else ""
+    return f"{msg.get('type', ''):6s} {t}  {str(msg.get('label')):>10s}  {_top(msg)}{lat_s}{seg}"
+
+
+async def _stream(args: argparse.Namespace) -> int:
+    from .client import AsyncS4DClient
+    from .errors import S4DError
+
+    live = None
+    console = None
+    if not args.json and sys.stdout.isatty():
+        try:
+            from rich.console import Console
+            from rich.live import Live
+
+            console = Console()
+            live = Live(console=console, refresh_per_second=20, transient=True)
+        except ImportError:
+            live = None
+    async with AsyncS4DClient(args.url, timeout=args.timeout) as client:
+        try:
+            meta = await client.model(args.model)
+            rate = meta.get("sample_rate")
+            if live is not None:
+                live.start()
+            final = None
+            async for msg in client.stream_file(
+                args.model,
+                args.file,
+                realtime=args.realtime,
+                chunk_ms=args.chunk_ms,
+                emit_every=args.emit_every,
+                encoding=args.encoding,
+            ):
+                if msg.get("type") == "final":
+                    final = msg
+                    break
+                if args.json:
+                    print(json.dumps(msg), flush=True)
+                elif live is not None:
+                    live.update(_line(msg, rate))
+                else:
+                    print(_line(msg, rate), flush=True)
+            if live is not None:
+                live.stop()
+                live = None
+            if final is not None:
+                if args.json:
+                    print(json.dumps(final), flush=True)
+                else:
+                    print(_line(final, rate), flush=True)
+            return 0
+        except S4DError as exc:
+            err = {"code": exc.code, "message": exc.message, "status": exc.status}
+            if args.json:
+                print(json.dumps({"type": "error", **err}), flush=True)
+            else:
+                print(f"s4d stream: {exc}", file=sys.stderr)
+            return 1
+        except (OSError, ValueError) as exc:
+            print(f"s4d stream: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            if live is not None:
+                live.stop()
+
+
+def run_stream(args: argparse.Namespace) -> int:
+    try:
+        return asyncio.run(_stream(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="s4d-client")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
