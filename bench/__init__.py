@@ -1,0 +1,1 @@
+"""Benchmarks for s4d-serve (results in bench/RESULTS.md)."""
