@@ -30,6 +30,9 @@ ENCODINGS = ("pcm_s16le", "f32le")
 _END = object()
 # close codes after which resuming makes no sense even without an error message
 _NO_RESUME_CLOSE = {1000, 1003, 1008, 1009, 1011, 1013}
+# failures of a resume attempt worth another try (session_busy: the server has not yet
+# noticed that the old connection is gone)
+_RETRY_CODES = {"connection_error", "connection_lost", "timeout", "session_busy"}
 
 
 def encode_samples(samples: Any, channels: int, encoding: str) -> tuple[bytes, int]:
@@ -97,7 +100,7 @@ class AsyncStreamSession:
         offset: int = 0,
         on_result: Callable[[dict], Any] | None = None,
         reconnect: bool = True,
-        max_reconnects: int = 5,
+        max_reconnects: int = 8,
         resume_buffer_seconds: float = 30.0,
         open_timeout: float = 10.0,
         results_maxlen: int = 100_000,
@@ -414,7 +417,7 @@ class AsyncStreamSession:
                     ws, started = await self._connect(resume=True)
                 except S4DError as exc:
                     last = exc
-                    if exc.code not in ("connection_error", "connection_lost", "timeout"):
+                    if exc.code not in _RETRY_CODES:
                         self._finish(exc)
                         return
                     await asyncio.sleep(delay)
