@@ -123,7 +123,7 @@ async def _stream(args: argparse.Namespace) -> int:
             ):
                 if msg.get("type") == "final":
                     final = msg
-                    break
+                    continue
                 if args.json:
                     print(json.dumps(msg), flush=True)
                 elif live is not None:

@@ -371,6 +371,12 @@ class AsyncS4DClient:
             return await session.end()
 
         feeder = asyncio.get_running_loop().create_task(feed())
+
+        def on_feeder_done(t: asyncio.Task) -> None:
+            if not t.cancelled() and t.exception() is not None:
+                session._fail_results(t.exception())
+
+        feeder.add_done_callback(on_feeder_done)
         try:
             async for msg in session.results():
                 yield msg

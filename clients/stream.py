@@ -328,12 +328,16 @@ class AsyncStreamSession:
             if item is _END:
                 self._queue.put_nowait(_END)  # later iterators end at once
                 return
-            if isinstance(item, S4DError):
+            if isinstance(item, BaseException):
                 self._queue.put_nowait(item)
                 raise item
             yield item
             if item.get("type") == "final":
                 return
+
+    def _fail_results(self, exc: BaseException) -> None:
+        """Make a waiting results() iterator raise ``exc`` (a feeder task failed)."""
+        self._put(exc)
 
     def _put(self, item: Any) -> None:
         q = self._queue
