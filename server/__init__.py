@@ -1,0 +1,1 @@
+"""s4d-serve: FastAPI app, sessions, scheduler, backends, metrics, settings."""

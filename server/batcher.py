@@ -1,0 +1,122 @@
+"""Micro-batching of concurrent predict requests into padded batched forwards."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import Executor
+
+import numpy as np
+
+from server.backends.base import Backend
+
+log = logging.getLogger("s4d.batcher")
+
+
+class PredictBatcher:
+    """Collects requests for ``window_s``, sorts their sequences by length and runs them as few
+    padded forwards as the ``max_batch_sequences`` / ``max_batch_samples`` budgets allow."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        executor: Executor,
+        *,
+        window_s: float,
+        max_batch_sequences: int,
+        max_batch_samples: int,
+    ):
+        self.backend = backend
+        self.executor = executor
+        self.window_s = window_s
+        self.max_batch_sequences = max_batch_sequences
+        self.max_batch_samples = max_batch_samples
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="predict-batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._task = None
+        while not self._queue.empty():
+            _, fut = self._queue.get_nowait()
+            if not fut.done():
+                fut.set_exception(RuntimeError("server is shutting down"))
+
+    async def predict(self, sequences: list[np.ndarray]) -> list[np.ndarray]:
+        """Logits per sequence ([K], or [L // patch, K] for pooling none). Each is [L, C]."""
+        fut = asyncio.get_running_loop().create_future()
+        await self._queue.put((sequences, fut))
+        return await fut
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            items = [await self._queue.get()]
+            count = len(items[0][0])
+            deadline = time.monotonic() + self.window_s
+            while count < self.max_batch_sequences:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(self._queue.get(), remaining)
+                except asyncio.TimeoutError:
+                    break
+                items.append(item)
+                count += len(item[0])
+            try:
+                results = await self._run_items(loop, items)
+            except asyncio.CancelledError:
+                for _, fut in items:
+                    if not fut.done():
+                        fut.cancel()
+                raise
+            except Exception as exc:  # noqa: BLE001 - handed to every waiting request
+                for _, fut in items:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            for (_, fut), res in zip(items, results, strict=True):
+                if not fut.done():
+                    fut.set_result(res)
+
+    async def _run_items(self, loop, items) -> list[list[np.ndarray]]:
+        flat = [(i, j, seq) for i, (seqs, _) in enumerate(items) for j, seq in enumerate(seqs)]
+        flat.sort(key=lambda t: len(t[2]))
+        out: list[list] = [[None] * len(seqs) for seqs, _ in items]
+        group: list = []
+        for entry in flat:
+            longest = len(entry[2])  # sorted: the newcomer is the longest
+            if group and (
+                len(group) + 1 > self.max_batch_sequences
+                or (len(group) + 1) * longest > self.max_batch_samples
+            ):
+                await self._forward(loop, group, out)
+                group = []
+            group.append(entry)
+        if group:
+            await self._forward(loop, group, out)
+        return out
+
+    async def _forward(self, loop, group, out) -> None:
+        lengths = np.array([len(seq) for _, _, seq in group], np.int64)
+        c = group[0][2].shape[1]
+        batch = np.zeros((len(group), int(lengths.max()), c), np.float32)
+        for k, (_, _, seq) in enumerate(group):
+            batch[k, : len(seq)] = seq
+        logits = await loop.run_in_executor(self.executor, self.backend.predict, batch, lengths)
+        patch = self.backend.metadata.patch_size
+        for k, (i, j, _) in enumerate(group):
+            row = logits[k]
+            if row.ndim == 2:  # pooling none: keep the valid steps
+                row = row[: int(lengths[k]) // patch]
+            out[i][j] = np.array(row, copy=True)

@@ -1,0 +1,53 @@
+"""Error codes of the wire protocol (PROTOCOL.md) and the exceptions that carry them."""
+
+from __future__ import annotations
+
+#: WebSocket error code -> close code (PROTOCOL.md table)
+WS_CLOSE_CODES: dict[str, int] = {
+    "bad_json": 1003,
+    "unknown_type": 1003,
+    "not_started": 1008,
+    "already_started": 1008,
+    "bad_start": 1003,
+    "bad_encoding": 1003,
+    "bad_sample_rate": 1003,
+    "bad_channels": 1003,
+    "non_finite": 1003,
+    "partial_sample": 1003,
+    "too_big": 1009,
+    "unknown_model": 1008,
+    "not_streamable": 1008,
+    "unknown_session": 1008,
+    "session_busy": 1008,
+    "offset_gap": 1008,
+    "server_busy": 1013,
+    "shutting_down": 1001,
+    "internal": 1011,
+}
+
+
+class StreamError(Exception):
+    """A WebSocket protocol error: sent as `{"type": "error"}`, then the socket is closed."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.close_code = WS_CLOSE_CODES.get(code, 1011)
+
+    def to_message(self) -> dict:
+        return {"type": "error", "code": self.code, "message": self.message}
+
+
+class ApiError(Exception):
+    """An HTTP error answered as `{"error": {"code", "message"}}`."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers
+
+    def to_body(self) -> dict:
+        return {"error": {"code": self.code, "message": self.message}}

@@ -1,0 +1,75 @@
+"""Prometheus metrics (names fixed by PROTOCOL.md), on a registry owned by one app instance."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+_LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        r = self.registry = registry or CollectorRegistry(auto_describe=True)
+        self.sessions_active = Gauge(
+            "s4d_sessions_active", "Streaming sessions holding a state slot", ["model"], registry=r
+        )
+        self.sessions_opened = Counter(
+            "s4d_sessions_opened", "Streaming sessions opened", ["model"], registry=r
+        )
+        self.sessions_closed = Counter(
+            "s4d_sessions_closed", "Streaming sessions closed", ["model", "reason"], registry=r
+        )
+        self.sessions_evicted = Counter(
+            "s4d_sessions_evicted", "Detached sessions expired by the idle TTL", ["model"], registry=r
+        )
+        self.samples_processed = Counter(
+            "s4d_samples_processed", "Stream samples run through the model", ["model"], registry=r
+        )
+        self.frames_processed = Counter(
+            "s4d_frames_processed", "Stream frames (full or partial) stepped", ["model"], registry=r
+        )
+        self.batch_size = Histogram(
+            "s4d_scheduler_batch_size", "Sessions per batched step (before bucket padding)",
+            ["model"], buckets=_BATCH_BUCKETS, registry=r,
+        )
+        self.queue_depth = Gauge(
+            "s4d_queue_depth", "Sessions with a full frame waiting", ["model"], registry=r
+        )
+        self.step_latency = Histogram(
+            "s4d_step_latency_seconds", "One batched frame step (gather, compute, scatter)",
+            ["model"], buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.request_latency = Histogram(
+            "s4d_request_latency_seconds", "HTTP request latency",
+            ["route", "method", "status"], buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.errors = Counter("s4d_errors", "Errors answered, by code", ["code"], registry=r)
+        self.slab_bytes_in_use = Gauge(
+            "s4d_state_slab_bytes_in_use", "State slab bytes held by sessions", ["model"], registry=r
+        )
+        self.slab_bytes_total = Gauge(
+            "s4d_state_slab_bytes_total", "State slab bytes allocated", ["model"], registry=r
+        )
+
+    def init_model(self, model: str) -> None:
+        """Create the labelled series so that they show up (at zero) before any traffic."""
+        for m in (
+            self.sessions_active, self.sessions_opened, self.sessions_evicted,
+            self.samples_processed, self.frames_processed, self.queue_depth,
+            self.slab_bytes_in_use, self.slab_bytes_total,
+        ):
+            m.labels(model=model)
+        self.batch_size.labels(model=model)
+        self.step_latency.labels(model=model)
+
+    def error(self, code: str) -> None:
+        self.errors.labels(code=code).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

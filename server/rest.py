@@ -1,0 +1,336 @@
+"""REST routes: model metadata, batch prediction (FFT path), OIP v2, health and metrics."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.datastructures import UploadFile
+
+from server import audio
+from server.errors import ApiError
+from server.registry import LoadedModel
+from server.scheduler import softmax
+from server.state import ServerState
+
+router = APIRouter()
+
+_ERR = {"content": {"application/json": {"example": {"error": {"code": "str", "message": "str"}}}}}
+_PREDICT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["inputs"],
+                    "properties": {
+                        "inputs": {
+                            "type": "array",
+                            "description": "sequences: [x0, x1, ...] (1 channel) or [[c0..cC-1], ...]",
+                            "items": {"type": "array", "items": {}},
+                        },
+                        "sample_rate": {"type": "integer"},
+                        "per_step": {"type": "boolean"},
+                    },
+                },
+                "example": {"inputs": [[0.0, 0.1, -0.2, 0.05]]},
+            },
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "file": {"type": "array", "items": {"type": "string", "format": "binary"}}
+                    },
+                }
+            },
+            "audio/wav": {"schema": {"type": "string", "format": "binary"}},
+            "text/csv": {"schema": {"type": "string"}},
+            "application/x-npy": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+_INFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "example": {
+                    "inputs": [
+                        {"name": "input", "shape": [1, 4], "datatype": "FP32",
+                         "data": [0.0, 0.1, -0.2, 0.05]}
+                    ]
+                }
+            }
+        },
+    }
+}
+
+
+def state_of(request: Request) -> ServerState:
+    return request.app.state.s4d
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    cl = request.headers.get("content-length")
+    if cl is not None and cl.isdigit() and int(cl) > limit:
+        raise ApiError(413, "too_large", f"body of {cl} bytes exceeds the limit of {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "too_large", f"body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    request._body = body  # let request.form() parse the bytes already read
+    return body
+
+
+def parse_json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "bad_request", f"body is not valid JSON: {exc}") from exc
+
+
+# ---- health ------------------------------------------------------------------------------
+@router.get("/healthz", tags=["health"], summary="Liveness")
+async def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", tags=["health"], summary="Readiness: every model loaded and warmed",
+            responses={503: _ERR})
+async def readyz(request: Request):
+    st = state_of(request)
+    if st.load_error:
+        raise ApiError(503, "not_ready", f"model loading failed: {st.load_error}")
+    if st.shutting_down:
+        raise ApiError(503, "not_ready", "the server is shutting down")
+    if not st.registry.ready:
+        raise ApiError(503, "not_ready", "models are still loading")
+    return {"status": "ready", "models": list(st.registry.models)}
+
+
+@router.get("/metrics", tags=["health"], summary="Prometheus metrics",
+            response_class=Response)
+async def metrics(request: Request) -> Response:
+    m = state_of(request).metrics
+    return Response(content=m.render(), media_type=m.content_type)
+
+
+# ---- models ------------------------------------------------------------------------------
+@router.get("/v1/models", tags=["models"], summary="Metadata of every served model")
+async def list_models(request: Request) -> dict:
+    return {"models": [lm.metadata.to_dict() for lm in state_of(request).registry.models.values()]}
+
+
+@router.get("/v1/models/{name}", tags=["models"], summary="Metadata of one model",
+            responses={404: _ERR})
+async def get_model(name: str, request: Request) -> dict:
+    return state_of(request).model_or_error(name).metadata.to_dict()
+
+
+def _prediction(lm: LoadedModel, logits: np.ndarray, n: int, per_step: bool) -> dict:
+    classes = lm.metadata.classes
+    steps = logits if logits.ndim == 2 else None
+    last = logits[-1] if steps is not None else logits
+    p = softmax(last.astype(np.float64))
+    out: dict[str, Any] = {
+        "label": classes[int(np.argmax(p))],
+        "probabilities": {c: float(v) for c, v in zip(classes, p, strict=True)},
+        "num_samples": int(n),
+    }
+    if per_step and steps is not None:
+        out["per_step"] = softmax(steps.astype(np.float64)).astype(np.float32).tolist()
+    return out
+
+
+async def _sequences_from_request(lm: LoadedModel, request: Request, st: ServerState):
+    s, meta = st.settings, lm.metadata
+    c, patch, max_len = meta.input_channels, meta.patch_size, s.max_sequence_samples
+    ctype = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    body = await read_body(request, s.max_body_bytes)
+    per_step = False
+    seqs: list[np.ndarray] = []
+    if ctype == "application/json" or ctype.endswith("+json"):
+        doc = parse_json(body)
+        if not isinstance(doc, dict) or "inputs" not in doc:
+            raise ApiError(400, "bad_request", 'expected an object {"inputs": [seq, ...]}')
+        inputs = doc["inputs"]
+        if not isinstance(inputs, list) or not inputs:
+            raise ApiError(400, "bad_request", '"inputs" must be a non-empty array of sequences')
+        if len(inputs) > s.max_batch_sequences:
+            raise ApiError(413, "too_large",
+                           f"{len(inputs)} sequences > limit {s.max_batch_sequences}")
+        sr = doc.get("sample_rate")
+        if sr is not None:
+            if isinstance(sr, bool) or not isinstance(sr, int):
+                raise ApiError(400, "bad_request", '"sample_rate" must be an integer')
+            if sr != meta.sample_rate:
+                raise ApiError(400, "bad_sample_rate",
+                               f"sample_rate {sr} != the model's {meta.sample_rate} "
+                               "(JSON arrays are not resampled; upload a WAV for that)")
+        per_step = doc.get("per_step", False)
+        if not isinstance(per_step, bool):
+            raise ApiError(400, "bad_request", '"per_step" must be a boolean')
+        for i, seq in enumerate(inputs):
+            seqs.append(audio.from_json_list(seq, c, patch, max_len, f"inputs[{i}]"))
+    elif ctype == "multipart/form-data":
+        try:
+            form = await request.form(max_files=s.max_batch_sequences, max_fields=100)
+        except ApiError:
+            raise
+        except Exception as exc:
+            raise ApiError(400, "bad_request", f"unreadable multipart body: {exc}") from exc
+        files = [f for f in form.getlist("file") if isinstance(f, UploadFile)]
+        if not files:
+            raise ApiError(400, "bad_request", 'multipart body needs one or more "file" fields')
+        for i, f in enumerate(files):
+            kind = audio.kind_of(f.content_type, f.filename)
+            if kind is None:
+                raise ApiError(415, "unsupported_media_type",
+                               f"file[{i}] ({f.filename}): type {f.content_type!r} is not WAV/CSV/NPY")
+            data = await f.read()
+            seqs.append(audio.decode_payload(
+                data, kind, channels=c, sample_rate=meta.sample_rate, patch=patch,
+                max_len=max_len, where=f"file[{i}] ({f.filename})"))
+        ps = form.get("per_step")
+        per_step = isinstance(ps, str) and ps.lower() in ("1", "true", "yes")
+    else:
+        kind = audio.kind_of(ctype) if ctype else None
+        if kind is None:
+            raise ApiError(415, "unsupported_media_type",
+                           f"content type {ctype or '(none)'!r}: send application/json, "
+                           "multipart/form-data, audio/wav, text/csv or application/x-npy")
+        seqs.append(audio.decode_payload(
+            body, kind, channels=c, sample_rate=meta.sample_rate, patch=patch,
+            max_len=max_len, where="body"))
+    if per_step and meta.pooling != "none":
+        raise ApiError(400, "bad_request",
+                       f"per_step needs a model with pooling 'none' (this one pools {meta.pooling!r})")
+    return seqs, per_step
+
+
+@router.post(
+    "/v1/models/{name}/predict", tags=["models"],
+    summary="Batch prediction (FFT convolution path)",
+    description="JSON arrays (varying lengths), multipart `file` uploads, or a raw WAV/CSV/NPY "
+    "body. WAV is resampled to the model's rate and mixed down to mono when needed.",
+    openapi_extra=_PREDICT_BODY,
+    responses={400: _ERR, 404: _ERR, 413: _ERR, 415: _ERR, 503: _ERR},
+)
+async def predict(name: str, request: Request) -> dict:
+    st = state_of(request)
+    lm = st.model_or_error(name)
+    seqs, per_step = await _sequences_from_request(lm, request, st)
+    logits = await _run_batch(lm, seqs)
+    preds = [_prediction(lm, lg, len(x), per_step) for lg, x in zip(logits, seqs, strict=True)]
+    return {"model": name, "predictions": preds}
+
+
+async def _run_batch(lm: LoadedModel, seqs: list[np.ndarray]) -> list[np.ndarray]:
+    try:
+        return await lm.batcher.predict(seqs)
+    except RuntimeError as exc:
+        if "shutting down" in str(exc):
+            raise ApiError(503, "server_busy", "the server is shutting down") from exc
+        raise
+
+
+# ---- Open Inference Protocol v2 ----------------------------------------------------------
+_V2_TYPES = {"FP32", "FP64", "FP16", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16",
+             "UINT32", "UINT64"}
+
+
+@router.get("/v2/health/live", tags=["oip-v2"])
+async def v2_live() -> dict:
+    return {"live": True}
+
+
+@router.get("/v2/health/ready", tags=["oip-v2"], responses={503: _ERR})
+async def v2_ready(request: Request) -> dict:
+    st = state_of(request)
+    if not st.registry.ready or st.shutting_down:
+        raise ApiError(503, "not_ready", "not ready")
+    return {"ready": True}
+
+
+@router.get("/v2/models/{name}", tags=["oip-v2"], responses={404: _ERR})
+async def v2_model(name: str, request: Request) -> dict:
+    meta = state_of(request).model_or_error(name).metadata
+    return {
+        "name": name,
+        "versions": ["1"],
+        "platform": meta.backend,
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, -1, meta.input_channels]}],
+        "outputs": [
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(meta.classes)]},
+            {"name": "label", "datatype": "BYTES", "shape": [-1]},
+        ],
+    }
+
+
+@router.get("/v2/models/{name}/ready", tags=["oip-v2"], responses={404: _ERR})
+async def v2_model_ready(name: str, request: Request) -> dict:
+    state_of(request).model_or_error(name)
+    return {"name": name, "ready": True}
+
+
+@router.post("/v2/models/{name}/infer", tags=["oip-v2"], openapi_extra=_INFER_BODY,
+             responses={400: _ERR, 404: _ERR, 413: _ERR, 503: _ERR})
+async def v2_infer(name: str, request: Request) -> dict:
+    st = state_of(request)
+    lm = st.model_or_error(name)
+    meta, s = lm.metadata, st.settings
+    doc = parse_json(await read_body(request, s.max_body_bytes))
+    if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or len(doc["inputs"]) != 1:
+        raise ApiError(400, "bad_request", 'expected {"inputs": [{"name", "shape", "datatype", "data"}]}')
+    spec = doc["inputs"][0]
+    if not isinstance(spec, dict):
+        raise ApiError(400, "bad_request", "inputs[0] must be an object")
+    shape, dtype, data = spec.get("shape"), spec.get("datatype", "FP32"), spec.get("data")
+    if (not isinstance(shape, list) or len(shape) not in (2, 3)
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
+        raise ApiError(400, "bad_request", "shape must be [B, L] or [B, L, C] of positive integers")
+    if dtype not in _V2_TYPES:
+        raise ApiError(400, "bad_request", f"datatype {dtype!r} is not numeric")
+    if len(shape) == 2:
+        shape = [*shape, 1]
+    b, length, c = shape
+    if c != meta.input_channels:
+        raise ApiError(400, "bad_input", f"{c} channels, the model takes {meta.input_channels}")
+    if b > s.max_batch_sequences:
+        raise ApiError(413, "too_large", f"batch {b} > limit {s.max_batch_sequences}")
+    try:
+        arr = np.asarray(data, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise ApiError(400, "bad_input", f"data is not numeric: {exc}") from exc
+    if arr.size != b * length * c:
+        raise ApiError(400, "bad_input", f"data has {arr.size} values, shape needs {b * length * c}")
+    arr = arr.reshape(b, length, c)
+    seqs = [audio.check_sequence(arr[i], c, meta.patch_size, s.max_sequence_samples, f"input[{i}]")
+            for i in range(b)]
+    logits = await _run_batch(lm, seqs)
+    last = np.stack([lg[-1] if lg.ndim == 2 else lg for lg in logits])
+    probs = softmax(last.astype(np.float64)).astype(np.float32)
+    labels = [meta.classes[int(i)] for i in probs.argmax(-1)]
+    out = {
+        "model_name": name,
+        "model_version": "1",
+        "outputs": [
+            {"name": "probabilities", "shape": [b, len(meta.classes)], "datatype": "FP32",
+             "data": [float(v) for v in probs.reshape(-1)]},
+            {"name": "label", "shape": [b], "datatype": "BYTES", "data": labels},
+        ],
+    }
+    if "id" in doc:
+        out["id"] = doc["id"]
+    return out
+
+
+def error_response(err: ApiError) -> JSONResponse:
+    return JSONResponse(err.to_body(), status_code=err.status, headers=err.headers)

@@ -1,0 +1,46 @@
+"""Running the app under uvicorn with a graceful drain before uvicorn closes the sockets."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from server.app import configure_logging, create_app, drain
+from server.settings import Settings
+
+
+class S4DServer(uvicorn.Server):
+    """On shutdown (SIGTERM/SIGINT or `should_exit`), first finish every open stream (flush,
+    `final`, close 1001 `shutting_down`), then let uvicorn close connections (it would
+    otherwise drop WebSockets with 1012 before the app's lifespan shutdown runs)."""
+
+    def __init__(self, config: uvicorn.Config, app):
+        super().__init__(config)
+        self._s4d_app = app
+
+    async def shutdown(self, sockets=None) -> None:
+        try:
+            await drain(self._s4d_app.state.s4d)
+        finally:
+            await super().shutdown(sockets=sockets)
+
+
+def build_server(settings: Settings, **uvicorn_kwargs) -> S4DServer:
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        ws_max_size=max(4 * settings.max_frame_bytes, 1 << 22),
+        timeout_graceful_shutdown=int(settings.graceful_timeout_s) + 1,
+        lifespan="on",
+        **uvicorn_kwargs,
+    )
+    return S4DServer(config, app)
+
+
+def serve(settings: Settings) -> int:
+    configure_logging(settings.log_level)
+    server = build_server(settings)
+    server.run()
+    return 0
