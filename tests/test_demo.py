@@ -1,0 +1,242 @@
+"""The browser demo (server/static/) in a real headless Chromium against a real s4d server.
+
+Needs Debian's `chromium` and the `playwright` Python package (its own browser download is
+not used: Chromium is launched from /usr/bin/chromium or $CHROMIUM). The server is started
+from this checkout (`python -m s4d_cli serve`) on a free loopback port with the checkpoints
+in checkpoints/; set S4D_DEMO_URL to test an already running server instead.
+Screenshots go to test-artifacts/; with S4D_UPDATE_DOCS=1 one is also copied to docs/demo.png.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import wave
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+STATIC = ROOT / "server" / "static"
+SAMPLES = STATIC / "samples"
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]
+FAKE_MIC_ARGS = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
+MANIFEST = json.loads((SAMPLES / "index.json").read_text())["samples"]
+
+
+# ---------- bundled files: no server or browser needed ----------
+
+def test_static_files_present():
+    for name in ("index.html", "app.js", "style.css", "pcm-worklet.js"):
+        assert (STATIC / name).stat().st_size > 0, name
+    html = (STATIC / "index.html").read_text()
+    for ref in ("/static/app.js", "/static/style.css"):
+        assert ref in html
+    app = (STATIC / "app.js").read_text()
+    assert "pcm-worklet.js" in app and "/v1/models" in app and "/stream" in app
+
+
+@pytest.mark.parametrize("sample", MANIFEST, ids=[s["id"] for s in MANIFEST])
+def test_bundled_sample_matches_manifest(sample):
+    path = SAMPLES / sample["file"]
+    assert path.stat().st_size < 100_000, "keep bundled samples small"
+    assert sample["encoding"] in ("pcm_s16le", "f32le")
+    if sample["format"] == "wav":
+        with wave.open(str(path)) as w:
+            assert w.getnchannels() == sample["channels"] == 1
+            assert w.getsampwidth() == 2
+            assert w.getframerate() == sample["sample_rate"]
+            n = w.getnframes()
+        if sample["id"].startswith("ecg"):
+            assert n == 60 * 250  # 60 s of MIT-BIH 208 at 250 Hz
+        else:
+            assert n == sample["sample_rate"]  # one second of speech
+    else:
+        data = json.loads(path.read_text())
+        assert data["channels"] == sample["channels"]
+        assert data["frames"] and all(len(f) == data["channels"] for f in data["frames"])
+
+
+# ---------- live server + headless Chromium ----------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get_json(url: str, timeout: float = 5.0):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+@pytest.fixture(scope="module")
+def server_url():
+    if os.environ.get("S4D_DEMO_URL"):
+        yield os.environ["S4D_DEMO_URL"].rstrip("/")
+        return
+    if not (ROOT / "server" / "app.py").exists():
+        pytest.skip("server/app.py does not exist yet")
+    if not any((ROOT / "checkpoints").glob("*/config.json")):
+        pytest.skip("no checkpoints/<name>/config.json to serve")
+    port = _free_port()
+    ARTIFACTS.mkdir(exist_ok=True)
+    log = open(ARTIFACTS / "demo-server.log", "wb")
+    env = dict(os.environ, S4D_DEVICE="cpu")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "s4d_cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+         "--checkpoints", str(ROOT / "checkpoints"), "--device", "cpu"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited with {proc.returncode}; see {log.name}")
+            try:
+                if _get_json(url + "/readyz", timeout=2)["status"] == "ready":
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"server not ready within 240 s; see {log.name}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        log.close()
+
+
+def _launch(p, extra_args=()):
+    exe = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+    return p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS + list(extra_args),
+                             headless=True, timeout=60_000)
+
+
+@pytest.fixture(scope="module")
+def playwright():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    exe = os.environ.get("CHROMIUM") or shutil.which("chromium")
+    if not exe or not Path(exe).exists():
+        pytest.skip("chromium is not installed (Debian package `chromium`)")
+    with sync_api.sync_playwright() as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def served_models(server_url):
+    return {m["name"]: m for m in _get_json(server_url + "/v1/models")["models"]}
+
+
+def _open_page(browser, server_url, errors):
+    page = browser.new_page(viewport={"width": 1280, "height": 760})
+    page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
+    page.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None)
+    page.goto(server_url + "/", timeout=30_000)
+    page.wait_for_selector('body[data-state="idle"]', timeout=30_000)
+    return page
+
+
+def _batch_label(server_url: str, model: str, wav: Path) -> str:
+    req = urllib.request.Request(f"{server_url}/v1/models/{model}/predict", data=wav.read_bytes(),
+                                 headers={"Content-Type": "audio/wav"}, method="POST")
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return json.loads(r.read())["predictions"][0]["label"]
+
+
+@pytest.mark.parametrize("sample", MANIFEST, ids=[s["id"] for s in MANIFEST])
+def test_demo_streams_bundled_sample(playwright, server_url, served_models, sample):
+    served = [m for m in sample["models"] if m in served_models]
+    if not served:
+        pytest.skip(f"the server does not serve {sample['models']}")
+    model = served_models[served[0]]
+    if not model["streamable"]:
+        pytest.skip(f"{model['name']} is not streamable")
+    errors: list[str] = []
+    browser = _launch(playwright)
+    try:
+        page = _open_page(browser, server_url, errors)
+        page.select_option("#model", model["name"])
+        page.select_option("#sample", sample["id"])
+        long = sample["format"] == "wav" and sample["id"].startswith("ecg")
+        if long:
+            page.check("#fast")  # 60 s of ECG: no real-time pacing in the test
+        page.click("#start")
+        page.wait_for_selector('body[data-state="streaming"]', timeout=30_000)
+        page.wait_for_selector('body[data-state="done"], body[data-state="error"]',
+                               timeout=120_000)
+        state = page.get_attribute("body", "data-state")
+        status = page.text_content("#status")
+        assert state == "done", f"demo ended in {state}: {status}; {errors}"
+        final = page.text_content("#final-label").strip()
+        assert final in model["classes"]
+        assert int(page.text_content("#result-count")) >= 2
+        shown = page.eval_on_selector_all(".bar.top .name", "els => els.map(e => e.textContent)")
+        assert shown == [final]
+        if sample.get("window_seconds"):
+            segments = page.eval_on_selector_all("#segments li", "els => els.length")
+            assert segments == 60 // sample["window_seconds"]
+        if sample["format"] == "wav" and not sample.get("window_seconds"):
+            # the browser streams the WAV's int16 samples unchanged: stream == batch
+            assert final == _batch_label(server_url, model["name"], SAMPLES / sample["file"])
+        assert not errors, errors
+        ARTIFACTS.mkdir(exist_ok=True)
+        shot = ARTIFACTS / f"demo-{sample['id']}.png"
+        page.screenshot(path=str(shot), full_page=True)
+        if os.environ.get("S4D_UPDATE_DOCS") == "1" and sample["id"].startswith("ecg"):
+            (ROOT / "docs").mkdir(exist_ok=True)
+            shutil.copyfile(shot, ROOT / "docs" / "demo.png")
+    finally:
+        browser.close()
+
+
+def test_demo_streams_fake_microphone(playwright, server_url, served_models):
+    """Chromium's fake capture device (a beep at the context rate) through the AudioWorklet."""
+    audio = [m for m in served_models.values()
+             if m["input_channels"] == 1 and m["sample_rate"] >= 8000 and m["streamable"]]
+    if not audio:
+        pytest.skip("no streamable audio model is served")
+    model = audio[0]
+    errors: list[str] = []
+    browser = _launch(playwright, FAKE_MIC_ARGS)
+    try:
+        page = _open_page(browser, server_url, errors)
+        page.select_option("#model", model["name"])
+        page.check('input[name="source"][value="mic"]')
+        page.click("#start")
+        # the fake device beeps about once a second: stream 2 s of audio
+        page.wait_for_function(
+            f"Number(document.getElementById('offset').textContent) >= {2 * model['sample_rate']}",
+            timeout=30_000)
+        assert float(page.get_attribute("#wave", "data-peak")) > 0.05, "the microphone was silent"
+        page.click("#stop")
+        page.wait_for_selector('body[data-state="done"], body[data-state="error"]',
+                               timeout=30_000)
+        assert page.get_attribute("body", "data-state") == "done", page.text_content("#status")
+        assert page.text_content("#final-label").strip() in model["classes"]
+        # 20 ms chunks resampled to the model's rate: the offset is a whole number of chunks
+        offset = int(page.text_content("#offset"))
+        assert offset > 0 and offset % round(model["sample_rate"] * 0.02) == 0
+        assert not errors, errors
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "demo-microphone.png"), full_page=True)
+    finally:
+        browser.close()
