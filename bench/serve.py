@@ -18,7 +18,8 @@ clock, with emit_every = frame, so the server answers every frame. Frame k of a 
   r_k > d_{k+1} + slack = d_k + F + slack (default slack 50 ms). A frame with no result by
   the end of the run counts as late (and as missing).
 - client lag = send time - due time (the client's own pacing error); when its p99 exceeds
-  F/2 the client could not keep up and the run is marked client_saturated (not a pass).
+  F/2 the run is marked client_lagging
+  (not a pass: the generator could not send on time, from its own CPU or host contention).
 - rtf = acknowledged audio seconds / (N · window seconds): 1.0 means the server kept up.
 - server_cpu_per_audio_s = server CPU seconds / acknowledged audio seconds in the window
   (the cost-based real-time factor: 0.01 = one core serves ~100 streams).
@@ -368,7 +369,7 @@ def run_once(args: argparse.Namespace, ctx: dict, n: int, pool: cf.Executor) -> 
         "late_fraction": late / frames_measured if frames_measured else None,
         "missing_results": missing,
         "client_lag_ms": {"p50": _pct(lag, 50), "p99": lag_p99},
-        "client_saturated": bool(saturated),
+        "client_lagging": bool(saturated),
         "rtf": audio_s / (n * win_s),
         "audio_s_per_s": audio_s / win_s,
         "server_cpu_percent": None if s0 is None or s1 is None else 100 * (s1 - s0) / (t1 - t0),
@@ -408,7 +409,7 @@ def _fmt(r: dict) -> str:
         f"  late {r['late_frames']:6d}/{r['frames_measured']:<7d} rtf {r['rtf']:.3f}"
         f"  server cpu {'-' if cpu is None else f'{cpu:.0f}%'}"
         f"  client cpu {r['client_cpu_percent']:.0f}%"
-        f"{'  CLIENT SATURATED' if r['client_saturated'] else ''}"
+        f"{'  CLIENT LAGGING' if r['client_lagging'] else ''}"
         f"{'  errors ' + str(r['error_count']) if r['error_count'] else ''}"
         f"  {'PASS' if r['pass'] else 'FAIL'}"
     )
