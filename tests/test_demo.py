@@ -3,7 +3,7 @@
 Needs Debian's `chromium` and the `playwright` Python package (its own browser download is
 not used: Chromium is launched from /usr/bin/chromium or $CHROMIUM). The server is started
 from this checkout (`python -m s4d_cli serve`) on a free loopback port with the checkpoints
-in checkpoints/; set S4D_DEMO_URL to test an already running server instead.
+in checkpoints/ (or $S4D_CHECKPOINTS); set S4D_DEMO_URL to test an already running server.
 Screenshots go to test-artifacts/; with S4D_UPDATE_DOCS=1 one is also copied to docs/demo.png.
 """
 
@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 STATIC = ROOT / "server" / "static"
 SAMPLES = STATIC / "samples"
 ARTIFACTS = ROOT / "test-artifacts"
+CHECKPOINTS = Path(os.environ.get("S4D_CHECKPOINTS") or ROOT / "checkpoints")
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run",
@@ -88,15 +89,15 @@ def server_url():
         return
     if not (ROOT / "server" / "app.py").exists():
         pytest.skip("server/app.py does not exist yet")
-    if not any((ROOT / "checkpoints").glob("*/config.json")):
-        pytest.skip("no checkpoints/<name>/config.json to serve")
+    if not any(CHECKPOINTS.glob("*/config.json")):
+        pytest.skip(f"no {CHECKPOINTS}/<name>/config.json to serve")
     port = _free_port()
     ARTIFACTS.mkdir(exist_ok=True)
     log = open(ARTIFACTS / "demo-server.log", "wb")
     env = dict(os.environ, S4D_DEVICE="cpu")
     proc = subprocess.Popen(
         [sys.executable, "-m", "s4d_cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-         "--checkpoints", str(ROOT / "checkpoints"), "--device", "cpu"],
+         "--checkpoints", str(CHECKPOINTS), "--device", "cpu"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"

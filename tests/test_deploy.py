@@ -31,6 +31,7 @@ DASHBOARD = DEPLOY / "grafana" / "dashboards" / "s4d.json"
 PROM_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
 COMPOSE = ROOT / "docker-compose.yml"
 COMPOSE_GPU = ROOT / "docker-compose.gpu.yml"
+CHECKPOINTS = Path(os.environ.get("S4D_CHECKPOINTS") or ROOT / "checkpoints")
 
 
 def _tool(name: str) -> str | None:
@@ -331,8 +332,8 @@ def test_prometheus_scrapes_live_server(tmp_path):
     prometheus = _require("prometheus", "apt-get install prometheus")
     if not (ROOT / "server" / "app.py").exists():
         pytest.skip("server/app.py does not exist yet")
-    if not any((ROOT / "checkpoints").glob("*/config.json")):
-        pytest.skip("no checkpoints/<name>/config.json to serve")
+    if not any(CHECKPOINTS.glob("*/config.json")):
+        pytest.skip(f"no {CHECKPOINTS}/<name>/config.json to serve")
 
     s4d_port, prom_port = _free_port(), _free_port()
     base = f"http://127.0.0.1:{s4d_port}"
@@ -353,7 +354,7 @@ def test_prometheus_scrapes_live_server(tmp_path):
         try:
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "s4d_cli", "serve", "--host", "127.0.0.1",
-                 "--port", str(s4d_port), "--device", "cpu"],
+                 "--port", str(s4d_port), "--checkpoints", str(CHECKPOINTS), "--device", "cpu"],
                 cwd=ROOT, stdout=slog, stderr=subprocess.STDOUT, start_new_session=True))
             _wait_until(lambda: _get(base + "/readyz", 2)[0] == 200, 240, "s4d /readyz",
                         procs[0], server_log)
