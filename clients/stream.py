@@ -202,8 +202,11 @@ class AsyncStreamSession:
         if resume:
             start["session_id"] = self.session_id
             start["offset"] = int(self._buf_start)
-        try:
+        with contextlib.suppress(ConnectionClosed):
+            # the server may refuse (unknown_model, ...) before reading start: its error
+            # message is still queued for recv() below
             await ws.send(json.dumps(start))
+        try:
             raw = await asyncio.wait_for(ws.recv(), self.open_timeout)
         except ConnectionClosed as exc:
             raise S4DError(
