@@ -241,3 +241,69 @@ def test_demo_streams_fake_microphone(playwright, server_url, served_models):
         page.screenshot(path=str(ARTIFACTS / "demo-microphone.png"), full_page=True)
     finally:
         browser.close()
+
+
+RESAMPLE_JS = """
+async ([freq, inRate, outRate]) => {
+  const ctx = new OfflineAudioContext(1, inRate, inRate);  // one second
+  await ctx.audioWorklet.addModule('/static/pcm-worklet.js');
+  const osc = new OscillatorNode(ctx, {frequency: freq});
+  const node = new AudioWorkletNode(ctx, 'pcm-resampler', {numberOfInputs: 1,
+    numberOfOutputs: 0, processorOptions: {targetRate: outRate, chunkSamples: 160}});
+  const out = [];
+  node.port.onmessage = (e) => out.push(...new Int16Array(e.data));
+  osc.connect(node);
+  osc.start();
+  await ctx.startRendering();
+  await new Promise((r) => setTimeout(r, 300));  // drain the port
+  return out;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def static_url():
+    """server/ over plain HTTP, so /static/pcm-worklet.js loads without the s4d server."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(ROOT / "server"))
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.mark.parametrize("in_rate", [48000, 44100])
+def test_worklet_resampler(playwright, static_url, in_rate):
+    """The microphone resampler keeps a tone's frequency and level and removes what would
+    alias above the model's Nyquist frequency."""
+    np = pytest.importorskip("numpy")
+    out_rate = 16000
+    browser = _launch(playwright)
+    try:
+        page = browser.new_page()
+        page.goto(static_url + "/static/samples/index.json")
+
+        def render(freq: float):
+            x = np.array(page.evaluate(RESAMPLE_JS, [freq, in_rate, out_rate]), dtype=float)
+            return x / 32768
+
+        tone = render(1000.0)
+        # one second in, one second out, less the filter's look-ahead and a partial chunk
+        assert out_rate - 600 <= len(tone) <= out_rate
+        steady = tone[600:]
+        spectrum = np.abs(np.fft.rfft(steady * np.hanning(len(steady))))
+        peak_hz = np.argmax(spectrum) * out_rate / len(steady)
+        assert abs(peak_hz - 1000) < 5
+        rms = np.sqrt(np.mean(steady**2))
+        assert abs(rms - 1 / np.sqrt(2)) < 0.02  # the oscillator's amplitude is 1
+        high = render(6000.0)[600:]  # well below 8 kHz: passes (within 1 dB)
+        assert np.sqrt(np.mean(high**2)) > 0.63
+        alias = render(12000.0)[600:]  # above 8 kHz: would alias to 4 kHz without the filter
+        assert np.sqrt(np.mean(alias**2)) < 0.02
+    finally:
+        browser.close()

@@ -2,14 +2,14 @@
 // with a windowed-sinc band-limited interpolator, and posts Int16 (pcm_s16le) chunks of
 // `chunkSamples` to the main thread, which sends them over the WebSocket unchanged.
 
-const HALF_WIDTH = 8; // kernel half-width in output-rate samples
+const HALF_WIDTH = 16; // kernel half-width in output-rate samples
 
 class PcmResampler extends AudioWorkletProcessor {
   constructor(options) {
     super();
     const { targetRate, chunkSamples } = options.processorOptions;
     this.step = sampleRate / targetRate; // input samples per output sample
-    this.cutoff = Math.min(1, 1 / this.step) * 0.92; // fraction of the input Nyquist
+    this.cutoff = Math.min(1, 1 / this.step) * 0.9; // fraction of the input Nyquist
     this.half = Math.ceil(HALF_WIDTH * Math.max(1, this.step)); // in input samples
     this.history = new Float32Array(0); // input samples not yet fully consumed
     this.base = 0; // input index of history[0]
