@@ -14,6 +14,10 @@ from server.backends.base import Backend
 log = logging.getLogger("s4d.batcher")
 
 
+class BatcherBusy(RuntimeError):
+    """Too many predict requests queued: answered 503 server_busy."""
+
+
 class PredictBatcher:
     """Collects requests for ``window_s``, sorts their sequences by length and runs them as few
     padded forwards as the ``max_batch_sequences`` / ``max_batch_samples`` budgets allow."""
@@ -26,12 +30,15 @@ class PredictBatcher:
         window_s: float,
         max_batch_sequences: int,
         max_batch_samples: int,
+        max_pending: int = 256,
     ):
         self.backend = backend
         self.executor = executor
         self.window_s = window_s
         self.max_batch_sequences = max_batch_sequences
         self.max_batch_samples = max_batch_samples
+        self.max_pending = max_pending
+        self.pending = 0  # requests queued or running
         self._queue: asyncio.Queue = asyncio.Queue()
         self._task: asyncio.Task | None = None
 
@@ -53,9 +60,15 @@ class PredictBatcher:
 
     async def predict(self, sequences: list[np.ndarray]) -> list[np.ndarray]:
         """Logits per sequence ([K], or [L // patch, K] for pooling none). Each is [L, C]."""
+        if self.pending >= self.max_pending:
+            raise BatcherBusy(f"{self.pending} predict requests pending; try again later")
         fut = asyncio.get_running_loop().create_future()
-        await self._queue.put((sequences, fut))
-        return await fut
+        self.pending += 1
+        try:
+            await self._queue.put((sequences, fut))
+            return await fut
+        finally:
+            self.pending -= 1
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

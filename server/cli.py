@@ -20,6 +20,7 @@ FLAGS: dict[str, tuple[str, str]] = {
     "--max-batch-sequences": ("max_batch_sequences", "sequences per request / forward"),
     "--max-sequence-samples": ("max_sequence_samples", "longest REST sequence"),
     "--max-batch-samples": ("max_batch_samples", "padded B*L budget per forward"),
+    "--max-pending-requests": ("max_pending_requests", "queued predicts before 503"),
     "--batch-window-ms": ("batch_window_ms", "predict micro-batching window"),
     "--emit-every": ("emit_every", "default result period in samples (0 = final only)"),
     "--log-level": ("log_level", "debug | info | warning | error"),

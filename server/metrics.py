@@ -5,8 +5,14 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from server.errors import WS_CLOSE_CODES
+
 _LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)
+KNOWN_ERROR_CODES = (
+    *WS_CLOSE_CODES, "bad_request", "bad_input", "not_found", "too_large",
+    "unsupported_media_type", "not_ready",
 )
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
@@ -50,6 +56,8 @@ class Metrics:
             ["route", "method", "status"], buckets=_LATENCY_BUCKETS, registry=r,
         )
         self.errors = Counter("s4d_errors", "Errors answered, by code", ["code"], registry=r)
+        for code in KNOWN_ERROR_CODES:  # every documented code is visible at zero
+            self.errors.labels(code=code)
         self.slab_bytes_in_use = Gauge(
             "s4d_state_slab_bytes_in_use", "State slab bytes held by sessions", ["model"], registry=r
         )

@@ -97,6 +97,7 @@ class ModelRegistry:
             batcher = PredictBatcher(
                 backend, executor, window_s=s.batch_window_ms / 1000,
                 max_batch_sequences=s.max_batch_sequences, max_batch_samples=s.max_batch_samples,
+                max_pending=s.max_pending_requests,
             )
             lm = LoadedModel(name, path, backend, executor, batcher, scheduler,
                              load_seconds=time.perf_counter() - t0)

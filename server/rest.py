@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 
 from server import audio
+from server.batcher import BatcherBusy
 from server.errors import ApiError
 from server.registry import LoadedModel
 from server.scheduler import softmax
@@ -235,6 +236,8 @@ async def predict(name: str, request: Request) -> dict:
 async def _run_batch(lm: LoadedModel, seqs: list[np.ndarray]) -> list[np.ndarray]:
     try:
         return await lm.batcher.predict(seqs)
+    except BatcherBusy as exc:
+        raise ApiError(503, "server_busy", str(exc), headers={"Retry-After": "1"}) from exc
     except RuntimeError as exc:
         if "shutting down" in str(exc):
             raise ApiError(503, "server_busy", "the server is shutting down") from exc

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     max_batch_samples: int = Field(
         1 << 21, ge=1, description="padded B*L budget of one batched forward"
     )
+    max_pending_requests: int = Field(
+        256, ge=1, description="queued predict requests per model before 503 server_busy"
+    )
     batch_window_ms: float = Field(3.0, ge=0, description="how long the batcher collects requests")
 
     warmup: bool = True
