@@ -126,6 +126,19 @@ def image_command() -> list[str]:
     return (entry[-1] if entry else []) + (cmd[-1] if cmd else [])
 
 
+def image_env() -> dict[str, str]:
+    env: dict[str, str] = {}
+    for op, args in final_stage():
+        if op == "ENV":
+            env.update(w.split("=", 1) for w in shlex.split(args))
+    return env
+
+
+def healthcheck_command() -> list[str]:
+    args = next(a for op, a in final_stage() if op == "HEALTHCHECK")
+    return exec_form(args.split(" CMD ", 1)[1].strip())
+
+
 def make_serve_command() -> list[str]:
     """The command of the Makefile's `serve` recipe, the venv prefix stripped."""
     text = (ROOT / "Makefile").read_text()
@@ -352,12 +365,27 @@ def test_prometheus_scrapes_live_server(tmp_path):
     with open(server_log, "wb") as slog, open(prom_log, "wb") as plog, \
             tempfile.TemporaryDirectory() as tsdb:
         try:
+            # configured as in the image (its ENV, its command), on loopback and a free port
+            env = {k: v for k, v in image_env().items() if k.startswith("S4D_")}
+            env.update(S4D_HOST="127.0.0.1", S4D_PORT=str(s4d_port),
+                       S4D_CHECKPOINTS=str(CHECKPOINTS), S4D_DEVICE="cpu")
+            env = {**os.environ, **env}
+            command = image_command()
+            assert command[0] == "s4d"
             procs.append(subprocess.Popen(
-                [sys.executable, "-m", "s4d_cli", "serve", "--host", "127.0.0.1",
-                 "--port", str(s4d_port), "--checkpoints", str(CHECKPOINTS), "--device", "cpu"],
+                [sys.executable, "-m", "s4d_cli", *command[1:]], env=env,
                 cwd=ROOT, stdout=slog, stderr=subprocess.STDOUT, start_new_session=True))
             _wait_until(lambda: _get(base + "/readyz", 2)[0] == 200, 240, "s4d /readyz",
                         procs[0], server_log)
+            health = healthcheck_command()
+            assert health[0] == "python"
+            r = subprocess.run([sys.executable, *health[1:]], env=env, timeout=30,
+                               capture_output=True, text=True)
+            assert r.returncode == 0, r.stderr
+            dead = {**env, "S4D_PORT": str(_free_port())}
+            r = subprocess.run([sys.executable, *health[1:]], env=dead, timeout=30,
+                               capture_output=True, text=True)
+            assert r.returncode != 0, "the HEALTHCHECK passes against a closed port"
             procs.append(subprocess.Popen(
                 [prometheus, f"--config.file={config}", f"--storage.tsdb.path={tsdb}",
                  f"--web.listen-address=127.0.0.1:{prom_port}"],
