@@ -166,30 +166,31 @@ class ModelScheduler:
                 log.exception("scheduler %s: unexpected error", self.name)
 
     async def _drain(self) -> None:
-        t = self.frame_size
+        t, patch = self.frame_size, self.patch_size
         while not self._stopping:
             ready = [s for s in self.sessions.values() if len(s.buffer) >= t]
-            self.metrics.queue_depth.labels(model=self.name).set(len(ready))
-            if ready:
-                await self._step(ready, t)
-                continue
+            # flushes (reset / end) whose full frames are done: their partial frame runs in the
+            # same round as the full frames of others, so busy streams never starve an `end`
             flushing = [
                 s for s in self.sessions.values()
-                if s.flush_future is not None and not s.flush_future.done()
+                if s.flush_future is not None and not s.flush_future.done() and len(s.buffer) < t
             ]
-            if not flushing:
+            self.metrics.queue_depth.labels(model=self.name).set(len(ready))
+            if not ready and not flushing:
                 return
             groups: dict[int, list[Session]] = defaultdict(list)
             for s in flushing:
-                usable = len(s.buffer) - len(s.buffer) % self.patch_size
-                groups[usable].append(s)
+                usable = len(s.buffer) - len(s.buffer) % patch
+                if usable:
+                    groups[usable].append(s)
+            if ready:
+                await self._step(ready, t)
             for usable, group in groups.items():
-                if usable > 0:
-                    await self._step(group, usable)
+                await self._step(group, usable)
             now = time.monotonic()
             for s in flushing:
                 rest = len(s.buffer)
-                if rest:  # fewer samples than one patch: ignored, as in the batch forward
+                if 0 < rest < patch:  # less than one patch: ignored, as in the batch forward
                     _, anchor = s.take(rest)
                     s.advance(rest, None, anchor, now)
                 if s.flush_future is not None and not s.flush_future.done():
