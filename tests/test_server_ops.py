@@ -85,9 +85,10 @@ def test_predict_queue_full_is_503(start_server, checkpoint_dir):
             return await asyncio.gather(*(
                 c.post("/v1/models/tiny/predict", json={"inputs": [x]}) for _ in range(6)))
 
-    codes = [r.status_code for r in asyncio.run(main())]
+    responses = asyncio.run(main())
+    codes = [r.status_code for r in responses]
     assert 200 in codes and 503 in codes, codes
-    r503 = next(r for r in asyncio.run(main()) if r.status_code == 503)
+    r503 = next(r for r in responses if r.status_code == 503)
     assert r503.json()["error"]["code"] == "server_busy"
 
 
