@@ -44,8 +44,15 @@ class S4DBlock(nn.Module):
 class S4DNetwork(nn.Module):
     def __init__(self, cfg: ModelConfig, seed: int | None = 0):
         super().__init__()
+        if seed is None:
+            self._build(cfg, None)
+        else:  # the same seed gives the same weights, whatever the global RNG did before
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                self._build(cfg, torch.Generator().manual_seed(seed))
+
+    def _build(self, cfg: ModelConfig, gen: torch.Generator | None) -> None:
         self.cfg = cfg
-        gen = torch.Generator().manual_seed(seed) if seed is not None else None
         d_in = cfg.d_input
         mean = torch.tensor(cfg.input_mean or [0.0] * d_in, dtype=torch.float32)
         std = torch.tensor(cfg.input_std or [1.0] * d_in, dtype=torch.float32)

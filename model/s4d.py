@@ -27,11 +27,13 @@ def hippo_legs(n: int) -> tuple[np.ndarray, np.ndarray]:
     return a, r.copy()
 
 
-def legs_normal_eig(n: int) -> tuple[np.ndarray, np.ndarray]:
+def legs_normal_eig(n: int, return_vectors: bool = False):
     """Eigen-decomposition of the normal part of HiPPO-LegS, A + P P^T with P = sqrt(q + 1/2).
 
-    Returns the N/2 eigenvalues with positive imaginary part and V^* B for them (S4D-LegS).
-    The normal part is -1/2 I plus a skew-symmetric matrix, so the real parts are all -1/2.
+    Returns the N/2 eigenvalues with positive imaginary part and V^* B / 2 for them
+    (S4D-LegS; optionally V too). The normal part is -1/2 I plus a skew-symmetric matrix, so
+    the real parts are all -1/2. The factor 1/2 is the paper's: with it the diagonal kernel
+    converges to the full S4-LegS kernel as N grows (tests/test_legs_theorem.py).
     """
     a, b = hippo_legs(n)
     p = np.sqrt(np.arange(n) + 0.5)
@@ -40,8 +42,8 @@ def legs_normal_eig(n: int) -> tuple[np.ndarray, np.ndarray]:
     w_imag, v = np.linalg.eigh(-1j * skew)  # skew = i * (Hermitian -i*skew)
     order = np.argsort(w_imag)[::-1][: n // 2]  # positive imaginary parts, conjugates implicit
     lam = -0.5 + 1j * w_imag[order]
-    vb = v[:, order].conj().T @ b
-    return lam, vb
+    vb = v[:, order].conj().T @ b / 2
+    return (lam, vb, v[:, order]) if return_vectors else (lam, vb)
 
 
 def init_modes(init: str, n_state: int, generator: torch.Generator | None = None):

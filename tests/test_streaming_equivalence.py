@@ -1,0 +1,157 @@
+"""FFT convolution == per-sample recurrence == chunked recurrence, for every init,
+discretization and pooling, any frame length and any split of the sequence."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from model.config import ModelConfig
+from model.network import S4DNetwork
+from model.recurrence import PerSampleStepper
+from model.s4d import INITS
+from model.streaming import NotStreamableError, StreamingNetwork
+
+LENGTH = 48
+
+
+def make_net(init="legs", disc="zoh", pooling="mean", patch=1, dtype=torch.float64, **kw):
+    cfg = ModelConfig(
+        d_input=2, d_model=8, d_state=8, n_layers=2, d_output=3, init=init,
+        discretization=disc, pooling=pooling, patch_size=patch, **kw,
+    )
+    return S4DNetwork(cfg, seed=3).to(dtype).eval()
+
+
+def rel_err(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def stream(net, x, pieces, frame_size, dtype):
+    """Feed x split at `pieces` boundaries; each piece is sent as full frames + remainder."""
+    sn = StreamingNetwork(net, frame_size, dtype=dtype)
+    state = sn.zero_state(x.shape[0])
+    outs, logits = [], None
+    bounds = [0, *pieces, x.shape[1]]
+    with torch.inference_mode():
+        for a, b in zip(bounds, bounds[1:]):
+            for s in range(a, b, frame_size):
+                chunk = x[:, s : min(b, s + frame_size)].to(dtype)
+                if chunk.shape[1] == 0:
+                    continue
+                logits, state = sn.step(chunk, state)
+                outs.append(logits)
+    return torch.cat(outs, 1) if net.cfg.pooling == "none" else logits
+
+
+@pytest.mark.parametrize("init", INITS)
+@pytest.mark.parametrize("disc", ["zoh", "bilinear"])
+@pytest.mark.parametrize("pooling", ["mean", "last", "none"])
+def test_three_paths_agree_float64(init, disc, pooling):
+    net = make_net(init, disc, pooling)
+    x = torch.randn(3, LENGTH, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        ref = net(x)
+        stepper = PerSampleStepper(net)
+        per_sample, _ = stepper.step(x, stepper.zero_state(3))
+    chunked = stream(net, x, [5, 17, 18, 40], frame_size=7, dtype=torch.float64)
+    assert rel_err(per_sample, ref) <= 1e-10
+    assert rel_err(chunked, ref) <= 1e-10
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    frame=st.integers(1, 24),
+    cuts=st.lists(st.integers(1, LENGTH - 1), max_size=6, unique=True).map(sorted),
+    pooling=st.sampled_from(["mean", "last", "none"]),
+    init=st.sampled_from(INITS),
+)
+def test_any_frame_and_split_float64(frame, cuts, pooling, init):
+    net = make_net(init=init, pooling=pooling)
+    x = torch.randn(2, LENGTH, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(frame))
+    with torch.inference_mode():
+        ref = net(x)
+    assert rel_err(stream(net, x, cuts, frame, torch.float64), ref) <= 1e-10
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    frame_patches=st.integers(1, 8),
+    cuts=st.lists(st.integers(1, LENGTH // 4 - 1), max_size=4, unique=True).map(sorted),
+)
+def test_patched_network_streams_exactly_float32(frame_patches, cuts):
+    patch = 4
+    net64 = make_net(patch=patch, pooling="mean")
+    x = torch.randn(2, LENGTH, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    with torch.inference_mode():
+        ref = net64(x)
+    cuts = [c * patch for c in cuts]
+    out32 = stream(net64, x, cuts, frame_patches * patch, torch.float32)
+    assert out32.dtype == torch.float32
+    assert rel_err(out32.double(), ref) <= 1e-5
+
+
+@pytest.mark.parametrize("pooling", ["mean", "last", "none"])
+def test_float32_paths_against_float64_reference(pooling):
+    net = make_net(pooling=pooling)
+    x = torch.randn(4, 320, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        ref = net(x)
+        fft32 = make_net(pooling=pooling, dtype=torch.float32)(x.float())
+    chunked32 = stream(net, x, [100, 250], frame_size=64, dtype=torch.float32)
+    assert rel_err(fft32.double(), ref) <= 1e-5
+    assert rel_err(chunked32.double(), ref) <= 1e-5
+
+
+def test_prefix_prediction_equals_batch_prediction_on_prefix():
+    net = make_net()
+    x = torch.randn(1, 40, 2, dtype=torch.float64)
+    sn = StreamingNetwork(net, 8, dtype=torch.float64)
+    state = sn.zero_state(1)
+    with torch.inference_mode():
+        for end in range(8, 41, 8):
+            logits, state = sn.step(x[:, end - 8 : end], state)
+            assert rel_err(logits, net(x[:, :end])) <= 1e-10
+
+
+def test_variable_lengths_in_one_batch_match_single_runs():
+    for pooling in ("mean", "last"):
+        net = make_net(pooling=pooling)
+        a, b = torch.randn(1, 30, 2, dtype=torch.float64), torch.randn(1, 45, 2, dtype=torch.float64)
+        batch = torch.zeros(2, 45, 2, dtype=torch.float64)
+        batch[0, :30], batch[1] = a[0], b[0]
+        with torch.inference_mode():
+            out = net(batch, lengths=torch.tensor([30, 45]))
+            assert rel_err(out[0:1], net(a)) <= 1e-12
+            assert rel_err(out[1:2], net(b)) <= 1e-12
+
+
+def test_bidirectional_runs_in_batch_and_is_refused_for_streaming():
+    net = make_net(bidirectional=True)
+    x = torch.randn(2, 20, 2, dtype=torch.float64)
+    with torch.inference_mode():
+        full = net(x)
+        # the output at step 0 depends on the future: change the last sample and it moves
+        x2 = x.clone()
+        x2[:, -1] += 1.0
+        assert not torch.allclose(net(x2), full)
+    with pytest.raises(NotStreamableError, match="bidirectional"):
+        StreamingNetwork(net, 4)
+    with pytest.raises(NotStreamableError):
+        PerSampleStepper(net)
+
+
+def test_bad_frame_lengths_are_refused():
+    sn = StreamingNetwork(make_net(patch=4), 8, dtype=torch.float64)
+    state = sn.zero_state(1)
+    for bad in (0, 3, 6, 12):
+        with pytest.raises(ValueError, match="frame"):
+            sn.step(torch.zeros(1, bad, 2, dtype=torch.float64), state)
+    with pytest.raises(ValueError):
+        StreamingNetwork(make_net(patch=4), 6)
+
+
+def test_state_bytes_per_session():
+    sn = StreamingNetwork(make_net(dtype=torch.float32), 8)
+    # 2 layers * H=8 * N/2=4 * (re + im) * 4 bytes + pool (8 floats) + count (1 float)
+    assert sn.state_bytes_per_session == 2 * 8 * 4 * 2 * 4 + 8 * 4 + 4
