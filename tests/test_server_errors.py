@@ -10,6 +10,8 @@ import httpx
 import numpy as np
 import pytest
 import websockets
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 START = {"type": "start", "sample_rate": 16000, "encoding": "f32le", "channels": 1}
 
@@ -220,3 +222,56 @@ def test_body_limit(start_server, checkpoint_dir):
     r = httpx.post(f"{srv.base_url}/v1/models/tiny/predict",
                    json={"inputs": [[0.1] * 2000]})
     assert r.status_code == 413 and r.json()["error"]["code"] == "too_large"
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats(allow_nan=False)
+    | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=6,
+)
+_start_like = st.fixed_dictionaries(
+    {"type": st.sampled_from(["start", "end", "reset", "x"])},
+    optional={"sample_rate": st.sampled_from([16000, 8000, "a", -1, None]),
+              "encoding": st.sampled_from(["f32le", "pcm_s16le", "mp3", 3]),
+              "channels": st.sampled_from([1, 2, 0, "1"]),
+              "emit_every": st.sampled_from([0, 64, -5, 1.5]),
+              "session_id": st.sampled_from(["abc", "", 7]),
+              "offset": st.sampled_from([0, 10, -1])},
+)
+_message = st.one_of(st.binary(max_size=64), _start_like, _json_values.map(json.dumps),
+                     st.text(max_size=20))
+
+
+@settings(max_examples=10, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(messages=st.lists(_message, min_size=1, max_size=6))
+def test_fuzzed_clients_get_documented_codes(live_server, messages):
+    from server.errors import WS_CLOSE_CODES
+
+    async def main():
+        async with websockets.connect(live_server.ws_url("tiny")) as ws:
+            for m in messages:
+                try:
+                    await ws.send(json.dumps(m) if isinstance(m, dict) else m)
+                except websockets.ConnectionClosed:
+                    break
+            try:
+                await ws.send(json.dumps({"type": "end"}))
+            except websockets.ConnectionClosed:
+                pass
+            msgs, code = [], None
+            try:
+                while True:
+                    msgs.append(json.loads(await asyncio.wait_for(ws.recv(), 10)))
+            except websockets.ConnectionClosed as exc:
+                code = exc.rcvd.code if exc.rcvd else None
+            return msgs, code
+
+    msgs, code = asyncio.run(main())
+    errors = [m for m in msgs if m["type"] == "error"]
+    if errors:
+        assert len(errors) == 1 and code == WS_CLOSE_CODES[errors[0]["code"]], (msgs, code)
+    else:
+        assert code == 1000 and msgs[-1]["type"] == "final", (msgs, code)
+    assert httpx.get(f"{live_server.base_url}/healthz").status_code == 200
