@@ -145,6 +145,8 @@ class ServerProcess:
                 r = httpx.get(self.url + "/readyz", timeout=2.0, trust_env=False)
                 if r.status_code == 200:
                     return
+                if "loading failed" in r.text:  # it will never get ready
+                    raise RuntimeError(f"the server cannot load its models: {r.text[:500]}")
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -123,12 +122,6 @@ def test_encode_samples():
 
 
 # ------------------------------------------------------------------------------- server
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _make_checkpoints(root: Path) -> None:
     torch = pytest.importorskip("torch")
     from model.checkpoint import save_checkpoint
@@ -150,57 +143,15 @@ def _make_checkpoints(root: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """(url, pid, checkpoints dir) of a real server; S4D_TEST_URL uses a running one."""
+def server(tmp_path_factory, start_server):
+    """(url, checkpoints dir) of a real uvicorn server on 127.0.0.1 (conftest's start_server)
+    serving small random kws-s4d / ecg-s4d models; S4D_TEST_URL uses a running one."""
     if os.environ.get("S4D_TEST_URL"):
-        yield os.environ["S4D_TEST_URL"], None, None
-        return
-    if not (ROOT / "server" / "app.py").exists():
-        pytest.skip("server/app.py is not there yet")
+        return os.environ["S4D_TEST_URL"], None
     ckpt = tmp_path_factory.mktemp("ckpt")
     _make_checkpoints(ckpt)
-    port = _free_port()
-    env = dict(
-        os.environ,
-        S4D_HOST="127.0.0.1",
-        S4D_PORT=str(port),
-        S4D_CHECKPOINTS=str(ckpt),
-        S4D_DEVICE="cpu",
-        S4D_LOG_LEVEL="warning",
-        S4D_IDLE_TTL_S="30",
-    )
-    log = tmp_path_factory.mktemp("log") / "server.log"
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "s4d_cli", "serve"],
-            cwd=ROOT,
-            env=env,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    import httpx
-
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited: {log.read_text()[-3000:]}")
-            try:
-                if httpx.get(url + "/readyz", timeout=1, trust_env=False).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not ready: {log.read_text()[-3000:]}")
-            time.sleep(0.1)
-        yield url, proc.pid, ckpt
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    handle = start_server(checkpoints=ckpt, device="cpu", idle_ttl_s=30.0)
+    return handle.base_url, ckpt
 
 
 @pytest.fixture(scope="module")
@@ -380,7 +331,7 @@ def test_stream_reset_and_cli(server, client, kws_wav):
 
 def test_bench_serve_short(server, tmp_path):
     """The load generator starts its own server on the test checkpoints (or uses S4D_TEST_URL)."""
-    url, _, ckpt = server
+    url, ckpt = server
     out = tmp_path / "bench.json"
     args = ["--model", "kws-s4d", "--streams", "2", "--duration", "2", "--warmup", "0.5"]
     args += ["--json", "--output", str(out), "--client-procs", "1", "--device", "cpu"]
