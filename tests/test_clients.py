@@ -355,3 +355,32 @@ def test_bench_serve_short(server, tmp_path):
     assert 0.5 < run["rtf"] <= 1.05
     if ckpt:
         assert report["server_started_here"] and run["server_cpu_percent"] > 0
+
+
+def test_async_client_results_iterator(server, kws_wav):
+    import asyncio
+
+    from clients import AsyncS4DClient
+
+    x, _ = read_file(kws_wav)
+
+    async def main():
+        async with AsyncS4DClient(server[0]) as c:
+            (ref,) = await c.predict("kws-s4d", x)
+            async with c.stream("kws-s4d", sample_rate=16000, encoding="pcm_s16le") as s:
+
+                async def feed():
+                    for i in range(0, len(x), 1000):
+                        await s.send(x[i : i + 1000])
+                    return await s.end()
+
+                task = asyncio.ensure_future(feed())
+                msgs = [m async for m in s.results()]
+                final = await task
+            return ref, msgs, final
+
+    ref, msgs, final = asyncio.run(main())
+    assert msgs[-1] == final and [m["offset"] for m in msgs[:-1]] == list(
+        range(320, len(x) + 1, 320)
+    )
+    np.testing.assert_allclose(_probs(final), _probs(ref), atol=1e-4)
