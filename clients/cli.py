@@ -127,7 +127,9 @@ async def _stream(args: argparse.Namespace) -> int:
                 if args.json:
                     print(json.dumps(msg), flush=True)
                 elif live is not None:
-                    live.update(_line(msg, rate))
+                    from rich.text import Text
+
+                    live.update(Text(_line(msg, rate)))
                 else:
                     print(_line(msg, rate), flush=True)
             if live is not None:
