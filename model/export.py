@@ -70,6 +70,21 @@ def _frozen_copy(network: S4DNetwork, dtype: torch.dtype) -> S4DNetwork:
     return net
 
 
+def fast_kernel(kernel_module, length: int, block: int = 128) -> torch.Tensor:
+    """K [n_kernels, H, length] in float64, = ``S4DKernel.kernel(length, torch.float64)`` to
+    float64 rounding: dA^(kb+j) = dA^(kb) dA^j turns the Vandermonde product into one batched
+    complex matmul instead of length x M complex exponentials."""
+    _, db, log_da, c = kernel_module.discrete(torch.float64)
+    coef = c * db  # [n_k, H, M]
+    n_blocks = -(-length // block)
+    j = torch.arange(block, dtype=torch.float64)
+    k = torch.arange(n_blocks, dtype=torch.float64) * block
+    inner = torch.exp(log_da.unsqueeze(-1) * j)  # [H, M, block]
+    outer = torch.exp(log_da.unsqueeze(-1) * k)  # [H, M, n_blocks]
+    out = torch.einsum("khn,hnb,hnj->khbj", coef, outer, inner)  # [n_k, H, n_blocks, block]
+    return 2 * out.real.reshape(*out.shape[:2], -1)[..., :length]
+
+
 def _causal_conv(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """y[..., t] = sum_{s<=t} k[..., t-s] u[..., s] (FFT of length 2L, real input/output)."""
     length = u.shape[-1]
@@ -164,7 +179,7 @@ class BatchGraph(nn.Module):
         self.max_steps = max_steps
         net64 = _frozen_copy(network, torch.float64)
         with torch.no_grad():
-            ks = [b.s4d.kernel.kernel(max_steps, dtype=torch.float64) for b in net64.blocks]
+            ks = [fast_kernel(b.s4d.kernel, max_steps) for b in net64.blocks]
             if cfg.bidirectional:  # backward lags start at 1 (as S4D.forward)
                 ks = [torch.stack([k[0], F.pad(k[1, :, :-1], (1, 0))]) for k in ks]
         self.register_buffer("kernels", torch.stack(ks).float())  # [L, n_k, H, max_steps]
