@@ -7,6 +7,12 @@ In real arithmetic (state as real and imaginary parts) both are one linear map o
 z = [u, Re x, Im x] per channel, so a frame for B sessions is one batched GEMM per layer,
 [H, B, S+N] @ [H, S+N, S+N], with the matrix precomputed in float64 from the frozen
 weights. Everything else in a block is position-wise and runs on the frame as a whole.
+
+Long frames are cut into sub-blocks of b steps (as in blocked SSM algorithms): one GEMM maps
+every block's inputs to its local outputs and its contribution to the state, a J-step
+elementwise scan carries the state across blocks, and one GEMM adds each block's output from
+the state it started with. That is b + 2N multiply-adds per step and channel instead of
+S + N, and the matrices stay cache-sized.
 """
 
 from __future__ import annotations
@@ -36,7 +42,8 @@ def frame_matrix(kernel_module, steps: int) -> torch.Tensor:
     pos = torch.arange(steps + 1, dtype=torch.float64, device=da.device)
     powers = torch.exp(log_da.unsqueeze(-1) * pos)  # dA^k, k = 0..S: [H, M, S+1]
     kern = 2 * torch.einsum("hn,hnl->hl", c * db, powers[..., :steps]).real  # [H, S]
-    lag = torch.arange(steps).unsqueeze(1) - torch.arange(steps).unsqueeze(0)  # t - s
+    ar = torch.arange(steps, device=da.device)
+    lag = ar.unsqueeze(1) - ar.unsqueeze(0)  # t - s
     toeplitz = torch.where(lag >= 0, kern[:, lag.clamp(min=0)], torch.zeros((), dtype=kern.dtype))
     toeplitz = toeplitz + torch.diag_embed(d.unsqueeze(-1).expand(h, steps))
     g[:, :steps, :steps] = toeplitz.transpose(1, 2)  # input s -> output t
@@ -47,12 +54,20 @@ def frame_matrix(kernel_module, steps: int) -> torch.Tensor:
     g[:, :steps, steps : steps + m] = w_in.real.transpose(1, 2)
     g[:, :steps, steps + m :] = w_in.imag.transpose(1, 2)
     carry = powers[..., steps]  # dA^S
-    idx = torch.arange(m)
+    idx = torch.arange(m, device=da.device)
     g[:, steps + idx, steps + idx] = carry.real
     g[:, steps + idx, steps + m + idx] = carry.imag  # Re x -> Im x'
     g[:, steps + m + idx, steps + idx] = -carry.imag  # Im x -> Re x'
     g[:, steps + m + idx, steps + m + idx] = carry.real
     return g
+
+
+def choose_block(steps: int, block_size: int | None) -> int:
+    """The sub-block length: the largest divisor of `steps` <= block_size, 0 for one block."""
+    if not block_size or steps <= block_size:
+        return 0
+    best = max(d for d in range(1, block_size + 1) if steps % d == 0)
+    return best if best >= min(8, block_size) else 0
 
 
 class StreamingNetwork(nn.Module):
@@ -64,6 +79,7 @@ class StreamingNetwork(nn.Module):
         frame_size: int,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
+        block_size: int | None = 64,
     ):
         super().__init__()
         cfg = network.cfg
@@ -85,7 +101,18 @@ class StreamingNetwork(nn.Module):
             p.requires_grad_(False)
         self._net64 = [net]  # float64 master copy for partial-frame matrices (not a submodule)
         self.net = copy.deepcopy(net).to(dtype)
-        self.register_buffer("matrices", self._build(self.steps).to(dtype))
+        self.block = choose_block(self.steps, block_size)
+        if self.block:
+            g = self._build(self.block)  # [layers, H, b+2M, b+2M]
+            b, m = self.block, cfg.n_modes
+            idx = torch.arange(m, device=g.device)
+            carry = torch.stack([g[:, :, b + idx, b + idx], g[:, :, b + idx, b + m + idx]], 1)
+            self.register_buffer("block_in", g[:, :, :b, :].to(dtype).contiguous())
+            self.register_buffer("block_out", g[:, :, b:, :b].to(dtype).contiguous())
+            self.register_buffer("block_carry", carry.to(dtype).contiguous())  # [L, 2, H, M]
+            self.register_buffer("matrices", torch.zeros(0, dtype=dtype, device=device))
+        else:
+            self.register_buffer("matrices", self._build(self.steps).to(dtype))
         self._partial: dict[int, torch.Tensor] = {}
 
     @property
@@ -106,7 +133,7 @@ class StreamingNetwork(nn.Module):
             return torch.stack([frame_matrix(b.s4d.kernel, steps) for b in net.blocks])
 
     def _matrices_for(self, steps: int) -> torch.Tensor:
-        if steps == self.steps:
+        if steps == self.steps and not self.block:
             return self.matrices
         if steps not in self._partial:
             if len(self._partial) > 64:
@@ -146,17 +173,20 @@ class StreamingNetwork(nn.Module):
                 f"between {p} and frame_size={self.frame_size}"
             )
         steps = length // p
-        mats = self._matrices_for(steps)
-        m = self.cfg.n_modes
+        blocked = bool(self.block) and steps == self.steps
+        mats = None if blocked else self._matrices_for(steps)
         h = self.net.embed(frames.to(self.dtype))  # [B, S, H]
         new_re, new_im = [], []
         for i, block in enumerate(self.net.blocks):
             u = block.pre(h).permute(2, 0, 1)  # [H, B, S]
-            z = torch.cat([u, x_re[:, i].transpose(0, 1), x_im[:, i].transpose(0, 1)], dim=-1)
-            out = torch.bmm(z, mats[i])  # [H, B, S+2M]
-            new_re.append(out[..., steps : steps + m].transpose(0, 1))
-            new_im.append(out[..., steps + m :].transpose(0, 1))
-            h = block.post(h, out[..., :steps].permute(1, 2, 0))
+            xr, xi = x_re[:, i].transpose(0, 1), x_im[:, i].transpose(0, 1)  # [H, B, M]
+            if blocked:
+                y, xr, xi = self._core_blocked(i, u, xr, xi)
+            else:
+                y, xr, xi = self._core_full(mats[i], u, xr, xi)
+            new_re.append(xr.transpose(0, 1))
+            new_im.append(xi.transpose(0, 1))
+            h = block.post(h, y.permute(1, 2, 0))
         count = count + steps
         pooling = self.cfg.pooling
         if pooling == "mean":
@@ -168,3 +198,28 @@ class StreamingNetwork(nn.Module):
         else:
             logits = self.net.decoder(h)
         return logits, torch.stack(new_re, 1), torch.stack(new_im, 1), pool, count
+
+    def _core_full(self, g, u, xr, xi):
+        """One GEMM: [u, Re x, Im x] @ G -> [y, Re x', Im x'] ([H, B, *])."""
+        steps, m = u.shape[-1], self.cfg.n_modes
+        out = torch.bmm(torch.cat([u, xr, xi], dim=-1), g)
+        return out[..., :steps], out[..., steps : steps + m], out[..., steps + m :]
+
+    def _core_blocked(self, i, u, xr, xi):
+        """Sub-blocks of b steps: local GEMM, J-step state scan, state-output GEMM."""
+        h, batch, steps = u.shape
+        b, m = self.block, self.cfg.n_modes
+        n_blocks = steps // b
+        local = torch.bmm(u.reshape(h, batch * n_blocks, b), self.block_in[i])  # [H, B*J, b+2M]
+        x_in = local[..., b:].reshape(h, batch, n_blocks, 2 * m)
+        cr, ci = self.block_carry[i, 0].unsqueeze(1), self.block_carry[i, 1].unsqueeze(1)
+        starts = []
+        for j in range(n_blocks):
+            starts.append(torch.cat([xr, xi], dim=-1))
+            xr, xi = (
+                cr * xr - ci * xi + x_in[:, :, j, :m],
+                ci * xr + cr * xi + x_in[:, :, j, m:],
+            )
+        start_states = torch.stack(starts, 2).reshape(h, batch * n_blocks, 2 * m)
+        y = local[..., :b] + torch.bmm(start_states, self.block_out[i])
+        return y.reshape(h, batch, steps), xr, xi

@@ -27,9 +27,9 @@ def rel_err(a, b):
     return ((a - b).abs().max() / b.abs().max()).item()
 
 
-def stream(net, x, pieces, frame_size, dtype):
+def stream(net, x, pieces, frame_size, dtype, block_size=64):
     """Feed x split at `pieces` boundaries; each piece is sent as full frames + remainder."""
-    sn = StreamingNetwork(net, frame_size, dtype=dtype)
+    sn = StreamingNetwork(net, frame_size, dtype=dtype, block_size=block_size)
     state = sn.zero_state(x.shape[0])
     outs, logits = [], None
     bounds = [0, *pieces, x.shape[1]]
@@ -72,6 +72,32 @@ def test_any_frame_and_split_float64(frame, cuts, pooling, init):
     with torch.inference_mode():
         ref = net(x)
     assert rel_err(stream(net, x, cuts, frame, torch.float64), ref) <= 1e-10
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    frame=st.integers(2, 24),
+    block=st.integers(2, 8),
+    cuts=st.lists(st.integers(1, LENGTH - 1), max_size=5, unique=True).map(sorted),
+    pooling=st.sampled_from(["mean", "last", "none"]),
+)
+def test_sub_blocked_frames_float64(frame, block, cuts, pooling):
+    """Frames cut into sub-blocks (local GEMM + state scan) are exact too."""
+    net = make_net(init="inv", pooling=pooling)
+    x = torch.randn(3, LENGTH, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(block))
+    with torch.inference_mode():
+        ref = net(x)
+    assert rel_err(stream(net, x, cuts, frame, torch.float64, block_size=block), ref) <= 1e-10
+
+
+def test_long_frames_use_sub_blocks_and_match_float32():
+    net = make_net()
+    sn = StreamingNetwork(net, 320, dtype=torch.float32)
+    assert sn.block == 64
+    x = torch.randn(2, 1000, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        ref = net(x)
+    assert rel_err(stream(net, x, [333, 640], 320, torch.float32).double(), ref) <= 1e-5
 
 
 @settings(max_examples=15, deadline=None)
