@@ -21,6 +21,8 @@ def register(sub) -> None:
             q = which.add_parser(name, help=f"(unavailable: {exc})")
             q.set_defaults(func=lambda _a, _e=exc: print(f"s4d bench: unavailable: {_e}") or 2)
             continue
+        if not hasattr(module, "add_arguments"):
+            continue
         q = which.add_parser(name, help=help_text)
         module.add_arguments(q)
         q.set_defaults(func=getattr(module, entry))
