@@ -1,30 +1,50 @@
-# Two entry points: `make serve` and `make test`. Both build .venv with the CPU build of torch
-# first, so no resolve ever pulls a multi-GB CUDA wheel on a CPU machine.
+# The README's two commands: `make serve` and `make test`. Both create .venv and install the
+# CPU build of torch first (PyTorch's CPU index, or a local wheel where pip is configured with
+# one), so resolving the project never pulls a multi-GB CUDA build on a CPU machine.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+# Debian packages the integration tests use when present (real Prometheus, docker-compose
+# config, headless Chromium); installed only when running as root with apt-get available.
+SYSTEM_TEST_PACKAGES ?= prometheus docker-compose chromium
 
-.PHONY: serve test lint venv clean
+.PHONY: serve test lint system-test-deps clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.torch:
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_SPEC)" || $(PY) -m pip install -q "$(TORCH_SPEC)" --index-url $(TORCH_INDEX)
-	$(PY) -m pip install -q -e ".[server,onnx,dev]"
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH_SPEC)" --index-url $(TORCH_INDEX) --retries 1 --timeout 15
 	touch $@
 
-venv: $(VENV)/.installed
+$(VENV)/.serve: $(VENV)/.torch pyproject.toml
+	$(PIP) install -q -e ".[server,client,onnx]"
+	touch $@
 
-serve: venv
+$(VENV)/.test: $(VENV)/.torch pyproject.toml
+	$(PIP) install -q -e ".[server,client,onnx,train,dev]"
+	touch $@
+
+serve: $(VENV)/.serve
 	$(VENV)/bin/s4d serve
 
-test: venv
+system-test-deps:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		missing=""; for p in $(SYSTEM_TEST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+		if [ -n "$$missing" ]; then \
+			echo "installing Debian packages for integration tests:$$missing"; \
+			(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null) \
+				|| echo "apt-get failed: the tests that need$$missing will be skipped"; \
+		fi; \
+	else echo "not root or no apt-get: tests needing $(SYSTEM_TEST_PACKAGES) skip when those are absent"; fi
+
+test: $(VENV)/.test system-test-deps
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
-lint: venv
+lint: $(VENV)/.test
 	$(VENV)/bin/ruff check .
 
 clean:
