@@ -18,33 +18,6 @@ from server.slab import TorchSlabStorage
 log = logging.getLogger("s4d.backend.torch")
 
 
-class _OnDevice(dict):
-    """Cache whose values move to ``device`` when stored (partial-frame matrices built on CPU)."""
-
-    def __init__(self, device: torch.device):
-        super().__init__()
-        self.device = device
-
-    def __setitem__(self, key, value):
-        super().__setitem__(key, value.to(self.device))
-
-
-def _build_streaming(streaming_cls, network, frame_size: int, dev: torch.device):
-    """StreamingNetwork on ``dev``. If building its frame matrices on an accelerator fails (an
-    older model/streaming.py mixed CPU index tensors into CUDA ops), build them on the CPU in
-    float64 and move the module; partial-frame matrices are then built on CPU and moved too."""
-    try:
-        return streaming_cls(network, frame_size, dtype=torch.float32, device=dev)
-    except RuntimeError as exc:
-        if dev.type == "cpu":
-            raise
-        log.warning("building streaming matrices on %s failed (%s); building on CPU", dev, exc)
-    sn = streaming_cls(network, frame_size, dtype=torch.float32, device=torch.device("cpu")).to(dev)
-    if isinstance(getattr(sn, "_partial", None), dict):
-        sn._partial = _OnDevice(dev)
-    return sn
-
-
 @register_backend
 class TorchBackend(Backend):
     name = "torch"
@@ -72,7 +45,7 @@ class TorchBackend(Backend):
         streaming = None
         state_bytes = 0
         try:
-            streaming = _build_streaming(StreamingNetwork, network, frame_size, dev)
+            streaming = StreamingNetwork(network, frame_size, dtype=torch.float32, device=dev)
             streaming.eval()
             state_bytes = int(streaming.state_bytes_per_session)
             frame_size = int(streaming.frame_size)
