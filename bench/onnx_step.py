@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -56,8 +57,8 @@ def measure(fn, sync, min_time: float, min_reps: int, max_reps: int) -> np.ndarr
     return np.asarray(times)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """Flags (shared by `python -m bench.onnx_step` and `s4d bench onnx`)."""
     ap.add_argument("--checkpoint", type=Path, default=None)
     ap.add_argument("--batches", default="1,16,64")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -66,8 +67,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-time", type=float, default=2.0, help="seconds per measurement")
     ap.add_argument("--min-reps", type=int, default=200)
     ap.add_argument("--json", action="store_true")
-    args = ap.parse_args(argv)
 
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(ap)
+    return run(ap.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
     import onnxruntime as ort
 
     from model.checkpoint import load_checkpoint
@@ -149,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
             "d_model", "d_state", "n_layers", "patch_size", "d_output")},
             "frame_size": t, "sample_rate": rate},
         "export_seconds": round(export_s, 2),
-        "command": "python -m bench.onnx_step " + " ".join(argv if argv is not None else os.sys.argv[1:]),
+        "command": " ".join(["s4d" if sys.argv[1:2] == ["bench"] else "python -m bench.onnx_step",
+                             *sys.argv[1:]]),
         "rows": rows,
     }
     if args.json:
