@@ -247,8 +247,13 @@ def train(
     progress: bool = True,
     command: str | None = None,
     log=print,
+    stop_after: int | None = None,
 ) -> dict:
-    """Train, keep the best checkpoint in `out`, evaluate it on the test split; return metrics."""
+    """Train, keep the best checkpoint in `out`, evaluate it on the test split; return metrics.
+
+    `stop_after=k` ends this invocation after k epochs (a time-boxed run; `resume` continues it)
+    and returns {} without the test evaluation.
+    """
     out = Path(out)
     dev = torch.device(device)
     torch.manual_seed(seed)
@@ -295,7 +300,8 @@ def train(
     log(f"{preset.task}: {net.num_parameters():,} parameters, train/val/test "
         f"{len(train_set)}/{len(val_set)}/{len(test_set)}, {steps_per_epoch} steps/epoch")  # fmt: skip
 
-    for epoch in range(start_epoch, preset.epochs):
+    end_epoch = preset.epochs if stop_after is None else min(preset.epochs, start_epoch + stop_after)
+    for epoch in range(start_epoch, end_epoch):
         t0 = time.time()
         net.train()
         gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
@@ -343,6 +349,9 @@ def train(
         )
         save_training_state(out / "last", optimizer, scheduler, meta)
 
+    if end_epoch < preset.epochs:
+        log(f"stopped after epoch {end_epoch}; continue with --resume {out}")
+        return {}
     return finish(out, test_set, dev, history, wall, log)
 
 

