@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import torch
 
 from server.backends.base import Backend, ModelMetadata, get_backend
 from server.batcher import PredictBatcher
@@ -70,11 +73,16 @@ class ModelRegistry:
         """Load and warm every model (in worker threads), then mark the registry ready."""
         backend_cls = get_backend(self.settings.backend)
         s = self.settings
+        threads = s.resolve_compute_threads()
+        torch.set_num_threads(threads)
+        os.environ.setdefault("S4D_ONNX_THREADS", str(threads))
+        log.info("compute threads: %d (device %s)", threads, self.device)
         for name, path in self.discover():
             t0 = time.perf_counter()
             executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"s4d-{name}")
             loop = asyncio.get_running_loop()
             try:
+                await loop.run_in_executor(executor, torch.set_num_threads, threads)
                 backend = await loop.run_in_executor(
                     executor, lambda p=path, n=name: backend_cls.load(p, self.device, name=n)
                 )

@@ -46,6 +46,12 @@ class Settings(BaseSettings):
     )
     batch_window_ms: float = Field(3.0, ge=0, description="how long the batcher collects requests")
 
+    compute_threads: int | None = Field(
+        None, ge=1,
+        description="intra-op threads for torch / onnxruntime on the CPU (default: cores - 1, "
+        "leaving one core to the event loop; oversubscribed thread pools stall every op)",
+    )
+
     warmup: bool = True
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     graceful_timeout_s: float = Field(10.0, ge=0)
@@ -60,6 +66,13 @@ class Settings(BaseSettings):
         if self.models.strip().lower() == "all":
             return None
         return [m for m in self.models.split(",") if m]
+
+    def resolve_compute_threads(self) -> int:
+        if self.compute_threads:
+            return self.compute_threads
+        import os
+
+        return max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2) - 1)
 
     def resolve_device(self) -> str:
         if self.device != "auto":
