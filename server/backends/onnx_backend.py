@@ -42,12 +42,13 @@ def cache_root() -> Path:
     return Path(base) / "s4d-serve" / "onnx"
 
 
-def choose_providers(device: str) -> list[str]:
+def choose_providers(device: str) -> list:
+    """CUDA (TF32 off: its 10-bit mantissa would break float32 exactness) else CPU."""
     import onnxruntime as ort
 
     available = ort.get_available_providers()
     if device != "cpu" and "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        return [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]
     if device == "cuda":
         log.warning("device=cuda but onnxruntime has no CUDAExecutionProvider (available: %s); "
                     "install onnxruntime-gpu. Using the CPU.", available)
