@@ -47,6 +47,9 @@ class TaskPreset:
     offset_augment: float = 0.0  # std of a random per-sequence, per-channel offset (in input stds)
     noise_augment: float = 0.0  # std of additive Gaussian noise per sample (in input stds)
     scale_augment: float = 0.0  # std of a random per-sequence, per-channel gain around the mean
+    stretch_augment: float = 0.0  # max time-stretch factor s: rate log-uniform in [1/s, s] (> 1)
+    time_mask: int = 0  # max width (steps) of one random time span set to the mean per sequence
+    channel_mask: int = 0  # max count of adjacent channels set to the mean per sequence
 
     def with_overrides(self, **overrides: Any) -> TaskPreset:
         """A copy with non-None overrides applied; model fields go into `model`."""
@@ -83,7 +86,7 @@ PRESETS: dict[str, TaskPreset] = {
         ),
         frame_size=10,
         model=dict(d_model=64, d_state=64, n_layers=4, patch_size=1, dropout=0.3),
-        epochs=30, batch_size=32, lr=2e-3, weight_decay=0.1,
-        offset_augment=0.3, noise_augment=0.2,
+        epochs=60, batch_size=32, lr=2e-3, weight_decay=0.1,
+        offset_augment=0.5, scale_augment=0.15, noise_augment=0.2, stretch_augment=1.25,
     ),
 }  # fmt: skip

@@ -103,12 +103,15 @@ def input_stats(task: str, train: Split) -> tuple[list[float], list[float]]:
     return flat.mean(0).tolist(), flat.std(0).clamp(min=1e-6).tolist()
 
 
-def augment(x: torch.Tensor, lengths, preset: TaskPreset, net: S4DNetwork, gen) -> torch.Tensor:
-    """Train-time augmentation: time shift (fixed-length data), per-sequence channel gain and
-    offset, additive noise (the last three in units of the input std)."""
+def augment(x: torch.Tensor, lengths, preset: TaskPreset, net: S4DNetwork, gen):
+    """Train-time augmentation -> (x, lengths): time shift (fixed-length data), time stretch
+    (variable-length data, changes the lengths), per-sequence channel gain and offset, additive
+    noise (the last three in units of the input std), SpecAugment-style time/channel masks."""
     mean, std = net.input_mean.cpu(), net.input_std.cpu()
     if preset.shift_augment and lengths is None:
         x = random_shift(x, preset.shift_augment, gen)
+    if preset.stretch_augment > 1 and lengths is not None:
+        x, lengths = time_stretch(x, lengths, preset.stretch_augment, gen)
     if preset.scale_augment:
         gain = 1 + preset.scale_augment * torch.randn(x.shape[0], 1, x.shape[2], generator=gen)
         x = mean + (x - mean) * gain
@@ -116,7 +119,49 @@ def augment(x: torch.Tensor, lengths, preset: TaskPreset, net: S4DNetwork, gen) 
         x = x + preset.offset_augment * std * torch.randn(x.shape[0], 1, x.shape[2], generator=gen)
     if preset.noise_augment:
         x = x + preset.noise_augment * std * torch.randn(x.shape, generator=gen)
-    return x
+    if preset.time_mask or preset.channel_mask:
+        x = spec_mask(x, lengths, preset.time_mask, preset.channel_mask, mean, gen)
+    return x, lengths
+
+
+def time_stretch(x: torch.Tensor, lengths: torch.Tensor, factor: float, gen: torch.Generator):
+    """Resample each sequence by linear interpolation to length round(L * r), with r
+    log-uniform in [1/factor, factor]; right-padded with zeros like the input."""
+    b, _, c = x.shape
+    log_r = (2 * torch.rand(b, generator=gen) - 1) * math.log(factor)
+    new_len = (lengths.double() * log_r.exp().double()).round().long().clamp(min=2)
+    new_len = torch.minimum(new_len, lengths.clamp(min=2) * 2)
+    j = torch.arange(int(new_len.max())).double().unsqueeze(0)  # [1, L']
+    pos = j * (lengths - 1).clamp(min=0).double().unsqueeze(1) / (new_len - 1).double().unsqueeze(1)
+    pos = torch.minimum(pos, (lengths - 1).clamp(min=0).double().unsqueeze(1))
+    lo = pos.floor().long()
+    hi = torch.minimum(lo + 1, (lengths - 1).clamp(min=0).unsqueeze(1))
+    frac = (pos - lo.double()).float().unsqueeze(-1)
+    gather = lambda idx: x.gather(1, idx.unsqueeze(-1).expand(-1, -1, c))  # noqa: E731
+    out = gather(lo) * (1 - frac) + gather(hi) * frac
+    valid = j < new_len.unsqueeze(1)
+    return out * valid.unsqueeze(-1), new_len
+
+
+def spec_mask(x, lengths, max_time: int, max_channels: int, fill: torch.Tensor, gen):
+    """Per sequence, one time span of width U{0..max_time} (inside the valid steps) and one
+    band of U{0..max_channels} adjacent channels are set to `fill` (the input mean)."""
+    b, length, c = x.shape
+    keep = torch.ones(b, length, c, dtype=torch.bool)
+    if max_time:
+        valid = lengths if lengths is not None else torch.full((b,), length)
+        width = torch.minimum(torch.randint(0, max_time + 1, (b,), generator=gen), valid // 2)
+        start = (torch.rand(b, generator=gen) * (valid - width + 1)).long()
+        t = torch.arange(length).unsqueeze(0)
+        span = (t >= start.unsqueeze(1)) & (t < (start + width).unsqueeze(1))
+        keep &= ~span.unsqueeze(-1)
+    if max_channels:
+        width = torch.randint(0, max_channels + 1, (b,), generator=gen)
+        start = (torch.rand(b, generator=gen) * (c - width + 1)).long()
+        ch = torch.arange(c).unsqueeze(0)
+        band = (ch >= start.unsqueeze(1)) & (ch < (start + width).unsqueeze(1))
+        keep &= ~band.unsqueeze(1)
+    return torch.where(keep, x, fill.to(x.dtype))
 
 
 def random_shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
@@ -312,7 +357,7 @@ def train(
             x, lengths, y = train_set.batch(
                 order[step * preset.batch_size : (step + 1) * preset.batch_size]
             )
-            x = augment(x, lengths, preset, net, gen)
+            x, lengths = augment(x, lengths, preset, net, gen)
             x, y = x.to(dev), y.to(dev)
             logits = net(x, None if lengths is None else lengths.to(dev))
             loss = F.cross_entropy(logits, y)

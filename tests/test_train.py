@@ -94,3 +94,23 @@ def test_cli_trains_fsdd_end_to_end(tmp_path, capsys):
     assert cfg.task.name == "fsdd" and cfg.model.d_input == 13 and len(cfg.model.input_mean) == 13
     assert cfg.training["command"].startswith("s4d train")
     assert "test accuracy" in capsys.readouterr().out
+
+
+def test_time_stretch_and_masks_keep_padding_and_lengths_consistent():
+    from model.train import spec_mask, time_stretch
+
+    x = torch.randn(4, 20, 3)
+    lengths = torch.tensor([20, 12, 7, 3])
+    x[torch.arange(20).unsqueeze(0) >= lengths.unsqueeze(1)] = 0
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        y, new = time_stretch(x, lengths, 1.25, gen)
+        assert y.shape[1] == int(new.max()) and y.shape[2] == 3
+        assert ((new >= (lengths / 1.25).floor()) & (new <= (lengths * 1.25).ceil())).all()
+        for i in range(4):  # endpoints kept, padding zero
+            assert torch.allclose(y[i, 0], x[i, 0])
+            assert torch.allclose(y[i, new[i] - 1], x[i, lengths[i] - 1])
+            assert (y[i, int(new[i]) :] == 0).all()
+    fill = torch.tensor([7.0, 8.0, 9.0])
+    m = spec_mask(x, lengths, 4, 1, fill, gen)
+    assert ((m == x) | (m == fill)).all()

