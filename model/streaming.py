@@ -213,13 +213,13 @@ class StreamingNetwork(nn.Module):
         local = torch.bmm(u.reshape(h, batch * n_blocks, b), self.block_in[i])  # [H, B*J, b+2M]
         x_in = local[..., b:].reshape(h, batch, n_blocks, 2 * m)
         cr, ci = self.block_carry[i, 0].unsqueeze(1), self.block_carry[i, 1].unsqueeze(1)
-        starts = []
+        starts = u.new_empty(h, batch, n_blocks, 2 * m)
         for j in range(n_blocks):
-            starts.append(torch.cat([xr, xi], dim=-1))
+            starts[:, :, j, :m] = xr
+            starts[:, :, j, m:] = xi
             xr, xi = (
-                cr * xr - ci * xi + x_in[:, :, j, :m],
-                ci * xr + cr * xi + x_in[:, :, j, m:],
+                torch.addcmul(x_in[:, :, j, :m], cr, xr).sub_(ci * xi),
+                torch.addcmul(x_in[:, :, j, m:], ci, xr).add_(cr * xi),
             )
-        start_states = torch.stack(starts, 2).reshape(h, batch * n_blocks, 2 * m)
-        y = local[..., :b] + torch.bmm(start_states, self.block_out[i])
+        y = torch.baddbmm(local[..., :b], starts.view(h, batch * n_blocks, 2 * m), self.block_out[i])
         return y.reshape(h, batch, steps), xr, xi
