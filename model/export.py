@@ -44,7 +44,7 @@ from torch import nn
 
 from .checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_checkpoint
 from .network import S4DNetwork
-from .streaming import STATE_NAMES, NotStreamableError, frame_matrix
+from .streaming import STATE_NAMES, NotStreamableError, frame_matrix, pooling_head
 
 EXPORT_FORMAT = "s4d-onnx/1"
 STEP_FILE = "step.onnx"
@@ -149,16 +149,7 @@ class StepGraph(nn.Module):
             new_im.append((x_in[..., m:] + ci * xr + cr * xi).transpose(0, 1))
             h = block.post(h, y.permute(1, 2, 0))
         count = count + steps
-        pooling = self.cfg.pooling
-        if pooling == "mean":
-            pool = pool + h.sum(1)
-            logits = self.net.decoder(pool / count)
-        elif pooling == "last":
-            pool = h[:, -1] + 0 * pool  # keeps `pool` a graph input (the state layout is fixed)
-            logits = self.net.decoder(pool)
-        else:
-            pool = pool + 0  # an output must not alias an input of the graph
-            logits = self.net.decoder(h)
+        logits, pool = pooling_head(self.net, h, pool, count)
         return logits, torch.stack(new_re, 1), torch.stack(new_im, 1), pool, count
 
     def zero_state(self, batch: int) -> dict[str, torch.Tensor]:

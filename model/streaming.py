@@ -62,6 +62,19 @@ def frame_matrix(kernel_module, steps: int) -> torch.Tensor:
     return g
 
 
+def pooling_head(net: S4DNetwork, h: torch.Tensor, pool: torch.Tensor, count: torch.Tensor):
+    """(logits, new pool) after a frame's features h [B, S, H]; `count` already includes S.
+    Mean pooling is a running sum, so the prediction after any prefix is the batch one."""
+    pooling = net.cfg.pooling
+    if pooling == "mean":
+        pool = pool + h.sum(1)
+        return net.decoder(pool / count), pool
+    if pooling == "last":
+        pool = h[:, -1] + 0 * pool  # keeps `pool` an input of an exported graph
+        return net.decoder(pool), pool
+    return net.decoder(h), pool + 0  # an exported output must not alias a graph input
+
+
 def choose_block(steps: int, block_size: int | None) -> int:
     """The sub-block length: the largest divisor of `steps` <= block_size, 0 for one block."""
     if not block_size or steps <= block_size:
@@ -188,15 +201,7 @@ class StreamingNetwork(nn.Module):
             new_im.append(xi.transpose(0, 1))
             h = block.post(h, y.permute(1, 2, 0))
         count = count + steps
-        pooling = self.cfg.pooling
-        if pooling == "mean":
-            pool = pool + h.sum(1)
-            logits = self.net.decoder(pool / count)
-        elif pooling == "last":
-            pool = h[:, -1]
-            logits = self.net.decoder(pool)
-        else:
-            logits = self.net.decoder(h)
+        logits, pool = pooling_head(self.net, h, pool, count)
         return logits, torch.stack(new_re, 1), torch.stack(new_im, 1), pool, count
 
     def _core_full(self, g, u, xr, xi):
