@@ -76,9 +76,12 @@ def pooling_head(net: S4DNetwork, h: torch.Tensor, pool: torch.Tensor, count: to
 
 
 def choose_block(steps: int, block_size: int | None) -> int:
-    """The sub-block length: the largest divisor of `steps` <= block_size, 0 for one block."""
-    if not block_size or steps <= block_size:
+    """The sub-block length: `steps` itself when the frame fits one block, else the largest
+    divisor of `steps` <= block_size (0: no usable divisor, use one full-frame GEMM)."""
+    if not block_size:
         return 0
+    if steps <= block_size:
+        return steps
     best = max(d for d in range(1, block_size + 1) if steps % d == 0)
     return best if best >= min(8, block_size) else 0
 
@@ -123,7 +126,10 @@ class StreamingNetwork(nn.Module):
             self.register_buffer("block_in", g[:, :, :b, :].to(dtype).contiguous())
             self.register_buffer("block_out", g[:, :, b:, :b].to(dtype).contiguous())
             self.register_buffer("block_carry", carry.to(dtype).contiguous())  # [L, 2, H, M]
-            self.register_buffer("matrices", torch.zeros(0, dtype=dtype, device=device))
+            # a frame of one block also keeps the single full-frame GEMM: cheaper at batch 1
+            single = self.block == self.steps
+            full = g if single else torch.zeros(0, dtype=torch.float64, device=g.device)
+            self.register_buffer("matrices", full.to(dtype))
         else:
             self.register_buffer("matrices", self._build(self.steps).to(dtype))
         self._partial: dict[int, torch.Tensor] = {}
@@ -146,7 +152,7 @@ class StreamingNetwork(nn.Module):
             return torch.stack([frame_matrix(b.s4d.kernel, steps) for b in net.blocks])
 
     def _matrices_for(self, steps: int) -> torch.Tensor:
-        if steps == self.steps and not self.block:
+        if steps == self.steps and self.matrices.numel():
             return self.matrices
         if steps not in self._partial:
             if len(self._partial) > 64:
@@ -186,7 +192,11 @@ class StreamingNetwork(nn.Module):
                 f"between {p} and frame_size={self.frame_size}"
             )
         steps = length // p
-        blocked = bool(self.block) and steps == self.steps
+        # sub-blocks: separate GEMMs + an elementwise carry (b + 2N MACs per step and channel);
+        # a one-block frame at batch < 4 is faster as the single full-frame GEMM
+        blocked = (
+            bool(self.block) and steps == self.steps and (self.block < steps or frames.shape[0] >= 4)
+        )
         mats = None if blocked else self._matrices_for(steps)
         h = self.net.embed(frames.to(self.dtype))  # [B, S, H]
         new_re, new_im = [], []

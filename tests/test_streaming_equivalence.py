@@ -181,3 +181,15 @@ def test_state_bytes_per_session():
     sn = StreamingNetwork(make_net(dtype=torch.float32), 8)
     # 2 layers * H=8 * N/2=4 * (re + im) * 4 bytes + pool (8 floats) + count (1 float)
     assert sn.state_bytes_per_session == 2 * 8 * 4 * 2 * 4 + 8 * 4 + 4
+
+
+@pytest.mark.parametrize("batch", [1, 4, 9])
+def test_one_block_frames_any_batch(batch):
+    """A frame that fits one sub-block runs as GEMMs + carry at batch >= 4, else one GEMM."""
+    net = make_net(init="lin", pooling="mean")
+    sn = StreamingNetwork(net, 16, dtype=torch.float64)
+    assert sn.block == 16
+    x = torch.randn(batch, LENGTH, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(batch))
+    with torch.inference_mode():
+        ref = net(x)
+    assert rel_err(stream(net, x, [20], 16, torch.float64), ref) <= 1e-10
