@@ -18,13 +18,25 @@ S + N, and the matrices stay cache-sized.
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from torch import nn
 
+from .config import ModelConfig
 from .network import S4DNetwork
 
 STATE_NAMES = ("x_re", "x_im", "pool", "count")
+
+
+def state_shapes(cfg: ModelConfig, batch: int) -> dict[str, tuple[int, ...]]:
+    """Per-session streaming state: S4D modes (real, imaginary) per layer + running pooling."""
+    modes = (batch, cfg.n_layers, cfg.d_model, cfg.n_modes)
+    return {"x_re": modes, "x_im": modes, "pool": (batch, cfg.d_model), "count": (batch, 1)}
+
+
+def state_bytes_per_session(cfg: ModelConfig, itemsize: int = 4) -> int:
+    return itemsize * sum(math.prod(shape[1:]) for shape in state_shapes(cfg, 1).values())
 
 
 class NotStreamableError(ValueError):
@@ -160,23 +172,15 @@ class StreamingNetwork(nn.Module):
             self._partial[steps] = self._build(steps).to(self.dtype)
         return self._partial[steps]
 
-    def state_shapes(self, batch: int) -> dict[str, tuple[int, ...]]:
-        c = self.cfg
-        modes = (batch, c.n_layers, c.d_model, c.n_modes)
-        return {"x_re": modes, "x_im": modes, "pool": (batch, c.d_model), "count": (batch, 1)}
-
     def zero_state(self, batch: int) -> dict[str, torch.Tensor]:
         return {
             name: torch.zeros(shape, dtype=self.dtype, device=self.device)
-            for name, shape in self.state_shapes(batch).items()
+            for name, shape in state_shapes(self.cfg, batch).items()
         }
 
     @property
     def state_bytes_per_session(self) -> int:
-        itemsize = torch.finfo(self.dtype).bits // 8
-        return sum(
-            itemsize * int(torch.tensor(s[1:]).prod()) for s in self.state_shapes(1).values()
-        )
+        return state_bytes_per_session(self.cfg, torch.finfo(self.dtype).bits // 8)
 
     def step(self, frames: torch.Tensor, state: dict[str, torch.Tensor]):
         """(logits, new_state) after one frame [B, T', d_input], T' <= frame_size."""

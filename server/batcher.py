@@ -10,6 +10,7 @@ from concurrent.futures import Executor
 import numpy as np
 
 from server.backends.base import Backend
+from server.tasks import cancel_and_wait
 
 log = logging.getLogger("s4d.batcher")
 
@@ -46,13 +47,8 @@ class PredictBatcher:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="predict-batcher")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         while not self._queue.empty():
             _, fut = self._queue.get_nowait()
             if not fut.done():

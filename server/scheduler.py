@@ -20,6 +20,7 @@ from server.errors import StreamError
 from server.metrics import Metrics
 from server.sessions import Close, Session
 from server.slab import SlabFullError, StateSlab
+from server.tasks import cancel_and_wait
 
 log = logging.getLogger("s4d.scheduler")
 
@@ -74,13 +75,8 @@ class ModelScheduler:
     async def stop(self) -> None:
         self._stopping = True
         self._wake.set()
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     def notify(self) -> None:
         self._wake.set()

@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +20,7 @@ import wave
 from pathlib import Path
 
 import pytest
+from conftest import free_port, stop_process_group
 
 ROOT = Path(__file__).resolve().parents[1]
 STATIC = ROOT / "server" / "static"
@@ -71,12 +70,6 @@ def test_bundled_sample_matches_manifest(sample):
 
 # ---------- live server + headless Chromium ----------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _get_json(url: str, timeout: float = 5.0):
     with urllib.request.urlopen(url, timeout=timeout) as r:
         return json.loads(r.read())
@@ -91,7 +84,7 @@ def server_url():
         pytest.skip("server/app.py does not exist yet")
     if not any(CHECKPOINTS.glob("*/config.json")):
         pytest.skip(f"no {CHECKPOINTS}/<name>/config.json to serve")
-    port = _free_port()
+    port = free_port()
     ARTIFACTS.mkdir(exist_ok=True)
     log = open(ARTIFACTS / "demo-server.log", "wb")
     env = dict(os.environ, S4D_DEVICE="cpu")
@@ -116,13 +109,7 @@ def server_url():
             time.sleep(0.5)
         yield url
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        stop_process_group(proc)
         log.close()
 
 

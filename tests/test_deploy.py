@@ -13,8 +13,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +22,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import free_port, stop_process_group
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -282,28 +281,12 @@ def test_dashboard_structure():
 
 # ---------- real Prometheus scraping a real s4d server ----------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
 
 
 def _wait_until(check, timeout: float, what: str, proc: subprocess.Popen, log: Path):
@@ -348,7 +331,7 @@ def test_prometheus_scrapes_live_server(tmp_path):
     if not any(CHECKPOINTS.glob("*/config.json")):
         pytest.skip(f"no {CHECKPOINTS}/<name>/config.json to serve")
 
-    s4d_port, prom_port = _free_port(), _free_port()
+    s4d_port, prom_port = free_port(), free_port()
     base = f"http://127.0.0.1:{s4d_port}"
     prom = f"http://127.0.0.1:{prom_port}"
     server_log = tmp_path / "server.log"
@@ -382,7 +365,7 @@ def test_prometheus_scrapes_live_server(tmp_path):
             r = subprocess.run([sys.executable, *health[1:]], env=env, timeout=30,
                                capture_output=True, text=True)
             assert r.returncode == 0, r.stderr
-            dead = {**env, "S4D_PORT": str(_free_port())}
+            dead = {**env, "S4D_PORT": str(free_port())}
             r = subprocess.run([sys.executable, *health[1:]], env=dead, timeout=30,
                                capture_output=True, text=True)
             assert r.returncode != 0, "the HEALTHCHECK passes against a closed port"
@@ -428,4 +411,4 @@ def test_prometheus_scrapes_live_server(tmp_path):
                     query(to_promql(expr))
         finally:
             for p in reversed(procs):
-                _stop(p)
+                stop_process_group(p)

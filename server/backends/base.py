@@ -49,6 +49,33 @@ class ModelMetadata:
     device: str
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
+    @classmethod
+    def from_checkpoint(
+        cls, name: str, config, *, frame_size: int, streamable: bool, parameters: int,
+        backend: str, device: str, extra: dict[str, Any] | None = None,
+    ) -> ModelMetadata:
+        """META of a checkpoint (`model.config.CheckpointConfig`), whatever engine serves it."""
+        from model.streaming import state_bytes_per_session
+
+        task, m = config.task, config.model
+        return cls(
+            name=name,
+            description=task.description,
+            task=task.name,
+            sample_rate=task.sample_rate,
+            input_channels=task.input_channels,
+            classes=tuple(config.class_names()),
+            frame_size=frame_size,
+            patch_size=m.patch_size,
+            streamable=streamable,
+            state_bytes_per_session=state_bytes_per_session(m) if streamable else 0,
+            parameters=parameters,
+            pooling=m.pooling,
+            backend=backend,
+            device=device,
+            extra=extra or {},
+        )
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("extra")

@@ -150,7 +150,7 @@ class OnnxBackend(Backend):
             except Exception as exc:  # onnxruntime raises its own types for a bad protobuf
                 raise BackendError(f"{path}: ONNX Runtime cannot load it ({type(exc).__name__}: {exc})") from exc
 
-        m, task = config.model, config.task
+        m = config.model
         step = session(info.step_path) if info.streamable else None
         batch = session(info.batch_path)
         cls._check_signature(batch, info.batch_path, {
@@ -162,27 +162,9 @@ class OnnxBackend(Backend):
                 "pool": [None, m.d_model], "count": [None, 1]}, m)
         used = (step or batch).get_providers()
         dev = "cuda" if used and used[0] == "CUDAExecutionProvider" else "cpu"
-        classes = tuple(str(c) for c in config.class_names())
-        if len(classes) != int(m.d_output):
-            raise BackendError(f"{info.directory}: {len(classes)} class names for d_output={m.d_output}")
-        state_bytes = 0
-        if step is not None:
-            state_bytes = 4 * (2 * m.n_layers * m.d_model * m.n_modes + m.d_model + 1)
-        meta = ModelMetadata(
-            name=name,
-            description=str(task.description or ""),
-            task=str(task.name or ""),
-            sample_rate=int(task.sample_rate),
-            input_channels=int(task.input_channels),
-            classes=classes,
-            frame_size=int(info.frame_size),
-            patch_size=int(m.patch_size),
-            streamable=step is not None,
-            state_bytes_per_session=state_bytes,
-            parameters=int(info.manifest.get("parameters", 0)),
-            pooling=str(m.pooling),
-            backend=cls.name,
-            device=dev,
+        meta = ModelMetadata.from_checkpoint(
+            name, config, frame_size=int(info.frame_size), streamable=step is not None,
+            parameters=int(info.manifest.get("parameters", 0)), backend=cls.name, device=dev,
             extra={"onnx_dir": str(info.directory), "providers": used,
                    "max_batch_samples": int(info.max_steps) * int(m.patch_size)},
         )

@@ -37,42 +37,23 @@ class TorchBackend(Backend):
         checkpoint_dir = Path(checkpoint_dir)
         dev = torch.device(device)
         network, config = load_checkpoint(checkpoint_dir, device=str(dev), dtype=torch.float32)
-        network.eval()
         for p in network.parameters():
             p.requires_grad_(False)
-        task, mcfg = config.task, config.model
-        frame_size = int(task.frame_size)
+        frame_size = int(config.task.frame_size)
         streaming = None
-        state_bytes = 0
         try:
             streaming = StreamingNetwork(network, frame_size, dtype=torch.float32, device=dev)
             streaming.eval()
-            state_bytes = int(streaming.state_bytes_per_session)
-            frame_size = int(streaming.frame_size)
         except NotStreamableError as exc:
             log.info("model %s is batch-only: %s", name or checkpoint_dir.name, exc)
         except ValueError as exc:
             raise BackendError(f"{checkpoint_dir}: cannot build the streaming network: {exc}") from exc
-        meta = ModelMetadata(
-            name=name or checkpoint_dir.name,
-            description=str(getattr(task, "description", "") or ""),
-            task=str(getattr(task, "name", "") or ""),
-            sample_rate=int(task.sample_rate),
-            input_channels=int(task.input_channels),
-            classes=tuple(str(c) for c in task.class_names),
-            frame_size=frame_size,
-            patch_size=int(getattr(mcfg, "patch_size", 1) or 1),
+        meta = ModelMetadata.from_checkpoint(
+            name or checkpoint_dir.name, config, frame_size=frame_size,
             streamable=streaming is not None,
-            state_bytes_per_session=state_bytes,
-            parameters=int(sum(p.numel() for p in network.parameters())),
-            pooling=str(mcfg.pooling),
-            backend=cls.name,
-            device=str(dev),
+            parameters=sum(p.numel() for p in network.parameters()),
+            backend=cls.name, device=str(dev),
         )
-        if len(meta.classes) != int(mcfg.d_output):
-            raise BackendError(
-                f"{checkpoint_dir}: {len(meta.classes)} class names for d_output={mcfg.d_output}"
-            )
         return cls(network, streaming, config, meta, dev)
 
     def predict(self, batch: np.ndarray, lengths: np.ndarray) -> np.ndarray:
