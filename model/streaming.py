@@ -12,7 +12,9 @@ Long frames are cut into sub-blocks of b steps (as in blocked SSM algorithms): o
 every block's inputs to its local outputs and its contribution to the state, a J-step
 elementwise scan carries the state across blocks, and one GEMM adds each block's output from
 the state it started with. That is b + 2N multiply-adds per step and channel instead of
-S + N, and the matrices stay cache-sized.
+S + N, and the matrices stay cache-sized. A trailing block shorter than b (frames that b
+does not divide, partial last frames) uses slices of the same matrices and dA^r from log dA,
+so no frame length ever needs matrices built at run time.
 """
 
 from __future__ import annotations
@@ -88,14 +90,13 @@ def pooling_head(net: S4DNetwork, h: torch.Tensor, pool: torch.Tensor, count: to
 
 
 def choose_block(steps: int, block_size: int | None) -> int:
-    """The sub-block length: `steps` itself when the frame fits one block, else the largest
-    divisor of `steps` <= block_size (0: no usable divisor, use one full-frame GEMM)."""
-    if not block_size:
-        return 0
-    if steps <= block_size:
+    """The sub-block length: the whole frame when it fits one block (or blocking is off),
+    else the largest divisor of `steps` <= block_size when a reasonable one exists (no
+    trailing short block), else block_size."""
+    if not block_size or steps <= block_size:
         return steps
     best = max(d for d in range(1, block_size + 1) if steps % d == 0)
-    return best if best >= min(8, block_size) else 0
+    return best if best >= block_size // 2 else block_size
 
 
 class StreamingNetwork(nn.Module):
@@ -127,24 +128,20 @@ class StreamingNetwork(nn.Module):
         net = copy.deepcopy(network).eval().to(device=device, dtype=torch.float64)
         for p in net.parameters():
             p.requires_grad_(False)
-        self._net64 = [net]  # float64 master copy for partial-frame matrices (not a submodule)
-        self.net = copy.deepcopy(net).to(dtype)
-        self.block = choose_block(self.steps, block_size)
-        if self.block:
-            g = self._build(self.block)  # [layers, H, b+2M, b+2M]
-            b, m = self.block, cfg.n_modes
-            idx = torch.arange(m, device=g.device)
-            carry = torch.stack([g[:, :, b + idx, b + idx], g[:, :, b + idx, b + m + idx]], 1)
-            self.register_buffer("block_in", g[:, :, :b, :].to(dtype).contiguous())
-            self.register_buffer("block_out", g[:, :, b:, :b].to(dtype).contiguous())
-            self.register_buffer("block_carry", carry.to(dtype).contiguous())  # [L, 2, H, M]
-            # a frame of one block also keeps the single full-frame GEMM: cheaper at batch 1
-            single = self.block == self.steps
-            full = g if single else torch.zeros(0, dtype=torch.float64, device=g.device)
-            self.register_buffer("matrices", full.to(dtype))
-        else:
-            self.register_buffer("matrices", self._build(self.steps).to(dtype))
-        self._partial: dict[int, torch.Tensor] = {}
+        self.block = b = choose_block(self.steps, block_size)
+        m = cfg.n_modes
+        with torch.no_grad():  # float64 block matrices, then the serving dtype
+            g = torch.stack([frame_matrix(blk.s4d.kernel, b) for blk in net.blocks])
+            log_da = torch.stack([blk.s4d.kernel.discrete(torch.float64)[2] for blk in net.blocks])
+        idx = torch.arange(m, device=g.device)
+        carry = torch.stack([g[:, :, b + idx, b + idx], g[:, :, b + idx, b + m + idx]], 1)
+        self.register_buffer("block_in", g[:, :, :b, :].to(dtype).contiguous())  # [L, H, b, b+2M]
+        self.register_buffer("block_out", g[:, :, b:, :b].to(dtype).contiguous())  # [L, H, 2M, b]
+        self.register_buffer("block_carry", carry.to(dtype).contiguous())  # dA^b: [L, 2, H, M]
+        self.register_buffer("log_da", torch.stack([log_da.real, log_da.imag], 1).to(dtype))
+        # a frame of one block also keeps the single full-frame GEMM: cheaper at batch < 4
+        self.register_buffer("matrices", (g if b == self.steps else g[:0]).to(dtype))
+        self.net = net.to(dtype)
 
     @property
     def state_names(self) -> tuple[str, ...]:
@@ -152,25 +149,11 @@ class StreamingNetwork(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.matrices.dtype
+        return self.block_in.dtype
 
     @property
     def device(self) -> torch.device:
-        return self.matrices.device
-
-    def _build(self, steps: int) -> torch.Tensor:
-        with torch.no_grad():
-            net = self._net64[0]
-            return torch.stack([frame_matrix(b.s4d.kernel, steps) for b in net.blocks])
-
-    def _matrices_for(self, steps: int) -> torch.Tensor:
-        if steps == self.steps and self.matrices.numel():
-            return self.matrices
-        if steps not in self._partial:
-            if len(self._partial) > 64:
-                self._partial.clear()
-            self._partial[steps] = self._build(steps).to(self.dtype)
-        return self._partial[steps]
+        return self.block_in.device
 
     def zero_state(self, batch: int) -> dict[str, torch.Tensor]:
         return {
@@ -197,20 +180,17 @@ class StreamingNetwork(nn.Module):
             )
         steps = length // p
         # sub-blocks: separate GEMMs + an elementwise carry (b + 2N MACs per step and channel);
-        # a one-block frame at batch < 4 is faster as the single full-frame GEMM
-        blocked = (
-            bool(self.block) and steps == self.steps and (self.block < steps or frames.shape[0] >= 4)
-        )
-        mats = None if blocked else self._matrices_for(steps)
+        # a full one-block frame at batch < 4 is faster as the single full-frame GEMM
+        single_gemm = steps == self.steps and self.matrices.numel() and frames.shape[0] < 4
         h = self.net.embed(frames.to(self.dtype))  # [B, S, H]
         new_re, new_im = [], []
         for i, block in enumerate(self.net.blocks):
             u = block.pre(h).permute(2, 0, 1)  # [H, B, S]
             xr, xi = x_re[:, i].transpose(0, 1), x_im[:, i].transpose(0, 1)  # [H, B, M]
-            if blocked:
-                y, xr, xi = self._core_blocked(i, u, xr, xi)
+            if single_gemm:
+                y, xr, xi = self._core_full(self.matrices[i], u, xr, xi)
             else:
-                y, xr, xi = self._core_full(mats[i], u, xr, xi)
+                y, xr, xi = self._core_blocked(i, u, xr, xi)
             new_re.append(xr.transpose(0, 1))
             new_im.append(xi.transpose(0, 1))
             h = block.post(h, y.permute(1, 2, 0))
@@ -225,20 +205,38 @@ class StreamingNetwork(nn.Module):
         return out[..., :steps], out[..., steps : steps + m], out[..., steps + m :]
 
     def _core_blocked(self, i, u, xr, xi):
-        """Sub-blocks of b steps: local GEMM, J-step state scan, state-output GEMM."""
+        """Sub-blocks of b steps: local GEMM, J-step state scan, state-output GEMM; then a
+        trailing block of r < b steps from slices of the same matrices."""
         h, batch, steps = u.shape
         b, m = self.block, self.cfg.n_modes
-        n_blocks = steps // b
-        local = torch.bmm(u.reshape(h, batch * n_blocks, b), self.block_in[i])  # [H, B*J, b+2M]
-        x_in = local[..., b:].reshape(h, batch, n_blocks, 2 * m)
-        cr, ci = self.block_carry[i, 0].unsqueeze(1), self.block_carry[i, 1].unsqueeze(1)
-        starts = u.new_empty(h, batch, n_blocks, 2 * m)
-        for j in range(n_blocks):
-            starts[:, :, j, :m] = xr
-            starts[:, :, j, m:] = xi
-            xr, xi = (
-                torch.addcmul(x_in[:, :, j, :m], cr, xr).sub_(ci * xi),
-                torch.addcmul(x_in[:, :, j, m:], ci, xr).add_(cr * xi),
-            )
-        y = torch.baddbmm(local[..., :b], starts.view(h, batch * n_blocks, 2 * m), self.block_out[i])
-        return y.reshape(h, batch, steps), xr, xi
+        n_blocks, r = divmod(steps, b)
+        ys = []
+        if n_blocks:
+            full = u[..., : n_blocks * b].reshape(h, batch * n_blocks, b)
+            local = torch.bmm(full, self.block_in[i])  # [H, B*J, b+2M]
+            x_in = local[..., b:].reshape(h, batch, n_blocks, 2 * m)
+            cr, ci = self.block_carry[i, 0].unsqueeze(1), self.block_carry[i, 1].unsqueeze(1)
+            starts = u.new_empty(h, batch, n_blocks, 2 * m)
+            for j in range(n_blocks):
+                starts[:, :, j, :m] = xr
+                starts[:, :, j, m:] = xi
+                xr, xi = (
+                    torch.addcmul(x_in[:, :, j, :m], cr, xr).sub_(ci * xi),
+                    torch.addcmul(x_in[:, :, j, m:], ci, xr).add_(cr * xi),
+                )
+            starts = starts.view(h, batch * n_blocks, 2 * m)
+            y = torch.baddbmm(local[..., :b], starts, self.block_out[i])
+            ys.append(y.reshape(h, batch, n_blocks * b))
+        if r:
+            # Toeplitz and C dA^{t+1} columns are leading slices; dA^{r-1-s} dB are the last r
+            # rows of the input -> state block; the carry dA^r comes from log dA.
+            tail = u[..., n_blocks * b :]
+            w_in = self.block_in[i]
+            y = tail @ w_in[:, :r, :r] + torch.cat([xr, xi], -1) @ self.block_out[i][..., :r]
+            x_in = tail @ w_in[:, b - r :, b:]
+            mag = torch.exp(r * self.log_da[i, 0]).unsqueeze(1)
+            cr = mag * torch.cos(r * self.log_da[i, 1]).unsqueeze(1)
+            ci = mag * torch.sin(r * self.log_da[i, 1]).unsqueeze(1)
+            xr, xi = cr * xr - ci * xi + x_in[..., :m], ci * xr + cr * xi + x_in[..., m:]
+            ys.append(y)
+        return (ys[0] if len(ys) == 1 else torch.cat(ys, -1)), xr, xi
