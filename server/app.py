@@ -1,4 +1,5 @@
-"""`create_app(settings) -> FastAPI`: wiring of registry, schedulers, routes, metrics, logs."""
+"""`create_app(settings) -> FastAPI`: a front-end (routes, WebSockets, metrics, logs) wired to
+its engine, in this process or over pyzmq."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server import rest
 from server.errors import ApiError
+from server.frontend.client import EngineClient
+from server.frontend.links import InprocLink, ZmqLink
 from server.metrics import Metrics
-from server.registry import ModelRegistry
 from server.settings import Settings
 from server.state import ServerState
 from server.ws import stream_endpoint
@@ -82,54 +84,41 @@ async def drain(st: ServerState) -> None:
             )
         except asyncio.TimeoutError:
             log.warning("shutdown: streams did not finish within %.1fs", st.settings.graceful_timeout_s)
-    for lm in st.registry.models.values():
-        if lm.scheduler is not None:
-            for s in list(lm.scheduler.sessions.values()):
-                lm.scheduler.close_session(s, "shutdown")
 
 
-async def _reaper(st: ServerState) -> None:
-    ttl = st.settings.idle_ttl_s
-    period = min(1.0, max(0.05, ttl / 4))
-    while True:
-        await asyncio.sleep(period)
-        now = time.monotonic()
-        for lm in list(st.registry.models.values()):
-            if lm.scheduler is not None:
-                n = lm.scheduler.expire(now, ttl)
-                if n:
-                    log.info("idle_ttl model=%s evicted=%d", lm.name, n)
-
-
-async def _load(st: ServerState) -> None:
-    try:
-        await st.registry.load_all()
-    except Exception as exc:
-        st.load_error = f"{type(exc).__name__}: {exc}"
-        log.error("model loading failed: %s", st.load_error)
-
-
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, engine_endpoint: str | None = None,
+               identity: bytes = b"inproc") -> FastAPI:
+    """The front-end app. Without `engine_endpoint` the engine runs in this process and event
+    loop (`--workers 0`); with it, the app talks to an engine process over pyzmq."""
     settings = settings or Settings()
     metrics = Metrics()
-    st = ServerState(settings=settings, metrics=metrics, registry=ModelRegistry(settings, metrics))
+    client = EngineClient(
+        None, max_buffer_samples=settings.max_buffer_samples,
+        tick_interval_s=settings.tick_interval_ms / 1000,
+        engine_timeout_s=settings.frontend_timeout_s)
+    st = ServerState(settings=settings, metrics=metrics, client=client)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        log.info("starting: checkpoints=%s models=%s backend=%s device=%s max_sessions=%d",
-                 settings.checkpoints, settings.models, settings.backend,
-                 st.registry.device, settings.max_sessions)
-        loop = asyncio.get_running_loop()
-        st.tasks.append(loop.create_task(_load(st), name="s4d-load"))
-        st.tasks.append(loop.create_task(_reaper(st), name="s4d-reaper"))
+        log.info("starting: checkpoints=%s models=%s backend=%s device=%s max_sessions=%d "
+                 "engine=%s", settings.checkpoints, settings.models, settings.backend,
+                 settings.device, settings.max_sessions, engine_endpoint or "in-process")
+        if engine_endpoint is None:
+            from server.engine.engine import Engine
+
+            st.engine = Engine(settings, metrics)
+            client.link = InprocLink(st.engine, identity)
+            await st.engine.start()
+        else:
+            client.link = ZmqLink(engine_endpoint, identity)
+        await client.start()
         try:
             yield
         finally:
             await drain(st)
-            for t in st.tasks:
-                t.cancel()
-            await asyncio.gather(*st.tasks, return_exceptions=True)
-            await st.registry.close()
+            await client.stop()
+            if st.engine is not None:
+                await st.engine.stop()
             log.info("stopped")
 
     app = FastAPI(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from concurrent.futures import Executor
+from collections.abc import Awaitable, Callable
 
 import numpy as np
 
@@ -26,7 +26,7 @@ class PredictBatcher:
     def __init__(
         self,
         backend: Backend,
-        executor: Executor,
+        device: Callable[..., Awaitable],
         *,
         window_s: float,
         max_batch_sequences: int,
@@ -34,7 +34,7 @@ class PredictBatcher:
         max_pending: int = 256,
     ):
         self.backend = backend
-        self.executor = executor
+        self.device = device  # device(fn, *args) runs fn on the model's device lane
         self.window_s = window_s
         self.max_batch_sequences = max_batch_sequences
         self.max_batch_samples = max_batch_samples
@@ -67,7 +67,6 @@ class PredictBatcher:
             self.pending -= 1
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             items = [await self._queue.get()]
             count = len(items[0][0])
@@ -83,7 +82,7 @@ class PredictBatcher:
                 items.append(item)
                 count += len(item[0])
             try:
-                results = await self._run_items(loop, items)
+                results = await self._run_items(items)
             except asyncio.CancelledError:
                 for _, fut in items:
                     if not fut.done():
@@ -98,7 +97,7 @@ class PredictBatcher:
                 if not fut.done():
                     fut.set_result(res)
 
-    async def _run_items(self, loop, items) -> list[list[np.ndarray]]:
+    async def _run_items(self, items) -> list[list[np.ndarray]]:
         flat = [(i, j, seq) for i, (seqs, _) in enumerate(items) for j, seq in enumerate(seqs)]
         flat.sort(key=lambda t: len(t[2]))
         out: list[list] = [[None] * len(seqs) for seqs, _ in items]
@@ -109,20 +108,20 @@ class PredictBatcher:
                 len(group) + 1 > self.max_batch_sequences
                 or (len(group) + 1) * longest > self.max_batch_samples
             ):
-                await self._forward(loop, group, out)
+                await self._forward(group, out)
                 group = []
             group.append(entry)
         if group:
-            await self._forward(loop, group, out)
+            await self._forward(group, out)
         return out
 
-    async def _forward(self, loop, group, out) -> None:
+    async def _forward(self, group, out) -> None:
         lengths = np.array([len(seq) for _, _, seq in group], np.int64)
         c = group[0][2].shape[1]
         batch = np.zeros((len(group), int(lengths.max()), c), np.float32)
         for k, (_, _, seq) in enumerate(group):
             batch[k, : len(seq)] = seq
-        logits = await loop.run_in_executor(self.executor, self.backend.predict, batch, lengths)
+        logits = await self.device(self.backend.predict, batch, lengths)
         patch = self.backend.metadata.patch_size
         for k, (i, j, _) in enumerate(group):
             row = logits[k]

@@ -13,8 +13,8 @@ from starlette.datastructures import UploadFile
 from server import audio
 from server.batcher import BatcherBusy
 from server.errors import ApiError
-from server.registry import LoadedModel
-from server.scheduler import softmax
+from server.frontend.client import EngineUnavailable, RemoteModel
+from server.probs import softmax
 from server.state import ServerState
 
 router = APIRouter()
@@ -135,7 +135,7 @@ async def get_model(name: str, request: Request) -> dict:
     return state_of(request).model_or_error(name).metadata.to_dict()
 
 
-def _prediction(lm: LoadedModel, logits: np.ndarray, n: int, per_step: bool) -> dict:
+def _prediction(lm: RemoteModel, logits: np.ndarray, n: int, per_step: bool) -> dict:
     classes = lm.metadata.classes
     steps = logits if logits.ndim == 2 else None
     last = logits[-1] if steps is not None else logits
@@ -150,7 +150,7 @@ def _prediction(lm: LoadedModel, logits: np.ndarray, n: int, per_step: bool) -> 
     return out
 
 
-async def _sequences_from_request(lm: LoadedModel, request: Request, st: ServerState):
+async def _sequences_from_request(lm: RemoteModel, request: Request, st: ServerState):
     s, meta = st.settings, lm.metadata
     c, patch, max_len = meta.input_channels, meta.patch_size, s.max_sequence_samples
     ctype = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
@@ -233,11 +233,14 @@ async def predict(name: str, request: Request) -> dict:
     return {"model": name, "predictions": preds}
 
 
-async def _run_batch(lm: LoadedModel, seqs: list[np.ndarray]) -> list[np.ndarray]:
+async def _run_batch(lm: RemoteModel, seqs: list[np.ndarray]) -> list[np.ndarray]:
     try:
         return await lm.batcher.predict(seqs)
     except BatcherBusy as exc:
         raise ApiError(503, "server_busy", str(exc), headers={"Retry-After": "1"}) from exc
+    except EngineUnavailable as exc:
+        raise ApiError(503, "server_busy", f"{exc}; try again shortly",
+                       headers={"Retry-After": "1"}) from exc
     except RuntimeError as exc:
         if "shutting down" in str(exc):
             raise ApiError(503, "server_busy", "the server is shutting down") from exc

@@ -23,6 +23,18 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     backend: Literal["torch", "onnxruntime"] = "torch"
 
+    # processes
+    workers: int = Field(
+        0, ge=0, le=256,
+        description="front-end processes sharing the port, each talking to one engine process "
+        "per device over pyzmq; 0 = one process (front-end and engine in one event loop)")
+    tick_interval_ms: float = Field(
+        0.0, ge=0, le=100,
+        description="least time between two messages from a front-end to its engine (0: one "
+        "message per event-loop iteration with everything that arrived)")
+    frontend_timeout_s: float = Field(
+        3.0, gt=0, description="a silent engine (or front-end) is declared lost after this long")
+
     # streaming sessions
     max_sessions: int = Field(256, ge=1, description="state slots per model")
     idle_ttl_s: float = Field(30.0, gt=0, description="lifetime of a detached session")

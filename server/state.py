@@ -6,22 +6,48 @@ import asyncio
 from dataclasses import dataclass, field
 
 from server.errors import ApiError
+from server.frontend.client import EngineClient, RemoteModel
 from server.metrics import Metrics
-from server.registry import LoadedModel, ModelRegistry
 from server.settings import Settings
+
+
+class ModelDirectory:
+    """The models the engine serves, as the routes look them up (name -> RemoteModel)."""
+
+    def __init__(self, client: EngineClient):
+        self.client = client
+
+    @property
+    def ready(self) -> bool:
+        return self.client.ready
+
+    @property
+    def models(self) -> dict[str, RemoteModel]:
+        return self.client.models if self.client.ready else {}
+
+    def get(self, name: str) -> RemoteModel | None:
+        return self.models.get(name)
 
 
 @dataclass
 class ServerState:
     settings: Settings
     metrics: Metrics
-    registry: ModelRegistry
+    client: EngineClient
+    engine: object | None = None  # the in-process engine (`--workers 0`), else None
     shutting_down: bool = False
-    load_error: str | None = None
     tasks: list[asyncio.Task] = field(default_factory=list)
     connections: set = field(default_factory=set)  # live WebSocket handlers (ws.StreamConnection)
 
-    def model_or_error(self, name: str) -> LoadedModel:
+    @property
+    def registry(self) -> ModelDirectory:
+        return ModelDirectory(self.client)
+
+    @property
+    def load_error(self) -> str | None:
+        return self.client.load_error
+
+    def model_or_error(self, name: str) -> RemoteModel:
         if self.shutting_down:
             raise ApiError(503, "server_busy", "the server is shutting down")
         lm = self.registry.get(name)

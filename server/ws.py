@@ -1,29 +1,30 @@
-"""`WS /v1/models/{name}/stream`: the streaming protocol of PROTOCOL.md.
+"""`WS /v1/models/{name}/stream`: the streaming protocol of PROTOCOL.md (front-end side).
 
-One `StreamConnection` per socket. It validates every message, feeds the session's buffer
-(stopping reading while the buffer is full: backpressure), and a sender task writes the
-session's outbox (results from the scheduler, replies, errors) in order. A bad client gets an
-`error` and a close code; nothing it sends can reach another session.
+One `StreamConnection` per socket. It validates every message, decodes bytes into samples and
+hands them to its `StreamHandle` (which batches them to the engine per tick); it stops reading
+while the session holds `max_buffer_samples` unconsumed samples (backpressure). A sender task
+writes results, replies and errors in order. A bad client gets an `error` and a close code;
+nothing it sends can reach another session.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import time
 from typing import Any
 
+import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from server.errors import StreamError
-from server.scheduler import ModelScheduler
-from server.sessions import ENCODINGS, Close, Session
+from server.frontend.client import EngineUnavailable, StreamHandle
+from server.frontend.decoder import ENCODINGS, SampleDecoder
 from server.state import ServerState
 
 log = logging.getLogger("s4d.ws")
 
 _TYPES = {"start", "reset", "end"}
+_CLOSE = object()
 
 
 def _int(v: Any) -> bool:
@@ -71,11 +72,13 @@ class StreamConnection:
         self.ws = ws
         self.st = state
         self.model = model
-        self.session: Session | None = None
-        self.scheduler: ModelScheduler | None = None
+        self.handle: StreamHandle | None = None
+        self.classes: tuple[str, ...] = ()
+        self.outbox: asyncio.Queue = asyncio.Queue()
         self.sender: asyncio.Task | None = None
         self._finishing = False
         self._finished = asyncio.Event()
+        self._failed: StreamError | None = None
 
     # ---- plumbing ----------------------------------------------------------------------
     async def _receive(self) -> tuple[str, Any] | None:
@@ -94,8 +97,8 @@ class StreamConnection:
         if len(text) > limit:
             raise StreamError("too_big", f"text message of {len(text)} bytes > limit {limit}")
         try:
-            obj = json.loads(text)
-        except (json.JSONDecodeError, ValueError) as exc:
+            obj = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
             raise StreamError("bad_json", f"not JSON: {exc}") from exc
         if not isinstance(obj, dict):
             raise StreamError("bad_json", "a text message must be a JSON object")
@@ -104,25 +107,28 @@ class StreamConnection:
             raise StreamError("unknown_type", f"unknown message type {t!r}; expected start/reset/end")
         return "json", obj
 
+    def send(self, msg) -> None:
+        self.outbox.put_nowait(msg)
+
     async def _send_direct(self, msg: dict, close: int | None = None) -> None:
         try:
             if self.ws.application_state == WebSocketState.CONNECTED:
-                await self.ws.send_text(json.dumps(msg, separators=(",", ":")))
+                await self.ws.send_text(orjson.dumps(msg).decode())
                 if close is not None:
                     await self.ws.close(close)
         except Exception:  # the peer is gone
             pass
 
-    async def _sender_loop(self, s: Session) -> None:
+    async def _sender_loop(self) -> None:
         ws = self.ws
         try:
             while True:
-                item = await s.outbox.get()
-                if isinstance(item, Close):
+                item = await self.outbox.get()
+                if isinstance(item, tuple) and item and item[0] is _CLOSE:
                     if ws.application_state == WebSocketState.CONNECTED:
-                        await ws.close(item.code, item.reason)
+                        await ws.close(item[1])
                     return
-                await ws.send_text(json.dumps(item, separators=(",", ":")))
+                await ws.send_text(orjson.dumps(item).decode())
         except asyncio.CancelledError:
             raise
         except Exception:  # peer gone: the reader sees the disconnect
@@ -136,18 +142,45 @@ class StreamConnection:
         except (asyncio.TimeoutError, asyncio.CancelledError, Exception):
             pass
 
+    def _result(self, kind: str, offset: int, probs, latency_ms: float | None = None,
+                **extra) -> dict:
+        h = self.handle
+        msg: dict = {"type": kind, "session_id": h.session_id if h else None, "offset": offset}
+        if probs is None:
+            msg["label"] = None
+            msg["probabilities"] = None
+        else:
+            p = [float(v) for v in probs]
+            msg["label"] = self.classes[max(range(len(p)), key=p.__getitem__)]
+            msg["probabilities"] = dict(zip(self.classes, p, strict=True))
+        if latency_ms is not None:
+            msg["latency_ms"] = round(float(latency_ms), 3)
+        msg.update(extra)
+        return msg
+
+    # ---- callbacks from the engine client ------------------------------------------------
+    def _on_result(self, kind: str, r: dict) -> None:
+        self.send(self._result(kind, r["offset"], r["probs"], r.get("latency_ms")))
+
+    def _on_closed(self, code: str, message: str) -> None:
+        """The engine ended the session (step failure, engine lost): error, then close."""
+        err = StreamError(code, message)
+        self._failed = err
+        self.st.metrics.error(err.code)
+        self.send(err.to_message())
+        self.send((_CLOSE, err.close_code))
+
     async def _fail(self, err: StreamError) -> None:
         self.st.metrics.error(err.code)
-        s = self.session
+        h = self.handle
         if err.code == "internal":
-            log.error("stream model=%s session=%s internal error: %s",
-                      self.model, s.id if s else None, err.message)
-        if s is not None and self.sender is not None and not s.closed:
-            s.send(err.to_message())
-            s.send(Close(err.close_code))
+            log.error("stream model=%s internal error: %s", self.model, err.message)
+        if h is not None and self.sender is not None and not h.closed:
+            self.send(err.to_message())
+            self.send((_CLOSE, err.close_code))
             await self._wait_sender()
-            if self.scheduler is not None:
-                self.scheduler.close_session(s, "error")
+            self.st.client.close(h, "error")
+            h.closed = True
         else:
             await self._send_direct(err.to_message(), err.close_code)
 
@@ -159,6 +192,8 @@ class StreamConnection:
             await self._serve()
         except StreamError as err:
             await self._fail(err)
+        except EngineUnavailable as exc:
+            await self._fail(StreamError("internal", str(exc)))
         except (WebSocketDisconnect, ConnectionError):
             pass
         except asyncio.CancelledError:
@@ -171,17 +206,11 @@ class StreamConnection:
             self.st.connections.discard(self)
 
     def _detach(self) -> None:
-        s = self.session
         if self.sender is not None and not self.sender.done():
             self.sender.cancel()
-        if s is None:
-            return
-        if s.attached and not s.closed:
-            s.attached = False
-            s.detached_at = time.monotonic()
-            s.drop_partial_bytes()
-            log.info("session_detach model=%s session=%s offset=%d", self.model, s.id, s.received)
-        s.done.set()
+        h = self.handle
+        if h is not None and not h.closed:
+            self.st.client.detach(h)
 
     async def _serve(self) -> None:
         st = self.st
@@ -192,11 +221,11 @@ class StreamConnection:
             if not st.registry.ready:
                 raise StreamError("server_busy", "models are still loading; try again shortly")
             raise StreamError("unknown_model", f"no model named {self.model!r}")
-        if lm.scheduler is None:
+        if not lm.streamable:
             raise StreamError("not_streamable",
                               f"model {self.model!r} is bidirectional: batch /predict only")
-        sched = self.scheduler = lm.scheduler
         meta = lm.metadata
+        self.classes = meta.classes
 
         first = await self._receive()
         if first is None:
@@ -207,72 +236,51 @@ class StreamConnection:
         if obj["type"] != "start":
             raise StreamError("not_started", f"{obj['type']!r} before start")
         p = parse_start(obj, meta, st.settings.emit_every)
-
-        if p["session_id"] is None:
-            s = await sched.open_session(
-                channels=meta.input_channels, encoding=p["encoding"], emit_every=p["emit_every"]
-            )
-            resumed = False
-        else:
-            s = sched.sessions.get(p["session_id"])
-            if s is None or s.closed:
-                raise StreamError("unknown_session",
-                                  f"no session {p['session_id']!r} (never existed or expired)")
-            if s.attached:
-                raise StreamError("session_busy", "that session is attached to another connection")
-            held = s.received
-            offset = held if p["offset"] is None else p["offset"]
-            if offset > held:
-                raise StreamError("offset_gap", f"offset {offset} > {held} samples held")
-            s.skip = held - offset
-            s.drop_partial_bytes()
-            s.set_encoding(p["encoding"])
-            s.emit_every = p["emit_every"]
-            resumed = True
+        h = await st.client.open(lm, session_id=p["session_id"], offset=p["offset"],
+                                 encoding=p["encoding"], emit_every=p["emit_every"],
+                                 on_result=self._on_result, on_closed=self._on_closed)
+        self.handle = h
+        held = h.received
+        offset = held if p["offset"] is None else p["offset"]
+        decoder = SampleDecoder(p["encoding"], meta.input_channels, skip=held - offset)
         if st.shutting_down:  # raced with the drain while opening
-            if not resumed:
-                sched.close_session(s, "shutdown")
+            st.client.close(h, "shutdown") if p["session_id"] is None else st.client.detach(h)
+            h.closed = True
             raise StreamError("shutting_down", "the server is stopping")
-        s.attached = True
-        s.done = asyncio.Event()
-        self.session = s
-        log.info("session_start model=%s session=%s resumed=%s offset=%d encoding=%s emit_every=%d",
-                 self.model, s.id, resumed, s.received, s.encoding, s.emit_every)
-        await self.ws.send_text(json.dumps({
-            "type": "started", "session_id": s.id, "offset": s.received,
+        await self.ws.send_text(orjson.dumps({
+            "type": "started", "session_id": h.session_id, "offset": held,
             "frame_size": meta.frame_size, "sample_rate": meta.sample_rate,
             "channels": meta.input_channels, "classes": list(meta.classes),
-        }))
-        self.sender = asyncio.get_running_loop().create_task(self._sender_loop(s))
+        }).decode())
+        self.sender = asyncio.get_running_loop().create_task(self._sender_loop())
+        loop = asyncio.get_running_loop()
 
         while True:
-            if not s.space.is_set():  # backpressure: stop reading until the scheduler drains
-                await s.space.wait()
-            if s.closed or self._finishing:
+            if not h.space.is_set():  # backpressure: stop reading until the engine drains
+                await h.space.wait()
+            if h.closed or self._finishing:
                 await self._until_finished()
                 return
             m = await self._receive()
             if m is None:
                 return
             kind, obj = m
-            if s.closed or self._finishing:
+            if h.closed or self._finishing:
                 await self._until_finished()
                 return
             if kind == "bytes":
-                if s.feed(obj):
-                    sched.notify()
+                h.push(decoder.feed(obj), loop.time())
                 continue
             t = obj["type"]
             if t == "start":
                 raise StreamError("already_started", "this connection already has a session")
-            if s.pending:
+            if decoder.pending:
                 raise StreamError("partial_sample",
-                                  f"{len(s.pending)} trailing bytes do not form a whole sample")
+                                  f"{len(decoder.pending)} trailing bytes do not form a whole sample")
             if t == "reset":
-                await sched.flush(s)
-                s.send(s.result("result", segment_end=True))
-                await sched.reset_state(s)
-                s.send({"type": "reset", "offset": s.consumed})
+                r = await st.client.flush(h, reset=True)
+                self.send(self._result("result", r["consumed"], r["probs"], segment_end=True))
+                self.send({"type": "reset", "offset": r["consumed"]})
             else:  # end
                 await self.finish(reason="end")
                 await self._until_finished()
@@ -286,34 +294,46 @@ class StreamConnection:
 
     async def finish(self, reason: str) -> None:
         """Flush, send `final`, close (1000 for end, 1001 + shutting_down for shutdown)."""
-        s, sched = self.session, self.scheduler
-        if s is None or sched is None or s.closed or self._finishing:
+        h = self.handle
+        if h is None or h.closed or self._finishing:
             return
         self._finishing = True
         try:
-            await self._finish(s, sched, reason)
+            await self._finish(h, reason)
         finally:
             self._finished.set()
 
-    async def _finish(self, s: Session, sched: ModelScheduler, reason: str) -> None:
+    async def _finish(self, h: StreamHandle, reason: str) -> None:
+        client = self.st.client
         try:
-            await asyncio.wait_for(sched.flush(s), self.st.settings.graceful_timeout_s or None)
-            s.send(s.result("final"))
-        except (asyncio.TimeoutError, StreamError):
-            pass
+            r = await asyncio.wait_for(client.flush(h, end=True),
+                                       self.st.settings.graceful_timeout_s or None)
+            self.send(self._result("final", r["consumed"], r["probs"]))
+        except (asyncio.TimeoutError, StreamError, EngineUnavailable) as exc:
+            # never close as if all were well without the answer
+            code = "shutting_down" if reason == "shutdown" else "internal"
+            err = StreamError(code, f"no final result: {type(exc).__name__}")
+            self.st.metrics.error(err.code)
+            self.send(err.to_message())
+            self.send((_CLOSE, err.close_code))
+            client.close(h, "error")
+            h.closed = True
+            await self._wait_sender()
+            return
+        h.closed = True
+        client.handles.pop(h.key, None)
         if reason == "end":
-            s.send(Close(1000))
+            self.send((_CLOSE, 1000))
         else:
             err = StreamError("shutting_down", "the server is stopping")
             self.st.metrics.error(err.code)
-            s.send(err.to_message())
-            s.send(Close(err.close_code))
+            self.send(err.to_message())
+            self.send((_CLOSE, err.close_code))
         await self._wait_sender()
-        sched.close_session(s, reason)
 
     async def shutdown(self) -> None:
         """Called by the app's drain on SIGTERM."""
-        if self.session is not None and self.sender is not None:
+        if self.handle is not None and self.sender is not None:
             await self.finish(reason="shutdown")
         else:
             await self._send_direct(

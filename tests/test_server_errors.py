@@ -156,7 +156,8 @@ def test_every_protocol_error(live_server, batch_predict, probs_close):
 
 def test_internal_error_is_contained(start_server, checkpoint_dir):
     srv = start_server(checkpoints=checkpoint_dir, models="tiny,tiny2")
-    backend = srv.server._s4d_app.state.s4d.registry.get("tiny").backend
+    engine = srv.server._s4d_app.state.s4d.engine  # the in-process engine (--workers 0)
+    backend = engine.by_name["tiny"].backend
 
     def boom(frames, state):
         raise RuntimeError("injected failure")
@@ -175,7 +176,7 @@ def test_internal_error_is_contained(start_server, checkpoint_dir):
     # the server and other models keep working
     r = httpx.post(f"{srv.base_url}/v1/models/tiny2/predict", json={"inputs": [[[0.0, 1.0]] * 4]})
     assert r.status_code == 200
-    assert srv.server._s4d_app.state.s4d.registry.get("tiny").scheduler.slab.in_use == 0
+    assert engine.by_name["tiny"].slab.in_use == 0
 
 
 @pytest.mark.parametrize(

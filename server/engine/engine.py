@@ -1,0 +1,320 @@
+"""The engine: every model on one device, driven by messages from front-ends.
+
+`Engine.on_message(frontend, header, arrays)` applies a tick's samples and ops;
+results go back through `Outbox` as one message per front-end per round. The engine runs in
+the server's own process (`--workers 0`) or as its own process behind pyzmq
+(`server.engine.process`); the code is the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from server.batcher import BatcherBusy
+from server.engine.lane import DeviceLane
+from server.engine.model_engine import ModelEngine
+from server.engine.wire import ArrayList, lift_arrays
+from server.errors import StreamError
+from server.metrics import Metrics
+from server.settings import Settings
+
+log = logging.getLogger("s4d.engine")
+
+Send = Callable[[bytes, dict, list], None]
+
+
+class Outbox:
+    """Per front-end: progress rows, op replies and events, sent as one message per round."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.prog: dict[int, dict[int, list]] = defaultdict(lambda: defaultdict(list))
+        self.ctl: dict[int, list] = defaultdict(list)
+        self.evt: dict[int, list] = defaultdict(list)
+        self._scheduled = False
+
+    def _schedule(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def progress(self, model: int, owners: np.ndarray, slots, gens, consumed, probs) -> None:
+        for owner in np.unique(owners).tolist():
+            if owner < 0:
+                continue  # detached sessions: nobody to tell
+            sel = owners == owner
+            self.prog[owner][model].append((slots[sel], gens[sel], consumed[sel], probs[sel]))
+        self._schedule()
+
+    def reply(self, owner: int, msg: dict) -> None:
+        self.ctl[owner].append(msg)
+        self._schedule()
+
+    def event(self, owner: int, msg: dict) -> None:
+        self.evt[owner].append(msg)
+        self._schedule()
+
+    def flush(self) -> None:
+        self._scheduled = False
+        owners = set(self.prog) | set(self.ctl) | set(self.evt)
+        for owner in owners:
+            arrays = ArrayList()
+            prog = []
+            for model, parts in self.prog.pop(owner, {}).items():
+                cols = [np.concatenate([p[k] for p in parts]) for k in range(4)]
+                prog.append([model, arrays.add(cols[0].astype(np.int32)),
+                             arrays.add(cols[1].astype(np.int32)),
+                             arrays.add(cols[2].astype(np.int64)),
+                             arrays.add(np.ascontiguousarray(cols[3], np.float32))])
+            ctl = [lift_arrays(m, arrays) for m in self.ctl.pop(owner, [])]
+            header = {"ep": self.engine.epoch, "prog": prog, "ctl": ctl,
+                      "evt": self.evt.pop(owner, [])}
+            self.engine.send_to(owner, header, arrays.arrays)
+
+
+class Engine:
+    def __init__(self, settings: Settings, metrics: Metrics, *, device: str | None = None,
+                 epoch: int | None = None):
+        self.settings = settings
+        self.metrics = metrics
+        self.device = device or settings.resolve_device()
+        self.epoch = epoch if epoch is not None else int(time.time() * 1000) % (1 << 31)
+        self.models: list[ModelEngine] = []
+        self.by_name: dict[str, ModelEngine] = {}
+        self.failed: dict[str, str] = {}
+        self.ready = False
+        self.load_error: str | None = None
+        self.outbox = Outbox(self)
+        self._frontends: dict[bytes, int] = {}  # identity -> index
+        self._identity: list[bytes] = []
+        self._last_seen: dict[int, float] = {}
+        self._send: Send | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._lanes: list[DeviceLane] = []
+
+    # ---- wiring --------------------------------------------------------------------------
+    def attach_transport(self, send: Send) -> None:
+        self._send = send
+
+    def send_to(self, owner: int, header: dict, arrays: list) -> None:
+        if self._send is not None and 0 <= owner < len(self._identity):
+            self._send(self._identity[owner], header, arrays)
+
+    def _owner(self, identity: bytes) -> int:
+        idx = self._frontends.get(identity)
+        if idx is None:
+            idx = self._frontends[identity] = len(self._identity)
+            self._identity.append(identity)
+        self._last_seen[idx] = time.monotonic()
+        return idx
+
+    # ---- lifecycle -----------------------------------------------------------------------
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._load(), name="engine-load"))
+        self._tasks.append(loop.create_task(self._reaper(), name="engine-reaper"))
+
+    async def _load(self) -> None:
+        try:
+            await self.load_models()
+        except Exception as exc:
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            log.error("model loading failed: %s", self.load_error)
+
+    async def load_models(self) -> None:
+        """Load and warm every checkpoint on this engine's device, each on its own lane."""
+        import torch
+
+        from server.backends.base import get_backend
+
+        s = self.settings
+        backend_cls = get_backend(s.backend)
+        threads = s.resolve_compute_threads()
+        torch.set_num_threads(threads)
+        os.environ.setdefault("S4D_ONNX_THREADS", str(threads))
+        log.info("engine pid=%d device=%s compute threads=%d", os.getpid(), self.device, threads)
+        for name, path in discover(s):
+            t0 = time.perf_counter()
+            lane = DeviceLane(name, init=lambda: torch.set_num_threads(threads))
+            try:
+                backend = await lane.submit(lambda p=path, n=name: backend_cls.load(p, self.device, name=n))
+                if s.warmup:
+                    await lane.submit(backend.warmup)
+                storage = None
+                if backend.metadata.streamable:
+                    storage = await lane.submit(backend.new_slab, s.max_sessions)
+            except Exception as exc:  # a broken checkpoint must not take the others down
+                lane.stop()
+                if s.model_names() is not None:
+                    raise
+                self.failed[name] = f"{type(exc).__name__}: {exc}"
+                log.error("model %s at %s failed to load, skipped: %s", name, path, exc)
+                continue
+            self._lanes.append(lane)
+            me = ModelEngine(
+                len(self.models), name, backend, storage, lane, self.metrics, self.outbox,
+                batch_settings=dict(
+                    window_s=s.batch_window_ms / 1000, max_batch_sequences=s.max_batch_sequences,
+                    max_batch_samples=s.max_batch_samples, max_pending=s.max_pending_requests),
+            )
+            self.metrics.init_model(name)
+            me.start()
+            self.models.append(me)
+            self.by_name[name] = me
+            meta = backend.metadata
+            log.info("model_loaded name=%s backend=%s device=%s streamable=%s frame_size=%d "
+                     "sample_rate=%d classes=%d parameters=%d load_s=%.2f", name, meta.backend,
+                     meta.device, meta.streamable, meta.frame_size, meta.sample_rate,
+                     len(meta.classes), meta.parameters, time.perf_counter() - t0)
+        self.ready = True
+        log.info("ready models=%s", ",".join(self.by_name) or "(none)")
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for me in self.models:
+            me.close_all("shutdown")
+            await me.stop()
+        for lane in self._lanes:
+            lane.stop()
+        for me in self.models:
+            me.backend.close()
+
+    async def _reaper(self) -> None:
+        ttl = self.settings.idle_ttl_s
+        period = min(1.0, max(0.05, ttl / 4))
+        silent = self.settings.frontend_timeout_s
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            for idx, seen in list(self._last_seen.items()):
+                if now - seen > silent:  # a front-end died: keep its sessions resumable
+                    del self._last_seen[idx]
+                    n = sum(me.detach_owner(idx) for me in self.models)
+                    log.warning("front-end %s silent for %.1fs: %d session(s) detached",
+                                self._identity[idx], now - seen, n)
+            for me in self.models:
+                n = me.expire(now, ttl)
+                if n:
+                    log.info("idle_ttl model=%s evicted=%d", me.name, n)
+
+    def models_info(self) -> list[dict]:
+        out = []
+        for me in self.models:
+            d = me.metadata.to_dict()
+            d["idx"] = me.idx
+            d["credit"] = me.credit
+            out.append(d)
+        return out
+
+    # ---- messages ------------------------------------------------------------------------
+    def on_message(self, identity: bytes, header: dict, arrays: list[np.ndarray]) -> None:
+        owner = self._owner(identity)
+        stale = header.get("ep") not in (None, self.epoch)
+        if not stale:
+            for model, si, gi, ci, di in header.get("feed", ()):
+                self.models[model].feed(arrays[si], arrays[gi], arrays[ci], arrays[di])
+        for op in header.get("ops", ()):
+            kind = op.get("op")
+            if kind in ("hello", "ping"):
+                self.outbox.reply(owner, {
+                    "req": op.get("req"), "epoch": self.epoch, "ready": self.ready,
+                    "load_error": self.load_error, "pid": os.getpid(),
+                    "models": self.models_info() if kind == "hello" and self.ready else None})
+                continue
+            if stale:
+                if "req" in op:
+                    self.outbox.reply(owner, {"req": op["req"], "error": "internal",
+                                              "message": "the engine restarted; session state lost"})
+                continue
+            try:
+                self._op(owner, kind, op, arrays)
+            except Exception as exc:  # a bad op must never take the engine down
+                log.exception("engine: op %s failed", kind)
+                if "req" in op:
+                    self.outbox.reply(owner, {"req": op["req"], "error": "internal",
+                                              "message": type(exc).__name__})
+
+    def _op(self, owner: int, kind: str, op: dict, arrays: list[np.ndarray]) -> None:
+        if kind == "open":
+            asyncio.get_running_loop().create_task(self._open(owner, op))
+        elif kind == "flush":
+            self.models[op["model"]].flush(owner, op["req"], op["slot"], op["gen"],
+                                           reset=bool(op.get("reset")), end=bool(op.get("end")))
+        elif kind == "detach":
+            self.models[op["model"]].detach(op["slot"], op["gen"])
+        elif kind == "close":
+            self.models[op["model"]].close(op["slot"], op["gen"], op.get("reason", "error"))
+        elif kind == "predict":
+            data, lengths = arrays[op["data"]], arrays[op["lengths"]]
+            asyncio.get_running_loop().create_task(self._predict(owner, op, data, lengths))
+        elif kind == "bye":  # a front-end stops: its sessions stay resumable
+            for me in self.models:
+                me.detach_owner(owner)
+            self._last_seen.pop(owner, None)
+        else:
+            raise ValueError(f"unknown op {kind!r}")
+
+    async def _open(self, owner: int, op: dict) -> None:
+        try:
+            me = self.models[op["model"]]
+            info = await me.open(owner, session_id=op.get("session_id"), offset=op.get("offset"),
+                                 encoding=op["encoding"], emit_every=op["emit_every"])
+            self.outbox.reply(owner, {"req": op["req"], **info})
+        except StreamError as err:
+            self.outbox.reply(owner, {"req": op["req"], "error": err.code, "message": err.message})
+        except Exception as exc:
+            log.exception("engine: open failed")
+            self.outbox.reply(owner, {"req": op["req"], "error": "internal",
+                                      "message": type(exc).__name__})
+
+    async def _predict(self, owner: int, op: dict, data: np.ndarray, lengths: np.ndarray) -> None:
+        me = self.models[op["model"]]
+        bounds = np.concatenate([[0], np.cumsum(lengths)])
+        seqs = [data[bounds[i]:bounds[i + 1]] for i in range(len(lengths))]
+        try:
+            logits = await me.batcher.predict(seqs)
+        except BatcherBusy as exc:
+            self.outbox.reply(owner, {"req": op["req"], "error": "server_busy", "message": str(exc)})
+            return
+        except Exception as exc:
+            shutting = isinstance(exc, RuntimeError) and "shutting down" in str(exc)
+            if not shutting:
+                log.exception("engine: predict failed")
+            self.outbox.reply(owner, {
+                "req": op["req"], "error": "shutting_down" if shutting else "internal",
+                "message": "the server is shutting down" if shutting else type(exc).__name__})
+            return
+        shapes = [list(x.shape) for x in logits]
+        flat = np.concatenate([np.asarray(x, np.float32).reshape(-1) for x in logits])
+        self.outbox.reply(owner, {"req": op["req"], "shapes": shapes, "logits": flat})
+
+
+def discover(settings: Settings) -> list[tuple[str, Path]]:
+    """Checkpoint folders (with config.json) to serve, by name."""
+    root = Path(settings.checkpoints)
+    wanted = settings.model_names()
+    if not root.is_dir():
+        log.warning("checkpoints folder %s does not exist: serving no models", root)
+        found: dict[str, Path] = {}
+    else:
+        found = {p.name: p for p in sorted(root.iterdir())
+                 if p.is_dir() and (p / "config.json").is_file()}
+    if wanted is None:
+        if not found:
+            log.warning("no checkpoints (folders with config.json) in %s: serving no models", root)
+        return list(found.items())
+    missing = [w for w in wanted if w not in found]
+    if missing:
+        raise FileNotFoundError(
+            f"requested model(s) {missing} not found in {root} (available: {sorted(found)})")
+    return [(w, found[w]) for w in wanted]

@@ -1,0 +1,360 @@
+"""One served model inside the engine: sessions, sample buffers, the stream loop, the batch path.
+
+The session manager part (open / resume / flush / detach / close / expire) is the only code
+that changes a session; the loop asks the planner what to run, reads frames from the buffers,
+runs gather -> step -> scatter on the model's device lane and reports progress to the owning
+front-ends through the engine's outbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from server.batcher import PredictBatcher
+from server.engine.buffers import RingOverflow, SlotBuffers
+from server.engine.lane import DeviceLane
+from server.engine.planner import bucket, plan_round
+from server.errors import StreamError
+from server.metrics import Metrics
+from server.probs import softmax
+from server.slab import SlabFullError, StateSlab
+
+log = logging.getLogger("s4d.engine")
+
+
+def short_id(session_id: str) -> str:
+    """What logs show of a session id (the id is the resume credential)."""
+    import hashlib
+
+    return hashlib.sha256(session_id.encode()).hexdigest()[:10]
+
+
+@dataclass
+class EngineSession:
+    id: str
+    slot: int
+    gen: int
+    encoding: str
+    emit_every: int
+    owner: int = -1  # front-end index while attached, -1 when detached (mirrored in buffers)
+    detached_at: float = 0.0
+    created: float = field(default_factory=time.monotonic)
+
+    @property
+    def attached(self) -> bool:
+        return self.owner >= 0
+
+
+@dataclass
+class Flush:
+    owner: int
+    req: int
+    reset: bool
+    end: bool
+
+
+class ModelEngine:
+    def __init__(self, idx: int, name: str, backend, storage, lane: DeviceLane, metrics: Metrics,
+                 outbox, *, batch_settings: dict):
+        meta = backend.metadata
+        self.idx, self.name, self.backend, self.metadata = idx, name, backend, meta
+        self.frame, self.patch = meta.frame_size, meta.patch_size
+        self.lane, self.metrics, self.outbox = lane, metrics, outbox
+        self.slab = StateSlab(storage) if storage is not None else None
+        self.streamable = storage is not None
+        if self.streamable:
+            # enough unconsumed samples in flight to keep the device busy (8 frames or half a
+            # second); the front-end holds the rest of a session's `max_buffer_samples`
+            ring = max(8 * self.frame, meta.sample_rate // 2)
+            ring = -(-ring // self.frame) * self.frame
+            self.buffers = SlotBuffers(storage.capacity, ring, meta.input_channels,
+                                       len(meta.classes))
+        self.sessions: dict[str, EngineSession] = {}
+        self.by_slot: dict[int, EngineSession] = {}
+        self.flushes: dict[int, list[Flush]] = {}
+        self.batcher = PredictBatcher(
+            backend, lambda fn, *a: lane.submit(fn, *a, priority=False), **batch_settings)
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._stopping = False
+        if self.streamable:
+            metrics.slab_bytes_total.labels(model=name).set(self.slab.bytes_total)
+        self._gauges()
+
+    @property
+    def credit(self) -> int:
+        """Unconsumed samples a front-end may have in flight per session."""
+        return self.buffers.ring if self.streamable else 0
+
+    # ---- lifecycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        self.batcher.start()
+        if self.streamable:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"engine-{self.name}")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.batcher.stop()
+
+    # ---- session manager -----------------------------------------------------------------
+    async def open(self, owner: int, *, session_id: str | None, offset: int | None,
+                   encoding: str, emit_every: int) -> dict:
+        """New session, or resume of a detached one. Returns the `started` facts."""
+        if not self.streamable:
+            raise StreamError("not_streamable", f"model {self.name!r} is bidirectional: batch only")
+        if session_id is None:
+            try:
+                slot = self.slab.allocate()
+            except SlabFullError as exc:
+                raise StreamError("server_busy", f"model {self.name}: {exc}; try again later") from exc
+            try:
+                await self.lane.submit(self.slab.storage.zero, [slot])
+            except BaseException:
+                self.slab.free(slot)
+                raise
+            gen = self.buffers.open(slot)
+            s = EngineSession(uuid.uuid4().hex, slot, gen, encoding, emit_every)
+            self._set_owner(s, owner)
+            self.sessions[s.id] = s
+            self.by_slot[slot] = s
+            self.metrics.sessions_opened.labels(model=self.name).inc()
+            self._gauges()
+            resumed = False
+        else:
+            s = self.sessions.get(session_id)
+            if s is None:
+                raise StreamError("unknown_session",
+                                  f"no session {session_id!r} (never existed or expired)")
+            if s.attached:
+                raise StreamError("session_busy", "that session is attached to another connection")
+            held = int(self.buffers.received[s.slot])
+            if offset is not None and offset > held:
+                raise StreamError("offset_gap", f"offset {offset} > {held} samples held")
+            s.encoding, s.emit_every = encoding, emit_every
+            self._set_owner(s, owner)
+            resumed = True
+        b = self.buffers
+        log.info("session_start model=%s session=%s resumed=%s offset=%d encoding=%s",
+                 self.name, short_id(s.id), resumed, int(b.received[s.slot]), encoding)
+        return {"session_id": s.id, "slot": s.slot, "gen": s.gen,
+                "received": int(b.received[s.slot]), "consumed": int(b.consumed[s.slot]),
+                "credit": self.credit, "resumed": resumed}
+
+    def _set_owner(self, s: EngineSession, owner: int) -> None:
+        s.owner = owner
+        self.buffers.owner[s.slot] = owner
+
+    def session_at(self, slot: int, gen: int) -> EngineSession | None:
+        s = self.by_slot.get(slot)
+        return s if s is not None and s.gen == gen else None
+
+    def feed(self, slots: np.ndarray, gens: np.ndarray, counts: np.ndarray, data: np.ndarray) -> None:
+        """Append a tick's samples; entries of sessions that are gone are skipped."""
+        if not self.streamable or not len(slots):
+            return
+        slots = slots.astype(np.int64)
+        counts = counts.astype(np.int64)
+        ok = self.buffers.valid(slots, gens)
+        if not ok.all():  # samples of closed sessions: nobody can receive their results
+            slots, counts, data = self._without(slots, counts, data, ok)
+        try:
+            self.buffers.write(slots, counts, data)
+        except RingOverflow:
+            over = self.buffers.available(slots) + counts > self.buffers.ring
+            for slot in slots[over]:
+                self._fail(self.by_slot[int(slot)], "internal", "sample buffer overflow")
+            slots, counts, data = self._without(slots, counts, data, ~over)
+            self.buffers.write(slots, counts, data)
+        self._wake.set()
+
+    @staticmethod
+    def _without(slots, counts, data, keep_mask):
+        starts = np.cumsum(counts) - counts
+        rows = [np.arange(s, s + c) for s, c, k in zip(starts, counts, keep_mask) if k]
+        idx = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        return slots[keep_mask], counts[keep_mask], data[idx]
+
+    def flush(self, owner: int, req: int, slot: int, gen: int, *, reset: bool, end: bool) -> None:
+        """Run everything buffered (the trailing partial frame too), then answer `req`."""
+        s = self.session_at(slot, gen)
+        if s is None:
+            self.outbox.reply(owner, {"req": req, "error": "unknown_session",
+                                      "message": "the session is closed"})
+            return
+        self.flushes.setdefault(slot, []).append(Flush(owner, req, reset, end))
+        self._wake.set()
+
+    def detach(self, slot: int, gen: int) -> None:
+        s = self.session_at(slot, gen)
+        if s is not None and s.attached:
+            self._set_owner(s, -1)
+            s.detached_at = time.monotonic()
+            log.info("session_detach model=%s session=%s offset=%d", self.name, short_id(s.id),
+                     int(self.buffers.received[slot]))
+
+    def detach_owner(self, owner: int) -> int:
+        """A front-end is gone: its sessions stay resumable for the idle TTL."""
+        n = 0
+        for s in list(self.by_slot.values()):
+            if s.owner == owner:
+                self.detach(s.slot, s.gen)
+                n += 1
+        return n
+
+    def close(self, slot: int, gen: int, reason: str) -> None:
+        s = self.session_at(slot, gen)
+        if s is not None:
+            self._close(s, reason)
+
+    def _close(self, s: EngineSession, reason: str) -> None:
+        """Delete the session and free its slot. A step in flight is harmless: a reused slot is
+        zeroed on the device lane after it, and its results are dropped by generation."""
+        if self.sessions.pop(s.id, None) is None:
+            return
+        self.by_slot.pop(s.slot, None)
+        self.buffers.close(s.slot)
+        self.slab.free(s.slot)
+        for f in self.flushes.pop(s.slot, []):
+            self.outbox.reply(f.owner, {"req": f.req, "error": "internal",
+                                        "message": f"session closed ({reason})"})
+        m = self.metrics
+        m.sessions_closed.labels(model=self.name, reason=reason).inc()
+        if reason == "idle_timeout":
+            m.sessions_evicted.labels(model=self.name).inc()
+        self._gauges()
+        steps, secs = int(self.buffers.steps[s.slot]), float(self.buffers.step_seconds[s.slot])
+        log.info("session_end model=%s session=%s reason=%s duration_s=%.3f steps=%d "
+                 "mean_step_ms=%.3f", self.name, short_id(s.id), reason,
+                 time.monotonic() - s.created, steps, secs / steps * 1e3 if steps else 0.0)
+
+    def _fail(self, s: EngineSession, code: str, message: str) -> None:
+        if s.attached:
+            self.outbox.event(s.owner, {"ev": "closed", "model": self.idx, "slot": s.slot,
+                                        "gen": s.gen, "code": code, "message": message})
+        self._close(s, "error")
+
+    def expire(self, now: float, ttl: float) -> int:
+        n = 0
+        for s in list(self.sessions.values()):
+            if not s.attached and now - s.detached_at > ttl:
+                self._close(s, "idle_timeout")
+                n += 1
+        return n
+
+    def close_all(self, reason: str) -> None:
+        for s in list(self.sessions.values()):
+            self._close(s, reason)
+
+    def _gauges(self) -> None:
+        m = self.metrics
+        m.sessions_active.labels(model=self.name).set(len(self.sessions))
+        if self.streamable:
+            m.slab_bytes_in_use.labels(model=self.name).set(self.slab.bytes_in_use)
+
+    # ---- the stream loop -----------------------------------------------------------------
+    async def _run(self) -> None:
+        while not self._stopping:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self._drain()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # never let the loop die
+                log.exception("engine %s: unexpected error in the stream loop", self.name)
+
+    async def _drain(self) -> None:
+        b = self.buffers
+        while not self._stopping:
+            slots = np.fromiter(self.by_slot, np.int64, len(self.by_slot))
+            avail = b.available(slots)
+            flushing = np.fromiter(self.flushes, np.int64, len(self.flushes))
+            rnd = plan_round(slots, avail, flushing, frame=self.frame, patch=self.patch)
+            self.metrics.queue_depth.labels(model=self.name).set(len(rnd.full))
+            if rnd.empty:
+                return
+            if len(rnd.full):
+                await self._step(rnd.full, self.frame)
+            for length, group in rnd.partial.items():
+                await self._step(group, length)
+            await self._finish_flushes(rnd.finished)
+
+    async def _finish_flushes(self, slots: np.ndarray) -> None:
+        b = self.buffers
+        for slot in slots.tolist():
+            s = self.by_slot.get(slot)
+            waiting = self.flushes.pop(slot, [])
+            if s is None:
+                continue
+            rest = int(b.available(np.array([slot]))[0])
+            if 0 < rest < self.patch:  # less than one patch: ignored, as in the batch forward
+                b.advance(np.array([slot]), rest)
+            probs = b.probs[slot].tolist() if b.has_probs[slot] else None
+            consumed = int(b.consumed[slot])
+            reset = any(f.reset for f in waiting)
+            end = any(f.end for f in waiting)
+            if reset and not end:
+                await self.lane.submit(self.slab.storage.zero, [slot])
+                b.segment[slot] = 0
+                b.has_probs[slot] = False
+            for f in waiting:
+                self.outbox.reply(f.owner, {"req": f.req, "consumed": consumed, "probs": probs})
+            if end:
+                self._close(s, "end")
+
+    async def _step(self, slots: np.ndarray, length: int) -> None:
+        b = self.buffers
+        gens = b.gen[slots].copy()
+        n = len(slots)
+        pad = bucket(n)
+        frames = b.read(slots, length)
+        if pad > n:
+            frames = np.concatenate([frames, np.zeros((pad - n, *frames.shape[1:]), np.float32)])
+        storage, backend, slot_list = self.slab.storage, self.backend, slots.tolist()
+
+        def work():
+            t0 = time.perf_counter()
+            state = storage.gather(slot_list, pad_to=pad)
+            logits, new_state = backend.step(frames, state)
+            storage.scatter(slot_list, new_state)
+            logits = np.asarray(logits)[:n]
+            if logits.ndim == 3:  # pooling none: the prediction is the last step
+                logits = logits[:, -1]
+            return softmax(logits.astype(np.float64)).astype(np.float32), time.perf_counter() - t0
+
+        try:
+            probs, dt = await self.lane.submit(work)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("engine %s: step failed for %d sessions", self.name, n)
+            for slot, gen in zip(slot_list, gens.tolist(), strict=True):
+                s = self.session_at(slot, gen)
+                if s is not None:
+                    self.metrics.error("internal")
+                    self._fail(s, "internal", f"model step failed: {type(exc).__name__}")
+            return
+        live = b.gen[slots] == gens  # sessions closed (and slots reused) meanwhile drop out
+        if not live.all():
+            slots, gens, probs = slots[live], gens[live], probs[live]
+        b.advance(slots, length)
+        b.probs[slots] = probs
+        b.has_probs[slots] = True
+        m = self.metrics
+        m.step_latency.labels(model=self.name).observe(dt)
+        m.batch_size.labels(model=self.name).observe(n)
+        m.frames_processed.labels(model=self.name).inc(n)
+        m.samples_processed.labels(model=self.name).inc(n * length)
+        b.steps[slots] += 1
+        b.step_seconds[slots] += dt
+        self.outbox.progress(self.idx, b.owner[slots], slots, gens, b.consumed[slots], probs)

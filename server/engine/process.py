@@ -1,0 +1,69 @@
+"""The engine as its own process: a pyzmq ROUTER on an ipc:// endpoint, no client sockets.
+
+Started by the supervisor (`server.supervisor`) with the server's settings; restarted by it if
+it dies. Prometheus values go to the shared multiprocess directory, so any front-end's
+`/metrics` shows the engine's series.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+
+from server.engine.engine import Engine
+from server.engine.wire import decode, encode
+from server.metrics import Metrics
+from server.settings import Settings
+
+log = logging.getLogger("s4d.engine")
+
+
+async def serve_engine(settings: Settings, endpoint: str, device: str | None = None) -> None:
+    import zmq
+    import zmq.asyncio
+
+    ctx = zmq.asyncio.Context.instance()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, 100_000)
+    sock.setsockopt(zmq.RCVHWM, 100_000)
+    sock.bind(endpoint)
+    engine = Engine(settings, Metrics(), device=device)
+
+    def send(identity: bytes, header: dict, arrays: list) -> None:
+        sock.send_multipart([identity, *encode(header, arrays)], copy=False)
+
+    engine.attach_transport(send)
+    await engine.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("engine listening on %s (pid %d, epoch %d)", endpoint, os.getpid(), engine.epoch)
+
+    async def reader() -> None:
+        while True:
+            frames = await sock.recv_multipart(copy=False)
+            try:
+                header, arrays = decode(frames[1:])
+                engine.on_message(frames[0].bytes, header, arrays)
+            except Exception:
+                log.exception("engine: bad message")
+
+    task = loop.create_task(reader())
+    await stop.wait()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await engine.stop()
+    sock.close(linger=0)
+
+
+def engine_main(settings_json: str, endpoint: str, device: str | None = None) -> None:
+    """Entry point of the engine process (spawned: no torch state inherited)."""
+    from server.app import configure_logging
+
+    settings = Settings.model_validate_json(settings_json)
+    configure_logging(settings.log_level)
+    asyncio.run(serve_engine(settings, endpoint, device))

@@ -1,0 +1,70 @@
+"""Transports between a front-end's `EngineClient` and an engine: same messages, two carriers.
+
+`InprocLink`: the engine lives in this process and event loop (`--workers 0`); messages are
+handed over as (header, arrays) without encoding. `ZmqLink`: a pyzmq DEALER socket to the
+engine process's ROUTER; headers are msgpack, arrays travel as raw frames (no pickle, no copy
+on receive).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from server.engine.wire import decode, encode
+
+log = logging.getLogger("s4d.frontend")
+
+
+class InprocLink:
+    remote = False
+
+    def __init__(self, engine, identity: bytes = b"inproc"):
+        self.engine, self.identity = engine, identity
+
+    def start(self, on_message) -> None:
+        self.engine.attach_transport(lambda _identity, header, arrays: on_message(header, arrays))
+
+    def send(self, header: dict, arrays: list) -> None:
+        self.engine.on_message(self.identity, header, arrays)
+
+    def close(self) -> None:
+        pass
+
+
+class ZmqLink:
+    remote = True
+
+    def __init__(self, endpoint: str, identity: bytes):
+        import zmq
+        import zmq.asyncio
+
+        self.endpoint, self.identity = endpoint, identity
+        self.sock = zmq.asyncio.Context.instance().socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.IDENTITY, identity)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.SNDHWM, 100_000)
+        self.sock.setsockopt(zmq.RCVHWM, 100_000)
+        self.sock.connect(endpoint)
+        self._reader: asyncio.Task | None = None
+
+    def start(self, on_message) -> None:
+        self._reader = asyncio.get_running_loop().create_task(self._read(on_message),
+                                                              name="zmq-reader")
+
+    async def _read(self, on_message) -> None:
+        while True:
+            frames = await self.sock.recv_multipart(copy=False)
+            try:
+                header, arrays = decode(frames)
+                on_message(header, arrays)
+            except Exception:  # a bad message must not stop the reader
+                log.exception("front-end: bad message from the engine")
+
+    def send(self, header: dict, arrays: list) -> None:
+        self.sock.send_multipart(encode(header, arrays), copy=False)
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+        self.sock.close(linger=0)
