@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server import rest
 from server.errors import ApiError
-from server.frontend.client import EngineClient
+from server.frontend.client import EngineClient, EnginePool
 from server.frontend.links import InprocLink, ZmqLink
 from server.metrics import Metrics
 from server.settings import Settings
@@ -86,37 +86,41 @@ async def drain(st: ServerState) -> None:
             log.warning("shutdown: streams did not finish within %.1fs", st.settings.graceful_timeout_s)
 
 
-def create_app(settings: Settings | None = None, *, engine_endpoint: str | None = None,
+def create_app(settings: Settings | None = None, *, engine_endpoints: list[str] | None = None,
                identity: bytes = b"inproc") -> FastAPI:
-    """The front-end app. Without `engine_endpoint` the engine runs in this process and event
-    loop (`--workers 0`); with it, the app talks to an engine process over pyzmq."""
+    """The front-end app. Without `engine_endpoints` the engine runs in this process and event
+    loop (`--workers 0`); with them, the app talks to one engine process per device over pyzmq."""
     settings = settings or Settings()
     metrics = Metrics()
-    client = EngineClient(
-        None, max_buffer_samples=settings.max_buffer_samples,
-        tick_interval_s=settings.tick_interval_ms / 1000,
-        engine_timeout_s=settings.frontend_timeout_s)
-    st = ServerState(settings=settings, metrics=metrics, client=client)
+    clients = [
+        EngineClient(None, max_buffer_samples=settings.max_buffer_samples,
+                     tick_interval_s=settings.tick_interval_ms / 1000,
+                     engine_timeout_s=settings.frontend_timeout_s)
+        for _ in (engine_endpoints or [None])
+    ]
+    pool = EnginePool(clients)
+    st = ServerState(settings=settings, metrics=metrics, client=pool)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         log.info("starting: checkpoints=%s models=%s backend=%s device=%s max_sessions=%d "
                  "engine=%s", settings.checkpoints, settings.models, settings.backend,
-                 settings.device, settings.max_sessions, engine_endpoint or "in-process")
-        if engine_endpoint is None:
+                 settings.device, settings.max_sessions, engine_endpoints or "in-process")
+        if engine_endpoints is None:
             from server.engine.engine import Engine
 
             st.engine = Engine(settings, metrics)
-            client.link = InprocLink(st.engine, identity)
+            clients[0].link = InprocLink(st.engine, identity)
             await st.engine.start()
         else:
-            client.link = ZmqLink(engine_endpoint, identity)
-        await client.start()
+            for c, endpoint in zip(clients, engine_endpoints, strict=True):
+                c.link = ZmqLink(endpoint, identity)
+        await pool.start()
         try:
             yield
         finally:
             await drain(st)
-            await client.stop()
+            await pool.stop()
             if st.engine is not None:
                 await st.engine.stop()
             log.info("stopped")

@@ -11,6 +11,8 @@ FLAGS: dict[str, tuple[str, str]] = {
     "--checkpoints": ("checkpoints", "folder of checkpoint folders (default: repo checkpoints/)"),
     "--models": ("models", "comma-separated model names, or 'all'"),
     "--device": ("device", "auto | cpu | cuda"),
+    "--workers": ("workers", "front-end processes (0 = one process with the engine inside)"),
+    "--tick-interval-ms": ("tick_interval_ms", "least ms between front-end -> engine messages"),
     "--backend": ("backend", "torch | onnxruntime"),
     "--max-sessions": ("max_sessions", "state slots per model"),
     "--idle-ttl": ("idle_ttl_s", "seconds a detached session stays resumable"),

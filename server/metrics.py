@@ -1,6 +1,13 @@
-"""Prometheus metrics (names fixed by PROTOCOL.md), on a registry owned by one app instance."""
+"""Prometheus metrics (names fixed by PROTOCOL.md), on a registry owned by one app instance.
+
+With several processes (`--workers W`) the supervisor sets PROMETHEUS_MULTIPROC_DIR: every
+process writes its values there and `render()` sums them (gauges over live processes), so any
+front-end answers `/metrics` for the whole server.
+"""
 
 from __future__ import annotations
+
+import os
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -17,13 +24,21 @@ KNOWN_ERROR_CODES = (
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
+def _multiprocess() -> bool:
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+def _gauge(name: str, doc: str, labels: list[str], registry) -> Gauge:
+    return Gauge(name, doc, labels, registry=registry, multiprocess_mode="livesum")
+
+
 class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self, registry: CollectorRegistry | None = None):
         r = self.registry = registry or CollectorRegistry(auto_describe=True)
-        self.sessions_active = Gauge(
-            "s4d_sessions_active", "Streaming sessions holding a state slot", ["model"], registry=r
+        self.sessions_active = _gauge(
+            "s4d_sessions_active", "Streaming sessions holding a state slot", ["model"], r
         )
         self.sessions_opened = Counter(
             "s4d_sessions_opened", "Streaming sessions opened", ["model"], registry=r
@@ -44,8 +59,8 @@ class Metrics:
             "s4d_scheduler_batch_size", "Sessions per batched step (before bucket padding)",
             ["model"], buckets=_BATCH_BUCKETS, registry=r,
         )
-        self.queue_depth = Gauge(
-            "s4d_queue_depth", "Sessions with a full frame waiting", ["model"], registry=r
+        self.queue_depth = _gauge(
+            "s4d_queue_depth", "Sessions with a full frame waiting", ["model"], r
         )
         self.step_latency = Histogram(
             "s4d_step_latency_seconds", "One batched frame step (gather, compute, scatter)",
@@ -58,11 +73,11 @@ class Metrics:
         self.errors = Counter("s4d_errors", "Errors answered, by code", ["code"], registry=r)
         for code in KNOWN_ERROR_CODES:  # every documented code is visible at zero
             self.errors.labels(code=code)
-        self.slab_bytes_in_use = Gauge(
-            "s4d_state_slab_bytes_in_use", "State slab bytes held by sessions", ["model"], registry=r
+        self.slab_bytes_in_use = _gauge(
+            "s4d_state_slab_bytes_in_use", "State slab bytes held by sessions", ["model"], r
         )
-        self.slab_bytes_total = Gauge(
-            "s4d_state_slab_bytes_total", "State slab bytes allocated", ["model"], registry=r
+        self.slab_bytes_total = _gauge(
+            "s4d_state_slab_bytes_total", "State slab bytes allocated", ["model"], r
         )
 
     def init_model(self, model: str) -> None:
@@ -80,4 +95,10 @@ class Metrics:
         self.errors.labels(code=code).inc()
 
     def render(self) -> bytes:
+        if _multiprocess():
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry)
         return generate_latest(self.registry)

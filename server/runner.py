@@ -24,8 +24,9 @@ class S4DServer(uvicorn.Server):
             await super().shutdown(sockets=sockets)
 
 
-def build_server(settings: Settings, **uvicorn_kwargs) -> S4DServer:
-    app = create_app(settings)
+def build_server(settings: Settings, *, engine_endpoints: list[str] | None = None,
+                 identity: bytes = b"inproc", **uvicorn_kwargs) -> S4DServer:
+    app = create_app(settings, engine_endpoints=engine_endpoints, identity=identity)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -41,6 +42,10 @@ def build_server(settings: Settings, **uvicorn_kwargs) -> S4DServer:
 
 def serve(settings: Settings) -> int:
     configure_logging(settings.log_level)
+    if settings.workers > 0:
+        from server.supervisor import supervise
+
+        return supervise(settings)
     server = build_server(settings)
     server.run()
     return 0

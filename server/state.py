@@ -6,7 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from server.errors import ApiError
-from server.frontend.client import EngineClient, RemoteModel
+from server.frontend.client import EnginePool, RemoteModel
 from server.metrics import Metrics
 from server.settings import Settings
 
@@ -14,7 +14,7 @@ from server.settings import Settings
 class ModelDirectory:
     """The models the engine serves, as the routes look them up (name -> RemoteModel)."""
 
-    def __init__(self, client: EngineClient):
+    def __init__(self, client: EnginePool):
         self.client = client
 
     @property
@@ -33,7 +33,7 @@ class ModelDirectory:
 class ServerState:
     settings: Settings
     metrics: Metrics
-    client: EngineClient
+    client: EnginePool
     engine: object | None = None  # the in-process engine (`--workers 0`), else None
     shutting_down: bool = False
     tasks: list[asyncio.Task] = field(default_factory=list)

@@ -179,7 +179,7 @@ class StreamConnection:
             self.send(err.to_message())
             self.send((_CLOSE, err.close_code))
             await self._wait_sender()
-            self.st.client.close(h, "error")
+            h.client.close(h, "error")
             h.closed = True
         else:
             await self._send_direct(err.to_message(), err.close_code)
@@ -210,7 +210,7 @@ class StreamConnection:
             self.sender.cancel()
         h = self.handle
         if h is not None and not h.closed:
-            self.st.client.detach(h)
+            h.client.detach(h)
 
     async def _serve(self) -> None:
         st = self.st
@@ -244,7 +244,7 @@ class StreamConnection:
         offset = held if p["offset"] is None else p["offset"]
         decoder = SampleDecoder(p["encoding"], meta.input_channels, skip=held - offset)
         if st.shutting_down:  # raced with the drain while opening
-            st.client.close(h, "shutdown") if p["session_id"] is None else st.client.detach(h)
+            h.client.close(h, "shutdown") if p["session_id"] is None else h.client.detach(h)
             h.closed = True
             raise StreamError("shutting_down", "the server is stopping")
         await self.ws.send_text(orjson.dumps({
@@ -278,7 +278,7 @@ class StreamConnection:
                 raise StreamError("partial_sample",
                                   f"{len(decoder.pending)} trailing bytes do not form a whole sample")
             if t == "reset":
-                r = await st.client.flush(h, reset=True)
+                r = await h.client.flush(h, reset=True)
                 self.send(self._result("result", r["consumed"], r["probs"], segment_end=True))
                 self.send({"type": "reset", "offset": r["consumed"]})
             else:  # end
@@ -304,7 +304,7 @@ class StreamConnection:
             self._finished.set()
 
     async def _finish(self, h: StreamHandle, reason: str) -> None:
-        client = self.st.client
+        client = h.client
         try:
             r = await asyncio.wait_for(client.flush(h, end=True),
                                        self.st.settings.graceful_timeout_s or None)
@@ -321,7 +321,7 @@ class StreamConnection:
             await self._wait_sender()
             return
         h.closed = True
-        client.handles.pop(h.key, None)
+        client.forget(h)
         if reason == "end":
             self.send((_CLOSE, 1000))
         else:

@@ -82,10 +82,12 @@ class Outbox:
 
 class Engine:
     def __init__(self, settings: Settings, metrics: Metrics, *, device: str | None = None,
-                 epoch: int | None = None):
+                 epoch: int | None = None, index: int = 0, watch_frontends: bool = False):
         self.settings = settings
         self.metrics = metrics
         self.device = device or settings.resolve_device()
+        self.index = index  # session ids start with e<index>- so a resume finds this engine
+        self.watch_frontends = watch_frontends  # separate processes that may die silently
         self.epoch = epoch if epoch is not None else int(time.time() * 1000) % (1 << 31)
         self.models: list[ModelEngine] = []
         self.by_name: dict[str, ModelEngine] = {}
@@ -161,6 +163,7 @@ class Engine:
             self._lanes.append(lane)
             me = ModelEngine(
                 len(self.models), name, backend, storage, lane, self.metrics, self.outbox,
+                id_prefix=f"e{self.index}-",
                 batch_settings=dict(
                     window_s=s.batch_window_ms / 1000, max_batch_sequences=s.max_batch_sequences,
                     max_batch_samples=s.max_batch_samples, max_pending=s.max_pending_requests),
@@ -197,7 +200,7 @@ class Engine:
             await asyncio.sleep(period)
             now = time.monotonic()
             for idx, seen in list(self._last_seen.items()):
-                if now - seen > silent:  # a front-end died: keep its sessions resumable
+                if self.watch_frontends and now - seen > silent:  # a front-end died: keep its sessions resumable
                     del self._last_seen[idx]
                     n = sum(me.detach_owner(idx) for me in self.models)
                     log.warning("front-end %s silent for %.1fs: %d session(s) detached",

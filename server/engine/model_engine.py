@@ -61,11 +61,12 @@ class Flush:
 
 class ModelEngine:
     def __init__(self, idx: int, name: str, backend, storage, lane: DeviceLane, metrics: Metrics,
-                 outbox, *, batch_settings: dict):
+                 outbox, *, batch_settings: dict, id_prefix: str = "e0-"):
         meta = backend.metadata
         self.idx, self.name, self.backend, self.metadata = idx, name, backend, meta
         self.frame, self.patch = meta.frame_size, meta.patch_size
         self.lane, self.metrics, self.outbox = lane, metrics, outbox
+        self.id_prefix = id_prefix
         self.slab = StateSlab(storage) if storage is not None else None
         self.streamable = storage is not None
         if self.streamable:
@@ -123,7 +124,7 @@ class ModelEngine:
                 self.slab.free(slot)
                 raise
             gen = self.buffers.open(slot)
-            s = EngineSession(uuid.uuid4().hex, slot, gen, encoding, emit_every)
+            s = EngineSession(self.id_prefix + uuid.uuid4().hex, slot, gen, encoding, emit_every)
             self._set_owner(s, owner)
             self.sessions[s.id] = s
             self.by_slot[slot] = s

@@ -20,7 +20,8 @@ from server.settings import Settings
 log = logging.getLogger("s4d.engine")
 
 
-async def serve_engine(settings: Settings, endpoint: str, device: str | None = None) -> None:
+async def serve_engine(settings: Settings, endpoint: str, device: str | None = None,
+                       index: int = 0) -> None:
     import zmq
     import zmq.asyncio
 
@@ -30,7 +31,7 @@ async def serve_engine(settings: Settings, endpoint: str, device: str | None = N
     sock.setsockopt(zmq.SNDHWM, 100_000)
     sock.setsockopt(zmq.RCVHWM, 100_000)
     sock.bind(endpoint)
-    engine = Engine(settings, Metrics(), device=device)
+    engine = Engine(settings, Metrics(), device=device, index=index, watch_frontends=True)
 
     def send(identity: bytes, header: dict, arrays: list) -> None:
         sock.send_multipart([identity, *encode(header, arrays)], copy=False)
@@ -60,10 +61,21 @@ async def serve_engine(settings: Settings, endpoint: str, device: str | None = N
     sock.close(linger=0)
 
 
-def engine_main(settings_json: str, endpoint: str, device: str | None = None) -> None:
+def set_process_name(name: str) -> None:
+    """What `top`, `ps -o comm` and psutil show for this process (Linux; 15 characters)."""
+    try:
+        with open("/proc/self/comm", "w") as f:
+            f.write(name[:15])
+    except OSError:
+        pass
+
+
+def engine_main(settings_json: str, endpoint: str, device: str | None = None,
+                index: int = 0) -> None:
     """Entry point of the engine process (spawned: no torch state inherited)."""
     from server.app import configure_logging
 
     settings = Settings.model_validate_json(settings_json)
     configure_logging(settings.log_level)
-    asyncio.run(serve_engine(settings, endpoint, device))
+    set_process_name(f"s4d-engine-{index}")
+    asyncio.run(serve_engine(settings, endpoint, device, index))

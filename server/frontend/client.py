@@ -362,6 +362,10 @@ class EngineClient:
             self.handles.pop(h.key, None)
         return reply
 
+    def forget(self, h: StreamHandle) -> None:
+        """The session ended on the engine (`end` answered): stop routing its progress."""
+        self.handles.pop(h.key, None)
+
     def detach(self, h: StreamHandle) -> None:
         """The connection is gone: deliver every sample it sent (all were accepted), then
         detach so that the session can be resumed (with its full offset) for the idle TTL."""
@@ -409,3 +413,67 @@ def _error(msg: dict) -> Exception:
 
 def frontend_identity(index: int) -> bytes:
     return f"fe{index}-{os.getpid()}".encode()
+
+
+class EnginePool:
+    """Every engine of the server (one per device), seen as one: new sessions go to the engine
+    with the fewest sessions from this front-end, a resume to the engine named in the session
+    id (`e<index>-...`), batch requests round-robin."""
+
+    def __init__(self, clients: list[EngineClient]):
+        self.clients = clients
+        self._rr = itertools.count()
+
+    @property
+    def ready(self) -> bool:
+        return all(c.ready for c in self.clients)
+
+    @property
+    def models(self) -> dict[str, RemoteModel]:
+        models = self.clients[0].models
+        if len(self.clients) > 1:
+            for m in models.values():
+                if not isinstance(m.batcher, PooledPredictor):
+                    m.batcher = PooledPredictor(self, m.name)
+        return models
+
+    @property
+    def load_error(self) -> str | None:
+        return next((c.load_error for c in self.clients if c.load_error), None)
+
+    async def start(self) -> None:
+        for c in self.clients:
+            await c.start()
+
+    async def stop(self) -> None:
+        for c in self.clients:
+            await c.stop()
+
+    def _for_session(self, session_id: str) -> EngineClient:
+        head = session_id.split("-", 1)[0]
+        if head[:1] == "e" and head[1:].isdigit() and int(head[1:]) < len(self.clients):
+            return self.clients[int(head[1:])]
+        return self.clients[0]
+
+    def model_on(self, client: EngineClient, model: RemoteModel) -> RemoteModel:
+        return client.models.get(model.name, model)
+
+    async def open(self, model: RemoteModel, *, session_id: str | None, **kw) -> StreamHandle:
+        if session_id is not None:
+            client = self._for_session(session_id)
+        else:
+            client = min(self.clients, key=lambda c: len(c.handles))
+        return await client.open(self.model_on(client, model), session_id=session_id, **kw)
+
+
+
+class PooledPredictor:
+    """Batch requests round-robin over the engines (each runs its own batcher)."""
+
+    def __init__(self, pool: EnginePool, name: str):
+        self.pool, self.name = pool, name
+
+    async def predict(self, sequences: list[np.ndarray]) -> list[np.ndarray]:
+        clients = self.pool.clients
+        client = clients[next(self.pool._rr) % len(clients)]
+        return await client.models[self.name].batcher.predict(sequences)

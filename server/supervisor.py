@@ -1,0 +1,162 @@
+"""`s4d serve --workers W`: W front-end processes on one port, one engine process per device.
+
+The supervisor binds the listening socket once and hands it to every front-end (they accept
+from the same queue), starts one engine per device on an ipc:// endpoint, restarts any child
+that dies (an engine comes back with a new epoch: its sessions are gone and their clients get
+`internal` / 1011; a front-end takes only its own sockets with it), and on SIGTERM lets the
+front-ends drain (`final` + 1001 to every stream) before stopping the engines.
+Prometheus runs in multiprocess mode: every child writes its series to one directory and any
+front-end's `/metrics` shows the sum.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from server.settings import Settings
+
+log = logging.getLogger("s4d.supervisor")
+
+
+def engine_devices(settings: Settings) -> list[str]:
+    """One engine per device: every visible GPU, or the CPU."""
+    device = settings.resolve_device()
+    if device == "cuda":
+        import torch
+
+        return [f"cuda:{i}" for i in range(torch.cuda.device_count())] or ["cpu"]
+    return [device]
+
+
+def frontend_main(settings_json: str, index: int, endpoints: list[str],
+                  sock: socket.socket) -> None:
+    """Entry point of a front-end process: uvicorn on the shared socket, no model state."""
+    from server.app import configure_logging
+    from server.engine.process import set_process_name
+    from server.frontend.client import frontend_identity
+    from server.runner import build_server
+
+    settings = Settings.model_validate_json(settings_json)
+    configure_logging(settings.log_level)
+    set_process_name(f"s4d-frontend-{index}")
+    server = build_server(settings, engine_endpoints=endpoints,
+                          identity=frontend_identity(index))
+    server.run(sockets=[sock])
+
+
+@dataclass
+class Child:
+    kind: str  # "engine" | "frontend"
+    index: int
+    proc: mp.process.BaseProcess
+    started: float = field(default_factory=time.monotonic)
+
+
+class Supervisor:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.ctx = mp.get_context("spawn")  # no CUDA / thread state inherited across fork
+        self.run_dir = Path(tempfile.mkdtemp(prefix="s4d-"))
+        self.metrics_dir = self.run_dir / "metrics"
+        self.metrics_dir.mkdir()
+        self.devices = engine_devices(settings)
+        self.endpoints = [f"ipc://{self.run_dir}/engine-{i}.sock" for i in range(len(self.devices))]
+        self.children: dict[tuple[str, int], Child] = {}
+        self.stopping = False
+        self.sock: socket.socket | None = None
+
+    def bind(self) -> socket.socket:
+        s = self.settings
+        family = socket.AF_INET6 if ":" in s.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((s.host, s.port))
+        sock.listen(2048)
+        sock.set_inheritable(True)
+        self.sock = sock
+        return sock
+
+    def _spawn(self, kind: str, index: int) -> None:
+        from server.engine.process import engine_main
+
+        js = self.settings.model_dump_json()
+        if kind == "engine":
+            proc = self.ctx.Process(target=engine_main, name=f"s4d-engine-{index}",
+                                    args=(js, self.endpoints[index], self.devices[index], index))
+        else:
+            proc = self.ctx.Process(target=frontend_main, name=f"s4d-frontend-{index}",
+                                    args=(js, index, self.endpoints, self.sock))
+        proc.start()
+        self.children[(kind, index)] = Child(kind, index, proc)
+        log.info("started %s %d (pid %d)", kind, index, proc.pid)
+
+    def run(self) -> int:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)  # inherited by children
+        self.bind()
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        host, port = self.sock.getsockname()[:2]
+        log.info("serving on http://%s:%d with %d front-end(s) and %d engine(s) on %s",
+                 host, port, self.settings.workers, len(self.devices), ",".join(self.devices))
+        try:
+            for i in range(len(self.devices)):
+                self._spawn("engine", i)
+            for i in range(self.settings.workers):
+                self._spawn("frontend", i)
+            while not self.stopping:
+                self._reap()
+                time.sleep(0.2)
+            self._shutdown()
+        finally:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+        return 0
+
+    def _on_signal(self, signum, _frame) -> None:
+        log.info("received %s: draining", signal.Signals(signum).name)
+        self.stopping = True
+
+    def _reap(self) -> None:
+        from prometheus_client import multiprocess
+
+        for key, child in list(self.children.items()):
+            if child.proc.is_alive():
+                continue
+            code = child.proc.exitcode
+            multiprocess.mark_process_dead(child.proc.pid, str(self.metrics_dir))
+            if self.stopping:
+                continue
+            log.error("%s %d (pid %d) exited with %s: restarting", child.kind, child.index,
+                      child.proc.pid, code)
+            if time.monotonic() - child.started < 2:
+                time.sleep(1.0)  # a child that dies at once must not spin the supervisor
+            self._spawn(child.kind, child.index)
+
+    def _shutdown(self) -> None:
+        grace = self.settings.graceful_timeout_s + 5
+        fronts = [c for c in self.children.values() if c.kind == "frontend"]
+        engines = [c for c in self.children.values() if c.kind == "engine"]
+        for group in (fronts, engines):  # front-ends drain first: they still need the engines
+            for c in group:
+                if c.proc.is_alive():
+                    os.kill(c.proc.pid, signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            for c in group:
+                c.proc.join(max(0.1, deadline - time.monotonic()))
+                if c.proc.is_alive():
+                    log.warning("%s %d did not stop in %.0fs: killing", c.kind, c.index, grace)
+                    c.proc.kill()
+                    c.proc.join(5)
+        log.info("stopped")
+
+
+def supervise(settings: Settings) -> int:
+    return Supervisor(settings).run()
