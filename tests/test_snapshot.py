@@ -305,3 +305,21 @@ def test_restore_into_another_architecture_is_refused(tiny_root):
     rows.pop("pool")
     with pytest.raises(SnapshotError):
         restore_state(slab_a, 0, rows)
+
+
+SHIPPED_KWS = Path(__file__).resolve().parent.parent / "checkpoints" / "kws-s4d"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHIPPED_KWS / "model.safetensors").exists(), reason="no checkpoints/kws-s4d")
+def test_shipped_kws_session_restores_exactly_and_the_bench_runs():
+    import torch
+
+    from bench.snapshot import bench_snapshot
+
+    with torch.inference_mode():
+        result, data = bench_snapshot(SHIPPED_KWS, reps=3)
+    assert result["restored_final_vs_batch_max_abs_diff"] <= 1e-5
+    assert result["snapshot_bytes"] == len(data) > result["state_bytes"]
+    assert decode(data, expect_hash=checkpoint_hash(SHIPPED_KWS)).model == "kws-s4d"
+    assert {"snapshot", "restore_total", "encode", "decode"} <= set(result["timings"])
