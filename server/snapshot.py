@@ -269,6 +269,10 @@ def decode(data: bytes, *, expect_model: str | None = None,
         raise SnapshotError("snapshot_corrupt", f"unreadable snapshot tensors: {exc}") from exc
     if meta.get("checksum") != _checksum(tensors):
         raise SnapshotError("snapshot_corrupt", "snapshot checksum mismatch (damaged bytes)")
+    stray = [k for k in tensors
+             if k not in ("buffered", "last_probs") and not k.startswith(STATE_PREFIX)]
+    if stray:
+        raise SnapshotError("snapshot_corrupt", f"unexpected tensors in the snapshot: {stray}")
     try:
         fields: dict[str, Any] = {k: meta[k] for k in _STR_FIELDS}
         fields.update({k: int(meta[k]) for k in _INT_FIELDS})

@@ -135,6 +135,16 @@ def test_garbage_is_corrupt(garbage):
     assert e.value.code == "snapshot_corrupt"
 
 
+def test_stray_tensors_are_corrupt():
+    s = make_snapshot()
+    tensors = {f"state.{k}": v for k, v in s.state.items()}
+    tensors.update(buffered=s.buffered, extra=np.zeros(2, np.float32))
+    meta = dict(read_metadata(encode(s)))
+    meta["checksum"] = snap_mod._checksum(tensors)
+    with pytest.raises(SnapshotError, match="unexpected tensors"):
+        decode(st_save(tensors, metadata=meta))
+
+
 def test_flipped_data_byte_fails_the_checksum():
     data = bytearray(encode(make_snapshot()))
     data[-100] ^= 0x40  # inside the tensor data, header intact
