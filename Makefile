@@ -8,8 +8,9 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 # Debian packages the integration tests use when present (real Prometheus, docker-compose
-# config, headless Chromium); installed only when running as root with apt-get available.
-SYSTEM_TEST_PACKAGES ?= prometheus docker-compose chromium
+# config, headless Chromium, redis-server for the session store); installed only when running
+# as root with apt-get available.
+SYSTEM_TEST_PACKAGES ?= prometheus docker-compose chromium redis-server
 
 .PHONY: serve test lint system-test-deps clean
 
