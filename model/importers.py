@@ -6,7 +6,8 @@ n x [LayerNorm pre or post, S4 layer, dropout, residual], mean over time, decode
   A = -exp(log_A_real) + i A_imag, dt = exp(log_dt), GELU, Conv1d(H, 2H, 1) + GLU).
 - `s4-block`: the layers are `S4Block` (`models/s4/s4.py`) in diagonal mode: FFTConv with
   `SSMKernelDiag` (inv_dt, A_real, A_imag, B, C under their transforms, ZOH or bilinear),
-  GELU, Linear(H, 2H) + GLU.
+  GELU, Linear(H, 2H) + GLU. The previous generation's `S4` module (keys kernel.kernel.log_dt,
+  inv_A_real, A_imag with A = -re + i A_imag, D, Linear or Conv1d output) is read too.
 Both map onto this project's block (norm, S4D, GELU, dropout, linear + GLU, residual) with the
 same numbers; whatever does not (gates, bottlenecks, other kernels, extra channels,
 bidirectional kernels, other activations) is refused with an error that names it. Nothing
@@ -341,11 +342,39 @@ def _block_structure_errors(src: _Source, i: int) -> None:
         "input_gate": "gate (GSS gating)", "output_gate": "gate (GSS gating)",
         "input_linear": "bottleneck", "layer.kernel.P": "mode (DPLR/NPLR kernel, not diagonal)",
         "layer.kernel.l_kernel": "mode (DPLR/NPLR kernel, not diagonal)",
+        "kernel.kernel.P": "mode (DPLR/NPLR kernel, not diagonal)",
+        "kernel.kernel.inv_w_real": "mode (DPLR/NPLR kernel, not diagonal)",
     }
     for name, option in probes.items():
         hit = [k for k in src.tensors if k == p + name or k.startswith(p + name + ".")]
         if hit:
             raise ImportRefused(f"{hit[0]}: a block with {option}; not supported by this project")
+
+
+# The two generations of the reference's diagonal block (key names relative to s4_layers.<i>.):
+# v4 `S4Block` -> FFTConv -> SSMKernelDiag, and v3 `S4` -> SSKernel -> SSKernelDiag.
+DIALECTS = {
+    "v4": dict(kernel="layer.kernel.", dt="inv_dt", a_real="A_real", d="layer.D", imag_sign=-1.0,
+               b_lead=(1,), linear=("(2H, H)",)),
+    "v3": dict(kernel="kernel.kernel.", dt="log_dt", a_real="inv_A_real", d="D", imag_sign=1.0,
+               b_lead=(), linear=("(2H, H)", "(2H, H, 1)")),
+}
+
+
+def _dialect(src: _Source, meta: ImportMeta) -> str:
+    for name, d in DIALECTS.items():
+        if src.has("s4_layers.0." + d["kernel"] + "C"):
+            if name == "v3" and (meta.dt_transform != "exp" or meta.dt_fast):
+                raise ImportRefused(
+                    "META dt_transform/dt_fast: the v3 kernel (kernel.kernel.log_dt) always has "
+                    "dt = exp(log_dt)")
+            if name == "v3" and meta.imag_transform != "none":
+                raise ImportRefused(
+                    "META imag_transform: the v3 kernel has no imaginary-part transform")
+            return name
+    raise ImportRefused(
+        "missing key 's4_layers.0.layer.kernel.C' (S4Block, diagonal kernel) or "
+        "'s4_layers.0.kernel.kernel.C' (v3 S4 module): not an S4Block state dict")
 
 
 def _convert_block(src: _Source, meta: ImportMeta):
@@ -354,46 +383,48 @@ def _convert_block(src: _Source, meta: ImportMeta):
     h = plan.h
     for i in range(plan.n_layers):
         _block_structure_errors(src, i)
-    k0 = "s4_layers.0.layer.kernel."
-    c_shape = src.shape(k0 + "C", " (S4Block in diagonal mode: layer.kernel.C)")
-    if len(c_shape) != 4:
+    dialect = _dialect(src, meta)
+    dia = DIALECTS[dialect]
+    k0 = "s4_layers.0." + dia["kernel"]
+    c_shape = src.shape(k0 + "C")
+    if len(c_shape) != 4 or c_shape[-1] != 2:
         raise ImportRefused(f"{k0}C: shape {c_shape}, expected (channels, H, N/2, 2)")
     if c_shape[0] != 1:
-        option = "bidirectional" if c_shape[0] == 2 and src.shape("s4_layers.0.layer.D")[0] == 1 else "channels"
+        d_rows = src.shape("s4_layers.0." + dia["d"])[0]
+        option = "bidirectional" if c_shape[0] == 2 * d_rows else "channels"
         raise ImportRefused(
-            f"{k0}C: {c_shape[0]} kernel channels means {option}=True/>1 in the reference; "
-            "not supported (one causal kernel per channel)"
-        )
+            f"{k0}C: {c_shape[0]} kernel channels ({option} in the reference); not supported "
+            "(one causal kernel per channel)")
     m = c_shape[2]
     plan.check_sizes(2 * m)
     out: dict[str, torch.Tensor] = {}
     plan.skeleton(out)
-    dt_shape = src.shape(k0 + "inv_dt", " (SSMKernelDiag's dt parameter)")
-    if dt_shape not in ((h, 1), (h, m)):
-        raise ImportRefused(f"{k0}inv_dt: shape {dt_shape}, expected ({h}, 1) or ({h}, {m})")
-    tied = dt_shape == (h, 1)
+    dt_shape = src.shape(k0 + dia["dt"])
+    allowed = ((h,),) if dialect == "v3" else ((h, 1), (h, m))
+    if dt_shape not in allowed:
+        raise ImportRefused(f"{k0}{dia['dt']}: shape {dt_shape}, expected one of {allowed}")
+    tied = dt_shape != (h, m)
     bitwise_dt = tied and meta.dt_transform == "exp" and not meta.dt_fast
     bitwise_real = tied and meta.real_transform in ("exp", "none")
-    notes = []
     for i in range(plan.n_layers):
         p, q = f"s4_layers.{i}.", f"blocks.{i}."
-        k = p + "layer.kernel."
-        inv_dt = src.take(k + "inv_dt", dt_shape)
-        s = src.shape(k + "A_real")[0]
+        k = p + dia["kernel"]
+        inv_dt = src.take(k + dia["dt"], dt_shape).reshape(h, -1)
+        s = src.shape(k + dia["a_real"])[0]
         if s < 1 or h % s:
-            raise ImportRefused(f"{k}A_real: {s} SSM copies (n_ssm) must divide H={h}")
-        a_real = src.take(k + "A_real", (s, m))
+            raise ImportRefused(f"{k}{dia['a_real']}: {s} SSM copies (n_ssm) must divide H={h}")
+        a_real = src.take(k + dia["a_real"], (s, m))
         a_imag = src.take(k + "A_imag", (s, m), " (is_real kernels are not supported)")
-        b = src.take(k + "B", (1, s, m, 2))
+        b = src.take(k + "B", (*dia["b_lead"], s, m, 2)).reshape(s, m, 2)
         c = src.take(k + "C", (1, h, m, 2))
-        d = src.take(p + "layer.D", (1, h), " (channels=1, no GLU activation inside FFTConv)")
-        w = src.shape(p + "output_linear.0.weight", " (final_act='glu': Linear(H, 2H) + GLU)")
-        if w != (2 * h, h):
+        d = src.take(p + dia["d"], (1, h), " (channels=1, no GLU/hyper activation inside)")
+        w_key = p + "output_linear.0.weight"
+        w = src.shape(w_key, " (final_act/postact 'glu': H -> 2H + GLU)")
+        if w not in ((2 * h, h), (2 * h, h, 1)) or (w == (2 * h, h, 1) and dialect == "v4"):
             raise ImportRefused(
-                f"{p}output_linear.0.weight: shape {w}, expected ({2 * h}, {h}): "
-                "final_act must be 'glu' (Linear(H, 2H) + GLU)"
-            )
-        out[q + "output_linear.weight"] = _f32(src.take(p + "output_linear.0.weight", w))
+                f"{w_key}: shape {w}, expected {' or '.join(dia['linear'])} with H={h}: the "
+                "output linear must map H -> 2H followed by GLU (final_act/postact 'glu')")
+        out[q + "output_linear.weight"] = _f32(src.take(w_key, w)).reshape(2 * h, h)
         out[q + "output_linear.bias"] = _f32(src.take(p + "output_linear.0.bias", (2 * h,)))
         tile = torch.arange(h) % s  # the reference repeats 't n -> (v t) n'
         raw = inv_dt.to(torch.float64)
@@ -407,17 +438,23 @@ def _convert_block(src: _Source, meta: ImportMeta):
         if bitwise_real:
             out[q + "s4d.kernel.a_real_raw"] = _f32(a_real[tile])
         else:
-            out[q + "s4d.kernel.a_real_raw"] = _f32(_positive(a_real, meta.real_transform)[tile] * scale)
-        a_im = -_positive(a_imag, meta.imag_transform)[tile] * scale  # the reference's A = -re - i im
-        out[q + "s4d.kernel.a_imag"] = _f32(a_im)  # exact negation when tied with 'none'
-        b_c = torch.view_as_complex(b[0].to(torch.float64).contiguous())[tile] * scale
-        out[q + "s4d.kernel.b"] = _f32(b[0][tile]) if tied else _f32(torch.view_as_real(b_c))
+            positive = _positive(a_real, meta.real_transform)[tile] * scale
+            out[q + "s4d.kernel.a_real_raw"] = _f32(positive)
+        # v4: A = -re - i transform(A_imag); v3: A = -re + i A_imag (exact sign flips)
+        imag = _positive(a_imag, meta.imag_transform) if dialect == "v4" else a_imag.double()
+        out[q + "s4d.kernel.a_imag"] = _f32(dia["imag_sign"] * imag[tile] * scale)
+        if tied:
+            out[q + "s4d.kernel.b"] = _f32(b[tile])
+        else:
+            b_c = torch.view_as_complex(b.to(torch.float64).contiguous())[tile] * scale
+            out[q + "s4d.kernel.b"] = _f32(torch.view_as_real(b_c))
         out[q + "s4d.kernel.c"] = _f32(c)
         out[q + "s4d.kernel.d"] = _f32(d[0])
     src.finish()
     real_transform = meta.real_transform if bitwise_real else "none"
     cfg = plan.model_config(2 * m, init="legs", discretization=meta.disc,
                             real_transform=real_transform, trainable_B=True)
+    notes = [f"reference layout {dialect} ({'S4Block/SSMKernelDiag' if dialect == 'v4' else 'S4/SSKernelDiag'})"]
     notes.append("C, D, B, A_imag and the linear/norm weights copied bit for bit"
                  if tied else "C, D and the linear/norm weights copied bit for bit")
     notes.append("log_dt copied" if bitwise_dt else

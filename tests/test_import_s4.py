@@ -101,6 +101,24 @@ def block_weights(seed: int = 0, *, dt_transform="exp", real_transform="exp", n_
     return sd
 
 
+def v3_block_weights(seed: int = 0, *, n_ssm=H, conv=True) -> dict[str, torch.Tensor]:
+    """example.py's S4Model with the previous generation's `S4` module (diagonal mode)."""
+    g = torch.Generator().manual_seed(seed)
+    sd = _skeleton(g, D_IN)
+    for i in range(LAYERS):
+        p, k = f"s4_layers.{i}.", f"s4_layers.{i}.kernel.kernel."
+        sd[k + "log_dt"] = _log_dt(g, H).float()
+        sd[k + "inv_A_real"] = math.log(0.5) + 0.3 * torch.randn(n_ssm, M, generator=g)
+        sd[k + "A_imag"] = math.pi * torch.arange(M) + 0.1 * torch.randn(n_ssm, M, generator=g)
+        sd[k + "B"] = torch.randn(n_ssm, M, 2, generator=g)
+        sd[k + "C"] = torch.randn(1, H, M, 2, generator=g) * math.sqrt(0.5)
+        sd[p + "D"] = torch.randn(1, H, generator=g)
+        shape = (2 * H, H, 1) if conv else (2 * H, H)  # transposed=True uses Conv1d(k=1)
+        sd[p + "output_linear.0.weight"] = torch.randn(*shape, generator=g) / math.sqrt(H)
+        sd[p + "output_linear.0.bias"] = 0.1 * torch.randn(2 * H, generator=g)
+    return sd
+
+
 # ---------------------------------------------------------------- reference forward (float64)
 def _positive(raw, transform):
     return {"exp": torch.exp, "none": lambda r: r, "relu": lambda r: F.relu(r) + 1e-4,
@@ -126,6 +144,15 @@ def _ssm_params(sd, i, fmt, opts):
         b = torch.ones_like(a)
         c = torch.view_as_complex(d64[k + "C"].contiguous())
         return dt, a, b, c, d64[f"s4_layers.{i}.D"], d64[f"s4_layers.{i}.output_linear.0.weight"][..., 0]
+    if fmt == "s4-block-v3":  # S4 -> SSKernel -> SSKernelDiag: A = -re + i A_imag
+        k = f"s4_layers.{i}.kernel.kernel."
+        tile = torch.arange(H) % d64[k + "inv_A_real"].shape[0]
+        dt = torch.exp(d64[k + "log_dt"]).unsqueeze(-1)
+        a = -_positive(d64[k + "inv_A_real"], opts.get("real_transform", "exp")) + 1j * d64[k + "A_imag"]
+        b = torch.view_as_complex(d64[k + "B"].contiguous())
+        c = torch.view_as_complex(d64[k + "C"][0].contiguous())
+        w = d64[f"s4_layers.{i}.output_linear.0.weight"]
+        return (dt, a[tile], b[tile], c, d64[f"s4_layers.{i}.D"][0], w.reshape(2 * H, H))
     k = f"s4_layers.{i}.layer.kernel."
     tile = torch.arange(H) % d64[k + "A_real"].shape[0]
     dt = _positive(d64[k + "inv_dt"], opts.get("dt_transform", "exp"))
@@ -279,6 +306,22 @@ def test_block_batch_and_stream_match_reference(tmp_path, case):
     check_stream(net32, x, ref_of, 16, CHUNKINGS[1])
 
 
+@pytest.mark.parametrize("n_ssm, conv", [(H, True), (2, False)])
+def test_block_v3_layout_matches_reference(tmp_path, n_ssm, conv):
+    sd = v3_block_weights(seed=9, n_ssm=n_ssm, conv=conv)
+    out = do_import(tmp_path, sd, fmt="s4-block")
+    x = inputs(seed=10)
+    ref_of = lambda t: reference_forward(sd, x[:, :t], "s4-block-v3")  # noqa: E731
+    net64, _ = load_checkpoint(out, dtype=torch.float64)
+    with torch.no_grad():
+        assert rel(net64(x.double()), ref_of(LENGTH)) <= 1e-10
+    net32, _ = load_checkpoint(out)
+    check_stream(net32, x, ref_of, 16, CHUNKINGS[2])
+    (tmp_path / "bad").mkdir()
+    msg = refused(tmp_path / "bad", sd, fmt="s4-block", dt_transform="softplus")
+    assert "dt_transform" in msg and "log_dt" in msg
+
+
 # ---------------------------------------------------------------- refusals
 def refused(tmp_path, sd, fmt="s4-example", **meta) -> str:
     with pytest.raises(ImportRefused) as info:
@@ -340,7 +383,7 @@ def test_block_refuses_structures_that_do_not_map(tmp_path):
     no_linear = {k: v for k, v in sd.items() if "output_linear" not in k}
     assert "output_linear.0.weight" in refused(tmp_path, no_linear, fmt="s4-block")
     # an s4-example file is not an s4-block file, and the other way round
-    assert "layer.kernel.C" in refused(tmp_path, example_weights(), fmt="s4-block")
+    assert "not an S4Block state dict" in refused(tmp_path, example_weights(), fmt="s4-block")
     assert "s4_layers.0.kernel.C" in refused(tmp_path, sd, fmt="s4-example")
 
 
