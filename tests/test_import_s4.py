@@ -435,3 +435,29 @@ def test_export_onnx_of_imported_model(tmp_path):
     assert main(["export", "onnx", str(out), "--out", str(tmp_path / "onnx"),
                  "--max-length", "64"]) == 0
     assert (tmp_path / "onnx" / "step.onnx").is_file()
+
+
+def test_serve_streams_imported_model_like_the_reference(tmp_path, start_server, ws_client,
+                                                          batch_predict):
+    """A real server over the imported folder: the WebSocket stream's final probabilities and
+    the REST batch ones both equal softmax of the float64 reference forward."""
+    import asyncio
+    import shutil
+
+    import numpy as np
+
+    sd = example_weights(seed=11)
+    out = do_import(tmp_path, sd, name="imported", prenorm=False)
+    root = tmp_path / "served"
+    root.mkdir()
+    shutil.move(str(out), root / "imported")
+    srv = start_server(checkpoints=root, models="imported")
+    x = inputs(seed=12, batch=1)[0].numpy().clip(-0.99, 0.99).astype(np.float32)
+    ref = torch.softmax(reference_forward(sd, torch.from_numpy(x)[None], prenorm=False), -1)[0]
+    expected = dict(zip(["a", "b", "c"], ref.tolist()))
+    res = asyncio.run(ws_client.stream_signal(srv.ws_url("imported"), x, sizes=[40, 8, 200],
+                                              start={"sample_rate": 100}))
+    assert res.close_code == 1000, res.messages
+    assert res.final is not None and res.final["offset"] == LENGTH
+    for got in (res.final["probabilities"], batch_predict(srv, "imported", [x])[0]):
+        assert max(abs(got[k] - expected[k]) for k in expected) <= 1e-5, (got, expected)
