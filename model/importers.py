@@ -545,11 +545,5 @@ def model_card(config: CheckpointConfig, fmt: str, weights: str, where: str, not
     return "\n".join(lines)
 
 
-def meta_defaults() -> dict[str, Any]:
-    """META keys and their defaults (for documentation and the CLI's --help)."""
-    return {k: (f.default if not f.is_required() else "<required>")
-            for k, f in ImportMeta.model_fields.items()}
-
-
 __all__ = ["FORMATS", "ImportMeta", "ImportRefused", "convert", "import_model", "read_meta",
            "read_state_dict", "build_network"]
