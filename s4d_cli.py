@@ -14,6 +14,7 @@ SUBCOMMAND_MODULES = {
     "info": "model.cli",
     "train": "model.train_cli",
     "export": "model.export_cli",
+    "import": "model.import_cli",
     "serve": "server.cli",
     "predict": "clients.cli",
     "stream": "clients.cli",
