@@ -80,6 +80,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="extra environment for a server started here (repeatable)",
     )
+    p.add_argument("--workers", type=int, default=None,
+                   help="S4D_WORKERS of a server started here (front-end processes; 0 = one process)")
+    p.add_argument("--server-cpus", default=None, metavar="LIST",
+                   help="pin a server started here to these CPUs, e.g. 0-15 (taskset list)")
+    p.add_argument("--client-cpus", default=None, metavar="LIST",
+                   help="pin the load generator processes to these CPUs, e.g. 16-31")
     p.add_argument("--server-timeout", type=float, default=120.0, help="seconds to get ready")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON document")
@@ -87,6 +93,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 # ---------------------------------------------------------------------------- server
+def cpu_list(spec: str | None) -> set[int] | None:
+    """'0-7,16' -> {0, ..., 7, 16} (taskset's list syntax)."""
+    if not spec:
+        return None
+    cpus: set[int] = set()
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -104,6 +121,7 @@ class ServerProcess:
         extra_env: dict,
         device: str | None,
         log_path: str,
+        cpus: set[int] | None = None,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -128,6 +146,7 @@ class ServerProcess:
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
         )
 
     @property
@@ -302,6 +321,26 @@ def _cpu_times(pid: int | None) -> float | None:
         return None
 
 
+def _cpu_by_process(pid: int | None) -> dict[str, float]:
+    """CPU seconds of the server and each child, by process name (s4d-engine-0, ...)."""
+    if pid is None:
+        return {}
+    try:
+        import psutil
+
+        out = {}
+        root = psutil.Process(pid)
+        for p in [root, *root.children(recursive=True)]:
+            try:
+                name = p.name() if p.pid != pid else "server"
+                out[f"{name}:{p.pid}"] = sum(p.cpu_times()[:2])
+            except psutil.Error:
+                pass
+        return out
+    except Exception:  # noqa: BLE001 - psutil missing or process gone
+        return {}
+
+
 def run_once(args: argparse.Namespace, ctx: dict, n: int, pool: cf.Executor) -> dict:
     rate, frame = ctx["rate"], ctx["frame"]
     fdur = frame / rate
@@ -328,9 +367,11 @@ def run_once(args: argparse.Namespace, ctx: dict, n: int, pool: cf.Executor) -> 
     # server CPU over the measurement window [start + warmup, start + duration]
     w0, w1 = start_at + args.warmup, start_at + args.duration
     time.sleep(max(0.0, w0 - time.monotonic()))
+    p0 = _cpu_by_process(ctx["server_pid"])
     s0, t0 = _cpu_times(ctx["server_pid"]), time.monotonic()
     time.sleep(max(0.0, w1 - time.monotonic()))
     s1, t1 = _cpu_times(ctx["server_pid"]), time.monotonic()
+    p1 = _cpu_by_process(ctx["server_pid"])
     outs = [f.result(timeout=args.duration + 120) for f in futs]
 
     due = np.concatenate([o["due"] for o in outs])
@@ -375,6 +416,8 @@ def run_once(args: argparse.Namespace, ctx: dict, n: int, pool: cf.Executor) -> 
         "rtf": audio_s / (n * win_s),
         "audio_s_per_s": audio_s / win_s,
         "server_cpu_percent": None if s0 is None or s1 is None else 100 * (s1 - s0) / (t1 - t0),
+        "server_cpu_percent_by_process": {
+            k: round(100 * (p1[k] - p0[k]) / (t1 - t0), 1) for k in p1 if k in p0},
         "server_cpu_per_audio_s": (
             None if s0 is None or s1 is None or audio_s == 0 else (s1 - s0) / audio_s
         ),
@@ -406,11 +449,13 @@ def _fmt(r: dict) -> str:
         return "-" if v is None else f"{v:7.1f}"
 
     cpu = r["server_cpu_percent"]
+    top = sorted(r.get("server_cpu_percent_by_process", {}).items(), key=lambda kv: -kv[1])[:3]
     return (
         f"N={r['streams']:5d}  p50 {f(lat['p50'])}  p95 {f(lat['p95'])}  p99 {f(lat['p99'])} ms"
         f"  late {r['late_frames']:6d}/{r['frames_measured']:<7d} rtf {r['rtf']:.3f}"
         f"  server cpu {'-' if cpu is None else f'{cpu:.0f}%'}"
         f"  client cpu {r['client_cpu_percent']:.0f}%"
+        f"  [{' '.join(f'{k.split(':')[0]} {v:.0f}%' for k, v in top)}]"
         f"{'  CLIENT LAGGING' if r['client_lagging'] else ''}"
         f"{'  errors ' + str(r['error_count']) if r['error_count'] else ''}"
         f"  {'PASS' if r['pass'] else 'FAIL'}"
@@ -426,6 +471,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.url is None:
             extra = dict(kv.split("=", 1) for kv in args.server_env)
+            if args.workers is not None:
+                extra["S4D_WORKERS"] = str(args.workers)
             server = ServerProcess(
                 args.checkpoints,
                 args.model,
@@ -433,6 +480,7 @@ def run(args: argparse.Namespace) -> int:
                 extra_env=extra,
                 device=args.device,
                 log_path=os.path.join(tmpdir, "server.log"),
+                cpus=cpu_list(args.server_cpus),
             )
             _log(args, f"starting the server on {server.url} (log {server.log_path})")
             server.wait_ready(args.server_timeout)
@@ -464,6 +512,9 @@ def run(args: argparse.Namespace) -> int:
             "model": args.model,
             "url": url,
             "server_started_here": server is not None,
+            "workers": args.workers,
+            "server_cpus": args.server_cpus,
+            "client_cpus": args.client_cpus,
             "backend": meta.get("backend"),
             "device": meta.get("device"),
             "sample_rate": rate,
@@ -485,7 +536,12 @@ def run(args: argparse.Namespace) -> int:
             "runs": [],
         }
         ctx_mp = mp.get_context("spawn")
-        with cf.ProcessPoolExecutor(max_workers=procs, mp_context=ctx_mp) as pool:
+        client_cpus = cpu_list(args.client_cpus)
+        with cf.ProcessPoolExecutor(
+            max_workers=procs, mp_context=ctx_mp,
+            initializer=os.sched_setaffinity if client_cpus else None,
+            initargs=(0, client_cpus) if client_cpus else (),
+        ) as pool:
 
             def measure(n: int) -> dict:
                 res = run_once(args, ctx, n, pool)

@@ -37,9 +37,23 @@ def engine_devices(settings: Settings) -> list[str]:
     return [device]
 
 
+def listen_socket(host: str, port: int, *, reuse_port: bool, listen: bool = True) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    if listen:
+        sock.listen(2048)
+    return sock
+
+
 def frontend_main(settings_json: str, index: int, endpoints: list[str],
-                  sock: socket.socket) -> None:
-    """Entry point of a front-end process: uvicorn on the shared socket, no model state."""
+                  sock: socket.socket | None) -> None:
+    """Entry point of a front-end process: uvicorn on its port, no model state. With
+    `reuse_port` it opens its own SO_REUSEPORT socket (the kernel spreads connections evenly
+    over the front-ends); otherwise it accepts from the supervisor's shared socket."""
     from server.app import configure_logging
     from server.engine.process import set_process_name
     from server.frontend.client import frontend_identity
@@ -48,6 +62,8 @@ def frontend_main(settings_json: str, index: int, endpoints: list[str],
     settings = Settings.model_validate_json(settings_json)
     configure_logging(settings.log_level)
     set_process_name(f"s4d-frontend-{index}")
+    if sock is None:
+        sock = listen_socket(settings.host, settings.port, reuse_port=True)
     server = build_server(settings, engine_endpoints=endpoints,
                           identity=frontend_identity(index))
     server.run(sockets=[sock])
@@ -75,15 +91,16 @@ class Supervisor:
         self.sock: socket.socket | None = None
 
     def bind(self) -> socket.socket:
+        """The port, held by the supervisor. With `reuse_port` this socket only reserves it
+        (bound, not listening: it never receives a connection) and each front-end listens on
+        its own; otherwise every front-end accepts from this one."""
         s = self.settings
-        family = socket.AF_INET6 if ":" in s.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((s.host, s.port))
-        sock.listen(2048)
-        sock.set_inheritable(True)
-        self.sock = sock
-        return sock
+        reuse = s.reuse_port and hasattr(socket, "SO_REUSEPORT")
+        self.sock = listen_socket(s.host, s.port, reuse_port=reuse, listen=not reuse)
+        # front-ends bind the port this one got (port 0 -> a free one)
+        self.settings = s.model_copy(update={"port": self.sock.getsockname()[1],
+                                             "reuse_port": reuse})
+        return self.sock
 
     def _spawn(self, kind: str, index: int) -> None:
         from server.engine.process import engine_main
@@ -93,8 +110,9 @@ class Supervisor:
             proc = self.ctx.Process(target=engine_main, name=f"s4d-engine-{index}",
                                     args=(js, self.endpoints[index], self.devices[index], index))
         else:
+            shared = None if self.settings.reuse_port else self.sock
             proc = self.ctx.Process(target=frontend_main, name=f"s4d-frontend-{index}",
-                                    args=(js, index, self.endpoints, self.sock))
+                                    args=(js, index, self.endpoints, shared))
         proc.start()
         self.children[(kind, index)] = Child(kind, index, proc)
         log.info("started %s %d (pid %d)", kind, index, proc.pid)
@@ -127,7 +145,7 @@ class Supervisor:
     def _reap(self) -> None:
         from prometheus_client import multiprocess
 
-        for key, child in list(self.children.items()):
+        for child in list(self.children.values()):
             if child.proc.is_alive():
                 continue
             code = child.proc.exitcode

@@ -163,7 +163,7 @@ class Engine:
             self._lanes.append(lane)
             me = ModelEngine(
                 len(self.models), name, backend, storage, lane, self.metrics, self.outbox,
-                id_prefix=f"e{self.index}-",
+                id_prefix=f"e{self.index}-", round_interval_s=s.round_interval_ms / 1000,
                 batch_settings=dict(
                     window_s=s.batch_window_ms / 1000, max_batch_sequences=s.max_batch_sequences,
                     max_batch_samples=s.max_batch_samples, max_pending=s.max_pending_requests),

@@ -61,12 +61,14 @@ class Flush:
 
 class ModelEngine:
     def __init__(self, idx: int, name: str, backend, storage, lane: DeviceLane, metrics: Metrics,
-                 outbox, *, batch_settings: dict, id_prefix: str = "e0-"):
+                 outbox, *, batch_settings: dict, id_prefix: str = "e0-",
+                 round_interval_s: float = 0.0):
         meta = backend.metadata
         self.idx, self.name, self.backend, self.metadata = idx, name, backend, meta
         self.frame, self.patch = meta.frame_size, meta.patch_size
         self.lane, self.metrics, self.outbox = lane, metrics, outbox
         self.id_prefix = id_prefix
+        self.round_interval = round_interval_s
         self.slab = StateSlab(storage) if storage is not None else None
         self.streamable = storage is not None
         if self.streamable:
@@ -264,9 +266,17 @@ class ModelEngine:
 
     # ---- the stream loop -----------------------------------------------------------------
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        last = 0.0
         while not self._stopping:
             await self._wake.wait()
+            # rounds at most every `round_interval`: frames that arrive meanwhile join the
+            # batch, so the fixed cost of a step (kernel launches, copies) is paid per batch
+            wait = last + self.round_interval - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
             self._wake.clear()
+            last = loop.time()
             try:
                 await self._drain()
             except asyncio.CancelledError:
@@ -275,6 +285,7 @@ class ModelEngine:
                 log.exception("engine %s: unexpected error in the stream loop", self.name)
 
     async def _drain(self) -> None:
+        """Step every session with a full frame (and finish flushes) until none is left."""
         b = self.buffers
         while not self._stopping:
             slots = np.fromiter(self.by_slot, np.int64, len(self.by_slot))

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Streams vs front-end workers on one GPU of a two-GPU host (bench/RESULTS.md, "Workers").
+# The server is pinned to CPUs 0-15 and GPU 0, the load generator to CPUs 16-31, so one
+# 16-core + 1-GPU server is measured and the load generator is not its limit.
+# Usage: CONFIGS="base 0 1 4 8 15" MODEL=kws-s4d OUT=/dir bench/run_workers_gpu.sh
+# "base" = the single-process server as of commit 610238e, unpacked in .baseline/.
+set -u
+OUT=${OUT:-/tmp/s4d-gpu-out}; MODEL=${MODEL:-kws-s4d}; CONFIGS=${CONFIGS:-"base 0 4 8 15"}
+START=${START:-128}; MAXN=${MAXN:-8192}; DUR=${DUR:-4}; PROCS=${PROCS:-12}
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/server/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 CUDA_VISIBLE_DEVICES=0
+export S4D_LOG_LEVEL=warning S4D_DEVICE=cuda S4D_MODELS=$MODEL S4D_MAX_SESSIONS=$((MAXN + 8))
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; nproc; date -u
+common=(--model "$MODEL" --duration "$DUR" --warmup 1 --start "$START" --max-streams "$MAXN"
+        --bisect-tol 0.1 --client-procs "$PROCS" --client-cpus 16-31 --server-timeout 180)
+for c in $CONFIGS; do
+  echo "== $MODEL config $c"
+  if [ "$c" = base ]; then
+    port=18123
+    (cd .baseline && S4D_PORT=$port PYTHONPATH=/tmp/site:$PWD taskset -c 0-15 \
+        python3 -m s4d_cli serve > "$OUT/base_server.log" 2>&1) &
+    for i in $(seq 300); do curl -sf localhost:$port/readyz >/dev/null && break; sleep 0.5; done
+    pid=$(pgrep -f "s4d_cli serve" | head -1)
+    timeout 400 python3 -m bench.serve "${common[@]}" --url http://127.0.0.1:$port \
+        --server-pid "$pid" --output "$OUT/${MODEL}_base.json" > "$OUT/${MODEL}_base.log" 2>&1
+    grep -E "^N=|largest|Error|error" "$OUT/${MODEL}_base.log" | cut -c1-220
+    [ -n "$pid" ] && kill "$pid"; wait
+  else
+    timeout 400 python3 -m bench.serve "${common[@]}" --checkpoints checkpoints --device cuda \
+        --workers "$c" --server-cpus 0-15 --output "$OUT/${MODEL}_w$c.json" > "$OUT/${MODEL}_w$c.log" 2>&1
+    grep -E "^N=|largest|Error|error" "$OUT/${MODEL}_w$c.log" | cut -c1-220
+  fi
+done
+ls "$OUT"
