@@ -8,9 +8,14 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 # Debian packages the integration tests use when present (real Prometheus, docker-compose
-# config, headless Chromium, redis-server for the session store); installed only when running
-# as root with apt-get available.
-SYSTEM_TEST_PACKAGES ?= prometheus docker-compose chromium redis-server
+# config, headless Chromium, redis-server for the session store, HAProxy + dnsmasq for the
+# load-balancer test, the CNI DNS plugin for podman-compose networks); installed only when
+# running as root with apt-get available.
+SYSTEM_TEST_PACKAGES ?= prometheus docker-compose chromium redis-server haproxy dnsmasq-base \
+	golang-github-containernetworking-plugin-dnsname
+# podman for the image test (opt-in: S4D_TEST_IMAGE=1), set up for this project's VMs by the
+# shared tool when it is there (runc, cgroupfs, host networking by default)
+PODMAN_HERE ?= ../shared/tools/podman-here.sh
 
 .PHONY: serve test lint system-test-deps clean
 
@@ -40,6 +45,8 @@ system-test-deps:
 				|| echo "apt-get failed: the tests that need$$missing will be skipped"; \
 		fi; \
 	else echo "not root or no apt-get: tests needing $(SYSTEM_TEST_PACKAGES) skip when those are absent"; fi
+	@if [ "$$(id -u)" = 0 ] && [ -f $(PODMAN_HERE) ] && [ ! -f /etc/containers/containers.conf ]; then \
+		bash $(PODMAN_HERE) setup || echo "podman setup failed: the image tests will be skipped"; fi
 
 test: $(VENV)/.test system-test-deps
 	$(VENV)/bin/ruff check .

