@@ -22,12 +22,20 @@ log = logging.getLogger("s4d.backend.torch")
 class TorchBackend(Backend):
     name = "torch"
 
+    #: capture CUDA graphs of the streaming step (set False to compare with eager steps)
+    cuda_graphs = True
+
     def __init__(self, network, streaming, config, metadata: ModelMetadata, device: torch.device):
         self.network = network
         self.streaming = streaming
         self.config = config
         self.metadata = metadata
         self.device = device
+        self.graphs = None
+        if streaming is not None and device.type == "cuda" and self.cuda_graphs:
+            from server.backends.cuda_graphs import GraphCache
+
+            self.graphs = GraphCache(streaming, metadata.input_channels)
 
     @classmethod
     def load(cls, checkpoint_dir: Path, device: str, *, name: str | None = None) -> TorchBackend:
@@ -75,5 +83,7 @@ class TorchBackend(Backend):
             raise BackendError(f"model {self.metadata.name} is not streamable")
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32)).to(self.device)
-            logits, new_state = self.streaming.step(x, state)
+            graphed = self.graphs.get(*x.shape[:2]) if self.graphs is not None else None
+            step = graphed or self.streaming.step
+            logits, new_state = step(x, state)
             return logits.float().cpu().numpy(), new_state

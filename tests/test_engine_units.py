@@ -1,0 +1,218 @@
+"""The engine's parts without a server: planner, sample rings, byte reassembly, and the session
+manager + stream loop of `ModelEngine` on a `NumpySlabStorage` with a fake backend."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from server.backends.base import ModelMetadata
+from server.engine.buffers import RingOverflow, SlotBuffers
+from server.engine.lane import DeviceLane
+from server.engine.model_engine import ModelEngine
+from server.engine.planner import bucket, plan_round
+from server.engine.wire import decode, encode
+from server.errors import StreamError
+from server.frontend.decoder import SampleDecoder
+from server.metrics import Metrics
+from server.slab import NumpySlabStorage
+
+
+# ---- planner ---------------------------------------------------------------------------
+def test_bucket_sizes():
+    assert [bucket(n) for n in (1, 2, 3, 5, 9, 16, 17, 33, 48, 49)] == \
+        [1, 2, 4, 8, 16, 16, 32, 48, 48, 64]
+
+
+def test_plan_full_frames_and_flushes():
+    slots = np.array([0, 1, 2, 3, 4])
+    avail = np.array([64, 10, 130, 3, 0])
+    r = plan_round(slots, avail, np.array([], np.int64), frame=64, patch=2)
+    assert r.full.tolist() == [0, 2] and not r.partial and not len(r.finished)
+    # flushing: 1 (10 -> partial 10), 3 (3 -> partial 2, remainder 1 dropped), 4 (nothing left),
+    # 2 (>= a frame: its full frame first, the flush continues next round)
+    r = plan_round(slots, avail, np.array([1, 2, 3, 4]), frame=64, patch=2)
+    assert r.full.tolist() == [0, 2]
+    assert {k: v.tolist() for k, v in r.partial.items()} == {10: [1], 2: [3]}
+    assert sorted(r.finished.tolist()) == [1, 3, 4]
+    assert plan_round(slots[:0], avail[:0], np.array([], np.int64), frame=64, patch=1).empty
+
+
+# ---- sample rings ----------------------------------------------------------------------
+def test_ring_write_read_wraps_and_refuses_overflow():
+    b = SlotBuffers(capacity=3, ring=8, channels=2, classes=2)
+    g = [b.open(s) for s in range(3)]
+    assert b.valid(np.array([0, 1]), np.array(g[:2])).all()
+    data = np.arange(12, dtype=np.float32).reshape(6, 2)
+    b.write(np.array([0, 2]), np.array([4, 2]), data)
+    np.testing.assert_array_equal(b.read(np.array([0]), 3)[0], data[:3])
+    b.advance(np.array([0]), 3)
+    more = -np.arange(14, dtype=np.float32).reshape(7, 2)
+    b.write(np.array([0]), np.array([7]), more)  # wraps around the 8-sample ring
+    got = b.read(np.array([0]), 8)[0]
+    np.testing.assert_array_equal(got, np.concatenate([data[3:4], more]))
+    np.testing.assert_array_equal(b.buffered(0), got)
+    with pytest.raises(RingOverflow):
+        b.write(np.array([0]), np.array([1]), np.zeros((1, 2), np.float32))
+    b.close(2)
+    assert not b.valid(np.array([2]), np.array([g[2]])).any()
+
+
+# ---- byte reassembly -------------------------------------------------------------------
+@pytest.mark.parametrize("encoding", ["pcm_s16le", "f32le"])
+def test_decoder_reassembles_any_split(encoding):
+    rng = np.random.default_rng(0)
+    x = (rng.uniform(-0.9, 0.9, (101, 3))).astype(np.float32)
+    if encoding == "f32le":
+        raw, want = x.astype("<f4").tobytes(), x
+    else:
+        q = np.round(x * 32768).astype("<i2")
+        raw, want = q.tobytes(), q.astype(np.float32) / 32768
+    for cuts in ([1], [5, 7, 1], [len(raw)], [3, 1000]):
+        dec = SampleDecoder(encoding, 3, skip=4)
+        out, i, k = [], 0, 0
+        while i < len(raw):
+            n = cuts[k % len(cuts)]
+            out.append(dec.feed(raw[i:i + n]))
+            i, k = i + n, k + 1
+        assert not dec.pending
+        np.testing.assert_array_equal(np.concatenate(out), want[4:])
+
+
+def test_decoder_refuses_non_finite():
+    with pytest.raises(StreamError) as e:
+        SampleDecoder("f32le", 1).feed(np.array([1.0, np.nan], "<f4").tobytes())
+    assert e.value.code == "non_finite"
+
+
+def test_wire_round_trip_is_pickle_free():
+    arrays = [np.arange(5, dtype=np.int32), np.ones((3, 2), np.float32)]
+    frames = encode({"ops": [{"op": "ping", "req": 1}]}, arrays)
+    header, got = decode([bytes(f) for f in frames])
+    assert header == {"ops": [{"op": "ping", "req": 1}]}
+    for a, b in zip(arrays, got, strict=True):
+        np.testing.assert_array_equal(a, b)
+        assert a.dtype == b.dtype
+
+
+# ---- ModelEngine with a fake backend on NumpySlabStorage -------------------------------
+class FakeBackend:
+    """A linear 'model' whose state is the running sum of samples: logits = [sum, -sum]."""
+
+    def __init__(self, frame: int = 8, patch: int = 2, fail: bool = False):
+        self.metadata = ModelMetadata(
+            name="fake", description="", task="t", sample_rate=100, input_channels=1,
+            classes=("pos", "neg"), frame_size=frame, patch_size=patch, streamable=True,
+            state_bytes_per_session=4, parameters=0, pooling="mean", backend="fake", device="cpu")
+        self.fail = fail
+        self.steps: list[tuple[int, int]] = []
+
+    def new_slab(self, n):
+        return NumpySlabStorage({"sum": np.zeros((1, 1), np.float32)}, n)
+
+    def step(self, frames, state):
+        if self.fail:
+            raise RuntimeError("injected")
+        self.steps.append(frames.shape[:2])
+        new = state["sum"] + frames.sum(axis=(1, 2))[:, None]
+        return np.concatenate([new, -new], 1), {"sum": new}
+
+    def predict(self, batch, lengths):
+        raise NotImplementedError
+
+
+class Sink:
+    def __init__(self):
+        self.prog, self.ctl, self.evt = [], [], []
+
+    def progress(self, model, owners, slots, gens, consumed, probs):
+        self.prog += list(zip(owners.tolist(), slots.tolist(), consumed.tolist(), strict=True))
+
+    def reply(self, owner, msg):
+        self.ctl.append((owner, msg))
+
+    def event(self, owner, msg):
+        self.evt.append((owner, msg))
+
+
+def make_engine(backend, capacity=4):
+    lane = DeviceLane("test")
+    sink = Sink()
+    me = ModelEngine(0, "fake", backend, backend.new_slab(capacity), lane, Metrics(), sink,
+                     batch_settings=dict(window_s=0.0, max_batch_sequences=4,
+                                         max_batch_samples=1 << 16))
+    return me, sink, lane
+
+
+async def _settle(me, rounds=20):
+    for _ in range(rounds):
+        await asyncio.sleep(0.01)
+
+
+def test_engine_sessions_steps_flush_resume_and_expire():
+    async def main():
+        be = FakeBackend()
+        me, sink, lane = make_engine(be, capacity=2)
+        me.start()
+        a = await me.open(1, session_id=None, offset=None, encoding="f32le", emit_every=8)
+        b = await me.open(2, session_id=None, offset=None, encoding="f32le", emit_every=8)
+        with pytest.raises(StreamError) as e:  # slab full
+            await me.open(1, session_id=None, offset=None, encoding="f32le", emit_every=8)
+        assert e.value.code == "server_busy"
+        slots = np.array([a["slot"], b["slot"]])
+        gens = np.array([a["gen"], b["gen"]])
+        me.feed(slots, gens, np.array([20, 8]), np.ones((28, 1), np.float32))
+        await _settle(me)
+        assert (8, 8) in [tuple(s) for s in be.steps] or (2, 8) in [tuple(s) for s in be.steps]
+        assert me.buffers.consumed[a["slot"]] == 16 and me.buffers.consumed[b["slot"]] == 8
+        assert {o for o, *_ in sink.prog} == {1, 2}  # each owner hears of its own sessions
+        # flush a: the 4 left run as a partial frame; reset zeroes the state
+        me.flush(1, 7, a["slot"], a["gen"], reset=True, end=False)
+        await _settle(me)
+        owner, reply = sink.ctl[-1]
+        assert owner == 1 and reply["req"] == 7 and reply["consumed"] == 20
+        assert reply["probs"][0] > 0.99  # sum 20 > 0
+        assert me.slab.storage.arrays["sum"][a["slot"]] == 0
+        # detach b, resume it, offset beyond held -> offset_gap; then expire a detached one
+        me.detach(b["slot"], b["gen"])
+        with pytest.raises(StreamError) as e:
+            await me.open(3, session_id=b["session_id"], offset=99, encoding="f32le", emit_every=0)
+        assert e.value.code == "offset_gap"
+        again = await me.open(3, session_id=b["session_id"], offset=8, encoding="f32le",
+                              emit_every=0)
+        assert again["received"] == 8 and again["slot"] == b["slot"]
+        with pytest.raises(StreamError) as e:
+            await me.open(4, session_id=b["session_id"], offset=8, encoding="f32le", emit_every=0)
+        assert e.value.code == "session_busy"
+        me.detach(b["slot"], b["gen"])
+        assert me.expire(now=1e12, ttl=1.0) == 1 and b["session_id"] not in me.sessions
+        # stale samples for the closed session are ignored, not written into a reused slot
+        me.feed(np.array([b["slot"]]), np.array([b["gen"]]), np.array([3]),
+                np.ones((3, 1), np.float32))
+        # end a: flush + close, slot freed
+        me.flush(1, 8, a["slot"], a["gen"], reset=False, end=True)
+        await _settle(me)
+        assert sink.ctl[-1][1]["req"] == 8 and me.slab.in_use == 0
+        await me.stop()
+        lane.stop()
+
+    asyncio.run(main())
+
+
+def test_engine_step_failure_closes_only_those_sessions():
+    async def main():
+        be = FakeBackend(fail=True)
+        me, sink, lane = make_engine(be)
+        me.start()
+        a = await me.open(5, session_id=None, offset=None, encoding="f32le", emit_every=8)
+        me.feed(np.array([a["slot"]]), np.array([a["gen"]]), np.array([8]),
+                np.ones((8, 1), np.float32))
+        await _settle(me)
+        assert sink.evt and sink.evt[0][0] == 5 and sink.evt[0][1]["code"] == "internal"
+        assert me.slab.in_use == 0
+        await me.stop()
+        lane.stop()
+
+    asyncio.run(main())
