@@ -36,7 +36,7 @@ class Settings(BaseSettings):
         True, description="front-ends listen on their own SO_REUSEPORT sockets (the kernel "
         "spreads connections evenly); off: they accept from one shared socket")
     tick_interval_ms: float = Field(
-        1.0, ge=0, le=100,
+        2.0, ge=0, le=100,
         description="least time between two messages from a front-end to its engine (0: one "
         "message per event-loop iteration with everything that arrived)")
     frontend_timeout_s: float = Field(

@@ -146,7 +146,7 @@ def test_frontend_sigkill_session_resumes_elsewhere(workers):
                     await ws2.send(json.dumps({"type": "end"}))
                     final = json.loads(await ws2.recv())
                     return final
-            except (OSError, websockets.ConnectionClosed):
+            except (OSError, websockets.WebSocketException):  # a dying socket
                 await asyncio.sleep(0.2)
 
     final = asyncio.run(main())

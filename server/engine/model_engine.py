@@ -77,7 +77,7 @@ class ModelEngine:
             ring = max(8 * self.frame, meta.sample_rate // 2)
             ring = -(-ring // self.frame) * self.frame
             self.buffers = SlotBuffers(storage.capacity, ring, meta.input_channels,
-                                       len(meta.classes))
+                                       len(meta.classes), frame=self.frame)
         self.sessions: dict[str, EngineSession] = {}
         self.by_slot: dict[int, EngineSession] = {}
         self.flushes: dict[int, list[Flush]] = {}
