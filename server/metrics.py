@@ -12,7 +12,7 @@ _LATENCY_BUCKETS = (
 )
 KNOWN_ERROR_CODES = (
     *WS_CLOSE_CODES, "bad_request", "bad_input", "not_found", "too_large",
-    "unsupported_media_type", "not_ready",
+    "unsupported_media_type", "not_ready", "timeout", "bad_host",
 )
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
@@ -61,6 +61,16 @@ class Metrics:
         self.slab_bytes_in_use = Gauge(
             "s4d_state_slab_bytes_in_use", "State slab bytes held by sessions", ["model"], registry=r
         )
+        self.pending_samples = Gauge(
+            "s4d_pending_samples", "Samples of predict work accepted and not finished (budgeted "
+            "by max_pending_samples)", ["model"], registry=r,
+        )
+        self.auth_refused = Counter(
+            "s4d_auth_refused", "Requests and WebSocket handshakes refused by access control",
+            ["reason"], registry=r,
+        )
+        for reason in ("no_key", "bad_key", "model", "origin", "host"):
+            self.auth_refused.labels(reason=reason)
         self.slab_bytes_total = Gauge(
             "s4d_state_slab_bytes_total", "State slab bytes allocated", ["model"], registry=r
         )
