@@ -15,6 +15,7 @@ SUBCOMMAND_MODULES = {
     "train": "model.train_cli",
     "export": "model.export_cli",
     "serve": "server.cli",
+    "keys": "server.keys_cli",
     "predict": "clients.cli",
     "stream": "clients.cli",
     "bench": "bench.cli",
