@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 # Debian packages the integration tests use when present (real Prometheus, docker-compose
 # config, headless Chromium); installed only when running as root with apt-get available.
-SYSTEM_TEST_PACKAGES ?= prometheus docker-compose chromium
+SYSTEM_TEST_PACKAGES ?= prometheus docker-compose chromium openssl
 
 .PHONY: serve test lint system-test-deps clean
 
