@@ -11,7 +11,7 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 # config, headless Chromium, redis-server for the session store, HAProxy + dnsmasq for the
 # load-balancer test, the CNI DNS plugin for podman-compose networks); installed only when
 # running as root with apt-get available.
-SYSTEM_TEST_PACKAGES ?= prometheus docker-compose chromium redis-server haproxy dnsmasq-base \
+SYSTEM_TEST_PACKAGES ?= prometheus docker-compose chromium openssl redis-server haproxy dnsmasq-base \
 	golang-github-containernetworking-plugin-dnsname
 # podman for the image test (opt-in: S4D_TEST_IMAGE=1), set up for this project's VMs by the
 # shared tool when it is there (runc, cgroupfs, host networking by default)

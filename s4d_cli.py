@@ -16,6 +16,7 @@ SUBCOMMAND_MODULES = {
     "export": "model.export_cli",
     "import": "model.import_cli",
     "serve": "server.cli",
+    "keys": "server.keys_cli",
     "predict": "clients.cli",
     "stream": "clients.cli",
     "bench": "bench.cli",

@@ -53,6 +53,14 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", default=DEFAULT_URL, help=f"server URL (default {DEFAULT_URL})")
     p.add_argument("--model", default="kws-s4d", help="model name (default kws-s4d)")
     p.add_argument("--timeout", type=float, default=60.0, help="HTTP timeout, seconds")
+    p.add_argument("--api-key", default=os.environ.get("S4D_API_KEY"),
+                   help="API key, sent as 'Authorization: Bearer KEY' (default: env S4D_API_KEY)")
+    p.add_argument("--ca-file", default=None,
+                   help="PEM CA certificate(s) to verify an https/wss server (self-signed)")
+
+
+def _client_kwargs(args: argparse.Namespace) -> dict:
+    return {"timeout": args.timeout, "api_key": args.api_key, "ca_file": args.ca_file}
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -60,7 +68,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from .errors import S4DError
 
     status = 0
-    with S4DClient(args.url, timeout=args.timeout) as client:
+    with S4DClient(args.url, **_client_kwargs(args)) as client:
         for path in args.files:
             try:
                 (pred,) = client.predict(args.model, path, per_step=args.per_step)
@@ -106,7 +114,7 @@ async def _stream(args: argparse.Namespace) -> int:
             live = Live(console=console, refresh_per_second=20, transient=True)
         except ImportError:
             live = None
-    async with AsyncS4DClient(args.url, timeout=args.timeout) as client:
+    async with AsyncS4DClient(args.url, **_client_kwargs(args)) as client:
         try:
             meta = await client.model(args.model)
             rate = meta.get("sample_rate")

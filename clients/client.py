@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import os
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -99,8 +100,20 @@ def _arrays_to_batch(inputs: Any) -> list[np.ndarray]:
     return [np.asarray(x) for x in inputs]
 
 
+def tls_context(ca_file: PathLike | None) -> ssl.SSLContext | None:
+    """A verifying TLS context that trusts only the CA certificate(s) in `ca_file` (PEM);
+    None: the system's default trust store."""
+    if ca_file is None:
+        return None
+    return ssl.create_default_context(cafile=os.fspath(ca_file))
+
+
 class AsyncS4DClient:
-    """Async client. ``await client.aclose()`` (or ``async with``) when done."""
+    """Async client. ``await client.aclose()`` (or ``async with``) when done.
+
+    ``api_key`` (default: env ``S4D_API_KEY``) is sent as ``Authorization: Bearer KEY`` on REST
+    and on the WebSocket handshake. ``ca_file``: a PEM CA bundle to verify an https/wss server
+    (e.g. one with a self-signed certificate)."""
 
     def __init__(
         self,
@@ -109,15 +122,22 @@ class AsyncS4DClient:
         timeout: float = 60.0,
         headers: dict[str, str] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        api_key: str | None = None,
+        ca_file: PathLike | None = None,
     ) -> None:
         self.url = url.rstrip("/")
+        api_key = api_key if api_key is not None else os.environ.get("S4D_API_KEY") or None
+        if api_key:
+            headers = {**(headers or {}), "Authorization": f"Bearer {api_key}"}
         self.headers = headers
+        self.ssl_context = tls_context(ca_file)
         self._http = httpx.AsyncClient(
             base_url=self.url,
             timeout=timeout,
             headers=headers,
             transport=transport,
             trust_env=False,
+            verify=self.ssl_context if self.ssl_context is not None else True,
         )
         self._meta: dict[str, dict] = {}
 
@@ -285,6 +305,7 @@ class AsyncS4DClient:
             offset=offset,
             on_result=on_result,
             headers=self.headers,
+            ssl_context=self.ssl_context,
             **kwargs,
         )
 

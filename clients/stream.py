@@ -105,6 +105,7 @@ class AsyncStreamSession:
         open_timeout: float = 10.0,
         results_maxlen: int = 100_000,
         headers: dict[str, str] | None = None,
+        ssl_context: Any = None,
     ) -> None:
         if encoding not in ENCODINGS:
             raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
@@ -126,6 +127,7 @@ class AsyncStreamSession:
         self.max_reconnects = max_reconnects
         self.open_timeout = open_timeout
         self.headers = headers
+        self.ssl_context = ssl_context  # for wss:// with a private CA (None: system defaults)
         self._max_buffer = max(1, int(resume_buffer_seconds * self.sample_rate))
         self._buf: collections.deque[tuple[int, int, bytes]] = collections.deque()
         self._buf_start = self.offset
@@ -172,9 +174,11 @@ class AsyncStreamSession:
         from websockets.asyncio.client import connect
         from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
 
+        tls = {"ssl": self.ssl_context} if self.ssl_context and self.ws_url.startswith("wss:") else {}
         try:
             ws = await connect(
                 self.ws_url,
+                **tls,
                 open_timeout=self.open_timeout,
                 compression=None,
                 max_size=2**22,

@@ -15,7 +15,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from server import rest
+from server import auth, rest
 from server.errors import ApiError
 from server.frontend.client import EngineClient, EnginePool
 from server.frontend.links import InprocLink, ZmqLink
@@ -175,4 +175,5 @@ def create_app(settings: Settings | None = None, *, engine_endpoints: list[str] 
         return JSONResponse({"service": "s4d-serve", "docs": "/docs", "models": "/v1/models"})
 
     app.add_middleware(LatencyMiddleware, metrics=metrics)
+    auth.install(app, settings, metrics)  # API keys, Origin, CORS, trusted hosts (outermost)
     return app

@@ -4,42 +4,42 @@ from __future__ import annotations
 
 import argparse
 
-# flag -> Settings field (type conversion is done by pydantic)
-FLAGS: dict[str, tuple[str, str]] = {
-    "--host": ("host", "bind address"),
-    "--port": ("port", "TCP port"),
-    "--checkpoints": ("checkpoints", "folder of checkpoint folders (default: repo checkpoints/)"),
-    "--models": ("models", "comma-separated model names, or 'all'"),
-    "--device": ("device", "auto | cpu | cuda"),
-    "--workers": ("workers", "front-end processes (0 = one process with the engine inside)"),
-    "--tick-interval-ms": ("tick_interval_ms", "least ms between front-end -> engine messages"),
-    "--backend": ("backend", "torch | onnxruntime"),
-    "--max-sessions": ("max_sessions", "state slots per model"),
-    "--idle-ttl": ("idle_ttl_s", "seconds a detached session stays resumable"),
-    "--max-frame-bytes": ("max_frame_bytes", "largest WebSocket message, bytes"),
-    "--max-body-bytes": ("max_body_bytes", "largest REST body, bytes"),
-    "--max-buffer-samples": ("max_buffer_samples", "per-session buffer before reads pause"),
-    "--max-batch-sequences": ("max_batch_sequences", "sequences per request / forward"),
-    "--max-sequence-samples": ("max_sequence_samples", "longest REST sequence"),
-    "--max-batch-samples": ("max_batch_samples", "padded B*L budget per forward"),
-    "--max-pending-requests": ("max_pending_requests", "queued predicts before 503"),
-    "--batch-window-ms": ("batch_window_ms", "predict micro-batching window"),
-    "--emit-every": ("emit_every", "default result period in samples (0 = final only)"),
-    "--log-level": ("log_level", "debug | info | warning | error"),
-    "--graceful-timeout": ("graceful_timeout_s", "seconds to finish streams on shutdown"),
-}
+
+def flag_names(field: str) -> list[str]:
+    """`idle_ttl_s` -> ['--idle-ttl-s', '--idle-ttl']: the field name with dashes, and for
+    fields in seconds also without the unit (the flag names before flags were generated)."""
+    flags = ["--" + field.replace("_", "-")]
+    if field.endswith("_s"):
+        flags.append("--" + field[:-2].replace("_", "-"))
+    return flags
+
+
+def _add_setting(p: argparse.ArgumentParser, field: str, info) -> None:
+    help_ = (info.description or field.replace("_", " ")).replace("%", "%%")
+    env = f"S4D_{field.upper()}"
+    if info.annotation is bool:
+        p.add_argument(*flag_names(field), dest=field, default=None,
+                       action=argparse.BooleanOptionalAction,
+                       help=f"{help_} (default {info.default}) [env {env}]")
+        return
+    from typing import Literal, get_args, get_origin
+
+    choices = list(get_args(info.annotation)) if get_origin(info.annotation) is Literal else None
+    metavar = field.upper().removesuffix("_S")
+    p.add_argument(*flag_names(field), dest=field, default=None, metavar=metavar,
+                   choices=choices, help=f"{help_} [env {env}]")
 
 
 def register(subparsers) -> argparse.ArgumentParser:
+    from server.settings import Settings
+
     p = subparsers.add_parser(
         "serve", help="run the inference server",
         description="Serve every checkpoint in --checkpoints over REST and WebSocket. "
-        "Each flag also reads from the environment as S4D_<FIELD>.",
+        "Every flag is a Settings field and also reads from the environment as S4D_<FIELD>.",
     )
-    for flag, (field, help_) in FLAGS.items():
-        p.add_argument(flag, dest=field, default=None, help=f"{help_} [env S4D_{field.upper()}]")
-    p.add_argument("--no-warmup", dest="warmup", action="store_const", const=False, default=None,
-                   help="skip the warm-up forward at load")
+    for field, info in Settings.model_fields.items():
+        _add_setting(p, field, info)
     p.set_defaults(func=run)
     return p
 
@@ -55,6 +55,7 @@ def settings_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
+    from server.auth import KeysFileError
     from server.runner import serve
 
     try:
@@ -62,7 +63,23 @@ def run(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         print(f"s4d serve: invalid setting: {exc}")
         return 2
-    return serve(settings)
+    export_backend_settings(settings)
+    try:
+        return serve(settings)
+    except KeysFileError as exc:
+        print(f"s4d serve: {exc}")
+        return 2
+
+
+def export_backend_settings(settings) -> None:
+    """Backends read their own knobs through Settings() (S4D_ONNX_*); a flag given on the
+    command line must reach them, and the engine processes that inherit this environment."""
+    import os
+
+    for field in ("onnx_threads", "onnx_cache"):
+        value = getattr(settings, field)
+        if value is not None:
+            os.environ[f"S4D_{field.upper()}"] = str(value)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 #: WebSocket error code -> close code (PROTOCOL.md table)
 WS_CLOSE_CODES: dict[str, int] = {
     "bad_json": 1003,
@@ -23,13 +25,28 @@ WS_CLOSE_CODES: dict[str, int] = {
     "server_busy": 1013,
     "shutting_down": 1001,
     "internal": 1011,
+    # access control (server/auth.py): refused right after the handshake, before `start`
+    "unauthorized": 4401,
+    "forbidden": 4403,
 }
+
+# `<_io.BytesIO object at 0x7f...>`, `<function f at 0x...>`: reprs that leak heap addresses
+_REPR_AT = re.compile(r"<[^<>]{0,200}? at 0x[0-9a-fA-F]+>")
+_HEX_ADDR = re.compile(r"\b0x[0-9a-fA-F]{6,}\b")
+
+
+def safe_message(text: str, limit: int = 500) -> str:
+    """An error message fit for a client: no object reprs or heap addresses, bounded length.
+    Library exceptions (libsndfile, numpy) embed `repr(file_object)`; that is internal."""
+    text = _HEX_ADDR.sub("0x?", _REPR_AT.sub("<input>", str(text)))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class StreamError(Exception):
     """A WebSocket protocol error: sent as `{"type": "error"}`, then the socket is closed."""
 
     def __init__(self, code: str, message: str):
+        message = safe_message(message)
         super().__init__(message)
         self.code = code
         self.message = message
@@ -43,6 +60,7 @@ class ApiError(Exception):
     """An HTTP error answered as `{"error": {"code", "message"}}`."""
 
     def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
+        message = safe_message(message)
         super().__init__(message)
         self.status = status
         self.code = code

@@ -19,7 +19,7 @@ _LATENCY_BUCKETS = (
 )
 KNOWN_ERROR_CODES = (
     *WS_CLOSE_CODES, "bad_request", "bad_input", "not_found", "too_large",
-    "unsupported_media_type", "not_ready",
+    "unsupported_media_type", "not_ready", "timeout", "bad_host",
 )
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
@@ -76,6 +76,16 @@ class Metrics:
         self.slab_bytes_in_use = _gauge(
             "s4d_state_slab_bytes_in_use", "State slab bytes held by sessions", ["model"], r
         )
+        self.pending_samples = _gauge(
+            "s4d_pending_samples", "Samples of predict work accepted and not finished (budgeted "
+            "by max_pending_samples)", ["model"], r,
+        )
+        self.auth_refused = Counter(
+            "s4d_auth_refused", "Requests and WebSocket handshakes refused by access control",
+            ["reason"], registry=r,
+        )
+        for reason in ("no_key", "bad_key", "model", "origin", "host"):
+            self.auth_refused.labels(reason=reason)
         self.slab_bytes_total = _gauge(
             "s4d_state_slab_bytes_total", "State slab bytes allocated", ["model"], r
         )

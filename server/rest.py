@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -10,14 +10,21 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 
-from server import audio
+from server import audio, jsonbody, limits
 from server.batcher import BatcherBusy
 from server.errors import ApiError
 from server.frontend.client import EngineUnavailable, RemoteModel
+from server.limits import DecodePool, SampleBudget
 from server.probs import softmax
 from server.state import ServerState
 
 router = APIRouter()
+
+
+@dataclass
+class RestLimits:
+    pool: DecodePool
+    budget: SampleBudget
 
 _ERR = {"content": {"application/json": {"example": {"error": {"code": "str", "message": "str"}}}}}
 _PREDICT_BODY = {
@@ -49,6 +56,7 @@ _PREDICT_BODY = {
                 }
             },
             "audio/wav": {"schema": {"type": "string", "format": "binary"}},
+            "audio/flac": {"schema": {"type": "string", "format": "binary"}},
             "text/csv": {"schema": {"type": "string"}},
             "application/x-npy": {"schema": {"type": "string", "format": "binary"}},
         },
@@ -75,26 +83,32 @@ def state_of(request: Request) -> ServerState:
     return request.app.state.s4d
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    cl = request.headers.get("content-length")
-    if cl is not None and cl.isdigit() and int(cl) > limit:
-        raise ApiError(413, "too_large", f"body of {cl} bytes exceeds the limit of {limit}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, "too_large", f"body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    body = b"".join(chunks)
-    request._body = body  # let request.form() parse the bytes already read
-    return body
+def limits_of(request: Request) -> RestLimits:
+    """The app's decode pool and pending-sample budget, made on first use."""
+    app_state = request.app.state
+    lim = getattr(app_state, "s4d_rest_limits", None)
+    if lim is None:
+        st = state_of(request)
+        gauge = st.metrics.pending_samples
+        lim = RestLimits(
+            pool=DecodePool(st.settings.decode_threads),
+            budget=SampleBudget(st.settings.max_pending_samples,
+                                lambda model, v: gauge.labels(model=model).set(v)),
+        )
+        app_state.s4d_rest_limits = lim
+    return lim
+
+
+async def read_body(request: Request, limit: int, timeout_s: float | None = None) -> bytes:
+    """The body within `limit` bytes (413) and the configured body timeout (408)."""
+    if timeout_s is None:
+        timeout_s = state_of(request).settings.body_timeout_s
+    return await limits.read_body(request, limit, timeout_s)
 
 
 def parse_json(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(400, "bad_request", f"body is not valid JSON: {exc}") from exc
+    """Bounded JSON parsing (server/jsonbody.py): 400 for anything unparsable, never a 500."""
+    return jsonbody.parse(body)
 
 
 # ---- health ------------------------------------------------------------------------------
@@ -150,36 +164,56 @@ def _prediction(lm: RemoteModel, logits: np.ndarray, n: int, per_step: bool) -> 
     return out
 
 
-async def _sequences_from_request(lm: RemoteModel, request: Request, st: ServerState):
+def _spec(lm: RemoteModel, st: ServerState) -> audio.DecodeSpec:
     s, meta = st.settings, lm.metadata
-    c, patch, max_len = meta.input_channels, meta.patch_size, s.max_sequence_samples
+    return audio.DecodeSpec(
+        channels=meta.input_channels, sample_rate=meta.sample_rate, patch=meta.patch_size,
+        max_len=s.max_sequence_samples, min_rate=s.min_sample_rate, max_rate=s.max_sample_rate)
+
+
+def _json_request(body: bytes, spec: audio.DecodeSpec, max_sequences: int):
+    """JSON predict body -> (sequences, per_step). Runs in the decode pool."""
+    doc = parse_json(body)
+    if not isinstance(doc, dict) or "inputs" not in doc:
+        raise ApiError(400, "bad_request", 'expected an object {"inputs": [seq, ...]}')
+    inputs = doc["inputs"]
+    if not isinstance(inputs, list) or not inputs:
+        raise ApiError(400, "bad_request", '"inputs" must be a non-empty array of sequences')
+    if len(inputs) > max_sequences:
+        raise ApiError(413, "too_large", f"{len(inputs)} sequences > limit {max_sequences}")
+    sr = doc.get("sample_rate")
+    if sr is not None:
+        if isinstance(sr, bool) or not isinstance(sr, int):
+            raise ApiError(400, "bad_request", '"sample_rate" must be an integer')
+        if sr != spec.sample_rate:
+            raise ApiError(400, "bad_sample_rate",
+                           f"sample_rate {sr} != the model's {spec.sample_rate} "
+                           "(JSON arrays are not resampled; upload a WAV for that)")
+    per_step = doc.get("per_step", False)
+    if not isinstance(per_step, bool):
+        raise ApiError(400, "bad_request", '"per_step" must be a boolean')
+    seqs = [audio.from_json_list(seq, spec.channels, spec.patch, spec.max_len, f"inputs[{i}]")
+            for i, seq in enumerate(inputs)]
+    return seqs, per_step
+
+
+async def _sequences_from_request(lm: RemoteModel, request: Request, st: ServerState):
+    """Read the body (bounded in bytes and time), then parse/decode it in the decode pool."""
+    s, meta = st.settings, lm.metadata
+    spec = _spec(lm, st)
+    pool = limits_of(request).pool
     ctype = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    if ctype not in ("application/json", "multipart/form-data") and not ctype.endswith("+json") \
+            and audio.kind_of(ctype) is None:
+        raise ApiError(415, "unsupported_media_type",
+                       f"content type {ctype or '(none)'!r}: send application/json, "
+                       "multipart/form-data, audio/wav, audio/flac, audio/ogg, text/csv or "
+                       "application/x-npy")
     body = await read_body(request, s.max_body_bytes)
     per_step = False
     seqs: list[np.ndarray] = []
     if ctype == "application/json" or ctype.endswith("+json"):
-        doc = parse_json(body)
-        if not isinstance(doc, dict) or "inputs" not in doc:
-            raise ApiError(400, "bad_request", 'expected an object {"inputs": [seq, ...]}')
-        inputs = doc["inputs"]
-        if not isinstance(inputs, list) or not inputs:
-            raise ApiError(400, "bad_request", '"inputs" must be a non-empty array of sequences')
-        if len(inputs) > s.max_batch_sequences:
-            raise ApiError(413, "too_large",
-                           f"{len(inputs)} sequences > limit {s.max_batch_sequences}")
-        sr = doc.get("sample_rate")
-        if sr is not None:
-            if isinstance(sr, bool) or not isinstance(sr, int):
-                raise ApiError(400, "bad_request", '"sample_rate" must be an integer')
-            if sr != meta.sample_rate:
-                raise ApiError(400, "bad_sample_rate",
-                               f"sample_rate {sr} != the model's {meta.sample_rate} "
-                               "(JSON arrays are not resampled; upload a WAV for that)")
-        per_step = doc.get("per_step", False)
-        if not isinstance(per_step, bool):
-            raise ApiError(400, "bad_request", '"per_step" must be a boolean')
-        for i, seq in enumerate(inputs):
-            seqs.append(audio.from_json_list(seq, c, patch, max_len, f"inputs[{i}]"))
+        seqs, per_step = await pool.run(_json_request, body, spec, s.max_batch_sequences)
     elif ctype == "multipart/form-data":
         try:
             form = await request.form(max_files=s.max_batch_sequences, max_fields=100)
@@ -194,22 +228,15 @@ async def _sequences_from_request(lm: RemoteModel, request: Request, st: ServerS
             kind = audio.kind_of(f.content_type, f.filename)
             if kind is None:
                 raise ApiError(415, "unsupported_media_type",
-                               f"file[{i}] ({f.filename}): type {f.content_type!r} is not WAV/CSV/NPY")
+                               f"file[{i}] ({f.filename}): type {f.content_type!r} is not "
+                               "WAV/FLAC/OGG/CSV/NPY")
             data = await f.read()
-            seqs.append(audio.decode_payload(
-                data, kind, channels=c, sample_rate=meta.sample_rate, patch=patch,
-                max_len=max_len, where=f"file[{i}] ({f.filename})"))
+            seqs.append(await pool.run(audio.decode_payload, data, kind, spec,
+                                       f"file[{i}] ({f.filename})"))
         ps = form.get("per_step")
         per_step = isinstance(ps, str) and ps.lower() in ("1", "true", "yes")
     else:
-        kind = audio.kind_of(ctype) if ctype else None
-        if kind is None:
-            raise ApiError(415, "unsupported_media_type",
-                           f"content type {ctype or '(none)'!r}: send application/json, "
-                           "multipart/form-data, audio/wav, text/csv or application/x-npy")
-        seqs.append(audio.decode_payload(
-            body, kind, channels=c, sample_rate=meta.sample_rate, patch=patch,
-            max_len=max_len, where="body"))
+        seqs.append(await pool.run(audio.decode_payload, body, audio.kind_of(ctype), spec, "body"))
     if per_step and meta.pooling != "none":
         raise ApiError(400, "bad_request",
                        f"per_step needs a model with pooling 'none' (this one pools {meta.pooling!r})")
@@ -219,16 +246,19 @@ async def _sequences_from_request(lm: RemoteModel, request: Request, st: ServerS
 @router.post(
     "/v1/models/{name}/predict", tags=["models"],
     summary="Batch prediction (FFT convolution path)",
-    description="JSON arrays (varying lengths), multipart `file` uploads, or a raw WAV/CSV/NPY "
-    "body. WAV is resampled to the model's rate and mixed down to mono when needed.",
+    description="JSON arrays (varying lengths), multipart `file` uploads, or a raw WAV/FLAC/OGG/"
+    "CSV/NPY body. Audio is resampled to the model's rate; stereo is mixed down to mono when "
+    "the model takes one channel. Limits are checked from headers before decoding.",
     openapi_extra=_PREDICT_BODY,
-    responses={400: _ERR, 404: _ERR, 413: _ERR, 415: _ERR, 503: _ERR},
+    responses={400: _ERR, 401: _ERR, 403: _ERR, 404: _ERR, 408: _ERR, 413: _ERR, 415: _ERR,
+               503: _ERR},
 )
 async def predict(name: str, request: Request) -> dict:
     st = state_of(request)
     lm = st.model_or_error(name)
     seqs, per_step = await _sequences_from_request(lm, request, st)
-    logits = await _run_batch(lm, seqs)
+    with limits_of(request).budget.reserve(name, sum(len(x) for x in seqs)):
+        logits = await _run_batch(lm, seqs)
     preds = [_prediction(lm, lg, len(x), per_step) for lg, x in zip(logits, seqs, strict=True)]
     return {"model": name, "predictions": preds}
 

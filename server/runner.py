@@ -5,6 +5,7 @@ from __future__ import annotations
 import uvicorn
 
 from server.app import configure_logging, create_app, drain
+from server.limits import uvicorn_options
 from server.settings import Settings
 
 
@@ -35,7 +36,7 @@ def build_server(settings: Settings, *, engine_endpoints: list[str] | None = Non
         ws_max_size=max(4 * settings.max_frame_bytes, 1 << 22),
         timeout_graceful_shutdown=int(settings.graceful_timeout_s) + 1,
         lifespan="on",
-        **uvicorn_kwargs,
+        **{**uvicorn_options(settings), **uvicorn_kwargs},  # TLS, timeouts, connection cap
     )
     return S4DServer(config, app)
 

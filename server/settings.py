@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+#: a comma-separated list in env / CLI (`a,b`), or a JSON list in env
+CommaList = Annotated[list[str], NoDecode]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -16,12 +19,13 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="S4D_", extra="ignore")
 
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
-    checkpoints: Path = REPO_ROOT / "checkpoints"
+    host: str = Field("127.0.0.1", description="bind address")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port")
+    checkpoints: Path = Field(REPO_ROOT / "checkpoints",
+                              description="folder of checkpoint folders (default: repo checkpoints/)")
     models: str = Field("all", description="comma-separated model names, or 'all'")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    backend: Literal["torch", "onnxruntime"] = "torch"
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto | cpu | cuda")
+    backend: Literal["torch", "onnxruntime"] = Field("torch", description="torch | onnxruntime")
 
     # processes
     workers: int = Field(
@@ -54,16 +58,59 @@ class Settings(BaseSettings):
     )
 
     # batch (REST) path
-    max_body_bytes: int = Field(32 << 20, ge=1024)
+    max_body_bytes: int = Field(32 << 20, ge=1024, description="largest REST body, bytes")
     max_batch_sequences: int = Field(64, ge=1, description="sequences per request / per forward")
-    max_sequence_samples: int = Field(16000 * 60, ge=1)
+    max_sequence_samples: int = Field(
+        16000 * 60, ge=1,
+        description="longest REST sequence, in model samples (after resampling); checked from "
+        "file headers before decoding")
     max_batch_samples: int = Field(
         1 << 21, ge=1, description="padded B*L budget of one batched forward"
     )
     max_pending_requests: int = Field(
         256, ge=1, description="queued predict requests per model before 503 server_busy"
     )
+    max_pending_samples: int = Field(
+        1 << 22, ge=1,
+        description="per model: samples of predict work accepted but not finished; a request "
+        "that would exceed it is refused 503 server_busy with Retry-After")
     batch_window_ms: float = Field(3.0, ge=0, description="how long the batcher collects requests")
+
+    # decoding (REST uploads)
+    decode_threads: int = Field(
+        2, ge=1, description="worker threads that parse/decode REST bodies (off the event loop); "
+        "more concurrent requests wait for a thread")
+    min_sample_rate: int = Field(1000, ge=1, description="lowest WAV/FLAC sample rate accepted")
+    max_sample_rate: int = Field(384000, ge=1, description="highest WAV/FLAC sample rate accepted")
+
+    # HTTP timeouts and limits
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="seconds a connection may take to send a request's headers")
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="seconds a REST request may take to send its body (408 after)")
+    keep_alive_timeout_s: int = Field(
+        5, ge=1, description="seconds an idle keep-alive HTTP connection stays open")
+    max_connections: int | None = Field(
+        2048, ge=1, description="concurrent connections + WebSockets before 503 (uvicorn "
+        "limit_concurrency); empty for no cap")
+    max_header_bytes: int = Field(
+        64 << 10, ge=1024, description="largest request head (request line + headers), bytes")
+
+    # access control (server/auth.py)
+    api_keys_file: Path | None = Field(
+        None, description="file of API keys (`NAME sha256:HEX [models=a,b] [max_sessions=N]` "
+        "per line); set: every route but /healthz, /readyz needs `Authorization: Bearer KEY`")
+    public_metrics: bool = Field(True, description="/metrics open without a key")
+    public_docs: bool = Field(True, description="/docs and /openapi.json open without a key")
+    allowed_origins: CommaList = Field(
+        default_factory=list,
+        description="browser origins (scheme://host[:port]) allowed besides the server's own, "
+        "for WebSockets and CORS; '*' for any")
+    allowed_hosts: CommaList | None = Field(
+        None, description="accepted Host headers ('*.example.com' patterns); default: loopback "
+        "names when bound to a loopback address, any otherwise")
+    ssl_certfile: Path | None = Field(None, description="TLS certificate (PEM); enables https/wss")
+    ssl_keyfile: Path | None = Field(None, description="TLS private key (PEM)")
 
     compute_threads: int | None = Field(
         None, ge=1,
@@ -71,14 +118,42 @@ class Settings(BaseSettings):
         "leaving one core to the event loop; oversubscribed thread pools stall every op)",
     )
 
-    warmup: bool = True
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    graceful_timeout_s: float = Field(10.0, ge=0)
+    onnx_threads: int | None = Field(
+        None, ge=1, description="intra-op threads of ONNX Runtime sessions (default: "
+        "compute_threads)")
+    onnx_cache: Path | None = Field(
+        None, description="cache of exported ONNX graphs (default ~/.cache/s4d-serve/onnx)")
+
+    warmup: bool = Field(True, description="run a warm-up forward at load")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="debug | info | warning | error")
+    graceful_timeout_s: float = Field(10.0, ge=0, description="seconds to finish streams on shutdown")
 
     @field_validator("models")
     @classmethod
     def _strip_models(cls, v: str) -> str:
         return ",".join(p.strip() for p in v.split(",") if p.strip()) or "all"
+
+    @field_validator("allowed_origins", "allowed_hosts", mode="before")
+    @classmethod
+    def _split_list(cls, v):
+        if isinstance(v, str):
+            v = v.strip()
+            if v.startswith("["):
+                import json
+
+                return json.loads(v)
+            return [p.strip() for p in v.split(",") if p.strip()]
+        return v
+
+    def resolve_allowed_hosts(self) -> list[str]:
+        """Loopback bind: only loopback Host headers (a DNS-rebinding page cannot reach a local
+        server); any other bind (containers, LAN) cannot know its public names: '*'."""
+        if self.allowed_hosts is not None:
+            return self.allowed_hosts or ["*"]
+        if self.host in ("127.0.0.1", "localhost", "::1"):
+            return ["127.0.0.1", "localhost", "::1", "[::1]"]
+        return ["*"]
 
     def model_names(self) -> list[str] | None:
         """Requested model names, or None for every checkpoint found."""

@@ -189,7 +189,7 @@ def test_internal_error_is_contained(start_server, checkpoint_dir):
         (dict(json={"nope": 1}), 400, "bad_request"),
         (dict(json={"inputs": [[]]}), 400, "bad_input"),
         (dict(json={"inputs": [["a", "b"]]}), 400, "bad_input"),
-        (dict(json={"inputs": [[[1.0, 2.0]]]}), 400, "bad_input"),
+        (dict(json={"inputs": [[[1.0, 2.0]]]}), 400, "bad_channels"),
         (dict(json={"inputs": [[0.0]], "sample_rate": 8000}), 400, "bad_sample_rate"),
         (dict(json={"inputs": [[0.0]] * 65}), 413, "too_large"),
         (dict(content=b"x" * 10, headers={"content-type": "image/png"}), 415,

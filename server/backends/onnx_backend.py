@@ -35,9 +35,11 @@ PRE_EXPORTED_DIR = "onnx"
 
 
 def cache_root() -> Path:
-    env = os.environ.get("S4D_ONNX_CACHE")
-    if env:
-        return Path(env)
+    from server.settings import Settings
+
+    configured = Settings().onnx_cache  # S4D_ONNX_CACHE, through Settings' validation
+    if configured:
+        return Path(configured)
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "s4d-serve" / "onnx"
 
@@ -137,12 +139,14 @@ class OnnxBackend(Backend):
         """Sessions over an export folder (``model.export.ExportInfo``), checked against config."""
         import onnxruntime as ort
 
+        from server.settings import Settings
+
         providers = choose_providers(device)
 
         def session(path: Path):
             opts = ort.SessionOptions()
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            threads = int(os.environ.get("S4D_ONNX_THREADS", "0"))
+            threads = Settings().onnx_threads  # S4D_ONNX_THREADS (default: compute_threads)
             if threads:
                 opts.intra_op_num_threads = threads
             try:

@@ -1,0 +1,159 @@
+"""Bounds on the HTTP layer's work: decode threads, pending predict samples, body and header
+read timeouts, connection cap. Each one keeps a single client from freezing or starving the
+server (issue 12): the event loop only moves bytes, CPU work waits for a bounded pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+from starlette.requests import Request
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from server.errors import ApiError
+from server.settings import Settings
+
+T = TypeVar("T")
+
+
+class DecodePool:
+    """Runs parsing/decoding in worker threads, at most `threads` at once; the rest wait.
+    The event loop stays free, so /healthz and live streams answer while a big upload decodes."""
+
+    def __init__(self, threads: int):
+        self.threads = threads
+        self._limiter: anyio.CapacityLimiter | None = None  # bound to the running loop lazily
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(self.threads)
+        return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+
+
+class SampleBudget:
+    """Pending predict work per model, counted in samples (a 960k-sample request weighs 3,000
+    times a 320-sample one). A reservation that would exceed the budget is refused at once with
+    503 server_busy and Retry-After, before the work is queued. One request larger than the whole
+    budget is still admitted when nothing else is pending (it passed max_sequence_samples)."""
+
+    def __init__(self, limit: int, on_change: Callable[[str, int], None] | None = None):
+        self.limit = limit
+        self.pending: dict[str, int] = {}
+        self.on_change = on_change
+
+    @contextmanager
+    def reserve(self, model: str, samples: int):
+        held = self.pending.get(model, 0)
+        if held and held + samples > self.limit:
+            raise ApiError(503, "server_busy",
+                           f"model {model!r} has {held} samples of predict work pending "
+                           f"(budget {self.limit}); try again later",
+                           headers={"Retry-After": str(self.retry_after(held))})
+        self._set(model, held + samples)
+        try:
+            yield
+        finally:
+            self._set(model, self.pending.get(model, 0) - samples)
+
+    def retry_after(self, held: int) -> int:
+        """Seconds, rough: the pending share of the budget, 1..10."""
+        return max(1, min(10, math.ceil(10 * held / self.limit)))
+
+    def _set(self, model: str, value: int) -> None:
+        self.pending[model] = value
+        if self.on_change is not None:
+            self.on_change(model, value)
+
+
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The whole body, at most `limit` bytes (413) within `timeout_s` seconds (408): a client
+    that sends a few bytes a minute cannot hold a worker and a buffer forever."""
+    cl = request.headers.get("content-length")
+    if cl is not None and cl.isdigit() and int(cl) > limit:
+        raise ApiError(413, "too_large", f"body of {cl} bytes exceeds the limit of {limit}")
+    chunks, size = [], 0
+    try:
+        with anyio.fail_after(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise ApiError(413, "too_large", f"body exceeds the limit of {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError as exc:
+        raise ApiError(408, "timeout", f"the request body did not arrive within {timeout_s:g} s "
+                       f"({size} bytes received)", headers={"Connection": "close"}) from exc
+    body = b"".join(chunks)
+    request._body = body  # let request.form() parse the bytes already read
+    return body
+
+
+class HeaderTimeoutProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol plus a deadline for each request's head: uvicorn only times
+    out idle keep-alive connections, so a client trickling header bytes held a socket forever.
+    On expiry: 408 and close. The deadline is armed at connect and at each new request."""
+
+    header_timeout_s: float = 10.0
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._arm_head_timer()
+
+    def _arm_head_timer(self) -> None:
+        self._cancel_head_timer()
+        self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_timeout)
+
+    def _cancel_head_timer(self) -> None:
+        timer = getattr(self, "_head_timer", None)
+        if timer is not None:
+            timer.cancel()
+            self._head_timer = None
+
+    def _head_timeout(self) -> None:
+        self._head_timer = None
+        if not self.transport.is_closing():
+            self.transport.write(
+                b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+                b"connection: close\r\ncontent-length: %d\r\n\r\n%s"
+                % (len(_HEAD_TIMEOUT_BODY), _HEAD_TIMEOUT_BODY))
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        # a keep-alive connection starts its next request: its head gets a fresh deadline
+        if getattr(self, "_head_timer", None) is None and (
+                self.cycle is None or self.cycle.response_complete):
+            self._arm_head_timer()
+        super().data_received(data)
+
+    def on_headers_complete(self) -> None:
+        self._cancel_head_timer()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+
+_HEAD_TIMEOUT_BODY = b'{"error": {"code": "timeout", "message": "request headers took too long"}}'
+
+
+def uvicorn_options(settings: Settings) -> dict:
+    """uvicorn.Config keywords for TLS, timeouts and the connection cap (server/runner.py)."""
+    protocol = type("S4DHttpProtocol", (HeaderTimeoutProtocol,),
+                    {"header_timeout_s": settings.header_timeout_s})
+    opts: dict[str, Any] = {
+        "http": protocol,
+        "timeout_keep_alive": settings.keep_alive_timeout_s,
+        "limit_concurrency": settings.max_connections,
+        "h11_max_incomplete_event_size": settings.max_header_bytes,
+    }
+    if settings.ssl_certfile is not None:
+        opts["ssl_certfile"] = str(settings.ssl_certfile)
+        opts["ssl_keyfile"] = str(settings.ssl_keyfile) if settings.ssl_keyfile else None
+    return opts

@@ -1,0 +1,131 @@
+"""HTTP-layer limits on a real server (header and body read timeouts, connection cap) and the
+`s4d serve` flags generated from Settings."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import httpx
+import pytest
+
+
+def _port(srv) -> int:
+    return int(srv.base_url.rsplit(":", 1)[1])
+
+
+def _read_all(s: socket.socket, timeout: float) -> bytes:
+    s.settimeout(timeout)
+    out = b""
+    try:
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                return out
+            out += chunk
+    except (TimeoutError, ConnectionResetError):
+        return out
+
+
+@pytest.fixture(scope="module")
+def strict(start_server, checkpoint_dir):
+    return start_server(checkpoints=checkpoint_dir, models="tiny", header_timeout_s=0.5,
+                        body_timeout_s=0.7, max_connections=8)
+
+
+def test_half_sent_headers_get_408_and_close(strict):
+    socks = []
+    t0 = time.monotonic()
+    for _ in range(5):
+        s = socket.create_connection(("127.0.0.1", _port(strict)))
+        s.sendall(b"POST /v1/models/tiny/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        socks.append(s)
+    answers = [_read_all(s, 5) for s in socks]
+    elapsed = time.monotonic() - t0
+    for s in socks:
+        s.close()
+    for a in answers:
+        assert a.startswith(b"HTTP/1.1 408"), a[:80]
+        assert b'"code": "timeout"' in a
+    assert elapsed < 3, elapsed
+    assert httpx.get(f"{strict.base_url}/healthz").status_code == 200
+
+
+def test_silent_connection_is_closed(strict):
+    s = socket.create_connection(("127.0.0.1", _port(strict)))
+    t0 = time.monotonic()
+    data = _read_all(s, 5)
+    s.close()
+    assert data.startswith(b"HTTP/1.1 408") and time.monotonic() - t0 < 3
+
+
+def test_half_sent_body_gets_408(strict):
+    s = socket.create_connection(("127.0.0.1", _port(strict)))
+    s.sendall(b"POST /v1/models/tiny/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+              b"Content-Type: text/csv\r\nContent-Length: 100000\r\n\r\n0\n0\n")
+    t0 = time.monotonic()
+    data = _read_all(s, 5)
+    s.close()
+    assert data.startswith(b"HTTP/1.1 408"), data[:200]
+    assert b'"timeout"' in data and time.monotonic() - t0 < 3
+
+
+def test_keep_alive_request_after_response_still_works(strict):
+    with httpx.Client(base_url=strict.base_url) as c:
+        for _ in range(3):
+            assert c.get("/healthz").status_code == 200
+            time.sleep(0.3)  # each new request head gets a fresh deadline
+
+
+def test_connection_cap(strict):
+    socks = [socket.create_connection(("127.0.0.1", _port(strict))) for _ in range(8)]
+    try:
+        time.sleep(0.1)
+        r = httpx.get(f"{strict.base_url}/healthz", timeout=5)
+        assert r.status_code == 503
+    finally:
+        for s in socks:
+            s.close()
+    time.sleep(0.2)
+    assert httpx.get(f"{strict.base_url}/healthz", timeout=5).status_code == 200
+
+
+def test_serve_flags_are_generated_from_settings(monkeypatch, tmp_path):
+    import s4d_cli
+    from server.cli import flag_names, settings_from_args
+    from server.settings import Settings
+
+    parser = s4d_cli.build_parser("serve")
+    serve = parser._subparsers._group_actions[0].choices["serve"]
+    flags = {o for a in serve._actions for o in a.option_strings}
+    for field in Settings.model_fields:
+        assert set(flag_names(field)) <= flags, field
+    for old in ("--idle-ttl", "--graceful-timeout", "--no-warmup", "--compute-threads",
+                "--batch-window-ms", "--max-frame-bytes"):
+        assert old in flags
+    monkeypatch.setenv("S4D_BODY_TIMEOUT_S", "3")
+    args = parser.parse_args(["serve", "--checkpoints", str(tmp_path), "--compute-threads", "2",
+                              "--graceful-timeout", "4", "--no-warmup", "--allowed-origins",
+                              "http://a.example,https://b.example", "--no-public-docs",
+                              "--onnx-threads", "3", "--max-connections", "50"])
+    s = settings_from_args(args)
+    assert (s.compute_threads, s.graceful_timeout_s, s.warmup, s.public_docs) == (2, 4.0, False,
+                                                                                  False)
+    assert s.allowed_origins == ["http://a.example", "https://b.example"]
+    assert (s.body_timeout_s, s.onnx_threads, s.max_connections) == (3.0, 3, 50)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--device", "tpu"])
+
+
+def test_onnx_settings_read_through_settings(monkeypatch, tmp_path):
+    from server.backends.onnx_backend import cache_root
+
+    monkeypatch.setenv("S4D_ONNX_CACHE", str(tmp_path / "c"))
+    assert cache_root() == tmp_path / "c"
+    from server.cli import export_backend_settings
+    from server.settings import Settings
+
+    # recorded by monkeypatch so that the values export_backend_settings writes are undone
+    monkeypatch.setenv("S4D_ONNX_THREADS", "1")
+    export_backend_settings(Settings(onnx_threads=5, onnx_cache=tmp_path / "d"))
+    assert Settings().onnx_threads == 5 and cache_root() == tmp_path / "d"
