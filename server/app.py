@@ -14,7 +14,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from server import rest
+from server import oip_grpc, oip_v2, rest
 from server.errors import ApiError
 from server.metrics import Metrics
 from server.registry import ModelRegistry
@@ -119,12 +119,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.info("starting: checkpoints=%s models=%s backend=%s device=%s max_sessions=%d",
                  settings.checkpoints, settings.models, settings.backend,
                  st.registry.device, settings.max_sessions)
+        grpc_server = await oip_grpc.start(app)  # None unless settings.grpc_port
         loop = asyncio.get_running_loop()
         st.tasks.append(loop.create_task(_load(st), name="s4d-load"))
         st.tasks.append(loop.create_task(_reaper(st), name="s4d-reaper"))
         try:
             yield
         finally:
+            await oip_grpc.stop(grpc_server, settings.graceful_timeout_s)
             await drain(st)
             for t in st.tasks:
                 t.cancel()
@@ -136,7 +138,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="s4d-serve",
         version="1",
         description="Streaming inference for S4D models: REST batch (FFT convolution), "
-        "WebSocket streams (exact chunked recurrence), Open Inference Protocol v2. "
+        "WebSocket streams (exact chunked recurrence), Open Inference Protocol v2 "
+        "(HTTP, and gRPC on --grpc-port). "
         "Wire protocol: server/PROTOCOL.md.",
         lifespan=lifespan,
     )
@@ -169,6 +172,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                             status_code=500)
 
     app.include_router(rest.router)
+    oip_v2.install(app)  # /v2 routes, OIP error bodies on /v2 paths
     app.add_api_websocket_route("/v1/models/{name}/stream", stream_endpoint, name="stream")
 
     if STATIC_DIR.is_dir():

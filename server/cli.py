@@ -8,6 +8,7 @@ import argparse
 FLAGS: dict[str, tuple[str, str]] = {
     "--host": ("host", "bind address"),
     "--port": ("port", "TCP port"),
+    "--grpc-port": ("grpc_port", "KServe v2 gRPC port (0 = off)"),
     "--checkpoints": ("checkpoints", "folder of checkpoint folders (default: repo checkpoints/)"),
     "--models": ("models", "comma-separated model names, or 'all'"),
     "--device": ("device", "auto | cpu | cuda"),

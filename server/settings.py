@@ -18,6 +18,10 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    grpc_port: int = Field(
+        0, ge=0, le=65535,
+        description="KServe v2 gRPC port (GRPCInferenceService); 0 = no gRPC listener",
+    )
     checkpoints: Path = REPO_ROOT / "checkpoints"
     models: str = Field("all", description="comma-separated model names, or 'all'")
     device: Literal["auto", "cpu", "cuda"] = "auto"
