@@ -15,7 +15,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from server import auth, rest
+from server import auth, oip_grpc, oip_v2, rest
 from server.errors import ApiError
 from server.frontend.client import EngineClient, EnginePool
 from server.frontend.links import InprocLink, ZmqLink
@@ -116,9 +116,11 @@ def create_app(settings: Settings | None = None, *, engine_endpoints: list[str] 
             for c, endpoint in zip(clients, engine_endpoints, strict=True):
                 c.link = ZmqLink(endpoint, identity)
         await pool.start()
+        grpc_server = await oip_grpc.start(app)  # None unless settings.grpc_port
         try:
             yield
         finally:
+            await oip_grpc.stop(grpc_server, settings.graceful_timeout_s)
             await drain(st)
             await pool.stop()
             if st.engine is not None:
@@ -129,7 +131,8 @@ def create_app(settings: Settings | None = None, *, engine_endpoints: list[str] 
         title="s4d-serve",
         version="1",
         description="Streaming inference for S4D models: REST batch (FFT convolution), "
-        "WebSocket streams (exact chunked recurrence), Open Inference Protocol v2. "
+        "WebSocket streams (exact chunked recurrence), Open Inference Protocol v2 "
+        "(HTTP, and gRPC on --grpc-port). "
         "Wire protocol: server/PROTOCOL.md.",
         lifespan=lifespan,
     )
@@ -162,6 +165,7 @@ def create_app(settings: Settings | None = None, *, engine_endpoints: list[str] 
                             status_code=500)
 
     app.include_router(rest.router)
+    oip_v2.install(app)  # /v2 routes, OIP error bodies on /v2 paths
     app.add_api_websocket_route("/v1/models/{name}/stream", stream_endpoint, name="stream")
 
     if STATIC_DIR.is_dir():

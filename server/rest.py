@@ -1,4 +1,4 @@
-"""REST routes: model metadata, batch prediction (FFT path), OIP v2, health and metrics."""
+"""REST routes: model metadata, batch prediction (FFT path), health and metrics (OIP v2: oip_v2.py)."""
 
 from __future__ import annotations
 
@@ -62,23 +62,6 @@ _PREDICT_BODY = {
         },
     }
 }
-_INFER_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "example": {
-                    "inputs": [
-                        {"name": "input", "shape": [1, 4], "datatype": "FP32",
-                         "data": [0.0, 0.1, -0.2, 0.05]}
-                    ]
-                }
-            }
-        },
-    }
-}
-
-
 def state_of(request: Request) -> ServerState:
     return request.app.state.s4d
 
@@ -275,97 +258,6 @@ async def _run_batch(lm: RemoteModel, seqs: list[np.ndarray]) -> list[np.ndarray
         if "shutting down" in str(exc):
             raise ApiError(503, "server_busy", "the server is shutting down") from exc
         raise
-
-
-# ---- Open Inference Protocol v2 ----------------------------------------------------------
-_V2_TYPES = {"FP32", "FP64", "FP16", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16",
-             "UINT32", "UINT64"}
-
-
-@router.get("/v2/health/live", tags=["oip-v2"])
-async def v2_live() -> dict:
-    return {"live": True}
-
-
-@router.get("/v2/health/ready", tags=["oip-v2"], responses={503: _ERR})
-async def v2_ready(request: Request) -> dict:
-    st = state_of(request)
-    if not st.registry.ready or st.shutting_down:
-        raise ApiError(503, "not_ready", "not ready")
-    return {"ready": True}
-
-
-@router.get("/v2/models/{name}", tags=["oip-v2"], responses={404: _ERR})
-async def v2_model(name: str, request: Request) -> dict:
-    meta = state_of(request).model_or_error(name).metadata
-    return {
-        "name": name,
-        "versions": ["1"],
-        "platform": meta.backend,
-        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, -1, meta.input_channels]}],
-        "outputs": [
-            {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(meta.classes)]},
-            {"name": "label", "datatype": "BYTES", "shape": [-1]},
-        ],
-    }
-
-
-@router.get("/v2/models/{name}/ready", tags=["oip-v2"], responses={404: _ERR})
-async def v2_model_ready(name: str, request: Request) -> dict:
-    state_of(request).model_or_error(name)
-    return {"name": name, "ready": True}
-
-
-@router.post("/v2/models/{name}/infer", tags=["oip-v2"], openapi_extra=_INFER_BODY,
-             responses={400: _ERR, 404: _ERR, 413: _ERR, 503: _ERR})
-async def v2_infer(name: str, request: Request) -> dict:
-    st = state_of(request)
-    lm = st.model_or_error(name)
-    meta, s = lm.metadata, st.settings
-    doc = parse_json(await read_body(request, s.max_body_bytes))
-    if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or len(doc["inputs"]) != 1:
-        raise ApiError(400, "bad_request", 'expected {"inputs": [{"name", "shape", "datatype", "data"}]}')
-    spec = doc["inputs"][0]
-    if not isinstance(spec, dict):
-        raise ApiError(400, "bad_request", "inputs[0] must be an object")
-    shape, dtype, data = spec.get("shape"), spec.get("datatype", "FP32"), spec.get("data")
-    if (not isinstance(shape, list) or len(shape) not in (2, 3)
-            or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
-        raise ApiError(400, "bad_request", "shape must be [B, L] or [B, L, C] of positive integers")
-    if dtype not in _V2_TYPES:
-        raise ApiError(400, "bad_request", f"datatype {dtype!r} is not numeric")
-    if len(shape) == 2:
-        shape = [*shape, 1]
-    b, length, c = shape
-    if c != meta.input_channels:
-        raise ApiError(400, "bad_input", f"{c} channels, the model takes {meta.input_channels}")
-    if b > s.max_batch_sequences:
-        raise ApiError(413, "too_large", f"batch {b} > limit {s.max_batch_sequences}")
-    try:
-        arr = np.asarray(data, dtype=np.float64).reshape(-1)
-    except (TypeError, ValueError) as exc:
-        raise ApiError(400, "bad_input", f"data is not numeric: {exc}") from exc
-    if arr.size != b * length * c:
-        raise ApiError(400, "bad_input", f"data has {arr.size} values, shape needs {b * length * c}")
-    arr = arr.reshape(b, length, c)
-    seqs = [audio.check_sequence(arr[i], c, meta.patch_size, s.max_sequence_samples, f"input[{i}]")
-            for i in range(b)]
-    logits = await _run_batch(lm, seqs)
-    last = np.stack([lg[-1] if lg.ndim == 2 else lg for lg in logits])
-    probs = softmax(last.astype(np.float64)).astype(np.float32)
-    labels = [meta.classes[int(i)] for i in probs.argmax(-1)]
-    out = {
-        "model_name": name,
-        "model_version": "1",
-        "outputs": [
-            {"name": "probabilities", "shape": [b, len(meta.classes)], "datatype": "FP32",
-             "data": [float(v) for v in probs.reshape(-1)]},
-            {"name": "label", "shape": [b], "datatype": "BYTES", "data": labels},
-        ],
-    }
-    if "id" in doc:
-        out["id"] = doc["id"]
-    return out
 
 
 def error_response(err: ApiError) -> JSONResponse:

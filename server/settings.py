@@ -21,6 +21,10 @@ class Settings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="bind address")
     port: int = Field(8000, ge=0, le=65535, description="TCP port")
+    grpc_port: int = Field(
+        0, ge=0, le=65535,
+        description="KServe v2 gRPC port (GRPCInferenceService); 0 = no gRPC listener",
+    )
     checkpoints: Path = Field(REPO_ROOT / "checkpoints",
                               description="folder of checkpoint folders (default: repo checkpoints/)")
     models: str = Field("all", description="comma-separated model names, or 'all'")

@@ -213,7 +213,7 @@ def test_oip_v2(live_server):
     assert r.status_code == 200
     bad = c.post("/v2/models/tiny/infer", json={"inputs": [{
         "name": "input", "shape": [1, 5], "datatype": "FP32", "data": [0.0] * 4}]})
-    assert bad.status_code == 400 and bad.json()["error"]["code"] == "bad_input"
+    assert bad.status_code == 400 and "shape needs 5" in bad.json()["error"]
 
 
 def test_wav_upload_resampled_and_mixed(live_server, probs_close):

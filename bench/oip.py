@@ -1,0 +1,133 @@
+"""Per-request latency of one batch clip over each protocol, against a real server process.
+
+    python -m bench.oip [--model kws-s4d] [--checkpoints DIR] [--requests 30] [--length 16000]
+
+Sequential requests (one in flight), so the numbers are protocol + model latency, not
+throughput: /v1 predict (JSON), OIP v2 HTTP with JSON and with binary tensors
+(tritonclient.http), and OIP v2 gRPC unary and stream (tritonclient.grpc).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import queue
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+import httpx
+import numpy as np
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _timed(fn, n: int) -> dict:
+    fn()  # warm the path
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000)
+    times.sort()
+    return {"median_ms": statistics.median(times), "p90_ms": times[int(0.9 * (n - 1))]}
+
+
+def run(args: argparse.Namespace) -> int:
+    import tritonclient.grpc as tg
+    import tritonclient.http as th
+
+    port, gport = _free_port(), _free_port()
+    cmd = [sys.executable, "-m", "server", "--port", str(port), "--grpc-port", str(gport),
+           "--models", args.model, "--log-level", "warning"]
+    if args.checkpoints:
+        cmd += ["--checkpoints", args.checkpoints]
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    # a SIGTERM (e.g. from `timeout`) must still stop the server below
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        x = np.random.default_rng(0).standard_normal((1, args.length, 1)).astype(np.float32)
+        x *= 0.1
+        http = th.InferenceServerClient(f"127.0.0.1:{port}")
+        grpc_c = tg.InferenceServerClient(f"127.0.0.1:{gport}")
+        hc = httpx.Client(base_url=base, timeout=60)
+
+        def v1():
+            hc.post(f"/v1/models/{args.model}/predict",
+                    json={"inputs": [x[0, :, 0].tolist()]}).raise_for_status()
+
+        def v2(binary: bool):
+            inp = th.InferInput("input", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x, binary_data=binary)
+            outs = [th.InferRequestedOutput(n, binary_data=binary)
+                    for n in ("probabilities", "label")]
+            http.infer(args.model, [inp], outputs=outs)
+
+        def grpc_unary():
+            inp = tg.InferInput("input", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x)
+            grpc_c.infer(args.model, [inp])
+
+        results: queue.Queue = queue.Queue()
+        grpc_c.start_stream(callback=lambda result, error: results.put((result, error)))
+
+        def grpc_stream():
+            inp = tg.InferInput("input", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x)
+            grpc_c.async_stream_infer(args.model, [inp])
+            _, err = results.get(timeout=60)
+            if err is not None:
+                raise err
+
+        paths = {
+            "/v1 predict (JSON)": v1,
+            "OIP HTTP, JSON tensors": lambda: v2(False),
+            "OIP HTTP, binary tensors": lambda: v2(True),
+            "OIP gRPC unary": grpc_unary,
+            "OIP gRPC stream": grpc_stream,
+        }
+        rows = {}
+        for name, fn in paths.items():
+            rows[name] = _timed(fn, args.requests)
+            print(f"{name}: {rows[name]}", file=sys.stderr, flush=True)
+        grpc_c.stop_stream()
+        print(f"model {args.model}, one clip of {args.length} samples, {args.requests} "
+              f"sequential requests, {os.cpu_count()} CPUs")
+        print("| path | median ms | p90 ms |\n| --- | --- | --- |")
+        for name, r in rows.items():
+            print(f"| {name} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} |")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
+    return 0
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="kws-s4d")
+    p.add_argument("--checkpoints", default=None, help="checkpoints folder (default: the repo's)")
+    p.add_argument("--requests", type=int, default=30)
+    p.add_argument("--length", type=int, default=16000)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    sys.exit(run(parser.parse_args()))

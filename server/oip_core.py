@@ -1,0 +1,449 @@
+"""Open Inference Protocol v2, transport-free: tensors in, the batch path, tensors out, stats.
+
+The HTTP router (server/oip_v2.py) and the gRPC service (server/oip_grpc.py) both parse their
+wire format into an `InferRequest`, call `OipService.infer` and encode the `InferResponse`;
+everything OIP means (datatypes, shapes, requested outputs, classification, versions,
+statistics, server and model metadata) is decided here once. Errors are `ApiError`s; each
+transport renders them its own way (`{"error": msg}` + status, or a gRPC status).
+
+Inference goes through `lm.batcher.predict(list[[L, C] float32]) -> list[logits]`, the same
+coroutine as `/v1/.../predict`, so the two agree exactly and an engine client that keeps
+that coroutine slots in unchanged.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from importlib import metadata as importlib_metadata
+from typing import Any, Protocol
+
+import numpy as np
+
+from server import audio
+from server.batcher import BatcherBusy
+from server.errors import ApiError
+from server.registry import LoadedModel
+from server.scheduler import softmax
+from server.state import ServerState
+
+SERVER_NAME = "s4d-serve"
+MODEL_VERSION = "1"  # one version per checkpoint folder
+INPUT_NAME = "input"
+PROBS_NAME = "probabilities"
+LABEL_NAME = "label"
+OUTPUT_NAMES = (PROBS_NAME, LABEL_NAME)
+#: extensions answered over HTTP (Triton names); gRPC answers the same subset it declares
+EXTENSIONS = ("binary_tensor_data", "classification", "model_configuration",
+              "model_repository", "statistics")
+
+#: OIP numeric datatype -> little-endian numpy dtype (raw / binary tensor layout)
+NUMERIC_TYPES: dict[str, np.dtype] = {
+    "FP16": np.dtype("<f2"), "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"),
+    "INT8": np.dtype("i1"), "INT16": np.dtype("<i2"), "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"), "UINT8": np.dtype("u1"), "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"), "UINT64": np.dtype("<u8"),
+}
+
+
+def bad_request(message: str, code: str = "bad_request") -> ApiError:
+    return ApiError(400, code, message)
+
+
+# ---- neutral request / response -----------------------------------------------------------
+@dataclass
+class InputTensor:
+    """One input: exactly one of `raw` (little-endian bytes) or `values` (numbers, any nesting)."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+    raw: bytes | memoryview | None = None
+    values: Any = None
+
+
+@dataclass
+class RequestedOutput:
+    name: str
+    classification: int = 0  # > 0: top-k "score:index:label" strings instead of the scores
+    parameters: dict[str, Any] = field(default_factory=dict)  # transport flags (binary_data)
+
+
+@dataclass
+class InferRequest:
+    model: str
+    version: str = ""
+    id: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    inputs: list[InputTensor] = field(default_factory=list)
+    outputs: list[RequestedOutput] | None = None  # None: every output
+
+
+@dataclass
+class OutputTensor:
+    """`array`: FP32 values, or (BYTES) an object array of `bytes`."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+    array: np.ndarray
+    requested: RequestedOutput | None = None
+
+    def raw(self) -> bytes:
+        """The binary layout: little-endian values; BYTES as 4-byte length + bytes each."""
+        if self.datatype == "BYTES":
+            return serialize_bytes(self.array)
+        return np.ascontiguousarray(self.array, NUMERIC_TYPES[self.datatype]).tobytes()
+
+    def values(self) -> list:
+        """Flat row-major values for JSON (BYTES decoded as UTF-8 strings)."""
+        flat = self.array.reshape(-1)
+        if self.datatype == "BYTES":
+            return [b.decode("utf-8", "replace") for b in flat]
+        return flat.tolist()
+
+
+@dataclass
+class InferResponse:
+    model: str
+    version: str
+    id: str | None
+    outputs: list[OutputTensor]
+
+
+@dataclass(frozen=True)
+class SequenceControl:
+    """Triton sequence-batcher parameters of one request (issue 16, item 3)."""
+
+    sequence_id: int | str
+    start: bool
+    end: bool
+
+
+class SequenceEngine(Protocol):
+    """What the sequence path needs from the engine (not wired yet; see `OipService.infer`).
+
+    A sequence is a streaming session keyed by (model, sequence_id): `open` at
+    `sequence_start` (replacing nothing: an id already open is an error), `feed` the request's
+    samples and get the probabilities after them (exactly the WebSocket stream's result),
+    `close` at `sequence_end` after flushing the partial frame; sessions idle for the TTL expire.
+    """
+
+    async def open(self, model: str, sequence_id: int | str) -> None: ...
+
+    async def feed(self, model: str, sequence_id: int | str, samples: np.ndarray,
+                   flush: bool) -> np.ndarray: ...
+
+    async def close(self, model: str, sequence_id: int | str) -> None: ...
+
+
+def serialize_bytes(arr: np.ndarray) -> bytes:
+    parts = []
+    for item in arr.reshape(-1):
+        b = item if isinstance(item, bytes) else str(item).encode("utf-8")
+        parts.append(len(b).to_bytes(4, "little"))
+        parts.append(b)
+    return b"".join(parts)
+
+
+def sequence_control(params: dict[str, Any]) -> SequenceControl | None:
+    """The request's sequence parameters, or None (no `sequence_id`, or Triton's 0 / "")."""
+    sid = params.get("sequence_id")
+    if sid is None or sid == 0 or sid == "":
+        return None
+    if isinstance(sid, bool) or not isinstance(sid, (int, str)):
+        raise bad_request("parameter sequence_id must be an integer or a string")
+    flags = {}
+    for key in ("sequence_start", "sequence_end"):
+        v = params.get(key, False)
+        if not isinstance(v, bool):
+            raise bad_request(f"parameter {key} must be a boolean")
+        flags[key] = v
+    return SequenceControl(sid, flags["sequence_start"], flags["sequence_end"])
+
+
+# ---- statistics ----------------------------------------------------------------------------
+@dataclass
+class Duration:
+    count: int = 0
+    ns: int = 0
+
+    def add(self, ns: int) -> None:
+        self.count += 1
+        self.ns += int(ns)
+
+    def to_dict(self) -> dict:
+        return {"count": self.count, "ns": self.ns}
+
+
+@dataclass
+class ModelStats:
+    """Per-model OIP counters (Triton statistics extension). One infer request = one
+    execution (the batcher may merge several requests into one forward underneath);
+    inference_count counts sequences (batch rows)."""
+
+    last_inference_ms: int = 0
+    inference_count: int = 0
+    execution_count: int = 0
+    success: Duration = field(default_factory=Duration)
+    fail: Duration = field(default_factory=Duration)
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+
+    def to_dict(self, name: str) -> dict:
+        return {
+            "name": name,
+            "version": MODEL_VERSION,
+            "last_inference": self.last_inference_ms,
+            "inference_count": self.inference_count,
+            "execution_count": self.execution_count,
+            "inference_stats": {
+                "success": self.success.to_dict(),
+                "fail": self.fail.to_dict(),
+                "compute_input": self.compute_input.to_dict(),
+                "compute_infer": self.compute_infer.to_dict(),
+                "compute_output": self.compute_output.to_dict(),
+            },
+        }
+
+
+# ---- the service ---------------------------------------------------------------------------
+def _server_version() -> str:
+    try:
+        return importlib_metadata.version(SERVER_NAME)
+    except importlib_metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class OipService:
+    """OIP v2 semantics over the app's `ServerState`; shared by HTTP and gRPC."""
+
+    def __init__(self, st: ServerState):
+        self.st = st
+        self.stats: dict[str, ModelStats] = {}
+        self.version = _server_version()
+        #: set by the engine once sequences are served (issue 16 item 3); None: refused
+        self.sequences: SequenceEngine | None = None
+
+    # -- health and metadata
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        st = self.st
+        return st.registry.ready and not st.shutting_down and not st.load_error
+
+    def server_metadata(self) -> dict:
+        return {"name": SERVER_NAME, "version": self.version, "extensions": list(EXTENSIONS)}
+
+    def model(self, name: str, version: str | None = "") -> LoadedModel:
+        lm = self.st.model_or_error(name)
+        if version not in (None, "", MODEL_VERSION):
+            raise ApiError(404, "unknown_model",
+                           f"model {name!r} has no version {version!r} (versions: ['1'])")
+        return lm
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        self.model(name, version)
+        return not self.st.shutting_down
+
+    def model_metadata(self, name: str, version: str = "") -> dict:
+        meta = self.model(name, version).metadata
+        k, c = len(meta.classes), meta.input_channels
+        return {
+            "name": name,
+            "versions": [MODEL_VERSION],
+            "platform": f"s4d_{meta.backend}",
+            "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, -1, c]}],
+            "outputs": [
+                {"name": PROBS_NAME, "datatype": "FP32", "shape": [-1, k]},
+                {"name": LABEL_NAME, "datatype": "BYTES", "shape": [-1]},
+            ],
+        }
+
+    def model_config(self, name: str, version: str = "") -> dict:
+        """Triton's JSON model configuration, as far as it describes this model."""
+        lm = self.model(name, version)
+        meta, s = lm.metadata, self.st.settings
+        gpu = str(meta.device).startswith("cuda")
+
+        def param(v: Any) -> dict:
+            return {"string_value": str(v)}
+
+        return {
+            "name": name,
+            "platform": f"s4d_{meta.backend}",
+            "backend": meta.backend,
+            "version_policy": {"latest": {"num_versions": 1}},
+            "max_batch_size": s.max_batch_sequences,
+            "input": [{"name": INPUT_NAME, "data_type": "TYPE_FP32",
+                       "dims": [-1, meta.input_channels]}],
+            "output": [
+                {"name": PROBS_NAME, "data_type": "TYPE_FP32", "dims": [len(meta.classes)]},
+                {"name": LABEL_NAME, "data_type": "TYPE_STRING", "dims": [1],
+                 "reshape": {"shape": []}},
+            ],
+            "dynamic_batching": {
+                "max_queue_delay_microseconds": int(s.batch_window_ms * 1000),
+            },
+            "instance_group": [{"name": f"{name}_0", "kind": "KIND_GPU" if gpu else "KIND_CPU",
+                                "count": 1}],
+            "parameters": {
+                "sample_rate": param(meta.sample_rate),
+                "input_channels": param(meta.input_channels),
+                "classes": param(",".join(meta.classes)),
+                "frame_size": param(meta.frame_size),
+                "patch_size": param(meta.patch_size),
+                "pooling": param(meta.pooling),
+                "streamable": param(str(meta.streamable).lower()),
+                "max_sequence_samples": param(s.max_sequence_samples),
+            },
+        }
+
+    def repository_index(self, ready_only: bool = False) -> list[dict]:
+        reg = self.st.registry
+        out = [{"name": n, "version": MODEL_VERSION, "state": "READY"} for n in reg.models]
+        if not ready_only:
+            out += [{"name": n, "version": MODEL_VERSION, "state": "UNAVAILABLE", "reason": why}
+                    for n, why in reg.failed.items()]
+        return sorted(out, key=lambda m: m["name"])
+
+    def statistics(self, name: str = "", version: str = "") -> list[dict]:
+        names = [self.model(name, version).name] if name else list(self.st.registry.models)
+        return [self.stats.get(n, ModelStats()).to_dict(n) for n in names]
+
+    # -- inference
+    async def infer(self, req: InferRequest) -> InferResponse:
+        lm = self.model(req.model, req.version)
+        stats = self.stats.setdefault(lm.name, ModelStats())
+        t0 = time.perf_counter_ns()
+        try:
+            seq = sequence_control(req.parameters)
+            if seq is not None:
+                # Item 3 lands here: `await self.sequences.feed(...)` per row, with
+                # open/close on sequence_start/end (see SequenceEngine).
+                raise bad_request(
+                    f"sequence_id {seq.sequence_id!r}: sequences (stateful streams) are not "
+                    f"served over OIP yet; stream with WS /v1/models/{lm.name}/stream")
+            wanted = self._requested(req.outputs, lm)
+            seqs = self._sequences(lm, req.inputs)
+            t1 = time.perf_counter_ns()
+            logits = await run_batch(lm, seqs)
+            t2 = time.perf_counter_ns()
+            outputs = self._outputs(lm, logits, wanted)
+            t3 = time.perf_counter_ns()
+        except BaseException:
+            stats.fail.add(time.perf_counter_ns() - t0)
+            raise
+        stats.compute_input.add(t1 - t0)
+        stats.compute_infer.add(t2 - t1)
+        stats.compute_output.add(t3 - t2)
+        stats.success.add(t3 - t0)
+        stats.inference_count += len(seqs)
+        stats.execution_count += 1
+        stats.last_inference_ms = int(time.time() * 1000)
+        return InferResponse(lm.name, MODEL_VERSION, req.id, outputs)
+
+    def _requested(self, outputs: list[RequestedOutput] | None,
+                   lm: LoadedModel) -> list[RequestedOutput]:
+        if not outputs:
+            return [RequestedOutput(n) for n in OUTPUT_NAMES]
+        seen = set()
+        for o in outputs:
+            if o.name not in OUTPUT_NAMES:
+                raise bad_request(f"unknown output {o.name!r}; model {lm.name!r} has "
+                                  f"{list(OUTPUT_NAMES)}")
+            if o.name in seen:
+                raise bad_request(f"output {o.name!r} requested twice")
+            seen.add(o.name)
+            k = len(lm.metadata.classes)
+            if isinstance(o.classification, bool) or not isinstance(o.classification, int) \
+                    or not 0 <= o.classification:
+                raise bad_request(f"output {o.name!r}: classification must be a count >= 0")
+            if o.classification and o.name != PROBS_NAME:
+                raise bad_request(f"classification applies to {PROBS_NAME!r}, not {o.name!r}")
+            o.classification = min(o.classification, k)
+        return outputs
+
+    def _sequences(self, lm: LoadedModel, inputs: list[InputTensor]) -> list[np.ndarray]:
+        meta, s = lm.metadata, self.st.settings
+        if len(inputs) != 1:
+            raise bad_request(f"expected exactly one input named {INPUT_NAME!r}, got {len(inputs)}")
+        t = inputs[0]
+        if t.name != INPUT_NAME:
+            raise bad_request(f"unknown input {t.name!r}; model {lm.name!r} takes {INPUT_NAME!r}")
+        if t.datatype not in NUMERIC_TYPES:
+            raise bad_request(f"input datatype {t.datatype!r} is not one of "
+                              f"{', '.join(NUMERIC_TYPES)}")
+        shape = t.shape
+        if (not isinstance(shape, list) or len(shape) not in (2, 3)
+                or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
+            raise bad_request(f"input shape must be [B, L] or [B, L, C] of positive integers, "
+                              f"got {shape!r}")
+        b, length = shape[0], shape[1]
+        c = shape[2] if len(shape) == 3 else 1
+        if c != meta.input_channels:
+            raise bad_request(f"{c} channels, model {lm.name!r} takes {meta.input_channels} "
+                              "(shape [B, L, C])", "bad_input")
+        if b > s.max_batch_sequences:
+            raise ApiError(413, "too_large", f"batch {b} > limit {s.max_batch_sequences}")
+        if length > s.max_sequence_samples:
+            raise ApiError(413, "too_large",
+                           f"{length} samples per sequence > limit {s.max_sequence_samples}")
+        arr = tensor_array(t, b * length * c).reshape(b, length, c)
+        return [audio.check_sequence(arr[i], c, meta.patch_size, s.max_sequence_samples,
+                                     f"input[{i}]") for i in range(b)]
+
+    def _outputs(self, lm: LoadedModel, logits: list[np.ndarray],
+                 wanted: list[RequestedOutput]) -> list[OutputTensor]:
+        classes = lm.metadata.classes
+        last = np.stack([lg[-1] if lg.ndim == 2 else lg for lg in logits])
+        probs = softmax(last.astype(np.float64)).astype(np.float32)
+        b, k = probs.shape
+        out = []
+        for o in wanted:
+            if o.name == LABEL_NAME:
+                labels = np.array([classes[int(i)].encode() for i in probs.argmax(-1)], object)
+                out.append(OutputTensor(LABEL_NAME, "BYTES", [b], labels, o))
+            elif o.classification:
+                top = np.argsort(-probs, axis=1, kind="stable")[:, : o.classification]
+                cells = [f"{probs[r, i]:f}:{i}:{classes[i]}".encode()
+                         for r in range(b) for i in top[r]]
+                arr = np.array(cells, object).reshape(b, o.classification)
+                out.append(OutputTensor(PROBS_NAME, "BYTES", [b, o.classification], arr, o))
+            else:
+                out.append(OutputTensor(PROBS_NAME, "FP32", [b, k], probs, o))
+        return out
+
+
+def tensor_array(t: InputTensor, count: int) -> np.ndarray:
+    """The input's `count` elements as a flat float64 array (raw bytes or listed values)."""
+    dtype = NUMERIC_TYPES[t.datatype]
+    if t.raw is not None:
+        if len(t.raw) != count * dtype.itemsize:
+            raise bad_request(f"input {t.name!r}: {len(t.raw)} bytes of {t.datatype}, shape "
+                              f"needs {count * dtype.itemsize}", "bad_input")
+        return np.frombuffer(t.raw, dtype).astype(np.float64)
+    if t.values is None:
+        raise bad_request(f"input {t.name!r} has no data", "bad_input")
+    try:
+        arr = np.asarray(t.values, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise bad_request(f"input {t.name!r}: data is not numeric ({exc})", "bad_input") from exc
+    if arr.size != count:
+        raise bad_request(f"input {t.name!r}: data has {arr.size} values, shape needs {count}",
+                          "bad_input")
+    return arr
+
+
+async def run_batch(lm: LoadedModel, seqs: list[np.ndarray]) -> list[np.ndarray]:
+    """The batch path (same call as /v1 predict), its refusals as 503 server_busy."""
+    try:
+        return await lm.batcher.predict(seqs)
+    except BatcherBusy as exc:
+        raise ApiError(503, "server_busy", str(exc), headers={"Retry-After": "1"}) from exc
+    except RuntimeError as exc:
+        if "shutting down" in str(exc):
+            raise ApiError(503, "server_busy", "the server is shutting down") from exc
+        raise

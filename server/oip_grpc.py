@@ -1,0 +1,220 @@
+"""KServe v2 `inference.GRPCInferenceService` on grpc.aio, in the HTTP app's process and loop.
+
+Started and stopped by the app lifespan (`start(app)` / `stop(server, grace)`) when
+`grpc_port` is set. Every RPC goes through the same `OipService` as /v2 over HTTP (same
+validation, limits, batch path and statistics) and is observed in the same metrics:
+`s4d_request_latency_seconds{route="/inference.GRPCInferenceService/<Rpc>", method="GRPC",
+status=<the HTTP status the error maps from, 200 on success>}` and `s4d_errors_total{code}`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+
+from server.errors import ApiError
+from server.metrics import Metrics
+from server.oip_core import InferRequest, InferResponse, InputTensor, OipService, RequestedOutput
+from server.proto import grpc_service_pb2 as pb
+from server.proto import grpc_service_pb2_grpc as pb_grpc
+
+log = logging.getLogger("s4d.grpc")
+
+SERVICE = "inference.GRPCInferenceService"
+#: HTTP status of an ApiError -> gRPC status code
+GRPC_CODES = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    404: grpc.StatusCode.NOT_FOUND,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    415: grpc.StatusCode.INVALID_ARGUMENT,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
+#: datatype -> InferTensorContents field (FP16 and BYTES-free types: raw only)
+CONTENTS_FIELD = {
+    "FP32": "fp32_contents", "FP64": "fp64_contents",
+    "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+}
+
+
+def _param(p: pb.InferParameter) -> Any:
+    which = p.WhichOneof("parameter_choice")
+    return getattr(p, which) if which else None
+
+
+def _bad(message: str) -> ApiError:
+    return ApiError(400, "bad_request", message)
+
+
+def request_from_proto(r: pb.ModelInferRequest) -> InferRequest:
+    """A `ModelInferRequest` as the transport-free `InferRequest`."""
+    req = InferRequest(r.model_name, r.model_version, r.id or None,
+                       {k: _param(v) for k, v in r.parameters.items()})
+    raw = r.raw_input_contents
+    if raw and len(raw) != len(r.inputs):
+        raise _bad(f"raw_input_contents has {len(raw)} entries for {len(r.inputs)} inputs")
+    for i, t in enumerate(r.inputs):
+        tensor = InputTensor(t.name, t.datatype, list(t.shape))
+        if raw:
+            if t.HasField("contents") and t.contents.ByteSize():
+                raise _bad(f"input {t.name!r} has both contents and raw_input_contents")
+            tensor.raw = raw[i]
+        else:
+            field = CONTENTS_FIELD.get(t.datatype)
+            if field is None:
+                raise _bad(f"input {t.name!r}: datatype {t.datatype!r} has no contents field; "
+                           "send it in raw_input_contents")
+            tensor.values = list(getattr(t.contents, field))
+        req.inputs.append(tensor)
+    if r.outputs:
+        req.outputs = []
+        for o in r.outputs:
+            params = {k: _param(v) for k, v in o.parameters.items()}
+            req.outputs.append(RequestedOutput(o.name, params.get("classification", 0), params))
+    return req
+
+
+def response_to_proto(resp: InferResponse) -> pb.ModelInferResponse:
+    """Outputs as raw_output_contents (what Triton sends; clients read either form)."""
+    m = pb.ModelInferResponse(model_name=resp.model, model_version=resp.version,
+                              id=resp.id or "")
+    for o in resp.outputs:
+        m.outputs.add(name=o.name, datatype=o.datatype, shape=o.shape)
+        m.raw_output_contents.append(o.raw())
+    return m
+
+
+class _Observed:
+    """Latency and error accounting of one RPC (or one request of a stream)."""
+
+    def __init__(self, metrics: Metrics, rpc: str):
+        self.metrics, self.route = metrics, f"/{SERVICE}/{rpc}"
+        self.t0, self.status = time.perf_counter(), 200
+
+    def failed(self, status: int, code: str) -> None:
+        self.status = status
+        self.metrics.error(code)
+
+    def done(self) -> None:
+        self.metrics.request_latency.labels(
+            route=self.route, method="GRPC", status=str(self.status)
+        ).observe(time.perf_counter() - self.t0)
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, oip: OipService, metrics: Metrics):
+        self.oip, self.metrics = oip, metrics
+
+    async def _unary(self, rpc: str, context, fn):
+        obs = _Observed(self.metrics, rpc)
+        try:
+            res = fn()
+            return await res if inspect.isawaitable(res) else res
+        except ApiError as exc:
+            obs.failed(exc.status, exc.code)
+            await context.abort(GRPC_CODES.get(exc.status, grpc.StatusCode.INTERNAL), exc.message)
+        except Exception as exc:  # noqa: BLE001 - answered, logged, counted
+            log.exception("unhandled error in %s", rpc)
+            obs.failed(500, "internal")
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__})")
+        finally:
+            obs.done()
+
+    async def ServerLive(self, request, context):
+        return await self._unary("ServerLive", context,
+                                 lambda: pb.ServerLiveResponse(live=self.oip.live()))
+
+    async def ServerReady(self, request, context):
+        return await self._unary("ServerReady", context,
+                                 lambda: pb.ServerReadyResponse(ready=self.oip.ready()))
+
+    async def ModelReady(self, request, context):
+        return await self._unary("ModelReady", context, lambda: pb.ModelReadyResponse(
+            ready=self.oip.model_ready(request.name, request.version)))
+
+    async def ServerMetadata(self, request, context):
+        return await self._unary("ServerMetadata", context, lambda: json_format.ParseDict(
+            self.oip.server_metadata(), pb.ServerMetadataResponse()))
+
+    async def ModelMetadata(self, request, context):
+        return await self._unary("ModelMetadata", context, lambda: json_format.ParseDict(
+            self.oip.model_metadata(request.name, request.version), pb.ModelMetadataResponse()))
+
+    async def ModelStatistics(self, request, context):
+        return await self._unary("ModelStatistics", context, lambda: json_format.ParseDict(
+            {"model_stats": self.oip.statistics(request.name, request.version)},
+            pb.ModelStatisticsResponse()))
+
+    async def RepositoryIndex(self, request, context):
+        return await self._unary("RepositoryIndex", context, lambda: json_format.ParseDict(
+            {"models": self.oip.repository_index(request.ready)}, pb.RepositoryIndexResponse()))
+
+    async def ModelInfer(self, request, context):
+        async def run():
+            return response_to_proto(await self.oip.infer(request_from_proto(request)))
+
+        return await self._unary("ModelInfer", context, run)
+
+    async def ModelStreamInfer(self, request_iterator, context):
+        """Each request answered in order, one at a time; a failed request is answered with
+        `error_message` and the stream goes on. (Sequence requests, issue 16 item 3, keep this
+        order per stream: a sequence's chunks are fed in the order they arrive.)"""
+        async for request in request_iterator:
+            obs = _Observed(self.metrics, "ModelStreamInfer")
+            try:
+                resp = await self.oip.infer(request_from_proto(request))
+                out = pb.ModelStreamInferResponse(infer_response=response_to_proto(resp))
+            except ApiError as exc:
+                obs.failed(exc.status, exc.code)
+                out = self._stream_error(request, exc.message)
+            except Exception as exc:  # noqa: BLE001 - answered, logged, counted
+                log.exception("unhandled error in ModelStreamInfer")
+                obs.failed(500, "internal")
+                out = self._stream_error(request, f"internal error ({type(exc).__name__})")
+            finally:
+                obs.done()
+            yield out
+
+    @staticmethod
+    def _stream_error(request: pb.ModelInferRequest, message: str) -> pb.ModelStreamInferResponse:
+        return pb.ModelStreamInferResponse(error_message=message, infer_response=pb.ModelInferResponse(
+            model_name=request.model_name, model_version=request.model_version, id=request.id))
+
+
+async def start(app) -> grpc.aio.Server | None:
+    """Serve gRPC on `settings.grpc_port` (None when 0); raises when the port is taken."""
+    st = app.state.s4d
+    s = st.settings
+    if not s.grpc_port:
+        return None
+    server = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", s.max_body_bytes),
+        # a taken port is an error, not a silently shared one; except between the front-end
+        # processes of one server (--workers W), which all serve it
+        ("grpc.so_reuseport", 1 if s.workers > 0 else 0),
+    ])
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(
+        InferenceServicer(app.state.oip, st.metrics), server)
+    host = f"[{s.host}]" if ":" in s.host else s.host
+    try:
+        port = server.add_insecure_port(f"{host}:{s.grpc_port}")
+    except RuntimeError as exc:
+        raise RuntimeError(f"gRPC: cannot bind {host}:{s.grpc_port}: {exc}") from exc
+    if port == 0:
+        raise RuntimeError(f"gRPC: cannot bind {host}:{s.grpc_port}")
+    await server.start()
+    log.info("gRPC %s on %s:%d", SERVICE, host, port)
+    return server
+
+
+async def stop(server: grpc.aio.Server | None, grace: float) -> None:
+    """Stop accepting RPCs, give running ones `grace` seconds, then cancel them."""
+    if server is not None:
+        await server.stop(grace)
