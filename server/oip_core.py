@@ -21,10 +21,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from server import audio
-from server.batcher import BatcherBusy
 from server.errors import ApiError
-from server.registry import LoadedModel
-from server.scheduler import softmax
+from server.frontend.client import RemoteModel
+from server.probs import softmax
 from server.state import ServerState
 
 SERVER_NAME = "s4d-serve"
@@ -237,7 +236,7 @@ class OipService:
     def server_metadata(self) -> dict:
         return {"name": SERVER_NAME, "version": self.version, "extensions": list(EXTENSIONS)}
 
-    def model(self, name: str, version: str | None = "") -> LoadedModel:
+    def model(self, name: str, version: str | None = "") -> RemoteModel:
         lm = self.st.model_or_error(name)
         if version not in (None, "", MODEL_VERSION):
             raise ApiError(404, "unknown_model",
@@ -346,7 +345,7 @@ class OipService:
         return InferResponse(lm.name, MODEL_VERSION, req.id, outputs)
 
     def _requested(self, outputs: list[RequestedOutput] | None,
-                   lm: LoadedModel) -> list[RequestedOutput]:
+                   lm: RemoteModel) -> list[RequestedOutput]:
         if not outputs:
             return [RequestedOutput(n) for n in OUTPUT_NAMES]
         seen = set()
@@ -366,7 +365,7 @@ class OipService:
             o.classification = min(o.classification, k)
         return outputs
 
-    def _sequences(self, lm: LoadedModel, inputs: list[InputTensor]) -> list[np.ndarray]:
+    def _sequences(self, lm: RemoteModel, inputs: list[InputTensor]) -> list[np.ndarray]:
         meta, s = lm.metadata, self.st.settings
         if len(inputs) != 1:
             raise bad_request(f"expected exactly one input named {INPUT_NAME!r}, got {len(inputs)}")
@@ -395,7 +394,7 @@ class OipService:
         return [audio.check_sequence(arr[i], c, meta.patch_size, s.max_sequence_samples,
                                      f"input[{i}]") for i in range(b)]
 
-    def _outputs(self, lm: LoadedModel, logits: list[np.ndarray],
+    def _outputs(self, lm: RemoteModel, logits: list[np.ndarray],
                  wanted: list[RequestedOutput]) -> list[OutputTensor]:
         classes = lm.metadata.classes
         last = np.stack([lg[-1] if lg.ndim == 2 else lg for lg in logits])
@@ -437,13 +436,8 @@ def tensor_array(t: InputTensor, count: int) -> np.ndarray:
     return arr
 
 
-async def run_batch(lm: LoadedModel, seqs: list[np.ndarray]) -> list[np.ndarray]:
-    """The batch path (same call as /v1 predict), its refusals as 503 server_busy."""
-    try:
-        return await lm.batcher.predict(seqs)
-    except BatcherBusy as exc:
-        raise ApiError(503, "server_busy", str(exc), headers={"Retry-After": "1"}) from exc
-    except RuntimeError as exc:
-        if "shutting down" in str(exc):
-            raise ApiError(503, "server_busy", "the server is shutting down") from exc
-        raise
+async def run_batch(lm: RemoteModel, seqs: list[np.ndarray]) -> list[np.ndarray]:
+    """The batch path, exactly as /v1 predict runs it (same refusals as 503 server_busy)."""
+    from server.rest import run_batch as v1_run_batch
+
+    return await v1_run_batch(lm, seqs)

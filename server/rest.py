@@ -241,12 +241,12 @@ async def predict(name: str, request: Request) -> dict:
     lm = st.model_or_error(name)
     seqs, per_step = await _sequences_from_request(lm, request, st)
     with limits_of(request).budget.reserve(name, sum(len(x) for x in seqs)):
-        logits = await _run_batch(lm, seqs)
+        logits = await run_batch(lm, seqs)
     preds = [_prediction(lm, lg, len(x), per_step) for lg, x in zip(logits, seqs, strict=True)]
     return {"model": name, "predictions": preds}
 
 
-async def _run_batch(lm: RemoteModel, seqs: list[np.ndarray]) -> list[np.ndarray]:
+async def run_batch(lm: RemoteModel, seqs: list[np.ndarray]) -> list[np.ndarray]:
     try:
         return await lm.batcher.predict(seqs)
     except BatcherBusy as exc:

@@ -25,6 +25,10 @@ class ModelDirectory:
     def models(self) -> dict[str, RemoteModel]:
         return self.client.models if self.client.ready else {}
 
+    @property
+    def failed(self) -> dict[str, str]:
+        return self.client.failed
+
     def get(self, name: str) -> RemoteModel | None:
         return self.models.get(name)
 

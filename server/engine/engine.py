@@ -231,7 +231,7 @@ class Engine:
             if kind in ("hello", "ping"):
                 self.outbox.reply(owner, {
                     "req": op.get("req"), "epoch": self.epoch, "ready": self.ready,
-                    "load_error": self.load_error, "pid": os.getpid(),
+                    "load_error": self.load_error, "pid": os.getpid(), "failed": self.failed,
                     "models": self.models_info() if kind == "hello" and self.ready else None})
                 continue
             if stale:

@@ -167,6 +167,7 @@ class EngineClient:
         self.handles: dict[tuple[int, int, int], StreamHandle] = {}
         self.ready = False
         self.load_error: str | None = None
+        self.failed: dict[str, str] = {}  # checkpoints that did not load: name -> why
         self.epoch: int | None = None
         self.engine_pid: int | None = None
         self._futures: dict[int, asyncio.Future] = {}
@@ -218,6 +219,7 @@ class EngineClient:
 
     def _on_hello(self, reply: dict) -> None:
         self.load_error = reply.get("load_error")
+        self.failed = dict(reply.get("failed") or {})
         epoch = reply.get("epoch")
         if self.epoch is not None and epoch != self.epoch:
             log.error("engine restarted (epoch %s -> %s): its sessions are gone", self.epoch, epoch)
@@ -440,6 +442,10 @@ class EnginePool:
     @property
     def load_error(self) -> str | None:
         return next((c.load_error for c in self.clients if c.load_error), None)
+
+    @property
+    def failed(self) -> dict[str, str]:
+        return self.clients[0].failed
 
     async def start(self) -> None:
         for c in self.clients:
