@@ -13,7 +13,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 CUDA_VISIBLE_DEVICES=0
 export S4D_LOG_LEVEL=warning S4D_DEVICE=cuda S4D_MODELS=$MODEL S4D_MAX_SESSIONS=$((MAXN + 8))
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; nproc; date -u
-common=(--model "$MODEL" --duration "$DUR" --warmup 1 --start "$START" --max-streams "$MAXN"
+common=(--model "$MODEL" --duration "$DUR" --warmup 1 --max-streams "$MAXN"
         --bisect-tol 0.1 --client-procs "$PROCS" --client-cpus 16-31 --server-timeout 180)
 for c in $CONFIGS; do
   echo "== $MODEL config $c"
@@ -23,12 +23,12 @@ for c in $CONFIGS; do
         python3 -m s4d_cli serve > "$OUT/base_server.log" 2>&1) &
     for i in $(seq 300); do curl -sf localhost:$port/readyz >/dev/null && break; sleep 0.5; done
     pid=$(pgrep -f "s4d_cli serve" | head -1)
-    timeout 400 python3 -m bench.serve "${common[@]}" --url http://127.0.0.1:$port \
+    timeout 400 python3 -m bench.serve "${common[@]}" --start "${BASE_START:-128}" --url http://127.0.0.1:$port \
         --server-pid "$pid" --output "$OUT/${MODEL}_base.json" > "$OUT/${MODEL}_base.log" 2>&1
     grep -E "^N=|largest|Error|error" "$OUT/${MODEL}_base.log" | cut -c1-220
     [ -n "$pid" ] && kill "$pid"; wait
   else
-    timeout 400 python3 -m bench.serve "${common[@]}" --checkpoints checkpoints --device cuda \
+    timeout 400 python3 -m bench.serve "${common[@]}" --start "$START" --checkpoints checkpoints --device cuda \
         --workers "$c" --server-cpus 0-15 --output "$OUT/${MODEL}_w$c.json" > "$OUT/${MODEL}_w$c.log" 2>&1
     grep -E "^N=|largest|Error|error" "$OUT/${MODEL}_w$c.log" | cut -c1-220
   fi

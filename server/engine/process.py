@@ -44,14 +44,22 @@ async def serve_engine(settings: Settings, endpoint: str, device: str | None = N
         loop.add_signal_handler(sig, stop.set)
     log.info("engine listening on %s (pid %d, epoch %d)", endpoint, os.getpid(), engine.epoch)
 
+    drain = zmq.Socket.shadow(sock.underlying)  # sync view: no future per queued message
+
     async def reader() -> None:
         while True:
-            frames = await sock.recv_multipart(copy=False)
-            try:
-                header, arrays = decode(frames[1:])
-                engine.on_message(frames[0].bytes, header, arrays)
-            except Exception:
-                log.exception("engine: bad message")
+            batch = [await sock.recv_multipart(copy=False)]
+            while True:  # everything already queued, without a trip through the event loop
+                try:
+                    batch.append(drain.recv_multipart(zmq.NOBLOCK, copy=False))
+                except zmq.Again:
+                    break
+            for frames in batch:
+                try:
+                    header, arrays = decode(frames[1:])
+                    engine.on_message(frames[0].bytes, header, arrays)
+                except Exception:
+                    log.exception("engine: bad message")
 
     task = loop.create_task(reader())
     await stop.wait()

@@ -53,13 +53,22 @@ class ZmqLink:
                                                               name="zmq-reader")
 
     async def _read(self, on_message) -> None:
+        import zmq
+
+        drain = zmq.Socket.shadow(self.sock.underlying)  # sync view for what is queued
         while True:
-            frames = await self.sock.recv_multipart(copy=False)
-            try:
-                header, arrays = decode(frames)
-                on_message(header, arrays)
-            except Exception:  # a bad message must not stop the reader
-                log.exception("front-end: bad message from the engine")
+            batch = [await self.sock.recv_multipart(copy=False)]
+            while True:
+                try:
+                    batch.append(drain.recv_multipart(zmq.NOBLOCK, copy=False))
+                except zmq.Again:
+                    break
+            for frames in batch:
+                try:
+                    header, arrays = decode(frames)
+                    on_message(header, arrays)
+                except Exception:  # a bad message must not stop the reader
+                    log.exception("front-end: bad message from the engine")
 
     def send(self, header: dict, arrays: list) -> None:
         self.sock.send_multipart(encode(header, arrays), copy=False)
