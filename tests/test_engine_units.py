@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from server.backends.base import ModelMetadata
-from server.engine.buffers import RingOverflow, SlotBuffers
+from server.engine.buffers import RingOverflow, SlotBuffers, write_ring
 from server.engine.lane import DeviceLane
 from server.engine.model_engine import ModelEngine
 from server.engine.planner import bucket, plan_round
@@ -179,6 +179,16 @@ def make_engine(backend, capacity=4):
     return me, sink, lane
 
 
+def push(me, slots, gens, counts, data):
+    """What a front-end does: write the samples into the ring, then commit the counts."""
+    at = 0
+    for slot, n in zip(slots.tolist(), counts.tolist(), strict=True):
+        write_ring(me.buffers.data, me.buffers.ring, slot, int(me.buffers.received[slot]),
+                   data[at:at + n])
+        at += n
+    me.feed(slots, gens, counts)
+
+
 async def _settle(me, rounds=20):
     for _ in range(rounds):
         await asyncio.sleep(0.01)
@@ -196,7 +206,7 @@ def test_engine_sessions_steps_flush_resume_and_expire():
         assert e.value.code == "server_busy"
         slots = np.array([a["slot"], b["slot"]])
         gens = np.array([a["gen"], b["gen"]])
-        me.feed(slots, gens, np.array([20, 8]), np.ones((28, 1), np.float32))
+        push(me, slots, gens, np.array([20, 8]), np.ones((28, 1), np.float32))
         await _settle(me)
         assert (8, 8) in [tuple(s) for s in be.steps] or (2, 8) in [tuple(s) for s in be.steps]
         assert me.buffers.consumed[a["slot"]] == 16 and me.buffers.consumed[b["slot"]] == 8
@@ -222,8 +232,8 @@ def test_engine_sessions_steps_flush_resume_and_expire():
         me.detach(b["slot"], b["gen"])
         assert me.expire(now=1e12, ttl=1.0) == 1 and b["session_id"] not in me.sessions
         # stale samples for the closed session are ignored, not written into a reused slot
-        me.feed(np.array([b["slot"]]), np.array([b["gen"]]), np.array([3]),
-                np.ones((3, 1), np.float32))
+        push(me, np.array([b["slot"]]), np.array([b["gen"]]), np.array([3]),
+             np.ones((3, 1), np.float32))
         # end a: flush + close, slot freed
         me.flush(1, 8, a["slot"], a["gen"], reset=False, end=True)
         await _settle(me)
@@ -240,10 +250,14 @@ def test_engine_step_failure_closes_only_those_sessions():
         me, sink, lane = make_engine(be)
         me.start()
         a = await me.open(5, session_id=None, offset=None, encoding="f32le", emit_every=8)
-        me.feed(np.array([a["slot"]]), np.array([a["gen"]]), np.array([8]),
-                np.ones((8, 1), np.float32))
+        push(me, np.array([a["slot"]]), np.array([a["gen"]]), np.array([8]),
+             np.ones((8, 1), np.float32))
         await _settle(me)
         assert sink.evt and sink.evt[0][0] == 5 and sink.evt[0][1]["code"] == "internal"
+        # the slot stays out of use until its front-end has seen the failure (it may still
+        # be writing into the ring), then serves again
+        assert me.slab.in_use == 1
+        me.release(5, a["slot"], a["gen"])
         assert me.slab.in_use == 0
         await me.stop()
         lane.stop()

@@ -82,12 +82,15 @@ class Outbox:
 
 class Engine:
     def __init__(self, settings: Settings, metrics: Metrics, *, device: str | None = None,
-                 epoch: int | None = None, index: int = 0, watch_frontends: bool = False):
+                 epoch: int | None = None, index: int = 0, watch_frontends: bool = False,
+                 shared_rings: bool = False):
         self.settings = settings
         self.metrics = metrics
         self.device = device or settings.resolve_device()
         self.index = index  # session ids start with e<index>- so a resume finds this engine
         self.watch_frontends = watch_frontends  # separate processes that may die silently
+        self.shared_rings = shared_rings  # sample rings in shared memory (front-end processes)
+        self._shm: list = []
         self.epoch = epoch if epoch is not None else int(time.time() * 1000) % (1 << 31)
         self.models: list[ModelEngine] = []
         self.by_name: dict[str, ModelEngine] = {}
@@ -164,6 +167,7 @@ class Engine:
             me = ModelEngine(
                 len(self.models), name, backend, storage, lane, self.metrics, self.outbox,
                 id_prefix=f"e{self.index}-", round_interval_s=s.round_interval_ms / 1000,
+                ring_alloc=self._ring_alloc,
                 batch_settings=dict(
                     window_s=s.batch_window_ms / 1000, max_batch_sequences=s.max_batch_sequences,
                     max_batch_samples=s.max_batch_samples, max_pending=s.max_pending_requests),
@@ -180,6 +184,22 @@ class Engine:
         self.ready = True
         log.info("ready models=%s", ",".join(self.by_name) or "(none)")
 
+    def _ring_alloc(self, shape: tuple[int, ...]) -> tuple[np.ndarray, dict]:
+        """A model's sample ring: in shared memory when front-ends are other processes (they
+        write their sessions' samples straight into it), else a plain array."""
+        if not self.shared_rings:
+            return np.zeros(shape, np.float32), {}
+        from multiprocessing import shared_memory
+
+        nbytes = int(np.prod(shape)) * 4
+        shm = shared_memory.SharedMemory(
+            create=True, size=max(nbytes, 1),
+            name=f"s4d-{os.getpid()}-{self.epoch}-{len(self._shm)}")
+        self._shm.append(shm)
+        data = np.ndarray(shape, np.float32, buffer=shm.buf)
+        data[:] = 0
+        return data, {"shm": shm.name}
+
     async def stop(self) -> None:
         for t in self._tasks:
             t.cancel()
@@ -191,6 +211,12 @@ class Engine:
             lane.stop()
         for me in self.models:
             me.backend.close()
+        for shm in self._shm:
+            try:
+                shm.close()
+                shm.unlink()
+            except (BufferError, FileNotFoundError):  # views still alive / already gone
+                pass
 
     async def _reaper(self) -> None:
         ttl = self.settings.idle_ttl_s
@@ -203,6 +229,8 @@ class Engine:
                 if self.watch_frontends and now - seen > silent:  # a front-end died: keep its sessions resumable
                     del self._last_seen[idx]
                     n = sum(me.detach_owner(idx) for me in self.models)
+                    for me in self.models:
+                        me.release_owner(idx)
                     log.warning("front-end %s silent for %.1fs: %d session(s) detached",
                                 self._identity[idx], now - seen, n)
             for me in self.models:
@@ -216,6 +244,7 @@ class Engine:
             d = me.metadata.to_dict()
             d["idx"] = me.idx
             d["credit"] = me.credit
+            d["ring"] = me.ring_info if me.streamable else None
             out.append(d)
         return out
 
@@ -224,8 +253,8 @@ class Engine:
         owner = self._owner(identity)
         stale = header.get("ep") not in (None, self.epoch)
         if not stale:
-            for model, si, gi, ci, di in header.get("feed", ()):
-                self.models[model].feed(arrays[si], arrays[gi], arrays[ci], arrays[di])
+            for model, si, gi, ci in header.get("feed", ()):
+                self.models[model].feed(arrays[si], arrays[gi], arrays[ci])
         for op in header.get("ops", ()):
             kind = op.get("op")
             if kind in ("hello", "ping"):
@@ -260,9 +289,12 @@ class Engine:
         elif kind == "predict":
             data, lengths = arrays[op["data"]], arrays[op["lengths"]]
             asyncio.get_running_loop().create_task(self._predict(owner, op, data, lengths))
+        elif kind == "released":
+            self.models[op["model"]].release(owner, op["slot"], op["gen"])
         elif kind == "bye":  # a front-end stops: its sessions stay resumable
             for me in self.models:
                 me.detach_owner(owner)
+                me.release_owner(owner)
             self._last_seen.pop(owner, None)
         else:
             raise ValueError(f"unknown op {kind!r}")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from server.batcher import PredictBatcher
-from server.engine.buffers import RingOverflow, SlotBuffers
+from server.engine.buffers import RingOverflow, SlotBuffers, ring_shape
 from server.engine.lane import DeviceLane
 from server.engine.planner import bucket, plan_round
 from server.errors import StreamError
@@ -62,7 +62,7 @@ class Flush:
 class ModelEngine:
     def __init__(self, idx: int, name: str, backend, storage, lane: DeviceLane, metrics: Metrics,
                  outbox, *, batch_settings: dict, id_prefix: str = "e0-",
-                 round_interval_s: float = 0.0):
+                 round_interval_s: float = 0.0, ring_alloc=None):
         meta = backend.metadata
         self.idx, self.name, self.backend, self.metadata = idx, name, backend, meta
         self.frame, self.patch = meta.frame_size, meta.patch_size
@@ -76,8 +76,13 @@ class ModelEngine:
             # second); the front-end holds the rest of a session's `max_buffer_samples`
             ring = max(8 * self.frame, meta.sample_rate // 2)
             ring = -(-ring // self.frame) * self.frame
+            shape = ring_shape(storage.capacity, ring, self.frame, meta.input_channels)
+            # ring_alloc(shape) -> (array, what a front-end needs to write into it)
+            data, self.ring_info = ring_alloc(shape) if ring_alloc else (None, {})
             self.buffers = SlotBuffers(storage.capacity, ring, meta.input_channels,
-                                       len(meta.classes), frame=self.frame)
+                                       len(meta.classes), frame=self.frame, data=data)
+            self.ring_info = {**self.ring_info, "ring": ring, "shape": list(shape)}
+        self.quarantine: dict[int, list[tuple[int, int]]] = {}  # owner -> failed (slot, gen)
         self.sessions: dict[str, EngineSession] = {}
         self.by_slot: dict[int, EngineSession] = {}
         self.flushes: dict[int, list[Flush]] = {}
@@ -161,31 +166,37 @@ class ModelEngine:
         s = self.by_slot.get(slot)
         return s if s is not None and s.gen == gen else None
 
-    def feed(self, slots: np.ndarray, gens: np.ndarray, counts: np.ndarray, data: np.ndarray) -> None:
-        """Append a tick's samples; entries of sessions that are gone are skipped."""
+    def feed(self, slots: np.ndarray, gens: np.ndarray, counts: np.ndarray) -> None:
+        """A tick's samples, already written into the ring by the front-end: commit them.
+        Entries of sessions that are gone are skipped (nobody can receive their results)."""
         if not self.streamable or not len(slots):
             return
         slots = slots.astype(np.int64)
         counts = counts.astype(np.int64)
         ok = self.buffers.valid(slots, gens)
-        if not ok.all():  # samples of closed sessions: nobody can receive their results
-            slots, counts, data = self._without(slots, counts, data, ok)
+        if not ok.all():
+            slots, counts = slots[ok], counts[ok]
         try:
-            self.buffers.write(slots, counts, data)
+            self.buffers.commit(slots, counts)
         except RingOverflow:
             over = self.buffers.available(slots) + counts > self.buffers.ring
             for slot in slots[over]:
                 self._fail(self.by_slot[int(slot)], "internal", "sample buffer overflow")
-            slots, counts, data = self._without(slots, counts, data, ~over)
-            self.buffers.write(slots, counts, data)
+            self.buffers.commit(slots[~over], counts[~over])
         self._wake.set()
 
-    @staticmethod
-    def _without(slots, counts, data, keep_mask):
-        starts = np.cumsum(counts) - counts
-        rows = [np.arange(s, s + c) for s, c, k in zip(starts, counts, keep_mask) if k]
-        idx = np.concatenate(rows) if rows else np.zeros(0, np.int64)
-        return slots[keep_mask], counts[keep_mask], data[idx]
+    def release(self, owner: int, slot: int, gen: int) -> None:
+        """The owner of a session that failed has seen the failure: it writes no more into
+        the slot's ring, so the slot can serve another session."""
+        held = self.quarantine.get(owner, [])
+        if (slot, gen) in held:
+            held.remove((slot, gen))
+            self.slab.free(slot)
+
+    def release_owner(self, owner: int) -> None:
+        """A front-end is gone: nothing it held can be written any more."""
+        for slot, _ in self.quarantine.pop(owner, []):
+            self.slab.free(slot)
 
     def flush(self, owner: int, req: int, slot: int, gen: int, *, reset: bool, end: bool) -> None:
         """Run everything buffered (the trailing partial frame too), then answer `req`."""
@@ -219,14 +230,19 @@ class ModelEngine:
         if s is not None:
             self._close(s, reason)
 
-    def _close(self, s: EngineSession, reason: str) -> None:
+    def _close(self, s: EngineSession, reason: str, quarantine: bool = False) -> None:
         """Delete the session and free its slot. A step in flight is harmless: a reused slot is
-        zeroed on the device lane after it, and its results are dropped by generation."""
+        zeroed on the device lane after it, and its results are dropped by generation. A slot
+        whose front-end may still be writing into its ring (the engine ended the session on
+        its own) is quarantined until that front-end has released it."""
         if self.sessions.pop(s.id, None) is None:
             return
         self.by_slot.pop(s.slot, None)
         self.buffers.close(s.slot)
-        self.slab.free(s.slot)
+        if quarantine and s.attached:
+            self.quarantine.setdefault(s.owner, []).append((s.slot, s.gen))
+        else:
+            self.slab.free(s.slot)
         for f in self.flushes.pop(s.slot, []):
             self.outbox.reply(f.owner, {"req": f.req, "error": "internal",
                                         "message": f"session closed ({reason})"})
@@ -244,7 +260,7 @@ class ModelEngine:
         if s.attached:
             self.outbox.event(s.owner, {"ev": "closed", "model": self.idx, "slot": s.slot,
                                         "gen": s.gen, "code": code, "message": message})
-        self._close(s, "error")
+        self._close(s, "error", quarantine=True)
 
     def expire(self, now: float, ttl: float) -> int:
         n = 0

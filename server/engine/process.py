@@ -31,7 +31,8 @@ async def serve_engine(settings: Settings, endpoint: str, device: str | None = N
     sock.setsockopt(zmq.SNDHWM, 100_000)
     sock.setsockopt(zmq.RCVHWM, 100_000)
     sock.bind(endpoint)
-    engine = Engine(settings, Metrics(), device=device, index=index, watch_frontends=True)
+    engine = Engine(settings, Metrics(), device=device, index=index, watch_frontends=True,
+                    shared_rings=True)
 
     def send(identity: bytes, header: dict, arrays: list) -> None:
         sock.send_multipart([identity, *encode(header, arrays)], copy=False)

@@ -21,6 +21,7 @@ import numpy as np
 
 from server.backends.base import ModelMetadata
 from server.batcher import BatcherBusy
+from server.engine.buffers import write_ring
 from server.engine.wire import drop_arrays
 from server.errors import StreamError
 
@@ -57,6 +58,10 @@ class RemoteModel:
         info = dict(info)
         self.idx = info.pop("idx")
         self.credit = info.pop("credit")
+        ring = info.pop("ring", None)
+        # the engine's sample ring of this model, written by this front-end for its sessions
+        self.ring = client.link.attach_ring(self.idx, ring) if ring else None
+        self.ring_len = ring["ring"] if ring else 0
         info["classes"] = tuple(info["classes"])
         self.metadata = ModelMetadata(**info)
         self.name = self.metadata.name
@@ -267,20 +272,21 @@ class EngineClient:
         for h in dirty:
             if h.closed:
                 continue
+            start = h.sent
             rows = h.take_sendable()
             if rows is None:
                 continue
-            s, g, c, d = per_model.setdefault(h.model.idx, ([], [], [], []))
+            m = h.model
+            write_ring(m.ring, m.ring_len, h.slot, start, rows)  # the samples go in directly
+            s, g, c = per_model.setdefault(m.idx, ([], [], []))
             s.append(h.slot)
             g.append(h.gen)
             c.append(len(rows))
-            d.append(rows)
-        feed = []
-        for model, (s, g, c, d) in per_model.items():
+        feed = []  # the message carries only who has how many new samples
+        for model, (s, g, c) in per_model.items():
             base = len(arrays)
-            arrays += [np.array(s, np.int32), np.array(g, np.int32), np.array(c, np.int32),
-                       d[0] if len(d) == 1 else np.concatenate(d)]
-            feed.append([model, base, base + 1, base + 2, base + 3])
+            arrays += [np.array(s, np.int32), np.array(g, np.int32), np.array(c, np.int32)]
+            feed.append([model, base, base + 1, base + 2])
         ops, self._ops, self._op_arrays = self._ops, [], []
         if not feed and not ops:
             return
@@ -337,7 +343,9 @@ class EngineClient:
         for ev in header.get("evt", ()):
             h = handles.pop((ev["model"], ev["slot"], ev["gen"]), None)
             if h is not None:
-                h.fail(ev["code"], ev["message"])
+                h.fail(ev["code"], ev["message"])  # closed: this front-end writes no more
+            self.post({"op": "released", "model": ev["model"], "slot": ev["slot"],
+                       "gen": ev["gen"]})
 
     # ---- sessions ------------------------------------------------------------------------
     async def open(self, model: RemoteModel, *, session_id: str | None, offset: int | None,

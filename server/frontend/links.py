@@ -28,6 +28,9 @@ class InprocLink:
     def send(self, header: dict, arrays: list) -> None:
         self.engine.on_message(self.identity, header, arrays)
 
+    def attach_ring(self, model: int, info: dict):
+        return self.engine.models[model].buffers.data
+
     def close(self) -> None:
         pass
 
@@ -47,6 +50,7 @@ class ZmqLink:
         self.sock.setsockopt(zmq.RCVHWM, 100_000)
         self.sock.connect(endpoint)
         self._reader: asyncio.Task | None = None
+        self._shm: list = []
 
     def start(self, on_message) -> None:
         self._reader = asyncio.get_running_loop().create_task(self._read(on_message),
@@ -72,6 +76,20 @@ class ZmqLink:
 
     def send(self, header: dict, arrays: list) -> None:
         self.sock.send_multipart(encode(header, arrays), copy=False)
+
+    def attach_ring(self, model: int, info: dict):
+        """The engine's sample ring of a model, mapped from its shared memory."""
+        from multiprocessing import resource_tracker, shared_memory
+
+        import numpy as np
+
+        shm = shared_memory.SharedMemory(name=info["shm"], create=False)
+        try:  # the engine owns the segment: this process must not unlink it when it exits
+            resource_tracker.unregister(shm._name, "shared_memory")
+        except Exception:  # noqa: BLE001 - tracker absent or already unregistered
+            pass
+        self._shm.append(shm)
+        return np.ndarray(tuple(info["shape"]), np.float32, buffer=shm.buf)
 
     def close(self) -> None:
         if self._reader is not None:
