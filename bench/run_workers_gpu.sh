@@ -2,7 +2,8 @@
 # Streams vs front-end workers on one GPU of a two-GPU host (bench/RESULTS.md, "Workers").
 # The server is pinned to CPUs 0-15 and GPU 0, the load generator to CPUs 16-31, so one
 # 16-core + 1-GPU server is measured and the load generator is not its limit.
-# Usage: CONFIGS="base 0 1 4 8 15" MODEL=kws-s4d OUT=/dir bench/run_workers_gpu.sh
+# Usage: CONFIGS="base 0 1:128 4:512 8 15" MODEL=kws-s4d OUT=/dir bench/run_workers_gpu.sh
+# (W:N starts that config's sweep at N streams; default START)
 # "base" = the single-process server as of commit 610238e, unpacked in .baseline/.
 set -u
 OUT=${OUT:-/tmp/s4d-gpu-out}; MODEL=${MODEL:-kws-s4d}; CONFIGS=${CONFIGS:-"base 0 4 8 15"}
@@ -15,7 +16,8 @@ export S4D_LOG_LEVEL=warning S4D_DEVICE=cuda S4D_MODELS=$MODEL S4D_MAX_SESSIONS=
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; nproc; date -u
 common=(--model "$MODEL" --duration "$DUR" --warmup 1 --max-streams "$MAXN"
         --bisect-tol 0.1 --client-procs "$PROCS" --client-cpus 16-31 --server-timeout 180)
-for c in $CONFIGS; do
+for cs in $CONFIGS; do
+  c=${cs%%:*}; st=$START; [ "$cs" != "$c" ] && st=${cs#*:}
   echo "== $MODEL config $c"
   if [ "$c" = base ]; then
     port=18123
@@ -28,7 +30,7 @@ for c in $CONFIGS; do
     grep -E "^N=|largest|Error|error" "$OUT/${MODEL}_base.log" | cut -c1-220
     [ -n "$pid" ] && kill "$pid"; wait
   else
-    timeout 400 python3 -m bench.serve "${common[@]}" --start "$START" --checkpoints checkpoints --device cuda \
+    timeout 400 python3 -m bench.serve "${common[@]}" --start "$st" --checkpoints checkpoints --device cuda \
         --workers "$c" --server-cpus 0-15 --output "$OUT/${MODEL}_w$c.json" > "$OUT/${MODEL}_w$c.log" 2>&1
     grep -E "^N=|largest|Error|error" "$OUT/${MODEL}_w$c.log" | cut -c1-220
   fi
