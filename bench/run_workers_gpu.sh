@@ -9,12 +9,14 @@ set -u
 OUT=${OUT:-/tmp/s4d-gpu-out}; MODEL=${MODEL:-kws-s4d}; CONFIGS=${CONFIGS:-"base 0 4 8 15"}
 START=${START:-128}; MAXN=${MAXN:-8192}; DUR=${DUR:-4}; PROCS=${PROCS:-12}
 mkdir -p "$OUT"
+ulimit -n 1048576 2>/dev/null || ulimit -n 65536  # thousands of sockets per process
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/server/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 CUDA_VISIBLE_DEVICES=0
 export S4D_LOG_LEVEL=warning S4D_DEVICE=cuda S4D_MODELS=$MODEL S4D_MAX_SESSIONS=$((MAXN + 8))
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; nproc; date -u
-common=(--model "$MODEL" --duration "$DUR" --warmup 1 --max-streams "$MAXN"
+one=(); [ -n "${STREAMS:-}" ] && one=(--streams "$STREAMS")  # one run at N, no sweep
+common=("${one[@]}" --model "$MODEL" --duration "$DUR" --warmup 1 --max-streams "$MAXN"
         --bisect-tol 0.1 --client-procs "$PROCS" --client-cpus 16-31 --server-timeout 180)
 for cs in $CONFIGS; do
   c=${cs%%:*}; st=$START; [ "$cs" != "$c" ] && st=${cs#*:}

@@ -41,8 +41,21 @@ def build_server(settings: Settings, *, engine_endpoints: list[str] | None = Non
     return S4DServer(config, app)
 
 
+def raise_open_files_limit() -> None:
+    """Every stream is a socket: lift the soft open-files limit (often 1024) to the hard one."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or hard > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):  # not POSIX, or not allowed: keep what we have
+        pass
+
+
 def serve(settings: Settings) -> int:
     configure_logging(settings.log_level)
+    raise_open_files_limit()  # children inherit it
     if settings.workers > 0:
         from server.supervisor import supervise
 

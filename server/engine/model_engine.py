@@ -83,6 +83,7 @@ class ModelEngine:
                                        len(meta.classes), frame=self.frame, data=data)
             self.ring_info = {**self.ring_info, "ring": ring, "shape": list(shape)}
         self.quarantine: dict[int, list[tuple[int, int]]] = {}  # owner -> failed (slot, gen)
+        self._slots_cache: np.ndarray | None = None
         self.sessions: dict[str, EngineSession] = {}
         self.by_slot: dict[int, EngineSession] = {}
         self.flushes: dict[int, list[Flush]] = {}
@@ -135,6 +136,7 @@ class ModelEngine:
             self._set_owner(s, owner)
             self.sessions[s.id] = s
             self.by_slot[slot] = s
+            self._slots_cache = None
             self.metrics.sessions_opened.labels(model=self.name).inc()
             self._gauges()
             resumed = False
@@ -238,6 +240,7 @@ class ModelEngine:
         if self.sessions.pop(s.id, None) is None:
             return
         self.by_slot.pop(s.slot, None)
+        self._slots_cache = None
         self.buffers.close(s.slot)
         if quarantine and s.attached:
             self.quarantine.setdefault(s.owner, []).append((s.slot, s.gen))
@@ -300,11 +303,18 @@ class ModelEngine:
             except Exception:  # never let the loop die
                 log.exception("engine %s: unexpected error in the stream loop", self.name)
 
+    def _live_slots(self) -> np.ndarray:
+        """Slots of live sessions, rebuilt only when sessions come or go (20k ECG sessions:
+        a dict walk per round would cost more than the round)."""
+        if self._slots_cache is None:
+            self._slots_cache = np.fromiter(self.by_slot, np.int64, len(self.by_slot))
+        return self._slots_cache
+
     async def _drain(self) -> None:
         """Step every session with a full frame (and finish flushes) until none is left."""
         b = self.buffers
         while not self._stopping:
-            slots = np.fromiter(self.by_slot, np.int64, len(self.by_slot))
+            slots = self._live_slots()
             avail = b.available(slots)
             flushing = np.fromiter(self.flushes, np.int64, len(self.flushes))
             rnd = plan_round(slots, avail, flushing, frame=self.frame, patch=self.patch)
