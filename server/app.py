@@ -15,7 +15,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from server import rest
+from server import rest, sessions_api
 from server.errors import ApiError
 from server.frontend.client import EngineClient, EnginePool
 from server.frontend.links import InprocLink, ZmqLink
@@ -162,6 +162,7 @@ def create_app(settings: Settings | None = None, *, engine_endpoints: list[str] 
                             status_code=500)
 
     app.include_router(rest.router)
+    app.include_router(sessions_api.router)
     app.add_api_websocket_route("/v1/models/{name}/stream", stream_endpoint, name="stream")
 
     if STATIC_DIR.is_dir():

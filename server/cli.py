@@ -25,6 +25,9 @@ FLAGS: dict[str, tuple[str, str]] = {
     "--max-pending-requests": ("max_pending_requests", "queued predicts before 503"),
     "--batch-window-ms": ("batch_window_ms", "predict micro-batching window"),
     "--emit-every": ("emit_every", "default result period in samples (0 = final only)"),
+    "--session-store": ("session_store", "memory:// or redis://HOST:PORT/DB (session snapshots)"),
+    "--snapshot-interval": ("snapshot_interval_s", "seconds between snapshot waves"),
+    "--lease-wait": ("lease_wait_s", "seconds a resume waits for another owner's lease"),
     "--log-level": ("log_level", "debug | info | warning | error"),
     "--graceful-timeout": ("graceful_timeout_s", "seconds to finish streams on shutdown"),
 }
