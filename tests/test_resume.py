@@ -12,7 +12,9 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -43,7 +45,8 @@ class SubServer:
     def __init__(self, checkpoints, redis_url: str, *extra: str, **env):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.log = open(os.devnull, "wb")
+        self.log_path = Path(tempfile.mkstemp(prefix="s4d-sub-", suffix=".log")[1])
+        self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "server", "--port", str(self.port), "--checkpoints",
              str(checkpoints), "--models", "tiny", "--session-store", redis_url,
@@ -51,10 +54,10 @@ class SubServer:
              *extra],
             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "S4D_COMPUTE_THREADS": "1",
                            **env},
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.proc.stdout.read().decode()[-3000:]
+            assert self.proc.poll() is None, self.log_path.read_text()[-3000:]
             try:
                 if httpx.get(f"{self.base}/readyz", timeout=2).status_code == 200:
                     return
@@ -241,7 +244,7 @@ def test_stale_owner_is_fenced(here, other):
         await asyncio.sleep(0.6)  # at least one wave stored it
         started, final = await asyncio.wait_for(_finish(other.ws(), sid, 0, x), 30)
         assert started["type"] == "started", started
-        msgs = await _recv_until(ws, {"error"}, timeout=10)
+        msgs = await asyncio.wait_for(_recv_until(ws, {"error"}), 10)
         await asyncio.wait_for(ws.wait_closed(), 10)
         return msgs[-1], ws.close_code, started, final
 

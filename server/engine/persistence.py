@@ -77,8 +77,9 @@ class Persistence:
         self.lease_ttl = max(3 * self.interval, 2.0)
         self.lease_wait = float(settings.lease_wait_s)
         self.stop_timeout = max(1.0, float(settings.graceful_timeout_s))
-        self.tokens: dict[str, int] = {}  # session id -> our fencing token (lease held)
+        self.tokens = _Tokens(self)  # session id -> our fencing token (lease held)
         self.stored: dict[str, float] = {}  # session id -> taken_unix of our latest stored one
+        self.granted: dict[str, int] = {}  # session id -> the last token granted to us
         self._io = asyncio.Lock()
         self._restoring: dict[str, asyncio.Lock] = {}
         self._jobs: set[asyncio.Task] = set()
@@ -145,6 +146,7 @@ class Persistence:
     def _moved(self, me: ModelEngine, s: EngineSession, why: str) -> None:
         """Another owner has the session now: close our copy without touching the store."""
         self.tokens.pop(s.id, None)
+        self.granted.pop(s.id, None)
         self.stored.pop(s.id, None)
         if me.session_at(s.slot, s.gen) is not s:
             return
@@ -191,6 +193,7 @@ class Persistence:
             return
         token = self.tokens.pop(s.id, None)
         self.stored.pop(s.id, None)
+        self.granted.pop(s.id, None)
         if reason in ("end", "error"):
             self._spawn(self._forget(s.id, token))
         elif token is not None:  # idle_timeout, shutdown: the snapshot expires by itself
@@ -272,8 +275,13 @@ class Persistence:
 
     async def _reclaim(self, me: ModelEngine, s: EngineSession) -> None:
         """Take (back) the lease of a session we hold: after a store outage or a restart of
-        Redis the lease may be gone. Refused if another owner holds it or has stored the
-        session since our last snapshot (then it is theirs: close ours)."""
+        Redis the lease may be gone. Refused if another owner holds it, was granted it after
+        us (the fence moved on: it may have ended the session) or has stored the session
+        since our last snapshot (then it is theirs: close ours)."""
+        last = await self.store.last_token(s.id)
+        if last is not None and last != self.granted.get(s.id):
+            self._moved(me, s, f"another owner was granted the lease (token {last})")
+            return
         try:
             token = await self.store.acquire(s.id, self.owner, self.lease_ttl)
         except LeaseHeldError as exc:
@@ -446,3 +454,16 @@ class Persistence:
                 self._unavailable(exc)
                 return
             await self._store_wave(me, [s], kind="restore", release=not s.attached)
+
+
+class _Tokens(dict):
+    """session id -> the fencing token of the lease we hold; remembers every grant in
+    `Persistence.granted` (kept after a release, to recognise another owner's grant later)."""
+
+    def __init__(self, owner: Persistence):
+        super().__init__()
+        self._owner = owner
+
+    def __setitem__(self, sid: str, token: int) -> None:
+        super().__setitem__(sid, token)
+        self._owner.granted[sid] = token
