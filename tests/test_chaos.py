@@ -205,8 +205,11 @@ def test_workers_engine_sigkill_resumes_from_store(checkpoint_dir, tmp_path):
             (engine,) = [c for c in psutil.Process(proc.pid).children()
                          if c.name().startswith("s4d-engine")]
             engine.send_signal(signal.SIGKILL)
-            msg = json.loads(await asyncio.wait_for(ws.recv(), 15))
-            assert msg["code"] == "internal"
+            while True:  # `stored` messages, then the engine's loss
+                msg = json.loads(await asyncio.wait_for(ws.recv(), 15))
+                if msg["type"] != "stored":
+                    break
+            assert msg["code"] == "internal", msg
             return sid
 
         sid = asyncio.run(main())
