@@ -4,7 +4,7 @@
     python -m bench.failover kill [--streams 16] [--lease-wait 0.5] [--interval 1.0]
 
 ``wave``: an in-process engine (the checkpoint on the torch CPU backend) with ``--sessions``
-attached sessions, each fed 0.3 s + a partial frame; ``Persistence.wave()`` (capture every
+attached sessions, each fed one frame + a partial frame; ``Persistence.wave()`` (capture every
 row on the device lane, encode, one pipelined ``put_many`` that also renews every lease) timed
 ``--reps`` times. Bandwidth at a 1 s interval = bytes of one wave per second.
 
@@ -62,7 +62,7 @@ async def _wave(args) -> dict:
         await asyncio.sleep(0.05)
     me = engine.models[0]
     meta = me.metadata
-    n = int(0.3 * meta.sample_rate) + meta.frame_size // 3
+    n = meta.frame_size + meta.frame_size // 3  # one step + a buffered partial frame
     rng = np.random.default_rng(0)
     for _ in range(args.sessions):
         info = await me.open(0, session_id=None, offset=None, encoding="pcm_s16le",
@@ -90,7 +90,7 @@ async def _wave(args) -> dict:
     return {"bench": "wave", "store": args.store, "model": meta.name, "sessions": args.sessions,
             "snapshot_bytes": sizes, "wave": _pct(times), "wave_mean_s": round(mean, 3),
             "bandwidth_MBps_at_1s": round(args.sessions * sizes / 1e6, 1),
-            "engine_busy_fraction_at_1s": round(mean, 3)}
+            "wave_wall_fraction_of_1s_interval": round(mean, 3)}
 
 
 # ---- failover after a SIGKILL ---------------------------------------------------------------
