@@ -8,6 +8,13 @@ Resume: the client keeps every sample it sent from the last offset the server ac
 drops without ``end``, it reconnects with ``start {session_id, offset}`` where ``offset`` is
 the first sample it still holds, and resends from there; the server skips the samples it
 already holds (``started.offset`` says how many) and refuses a gap.
+
+Resume anywhere: when the server stores snapshots (``started.snapshots``), another replica
+may continue the session from its latest stored snapshot, which can be older than the last
+result. The buffer then keeps everything from the latest ``stored`` offset instead (a replica
+that dies loses what came after it). Reconnects name the session in the URL
+(``?session_id=``) so a load balancer that hashes on it sends every reconnect of a session to
+the same replica; a drain (``shutting_down`` with ``resume: true``) is followed by a resume.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 
@@ -32,7 +40,9 @@ _END = object()
 _NO_RESUME_CLOSE = {1000, 1003, 1008, 1009, 1011, 1013}
 # failures of a resume attempt worth another try (session_busy: the server has not yet
 # noticed that the old connection is gone)
-_RETRY_CODES = {"connection_error", "connection_lost", "timeout", "session_busy"}
+_RETRY_CODES = {"connection_error", "connection_lost", "timeout", "session_busy",
+                "shutting_down", "store_unavailable", "server_busy",
+                "http_502", "http_503", "http_504"}
 
 
 def encode_samples(samples: Any, channels: int, encoding: str) -> tuple[bytes, int]:
@@ -100,7 +110,7 @@ class AsyncStreamSession:
         offset: int = 0,
         on_result: Callable[[dict], Any] | None = None,
         reconnect: bool = True,
-        max_reconnects: int = 8,
+        max_reconnects: int = 12,
         resume_buffer_seconds: float = 30.0,
         open_timeout: float = 10.0,
         results_maxlen: int = 100_000,
@@ -122,6 +132,10 @@ class AsyncStreamSession:
         self.started: dict | None = None
         self.final: dict | None = None
         self.reconnects = 0
+        #: the server stores snapshots (``started.snapshots``); ``stored_offset``: the latest
+        #: offset it said is in the session store (the replay buffer keeps samples from there)
+        self.snapshots = False
+        self.stored_offset = int(offset)
         self.on_result = on_result
         self.reconnect = reconnect
         self.max_reconnects = max_reconnects
@@ -175,9 +189,12 @@ class AsyncStreamSession:
         from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
 
         tls = {"ssl": self.ssl_context} if self.ssl_context and self.ws_url.startswith("wss:") else {}
+        url = self.ws_url
+        if resume and self.session_id:
+            url += ("&" if "?" in url else "?") + "session_id=" + quote(self.session_id, safe="")
         try:
             ws = await connect(
-                self.ws_url,
+                url,
                 **tls,
                 open_timeout=self.open_timeout,
                 compression=None,
@@ -237,6 +254,7 @@ class AsyncStreamSession:
         self.session_id = started.get("session_id", self.session_id)
         self.frame_size = started.get("frame_size", self.frame_size)
         self.classes = started.get("classes", self.classes)
+        self.snapshots = bool(started.get("snapshots", False))
         self._recv_task = asyncio.get_running_loop().create_task(self._recv_loop(ws))
 
     async def close(self) -> None:
@@ -279,10 +297,12 @@ class AsyncStreamSession:
             # a dropped connection is noticed by the receiver, which resumes and resends
 
     def _trim(self) -> None:
-        # forget what the server acknowledged, and the oldest beyond the bound
+        # forget what the server acknowledged (stored, when it keeps snapshots: another
+        # replica resumes from the latest stored one), and the oldest beyond the bound
+        safe = min(self.acked_offset, self.stored_offset) if self.snapshots else self.acked_offset
         while self._buf:
             start, n, _ = self._buf[0]
-            if start + n <= self.acked_offset or self._buf_samples - n >= self._max_buffer:
+            if start + n <= safe or self._buf_samples - n >= self._max_buffer:
                 self._buf.popleft()
                 self._buf_samples -= n
                 self._buf_start = start + n
@@ -386,6 +406,12 @@ class AsyncStreamSession:
                         w = self._reset_waiters.popleft()
                         if not w.done():
                             w.set_result(int(off) if isinstance(off, int) else self.acked_offset)
+                elif kind == "stored":
+                    off = msg.get("offset")
+                    if isinstance(off, int) and off > self.stored_offset:
+                        self.stored_offset = off
+                elif kind == "error" and msg.get("code") == "shutting_down" and msg.get("resume"):
+                    pass  # drained with the session stored: resume (below) on another replica
                 elif kind == "error":
                     self._error = S4DError(
                         str(msg.get("code", "error")), str(msg.get("message", ""))

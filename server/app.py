@@ -15,7 +15,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from server import auth, oip_grpc, oip_v2, rest
+from server import auth, oip_grpc, oip_v2, rest, sessions_api
 from server.errors import ApiError
 from server.frontend.client import EngineClient, EnginePool
 from server.frontend.links import InprocLink, ZmqLink
@@ -166,6 +166,7 @@ def create_app(settings: Settings | None = None, *, engine_endpoints: list[str] 
 
     app.include_router(rest.router)
     oip_v2.install(app)  # /v2 routes, OIP error bodies on /v2 paths
+    app.include_router(sessions_api.router)
     app.add_api_websocket_route("/v1/models/{name}/stream", stream_endpoint, name="stream")
 
     if STATIC_DIR.is_dir():

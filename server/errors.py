@@ -22,7 +22,13 @@ WS_CLOSE_CODES: dict[str, int] = {
     "unknown_session": 1008,
     "session_busy": 1008,
     "offset_gap": 1008,
+    "session_moved": 1008,
+    "snapshot_corrupt": 1008,
+    "snapshot_version": 1008,
+    "snapshot_model_mismatch": 1008,
+    "snapshot_state_mismatch": 1008,
     "server_busy": 1013,
+    "store_unavailable": 1013,
     "shutting_down": 1001,
     "internal": 1011,
     # access control (server/auth.py): refused right after the handshake, before `start`

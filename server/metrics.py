@@ -90,12 +90,28 @@ class Metrics:
             "s4d_state_slab_bytes_total", "State slab bytes allocated", ["model"], r
         )
 
+        # resumable sessions (server/engine/persistence.py)
+        self.snapshots = Counter(
+            "s4d_snapshots", "Session snapshots written to the session store", ["model", "kind"],
+            registry=r)
+        self.snapshot_failures = Counter(
+            "s4d_snapshot_failures", "Snapshots not stored (store unavailable, lease lost, error)",
+            ["reason"], registry=r)
+        for reason in ("store_unavailable", "stale_lease", "error"):
+            self.snapshot_failures.labels(reason=reason)
+        self.snapshot_seconds = Histogram(
+            "s4d_snapshot_seconds", "One snapshot (capture, encode, store) or one periodic wave",
+            ["kind"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.sessions_restored = Counter(
+            "s4d_sessions_restored", "Sessions restored from a snapshot (resume or operator)",
+            ["model"], registry=r)
+
     def init_model(self, model: str) -> None:
         """Create the labelled series so that they show up (at zero) before any traffic."""
         for m in (
             self.sessions_active, self.sessions_opened, self.sessions_evicted,
             self.samples_processed, self.frames_processed, self.queue_depth,
-            self.slab_bytes_in_use, self.slab_bytes_total,
+            self.slab_bytes_in_use, self.slab_bytes_total, self.sessions_restored,
         ):
             m.labels(model=model)
         self.batch_size.labels(model=model)

@@ -128,6 +128,13 @@ class SessionStore(ABC):
     async def release(self, session_id: str, owner: str, token: int) -> bool:
         """Give the lease up (detach to another replica, drain). False if it was not ours."""
 
+    async def last_token(self, session_id: str) -> int | None:
+        """The last fencing token granted for this session while its fence lives (it expires
+        with the lease TTL, and with the data of a restarted Redis), else None. A previous
+        owner compares it with its own last token: another grant since means another owner
+        took the session over (even if that one has ended it and released the lease)."""
+        return None
+
     @abstractmethod
     async def ping(self) -> None:
         """Raise ``StoreUnavailable`` unless the store answers."""
@@ -160,6 +167,7 @@ class InProcessStore(SessionStore):
         self._clock = clock
         self._snaps: dict[str, tuple[bytes, float]] = {}
         self._leases: dict[str, _Lease] = {}
+        self._fences: dict[str, tuple[int, float]] = {}  # last token, expiry
         self._tokens = itertools.count(1)  # one counter for all ids: monotone per id too
         self._next_sweep = 0.0
 
@@ -194,6 +202,7 @@ class InProcessStore(SessionStore):
         self._snaps[session_id] = (bytes(data), now + ttl / 1e3)
         if lease_ttl:
             lease.expires = now + lease_ttl / 1e3
+            self._fences[session_id] = (lease.token, lease.expires)
         self._sweep()
 
     async def get(self, session_id):
@@ -221,13 +230,16 @@ class InProcessStore(SessionStore):
             raise LeaseHeldError(session_id, lease.owner, int((lease.expires - now) * 1e3))
         token = next(self._tokens)
         self._leases[session_id] = _Lease(owner, token, now + ttl / 1e3)
+        self._fences[session_id] = (token, now + ttl / 1e3)
         self._sweep()
         return token
 
     async def renew(self, session_id, owner, token, ttl_s):
         _check_id(session_id)
         ttl = _ms(ttl_s)
-        self._owned(session_id, token, owner).expires = self._clock() + ttl / 1e3
+        lease = self._owned(session_id, token, owner)
+        lease.expires = self._clock() + ttl / 1e3
+        self._fences[session_id] = (lease.token, lease.expires)
 
     async def release(self, session_id, owner, token):
         _check_id(session_id)
@@ -237,6 +249,14 @@ class InProcessStore(SessionStore):
             return False
         del self._leases[session_id]
         return True
+
+    async def last_token(self, session_id):
+        _check_id(session_id)
+        fence = self._fences.get(session_id)
+        if fence is None or fence[1] <= self._clock():
+            self._fences.pop(session_id, None)
+            return None
+        return fence[0]
 
     async def ping(self):
         return None
@@ -402,6 +422,11 @@ class RedisStore(SessionStore):
     async def release(self, session_id, owner, token):
         ok, _ = await self._renew_release(session_id, owner, token, "")
         return bool(ok)
+
+    async def last_token(self, session_id):
+        _, _, fence = self._keys(session_id)
+        value = await self._call(lambda: self._client.get(fence))
+        return None if value is None else int(value)
 
     async def ping(self):
         await self._call(self._client.ping)

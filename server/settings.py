@@ -61,6 +61,17 @@ class Settings(BaseSettings):
         None, ge=0, description="default result period in samples (None = model frame size)"
     )
 
+    # resumable sessions (server/engine/persistence.py)
+    session_store: str | None = Field(
+        None, description="where session snapshots live between replicas: memory:// (this "
+        "process) or redis://HOST:PORT/DB; unset = no snapshots (resume on this process only)")
+    snapshot_interval_s: float = Field(
+        5.0, gt=0, description="period of the snapshot wave of attached sessions (also on "
+        "detach and on drain); a client's replay buffer must cover at least this long")
+    lease_wait_s: float = Field(
+        1.0, ge=0, description="a resume on this replica waits this long for another live "
+        "owner to release the session's lease, then takes it over (its writes are fenced)")
+
     # batch (REST) path
     max_body_bytes: int = Field(32 << 20, ge=1024, description="largest REST body, bytes")
     max_batch_sequences: int = Field(64, ge=1, description="sequences per request / per forward")

@@ -160,6 +160,11 @@ class StreamConnection:
 
     # ---- callbacks from the engine client ------------------------------------------------
     def _on_result(self, kind: str, r: dict) -> None:
+        if kind == "stored":  # a snapshot up to this offset is in the session store
+            h = self.handle
+            self.send({"type": "stored", "session_id": h.session_id if h else None,
+                       "offset": r["offset"]})
+            return
         self.send(self._result(kind, r["offset"], r["probs"], r.get("latency_ms")))
 
     def _on_closed(self, code: str, message: str) -> None:
@@ -251,6 +256,7 @@ class StreamConnection:
             "type": "started", "session_id": h.session_id, "offset": held,
             "frame_size": meta.frame_size, "sample_rate": meta.sample_rate,
             "channels": meta.input_channels, "classes": list(meta.classes),
+            **({"snapshots": True} if st.settings.session_store else {}),
         }).decode())
         self.sender = asyncio.get_running_loop().create_task(self._sender_loop())
         loop = asyncio.get_running_loop()
@@ -292,6 +298,32 @@ class StreamConnection:
         else:
             await self._wait_sender()
 
+    async def _park(self) -> bool:
+        """Store the session for another replica, then `shutting_down` + `resume: true`, 1001.
+        False (nothing sent) when it could not be stored."""
+        h = self.handle
+        if h is None or h.closed or self._finishing:
+            return True
+        self._finishing = True
+        try:
+            try:
+                offset = await asyncio.wait_for(h.client.park(h),
+                                                self.st.settings.graceful_timeout_s or None)
+            except (asyncio.TimeoutError, StreamError, EngineUnavailable) as exc:
+                log.warning("drain: session not stored (%s): sending final instead", exc)
+                self._finishing = False
+                return False
+            self.st.metrics.error("shutting_down")
+            self.send({"type": "error", "code": "shutting_down", "resume": True,
+                       "offset": offset, "message": "the server is stopping; the session is "
+                       "stored: resume it (same session_id) on another replica"})
+            self.send((_CLOSE, 1001))
+            await self._wait_sender()
+            return True
+        finally:
+            if self._finishing:
+                self._finished.set()
+
     async def finish(self, reason: str) -> None:
         """Flush, send `final`, close (1000 for end, 1001 + shutting_down for shutdown)."""
         h = self.handle
@@ -332,8 +364,11 @@ class StreamConnection:
         await self._wait_sender()
 
     async def shutdown(self) -> None:
-        """Called by the app's drain on SIGTERM."""
+        """Called by the app's drain on SIGTERM. With a session store: the session is stored
+        and the client told to resume elsewhere; else (or if storing fails) flush + `final`."""
         if self.handle is not None and self.sender is not None:
+            if self.st.settings.session_store and await self._park():
+                return
             await self.finish(reason="shutdown")
         else:
             await self._send_direct(

@@ -104,6 +104,7 @@ class Engine:
         self._send: Send | None = None
         self._tasks: list[asyncio.Task] = []
         self._lanes: list[DeviceLane] = []
+        self.persistence = None  # server.engine.persistence.Persistence with a session store
 
     # ---- wiring --------------------------------------------------------------------------
     def attach_transport(self, send: Send) -> None:
@@ -124,6 +125,10 @@ class Engine:
     # ---- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        if self.settings.session_store:
+            from server.engine.sessions_ops import start_persistence
+
+            self.persistence = start_persistence(self)
         self._tasks.append(loop.create_task(self._load(), name="engine-load"))
         self._tasks.append(loop.create_task(self._reaper(), name="engine-reaper"))
 
@@ -173,6 +178,11 @@ class Engine:
                     max_batch_samples=s.max_batch_samples, max_pending=s.max_pending_requests),
             )
             self.metrics.init_model(name)
+            if backend.metadata.streamable:
+                from server.snapshot import checkpoint_hash
+
+                me.model_hash = await asyncio.to_thread(checkpoint_hash, path)
+            me.persistence = self.persistence
             me.start()
             self.models.append(me)
             self.by_name[name] = me
@@ -201,6 +211,8 @@ class Engine:
         return data, {"shm": shm.name}
 
     async def stop(self) -> None:
+        if self.persistence is not None:  # before the lanes stop: snapshots need them
+            await self.persistence.stop()
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -291,6 +303,10 @@ class Engine:
             asyncio.get_running_loop().create_task(self._predict(owner, op, data, lengths))
         elif kind == "released":
             self.models[op["model"]].release(owner, op["slot"], op["gen"])
+        elif kind in ("snapshot", "restore", "park"):
+            from server.engine.sessions_ops import run_session_op
+
+            asyncio.get_running_loop().create_task(run_session_op(self, owner, kind, op, arrays))
         elif kind == "bye":  # a front-end stops: its sessions stay resumable
             for me in self.models:
                 me.detach_owner(owner)

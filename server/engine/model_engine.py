@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from server import snapshot as snapshots
 from server.batcher import PredictBatcher
 from server.engine.buffers import RingOverflow, SlotBuffers, ring_shape
 from server.engine.lane import DeviceLane
@@ -92,6 +93,9 @@ class ModelEngine:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._stopping = False
+        # resumable sessions: set by the engine (persistence: None = no session store)
+        self.persistence = None
+        self.model_hash = ""  # sha256 of the checkpoint (snapshot identity)
         if self.streamable:
             metrics.slab_bytes_total.labels(model=name).set(self.slab.bytes_total)
         self._gauges()
@@ -140,8 +144,17 @@ class ModelEngine:
             self.metrics.sessions_opened.labels(model=self.name).inc()
             self._gauges()
             resumed = False
+            if self.persistence is not None:
+                self.persistence.opened(self, s)
         else:
             s = self.sessions.get(session_id)
+            if self.persistence is not None and (s is None or not s.attached):
+                # not here (or maybe stale here): restore the latest snapshot from the store
+                info = await self.persistence.resume(self, owner, session_id, offset=offset,
+                                                     encoding=encoding, emit_every=emit_every)
+                if info is not None:
+                    return info
+                s = self.sessions.get(session_id)
             if s is None:
                 raise StreamError("unknown_session",
                                   f"no session {session_id!r} (never existed or expired)")
@@ -215,6 +228,8 @@ class ModelEngine:
         if s is not None and s.attached:
             self._set_owner(s, -1)
             s.detached_at = time.monotonic()
+            if self.persistence is not None:
+                self.persistence.detached(self, s)
             log.info("session_detach model=%s session=%s offset=%d", self.name, short_id(s.id),
                      int(self.buffers.received[slot]))
 
@@ -239,6 +254,8 @@ class ModelEngine:
         its own) is quarantined until that front-end has released it."""
         if self.sessions.pop(s.id, None) is None:
             return
+        if self.persistence is not None:
+            self.persistence.closed(self, s, reason)
         self.by_slot.pop(s.slot, None)
         self._slots_cache = None
         self.buffers.close(s.slot)
@@ -396,3 +413,112 @@ class ModelEngine:
         b.steps[slots] += 1
         b.step_seconds[slots] += dt
         self.outbox.progress(self.idx, b.owner[slots], slots, gens, b.consumed[slots], probs)
+
+    # ---- snapshots (server/snapshot.py; scheduling and the store: persistence.py) ---------
+    async def snapshot_many(self, sessions: list[EngineSession]
+                            ) -> list[tuple[EngineSession, snapshots.Snapshot]]:
+        """Snapshots of live sessions, taken between two steps of each.
+
+        The state rows are read by one job on the device lane, so every step submitted before
+        it is in them and none submitted after; this coroutine resumes after the loop has
+        applied those steps' counters (a step's results are applied as soon as its lane future
+        settles, and that future settles before this one), so offsets and buffered samples read
+        here match the rows. Sessions closed meanwhile (slot reused) are left out.
+        """
+        if not self.streamable or not sessions:
+            return []
+        storage, slots = self.slab.storage, [s.slot for s in sessions]
+
+        def capture():  # copies: a storage may hand out views of reused buffers
+            return {k: np.array(snapshots.to_numpy(v), copy=True)
+                    for k, v in storage.gather(slots).items()}
+
+        rows = await self.lane.submit(capture)
+        b, out = self.buffers, []
+        wall, mono = time.time(), time.monotonic()
+        for i, s in enumerate(sessions):
+            if self.session_at(s.slot, s.gen) is not s:
+                continue
+            slot = s.slot
+            out.append((s, snapshots.Snapshot(
+                model=self.name, model_hash=self.model_hash, session_id=s.id,
+                state={k: np.ascontiguousarray(v[i]) for k, v in rows.items()},
+                received=int(b.received[slot]), consumed=int(b.consumed[slot]),
+                segment_consumed=int(b.segment[slot]), buffered=b.buffered(slot),
+                channels=self.metadata.input_channels, emit_every=int(s.emit_every),
+                encoding=s.encoding,
+                last_probs=b.probs[slot].copy() if b.has_probs[slot] else None,
+                created_unix=wall - (mono - s.created), taken_unix=wall)))
+        return out
+
+    async def snapshot(self, session: EngineSession) -> bytes:
+        """One live session as snapshot bytes (StreamError unknown_session if it closed)."""
+        taken = await self.snapshot_many([session])
+        if not taken:
+            raise StreamError("unknown_session", "the session closed while being snapshotted")
+        return snapshots.encode(taken[0][1])
+
+    def decode_snapshot(self, data: bytes) -> snapshots.Snapshot:
+        """Bytes -> Snapshot of this model's weights, or StreamError with the snapshot code."""
+        try:
+            return snapshots.decode(data, expect_model=self.name, expect_hash=self.model_hash)
+        except snapshots.SnapshotError as exc:
+            raise StreamError(exc.code, exc.message) from exc
+
+    async def restore(self, data: bytes, owner: int = -1, *, encoding: str | None = None,
+                      emit_every: int | None = None) -> dict:
+        """Install a snapshot (bytes) here as a session; returns the `started` facts."""
+        return await self.restore_snapshot(self.decode_snapshot(data), owner, encoding=encoding,
+                                           emit_every=emit_every)
+
+    async def restore_snapshot(self, snap: snapshots.Snapshot, owner: int = -1, *,
+                               encoding: str | None = None, emit_every: int | None = None) -> dict:
+        """A slot with the snapshot's state, counters and buffered samples; attached to `owner`
+        (or detached for the idle TTL when owner is -1)."""
+        if not self.streamable:
+            raise StreamError("not_streamable", f"model {self.name!r} is bidirectional: batch only")
+        if snap.session_id in self.sessions:
+            raise StreamError("session_busy", "that session is already live on this server")
+        if len(snap.buffered) > self.buffers.ring or snap.channels != self.metadata.input_channels:
+            raise StreamError("snapshot_state_mismatch",
+                              f"{len(snap.buffered)} buffered samples of {snap.channels} "
+                              f"channel(s) do not fit this model's buffer")
+        try:
+            slot = self.slab.allocate()
+        except SlabFullError as exc:
+            raise StreamError("server_busy", f"model {self.name}: {exc}; try again later") from exc
+        try:
+            await self.lane.submit(snapshots.restore_state, self.slab.storage, slot, snap.state)
+        except snapshots.SnapshotError as exc:
+            self.slab.free(slot)
+            raise StreamError(exc.code, exc.message) from exc
+        except BaseException:
+            self.slab.free(slot)
+            raise
+        if snap.session_id in self.sessions:  # restored twice concurrently: keep the first
+            self.slab.free(slot)
+            raise StreamError("session_busy", "that session is already live on this server")
+        b = self.buffers
+        gen = b.open(slot, received=snap.consumed, consumed=snap.consumed)
+        b.segment[slot] = snap.segment_consumed
+        if snap.last_probs is not None and len(snap.last_probs) == b.probs.shape[1]:
+            b.probs[slot] = snap.last_probs
+            b.has_probs[slot] = True
+        if len(snap.buffered):
+            b.write(np.array([slot]), np.array([len(snap.buffered)]), snap.buffered)
+        s = EngineSession(snap.session_id, slot, gen, encoding or snap.encoding,
+                          snap.emit_every if emit_every is None else emit_every)
+        s.created = time.monotonic() - max(0.0, time.time() - snap.created_unix)
+        s.detached_at = time.monotonic()
+        self._set_owner(s, owner)
+        self.sessions[s.id] = s
+        self.by_slot[slot] = s
+        self.metrics.sessions_opened.labels(model=self.name).inc()
+        self.metrics.sessions_restored.labels(model=self.name).inc()
+        self._gauges()
+        self._wake.set()
+        log.info("session_restore model=%s session=%s offset=%d consumed=%d owner=%d",
+                 self.name, short_id(s.id), int(b.received[slot]), int(b.consumed[slot]), owner)
+        return {"session_id": s.id, "slot": s.slot, "gen": s.gen,
+                "received": int(b.received[slot]), "consumed": int(b.consumed[slot]),
+                "credit": self.credit, "resumed": True}

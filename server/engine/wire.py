@@ -9,13 +9,15 @@ Front-end -> engine header:
   ep    engine epoch the sender believes it talks to (stale-epoch ops are refused)
   feed  [[model, slots_i, gens_i, counts_i, data_i], ...]  new samples per session (per model:
         int32 slot/generation/count arrays and one float32 [sum(counts), C] array)
-  ops   [{"op": "open" | "flush" | "detach" | "close" | "predict" | "ping", "req": int, ...}]
+  ops   [{"op": "open" | "flush" | "detach" | "close" | "predict" | "ping" | "snapshot" |
+        "restore" | "park", "req": int, ...}]  (the last three: engine/sessions_ops.py)
         applied after `feed`, in order
 Engine -> front-end header:
   ep    the engine's epoch;  models: metadata (only in replies to "hello")
   prog  [[model, slots_i, gens_i, consumed_i, probs_i], ...]  every stepped session: consumed
         offset (int64) and class probabilities (float32 [n, K]) after the step
-  ctl   [{"req": int, ...}]  replies to ops;  evt  [{"ev": "closed", ...}] unsolicited events
+  ctl   [{"req": int, ...}]  replies to ops;  evt  [{"ev": "closed" | "stored", ...}] unsolicited
+        events (a session closed by the engine; a snapshot of it stored up to "offset")
 """
 
 from __future__ import annotations

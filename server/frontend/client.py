@@ -152,6 +152,11 @@ class StreamHandle:
             arr.popleft()
         return arr[0][1] if arr else time.monotonic()
 
+    def stored(self, offset: int) -> None:
+        """The engine stored a snapshot of this session up to `offset` (received samples)."""
+        if not self.closed:
+            self.on_result("stored", {"offset": offset})
+
     def fail(self, code: str, message: str) -> None:
         if not self.closed:
             self.closed = True
@@ -341,6 +346,11 @@ class EngineClient:
             else:
                 fut.set_result(msg)
         for ev in header.get("evt", ()):
+            if ev.get("ev") == "stored":
+                h = handles.get((ev["model"], ev["slot"], ev["gen"]))
+                if h is not None:
+                    h.stored(ev["offset"])
+                continue
             h = handles.pop((ev["model"], ev["slot"], ev["gen"]), None)
             if h is not None:
                 h.fail(ev["code"], ev["message"])  # closed: this front-end writes no more
@@ -407,6 +417,31 @@ class EngineClient:
             self.post({"op": "close", "model": h.model.idx, "slot": h.slot, "gen": h.gen,
                        "reason": reason})
 
+    # ---- moving sessions (server/engine/sessions_ops.py) ---------------------------------
+    async def park(self, h: StreamHandle) -> int:
+        """Drain one stream: every sample sent reaches the engine, which stores the session in
+        the session store and closes it here. Returns the stored offset (StreamError if the
+        store could not take it: the caller falls back to `final`)."""
+        while h.local_len and not h.closed:
+            await h.all_sent.wait()
+        if h.closed:
+            raise StreamError("internal", "the session was closed")
+        reply = await self.request({"op": "park", "model": h.model.idx, "slot": h.slot,
+                                    "gen": h.gen})
+        h.closed = True
+        self.handles.pop(h.key, None)
+        return int(reply["received"])
+
+    async def snapshot(self, session_id: str) -> bytes:
+        """Snapshot bytes of a live session (or the stored one)."""
+        reply = await self.request({"op": "snapshot", "session_id": session_id})
+        return np.asarray(reply["data"], np.uint8).tobytes()
+
+    async def restore(self, data: bytes, session_id: str | None = None) -> dict:
+        """Install snapshot bytes on the engine as a detached, resumable session."""
+        return await self.request({"op": "restore", "session_id": session_id, "data": 0},
+                                  [np.frombuffer(data, np.uint8)])
+
 
 def _ignore(*_args) -> None:
     pass
@@ -471,6 +506,12 @@ class EnginePool:
 
     def model_on(self, client: EngineClient, model: RemoteModel) -> RemoteModel:
         return client.models.get(model.name, model)
+
+    async def snapshot(self, session_id: str) -> bytes:
+        return await self._for_session(session_id).snapshot(session_id)
+
+    async def restore(self, data: bytes, session_id: str) -> dict:
+        return await self._for_session(session_id).restore(data, session_id)
 
     async def open(self, model: RemoteModel, *, session_id: str | None, **kw) -> StreamHandle:
         if session_id is not None:
