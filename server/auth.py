@@ -279,7 +279,9 @@ async def _http_error(send, status: int, code: str, message: str, headers=()) ->
 
 class TrustedHosts(TrustedHostMiddleware):
     """Starlette's Host check, answering the protocol's JSON error (400 `bad_host`) instead of
-    plain text. A page on a rebinding domain sends its own name as Host and is refused."""
+    plain text. A page on a rebinding domain sends its own name as Host and is refused. A
+    request without a Host header (HTTP/1.0 health checks of load balancers) cannot come from
+    a browser, so it passes."""
 
     def __init__(self, app, allowed_hosts: list[str], metrics=None):
         async def passed(scope, receive, send):
@@ -291,6 +293,9 @@ class TrustedHosts(TrustedHostMiddleware):
 
     async def __call__(self, scope, receive, send):
         if self.allow_any or scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        if not any(k == b"host" for k, _ in scope.get("headers", ())):
+            scope["s4d.host_ok"] = True
             return await self.app(scope, receive, send)
 
         async def guarded(message):

@@ -52,6 +52,30 @@ class EngineSession:
         return self.owner >= 0
 
 
+class SlotIndex(dict):
+    """slot -> session, with the array of live slots the planner reads every round rebuilt only
+    when sessions come or go (20k ECG sessions: a dict walk per round costs more than the round)."""
+
+    _array: np.ndarray | None = None
+
+    def __setitem__(self, key, value) -> None:
+        self._array = None
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key) -> None:
+        self._array = None
+        super().__delitem__(key)
+
+    def pop(self, key, *default):
+        self._array = None
+        return super().pop(key, *default)
+
+    def array(self) -> np.ndarray:
+        if self._array is None:
+            self._array = np.fromiter(self, np.int64, len(self))
+        return self._array
+
+
 @dataclass
 class Flush:
     owner: int
@@ -84,9 +108,8 @@ class ModelEngine:
                                        len(meta.classes), frame=self.frame, data=data)
             self.ring_info = {**self.ring_info, "ring": ring, "shape": list(shape)}
         self.quarantine: dict[int, list[tuple[int, int]]] = {}  # owner -> failed (slot, gen)
-        self._slots_cache: np.ndarray | None = None
         self.sessions: dict[str, EngineSession] = {}
-        self.by_slot: dict[int, EngineSession] = {}
+        self.by_slot: SlotIndex = SlotIndex()
         self.flushes: dict[int, list[Flush]] = {}
         self.batcher = PredictBatcher(
             backend, lambda fn, *a: lane.submit(fn, *a, priority=False), **batch_settings)
@@ -140,7 +163,6 @@ class ModelEngine:
             self._set_owner(s, owner)
             self.sessions[s.id] = s
             self.by_slot[slot] = s
-            self._slots_cache = None
             self.metrics.sessions_opened.labels(model=self.name).inc()
             self._gauges()
             resumed = False
@@ -257,7 +279,6 @@ class ModelEngine:
         if self.persistence is not None:
             self.persistence.closed(self, s, reason)
         self.by_slot.pop(s.slot, None)
-        self._slots_cache = None
         self.buffers.close(s.slot)
         if quarantine and s.attached:
             self.quarantine.setdefault(s.owner, []).append((s.slot, s.gen))
@@ -320,18 +341,11 @@ class ModelEngine:
             except Exception:  # never let the loop die
                 log.exception("engine %s: unexpected error in the stream loop", self.name)
 
-    def _live_slots(self) -> np.ndarray:
-        """Slots of live sessions, rebuilt only when sessions come or go (20k ECG sessions:
-        a dict walk per round would cost more than the round)."""
-        if self._slots_cache is None:
-            self._slots_cache = np.fromiter(self.by_slot, np.int64, len(self.by_slot))
-        return self._slots_cache
-
     async def _drain(self) -> None:
         """Step every session with a full frame (and finish flushes) until none is left."""
         b = self.buffers
         while not self._stopping:
-            slots = self._live_slots()
+            slots = self.by_slot.array()
             avail = b.available(slots)
             flushing = np.fromiter(self.flushes, np.int64, len(self.flushes))
             rnd = plan_round(slots, avail, flushing, frame=self.frame, patch=self.patch)
