@@ -51,6 +51,12 @@ class Settings(BaseSettings):
         3.0, gt=0, description="a silent engine (or front-end) is declared lost after this long")
 
     # streaming sessions
+    start_timeout_s: float = Field(
+        10.0, gt=0, description="a WebSocket must send `start` within this long, else "
+        "`timeout` and close 1008")
+    stream_idle_timeout_s: float = Field(
+        60.0, ge=0, description="a started stream that sends nothing for this long gets "
+        "`timeout` and close 1008; its session stays resumable for the idle TTL (0 = never)")
     max_sessions: int = Field(256, ge=1, description="state slots per model")
     idle_ttl_s: float = Field(30.0, gt=0, description="lifetime of a detached session")
     max_frame_bytes: int = Field(1 << 20, ge=16, description="largest binary WS message")

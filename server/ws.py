@@ -81,8 +81,14 @@ class StreamConnection:
         self._failed: StreamError | None = None
 
     # ---- plumbing ----------------------------------------------------------------------
-    async def _receive(self) -> tuple[str, Any] | None:
-        m = await self.ws.receive()
+    async def _receive(self, timeout: float | None = None,
+                       what: str = "a message") -> tuple[str, Any] | None:
+        """The next message; `timeout` (s): a client that sends nothing for that long gets
+        `timeout` (it must not hold a connection, and a state slot, forever)."""
+        try:
+            m = await asyncio.wait_for(self.ws.receive(), timeout or None)
+        except asyncio.TimeoutError:
+            raise StreamError("timeout", f"no {what} within {timeout:g} s") from None
         if m["type"] == "websocket.disconnect":
             return None
         limit = self.st.settings.max_frame_bytes
@@ -184,6 +190,9 @@ class StreamConnection:
             self.send(err.to_message())
             self.send((_CLOSE, err.close_code))
             await self._wait_sender()
+            if err.code == "timeout":  # a silent client: free the connection, keep the session
+                h.client.detach(h)  # resumable for the idle TTL
+                return
             h.client.close(h, "error")
             h.closed = True
         else:
@@ -232,7 +241,7 @@ class StreamConnection:
         meta = lm.metadata
         self.classes = meta.classes
 
-        first = await self._receive()
+        first = await self._receive(st.settings.start_timeout_s, "start message")
         if first is None:
             return
         kind, obj = first
@@ -241,9 +250,12 @@ class StreamConnection:
         if obj["type"] != "start":
             raise StreamError("not_started", f"{obj['type']!r} before start")
         p = parse_start(obj, meta, st.settings.emit_every)
+        key = self.ws.scope.get("s4d_key")  # set by server.auth when API keys are configured
         h = await st.client.open(lm, session_id=p["session_id"], offset=p["offset"],
                                  encoding=p["encoding"], emit_every=p["emit_every"],
-                                 on_result=self._on_result, on_closed=self._on_closed)
+                                 on_result=self._on_result, on_closed=self._on_closed,
+                                 key=key.name if key else None,
+                                 key_max=key.max_sessions if key else None)
         self.handle = h
         held = h.received
         offset = held if p["offset"] is None else p["offset"]
@@ -267,7 +279,7 @@ class StreamConnection:
             if h.closed or self._finishing:
                 await self._until_finished()
                 return
-            m = await self._receive()
+            m = await self._receive(st.settings.stream_idle_timeout_s, "data")
             if m is None:
                 return
             kind, obj = m

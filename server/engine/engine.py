@@ -9,6 +9,7 @@ the server's own process (`--workers 0`) or as its own process behind pyzmq
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import time
@@ -91,6 +92,7 @@ class Engine:
         self.watch_frontends = watch_frontends  # separate processes that may die silently
         self.shared_rings = shared_rings  # sample rings in shared memory (front-end processes)
         self._shm: list = []
+        self.key_sessions: collections.Counter = collections.Counter()
         self.epoch = epoch if epoch is not None else int(time.time() * 1000) % (1 << 31)
         self.models: list[ModelEngine] = []
         self.by_name: dict[str, ModelEngine] = {}
@@ -319,7 +321,8 @@ class Engine:
         try:
             me = self.models[op["model"]]
             info = await me.open(owner, session_id=op.get("session_id"), offset=op.get("offset"),
-                                 encoding=op["encoding"], emit_every=op["emit_every"])
+                                 encoding=op["encoding"], emit_every=op["emit_every"],
+                                 key=op.get("key"), key_max=op.get("key_max"))
             self.outbox.reply(owner, {"req": op["req"], **info})
         except StreamError as err:
             self.outbox.reply(owner, {"req": op["req"], "error": err.code, "message": err.message})

@@ -9,6 +9,7 @@ front-ends through the engine's outbox.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 import uuid
@@ -44,6 +45,7 @@ class EngineSession:
     encoding: str
     emit_every: int
     owner: int = -1  # front-end index while attached, -1 when detached (mirrored in buffers)
+    key: str | None = None  # the API key that opened it (None: no keys configured)
     detached_at: float = 0.0
     created: float = field(default_factory=time.monotonic)
 
@@ -108,6 +110,8 @@ class ModelEngine:
                                        len(meta.classes), frame=self.frame, data=data)
             self.ring_info = {**self.ring_info, "ring": ring, "shape": list(shape)}
         self.quarantine: dict[int, list[tuple[int, int]]] = {}  # owner -> failed (slot, gen)
+        # open sessions per API key, shared by every model of the engine (set by the engine)
+        self.key_sessions: collections.Counter = collections.Counter()
         self.sessions: dict[str, EngineSession] = {}
         self.by_slot: SlotIndex = SlotIndex()
         self.flushes: dict[int, list[Flush]] = {}
@@ -144,11 +148,16 @@ class ModelEngine:
 
     # ---- session manager -----------------------------------------------------------------
     async def open(self, owner: int, *, session_id: str | None, offset: int | None,
-                   encoding: str, emit_every: int) -> dict:
-        """New session, or resume of a detached one. Returns the `started` facts."""
+                   encoding: str, emit_every: int, key: str | None = None,
+                   key_max: int | None = None) -> dict:
+        """New session, or resume of a detached one. Returns the `started` facts. `key`: the
+        API key that opens it (a session belongs to it); `key_max`: that key's session quota."""
         if not self.streamable:
             raise StreamError("not_streamable", f"model {self.name!r} is bidirectional: batch only")
         if session_id is None:
+            if key is not None and key_max is not None and self.key_sessions[key] >= key_max:
+                raise StreamError("quota_exceeded",
+                                  f"this API key holds its {key_max} sessions; end one first")
             try:
                 slot = self.slab.allocate()
             except SlabFullError as exc:
@@ -159,7 +168,10 @@ class ModelEngine:
                 self.slab.free(slot)
                 raise
             gen = self.buffers.open(slot)
-            s = EngineSession(self.id_prefix + uuid.uuid4().hex, slot, gen, encoding, emit_every)
+            s = EngineSession(self.id_prefix + uuid.uuid4().hex, slot, gen, encoding, emit_every,
+                              key=key)
+            if key is not None:
+                self.key_sessions[key] += 1
             self._set_owner(s, owner)
             self.sessions[s.id] = s
             self.by_slot[slot] = s
@@ -180,6 +192,8 @@ class ModelEngine:
             if s is None:
                 raise StreamError("unknown_session",
                                   f"no session {session_id!r} (never existed or expired)")
+            if s.key is not None and s.key != key:
+                raise StreamError("session_forbidden", "that session belongs to another API key")
             if s.attached:
                 raise StreamError("session_busy", "that session is attached to another connection")
             held = int(self.buffers.received[s.slot])

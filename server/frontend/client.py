@@ -359,10 +359,11 @@ class EngineClient:
 
     # ---- sessions ------------------------------------------------------------------------
     async def open(self, model: RemoteModel, *, session_id: str | None, offset: int | None,
-                   encoding: str, emit_every: int, on_result, on_closed) -> StreamHandle:
+                   encoding: str, emit_every: int, on_result, on_closed,
+                   key: str | None = None, key_max: int | None = None) -> StreamHandle:
         info = await self.request({"op": "open", "model": model.idx, "session_id": session_id,
                                    "offset": offset, "encoding": encoding,
-                                   "emit_every": emit_every})
+                                   "emit_every": emit_every, "key": key, "key_max": key_max})
         h = StreamHandle(self, model, info, max_buffer_samples=self.max_buffer_samples,
                          emit_every=emit_every, on_result=on_result, on_closed=on_closed)
         self.handles[h.key] = h
