@@ -32,6 +32,7 @@ class PredictBatcher:
         max_batch_sequences: int,
         max_batch_samples: int,
         max_pending: int = 256,
+        chunk_samples: int = 0,
     ):
         self.backend = backend
         self.device = device  # device(fn, *args) runs fn on the model's device lane
@@ -39,6 +40,9 @@ class PredictBatcher:
         self.max_batch_sequences = max_batch_sequences
         self.max_batch_samples = max_batch_samples
         self.max_pending = max_pending
+        # sequences longer than this run as chunks of it through the exact recurrence, one
+        # device job per chunk, so stream steps interleave (0: always one FFT forward)
+        self.chunk_samples = chunk_samples
         self.pending = 0  # requests queued or running
         self._queue: asyncio.Queue = asyncio.Queue()
         self._task: asyncio.Task | None = None
@@ -116,6 +120,14 @@ class PredictBatcher:
         return out
 
     async def _forward(self, group, out) -> None:
+        chunked = getattr(self.backend, "predict_chunked", None)
+        if self.chunk_samples and chunked is not None and self.backend.metadata.streamable:
+            long = [e for e in group if len(e[2]) > self.chunk_samples]
+            for i, j, seq in long:
+                out[i][j] = await self._chunked(seq)
+            group = [e for e in group if len(e[2]) <= self.chunk_samples]
+            if not group:
+                return
         lengths = np.array([len(seq) for _, _, seq in group], np.int64)
         c = group[0][2].shape[1]
         batch = np.zeros((len(group), int(lengths.max()), c), np.float32)
@@ -128,3 +140,19 @@ class PredictBatcher:
             if row.ndim == 2:  # pooling none: keep the valid steps
                 row = row[: int(lengths[k]) // patch]
             out[i][j] = np.array(row, copy=True)
+
+    async def _chunked(self, seq: np.ndarray) -> np.ndarray:
+        """One long sequence through the backend's recurrent form, a chunk per device job:
+        between chunks the device lane runs waiting stream steps first. Exact: the same state
+        the batch forward would carry (tested against it)."""
+        state = None
+        outs = []
+        for start in range(0, len(seq), self.chunk_samples):
+            part = seq[start:start + self.chunk_samples]
+            logits, state = await self.device(self.backend.predict_chunked, part, state)
+            if logits is None:  # a tail shorter than one patch: ignored, as in the batch path
+                break
+            outs.append(logits)
+        if outs[0].ndim == 2:  # pooling none: per-step outputs of every chunk
+            return np.concatenate(outs)
+        return outs[-1]

@@ -37,14 +37,14 @@ class Settings(BaseSettings):
         description="front-end processes sharing the port, each talking to one engine process "
         "per device over pyzmq; 0 = one process (front-end and engine in one event loop)")
     round_interval_ms: float = Field(
-        6.0, ge=0, le=100,
+        4.0, ge=0, le=100,
         description="least time between two stream rounds of a model in the engine: frames "
         "that arrive meanwhile join the batch (fewer, larger steps; adds at most this latency)")
     reuse_port: bool = Field(
         True, description="front-ends listen on their own SO_REUSEPORT sockets (the kernel "
         "spreads connections evenly); off: they accept from one shared socket")
     tick_interval_ms: float = Field(
-        5.0, ge=0, le=100,
+        4.0, ge=0, le=100,
         description="least time between two messages from a front-end to its engine (0: one "
         "message per event-loop iteration with everything that arrived)")
     frontend_timeout_s: float = Field(
@@ -95,6 +95,10 @@ class Settings(BaseSettings):
         1 << 22, ge=1,
         description="per model: samples of predict work accepted but not finished; a request "
         "that would exceed it is refused 503 server_busy with Retry-After")
+    predict_chunk_samples: int = Field(
+        65536, ge=0, description="batch sequences longer than this run as chunks of it through "
+        "the exact recurrence, one device job each, so live streams are stepped in between "
+        "(0: one FFT forward whatever the length)")
     batch_window_ms: float = Field(3.0, ge=0, description="how long the batcher collects requests")
 
     # decoding (REST uploads)

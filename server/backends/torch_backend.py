@@ -71,6 +71,32 @@ class TorchBackend(Backend):
             logits = self.network(x, n)
             return logits.float().cpu().numpy()
 
+    #: samples per chunk of a long batch sequence (set by the engine from Settings)
+    chunk_samples = 0
+
+    def predict_chunked(self, seq: np.ndarray, state):
+        """One chunk [L', C] of a long sequence through the recurrent form with a long frame:
+        (logits [K] or [L' // patch, K], state). `state` None starts the sequence."""
+        if self.streaming is None:
+            raise BackendError(f"model {self.metadata.name} is not streamable")
+        patch = self.metadata.patch_size
+        usable = len(seq) - len(seq) % patch
+        if not usable:
+            return None, state
+        from model.streaming import StreamingNetwork
+
+        with torch.inference_mode():
+            long = getattr(self, "_long", None)
+            if long is None or long.frame_size < usable:
+                frame = max(usable, self.chunk_samples) // patch * patch
+                long = self._long = StreamingNetwork(self.network, frame, dtype=torch.float32,
+                                                     device=self.device).eval()
+            if state is None:
+                state = long.zero_state(1)
+            x = torch.from_numpy(np.ascontiguousarray(seq[:usable], np.float32)[None])
+            logits, state = long.step(x.to(self.device), state)
+            return logits[0].float().cpu().numpy(), state
+
     def new_slab(self, max_sessions: int) -> TorchSlabStorage:
         if self.streaming is None:
             raise BackendError(f"model {self.metadata.name} is not streamable")

@@ -171,13 +171,15 @@ class Engine:
                 log.error("model %s at %s failed to load, skipped: %s", name, path, exc)
                 continue
             self._lanes.append(lane)
+            backend.chunk_samples = s.predict_chunk_samples
             me = ModelEngine(
                 len(self.models), name, backend, storage, lane, self.metrics, self.outbox,
                 id_prefix=f"e{self.index}-", round_interval_s=s.round_interval_ms / 1000,
                 ring_alloc=self._ring_alloc,
                 batch_settings=dict(
                     window_s=s.batch_window_ms / 1000, max_batch_sequences=s.max_batch_sequences,
-                    max_batch_samples=s.max_batch_samples, max_pending=s.max_pending_requests),
+                    max_batch_samples=s.max_batch_samples, max_pending=s.max_pending_requests,
+                    chunk_samples=s.predict_chunk_samples),
             )
             self.metrics.init_model(name)
             if backend.metadata.streamable:

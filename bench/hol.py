@@ -1,0 +1,128 @@
+"""Streams before batch: a real-time kws stream's latency while one long `/predict` runs.
+
+Starts `s4d serve` (this tree, or `--tree DIR` for another checkout, e.g. the single-process
+server before the engine split), streams one real-time kws stream (20 ms frames, a result per
+frame) for `--seconds`, and after 2 s posts one NPY sequence of `--samples` samples. Reports the
+stream's latency (send of a frame -> its result) while the predict runs, and the predict's time.
+`python -m bench.hol --samples 10000000 [--tree .baseline] [--json]`
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import websockets
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def stream(url: str, seconds: float, marks: dict) -> list[tuple[float, float]]:
+    frame, rate = 320, 16000
+    sig = (np.sin(np.arange(rate) / 7.0) * 3000).astype("<i2")
+    out: list[tuple[float, float]] = []
+    async with websockets.connect(url, max_size=None) as ws:
+        await ws.send(json.dumps({"type": "start", "sample_rate": rate, "encoding": "pcm_s16le",
+                                  "channels": 1, "emit_every": frame}))
+        json.loads(await ws.recv())
+        sent: dict[int, float] = {}
+
+        async def reader():
+            async for msg in ws:
+                m = json.loads(msg)
+                if m.get("type") == "result" and m["offset"] in sent:
+                    out.append((sent[m["offset"]], time.monotonic() - sent[m["offset"]]))
+                if m.get("type") == "final":
+                    return
+
+        task = asyncio.ensure_future(reader())
+        t0 = time.monotonic()
+        n = int(seconds * rate / frame)
+        for k in range(n):
+            due = t0 + k * frame / rate
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            sent[(k + 1) * frame] = time.monotonic()
+            i = (k * frame) % (rate - frame)
+            await ws.send(sig[i:i + frame].tobytes())
+        await ws.send(json.dumps({"type": "end"}))
+        await asyncio.wait_for(task, 600)
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--tree", default=str(ROOT), help="checkout whose server runs")
+    p.add_argument("--samples", type=int, default=10_000_000)
+    p.add_argument("--seconds", type=float, default=30.0)
+    p.add_argument("--json", action="store_true")
+    a = p.parse_args()
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": a.tree, "S4D_PORT": str(port), "S4D_MODELS": "kws-s4d",
+           "S4D_LOG_LEVEL": "warning", "S4D_MAX_SEQUENCE_SAMPLES": str(a.samples),
+           "S4D_MAX_BODY_BYTES": str(4 * a.samples + (1 << 20)),
+           "S4D_MAX_PENDING_SAMPLES": str(2 * a.samples), "S4D_BODY_TIMEOUT_S": "600",
+           "S4D_CHECKPOINTS": str(ROOT / "checkpoints")}
+    proc = subprocess.Popen([sys.executable, "-m", "s4d_cli", "serve"], cwd=a.tree, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(base + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        buf = io.BytesIO()
+        np.save(buf, (np.random.default_rng(0).standard_normal(a.samples) * 0.1).astype("<f4"))
+        body = buf.getvalue()
+        marks: dict = {}
+
+        def post():
+            time.sleep(2.0)
+            marks["t0"] = time.monotonic()
+            r = httpx.post(f"{base}/v1/models/kws-s4d/predict", content=body,
+                           headers={"content-type": "application/x-npy"}, timeout=900)
+            marks["t1"] = time.monotonic()
+            marks["status"] = r.status_code
+
+        th = threading.Thread(target=post)
+        th.start()
+        lat = asyncio.run(stream(base.replace("http", "ws") + "/v1/models/kws-s4d/stream",
+                                 a.seconds, marks))
+        th.join()
+        during = np.array([d for t, d in lat if marks["t0"] <= t <= marks["t1"]]) * 1e3
+        res = {"tree": a.tree, "samples": a.samples, "predict_status": marks["status"],
+               "predict_s": round(marks["t1"] - marks["t0"], 2),
+               "frames_during_predict": int(during.size),
+               "stream_ms_during_predict": {
+                   "p50": round(float(np.percentile(during, 50)), 1) if during.size else None,
+                   "p99": round(float(np.percentile(during, 99)), 1) if during.size else None,
+                   "max": round(float(during.max()), 1) if during.size else None}}
+        print(json.dumps(res) if a.json else res)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
