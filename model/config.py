@@ -27,7 +27,13 @@ class ModelConfig(BaseModel):
     norm: Literal["layer", "none"] = "layer"
     prenorm: bool = True
     dropout: float = Field(0.0, ge=0, lt=1)
-    pooling: Literal["mean", "last", "none"] = "mean"
+    pooling: Literal["mean", "last", "ema", "none"] = "mean"
+    ema_tau_s: float | None = Field(
+        None, gt=0, description="pooling 'ema': time constant in seconds of the moving average"
+    )
+    sample_rate: int | None = Field(
+        None, ge=1, description="samples per second; needed by pooling 'ema' (= task.sample_rate)"
+    )
     bidirectional: bool = False
     lr_ssm: float = Field(1e-3, gt=0)
     input_mean: list[float] | None = None
@@ -45,7 +51,17 @@ class ModelConfig(BaseModel):
                 raise ValueError(f"{name} needs {self.d_input} values, got {len(value)}")
         if self.input_std is not None and any(s <= 0 for s in self.input_std):
             raise ValueError("input_std must be positive")
+        if self.pooling == "ema" and (self.ema_tau_s is None or self.sample_rate is None):
+            raise ValueError("pooling 'ema' needs ema_tau_s (seconds) and sample_rate")
         return self
+
+    @property
+    def ema_log_decay(self) -> float:
+        """log a, with a = exp(-patch_size / (tau * sample_rate)) the per-step decay of
+        pooling 'ema': p_t = a p_(t-1) + (1 - a) h_t."""
+        if self.ema_tau_s is None or self.sample_rate is None:
+            raise ValueError("ema_log_decay needs ema_tau_s and sample_rate")
+        return -self.patch_size / (self.ema_tau_s * self.sample_rate)
 
     @property
     def n_modes(self) -> int:
@@ -89,6 +105,10 @@ class CheckpointConfig(BaseModel):
             )
         if self.task.frame_size % self.model.patch_size:
             raise ValueError("task.frame_size must be a multiple of model.patch_size")
+        if self.model.sample_rate is not None and self.model.sample_rate != self.task.sample_rate:
+            raise ValueError(
+                f"model.sample_rate={self.model.sample_rate} != task.sample_rate={self.task.sample_rate}"
+            )
         return self
 
     def class_names(self) -> list[str]:
