@@ -68,6 +68,46 @@ class ModelConfig(BaseModel):
         return self.d_state // 2
 
 
+#: class names that are "nothing happening" unless a checkpoint says otherwise (kws: unknown,
+#: silence; ecg: normal): they never raise events
+DEFAULT_BACKGROUND = ("unknown", "silence", "normal", "background", "noise", "_background_noise_")
+
+
+class EventsConfig(BaseModel):
+    """Event detection over a stream's per-frame probabilities (model/events.py): a label
+    turns on at p >= threshold and off below threshold - hysteresis; an onset raises an event
+    unless the label's previous event is less than holdoff_ms before it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    threshold: float = Field(0.8, gt=0, le=1)
+    hysteresis: float = Field(0.2, ge=0, lt=1)
+    holdoff_ms: float = Field(500.0, ge=0, le=3_600_000)
+    background: list[str] | None = Field(
+        None, description="labels that never raise events; None: the class names among "
+        + ", ".join(DEFAULT_BACKGROUND)
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> EventsConfig:
+        if self.hysteresis >= self.threshold:
+            raise ValueError(
+                f"hysteresis={self.hysteresis} must be below threshold={self.threshold} "
+                "(a label turns off below threshold - hysteresis)"
+            )
+        return self
+
+    @property
+    def off_threshold(self) -> float:
+        return self.threshold - self.hysteresis
+
+    def background_labels(self, class_names: list[str]) -> list[str]:
+        if self.background is not None:
+            return list(self.background)
+        return [c for c in class_names if c in DEFAULT_BACKGROUND]
+
+
 class TaskConfig(BaseModel):
     """What the model's inputs and outputs mean, for serving."""
 
@@ -80,6 +120,7 @@ class TaskConfig(BaseModel):
     class_names: list[str] = Field(default_factory=list)
     frame_size: int = Field(320, ge=1, description="default streaming frame, in samples")
     labels_from_generated_data: bool = False
+    events: EventsConfig = Field(default_factory=EventsConfig)
 
 
 class CheckpointConfig(BaseModel):
@@ -105,6 +146,9 @@ class CheckpointConfig(BaseModel):
             )
         if self.task.frame_size % self.model.patch_size:
             raise ValueError("task.frame_size must be a multiple of model.patch_size")
+        unknown = set(self.task.events.background or []) - set(self.class_names())
+        if unknown:
+            raise ValueError(f"task.events.background names unknown classes {sorted(unknown)}")
         if self.model.sample_rate is not None and self.model.sample_rate != self.task.sample_rate:
             raise ValueError(
                 f"model.sample_rate={self.model.sample_rate} != task.sample_rate={self.task.sample_rate}"
