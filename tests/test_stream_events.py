@@ -112,3 +112,46 @@ def test_bad_event_settings_are_bad_start(live_server, ws_client, events, needle
         start={"sample_rate": RATE, "events": events}))
     assert res.error is not None and res.error["code"] == "bad_start", res.messages
     assert needle in res.error["message"] and res.close_code == 1003
+
+
+def test_python_client_and_cli_report_events(live_server, tmp_path):
+    """clients/: `events` in start, `on_event` callback and `session.events`; `s4d stream`
+    prints them (JSON lines with --json)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from clients import S4DClient
+
+    x = signal(1, 3000)
+    ends, probs = frame_probs(live_server, x)
+    override = {"threshold": 0.2, "hysteresis": 0.05, "holdoff_ms": 100, "background": []}
+    expected = detect(CLASSES, DetectorSettings.from_config(EventsConfig(**override), CLASSES,
+                                                            RATE), ends, probs)
+    assert expected
+    seen = []
+    with S4DClient(live_server.base_url, timeout=30) as c:
+        with c.stream(MODEL, sample_rate=RATE, encoding="f32le", events=override,
+                      on_event=seen.append) as s:
+            s.send(x)
+            s.end()
+        got = s.events
+    assert [(e["label"], e["offset"]) for e in got] == [(e["label"], e["offset"]) for e in expected]
+    assert seen == got
+    np.save(tmp_path / "x.npy", x)
+    root = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, "-m", "s4d_cli", "stream", "--url", live_server.base_url,
+                        "--model", MODEL, str(tmp_path / "x.npy"), "--json",
+                        "--events", json.dumps(override)],
+                       cwd=root, timeout=60, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(ln) for ln in r.stdout.splitlines()]
+    ev = [(m["label"], m["offset"]) for m in lines if m["type"] == "event"]
+    assert ev == [(e["label"], e["offset"]) for e in expected]
+    r = subprocess.run([sys.executable, "-m", "s4d_cli", "stream", "--url", live_server.base_url,
+                        "--model", MODEL, str(tmp_path / "x.npy"), "--events",
+                        json.dumps(override)],
+                       cwd=root, timeout=60, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert sum(ln.startswith("event ") for ln in r.stdout.splitlines()) == len(expected)
