@@ -155,3 +155,40 @@ def test_python_client_and_cli_report_events(live_server, tmp_path):
                        cwd=root, timeout=60, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert sum(ln.startswith("event ") for ln in r.stdout.splitlines()) == len(expected)
+
+
+def test_predict_events_equal_stream_events_for_per_step_models(live_server, ws_client):
+    """POST /predict with "events" (pooling none) reports what the stream reports."""
+    x = signal(2, 1000)
+    classes, rate = ["p", "q"], 250
+    r = httpx.post(f"{live_server.base_url}/v1/models/tinynone/predict",
+                   json={"inputs": [x[:, 0].tolist()], "per_step": True}, timeout=60)
+    steps = np.array(r.json()["predictions"][0]["per_step"])
+    ends = frame_ends(len(x), 16, 1)
+    thr = threshold_between(steps[[e - 1 for e in ends], 0])
+    override = {"threshold": thr, "hysteresis": min(0.01, thr / 2), "holdoff_ms": 100,
+                "background": ["q"]}
+    r = httpx.post(f"{live_server.base_url}/v1/models/tinynone/predict",
+                   json={"inputs": [x[:, 0].tolist(), x[:555, 0].tolist()], "events": override},
+                   timeout=60)
+    assert r.status_code == 200, r.text
+    batch = [p["events"] for p in r.json()["predictions"]]
+    assert batch[0], "the test signal must cross the threshold"
+    for seq, want in zip([x, x[:555]], batch, strict=True):
+        res = asyncio.run(ws_client.stream_signal(
+            live_server.ws_url("tinynone"), seq, sizes=[333, 40],
+            start={"sample_rate": rate, "events": override}))
+        got = events_of(res)
+        assert [(e["label"], e["offset"]) for e in got] == [(e["label"], e["offset"]) for e in want]
+        assert all(abs(g["probability"] - w["probability"]) <= 1e-5 for g, w in zip(got, want))
+    # pooled models have no per-frame batch outputs: a clear 400; bad settings: 400 too
+    for model, body, needle in [
+        (MODEL, {"inputs": [[0.0] * 64], "events": True}, "pooling 'none'"),
+        ("tinynone", {"inputs": [[0.0] * 64], "events": {"threshold": 2}}, "threshold"),
+        ("tinynone", {"inputs": [[0.0] * 64], "events": "yes"}, "true, false or an object"),
+    ]:
+        r = httpx.post(f"{live_server.base_url}/v1/models/{model}/predict", json=body)
+        assert r.status_code == 400 and needle in r.json()["error"]["message"], r.text
+    r = httpx.post(f"{live_server.base_url}/v1/models/tinynone/predict",
+                   json={"inputs": [[0.0] * 64]})
+    assert "events" not in r.json()["predictions"][0]
