@@ -39,7 +39,8 @@ async def stream(url: str, seconds: float, marks: dict) -> list[tuple[float, flo
     frame, rate = 320, 16000
     sig = (np.sin(np.arange(rate) / 7.0) * 3000).astype("<i2")
     out: list[tuple[float, float]] = []
-    async with websockets.connect(url, max_size=None) as ws:
+    # no keepalive pings: a server that stalls must show up as latency, not as a dropped socket
+    async with websockets.connect(url, max_size=None, ping_interval=None) as ws:
         await ws.send(json.dumps({"type": "start", "sample_rate": rate, "encoding": "pcm_s16le",
                                   "channels": 1, "emit_every": frame}))
         json.loads(await ws.recv())

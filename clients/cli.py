@@ -46,6 +46,9 @@ def register(subparsers: Any) -> None:
     )
     s.add_argument("--encoding", choices=["pcm_s16le", "f32le"], default=None)
     s.add_argument("--json", action="store_true", help="print every message as a JSON line")
+    s.add_argument("--events", default=None, type=_events_arg,
+                   help="event detection: 'off', or a JSON object overriding the model's "
+                   "defaults, e.g. '{\"threshold\": 0.9, \"holdoff_ms\": 1000}'")
     s.set_defaults(func=run_stream)
 
 
@@ -90,6 +93,24 @@ def _top(msg: dict, k: int = 3) -> str:
     return "  ".join(f"{c}={p:.3f}" for c, p in probs)
 
 
+def _events_arg(value: str):
+    if value.strip().lower() in ("off", "false", "no"):
+        return False
+    try:
+        obj = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"--events: 'off' or a JSON object ({exc})") from None
+    if not isinstance(obj, dict):
+        raise argparse.ArgumentTypeError("--events: 'off' or a JSON object")
+    return obj
+
+
+def _event_line(msg: dict, rate: int | None) -> str:
+    off = int(msg.get("offset", 0))
+    t = f"{off / rate:8.3f}s" if rate else f"{off:>9d}"
+    return f"event  {t}  {str(msg.get('label')):>10s}  p={float(msg.get('probability', 0)):.3f}"
+
+
 def _line(msg: dict, rate: int | None) -> str:
     off = int(msg.get("offset", 0))
     t = f"{off / rate:8.3f}s" if rate else f"{off:>9d}"
@@ -121,6 +142,15 @@ async def _stream(args: argparse.Namespace) -> int:
             if live is not None:
                 live.start()
             final = None
+
+            def on_event(msg: dict) -> None:
+                if args.json:
+                    print(json.dumps(msg), flush=True)
+                elif live is not None:
+                    live.console.print(_event_line(msg, rate))
+                else:
+                    print(_event_line(msg, rate), flush=True)
+
             async for msg in client.stream_file(
                 args.model,
                 args.file,
@@ -128,6 +158,8 @@ async def _stream(args: argparse.Namespace) -> int:
                 chunk_ms=args.chunk_ms,
                 emit_every=args.emit_every,
                 encoding=args.encoding,
+                events=args.events,
+                on_event=on_event,
             ):
                 if msg.get("type") == "final":
                     final = msg

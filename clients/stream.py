@@ -95,6 +95,7 @@ class AsyncStreamSession:
     Attributes: ``session_id``; ``offset`` (samples sent so far = the next sample's offset);
     ``acked_offset`` (samples the server reported consumed); ``frame_size``, ``classes``
     (from the server's ``started``); ``final`` (the final result once ``end`` returned);
+    ``events`` (every ``event`` message, in order; ``on_event`` is called with each);
     ``reconnects`` (how many times the connection was resumed).
     """
 
@@ -109,6 +110,8 @@ class AsyncStreamSession:
         session_id: str | None = None,
         offset: int = 0,
         on_result: Callable[[dict], Any] | None = None,
+        events: bool | dict | None = None,
+        on_event: Callable[[dict], Any] | None = None,
         reconnect: bool = True,
         max_reconnects: int = 12,
         resume_buffer_seconds: float = 30.0,
@@ -137,6 +140,11 @@ class AsyncStreamSession:
         self.snapshots = False
         self.stored_offset = int(offset)
         self.on_result = on_result
+        #: ``start.events`` (None: the model's defaults; False: off; a dict overrides);
+        #: ``events``: every ``event`` message received, in order; ``on_event`` sees each
+        self.events_settings = events
+        self.on_event = on_event
+        self.events: list[dict] = []
         self.reconnect = reconnect
         self.max_reconnects = max_reconnects
         self.open_timeout = open_timeout
@@ -220,6 +228,8 @@ class AsyncStreamSession:
         }
         if self.emit_every is not None:
             start["emit_every"] = int(self.emit_every)
+        if self.events_settings is not None:
+            start["events"] = self.events_settings
         if resume:
             start["session_id"] = self.session_id
             start["offset"] = int(self._buf_start)
@@ -398,6 +408,13 @@ class AsyncStreamSession:
                         self.final = msg
                         if not self._final_fut.done():
                             self._final_fut.set_result(msg)
+                elif kind == "event":
+                    self.events.append(msg)
+                    if self.on_event is not None:
+                        try:
+                            self.on_event(msg)
+                        except Exception:  # noqa: BLE001 - a user callback
+                            log.exception("on_event callback failed")
                 elif kind == "reset":
                     off = msg.get("offset")
                     if isinstance(off, int) and off > self.acked_offset:

@@ -27,7 +27,13 @@ class ModelConfig(BaseModel):
     norm: Literal["layer", "none"] = "layer"
     prenorm: bool = True
     dropout: float = Field(0.0, ge=0, lt=1)
-    pooling: Literal["mean", "last", "none"] = "mean"
+    pooling: Literal["mean", "last", "ema", "none"] = "mean"
+    ema_tau_s: float | None = Field(
+        None, gt=0, description="pooling 'ema': time constant in seconds of the moving average"
+    )
+    sample_rate: int | None = Field(
+        None, ge=1, description="samples per second; needed by pooling 'ema' (= task.sample_rate)"
+    )
     bidirectional: bool = False
     lr_ssm: float = Field(1e-3, gt=0)
     input_mean: list[float] | None = None
@@ -45,11 +51,61 @@ class ModelConfig(BaseModel):
                 raise ValueError(f"{name} needs {self.d_input} values, got {len(value)}")
         if self.input_std is not None and any(s <= 0 for s in self.input_std):
             raise ValueError("input_std must be positive")
+        if self.pooling == "ema" and (self.ema_tau_s is None or self.sample_rate is None):
+            raise ValueError("pooling 'ema' needs ema_tau_s (seconds) and sample_rate")
         return self
+
+    @property
+    def ema_log_decay(self) -> float:
+        """log a, with a = exp(-patch_size / (tau * sample_rate)) the per-step decay of
+        pooling 'ema': p_t = a p_(t-1) + (1 - a) h_t."""
+        if self.ema_tau_s is None or self.sample_rate is None:
+            raise ValueError("ema_log_decay needs ema_tau_s and sample_rate")
+        return -self.patch_size / (self.ema_tau_s * self.sample_rate)
 
     @property
     def n_modes(self) -> int:
         return self.d_state // 2
+
+
+#: class names that are "nothing happening" unless a checkpoint says otherwise (kws: unknown,
+#: silence; ecg: normal): they never raise events
+DEFAULT_BACKGROUND = ("unknown", "silence", "normal", "background", "noise", "_background_noise_")
+
+
+class EventsConfig(BaseModel):
+    """Event detection over a stream's per-frame probabilities (model/events.py): a label
+    turns on at p >= threshold and off below threshold - hysteresis; an onset raises an event
+    unless the label's previous event is less than holdoff_ms before it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    threshold: float = Field(0.8, gt=0, le=1)
+    hysteresis: float = Field(0.2, ge=0, lt=1)
+    holdoff_ms: float = Field(500.0, ge=0, le=3_600_000)
+    background: list[str] | None = Field(
+        None, description="labels that never raise events; None: the class names among "
+        + ", ".join(DEFAULT_BACKGROUND)
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> EventsConfig:
+        if self.hysteresis >= self.threshold:
+            raise ValueError(
+                f"hysteresis={self.hysteresis} must be below threshold={self.threshold} "
+                "(a label turns off below threshold - hysteresis)"
+            )
+        return self
+
+    @property
+    def off_threshold(self) -> float:
+        return self.threshold - self.hysteresis
+
+    def background_labels(self, class_names: list[str]) -> list[str]:
+        if self.background is not None:
+            return list(self.background)
+        return [c for c in class_names if c in DEFAULT_BACKGROUND]
 
 
 class TaskConfig(BaseModel):
@@ -64,6 +120,7 @@ class TaskConfig(BaseModel):
     class_names: list[str] = Field(default_factory=list)
     frame_size: int = Field(320, ge=1, description="default streaming frame, in samples")
     labels_from_generated_data: bool = False
+    events: EventsConfig = Field(default_factory=EventsConfig)
 
 
 class CheckpointConfig(BaseModel):
@@ -89,6 +146,13 @@ class CheckpointConfig(BaseModel):
             )
         if self.task.frame_size % self.model.patch_size:
             raise ValueError("task.frame_size must be a multiple of model.patch_size")
+        unknown = set(self.task.events.background or []) - set(self.class_names())
+        if unknown:
+            raise ValueError(f"task.events.background names unknown classes {sorted(unknown)}")
+        if self.model.sample_rate is not None and self.model.sample_rate != self.task.sample_rate:
+            raise ValueError(
+                f"model.sample_rate={self.model.sample_rate} != task.sample_rate={self.task.sample_rate}"
+            )
         return self
 
     def class_names(self) -> list[str]:

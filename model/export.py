@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_checkpoint
-from .network import S4DNetwork
+from .network import S4DNetwork, ema_weights
 from .streaming import STATE_NAMES, NotStreamableError, frame_matrix, pooling_head
 
 EXPORT_FORMAT = "s4d-onnx/1"
@@ -199,6 +199,8 @@ class BatchGraph(nn.Module):
             return self.net.decoder(h)
         if cfg.pooling == "mean":
             pooled = (h * mask).sum(1) / n_valid.unsqueeze(-1).to(h.dtype)
+        elif cfg.pooling == "ema":
+            pooled = (h * ema_weights(n_valid, steps, cfg.ema_log_decay, h.dtype)).sum(1)
         else:
             idx = (n_valid - 1).clamp(min=0).view(-1, 1, 1).expand(-1, 1, h.shape[2])
             pooled = torch.gather(h, 1, idx).squeeze(1)

@@ -12,6 +12,17 @@ from .config import ModelConfig
 from .s4d import S4D
 
 
+def ema_weights(n_valid: torch.Tensor, steps: int, log_decay: float, dtype: torch.dtype):
+    """[B, S, 1] weights of pooling 'ema' over the first n_valid steps: a^(n-1-s) / sum, in
+    float64 then `dtype`. The weighted sum is the bias-corrected moving average
+    p_(n-1) / (1 - a^n) that the recurrence p_t = a p_(t-1) + (1 - a) h_t reaches after n
+    steps (model/streaming.py), computed directly: exact, no scan."""
+    pos = torch.arange(steps, device=n_valid.device, dtype=torch.float64)
+    age = (n_valid.to(torch.float64).unsqueeze(1) - 1) - pos.unsqueeze(0)  # [B, S]
+    w = torch.where(age >= 0, torch.exp(age.clamp(min=0) * log_decay), torch.zeros_like(age))
+    return (w / w.sum(1, keepdim=True)).unsqueeze(-1).to(dtype)
+
+
 class S4DBlock(nn.Module):
     """One residual block; the pieces are exposed so the streaming form reuses them."""
 
@@ -99,7 +110,7 @@ class S4DNetwork(nn.Module):
         return h
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits [B, classes] (mean/last pooling) or [B, steps, classes] (pooling none)."""
+        """Logits [B, classes] (mean/last/ema pooling) or [B, steps, classes] (pooling none)."""
         h = self.features(x, lengths)
         pooling = self.cfg.pooling
         if pooling == "none":
@@ -115,6 +126,8 @@ class S4DNetwork(nn.Module):
             pos = torch.arange(steps, device=h.device)
             mask = (pos.unsqueeze(0) < n_valid.unsqueeze(1)).unsqueeze(-1).to(h.dtype)
             pooled = (h * mask).sum(1) / n_valid.unsqueeze(-1).to(h.dtype)
+        elif pooling == "ema":
+            pooled = (h * ema_weights(n_valid, steps, self.cfg.ema_log_decay, h.dtype)).sum(1)
         else:
             pooled = h[torch.arange(h.shape[0], device=h.device), n_valid - 1]
         return self.decoder(pooled)

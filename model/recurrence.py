@@ -7,6 +7,7 @@ x_t = dA * x_{t-1} + dB * u_t,   y_t = 2 Re(C . x_t) + D u_t   (complex state pe
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 
@@ -59,11 +60,16 @@ class PerSampleStepper:
                 pool = pool + h
             elif self.cfg.pooling == "last":
                 pool = h
+            elif self.cfg.pooling == "ema":
+                a = math.exp(self.cfg.ema_log_decay)
+                pool = a * pool + (1 - a) * h
             outs.append(h)
         if self.cfg.pooling == "mean":
             logits = self.net.decoder(pool / count)
         elif self.cfg.pooling == "last":
             logits = self.net.decoder(pool)
+        elif self.cfg.pooling == "ema":
+            logits = self.net.decoder(pool / (1 - torch.exp(count * self.cfg.ema_log_decay)))
         else:
             logits = self.net.decoder(torch.stack(outs, 1))
         return logits, {"x": x, "pool": pool, "count": count}

@@ -10,7 +10,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 
-from server import audio, jsonbody, limits
+from model.events import detect, frame_ends
+from server import audio, jsonbody, limits, stream_events
 from server.batcher import BatcherBusy
 from server.errors import ApiError
 from server.frontend.client import EngineUnavailable, RemoteModel
@@ -147,6 +148,17 @@ def _prediction(lm: RemoteModel, logits: np.ndarray, n: int, per_step: bool) -> 
     return out
 
 
+def _events(lm: RemoteModel, settings, steps: np.ndarray, n: int) -> list[dict]:
+    """The events a stream of this recording reports: the detector on the per-step
+    probabilities at the stream's frame ends (pooling none: a frame's prediction is its last
+    step's), softmax in float64 then float32 as the engine does."""
+    meta = lm.metadata
+    ends = frame_ends(n, meta.frame_size, meta.patch_size)
+    rows = steps[[e // meta.patch_size - 1 for e in ends]] if ends else steps[:0]
+    probs = softmax(rows.astype(np.float64)).astype(np.float32)
+    return detect(meta.classes, settings, ends, probs)
+
+
 def _spec(lm: RemoteModel, st: ServerState) -> audio.DecodeSpec:
     s, meta = st.settings, lm.metadata
     return audio.DecodeSpec(
@@ -177,7 +189,7 @@ def _json_request(body: bytes, spec: audio.DecodeSpec, max_sequences: int):
         raise ApiError(400, "bad_request", '"per_step" must be a boolean')
     seqs = [audio.from_json_list(seq, spec.channels, spec.patch, spec.max_len, f"inputs[{i}]")
             for i, seq in enumerate(inputs)]
-    return seqs, per_step
+    return seqs, per_step, doc.get("events", False)
 
 
 async def _sequences_from_request(lm: RemoteModel, request: Request, st: ServerState):
@@ -193,10 +205,11 @@ async def _sequences_from_request(lm: RemoteModel, request: Request, st: ServerS
                        "multipart/form-data, audio/wav, audio/flac, audio/ogg, text/csv or "
                        "application/x-npy")
     body = await read_body(request, s.max_body_bytes)
-    per_step = False
+    per_step, events = False, False
     seqs: list[np.ndarray] = []
     if ctype == "application/json" or ctype.endswith("+json"):
-        seqs, per_step = await pool.run(_json_request, body, spec, s.max_batch_sequences)
+        seqs, per_step, events = await pool.run(_json_request, body, spec,
+                                                s.max_batch_sequences)
     elif ctype == "multipart/form-data":
         try:
             form = await request.form(max_files=s.max_batch_sequences, max_fields=100)
@@ -223,7 +236,15 @@ async def _sequences_from_request(lm: RemoteModel, request: Request, st: ServerS
     if per_step and meta.pooling != "none":
         raise ApiError(400, "bad_request",
                        f"per_step needs a model with pooling 'none' (this one pools {meta.pooling!r})")
-    return seqs, per_step
+    try:
+        detector = stream_events.resolve(events, meta) if events is not False else None
+    except stream_events.EventsSettingsError as exc:
+        raise ApiError(400, "bad_request", str(exc)) from None
+    if detector is not None and meta.pooling != "none":
+        raise ApiError(400, "bad_request",
+                       f"events on /predict need per-step outputs (pooling 'none'); this model "
+                       f"pools {meta.pooling!r}: stream the recording for its events")
+    return seqs, per_step, detector
 
 
 @router.post(
@@ -239,10 +260,13 @@ async def _sequences_from_request(lm: RemoteModel, request: Request, st: ServerS
 async def predict(name: str, request: Request) -> dict:
     st = state_of(request)
     lm = st.model_or_error(name)
-    seqs, per_step = await _sequences_from_request(lm, request, st)
+    seqs, per_step, detector = await _sequences_from_request(lm, request, st)
     with limits_of(request).budget.reserve(name, sum(len(x) for x in seqs)):
         logits = await run_batch(lm, seqs)
     preds = [_prediction(lm, lg, len(x), per_step) for lg, x in zip(logits, seqs, strict=True)]
+    if detector is not None:
+        for pred, lg, x in zip(preds, logits, seqs, strict=True):
+            pred["events"] = _events(lm, detector, lg, len(x))
     return {"model": name, "predictions": preds}
 
 

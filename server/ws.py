@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from server import stream_events
 from server.errors import StreamError
 from server.frontend.client import EngineUnavailable, StreamHandle
 from server.frontend.decoder import ENCODINGS, SampleDecoder
@@ -171,6 +172,10 @@ class StreamConnection:
             self.send({"type": "stored", "session_id": h.session_id if h else None,
                        "offset": r["offset"]})
             return
+        if kind == "event":
+            h = self.handle
+            self.send({"type": "event", "session_id": h.session_id if h else None, **r})
+            return
         self.send(self._result(kind, r["offset"], r["probs"], r.get("latency_ms")))
 
     def _on_closed(self, code: str, message: str) -> None:
@@ -250,6 +255,10 @@ class StreamConnection:
         if obj["type"] != "start":
             raise StreamError("not_started", f"{obj['type']!r} before start")
         p = parse_start(obj, meta, st.settings.emit_every)
+        try:
+            events = stream_events.resolve(obj.get("events"), meta)
+        except stream_events.EventsSettingsError as exc:
+            raise StreamError("bad_start", str(exc)) from None
         key = self.ws.scope.get("s4d_key")  # set by server.auth when API keys are configured
         h = await st.client.open(lm, session_id=p["session_id"], offset=p["offset"],
                                  encoding=p["encoding"], emit_every=p["emit_every"],
@@ -257,6 +266,7 @@ class StreamConnection:
                                  key=key.name if key else None,
                                  key_max=key.max_sessions if key else None)
         self.handle = h
+        h.detector = stream_events.detector(events, meta)
         held = h.received
         offset = held if p["offset"] is None else p["offset"]
         decoder = SampleDecoder(p["encoding"], meta.input_channels, skip=held - offset)
@@ -269,6 +279,7 @@ class StreamConnection:
             "frame_size": meta.frame_size, "sample_rate": meta.sample_rate,
             "channels": meta.input_channels, "classes": list(meta.classes),
             **({"snapshots": True} if st.settings.session_store else {}),
+            "events": stream_events.describe(events, meta),
         }).decode())
         self.sender = asyncio.get_running_loop().create_task(self._sender_loop())
         loop = asyncio.get_running_loop()
@@ -299,6 +310,8 @@ class StreamConnection:
                 r = await h.client.flush(h, reset=True)
                 self.send(self._result("result", r["consumed"], r["probs"], segment_end=True))
                 self.send({"type": "reset", "offset": r["consumed"]})
+                if h.detector is not None:
+                    h.detector.reset()
             else:  # end
                 await self.finish(reason="end")
                 await self._until_finished()

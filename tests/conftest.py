@@ -54,6 +54,13 @@ TINY_MODELS: dict[str, tuple[dict, dict]] = {
         dict(d_input=1, d_model=8, d_state=4, n_layers=1, d_output=2, bidirectional=True),
         dict(sample_rate=16000, input_channels=1, class_names=["u", "v"], frame_size=64),
     ),
+    # exponential moving average pooling, time constant 0.05 s = 100 samples at 2 kHz
+    "tinyema": (
+        dict(d_input=1, d_model=8, d_state=4, n_layers=2, d_output=3, pooling="ema",
+             ema_tau_s=0.05, sample_rate=2000),
+        dict(sample_rate=2000, input_channels=1, class_names=["yes", "no", "unknown"],
+             frame_size=32),
+    ),
 }
 
 

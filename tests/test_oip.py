@@ -136,7 +136,7 @@ def test_http_server_and_model_metadata(http, srv):
     assert cfg["parameters"]["sample_rate"]["string_value"] == "100"
     index = http.get_model_repository_index()
     assert [(m["name"], m["state"]) for m in index] == [
-        (n, "READY") for n in sorted(["tiny", "tiny2", "tinynone", "tinybi"])]
+        (n, "READY") for n in sorted(["tiny", "tiny2", "tinynone", "tinybi", "tinyema"])]
 
 
 @pytest.mark.parametrize("model,shape", [("tiny", (3, 200, 1)), ("tiny2", (2, 40, 2)),
@@ -300,7 +300,7 @@ def test_statistics_count_requests(http, grpc_client, srv):
     assert s1["success"]["ns"] > s0["success"]["ns"]
     assert after["last_inference"] >= before["last_inference"] > 0 or before["inference_count"] == 0
     everyone = {m["name"] for m in http.get_inference_statistics()["model_stats"]}
-    assert everyone == {"tiny", "tiny2", "tinynone", "tinybi"}
+    assert everyone == {"tiny", "tiny2", "tinynone", "tinybi", "tinyema"}
     g = grpc_client.get_inference_statistics("tinybi", as_json=True)["model_stats"][0]
     assert int(g["inference_count"]) == after["inference_count"]
 
@@ -315,7 +315,7 @@ def test_grpc_health_and_metadata(grpc_client):
     assert m["name"] == "tiny2" and m["versions"] == ["1"]
     assert m["inputs"][0] == {"name": "input", "datatype": "FP32", "shape": ["-1", "-1", "2"]}
     index = grpc_client.get_model_repository_index(as_json=True)["models"]
-    assert sorted(x["name"] for x in index) == ["tiny", "tiny2", "tinybi", "tinynone"]
+    assert sorted(x["name"] for x in index) == ["tiny", "tiny2", "tinybi", "tinyema", "tinynone"]
 
 
 @pytest.mark.parametrize("model,shape", [("tiny", (3, 200, 1)), ("tiny2", (2, 40, 2))])

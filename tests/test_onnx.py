@@ -38,6 +38,11 @@ RANDOM = {
     "randnone": (dict(d_input=1, d_model=8, d_state=4, n_layers=1, d_output=2, pooling="none",
                       init="lin"),
                  dict(sample_rate=250, input_channels=1, class_names=["p", "q"], frame_size=16)),
+    # exponential moving average pooling (tau = 0.1 s = 25 steps of 2 samples at 500 Hz)
+    "randema": (dict(d_input=1, d_model=8, d_state=4, n_layers=2, d_output=3, patch_size=2,
+                     pooling="ema", ema_tau_s=0.1, sample_rate=500),
+                dict(sample_rate=500, input_channels=1, class_names=["e", "f", "g"],
+                     frame_size=16)),
     # bidirectional: batch graph only
     "randbi": (dict(d_input=1, d_model=8, d_state=4, n_layers=1, d_output=2, bidirectional=True),
                dict(sample_rate=16000, input_channels=1, class_names=["u", "v"], frame_size=64)),
@@ -193,7 +198,8 @@ def test_server_streaming_equals_batch(onnx_cache, random_root, backends, start_
         for name, n, c, rate, sizes in [("rand", 1000, 1, 16000, [7, 300, 1]),
                                         ("rand", 131, 1, 16000, [4000]),
                                         ("rand2", 333, 2, 100, [24, 4]),
-                                        ("randnone", 77, 1, 250, [12])]:
+                                        ("randnone", 77, 1, 250, [12]),
+                                        ("randema", 501, 1, 500, [7, 40])]:
             x = (rng.standard_normal((n, c)) * 0.3).clip(-0.99, 0.99).astype(np.float32)
             jobs.append((name, x, ws_client.stream_signal(
                 h.ws_url(name), x, sizes=sizes, start={"sample_rate": rate})))

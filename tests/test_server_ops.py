@@ -173,7 +173,7 @@ def test_metrics_after_a_run(live_server, ws_client):
 def test_models_metadata_and_openapi(live_server):
     c = live_server.client()
     models = {m["name"]: m for m in c.get("/v1/models").json()["models"]}
-    assert set(models) == {"tiny", "tiny2", "tinynone", "tinybi"}
+    assert set(models) == {"tiny", "tiny2", "tinynone", "tinybi", "tinyema"}
     m = c.get("/v1/models/tiny2").json()
     assert m == models["tiny2"]
     for key in ["name", "description", "task", "sample_rate", "input_channels", "classes",

@@ -103,6 +103,29 @@ def test_pooling_none_stream_and_per_step(live_server, ws_client, probs_close):
     probs_close(res.final["probabilities"], last)
 
 
+@SETTINGS
+@given(
+    sizes=st.lists(st.integers(1, 900), min_size=1, max_size=3),
+    n=st.integers(1, 1500),
+    seed=st.integers(0, 2**16),
+)
+def test_ema_pooling_stream_equals_batch(live_server, ws_client, batch_predict, probs_close,
+                                         sizes, n, seed):
+    """Pooling that forgets streams exactly too: the final and every result equal the batch
+    prediction of the prefix (several time constants long)."""
+    x = rand_signal(np.random.default_rng(seed), n)
+    res = asyncio.run(ws_client.stream_signal(
+        live_server.ws_url("tinyema"), x, sizes=sizes, start={"sample_rate": 2000}))
+    assert res.close_code == 1000, res.messages
+    assert res.final is not None and res.final["offset"] == n
+    probs_close(res.final["probabilities"], batch_predict(live_server, "tinyema", [x])[0])
+    some = res.results[:: max(1, len(res.results) // 3)]
+    assert len(res.results) == n // 32  # one per frame (emit_every defaults to frame_size)
+    refs = batch_predict(live_server, "tinyema", [x[: r["offset"]] for r in some]) if some else []
+    for r, ref in zip(some, refs, strict=True):
+        probs_close(r["probabilities"], ref)
+
+
 async def _resume(h, url, x, cut, back, sizes):
     """Send x[:cut], drop the connection, resume at offset cut-back (duplicates), finish."""
     start = {"type": "start", "sample_rate": 16000, "encoding": "f32le", "channels": 1,

@@ -16,6 +16,8 @@ LENGTH = 48
 
 
 def make_net(init="legs", disc="zoh", pooling="mean", patch=1, dtype=torch.float64, **kw):
+    if pooling == "ema":  # time constant 10 samples: LENGTH = 48 forgets most of the start
+        kw = {"ema_tau_s": 0.1, "sample_rate": 100, **kw}
     cfg = ModelConfig(
         d_input=2, d_model=8, d_state=8, n_layers=2, d_output=3, init=init,
         discretization=disc, pooling=pooling, patch_size=patch, **kw,
@@ -46,7 +48,7 @@ def stream(net, x, pieces, frame_size, dtype, block_size=64):
 
 @pytest.mark.parametrize("init", INITS)
 @pytest.mark.parametrize("disc", ["zoh", "bilinear"])
-@pytest.mark.parametrize("pooling", ["mean", "last", "none"])
+@pytest.mark.parametrize("pooling", ["mean", "last", "ema", "none"])
 def test_three_paths_agree_float64(init, disc, pooling):
     net = make_net(init, disc, pooling)
     x = torch.randn(3, LENGTH, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
@@ -63,7 +65,7 @@ def test_three_paths_agree_float64(init, disc, pooling):
 @given(
     frame=st.integers(1, 24),
     cuts=st.lists(st.integers(1, LENGTH - 1), max_size=6, unique=True).map(sorted),
-    pooling=st.sampled_from(["mean", "last", "none"]),
+    pooling=st.sampled_from(["mean", "last", "ema", "none"]),
     init=st.sampled_from(INITS),
 )
 def test_any_frame_and_split_float64(frame, cuts, pooling, init):
@@ -79,7 +81,7 @@ def test_any_frame_and_split_float64(frame, cuts, pooling, init):
     frame=st.integers(2, 24),
     block=st.integers(2, 8),
     cuts=st.lists(st.integers(1, LENGTH - 1), max_size=5, unique=True).map(sorted),
-    pooling=st.sampled_from(["mean", "last", "none"]),
+    pooling=st.sampled_from(["mean", "last", "ema", "none"]),
 )
 def test_sub_blocked_frames_float64(frame, block, cuts, pooling):
     """Frames cut into sub-blocks (local GEMM + state scan) are exact too."""
@@ -117,7 +119,7 @@ def test_patched_network_streams_exactly_float32(frame_patches, cuts):
     assert rel_err(out32.double(), ref) <= 1e-5
 
 
-@pytest.mark.parametrize("pooling", ["mean", "last", "none"])
+@pytest.mark.parametrize("pooling", ["mean", "last", "ema", "none"])
 def test_float32_paths_against_float64_reference(pooling):
     net = make_net(pooling=pooling)
     x = torch.randn(4, 320, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
@@ -141,7 +143,7 @@ def test_prefix_prediction_equals_batch_prediction_on_prefix():
 
 
 def test_variable_lengths_in_one_batch_match_single_runs():
-    for pooling in ("mean", "last"):
+    for pooling in ("mean", "last", "ema"):
         net = make_net(pooling=pooling)
         a, b = torch.randn(1, 30, 2, dtype=torch.float64), torch.randn(1, 45, 2, dtype=torch.float64)
         batch = torch.zeros(2, 45, 2, dtype=torch.float64)
@@ -193,3 +195,72 @@ def test_one_block_frames_any_batch(batch):
     with torch.inference_mode():
         ref = net(x)
     assert rel_err(stream(net, x, [20], 16, torch.float64), ref) <= 1e-10
+
+
+# ---- pooling "ema": forgets, and still streams exactly --------------------------------------
+@settings(max_examples=25, deadline=None)
+@given(
+    frame=st.integers(1, 24),
+    cuts=st.lists(st.integers(1, 4 * LENGTH - 1), max_size=6, unique=True).map(sorted),
+    tau=st.floats(0.01, 10.0),
+    patch=st.sampled_from([1, 2]),
+)
+def test_ema_float32_stream_any_chunking_matches_float64_batch(frame, cuts, tau, patch):
+    net = make_net(pooling="ema", ema_tau_s=tau, patch=patch)
+    x = torch.randn(2, 4 * LENGTH, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(frame))
+    with torch.inference_mode():
+        ref = net(x)
+        assert rel_err(make_net(pooling="ema", ema_tau_s=tau, patch=patch,
+                                dtype=torch.float32)(x.float()).double(), ref) <= 1e-5
+    cuts = [c * patch for c in cuts if c * patch < x.shape[1]]
+    out = stream(net, x, cuts, frame * patch, torch.float32)
+    assert rel_err(out.double(), ref) <= 1e-5
+
+
+def test_ema_prefix_predictions_equal_batch_on_every_prefix():
+    net = make_net(pooling="ema")
+    x = torch.randn(2, 40, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    sn = StreamingNetwork(net, 5, dtype=torch.float64)
+    state = sn.zero_state(2)
+    with torch.inference_mode():
+        for end in range(5, 41, 5):
+            logits, state = sn.step(x[:, end - 5 : end], state)
+            assert rel_err(logits, net(x[:, :end])) <= 1e-10
+
+
+def test_ema_forgets_the_distant_past_and_mean_does_not():
+    """Two inputs that differ only in the first 48 steps: after 10 time constants the ema
+    predictions coincide (to a^480 ~ 1e-21), the running mean's still differ."""
+    x = torch.randn(1, 11 * LENGTH, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    y = x.clone()
+    y[:, :LENGTH] = torch.randn(1, LENGTH, 2, dtype=torch.float64)
+    with torch.inference_mode():
+        # the S4D layers themselves remember (their own modes decay slowly); compare the pooling
+        # on the same features: the head over h(x) with h(y)'s first steps swapped in
+        ema, mean = make_net(pooling="ema"), make_net(pooling="mean")
+        hx, hy = ema.features(x), ema.features(x).clone()
+        hy[:, :LENGTH] = ema.features(y)[:, :LENGTH]
+        n = torch.tensor([hx.shape[1]])
+        from model.network import ema_weights
+
+        w = ema_weights(n, hx.shape[1], ema.cfg.ema_log_decay, torch.float64)
+        assert ((hx - hy) * w).sum(1).abs().max() <= 1e-15
+        assert (hx - hy).mean(1).abs().max() > 1e-3
+        assert rel_err(mean(x), mean(y)) > 1e-6
+
+
+def test_ema_with_a_huge_time_constant_is_the_running_mean():
+    x = torch.randn(2, LENGTH, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    with torch.inference_mode():
+        ema = make_net(pooling="ema", ema_tau_s=1e9)(x)
+        mean = make_net(pooling="mean")(x)
+    assert rel_err(ema, mean) <= 1e-8
+
+
+def test_ema_needs_a_time_constant_and_a_sample_rate():
+    with pytest.raises(ValueError, match="ema_tau_s"):
+        ModelConfig(pooling="ema")
+    with pytest.raises(ValueError, match="ema_tau_s"):
+        ModelConfig(pooling="ema", ema_tau_s=1.0)
+    cfg = ModelConfig(pooling="ema", ema_tau_s=0.5, sample_rate=16000, patch_size=4)
+    assert cfg.ema_log_decay == pytest.approx(-4 / 8000)

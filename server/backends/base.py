@@ -29,6 +29,13 @@ class BackendError(RuntimeError):
     """A checkpoint cannot be served by this backend (clear message for the operator)."""
 
 
+def resolved_events(cfg, class_names: list[str]) -> dict[str, Any]:
+    """A checkpoint's `task.events` with the background labels spelled out (META `events`)."""
+    d = cfg.model_dump()
+    d["background"] = cfg.background_labels(class_names)
+    return d
+
+
 @dataclass(frozen=True)
 class ModelMetadata:
     """What `GET /v1/models/{name}` reports (PROTOCOL.md META)."""
@@ -48,6 +55,8 @@ class ModelMetadata:
     backend: str
     device: str
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    #: default event detection of streams (PROTOCOL.md META `events`; model/events.py)
+    events: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod
     def from_checkpoint(
@@ -74,6 +83,7 @@ class ModelMetadata:
             backend=backend,
             device=device,
             extra=extra or {},
+            events=resolved_events(task.events, list(config.class_names())),
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -98,6 +98,9 @@ class StreamHandle:
         self.all_sent.set()
         self.closed = False
         self.detaching = False
+        #: model.events.EventDetector or None: sees every frame's probabilities; its events
+        #: go out as on_result("event", {...}) after that frame's result
+        self.detector = None
 
     def push(self, rows: np.ndarray, now: float) -> None:
         if not len(rows) or self.closed:
@@ -140,6 +143,9 @@ class StreamHandle:
         if e > 0 and consumed // e > old // e:
             self.on_result("result", {"offset": consumed, "probs": probs,
                                       "latency_ms": (now - self.anchor(consumed)) * 1e3})
+        if self.detector is not None:
+            for ev in self.detector.update(consumed, probs):
+                self.on_result("event", ev)
         if self.received - self.consumed < self.limit:
             self.space.set()
         if self.local_len:

@@ -1,0 +1,104 @@
+"""Events from a stream of class probabilities: "yes at 12.34 s", "af_like from 08:14:05".
+
+Pure (no I/O, no clock): the stream and the batch path feed the same detector the same
+per-frame probabilities, so they report the same events.
+
+The input is one probability vector per frame, with the frame's end `offset` (samples
+consumed so far; the `offset` of a `result` message). Per label that is not background:
+- it turns on when p >= threshold, and off when p < threshold - hysteresis;
+- turning on raises an event {"label", "offset", "probability"}: `offset` is the offset of
+  the frame where it turned on (the onset), `probability` the label's probability at that
+  frame (events are raised at the onset, not when the label turns off, so there is no peak
+  to wait for);
+- unless that label's previous event is less than `holdoff` samples before: then it turns on
+  silently (one keyword said once raises one event even if the probability flickers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import EventsConfig
+
+
+@dataclass(frozen=True)
+class DetectorSettings:
+    """Thresholds in probability, hold-off in samples, background as class indices."""
+
+    on_threshold: float
+    off_threshold: float
+    holdoff_samples: int
+    watched: tuple[int, ...]  # indices of the labels that may raise events
+
+    @classmethod
+    def from_config(cls, cfg: EventsConfig, class_names: Sequence[str],
+                    sample_rate: float) -> DetectorSettings:
+        background = set(cfg.background_labels(list(class_names)))
+        unknown = background - set(class_names)
+        if unknown:
+            raise ValueError(f"background names unknown classes {sorted(unknown)}; "
+                             f"the classes are {list(class_names)}")
+        return cls(
+            on_threshold=cfg.threshold,
+            off_threshold=cfg.off_threshold,
+            holdoff_samples=int(round(cfg.holdoff_ms * sample_rate / 1000.0)),
+            watched=tuple(i for i, c in enumerate(class_names) if c not in background),
+        )
+
+
+class EventDetector:
+    """Per-session detector state: which labels are on, and each label's last event."""
+
+    def __init__(self, class_names: Sequence[str], settings: DetectorSettings):
+        self.class_names = list(class_names)
+        self.settings = settings
+        self.on = np.zeros(len(self.class_names), dtype=bool)
+        self.last_event: dict[int, int] = {}
+
+    def update(self, offset: int, probs: Iterable[float]) -> list[dict]:
+        """Events raised by the frame that ends at `offset` (in order of class index)."""
+        s = self.settings
+        p = np.asarray(probs, dtype=np.float64)
+        events = []
+        for i in s.watched:
+            if self.on[i]:
+                if p[i] < s.off_threshold:
+                    self.on[i] = False
+                continue
+            if p[i] >= s.on_threshold:
+                self.on[i] = True
+                last = self.last_event.get(i)
+                if last is None or offset - last >= s.holdoff_samples:
+                    self.last_event[i] = offset
+                    events.append({"label": self.class_names[i], "offset": int(offset),
+                                   "probability": float(p[i])})
+        return events
+
+    def reset(self) -> None:
+        """A new segment (the model's state was reset): every label off; hold-offs stay, as
+        they count in samples of the same stream."""
+        self.on[:] = False
+
+
+def detect(class_names: Sequence[str], settings: DetectorSettings, offsets: Iterable[int],
+           probs: Iterable[Iterable[float]]) -> list[dict]:
+    """All events of a whole sequence of frames (the batch path)."""
+    det = EventDetector(class_names, settings)
+    out: list[dict] = []
+    for offset, p in zip(offsets, probs, strict=True):
+        out.extend(det.update(int(offset), p))
+    return out
+
+
+def frame_ends(length: int, frame_size: int, patch_size: int) -> list[int]:
+    """The offsets at which a stream of `length` samples, sent and then ended, gets a
+    prediction: every full frame, then the partial last frame (whole patches; a tail shorter
+    than a patch is ignored, as in the batch forward)."""
+    ends = list(range(frame_size, length + 1, frame_size))
+    tail = (length // patch_size) * patch_size
+    if tail > (ends[-1] if ends else 0):
+        ends.append(tail)
+    return ends
