@@ -160,7 +160,7 @@ def test_python_client_and_cli_report_events(live_server, tmp_path):
 def test_predict_events_equal_stream_events_for_per_step_models(live_server, ws_client):
     """POST /predict with "events" (pooling none) reports what the stream reports."""
     x = signal(2, 1000)
-    classes, rate = ["p", "q"], 250
+    rate = 250
     r = httpx.post(f"{live_server.base_url}/v1/models/tinynone/predict",
                    json={"inputs": [x[:, 0].tolist()], "per_step": True}, timeout=60)
     steps = np.array(r.json()["predictions"][0]["per_step"])
