@@ -57,14 +57,19 @@ async def stream(url: str, seconds: float, marks: dict) -> list[tuple[float, flo
         task = asyncio.ensure_future(reader())
         t0 = time.monotonic()
         n = int(seconds * rate / frame)
-        for k in range(n):
-            due = t0 + k * frame / rate
-            await asyncio.sleep(max(0.0, due - time.monotonic()))
-            sent[(k + 1) * frame] = time.monotonic()
-            i = (k * frame) % (rate - frame)
-            await ws.send(sig[i:i + frame].tobytes())
-        await ws.send(json.dumps({"type": "end"}))
-        await asyncio.wait_for(task, 600)
+        try:
+            for k in range(n):
+                due = t0 + k * frame / rate
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+                sent[(k + 1) * frame] = time.monotonic()
+                i = (k * frame) % (rate - frame)
+                await ws.send(sig[i:i + frame].tobytes())
+            await ws.send(json.dumps({"type": "end"}))
+            await asyncio.wait_for(task, 600)
+        except websockets.ConnectionClosed as exc:  # the server gave up on the stream
+            marks["closed"] = {"at_s": round(time.monotonic() - t0, 1),
+                               "code": exc.rcvd.code if exc.rcvd else None,
+                               "reason": exc.rcvd.reason if exc.rcvd else None}
     return out
 
 
@@ -110,10 +115,12 @@ def main() -> int:
         lat = asyncio.run(stream(base.replace("http", "ws") + "/v1/models/kws-s4d/stream",
                                  a.seconds, marks))
         th.join()
+        marks.setdefault("t1", time.monotonic())
         during = np.array([d for t, d in lat if marks["t0"] <= t <= marks["t1"]]) * 1e3
         res = {"tree": a.tree, "samples": a.samples, "predict_status": marks["status"],
                "predict_s": round(marks["t1"] - marks["t0"], 2),
                "frames_during_predict": int(during.size),
+               "stream_closed_by_server": marks.get("closed"),
                "stream_ms_during_predict": {
                    "p50": round(float(np.percentile(during, 50)), 1) if during.size else None,
                    "p99": round(float(np.percentile(during, 99)), 1) if during.size else None,

@@ -4,6 +4,7 @@ manager + stream loop of `ModelEngine` on a `NumpySlabStorage` with a fake backe
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
@@ -260,6 +261,44 @@ def test_engine_step_failure_closes_only_those_sessions():
         me.release(5, a["slot"], a["gen"])
         assert me.slab.in_use == 0
         await me.stop()
+        lane.stop()
+
+    asyncio.run(main())
+
+
+def test_lane_stream_steps_go_first_but_batch_is_not_starved():
+    """A stream loop that submits its next step right after the last one finished keeps the
+    lane (hold), queued batch jobs wait; with no end of stream work in sight they still run
+    within max_hold_s."""
+
+    async def main():
+        lane = DeviceLane("t", max_hold_s=0.3)
+        order = []
+
+        def job(tag, secs):
+            def run():
+                time.sleep(secs)
+                order.append((tag, time.monotonic()))
+            return run
+
+        lane.hold()
+        batch = [lane.submit(job("batch", 0.01), priority=False) for _ in range(3)]
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 0.15:  # 150 ms of back-to-back stream steps
+            await lane.submit(job("step", 0.005))
+        assert all(tag == "step" for tag, _ in order)  # batch held back meanwhile
+        lane.release()
+        await asyncio.gather(*batch)
+        tags = [t for t, _ in order]
+        assert tags[-3:] == ["batch"] * 3
+        # fairness: streams that never stop still let batch jobs through
+        order.clear()
+        lane.hold()
+        late = lane.submit(job("batch", 0.001), priority=False)
+        t0 = time.monotonic()
+        while not late.done() and time.monotonic() - t0 < 2:
+            await lane.submit(job("step", 0.005))
+        assert late.done() and time.monotonic() - t0 < 0.6
         lane.stop()
 
     asyncio.run(main())

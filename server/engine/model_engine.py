@@ -365,7 +365,9 @@ class ModelEngine:
             rnd = plan_round(slots, avail, flushing, frame=self.frame, patch=self.patch)
             self.metrics.queue_depth.labels(model=self.name).set(len(rnd.full))
             if rnd.empty:
+                self.lane.release()
                 return
+            self.lane.hold()  # our next step follows right after this one
             if len(rnd.full):
                 await self._step(rnd.full, self.frame)
             for length, group in rnd.partial.items():
