@@ -185,12 +185,28 @@ class AsyncStreamSession:
         self._queue = asyncio.Queue()
         self._final_fut = loop.create_future()
         async with self._lock:
-            ws, started = await self._connect(resume=self.session_id is not None)
+            ws, started = await self._connect_retrying(resume=self.session_id is not None)
             self._attach(ws, started)
             if self.session_id is not None and started.get("offset", 0) > self.offset:
                 # resuming by id: the caller's offset was behind what the server holds
                 self.offset = self.acked_offset = self._buf_start = int(started["offset"])
         return started
+
+    async def _connect_retrying(self, resume: bool) -> tuple[Any, dict]:
+        """`_connect`, retried with backoff (up to `max_reconnects` times when `reconnect` is
+        on) while the answer says "try again" (a busy server, a load balancer with no replica
+        ready yet: 502/503/504)."""
+        delay = 0.05
+        for attempt in range(self.max_reconnects + 1 if self.reconnect else 1):
+            try:
+                return await self._connect(resume=resume)
+            except S4DError as exc:
+                if exc.code not in _RETRY_CODES or attempt >= self.max_reconnects or \
+                        not self.reconnect:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+        raise AssertionError("unreachable")
 
     async def _connect(self, resume: bool) -> tuple[Any, dict]:
         from websockets.asyncio.client import connect
