@@ -24,15 +24,10 @@ import httpx
 import numpy as np
 import websockets
 
+from bench.serve import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def stream(url: str, seconds: float, marks: dict) -> list[tuple[float, float]]:

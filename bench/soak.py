@@ -25,15 +25,10 @@ import numpy as np
 import psutil
 import websockets
 
+from bench.serve import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Totals:

@@ -96,6 +96,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_dnsmasq(hosts: Path, port: int, workdir: Path) -> subprocess.Popen:
+    """A real DNS server on 127.0.0.1:`port` answering the names in `hosts` (re-read on
+    SIGHUP), as Docker's resolver answers a scaled service: for the load-balancer tests."""
+    return subprocess.Popen(
+        ["dnsmasq", "--keep-in-foreground", "--log-facility=-", "--no-resolv", "--no-hosts",
+         "--no-poll", f"--addn-hosts={hosts}", "--listen-address=127.0.0.1",
+         "--bind-interfaces", f"--port={port}", "--local-ttl=1",
+         f"--pid-file={workdir / 'dnsmasq.pid'}",
+         *(["--user=root"] if os.geteuid() == 0 else [])],
+        stdout=open(workdir / "dnsmasq.log", "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
+        start_new_session=True)
+
+
 def stop_process_group(proc: subprocess.Popen) -> None:
     """SIGTERM a server started with start_new_session=True, SIGKILL if it lingers."""
     if proc.poll() is None:

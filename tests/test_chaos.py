@@ -26,7 +26,14 @@ import httpx
 import numpy as np
 import pytest
 import websockets
-from conftest import ROOT, assert_probs_close, encode, free_port, stop_process_group
+from conftest import (
+    ROOT,
+    assert_probs_close,
+    encode,
+    free_port,
+    start_dnsmasq,
+    stop_process_group,
+)
 from redis_server import RedisServer
 from test_deploy_lb import HAPROXY_CFG, REPLICA_NAME, Stack, _wait
 
@@ -62,14 +69,7 @@ def chaos(checkpoint_dir, tmp_path_factory):
     hosts.write_text("".join(f"{a} {REPLICA_NAME}\n" for a in ADDRESSES))
     procs: list[subprocess.Popen] = []
     try:
-        dns = subprocess.Popen(
-            ["dnsmasq", "--keep-in-foreground", "--log-facility=-", "--no-resolv", "--no-hosts",
-             "--no-poll", f"--addn-hosts={hosts}", "--listen-address=127.0.0.1",
-             "--bind-interfaces", f"--port={dns_port}", "--local-ttl=1",
-             f"--pid-file={tmp / 'dnsmasq.pid'}",
-             *(["--user=root"] if os.geteuid() == 0 else [])],
-            stdout=open(tmp / "dnsmasq.log", "wb"), stderr=subprocess.STDOUT,
-            start_new_session=True)
+        dns = start_dnsmasq(hosts, dns_port, tmp)
         procs.append(dns)
         stack = Stack(port=free_port(), lb=f"http://127.0.0.1:{lb_port}",
                       stats=f"http://127.0.0.1:{stats_port}", hosts_file=hosts, dns=dns,

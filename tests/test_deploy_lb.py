@@ -28,7 +28,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import assert_probs_close, free_port, stop_process_group
+from conftest import assert_probs_close, free_port, start_dnsmasq, stop_process_group
 
 ROOT = Path(__file__).resolve().parents[1]
 HAPROXY_CFG = ROOT / "deploy" / "haproxy" / "haproxy.cfg"
@@ -126,13 +126,7 @@ def stack(checkpoint_dir, tmp_path_factory):
     dns_log, lb_log = tmp / "dnsmasq.log", tmp / "haproxy.log"
     procs: list[subprocess.Popen] = []
     try:
-        dns = subprocess.Popen(
-            ["dnsmasq", "--keep-in-foreground", "--log-facility=-", "--no-resolv", "--no-hosts",
-             "--no-poll", f"--addn-hosts={hosts}", "--listen-address=127.0.0.1",
-             "--bind-interfaces", f"--port={dns_port}", "--local-ttl=1",
-             f"--pid-file={tmp / 'dnsmasq.pid'}",
-             *(["--user=root"] if os.geteuid() == 0 else [])],
-            stdout=open(dns_log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+        dns = start_dnsmasq(hosts, dns_port, tmp)
         procs.append(dns)
         stack = Stack(port=free_port(), lb=f"http://127.0.0.1:{lb_port}",
                       stats=f"http://127.0.0.1:{stats_port}", hosts_file=hosts, dns=dns,

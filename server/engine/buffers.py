@@ -64,10 +64,6 @@ class SlotBuffers:
         self.steps = np.zeros(capacity, np.int64)
         self.step_seconds = np.zeros(capacity, np.float64)
 
-    @property
-    def ring_bytes(self) -> int:
-        return self.data.nbytes
-
     def open(self, slot: int, received: int = 0, consumed: int = 0) -> int:
         """Claim a slot for a session; returns its generation (stale messages carry another)."""
         self.gen[slot] += 1

@@ -185,7 +185,6 @@ class EngineClient:
         self.load_error: str | None = None
         self.failed: dict[str, str] = {}  # checkpoints that did not load: name -> why
         self.epoch: int | None = None
-        self.engine_pid: int | None = None
         self._futures: dict[int, asyncio.Future] = {}
         self._req = itertools.count(1)
         self._dirty: dict[StreamHandle, None] = {}
@@ -195,7 +194,6 @@ class EngineClient:
         self._last_tick = 0.0
         self._last_heard = time.monotonic()
         self._tasks: list[asyncio.Task] = []
-        self.ticks_sent = 0
 
     # ---- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -240,7 +238,7 @@ class EngineClient:
         if self.epoch is not None and epoch != self.epoch:
             log.error("engine restarted (epoch %s -> %s): its sessions are gone", self.epoch, epoch)
             self._engine_lost("the engine restarted; session state lost")
-        self.epoch, self.engine_pid = epoch, reply.get("pid")
+        self.epoch = epoch
         if reply.get("models") is not None:
             self.by_idx = [RemoteModel(self, m) for m in reply["models"]]
             self.models = {m.name: m for m in self.by_idx}
@@ -302,7 +300,6 @@ class EngineClient:
         if not feed and not ops:
             return
         self.link.send({"ep": self.epoch, "feed": feed, "ops": ops}, arrays)
-        self.ticks_sent += 1
 
     def request(self, op: dict, arrays: list[np.ndarray] | None = None, *,
                 stale_ok: bool = False) -> asyncio.Future:
