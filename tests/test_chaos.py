@@ -227,7 +227,10 @@ def test_workers_engine_sigkill_resumes_from_store(checkpoint_dir, tmp_path):
                 assert started["type"] == "started", started
                 await ws.send(encode(x[:, None], "f32le"))  # duplicates are skipped
                 await ws.send(json.dumps({"type": "end"}))
-                return started, json.loads(await ws.recv())
+                while True:  # snapshot waves may report `stored` before the final
+                    msg = json.loads(await asyncio.wait_for(ws.recv(), 30))
+                    if msg["type"] != "stored":
+                        return started, msg
 
         started, final = asyncio.run(resume())
         assert started["offset"] == 600
