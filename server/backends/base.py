@@ -158,6 +158,23 @@ class Backend(ABC):
         [B, T' // patch_size, K] for pooling none, and the new state (same layout).
         """
 
+    #: pad stream batches to the planner's bucket sizes (fixed shapes for captured graphs);
+    #: on a CPU padding rows are pure extra work, so backends that gain nothing leave it off
+    pads_batches: bool = False
+
+    def step_slots(self, storage: SlabStorage, slots: Sequence[int],
+                   frames: np.ndarray) -> np.ndarray:
+        """One streaming step for the sessions in slab rows ``slots``, state read and written
+        in place. ``frames`` [B, T', C] with B >= len(slots) (rows past them are padding).
+        Returns the logits of the ``len(slots)`` sessions (layout as ``step``)."""
+        state = storage.gather(slots, pad_to=len(frames))
+        logits, new_state = self.step(frames, state)
+        storage.scatter(slots, new_state)
+        return np.asarray(logits)[: len(slots)]
+
+    def prepare_streaming(self, storage: SlabStorage, batch_sizes: Sequence[int]) -> None:  # noqa: B027
+        """Build what steps of these batch sizes need (CUDA graphs) before the first stream."""
+
     def warmup(self, batch_sizes: Sequence[int] = (1, 2)) -> None:
         """Run each path once so that the first request does not pay for lazy init."""
         c = self.metadata.input_channels

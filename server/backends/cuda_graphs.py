@@ -44,7 +44,8 @@ class GraphedStep:
 
 
 class GraphCache:
-    """Graphs by (batch, frame length), captured on first use up to `max_batch` rows."""
+    """Graphs by (batch, frame length) up to `max_batch` rows: the buckets are captured at
+    start-up (`TorchBackend.prepare_streaming`), any other size on first use."""
 
     def __init__(self, streaming, channels: int, *, max_batch: int = 2048):
         self.streaming, self.channels, self.max_batch = streaming, channels, max_batch

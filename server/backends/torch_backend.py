@@ -7,6 +7,7 @@ autograd every frame would be chained into one ever-growing graph.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,7 @@ class TorchBackend(Backend):
             from server.backends.cuda_graphs import GraphCache
 
             self.graphs = GraphCache(streaming, metadata.input_channels)
+            self.pads_batches = True  # captured graphs have fixed batch sizes
 
     @classmethod
     def load(cls, checkpoint_dir: Path, device: str, *, name: str | None = None) -> TorchBackend:
@@ -103,6 +105,18 @@ class TorchBackend(Backend):
         with torch.inference_mode():
             template = self.streaming.zero_state(1)
         return TorchSlabStorage(template, max_sessions, device=self.device)
+
+    def prepare_streaming(self, storage, batch_sizes) -> None:
+        """Capture the graphs of every batch bucket now: captured lazily, each new size cost
+        its first step a capture while the others waited (py-spy on a GPU engine)."""
+        if self.graphs is None:
+            return
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            for b in batch_sizes:
+                self.graphs.get(b, self.frame_size)
+        log.info("model %s: %d CUDA graphs captured in %.1f s", self.metadata.name,
+                 len(self.graphs.graphs), time.perf_counter() - t0)
 
     def step(self, frames: np.ndarray, state: State) -> tuple[np.ndarray, State]:
         if self.streaming is None:

@@ -22,6 +22,7 @@ import numpy as np
 from server.batcher import BatcherBusy
 from server.engine.lane import DeviceLane
 from server.engine.model_engine import ModelEngine
+from server.engine.planner import buckets_upto
 from server.engine.wire import ArrayList, lift_arrays
 from server.errors import StreamError
 from server.metrics import Metrics
@@ -163,6 +164,9 @@ class Engine:
                 storage = None
                 if backend.metadata.streamable:
                     storage = await lane.submit(backend.new_slab, s.max_sessions)
+                    if s.warmup and backend.pads_batches:  # graphs before the first stream
+                        await lane.submit(backend.prepare_streaming, storage,
+                                          buckets_upto(s.max_sessions))
             except Exception as exc:  # a broken checkpoint must not take the others down
                 lane.stop()
                 if s.model_names() is not None:

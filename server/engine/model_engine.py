@@ -401,18 +401,15 @@ class ModelEngine:
         b = self.buffers
         gens = b.gen[slots].copy()
         n = len(slots)
-        pad = bucket(n)
         frames = b.read(slots, length)
-        if pad > n:
-            frames = np.concatenate([frames, np.zeros((pad - n, *frames.shape[1:]), np.float32)])
         storage, backend, slot_list = self.slab.storage, self.backend, slots.tolist()
+        if backend.pads_batches and bucket(n) > n:
+            frames = np.concatenate([frames, np.zeros((bucket(n) - n, *frames.shape[1:]),
+                                                      np.float32)])
 
         def work():
             t0 = time.perf_counter()
-            state = storage.gather(slot_list, pad_to=pad)
-            logits, new_state = backend.step(frames, state)
-            storage.scatter(slot_list, new_state)
-            logits = np.asarray(logits)[:n]
+            logits = backend.step_slots(storage, slot_list, frames)
             if logits.ndim == 3:  # pooling none: the prediction is the last step
                 logits = logits[:, -1]
             return softmax(logits.astype(np.float64)).astype(np.float32), time.perf_counter() - t0
