@@ -313,3 +313,41 @@ def test_lane_stream_steps_go_first_but_batch_is_not_starved():
         lane.stop()
 
     asyncio.run(main())
+
+
+def test_a_round_steps_every_complete_frame_and_backlogs_catch_up():
+    async def main():
+        be = FakeBackend()
+        me, sink, lane = make_engine(be, capacity=2)  # loop not started: rounds by hand
+        a = await me.open(1, session_id=None, offset=None, encoding="f32le", emit_every=8)
+        b = await me.open(1, session_id=None, offset=None, encoding="f32le", emit_every=8)
+        slots = np.array([a["slot"], b["slot"]])
+        gens = np.array([a["gen"], b["gen"]])
+        push(me, slots, gens, np.array([27, 8]), np.ones((35, 1), np.float32))
+        assert await me._round()  # one round: a is 3 frames behind, b one
+        assert [tuple(s) for s in be.steps] == [(2, 8), (1, 8), (1, 8)]
+        assert me.buffers.consumed[slots].tolist() == [24, 8]
+        assert not await me._round()  # 3 samples left: less than a frame
+        await me.stop()
+        lane.stop()
+
+    asyncio.run(main())
+
+
+def test_pacer_stretches_rounds_while_the_device_is_busy_and_shrinks_back():
+    from server.engine.pacer import RoundPacer
+
+    p = RoundPacer(0.004, 0.020, target=0.6, window_s=0.1)
+    now = 0.0
+    for _ in range(100):  # busy 90 % of the time: stretch up to the cap, never beyond
+        now += 0.01
+        p.observe(now, 0.009)
+    assert p.interval == pytest.approx(0.020)
+    for _ in range(200):  # busy 10 %: back down to the least interval
+        now += 0.01
+        p.observe(now, 0.001)
+    assert p.interval == pytest.approx(0.004)
+    for _ in range(40):  # busy 45 %, between the bounds: left alone
+        now += 0.01
+        p.observe(now, 0.0045)
+    assert p.interval == pytest.approx(0.004)

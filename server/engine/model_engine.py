@@ -21,6 +21,7 @@ from server import snapshot as snapshots
 from server.batcher import PredictBatcher
 from server.engine.buffers import RingOverflow, SlotBuffers, ring_shape
 from server.engine.lane import DeviceLane
+from server.engine.pacer import RoundPacer
 from server.engine.planner import bucket, plan_round
 from server.errors import StreamError
 from server.metrics import Metrics
@@ -89,13 +90,15 @@ class Flush:
 class ModelEngine:
     def __init__(self, idx: int, name: str, backend, storage, lane: DeviceLane, metrics: Metrics,
                  outbox, *, batch_settings: dict, id_prefix: str = "e0-",
-                 round_interval_s: float = 0.0, ring_alloc=None):
+                 round_interval_s: float = 0.0, max_round_interval_s: float | None = None,
+                 ring_alloc=None):
         meta = backend.metadata
         self.idx, self.name, self.backend, self.metadata = idx, name, backend, meta
         self.frame, self.patch = meta.frame_size, meta.patch_size
         self.lane, self.metrics, self.outbox = lane, metrics, outbox
         self.id_prefix = id_prefix
-        self.round_interval = round_interval_s
+        most = round_interval_s if max_round_interval_s is None else max_round_interval_s
+        self.pacer = RoundPacer(round_interval_s, most)
         self.slab = StateSlab(storage) if storage is not None else None
         self.streamable = storage is not None
         if self.streamable:
@@ -341,38 +344,48 @@ class ModelEngine:
         last = 0.0
         while not self._stopping:
             await self._wake.wait()
-            # rounds at most every `round_interval`: frames that arrive meanwhile join the
-            # batch, so the fixed cost of a step (kernel launches, copies) is paid per batch
-            wait = last + self.round_interval - loop.time()
+            # rounds at most every `pacer.interval`: frames that arrive meanwhile join the
+            # batch, so the fixed cost of a step (kernel launches, dispatch) is paid per batch
+            wait = last + self.pacer.interval - loop.time()
             if wait > 0:
                 await asyncio.sleep(wait)
             self._wake.clear()
             last = loop.time()
             try:
-                await self._drain()
+                if not await self._round():
+                    self.lane.release()
             except asyncio.CancelledError:
                 raise
             except Exception:  # never let the loop die
                 log.exception("engine %s: unexpected error in the stream loop", self.name)
 
-    async def _drain(self) -> None:
-        """Step every session with a full frame (and finish flushes) until none is left."""
+    async def _round(self) -> bool:
+        """Step every frame that is complete now (and finish flushes); False if none was.
+
+        A session behind by k frames runs k steps in this round (catching up never waits for
+        the pacer); frames completed meanwhile wait for the next round."""
         b = self.buffers
-        while not self._stopping:
-            slots = self.by_slot.array()
-            avail = b.available(slots)
-            flushing = np.fromiter(self.flushes, np.int64, len(self.flushes))
-            rnd = plan_round(slots, avail, flushing, frame=self.frame, patch=self.patch)
-            self.metrics.queue_depth.labels(model=self.name).set(len(rnd.full))
-            if rnd.empty:
-                self.lane.release()
-                return
-            self.lane.hold()  # our next step follows right after this one
-            if len(rnd.full):
-                await self._step(rnd.full, self.frame)
-            for length, group in rnd.partial.items():
-                await self._step(group, length)
-            await self._finish_flushes(rnd.finished)
+        slots = self.by_slot.array()
+        avail = b.available(slots)
+        flushing = np.fromiter(self.flushes, np.int64, len(self.flushes))
+        rnd = plan_round(slots, avail, flushing, frame=self.frame, patch=self.patch)
+        self.metrics.queue_depth.labels(model=self.name).set(len(rnd.full))
+        if rnd.empty:
+            return False
+        self.lane.hold()  # our next step follows right after this one
+        full = rnd.full
+        due, gens = b.available(full) // self.frame, b.gen[full]
+        passes = 0
+        while len(full) and not self._stopping:
+            await self._step(full, self.frame)
+            passes += 1
+            keep = (due > passes) & (b.gen[full] == gens)  # closed meanwhile: no more steps
+            full, due, gens = full[keep], due[keep], gens[keep]
+        for length, group in rnd.partial.items():
+            await self._step(group, length)
+        await self._finish_flushes(rnd.finished)
+        self._wake.set()  # look again after the interval: more may have come meanwhile
+        return True
 
     async def _finish_flushes(self, slots: np.ndarray) -> None:
         b = self.buffers
@@ -434,6 +447,7 @@ class ModelEngine:
         b.has_probs[slots] = True
         m = self.metrics
         m.step_latency.labels(model=self.name).observe(dt)
+        self.pacer.observe(time.monotonic(), dt)
         m.batch_size.labels(model=self.name).observe(n)
         m.frames_processed.labels(model=self.name).inc(n)
         m.samples_processed.labels(model=self.name).inc(n * length)
