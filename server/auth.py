@@ -194,6 +194,9 @@ class AccessMiddleware:
         scope[SCOPE_KEY] = None
         path = scope.get("path", "")
         if self.keys is None or path in self.public or path == "/" or path.startswith("/static/"):
+            if self.keys is not None and path in self.public:  # open, but /readyz lists the
+                key, _ = _presented_key(scope)  # models of a valid key it was given, no others
+                scope[SCOPE_KEY] = self.keys.lookup(key) if key else None
             return await self._through(scope, receive, send)
         key, via_subprotocol = _presented_key(scope)
         info = self.keys.lookup(key) if key else None

@@ -21,7 +21,8 @@ from server import snapshot as snapshots
 from server.auth import SCOPE_KEY
 from server.errors import ApiError, StreamError
 from server.frontend.client import EngineUnavailable
-from server.rest import read_body, state_of
+from server.routes.common import read_body, state_of
+from server.routes.schemas import error_responses
 
 router = APIRouter()
 
@@ -30,7 +31,10 @@ _STATUS = {
     "server_busy": 503, "store_unavailable": 503, "shutting_down": 503,
     **snapshots.HTTP_STATUS,
 }
-_ERR = {"content": {"application/json": {"example": {"error": {"code": "str", "message": "str"}}}}}
+
+
+_SNAPSHOT_BODY = {"requestBody": {"required": True, "content": {"application/octet-stream": {
+    "schema": {"type": "string", "format": "binary", "description": "snapshot bytes"}}}}}
 
 
 def _api_error(err: StreamError) -> ApiError:
@@ -58,8 +62,9 @@ def _client(request: Request):
 
 @router.get("/v1/sessions/{session_id}/snapshot", tags=["sessions"],
             summary="Snapshot bytes of a live or stored session", response_class=Response,
-            responses={200: {"content": {"application/octet-stream": {}}}, 403: _ERR, 404: _ERR,
-                       503: _ERR})
+            responses={200: {"content": {"application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"}}}},
+                       **error_responses(403, 404, 503)})
 async def get_snapshot(session_id: str, request: Request) -> Response:
     st = _client(request)
     try:
@@ -120,13 +125,13 @@ async def _check_existing_owner(request: Request, st, sid: str) -> None:
 
 @router.put("/v1/sessions/{session_id}", tags=["sessions"],
             summary="Install a session from its snapshot bytes (detached, resumable)",
-            responses={400: _ERR, 403: _ERR, 404: _ERR, 409: _ERR, 503: _ERR})
+            openapi_extra=_SNAPSHOT_BODY, responses=error_responses(400, 403, 404, 408, 409, 413, 503))
 async def put_session(session_id: str, request: Request) -> dict:
     return await _restore(request, session_id)
 
 
 @router.post("/v1/sessions/restore", tags=["sessions"],
              summary="Install a session from its snapshot bytes (id from the snapshot)",
-             responses={400: _ERR, 403: _ERR, 409: _ERR, 503: _ERR})
+             openapi_extra=_SNAPSHOT_BODY, responses=error_responses(400, 403, 408, 409, 413, 503))
 async def restore_session(request: Request) -> dict:
     return await _restore(request, None)
