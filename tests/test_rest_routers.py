@@ -179,3 +179,44 @@ def test_forbidden_and_unknown_models_look_the_same_to_a_restricted_key(keyed):
     r = c.get("/v1/models/ghost", headers=_auth(BOB))
     assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_model"
     assert c.get("/v1/models/tiny2", headers=_auth(BOB)).json()["name"] == "tiny2"
+
+
+def test_session_ids_stay_out_of_info_logs(start_server, checkpoint_dir):
+    """uvicorn's access and WebSocket lines show a session id only as its short hash."""
+    import json
+    import logging
+
+    import websockets
+
+    from server.logredact import LOGGERS, short_id
+
+    srv = start_server(checkpoints=checkpoint_dir, models="tiny", log_level="info")
+    lines: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            lines.append(record.getMessage())
+
+    keep = Keep()
+    for name in LOGGERS:
+        logging.getLogger(name).addHandler(keep)
+    start = {"type": "start", "sample_rate": 16000, "encoding": "f32le", "channels": 1}
+    try:
+        async def main():
+            async with websockets.connect(srv.ws_url("tiny")) as ws:
+                await ws.send(json.dumps(start))
+                sid = json.loads(await ws.recv())["session_id"]
+            async with websockets.connect(f"{srv.ws_url('tiny')}?session_id={sid}") as ws:
+                await ws.send(json.dumps({**start, "session_id": sid}))
+                assert json.loads(await ws.recv())["type"] == "started"
+            return sid
+
+        sid = asyncio.run(main())
+        assert httpx.get(f"{srv.base_url}/v1/sessions/{sid}/snapshot", timeout=30).status_code == 200
+        time.sleep(0.2)
+    finally:
+        for name in LOGGERS:
+            logging.getLogger(name).removeHandler(keep)
+    text = "\n".join(lines)
+    assert f"session_id=~{short_id(sid)}" in text and f"/v1/sessions/~{short_id(sid)}" in text
+    assert sid not in text
