@@ -220,3 +220,16 @@ def test_session_ids_stay_out_of_info_logs(start_server, checkpoint_dir):
     text = "\n".join(lines)
     assert f"session_id=~{short_id(sid)}" in text and f"/v1/sessions/~{short_id(sid)}" in text
     assert sid not in text
+
+
+def test_closed_docs_and_metrics_without_keys_are_off(start_server, checkpoint_dir):
+    """`public_docs=false` / `public_metrics=false` with no keys file to open them: off (404),
+    not silently open."""
+    srv = start_server(checkpoints=checkpoint_dir, models="tiny", public_docs=False,
+                       public_metrics=False)
+    c = srv.client()
+    for path in ("/docs", "/redoc", "/openapi.json", "/metrics"):
+        r = c.get(path)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", path
+    assert c.get("/healthz").status_code == 200
+    assert c.get("/v1/models").status_code == 200
