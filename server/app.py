@@ -20,6 +20,7 @@ from server.errors import ApiError
 from server.frontend.client import EngineClient, EnginePool
 from server.frontend.links import InprocLink, ZmqLink
 from server.metrics import Metrics
+from server.routes import openapi
 from server.settings import Settings
 from server.state import ServerState
 from server.ws import stream_endpoint
@@ -179,6 +180,7 @@ def create_app(settings: Settings | None = None, *, engine_endpoints: list[str] 
             return FileResponse(page, media_type="text/html")
         return JSONResponse({"service": "s4d-serve", "docs": "/docs", "models": "/v1/models"})
 
+    openapi.customize(app, rest.BODY_MODELS)
     app.add_middleware(LatencyMiddleware, metrics=metrics)
     auth.install(app, settings, metrics)  # API keys, Origin, CORS, trusted hosts (outermost)
     return app

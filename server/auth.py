@@ -173,6 +173,10 @@ class AccessMiddleware:
         if public_docs:
             public |= DOCS_PATHS
         self.public = frozenset(public)
+        # closed paths with no keys to open them: off (a flag that silently did nothing
+        # would leave the docs and metrics open to the operator's surprise)
+        self.off = frozenset() if keys is not None else frozenset(
+            (set() if public_metrics else {"/metrics"}) | (set() if public_docs else DOCS_PATHS))
         self.metrics = metrics
 
     def _refused(self, reason: str) -> None:
@@ -193,7 +197,13 @@ class AccessMiddleware:
             return await _http_error(send, 403, "forbidden", msg)
         scope[SCOPE_KEY] = None
         path = scope.get("path", "")
+        if path in self.off and kind == "http":
+            return await _http_error(send, 404, "not_found",
+                                     f"{path} is disabled (no API keys are configured to open it)")
         if self.keys is None or path in self.public or path == "/" or path.startswith("/static/"):
+            if self.keys is not None and path in self.public:  # open, but /readyz lists the
+                key, _ = _presented_key(scope)  # models of a valid key it was given, no others
+                scope[SCOPE_KEY] = self.keys.lookup(key) if key else None
             return await self._through(scope, receive, send)
         key, via_subprotocol = _presented_key(scope)
         info = self.keys.lookup(key) if key else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uvicorn
 
+from server import logredact
 from server.app import configure_logging, create_app, drain
 from server.limits import uvicorn_options
 from server.settings import Settings
@@ -38,6 +39,7 @@ def build_server(settings: Settings, *, engine_endpoints: list[str] | None = Non
         lifespan="on",
         **{**uvicorn_options(settings), **uvicorn_kwargs},  # TLS, timeouts, connection cap
     )
+    logredact.install()  # session ids out of access / WebSocket log lines
     return S4DServer(config, app)
 
 

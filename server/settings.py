@@ -130,8 +130,10 @@ class Settings(BaseSettings):
     api_keys_file: Path | None = Field(
         None, description="file of API keys (`NAME sha256:HEX [models=a,b] [max_sessions=N]` "
         "per line); set: every route but /healthz, /readyz needs `Authorization: Bearer KEY`")
-    public_metrics: bool = Field(True, description="/metrics open without a key")
-    public_docs: bool = Field(True, description="/docs and /openapi.json open without a key")
+    public_metrics: bool = Field(True, description="/metrics open without a key (false and no "
+                                 "keys file: /metrics is off, 404)")
+    public_docs: bool = Field(True, description="/docs and /openapi.json open without a key "
+                              "(false and no keys file: the docs are off, 404)")
     allowed_origins: CommaList = Field(
         default_factory=list,
         description="browser origins (scheme://host[:port]) allowed besides the server's own, "

@@ -4,7 +4,7 @@ A snapshot holds everything needed to continue a stream exactly on another proce
 the model's identity, the session's state row (every layer's SSM modes, running pooling), its
 offsets, the samples received but not yet run through the model, and its emit settings.
 
-Layout (FORMAT_VERSION 1): one safetensors file (8-byte little-endian header length, JSON
+Layout (FORMAT_VERSION 2): one safetensors file (8-byte little-endian header length, JSON
 header, raw little-endian tensor data; no code is ever executed on load).
 
 Tensors:
@@ -15,9 +15,12 @@ Tensors:
 
 Header ``__metadata__`` (all values are strings, as safetensors requires):
     ``format``            "s4d-session-snapshot"
-    ``format_version``    "1"
+    ``format_version``    "2" (1 had no ``owner_key``: refused, its owner is unknown)
     ``model``             model name;  ``model_hash``  sha256 of config.json + model.safetensors
     ``session_id``, ``encoding`` ("pcm_s16le" | "f32le")
+    ``owner_key``         NAME of the API key that opened the session ("" = opened without
+                          keys): a resume on any replica with another key is refused
+                          (``session_forbidden``). A name, never the key or its hash.
     ``channels``, ``emit_every``, ``received``, ``consumed``, ``segment_consumed``  (decimal)
     ``created_unix``, ``taken_unix``  (wall-clock seconds, ``repr`` of a float)
     ``checksum``          "crc32:XXXXXXXX" over every tensor's name, dtype, shape and bytes
@@ -36,6 +39,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import struct
 import time
 import zlib
@@ -50,13 +54,15 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
 FORMAT = "s4d-session-snapshot"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 STATE_PREFIX = "state."
 ENCODINGS = ("pcm_s16le", "f32le")
 
 _INT_FIELDS = ("channels", "emit_every", "received", "consumed", "segment_consumed")
 _FLOAT_FIELDS = ("created_unix", "taken_unix")
-_STR_FIELDS = ("model", "model_hash", "session_id", "encoding")
+_STR_FIELDS = ("model", "model_hash", "session_id", "encoding", "owner_key")
+#: an API key NAME as the keys file allows it (server/auth.py), or "" for no key
+_OWNER_KEY = re.compile(r"[A-Za-z0-9_.@-]{0,64}")
 
 #: error code -> HTTP status for the operator routes that accept snapshots
 HTTP_STATUS = {
@@ -93,6 +99,7 @@ class Snapshot:
     emit_every: int
     encoding: str
     last_probs: np.ndarray | None = None
+    owner_key: str = ""  # the API key NAME that owns the session; "" = opened without keys
     created_unix: float = 0.0
     taken_unix: float = field(default_factory=time.time)
     format_version: int = FORMAT_VERSION
@@ -116,6 +123,8 @@ class Snapshot:
                     f"({len(b)}): taken while samples were inside a step?")
         if self.segment_consumed > self.consumed:
             return "segment_consumed > consumed"
+        if not isinstance(self.owner_key, str) or not _OWNER_KEY.fullmatch(self.owner_key):
+            return f"owner_key {str(self.owner_key)[:80]!r} is not an API key name"
         if self.encoding not in ENCODINGS:
             return f"unknown encoding {self.encoding!r}"
         if self.last_probs is not None and (
@@ -128,6 +137,13 @@ class Snapshot:
             if not isinstance(a, np.ndarray) or not name or "." in name:
                 return f"state {name!r} must be a NumPy array with a plain name"
         return None
+
+
+def owner_allows(owner_key: str | None, key: str | None) -> bool:
+    """May the API key named `key` (None: no key) use a session owned by `owner_key`?
+    A session opened without keys ("" / None) is anyone's, as its id is its only credential;
+    one opened with a key is that key's alone, on every replica."""
+    return not owner_key or owner_key == key
 
 
 # ---- model identity ---------------------------------------------------------------------------
@@ -254,7 +270,9 @@ def decode(data: bytes, *, expect_model: str | None = None,
     version = meta.get("format_version")
     if version != str(FORMAT_VERSION):
         raise SnapshotError("snapshot_version",
-                            f"snapshot format version {version}; this server reads {FORMAT_VERSION}")
+                            f"snapshot format version {str(version)[:20]}; this server reads "
+                            f"{FORMAT_VERSION} only (a snapshot of another release cannot be "
+                            "resumed here: start a new session)")
     if expect_model is not None and meta.get("model") != expect_model:
         raise SnapshotError("snapshot_model_mismatch",
                             f"snapshot of model {meta.get('model')!r}, not {expect_model!r}")

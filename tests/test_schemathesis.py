@@ -12,9 +12,17 @@ import pytest
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-from schemathesis.checks import not_a_server_error  # noqa: E402
+from schemathesis.checks import (  # noqa: E402
+    content_type_conformance,
+    not_a_server_error,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 EXAMPLES = 25
+#: no 5xx, and every answer documented: its status, content type and body schema
+CHECKS = (not_a_server_error, status_code_conformance, content_type_conformance,
+          response_schema_conformance)
 #: real model names (and one unknown) so generated bodies reach the decoders and models
 MODELS = st.sampled_from(["tiny", "tiny2", "tinynone", "tinybi", "nope"])
 
@@ -34,7 +42,7 @@ def test_no_server_errors(live_server):
             response = case.call(timeout=30)
             calls.append(response.status_code)
             try:
-                case.validate_response(response, checks=(not_a_server_error,))
+                case.validate_response(response, checks=CHECKS)
             except Exception as exc:  # noqa: BLE001 - collected, reported together below
                 failures.append(f"{case.method} {case.path}: {exc}")
                 raise
@@ -43,7 +51,7 @@ def test_no_server_errors(live_server):
             run()
         except Exception:  # noqa: BLE001 - recorded in failures
             pass
-    assert not failures, "\n".join(failures[:5])
+    assert not failures, "\n".join(failures[:8])
     from collections import Counter
 
     print(f"schemathesis: {len(calls)} calls over {len(operations)} operations, "

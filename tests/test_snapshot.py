@@ -58,7 +58,7 @@ def make_snapshot(**over) -> Snapshot:
 def assert_same(a: Snapshot, b: Snapshot) -> None:
     for k in ("model", "model_hash", "session_id", "received", "consumed", "segment_consumed",
               "channels", "emit_every", "encoding", "created_unix", "taken_unix",
-              "format_version"):
+              "format_version", "owner_key"):
         assert getattr(a, k) == getattr(b, k), k
     assert a.state.keys() == b.state.keys()
     for k in a.state:
@@ -80,6 +80,40 @@ def test_round_trip_is_bit_exact():
     assert meta["format"] == "s4d-session-snapshot"
     assert meta["format_version"] == str(FORMAT_VERSION)
     assert meta["received"] == "750" and meta["encoding"] == "pcm_s16le"
+
+
+def test_owner_key_travels_with_the_snapshot():
+    """The API key NAME that owns the session is in the header (never a secret), "" without
+    keys; `owner_allows` is the one rule every replica applies on resume."""
+    from server.snapshot import owner_allows
+
+    data = encode(make_snapshot(owner_key="alice"))
+    assert read_metadata(data)["owner_key"] == "alice"
+    back = decode(data)
+    assert back.owner_key == "alice"
+    assert owner_allows(back.owner_key, "alice") and not owner_allows(back.owner_key, "bob")
+    assert not owner_allows(back.owner_key, None)
+    anyone = decode(encode(make_snapshot()))
+    assert anyone.owner_key == "" and owner_allows(anyone.owner_key, "bob")
+    with pytest.raises(ValueError, match="not an API key name"):
+        make_snapshot(owner_key="s4d secret with spaces")
+    with pytest.raises(SnapshotError) as e:  # an edited header is no way around it either
+        decode(_with_metadata(data, owner_key="a" * 65))
+    assert e.value.code == "snapshot_corrupt"
+    with pytest.raises(SnapshotError) as e:
+        decode(_with_metadata(data, owner_key=None))
+    assert e.value.code == "snapshot_corrupt"
+
+
+def test_version_1_snapshots_without_an_owner_are_refused():
+    """Version 1 had no owner_key: resuming one would hand the session to any key."""
+    assert FORMAT_VERSION == 2
+    data = _with_metadata(encode(make_snapshot(owner_key="alice")), format_version="1",
+                          owner_key=None)
+    with pytest.raises(SnapshotError) as e:
+        decode(data, expect_model="tiny", expect_hash=HASH)
+    assert e.value.code == "snapshot_version" and e.value.http_status == 409
+    assert "version 1" in e.value.message and "reads 2 only" in e.value.message
 
 
 def test_round_trip_without_probs_and_empty_buffer():

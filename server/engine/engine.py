@@ -192,6 +192,7 @@ class Engine:
 
                 me.model_hash = await asyncio.to_thread(checkpoint_hash, path)
             me.persistence = self.persistence
+            me.key_sessions = self.key_sessions  # a key's quota counts all models' sessions
             me.start()
             self.models.append(me)
             self.by_name[name] = me

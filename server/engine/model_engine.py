@@ -185,17 +185,20 @@ class ModelEngine:
                 self.persistence.opened(self, s)
         else:
             s = self.sessions.get(session_id)
+            if s is not None and not snapshots.owner_allows(s.key, key):  # before any lease
+                raise StreamError("session_forbidden", "that session belongs to another API key")
             if self.persistence is not None and (s is None or not s.attached):
                 # not here (or maybe stale here): restore the latest snapshot from the store
                 info = await self.persistence.resume(self, owner, session_id, offset=offset,
-                                                     encoding=encoding, emit_every=emit_every)
+                                                     encoding=encoding, emit_every=emit_every,
+                                                     key=key)
                 if info is not None:
                     return info
                 s = self.sessions.get(session_id)
             if s is None:
                 raise StreamError("unknown_session",
                                   f"no session {session_id!r} (never existed or expired)")
-            if s.key is not None and s.key != key:
+            if not snapshots.owner_allows(s.key, key):
                 raise StreamError("session_forbidden", "that session belongs to another API key")
             if s.attached:
                 raise StreamError("session_busy", "that session is attached to another connection")
@@ -296,6 +299,10 @@ class ModelEngine:
         if self.persistence is not None:
             self.persistence.closed(self, s, reason)
         self.by_slot.pop(s.slot, None)
+        if s.key is not None:  # the key's quota counts open sessions, not sessions ever opened
+            self.key_sessions[s.key] -= 1
+            if self.key_sessions[s.key] <= 0:
+                del self.key_sessions[s.key]
         self.buffers.close(s.slot)
         if quarantine and s.attached:
             self.quarantine.setdefault(s.owner, []).append((s.slot, s.gen))
@@ -487,7 +494,7 @@ class ModelEngine:
                 received=int(b.received[slot]), consumed=int(b.consumed[slot]),
                 segment_consumed=int(b.segment[slot]), buffered=b.buffered(slot),
                 channels=self.metadata.input_channels, emit_every=int(s.emit_every),
-                encoding=s.encoding,
+                encoding=s.encoding, owner_key=s.key or "",
                 last_probs=b.probs[slot].copy() if b.has_probs[slot] else None,
                 created_unix=wall - (mono - s.created), taken_unix=wall)))
         return out
@@ -548,7 +555,10 @@ class ModelEngine:
         if len(snap.buffered):
             b.write(np.array([slot]), np.array([len(snap.buffered)]), snap.buffered)
         s = EngineSession(snap.session_id, slot, gen, encoding or snap.encoding,
-                          snap.emit_every if emit_every is None else emit_every)
+                          snap.emit_every if emit_every is None else emit_every,
+                          key=snap.owner_key or None)
+        if s.key is not None:
+            self.key_sessions[s.key] += 1
         s.created = time.monotonic() - max(0.0, time.time() - snap.created_unix)
         s.detached_at = time.monotonic()
         self._set_owner(s, owner)

@@ -333,9 +333,11 @@ class Persistence:
 
     # ---- resume, drain, operator ---------------------------------------------------------
     async def resume(self, me: ModelEngine, owner: int, sid: str, *, offset: int | None,
-                     encoding: str, emit_every: int) -> dict | None:
+                     encoding: str, emit_every: int, key: str | None = None) -> dict | None:
         """`start` with a session id: None = continue the local copy (it is current), else
-        the `started` facts of the session restored from the store."""
+        the `started` facts of the session restored from the store. `key`: the resuming API
+        key's name; a stored session of another key is refused (session_forbidden) before
+        its lease is touched."""
         s = me.sessions.get(sid)
         if s is not None and await self._local_is_current(me, s):
             return None
@@ -344,7 +346,7 @@ class Persistence:
             async with lock:
                 if sid in me.sessions:  # restored by a concurrent resume: session_busy there
                     return None
-                return await self._restore(me, owner, sid, offset, encoding, emit_every)
+                return await self._restore(me, owner, sid, offset, encoding, emit_every, key)
         finally:
             if not lock.locked():
                 self._restoring.pop(sid, None)
@@ -379,7 +381,7 @@ class Persistence:
                     return token
             await asyncio.sleep(min(0.05, self.lease_wait / 4 or 0.05))
 
-    async def _restore(self, me, owner, sid, offset, encoding, emit_every) -> dict:
+    async def _restore(self, me, owner, sid, offset, encoding, emit_every, key=None) -> dict:
         t0 = time.perf_counter()
         token = None
         try:
@@ -387,11 +389,11 @@ class Persistence:
             if data is None:
                 raise StreamError("unknown_session", f"no session {sid!r} here or in the session "
                                   "store (never existed, ended or expired)")
-            snap = me.decode_snapshot(data)
+            snap = _owned_by(me.decode_snapshot(data), key)
             token = await self._take_lease(sid)
             fresh = await self.store.get(sid)
             if fresh is not None and fresh != data:
-                snap = me.decode_snapshot(fresh)
+                snap = _owned_by(me.decode_snapshot(fresh), key)
             if offset is not None and offset > snap.received:
                 raise StreamError("offset_gap", f"offset {offset} > {snap.received} samples held "
                                   "(the latest snapshot)")
@@ -454,6 +456,13 @@ class Persistence:
                 self._unavailable(exc)
                 return
             await self._store_wave(me, [s], kind="restore", release=not s.attached)
+
+
+def _owned_by(snap: snapshots.Snapshot, key: str | None) -> snapshots.Snapshot:
+    """The snapshot, if the API key named `key` may resume it (its `owner_key`)."""
+    if not snapshots.owner_allows(snap.owner_key, key):
+        raise StreamError("session_forbidden", "that session belongs to another API key")
+    return snap
 
 
 class _Tokens(dict):

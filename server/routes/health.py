@@ -1,0 +1,40 @@
+"""Liveness, readiness and Prometheus metrics (open to load balancers and scrapers; /metrics
+can be closed with public_metrics=false, server/auth.py)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from server.errors import ApiError
+from server.routes.common import state_of, visible_models
+from server.routes.schemas import Health, Ready, error_responses
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", summary="Liveness", response_model=Health)
+async def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="Readiness: every model loaded and warmed", response_model=Ready,
+            responses=error_responses(503))
+async def readyz(request: Request) -> dict:
+    st = state_of(request)
+    if st.load_error:
+        raise ApiError(503, "not_ready", f"model loading failed: {st.load_error}")
+    if st.shutting_down:
+        raise ApiError(503, "not_ready", "the server is shutting down")
+    if not st.registry.ready:
+        raise ApiError(503, "not_ready", "models are still loading")
+    # open to everyone: with API keys it names only the models the presented key may use
+    return {"status": "ready", "models": visible_models(request, st.registry.models)}
+
+
+@router.get("/metrics", summary="Prometheus metrics (text format)", response_class=Response,
+            responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
+                       **error_responses(401)})
+async def metrics(request: Request) -> Response:
+    m = state_of(request).metrics
+    return Response(content=m.render(), media_type=m.content_type)

@@ -1,0 +1,244 @@
+"""`POST /v1/models/{name}/predict`: batch prediction on the FFT-convolution path.
+
+One route takes JSON (validated by `schemas.PredictJson`), multipart uploads and raw
+WAV/FLAC/OGG/CSV/NPY bodies, so it reads the body as bytes (bounded in size and time) and does
+every CPU-bound step in the decode pool, never on the event loop: JSON parsing and validation,
+multipart parsing (server/multipart.py), audio/CSV/NPY decoding (server/audio.py), and the
+encoding of the answer (per-step outputs can be megabytes of JSON).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from pydantic import ValidationError
+
+from model.events import detect, frame_ends
+from server import audio, jsonbody, multipart, stream_events
+from server.batcher import BatcherBusy
+from server.errors import ApiError
+from server.frontend.client import EngineUnavailable, RemoteModel
+from server.limits import DecodePool, SampleBudget
+from server.probs import softmax
+from server.routes.common import read_body, state_of
+from server.routes.schemas import (
+    PredictJson,
+    PredictMultipart,
+    PredictResponse,
+    error_responses,
+)
+from server.state import ServerState
+
+router = APIRouter(tags=["models"])
+
+#: the request body as OpenAPI sees it: the JSON schema is PredictJson's (server/routes/openapi.py
+#: adds the models to the document's components); the uploads are bytes by nature
+REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/PredictJson"}},
+            "multipart/form-data": {"schema": {"$ref": "#/components/schemas/PredictMultipart"}},
+            **{t: {"schema": {"type": "string", "format": "binary"}}
+               for t in ("audio/wav", "audio/flac", "audio/ogg", "application/x-npy")},
+            "text/csv": {"schema": {"type": "string"}},
+        },
+    }
+}
+#: models referenced by REQUEST_BODY, for server/routes/openapi.py
+BODY_MODELS = (PredictJson, PredictMultipart)
+
+
+@dataclass
+class RestLimits:
+    pool: DecodePool
+    budget: SampleBudget
+
+
+def limits_of(request: Request) -> RestLimits:
+    """The app's decode pool and pending-sample budget, made on first use."""
+    app_state = request.app.state
+    lim = getattr(app_state, "s4d_rest_limits", None)
+    if lim is None:
+        st = state_of(request)
+        gauge = st.metrics.pending_samples
+        lim = RestLimits(
+            pool=DecodePool(st.settings.decode_threads),
+            budget=SampleBudget(st.settings.max_pending_samples,
+                                lambda model, v: gauge.labels(model=model).set(v)),
+        )
+        app_state.s4d_rest_limits = lim
+    return lim
+
+
+def _spec(lm: RemoteModel, st: ServerState) -> audio.DecodeSpec:
+    s, meta = st.settings, lm.metadata
+    return audio.DecodeSpec(
+        channels=meta.input_channels, sample_rate=meta.sample_rate, patch=meta.patch_size,
+        max_len=s.max_sequence_samples, min_rate=s.min_sample_rate, max_rate=s.max_sample_rate)
+
+
+def _validation_error(exc: ValidationError) -> ApiError:
+    """A body that does not fit PredictJson: `bad_input` where a sequence is wrong (PROTOCOL:
+    samples that are not numbers, extra nesting), `bad_request` for the rest."""
+    errs = exc.errors(include_input=False, include_url=False)
+    msg = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in errs[:5])
+    in_inputs = all(len(e["loc"]) >= 2 and e["loc"][0] == "inputs" for e in errs)
+    return ApiError(400, "bad_input" if in_inputs else "bad_request", msg or "invalid body")
+
+
+def decode_json(body: bytes, spec: audio.DecodeSpec, max_sequences: int):
+    """JSON predict body -> (sequences, per_step, events). Runs in the decode pool."""
+    doc = jsonbody.parse(body)
+    if not isinstance(doc, dict):
+        raise ApiError(400, "bad_request", 'expected an object {"inputs": [seq, ...]}')
+    inputs = doc.get("inputs")
+    if isinstance(inputs, list) and len(inputs) > max_sequences:  # before validating them
+        raise ApiError(413, "too_large", f"{len(inputs)} sequences > limit {max_sequences}")
+    try:
+        req = PredictJson.model_validate(doc)
+    except ValidationError as exc:
+        raise _validation_error(exc) from None
+    if req.sample_rate is not None and req.sample_rate != spec.sample_rate:
+        raise ApiError(400, "bad_sample_rate",
+                       f"sample_rate {req.sample_rate} != the model's {spec.sample_rate} "
+                       "(JSON arrays are not resampled; upload a WAV for that)")
+    seqs = [audio.from_json_list(seq, spec.channels, spec.patch, spec.max_len, f"inputs[{i}]")
+            for i, seq in enumerate(req.inputs)]
+    return seqs, req.per_step, req.events_value()
+
+
+def decode_form(body: bytes, content_type: str, spec: audio.DecodeSpec, max_files: int):
+    """multipart body -> (file parts, per_step). Runs in the decode pool."""
+    parts = multipart.parse(body, content_type, max_files=max_files)
+    files = [p for p in parts if p.is_file and p.name == "file"]
+    if not files:
+        raise ApiError(400, "bad_request", 'multipart body needs one or more "file" fields')
+    flag = next((p.text().strip().lower() for p in parts if p.name == "per_step"
+                 and not p.is_file), "")
+    return files, flag in ("1", "true", "yes")
+
+
+async def _sequences(lm: RemoteModel, request: Request, st: ServerState):
+    """Read the body (bounded in bytes and time), then parse/decode it in the decode pool."""
+    s, meta = st.settings, lm.metadata
+    spec = _spec(lm, st)
+    pool = limits_of(request).pool
+    full_type = request.headers.get("content-type") or ""
+    ctype = full_type.split(";")[0].strip().lower()
+    is_json = ctype == "application/json" or ctype.endswith("+json")
+    if not is_json and ctype != "multipart/form-data" and audio.kind_of(ctype) is None:
+        raise ApiError(415, "unsupported_media_type",
+                       f"content type {ctype or '(none)'!r}: send application/json, "
+                       "multipart/form-data, audio/wav, audio/flac, audio/ogg, text/csv or "
+                       "application/x-npy")
+    body = await read_body(request, s.max_body_bytes)
+    per_step, events = False, False
+    seqs: list[np.ndarray] = []
+    if is_json:
+        seqs, per_step, events = await pool.run(decode_json, body, spec, s.max_batch_sequences)
+    elif ctype == "multipart/form-data":
+        files, per_step = await pool.run(decode_form, body, full_type, spec,
+                                         s.max_batch_sequences)
+        del body  # the parts hold their own copies
+        for i, f in enumerate(files):
+            where = f"file[{i}] ({f.filename[:100]})"
+            kind = audio.kind_of(f.content_type, f.filename)
+            if kind is None:
+                raise ApiError(415, "unsupported_media_type",
+                               f"{where}: type {str(f.content_type)[:100]!r} is not "
+                               "WAV/FLAC/OGG/CSV/NPY")
+            seqs.append(await pool.run(audio.decode_payload, bytes(f.data), kind, spec, where))
+            f.data = bytearray()
+    else:
+        seqs.append(await pool.run(audio.decode_payload, body, audio.kind_of(ctype), spec, "body"))
+    if per_step and meta.pooling != "none":
+        raise ApiError(400, "bad_request",
+                       f"per_step needs a model with pooling 'none' (this one pools {meta.pooling!r})")
+    try:
+        detector = stream_events.resolve(events, meta) if events is not False else None
+    except stream_events.EventsSettingsError as exc:
+        raise ApiError(400, "bad_request", str(exc)) from None
+    if detector is not None and meta.pooling != "none":
+        raise ApiError(400, "bad_request",
+                       f"events on /predict need per-step outputs (pooling 'none'); this model "
+                       f"pools {meta.pooling!r}: stream the recording for its events")
+    return seqs, per_step, detector
+
+
+def _prediction(lm: RemoteModel, logits: np.ndarray, n: int, per_step: bool) -> dict:
+    classes = lm.metadata.classes
+    steps = logits if logits.ndim == 2 else None
+    last = logits[-1] if steps is not None else logits
+    p = softmax(last.astype(np.float64))
+    out: dict[str, Any] = {
+        "label": classes[int(np.argmax(p))],
+        "probabilities": {c: float(v) for c, v in zip(classes, p, strict=True)},
+        "num_samples": int(n),
+    }
+    if per_step and steps is not None:
+        out["per_step"] = softmax(steps.astype(np.float64)).astype(np.float32)
+    return out
+
+
+def _events(lm: RemoteModel, settings, steps: np.ndarray, n: int) -> list[dict]:
+    """The events a stream of this recording reports: the detector on the per-step
+    probabilities at the stream's frame ends (pooling none: a frame's prediction is its last
+    step's), softmax in float64 then float32 as the engine does."""
+    meta = lm.metadata
+    ends = frame_ends(n, meta.frame_size, meta.patch_size)
+    rows = steps[[e // meta.patch_size - 1 for e in ends]] if ends else steps[:0]
+    probs = softmax(rows.astype(np.float64)).astype(np.float32)
+    return detect(meta.classes, settings, ends, probs)
+
+
+def _answer(lm, name, logits, seqs, per_step, detector) -> bytes:
+    """The response body (PredictResponse). Runs in the decode pool."""
+    preds = [_prediction(lm, lg, len(x), per_step) for lg, x in zip(logits, seqs, strict=True)]
+    if detector is not None:
+        for pred, lg, x in zip(preds, logits, seqs, strict=True):
+            pred["events"] = _events(lm, detector, lg, len(x))
+    return orjson.dumps({"model": name, "predictions": preds},
+                        option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+@router.post(
+    "/v1/models/{name}/predict",
+    summary="Batch prediction (FFT convolution path)",
+    description="JSON arrays (varying lengths), multipart `file` uploads, or a raw WAV/FLAC/OGG/"
+    "CSV/NPY body. Audio is resampled to the model's rate; stereo is mixed down to mono when "
+    "the model takes one channel. Limits are checked from headers before decoding, and every "
+    "body is parsed off the event loop.",
+    openapi_extra=REQUEST_BODY,
+    response_class=Response,
+    responses={200: {"model": PredictResponse, "description": "one prediction per sequence"},
+               **error_responses(400, 401, 403, 404, 408, 413, 415, 503)},
+)
+async def predict(name: str, request: Request) -> Response:
+    st = state_of(request)
+    lm = st.model_or_error(name)
+    seqs, per_step, detector = await _sequences(lm, request, st)
+    lim = limits_of(request)
+    with lim.budget.reserve(name, sum(len(x) for x in seqs)):
+        logits = await run_batch(lm, seqs)
+    body = await lim.pool.run(_answer, lm, name, logits, seqs, per_step, detector)
+    return Response(body, media_type="application/json")
+
+
+async def run_batch(lm: RemoteModel, seqs: list[np.ndarray]) -> list[np.ndarray]:
+    try:
+        return await lm.batcher.predict(seqs)
+    except BatcherBusy as exc:
+        raise ApiError(503, "server_busy", str(exc), headers={"Retry-After": "1"}) from exc
+    except EngineUnavailable as exc:
+        raise ApiError(503, "server_busy", f"{exc}; try again shortly",
+                       headers={"Retry-After": "1"}) from exc
+    except RuntimeError as exc:
+        if "shutting down" in str(exc):
+            raise ApiError(503, "server_busy", "the server is shutting down") from exc
+        raise
