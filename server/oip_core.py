@@ -40,6 +40,9 @@ OUTPUT_NAMES = (PROBS_NAME, LABEL_NAME)
 EXTENSIONS = ("binary_tensor_data", "classification", "model_configuration",
               "model_repository", "statistics")
 
+#: tensors up to this size are converted on the event loop (well under a millisecond)
+INLINE_DECODE_BYTES = 64 << 10
+
 #: OIP numeric datatype -> little-endian numpy dtype (raw / binary tensor layout)
 NUMERIC_TYPES: dict[str, np.dtype] = {
     "FP16": np.dtype("<f2"), "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"),
@@ -317,9 +320,9 @@ class OipService:
         try:
             seq = sequence_control(req.parameters)
             wanted = self._requested(req.outputs, lm)
-            pool = self.limits.pool
+            run = self._decoder(req.inputs)
             if seq is not None:
-                rows = await pool.run(self._sequence_rows, lm, req.inputs)
+                rows = await run(self._sequence_rows, lm, req.inputs)
                 t1 = time.perf_counter_ns()
                 r = await self.sequences.infer(lm, seq.sequence_id, seq.start, seq.end, rows, key)
                 t2 = time.perf_counter_ns()
@@ -330,7 +333,7 @@ class OipService:
                 params["sequence_offset"] = r.consumed
                 n = 1
             else:
-                seqs = await pool.run(self._sequences, lm, req.inputs)
+                seqs = await run(self._sequences, lm, req.inputs)
                 t1 = time.perf_counter_ns()
                 with self.limits.budget.reserve(lm.name, sum(len(x) for x in seqs)):
                     logits = await run_batch(lm, seqs)
@@ -349,6 +352,23 @@ class OipService:
         stats.execution_count += 1
         stats.last_inference_ms = int(time.time() * 1000)
         return InferResponse(lm.name, MODEL_VERSION, req.id, outputs, params)
+
+    def _decoder(self, inputs: list[InputTensor]):
+        """Where to convert the tensors: inline when they are small (a stream chunk; the
+        thread hop would cost more than the work), else in the decode threads."""
+        size = 0
+        for t in inputs:
+            if t.raw is not None:
+                size += len(t.raw)
+            elif isinstance(t.shape, list) and all(isinstance(d, int) for d in t.shape):
+                size += 8 * int(np.prod(t.shape, dtype=np.float64))
+            else:
+                size += INLINE_DECODE_BYTES + 1
+        if size <= INLINE_DECODE_BYTES:
+            async def inline(fn, *args):
+                return fn(*args)
+            return inline
+        return self.limits.pool.run
 
     def _requested(self, outputs: list[RequestedOutput] | None,
                    lm: RemoteModel) -> list[RequestedOutput]:

@@ -27,6 +27,7 @@ from server import jsonbody, limits, rest
 from server.auth import SCOPE_KEY
 from server.errors import ApiError
 from server.oip_core import (
+    INLINE_DECODE_BYTES,
     InferRequest,
     InferResponse,
     InputTensor,
@@ -376,9 +377,12 @@ async def infer(name: str, request: Request, version: str = "") -> Response:
     enc = content_encoding(request)
     # bounded in bytes (Content-Length first, 413) and time (408) before anything is parsed
     body = await limits.read_body(request, s.max_body_bytes, s.body_timeout_s)
-    req = await service.limits.pool.run(decode_infer, body, enc,
-                                        request.headers.get(HEADER_LENGTH),
-                                        s.max_body_bytes, name, version)
+    decode_args = (body, enc, request.headers.get(HEADER_LENGTH), s.max_body_bytes, name,
+                   version)
+    if enc == "identity" and len(body) <= INLINE_DECODE_BYTES:  # a stream chunk: no thread hop
+        req = decode_infer(*decode_args)
+    else:  # big or compressed (its size unknown until decompressed): in the decode threads
+        req = await service.limits.pool.run(decode_infer, *decode_args)
     resp = await service.infer(req, request.scope.get(SCOPE_KEY))
     out, header_len = encode_infer(resp, req.parameters.get("binary_data_output", False))
     headers: dict[str, str] = {}

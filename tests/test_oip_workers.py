@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import time
 
 import numpy as np
 import psutil
@@ -24,11 +25,16 @@ def workers(checkpoint_dir):
 
 
 def frontend_pid(w: Workers, conn: http.client.HTTPConnection) -> int:
+    """The front-end process that accepted `conn` (it may still sit in the listen backlog for
+    a moment after connect())."""
     port = conn.sock.getsockname()[1]
-    for c in w.children("s4d-frontend"):
-        for tcp in c.net_connections(kind="tcp"):
-            if tcp.raddr and tcp.raddr.port == port:
-                return c.pid
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        for c in w.children("s4d-frontend"):
+            for tcp in c.net_connections(kind="tcp"):
+                if tcp.raddr and tcp.raddr.port == port:
+                    return c.pid
+        time.sleep(0.02)
     raise AssertionError("no front-end holds the connection")
 
 
