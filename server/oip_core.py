@@ -28,7 +28,7 @@ from server.state import ServerState
 
 if TYPE_CHECKING:
     from server.auth import KeyInfo
-    from server.rest import RestLimits
+    from server.limits import HttpLimits
 
 SERVER_NAME = "s4d-serve"
 MODEL_VERSION = "1"  # one version per checkpoint folder
@@ -209,9 +209,9 @@ def _server_version() -> str:
 class OipService:
     """OIP v2 semantics over the app's `ServerState`; shared by HTTP and gRPC."""
 
-    def __init__(self, st: ServerState, limits: RestLimits | None = None):
+    def __init__(self, st: ServerState, limits: HttpLimits | None = None):
+        from server.limits import new_limits
         from server.oip_sequences import OipSequences
-        from server.rest import new_limits
 
         self.st = st
         self.stats: dict[str, ModelStats] = {}

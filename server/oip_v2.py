@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from server import jsonbody, limits, rest
+from server import jsonbody, limits
 from server.auth import SCOPE_KEY
 from server.errors import ApiError
 from server.oip_core import (
@@ -106,7 +106,7 @@ _INFER_BODY = {
 def install(app: FastAPI) -> OipService:
     """Mount the /v2 routes on `app` (after its exception handlers are registered) and make
     unmatched /v2 paths answer in OIP shape. The service is `app.state.oip`."""
-    service = OipService(app.state.s4d, rest.app_limits(app))
+    service = OipService(app.state.s4d, limits.app_limits(app))
     app.state.oip = service
     app.include_router(router)
     v1_handler = app.exception_handlers[StarletteHTTPException]

@@ -67,26 +67,20 @@ def state_of(request: Request) -> ServerState:
     return request.app.state.s4d
 
 
-def new_limits(st: ServerState) -> RestLimits:
-    gauge = st.metrics.pending_samples
-    return RestLimits(
-        pool=DecodePool(st.settings.decode_threads),
-        budget=SampleBudget(st.settings.max_pending_samples,
-                            lambda model, v: gauge.labels(model=model).set(v)),
-    )
-
-
-def app_limits(app) -> RestLimits:
-    """The app's decode pool and pending-sample budget (one per app: /v1 predict and OIP
-    infer share them), made on first use."""
-    lim = getattr(app.state, "s4d_rest_limits", None)
-    if lim is None:
-        lim = app.state.s4d_rest_limits = new_limits(app.state.s4d)
-    return lim
-
-
 def limits_of(request: Request) -> RestLimits:
-    return app_limits(request.app)
+    """The app's decode pool and pending-sample budget, made on first use."""
+    app_state = request.app.state
+    lim = getattr(app_state, "s4d_rest_limits", None)
+    if lim is None:
+        st = state_of(request)
+        gauge = st.metrics.pending_samples
+        lim = RestLimits(
+            pool=DecodePool(st.settings.decode_threads),
+            budget=SampleBudget(st.settings.max_pending_samples,
+                                lambda model, v: gauge.labels(model=model).set(v)),
+        )
+        app_state.s4d_rest_limits = lim
+    return lim
 
 
 async def read_body(request: Request, limit: int, timeout_s: float | None = None) -> bytes:

@@ -297,8 +297,6 @@ class ModelEngine:
         its own) is quarantined until that front-end has released it."""
         if self.sessions.pop(s.id, None) is None:
             return
-        if s.key is not None and self.key_sessions[s.key] > 0:  # its quota share is free again
-            self.key_sessions[s.key] -= 1
         if self.persistence is not None:
             self.persistence.closed(self, s, reason)
         self.by_slot.pop(s.slot, None)
