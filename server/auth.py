@@ -327,6 +327,7 @@ def install(app, settings, metrics) -> None:
     """Add the access-control middleware to a FastAPI app (outermost first: Host, CORS,
     keys/Origin). Raises KeysFileError for an unusable keys file."""
     keys = KeyStore(settings.api_keys_file) if settings.api_keys_file else None
+    app.state.s4d_keys = keys  # gRPC (server/oip_grpc.py) checks the same keys
     app.add_middleware(AccessMiddleware, keys=keys, allowed_origins=settings.allowed_origins,
                        public_metrics=settings.public_metrics, public_docs=settings.public_docs,
                        metrics=metrics)

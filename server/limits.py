@@ -9,6 +9,7 @@ import asyncio
 import math
 from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
@@ -69,6 +70,37 @@ class SampleBudget:
         self.pending[model] = value
         if self.on_change is not None:
             self.on_change(model, value)
+
+
+@dataclass
+class HttpLimits:
+    """The decode threads and the pending-sample budget of one app."""
+
+    pool: DecodePool
+    budget: SampleBudget
+
+
+def new_limits(st) -> HttpLimits:
+    """For a ServerState: pool of `decode_threads`, budget of `max_pending_samples` per model
+    (exported as s4d_pending_samples)."""
+    gauge = st.metrics.pending_samples
+    return HttpLimits(pool=DecodePool(st.settings.decode_threads),
+                      budget=SampleBudget(st.settings.max_pending_samples,
+                                          lambda model, v: gauge.labels(model=model).set(v)))
+
+
+#: where an app keeps its limits; the /v1 predict route looks them up under the same name,
+#: so /v1 predict and OIP infer draw on one budget
+APP_ATTR = "s4d_rest_limits"
+
+
+def app_limits(app) -> HttpLimits:
+    """The app's limits, made on first use (OIP makes them when its routes are installed)."""
+    lim = getattr(app.state, APP_ATTR, None)
+    if lim is None:
+        lim = new_limits(app.state.s4d)
+        setattr(app.state, APP_ATTR, lim)
+    return lim
 
 
 async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:

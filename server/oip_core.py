@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,6 +25,10 @@ from server.errors import ApiError
 from server.frontend.client import RemoteModel
 from server.probs import softmax
 from server.state import ServerState
+
+if TYPE_CHECKING:
+    from server.auth import KeyInfo
+    from server.limits import HttpLimits
 
 SERVER_NAME = "s4d-serve"
 MODEL_VERSION = "1"  # one version per checkpoint folder
@@ -35,6 +39,9 @@ OUTPUT_NAMES = (PROBS_NAME, LABEL_NAME)
 #: extensions answered over HTTP (Triton names); gRPC answers the same subset it declares
 EXTENSIONS = ("binary_tensor_data", "classification", "model_configuration",
               "model_repository", "statistics")
+
+#: tensors up to this size are converted on the event loop (well under a millisecond)
+INLINE_DECODE_BYTES = 64 << 10
 
 #: OIP numeric datatype -> little-endian numpy dtype (raw / binary tensor layout)
 NUMERIC_TYPES: dict[str, np.dtype] = {
@@ -108,32 +115,16 @@ class InferResponse:
     version: str
     id: str | None
     outputs: list[OutputTensor]
+    parameters: dict[str, Any] = field(default_factory=dict)  # e.g. sequence_offset
 
 
 @dataclass(frozen=True)
 class SequenceControl:
-    """Triton sequence-batcher parameters of one request (issue 16, item 3)."""
+    """Triton sequence-batcher parameters of one request (served by server/oip_sequences.py)."""
 
     sequence_id: int | str
     start: bool
     end: bool
-
-
-class SequenceEngine(Protocol):
-    """What the sequence path needs from the engine (not wired yet; see `OipService.infer`).
-
-    A sequence is a streaming session keyed by (model, sequence_id): `open` at
-    `sequence_start` (replacing nothing: an id already open is an error), `feed` the request's
-    samples and get the probabilities after them (exactly the WebSocket stream's result),
-    `close` at `sequence_end` after flushing the partial frame; sessions idle for the TTL expire.
-    """
-
-    async def open(self, model: str, sequence_id: int | str) -> None: ...
-
-    async def feed(self, model: str, sequence_id: int | str, samples: np.ndarray,
-                   flush: bool) -> np.ndarray: ...
-
-    async def close(self, model: str, sequence_id: int | str) -> None: ...
 
 
 def serialize_bytes(arr: np.ndarray) -> bytes:
@@ -218,12 +209,16 @@ def _server_version() -> str:
 class OipService:
     """OIP v2 semantics over the app's `ServerState`; shared by HTTP and gRPC."""
 
-    def __init__(self, st: ServerState):
+    def __init__(self, st: ServerState, limits: HttpLimits | None = None):
+        from server.limits import new_limits
+        from server.oip_sequences import OipSequences
+
         self.st = st
         self.stats: dict[str, ModelStats] = {}
         self.version = _server_version()
-        #: set by the engine once sequences are served (issue 16 item 3); None: refused
-        self.sequences: SequenceEngine | None = None
+        #: decode threads and the pending-sample budget, shared with /v1 predict
+        self.limits = limits if limits is not None else new_limits(st)
+        self.sequences = OipSequences(st)
 
     # -- health and metadata
     def live(self) -> bool:
@@ -313,24 +308,38 @@ class OipService:
         return [self.stats.get(n, ModelStats()).to_dict(n) for n in names]
 
     # -- inference
-    async def infer(self, req: InferRequest) -> InferResponse:
+    async def infer(self, req: InferRequest, key: KeyInfo | None = None) -> InferResponse:
+        """Batch inference, or (with `sequence_id`) a chunk of a sequence fed into its streaming
+        session. Tensor decoding runs in the decode threads; batch work is counted against the
+        pending-sample budget of /v1 predict (503 server_busy beyond it). `key`: the API key
+        of the request (sequences belong to it)."""
         lm = self.model(req.model, req.version)
         stats = self.stats.setdefault(lm.name, ModelStats())
         t0 = time.perf_counter_ns()
+        params: dict[str, Any] = {}
         try:
             seq = sequence_control(req.parameters)
-            if seq is not None:
-                # Item 3 lands here: `await self.sequences.feed(...)` per row, with
-                # open/close on sequence_start/end (see SequenceEngine).
-                raise bad_request(
-                    f"sequence_id {seq.sequence_id!r}: sequences (stateful streams) are not "
-                    f"served over OIP yet; stream with WS /v1/models/{lm.name}/stream")
             wanted = self._requested(req.outputs, lm)
-            seqs = self._sequences(lm, req.inputs)
-            t1 = time.perf_counter_ns()
-            logits = await run_batch(lm, seqs)
-            t2 = time.perf_counter_ns()
-            outputs = self._outputs(lm, logits, wanted)
+            run = self._decoder(req.inputs)
+            if seq is not None:
+                rows = await run(self._sequence_rows, lm, req.inputs)
+                t1 = time.perf_counter_ns()
+                r = await self.sequences.infer(lm, seq.sequence_id, seq.start, seq.end, rows, key)
+                t2 = time.perf_counter_ns()
+                k = len(lm.metadata.classes)
+                probs = (np.full((1, k), np.nan, np.float32) if r.probs is None
+                         else r.probs.reshape(1, k))
+                outputs = self._outputs_from_probs(lm, probs, wanted)
+                params["sequence_offset"] = r.consumed
+                n = 1
+            else:
+                seqs = await run(self._sequences, lm, req.inputs)
+                t1 = time.perf_counter_ns()
+                with self.limits.budget.reserve(lm.name, sum(len(x) for x in seqs)):
+                    logits = await run_batch(lm, seqs)
+                t2 = time.perf_counter_ns()
+                outputs = self._outputs(lm, logits, wanted)
+                n = len(seqs)
             t3 = time.perf_counter_ns()
         except BaseException:
             stats.fail.add(time.perf_counter_ns() - t0)
@@ -339,10 +348,27 @@ class OipService:
         stats.compute_infer.add(t2 - t1)
         stats.compute_output.add(t3 - t2)
         stats.success.add(t3 - t0)
-        stats.inference_count += len(seqs)
+        stats.inference_count += n
         stats.execution_count += 1
         stats.last_inference_ms = int(time.time() * 1000)
-        return InferResponse(lm.name, MODEL_VERSION, req.id, outputs)
+        return InferResponse(lm.name, MODEL_VERSION, req.id, outputs, params)
+
+    def _decoder(self, inputs: list[InputTensor]):
+        """Where to convert the tensors: inline when they are small (a stream chunk; the
+        thread hop would cost more than the work), else in the decode threads."""
+        size = 0
+        for t in inputs:
+            if t.raw is not None:
+                size += len(t.raw)
+            elif isinstance(t.shape, list) and all(isinstance(d, int) for d in t.shape):
+                size += 8 * int(np.prod(t.shape, dtype=np.float64))
+            else:
+                size += INLINE_DECODE_BYTES + 1
+        if size <= INLINE_DECODE_BYTES:
+            async def inline(fn, *args):
+                return fn(*args)
+            return inline
+        return self.limits.pool.run
 
     def _requested(self, outputs: list[RequestedOutput] | None,
                    lm: RemoteModel) -> list[RequestedOutput]:
@@ -365,7 +391,8 @@ class OipService:
             o.classification = min(o.classification, k)
         return outputs
 
-    def _sequences(self, lm: RemoteModel, inputs: list[InputTensor]) -> list[np.ndarray]:
+    def _input_array(self, lm: RemoteModel, inputs: list[InputTensor]) -> np.ndarray:
+        """The one input as float64 [B, L, C], shape and limits checked before conversion."""
         meta, s = lm.metadata, self.st.settings
         if len(inputs) != 1:
             raise bad_request(f"expected exactly one input named {INPUT_NAME!r}, got {len(inputs)}")
@@ -390,20 +417,44 @@ class OipService:
         if length > s.max_sequence_samples:
             raise ApiError(413, "too_large",
                            f"{length} samples per sequence > limit {s.max_sequence_samples}")
-        arr = tensor_array(t, b * length * c).reshape(b, length, c)
-        return [audio.check_sequence(arr[i], c, meta.patch_size, s.max_sequence_samples,
-                                     f"input[{i}]") for i in range(b)]
+        return tensor_array(t, b * length * c).reshape(b, length, c)
+
+    def _sequences(self, lm: RemoteModel, inputs: list[InputTensor]) -> list[np.ndarray]:
+        """Batch rows, each a whole sequence (at least one patch). Runs in the decode pool."""
+        meta, s = lm.metadata, self.st.settings
+        arr = self._input_array(lm, inputs)
+        return [audio.check_sequence(arr[i], meta.input_channels, meta.patch_size,
+                                     s.max_sequence_samples, f"input[{i}]")
+                for i in range(len(arr))]
+
+    def _sequence_rows(self, lm: RemoteModel, inputs: list[InputTensor]) -> np.ndarray:
+        """The samples of one sequence request: one row [1, L(, C)] of any length >= 1."""
+        meta, s = lm.metadata, self.st.settings
+        if not lm.streamable:
+            raise bad_request(f"model {lm.name!r} is bidirectional: it serves whole sequences "
+                              "only (no sequence_id)", "not_streamable")
+        arr = self._input_array(lm, inputs)
+        if len(arr) != 1:
+            raise bad_request(f"a sequence request carries one row (shape [1, L]), got {len(arr)}")
+        return audio.check_sequence(arr[0], meta.input_channels, 1, s.max_sequence_samples,
+                                    "input[0]")
 
     def _outputs(self, lm: RemoteModel, logits: list[np.ndarray],
                  wanted: list[RequestedOutput]) -> list[OutputTensor]:
-        classes = lm.metadata.classes
         last = np.stack([lg[-1] if lg.ndim == 2 else lg for lg in logits])
         probs = softmax(last.astype(np.float64)).astype(np.float32)
+        return self._outputs_from_probs(lm, probs, wanted)
+
+    def _outputs_from_probs(self, lm: RemoteModel, probs: np.ndarray,
+                            wanted: list[RequestedOutput]) -> list[OutputTensor]:
+        """Outputs of probabilities [B, K]; a row of NaN (no prediction yet) has label ""."""
+        classes = lm.metadata.classes
         b, k = probs.shape
         out = []
         for o in wanted:
             if o.name == LABEL_NAME:
-                labels = np.array([classes[int(i)].encode() for i in probs.argmax(-1)], object)
+                labels = np.array([b"" if np.isnan(row).any() else classes[int(row.argmax())].encode()
+                                   for row in probs], object)
                 out.append(OutputTensor(LABEL_NAME, "BYTES", [b], labels, o))
             elif o.classification:
                 top = np.argsort(-probs, axis=1, kind="stable")[:, : o.classification]

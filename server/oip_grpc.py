@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
+from server.auth import KeyInfo, KeyStore
 from server.errors import ApiError
 from server.metrics import Metrics
 from server.oip_core import InferRequest, InferResponse, InputTensor, OipService, RequestedOutput
@@ -29,11 +30,17 @@ SERVICE = "inference.GRPCInferenceService"
 #: HTTP status of an ApiError -> gRPC status code
 GRPC_CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
     404: grpc.StatusCode.NOT_FOUND,
+    409: grpc.StatusCode.ABORTED,
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,
     415: grpc.StatusCode.INVALID_ARGUMENT,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
     503: grpc.StatusCode.UNAVAILABLE,
 }
+#: RPCs open without an API key, as /v2/health/* are over HTTP
+PUBLIC_RPCS = frozenset({"ServerLive", "ServerReady"})
 #: datatype -> InferTensorContents field (FP16 and BYTES-free types: raw only)
 CONTENTS_FIELD = {
     "FP32": "fp32_contents", "FP64": "fp64_contents",
@@ -88,7 +95,25 @@ def response_to_proto(resp: InferResponse) -> pb.ModelInferResponse:
     for o in resp.outputs:
         m.outputs.add(name=o.name, datatype=o.datatype, shape=o.shape)
         m.raw_output_contents.append(o.raw())
+    for k, v in resp.parameters.items():
+        if isinstance(v, bool):
+            m.parameters[k].bool_param = v
+        elif isinstance(v, int):
+            m.parameters[k].int64_param = v
+        else:
+            m.parameters[k].string_param = str(v)
     return m
+
+
+def presented_key(context) -> str | None:
+    """The key of `authorization: Bearer KEY` call metadata (what tritonclient's `headers=`
+    sends), or None."""
+    for k, v in context.invocation_metadata() or ():
+        if k.lower() == "authorization":
+            scheme, _, value = (v if isinstance(v, str) else v.decode("latin-1")).partition(" ")
+            if scheme.lower() == "bearer" and value.strip():
+                return value.strip()
+    return None
 
 
 class _Observed:
@@ -109,13 +134,34 @@ class _Observed:
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, oip: OipService, metrics: Metrics):
-        self.oip, self.metrics = oip, metrics
+    def __init__(self, oip: OipService, metrics: Metrics, keys: KeyStore | None = None):
+        self.oip, self.metrics, self.keys = oip, metrics, keys
 
-    async def _unary(self, rpc: str, context, fn):
+    def authorize(self, rpc: str, context) -> KeyInfo | None:
+        """The call's API key (None when no keys are configured); ApiError 401 without a
+        valid one, as over HTTP."""
+        if self.keys is None or rpc in PUBLIC_RPCS:
+            return None
+        key = presented_key(context)
+        info = self.keys.lookup(key) if key else None
+        if info is None:
+            self.metrics.auth_refused.labels(reason="bad_key" if key else "no_key").inc()
+            raise ApiError(401, "unauthorized", "invalid API key" if key else
+                           "an API key is required: metadata 'authorization: Bearer KEY'")
+        return info
+
+    def allow_model(self, key: KeyInfo | None, model: str) -> None:
+        if key is not None and not key.allows(model):
+            self.metrics.auth_refused.labels(reason="model").inc()
+            raise ApiError(403, "forbidden", f"key {key.name!r} may not use model {model!r}")
+
+    async def _unary(self, rpc: str, context, fn, model: str | None = None):
         obs = _Observed(self.metrics, rpc)
         try:
-            res = fn()
+            key = self.authorize(rpc, context)
+            if model is not None:
+                self.allow_model(key, model)
+            res = fn(key)
             return await res if inspect.isawaitable(res) else res
         except ApiError as exc:
             obs.failed(exc.status, exc.code)
@@ -129,47 +175,57 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ServerLive(self, request, context):
         return await self._unary("ServerLive", context,
-                                 lambda: pb.ServerLiveResponse(live=self.oip.live()))
+                                 lambda _key: pb.ServerLiveResponse(live=self.oip.live()))
 
     async def ServerReady(self, request, context):
         return await self._unary("ServerReady", context,
-                                 lambda: pb.ServerReadyResponse(ready=self.oip.ready()))
+                                 lambda _key: pb.ServerReadyResponse(ready=self.oip.ready()))
 
     async def ModelReady(self, request, context):
-        return await self._unary("ModelReady", context, lambda: pb.ModelReadyResponse(
-            ready=self.oip.model_ready(request.name, request.version)))
+        return await self._unary("ModelReady", context, lambda _key: pb.ModelReadyResponse(
+            ready=self.oip.model_ready(request.name, request.version)), request.name)
 
     async def ServerMetadata(self, request, context):
-        return await self._unary("ServerMetadata", context, lambda: json_format.ParseDict(
+        return await self._unary("ServerMetadata", context, lambda _key: json_format.ParseDict(
             self.oip.server_metadata(), pb.ServerMetadataResponse()))
 
     async def ModelMetadata(self, request, context):
-        return await self._unary("ModelMetadata", context, lambda: json_format.ParseDict(
-            self.oip.model_metadata(request.name, request.version), pb.ModelMetadataResponse()))
+        return await self._unary("ModelMetadata", context, lambda _key: json_format.ParseDict(
+            self.oip.model_metadata(request.name, request.version), pb.ModelMetadataResponse()),
+            request.name)
 
     async def ModelStatistics(self, request, context):
-        return await self._unary("ModelStatistics", context, lambda: json_format.ParseDict(
+        return await self._unary("ModelStatistics", context, lambda _key: json_format.ParseDict(
             {"model_stats": self.oip.statistics(request.name, request.version)},
-            pb.ModelStatisticsResponse()))
+            pb.ModelStatisticsResponse()), request.name or None)
 
     async def RepositoryIndex(self, request, context):
-        return await self._unary("RepositoryIndex", context, lambda: json_format.ParseDict(
+        return await self._unary("RepositoryIndex", context, lambda _key: json_format.ParseDict(
             {"models": self.oip.repository_index(request.ready)}, pb.RepositoryIndexResponse()))
 
     async def ModelInfer(self, request, context):
-        async def run():
-            return response_to_proto(await self.oip.infer(request_from_proto(request)))
+        async def run(key):
+            return response_to_proto(await self.oip.infer(request_from_proto(request), key))
 
-        return await self._unary("ModelInfer", context, run)
+        return await self._unary("ModelInfer", context, run, request.model_name)
 
     async def ModelStreamInfer(self, request_iterator, context):
         """Each request answered in order, one at a time; a failed request is answered with
-        `error_message` and the stream goes on. (Sequence requests, issue 16 item 3, keep this
-        order per stream: a sequence's chunks are fed in the order they arrive.)"""
+        `error_message` and the stream goes on. Sequence requests rely on this order: a
+        sequence's chunks are fed in the order they arrive. Without a valid API key (when keys
+        are configured) the call ends with UNAUTHENTICATED before any request is read."""
+        try:
+            key = self.authorize("ModelStreamInfer", context)
+        except ApiError as exc:
+            obs = _Observed(self.metrics, "ModelStreamInfer")
+            obs.failed(exc.status, exc.code)
+            obs.done()
+            await context.abort(GRPC_CODES[exc.status], exc.message)
         async for request in request_iterator:
             obs = _Observed(self.metrics, "ModelStreamInfer")
             try:
-                resp = await self.oip.infer(request_from_proto(request))
+                self.allow_model(key, request.model_name)
+                resp = await self.oip.infer(request_from_proto(request), key)
                 out = pb.ModelStreamInferResponse(infer_response=response_to_proto(resp))
             except ApiError as exc:
                 obs.failed(exc.status, exc.code)
@@ -201,7 +257,8 @@ async def start(app) -> grpc.aio.Server | None:
         ("grpc.so_reuseport", 1 if s.workers > 0 else 0),
     ])
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-        InferenceServicer(app.state.oip, st.metrics), server)
+        InferenceServicer(app.state.oip, st.metrics, getattr(app.state, "s4d_keys", None)),
+        server)
     host = f"[{s.host}]" if ":" in s.host else s.host
     try:
         port = server.add_insecure_port(f"{host}:{s.grpc_port}")

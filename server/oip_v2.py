@@ -23,8 +23,11 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from server import jsonbody, limits
+from server.auth import SCOPE_KEY
 from server.errors import ApiError
 from server.oip_core import (
+    INLINE_DECODE_BYTES,
     InferRequest,
     InferResponse,
     InputTensor,
@@ -103,7 +106,7 @@ _INFER_BODY = {
 def install(app: FastAPI) -> OipService:
     """Mount the /v2 routes on `app` (after its exception handlers are registered) and make
     unmatched /v2 paths answer in OIP shape. The service is `app.state.oip`."""
-    service = OipService(app.state.s4d)
+    service = OipService(app.state.s4d, limits.app_limits(app))
     app.state.oip = service
     app.include_router(router)
     v1_handler = app.exception_handlers[StarletteHTTPException]
@@ -124,24 +127,18 @@ def service_of(request: Request) -> OipService:
 
 
 # ---- body handling -------------------------------------------------------------------------
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body (decompressed for Content-Encoding gzip / deflate), at most `limit`."""
-    cl = request.headers.get("content-length")
-    if cl is not None and cl.isdigit() and int(cl) > limit:
-        raise ApiError(413, "too_large", f"body of {cl} bytes exceeds the limit of {limit}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, "too_large", f"body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    body = b"".join(chunks)
+def content_encoding(request: Request) -> str:
     enc = (request.headers.get("content-encoding") or "identity").strip().lower()
-    if enc == "identity":
-        return body
-    if enc not in ("gzip", "deflate"):
+    if enc not in ("identity", "gzip", "deflate"):
         raise ApiError(415, "unsupported_media_type",
                        f"Content-Encoding {enc!r}: send identity, gzip or deflate")
+    return enc
+
+
+def decompress(body: bytes, enc: str, limit: int) -> bytes:
+    """`body` decoded from Content-Encoding `enc`, at most `limit` bytes (413 beyond)."""
+    if enc == "identity":
+        return body
     d = zlib.decompressobj(16 + zlib.MAX_WBITS if enc == "gzip" else zlib.MAX_WBITS)
     try:
         out = d.decompress(body, limit + 1)
@@ -154,9 +151,17 @@ async def read_body(request: Request, limit: int) -> bytes:
     return out
 
 
-def split_body(request: Request, body: bytes) -> tuple[Any, memoryview]:
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body (decompressed for Content-Encoding gzip / deflate), at most `limit`
+    bytes, within the body timeout (408). Small bodies only: decompressed on the loop."""
+    enc = content_encoding(request)
+    body = await limits.read_body(request, limit, request.app.state.s4d.settings.body_timeout_s)
+    return decompress(body, enc, limit)
+
+
+def split_body(header_length: str | None, body: bytes) -> tuple[Any, memoryview]:
     """(JSON inference header, binary tensor bytes after it)."""
-    hl = request.headers.get(HEADER_LENGTH)
+    hl = header_length
     if hl is None:
         header, binary = body, memoryview(b"")
     else:
@@ -164,12 +169,20 @@ def split_body(request: Request, body: bytes) -> tuple[Any, memoryview]:
             raise bad_request(f"{HEADER_LENGTH} {hl!r} must be an integer <= the body's "
                               f"{len(body)} bytes")
         n = int(hl)
-        header, binary = body[:n], memoryview(body)[n:]
+        header, binary = memoryview(body)[:n], memoryview(body)[n:]
     try:
-        return json.loads(header), binary
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return jsonbody.parse(header), binary
+    except ApiError as exc:
         where = "inference header" if hl is not None else "body"
-        raise bad_request(f"{where} is not valid JSON: {exc}") from exc
+        raise ApiError(400, exc.code, f"{where}: {exc.message}") from None
+
+
+def decode_infer(body: bytes, enc: str, header_length: str | None, limit: int, model: str,
+                 version: str) -> InferRequest:
+    """Body bytes -> InferRequest (decompress, split, parse). Runs in the decode threads: a
+    32 MB JSON body takes a while, and the event loop must keep serving streams meanwhile."""
+    doc, binary = split_body(header_length, decompress(body, enc, limit))
+    return parse_infer(doc, binary, model, version)
 
 
 def _dict(v: Any, where: str) -> dict:
@@ -253,6 +266,8 @@ def encode_infer(resp: InferResponse, binary_default: bool) -> tuple[bytes, int 
     doc: dict[str, Any] = {"model_name": resp.model, "model_version": resp.version}
     if resp.id is not None:
         doc["id"] = resp.id
+    if resp.parameters:
+        doc["parameters"] = resp.parameters
     doc["outputs"] = outputs
     header = json.dumps(doc, separators=(",", ":")).encode()
     if not blobs:
@@ -358,10 +373,17 @@ async def model_config(name: str, request: Request, version: str = "") -> dict:
 async def infer(name: str, request: Request, version: str = "") -> Response:
     service = service_of(request)
     service.model(name, version)  # 404 before reading a body meant for no model
-    body = await read_body(request, service.st.settings.max_body_bytes)
-    doc, binary = split_body(request, body)
-    req = parse_infer(doc, binary, name, version)
-    resp = await service.infer(req)
+    s = service.st.settings
+    enc = content_encoding(request)
+    # bounded in bytes (Content-Length first, 413) and time (408) before anything is parsed
+    body = await limits.read_body(request, s.max_body_bytes, s.body_timeout_s)
+    decode_args = (body, enc, request.headers.get(HEADER_LENGTH), s.max_body_bytes, name,
+                   version)
+    if enc == "identity" and len(body) <= INLINE_DECODE_BYTES:  # a stream chunk: no thread hop
+        req = decode_infer(*decode_args)
+    else:  # big or compressed (its size unknown until decompressed): in the decode threads
+        req = await service.limits.pool.run(decode_infer, *decode_args)
+    resp = await service.infer(req, request.scope.get(SCOPE_KEY))
     out, header_len = encode_infer(resp, req.parameters.get("binary_data_output", False))
     headers: dict[str, str] = {}
     if header_len is not None:

@@ -271,16 +271,6 @@ def test_http_errors_are_oip_shaped(http, srv):
     assert r.json()["error"]["code"] == "unknown_model"
 
 
-def test_sequence_requests_refused_until_served(http, grpc_client):
-    x = signal(1, 64, 1)
-    for mod, client in ((th, http), (tg, grpc_client)):
-        inp = mod.InferInput("input", list(x.shape), "FP32")
-        inp.set_data_from_numpy(x)
-        with pytest.raises(InferenceServerException) as ei:
-            client.infer("tiny", [inp], sequence_id=42, sequence_start=True)
-        assert "sequence_id 42" in ei.value.message()
-
-
 def test_statistics_count_requests(http, grpc_client, srv):
     before = http.get_inference_statistics("tinybi")["model_stats"][0]
     x = signal(3, 64, 1, seed=2)

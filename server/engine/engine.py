@@ -330,7 +330,8 @@ class Engine:
             me = self.models[op["model"]]
             info = await me.open(owner, session_id=op.get("session_id"), offset=op.get("offset"),
                                  encoding=op["encoding"], emit_every=op["emit_every"],
-                                 key=op.get("key"), key_max=op.get("key_max"))
+                                 key=op.get("key"), key_max=op.get("key_max"),
+                                 create_id=op.get("create_id"))
             self.outbox.reply(owner, {"req": op["req"], **info})
         except StreamError as err:
             self.outbox.reply(owner, {"req": op["req"], "error": err.code, "message": err.message})

@@ -152,11 +152,15 @@ class ModelEngine:
     # ---- session manager -----------------------------------------------------------------
     async def open(self, owner: int, *, session_id: str | None, offset: int | None,
                    encoding: str, emit_every: int, key: str | None = None,
-                   key_max: int | None = None) -> dict:
+                   key_max: int | None = None, create_id: str | None = None) -> dict:
         """New session, or resume of a detached one. Returns the `started` facts. `key`: the
-        API key that opens it (a session belongs to it); `key_max`: that key's session quota."""
+        API key that opens it (a session belongs to it); `key_max`: that key's session quota.
+        `create_id`: the id of the new session, chosen by the caller (OIP sequences derive it
+        from key, model and sequence id so that every front-end finds it); refused while live."""
         if not self.streamable:
             raise StreamError("not_streamable", f"model {self.name!r} is bidirectional: batch only")
+        if create_id is not None and create_id in self.sessions:
+            raise StreamError("session_exists", "a session with that id is live")
         if session_id is None:
             if key is not None and key_max is not None and self.key_sessions[key] >= key_max:
                 raise StreamError("quota_exceeded",
@@ -170,9 +174,12 @@ class ModelEngine:
             except BaseException:
                 self.slab.free(slot)
                 raise
+            if create_id is not None and create_id in self.sessions:  # opened meanwhile
+                self.slab.free(slot)
+                raise StreamError("session_exists", "a session with that id is live")
             gen = self.buffers.open(slot)
-            s = EngineSession(self.id_prefix + uuid.uuid4().hex, slot, gen, encoding, emit_every,
-                              key=key)
+            s = EngineSession(create_id or self.id_prefix + uuid.uuid4().hex, slot, gen, encoding,
+                              emit_every, key=key)
             if key is not None:
                 self.key_sessions[key] += 1
             self._set_owner(s, owner)
@@ -401,13 +408,15 @@ class ModelEngine:
             waiting = self.flushes.pop(slot, [])
             if s is None:
                 continue
+            reset = any(f.reset for f in waiting)
+            end = any(f.end for f in waiting)
             rest = int(b.available(np.array([slot]))[0])
-            if 0 < rest < self.patch:  # less than one patch: ignored, as in the batch forward
+            if 0 < rest < self.patch and (reset or end):
+                # less than one patch: ignored, as in the batch forward. A plain flush (an OIP
+                # sequence request) keeps it buffered: it belongs to the next patch
                 b.advance(np.array([slot]), rest)
             probs = b.probs[slot].tolist() if b.has_probs[slot] else None
             consumed = int(b.consumed[slot])
-            reset = any(f.reset for f in waiting)
-            end = any(f.end for f in waiting)
             if reset and not end:
                 await self.lane.submit(self.slab.storage.zero, [slot])
                 b.segment[slot] = 0
