@@ -159,6 +159,15 @@ def _events(lm: RemoteModel, settings, steps: np.ndarray, n: int) -> list[dict]:
     return detect(meta.classes, settings, ends, probs)
 
 
+def _frame_events(lm: RemoteModel, settings, frames: np.ndarray, n: int) -> list[dict]:
+    """Events of a pooled model: the detector on the logits after every frame end (softmax in
+    float64 then float32, as the engine's stream step)."""
+    meta = lm.metadata
+    ends = frame_ends(n, meta.frame_size, meta.patch_size)
+    probs = softmax(np.asarray(frames, np.float64)).astype(np.float32)
+    return detect(meta.classes, settings, ends, probs)
+
+
 def _spec(lm: RemoteModel, st: ServerState) -> audio.DecodeSpec:
     s, meta = st.settings, lm.metadata
     return audio.DecodeSpec(
@@ -240,10 +249,10 @@ async def _sequences_from_request(lm: RemoteModel, request: Request, st: ServerS
         detector = stream_events.resolve(events, meta) if events is not False else None
     except stream_events.EventsSettingsError as exc:
         raise ApiError(400, "bad_request", str(exc)) from None
-    if detector is not None and meta.pooling != "none":
+    if detector is not None and meta.pooling != "none" and not meta.streamable:
         raise ApiError(400, "bad_request",
-                       f"events on /predict need per-step outputs (pooling 'none'); this model "
-                       f"pools {meta.pooling!r}: stream the recording for its events")
+                       "events on /predict need a streamable model (this one is bidirectional: "
+                       "it has no prediction after each frame)")
     return seqs, per_step, detector
 
 
@@ -261,8 +270,16 @@ async def predict(name: str, request: Request) -> dict:
     st = state_of(request)
     lm = st.model_or_error(name)
     seqs, per_step, detector = await _sequences_from_request(lm, request, st)
+    pooled_events = detector is not None and lm.metadata.pooling != "none"
     with limits_of(request).budget.reserve(name, sum(len(x) for x in seqs)):
-        logits = await run_batch(lm, seqs)
+        # pooled models with events: the prediction after every frame end (its last row is
+        # the whole recording's prediction), the same frames a stream's detector sees
+        logits = await run_batch(lm, seqs, frames=pooled_events)
+    if pooled_events:
+        preds = [_prediction(lm, lg[-1], len(x), False) for lg, x in zip(logits, seqs, strict=True)]
+        for pred, lg, x in zip(preds, logits, seqs, strict=True):
+            pred["events"] = _frame_events(lm, detector, lg, len(x))
+        return {"model": name, "predictions": preds}
     preds = [_prediction(lm, lg, len(x), per_step) for lg, x in zip(logits, seqs, strict=True)]
     if detector is not None:
         for pred, lg, x in zip(preds, logits, seqs, strict=True):
@@ -270,8 +287,10 @@ async def predict(name: str, request: Request) -> dict:
     return {"model": name, "predictions": preds}
 
 
-async def run_batch(lm: RemoteModel, seqs: list[np.ndarray]) -> list[np.ndarray]:
+async def run_batch(lm: RemoteModel, seqs: list[np.ndarray], frames: bool = False) -> list[np.ndarray]:
     try:
+        if frames:
+            return await lm.batcher.predict(seqs, frames=True)
         return await lm.batcher.predict(seqs)
     except BatcherBusy as exc:
         raise ApiError(503, "server_busy", str(exc), headers={"Retry-After": "1"}) from exc
