@@ -28,7 +28,9 @@ def rss_mb() -> float:
 
 
 def run(checkpoint: str, seconds: float, device: str, sessions: int, bucket_s: float = 60.0,
-        seed: int = 0) -> dict:
+        seed: int = 0, max_wall_s: float | None = None) -> dict:
+    """`max_wall_s`: stop early (at a bucket's end) when the wall time would pass it; the
+    report then says how much of the stream ran (`stream_seconds`, `stopped_early`)."""
     import torch
 
     from server.backends.torch_backend import TorchBackend
@@ -59,6 +61,7 @@ def run(checkpoint: str, seconds: float, device: str, sessions: int, bucket_s: f
     first = None
     sync()
     t_bucket = t_start = time.perf_counter()
+    done = n_frames
     for i in range(n_frames):
         step(i)
         if i + 1 == first_second:
@@ -69,8 +72,12 @@ def run(checkpoint: str, seconds: float, device: str, sessions: int, bucket_s: f
             now = time.perf_counter()
             buckets.append((now - t_bucket) / (per_bucket * frame / rate))
             t_bucket = now
+            if max_wall_s and (now - t_start) * (len(buckets) + 1) / len(buckets) > max_wall_s:
+                done = i + 1
+                break
     sync()
     total = time.perf_counter() - t_start
+    n_frames, stopped = done, done < int(round(seconds * rate / frame))
     mem1 = torch.cuda.memory_allocated() if device.startswith("cuda") else None
     state_bytes = sum(int(np.prod(t.shape[1:])) * t.element_size() for t in slab.gather([0]).values())
     return {
@@ -78,7 +85,8 @@ def run(checkpoint: str, seconds: float, device: str, sessions: int, bucket_s: f
         "hardware": torch.cuda.get_device_name(0) if device.startswith("cuda") else
         f"CPU, {torch.get_num_threads()} threads",
         "sessions": sessions, "stream_seconds": n_frames * frame / rate, "frame_size": frame,
-        "frames": n_frames, "wall_s": round(total, 2),
+        "frames": n_frames, "wall_s": round(total, 2), "stopped_early": stopped,
+        "requested_seconds": seconds,
         "cost_per_audio_second_first_second_ms": round(1000 * first, 4),
         "cost_per_audio_second_by_bucket_ms": [round(1000 * b, 4) for b in buckets],
         "bucket_s": bucket_s,
@@ -98,13 +106,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sessions", type=int, default=1)
     ap.add_argument("--bucket-s", type=float, default=60.0)
     ap.add_argument("--threads", type=int)
+    ap.add_argument("--max-wall-s", type=float, help="stop early at a bucket's end past this")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    r = run(args.checkpoint, args.seconds, args.device, args.sessions, args.bucket_s)
+    r = run(args.checkpoint, args.seconds, args.device, args.sessions, args.bucket_s,
+            max_wall_s=args.max_wall_s)
     text = json.dumps(r, indent=1)
     if args.json:
         Path(args.json).write_text(text + "\n")

@@ -86,6 +86,17 @@ def ecg_lines(m: dict) -> list[str]:
     ]
 
 
+def sizes(recipe: dict, split: str) -> str:
+    """'test: 300 keyword streams of 10-60 s + 6.0 h of non-keyword audio' from the recipe."""
+    n, sec = recipe.get("eval_pos", {}).get(split, (0, None))
+    what = f"{split}: {n} {'keyword ' if recipe.get('kind') == 'kws' else ''}streams of " + (
+        f"{sec / 60:.0f} min" if sec and sec >= 600 else f"{sec:.0f} s" if sec else "10-60 s")
+    neg = recipe.get("eval_neg", {}).get(split)
+    if neg:
+        what += f" + {neg[0] * neg[1] / 3600:.1f} h of non-keyword audio ({neg[1]:.0f} s streams)"
+    return what
+
+
 def card(name: str, cfg, m: dict, state_bytes: int, params: int) -> str:
     kind = m["kind"]
     tr = cfg.training
@@ -104,9 +115,7 @@ def card(name: str, cfg, m: dict, state_bytes: int, params: int) -> str:
             "- Per-step targets: a keyword from the end of the word for 1 s; `unknown` while any "
             "word is spoken and for 1 s after a non-keyword; else `silence`.\n"
             "- Splits by voice (as kws-s4d): train/val/test renditions come from disjoint "
-            "voices. Evaluation: validation 120 keyword streams of 30 s + 4 h of non-keyword "
-            "audio (60 s streams); test 300 keyword streams of 10-60 s + 6 h of non-keyword "
-            "audio, fixed seeds.")
+            f"voices. Evaluation (fixed seeds): {sizes(tr, 'val')}; {sizes(tr, 'test')}.")
     else:
         data = (
             "- Streams composed (`model/data/streams.py`) from 10 s windows of `model/data/ecg.py` "
@@ -114,9 +123,12 @@ def card(name: str, cfg, m: dict, state_bytes: int, params: int) -> str:
             "disjoint seed streams, `model/data/stream_bank.py`): segments of one rhythm, the "
             "rhythm changes between segments (always to another one); consecutive windows are "
             "joined by a 0.4 s crossfade everywhere, so a join carries no information.\n"
-            "- Training (scaled down): 5 min streams with segments of 20-90 s. Evaluation at "
-            "realistic lengths: 30 min streams with a change every 1-5 min (validation 3 h, test "
-            "6 h; windows recur within a split, in new orders and gains).\n"
+            f"- Training (scaled down): {tr['train_seconds'][0] / 60:.0f} min streams with "
+            f"segments of {tr['train_segment_s'][0]:.0f}-{tr['train_segment_s'][1]:.0f} s. "
+            f"Evaluation at realistic lengths, a change every "
+            f"{tr['eval_segment_s'][0] / 60:.0f}-{tr['eval_segment_s'][1] / 60:.0f} min "
+            f"(windows recur within a split, in new orders and gains): "
+            f"{sizes(tr, 'val')}; {sizes(tr, 'test')}.\n"
             "- Per-step targets: the current rhythm; the first 2 s after a change are not "
             "scored (no model can know yet).")
     metric_lines = kws_lines(m) if kind == "kws" else ecg_lines(m)
@@ -127,7 +139,7 @@ def card(name: str, cfg, m: dict, state_bytes: int, params: int) -> str:
 **Labels come from generated data**: {"speech synthesized with espeak-ng" if kind == "kws"
 else "ECG simulated with neurokit2"}; the label is what the generator made. No human
 recordings were used, so quality on real {"microphones" if kind == "kws" else "patients"} is
-unmeasured and will be lower. Not a medical device.
+unmeasured and will be lower.{"" if kind == "kws" else " Not a medical device."}
 
 ## Task
 - Input: 1 channel at {t.sample_rate} Hz; streaming frame {t.frame_size} samples
@@ -194,7 +206,7 @@ def long_stream_lines(runs: list[dict]) -> list[str]:
                  else f"RSS {r['rss_mb_before_after'][0]} -> {r['rss_mb_before_after'][1]} MB")
         lines.append(
             f"| {Path(r['checkpoint']).name} | {r['hardware']} | {r['stream_seconds'] / 60:.0f} min "
-            f"({r['frames']:,} frames) | {r['cost_per_audio_second_first_second_ms']:.3f} ms "
+            f"({r['frames']:,} frames{'; stopped early at the wall-time cap' if r.get('stopped_early') else ''}) | {r['cost_per_audio_second_first_second_ms']:.3f} ms "
             f"| {b[0]:.3f} ms | {b[-1]:.3f} ms | {min(b):.3f}..{max(b):.3f} ms "
             f"| {r['last_over_first_bucket']} | {r['state_bytes_per_session']:,} | {mem_s} |")
     lines.append("")

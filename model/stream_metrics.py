@@ -54,6 +54,31 @@ def detect_frames(probs: np.ndarray, offsets: np.ndarray, settings: DetectorSett
     return [e[2] for e in out]
 
 
+def detect_many(streams: Sequence[tuple[np.ndarray, np.ndarray]], settings: DetectorSettings,
+                class_names: Sequence[str]) -> list[list[dict]]:
+    """`detect_frames` of many streams in one pass: streams are laid end to end with a frame
+    of p = -1 between them (every label off) and offsets moved past every hold-off, then
+    the events are split back (offsets restored)."""
+    if not streams:
+        return []
+    k = streams[0][0].shape[1]
+    probs, offsets, shifts = [], [], []
+    shift = 0
+    for p, e in streams:
+        probs += [np.asarray(p, np.float64), np.full((1, k), -1.0)]
+        e = np.asarray(e, np.int64)
+        offsets += [e + shift, np.array([e[-1] + shift + 1 if len(e) else shift + 1])]
+        shifts.append(shift)
+        shift += (int(e[-1]) if len(e) else 0) + settings.holdoff_samples + 2
+    events = detect_frames(np.concatenate(probs), np.concatenate(offsets), settings, class_names)
+    out: list[list[dict]] = [[] for _ in streams]
+    starts = np.array(shifts)
+    for ev in events:
+        i = int(np.searchsorted(starts, ev["offset"], side="right")) - 1
+        out[i].append(dict(ev, offset=ev["offset"] - shifts[i]))
+    return out
+
+
 def settings_for(threshold: float, hysteresis: float, holdoff_ms: float, watched: Sequence[int],
                  sample_rate: int) -> DetectorSettings:
     return DetectorSettings(on_threshold=threshold, off_threshold=threshold - hysteresis,

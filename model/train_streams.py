@@ -33,7 +33,7 @@ from .config import EventsConfig
 from .data import streams as S
 from .events import frame_ends
 from .network import S4DNetwork
-from .stream_metrics import detect_frames, ecg_summary, kws_summary, settings_for
+from .stream_metrics import detect_many, ecg_summary, kws_summary, settings_for
 from .train import hardware, lr_factor
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,7 +63,7 @@ class StreamPreset:
     eval_neg: dict = field(default_factory=dict)
     eval_segment_s: tuple[float, float] = (60.0, 300.0)
     train_segment_s: tuple[float, float] = (20.0, 90.0)
-    thresholds: tuple[float, ...] = tuple(np.round(np.arange(0.30, 0.991, 0.01), 2))
+    thresholds: tuple[float, ...] = tuple(np.round(np.arange(0.30, 0.991, 0.02), 2))
 
 
 PRESETS = {
@@ -165,7 +165,7 @@ def train(preset: StreamPreset, bank_dir: Path, out: Path, device: str, seed: in
         torch.nn.utils.clip_grad_norm_(net.parameters(), preset.grad_clip)
         opt.step()
         step += 1
-        losses.append(float(loss))
+        losses.append(loss.item())
         if step == 3:  # calibrate the step count to the time budget (first steps are warmup)
             if dev.type == "cuda":
                 torch.cuda.synchronize()
@@ -278,9 +278,10 @@ def score(preset: StreamPreset, cfg, data: dict, threshold: float) -> dict:
     st = settings_for(float(threshold), preset.hysteresis, preset.holdoff_ms, watched,
                       cfg.task.sample_rate)
     rate = cfg.task.sample_rate
-    pos = [(detect_frames(p, e, st, names), truth) for p, e, truth in data["pos"]]
+    pos_events = detect_many([(p, e) for p, e, _ in data["pos"]], st, names)
+    pos = [(ev, truth) for ev, (_, _, truth) in zip(pos_events, data["pos"], strict=True)]
     if preset.kind == "kws":
-        neg = [detect_frames(p, e, st, names) for p, e, _ in data["neg"]]
+        neg = detect_many([(p, e) for p, e, _ in data["neg"]], st, names)
         return kws_summary(pos, neg, data["neg_seconds"], data["pos_seconds"], names, rate)
     return ecg_summary(pos, data["pos_seconds"], names, rate)
 

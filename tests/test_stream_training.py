@@ -14,7 +14,7 @@ from model.config import ModelConfig
 from model.data import streams as S
 from model.events import DetectorSettings, detect, frame_ends
 from model.network import S4DNetwork
-from model.stream_metrics import detect_frames, ecg_summary, kws_summary
+from model.stream_metrics import detect_frames, detect_many, ecg_summary, kws_summary
 from model.streaming import StreamingNetwork
 
 
@@ -115,6 +115,9 @@ def test_vectorised_detector_equals_the_detector(seed):
     for on, hyst, hold in [(0.5, 0.1, 0), (0.7, 0.3, 200), (0.4, 0.0, 1000)]:
         st = DetectorSettings(on, on - hyst, hold, (0, 1, 2))
         assert detect_frames(probs, offsets, st, names) == detect(names, st, offsets, probs)
+        parts = [(probs[:150], offsets[:150]), (probs[150:], offsets[150:] - 3000),
+                 (probs[:1], offsets[:1])]
+        assert detect_many(parts, st, names) == [detect(names, st, o, p) for p, o in parts]
 
 
 def test_kws_and_ecg_metrics_count_by_hand():
