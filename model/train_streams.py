@@ -307,14 +307,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget-s", type=float)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--smoke", action="store_true", help="tiny sizes: a CPU dry run")
+    ap.add_argument("--batch-size", type=int, help="streams per step (CPU: fewer, for memory)")
+    ap.add_argument("--train-seconds", help="LO,HI: training stream length range (s)")
     args = ap.parse_args(argv)
+    from dataclasses import replace
+
     preset = PRESETS[args.preset]
     if args.smoke:
         preset = smoke(preset)
     if args.budget_s:
-        from dataclasses import replace
-
         preset = replace(preset, budget_s=args.budget_s)
+    if args.batch_size:
+        preset = replace(preset, batch_size=args.batch_size)
+    if args.train_seconds:
+        lo, hi = (float(v) for v in args.train_seconds.split(","))
+        preset = replace(preset, train_seconds=(lo, hi))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
