@@ -4,6 +4,8 @@ exact chunked streaming form (model/streaming.py) possible."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -131,6 +133,29 @@ class S4DNetwork(nn.Module):
         else:
             pooled = h[torch.arange(h.shape[0], device=h.device), n_valid - 1]
         return self.decoder(pooled)
+
+    def prefix_logits(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, steps, classes]: row t is the logits of the prediction after the first t + 1
+        steps, what a stream reports after that many steps (pooling none: the per-step logits).
+        Rows past a sequence's length are padding. Used to train on per-step targets and for
+        events on the batch path.
+
+        The decoder is affine and every pooling's weights sum to one, so pooling the per-step
+        logits equals decoding the pooled features: mean is a cumulative mean, ema a causal
+        convolution with (1 - a) a^k (FFT, as the S4D kernel), bias-corrected by 1 - a^(t+1)."""
+        z = self.decoder(self.features(x, lengths))
+        pooling, steps = self.cfg.pooling, z.shape[1]
+        if pooling in ("none", "last"):
+            return z
+        t = torch.arange(1, steps + 1, device=z.device, dtype=torch.float64)
+        if pooling == "mean":
+            return z.cumsum(1) / t.to(z.dtype).view(1, -1, 1)
+        log_a = self.cfg.ema_log_decay
+        kernel = (torch.exp((t - 1) * log_a) * -math.expm1(log_a)).to(z.dtype)  # (1 - a) a^k
+        n = 2 * steps
+        p = torch.fft.irfft(torch.fft.rfft(z, n=n, dim=1) * torch.fft.rfft(kernel, n=n).view(1, -1, 1),
+                            n=n, dim=1)[:, :steps]
+        return p / (-torch.expm1(t * log_a)).to(z.dtype).view(1, -1, 1)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

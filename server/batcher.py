@@ -54,18 +54,20 @@ class PredictBatcher:
         await cancel_and_wait(self._task)
         self._task = None
         while not self._queue.empty():
-            _, fut = self._queue.get_nowait()
+            _, fut, _ = self._queue.get_nowait()
             if not fut.done():
                 fut.set_exception(RuntimeError("server is shutting down"))
 
-    async def predict(self, sequences: list[np.ndarray]) -> list[np.ndarray]:
-        """Logits per sequence ([K], or [L // patch, K] for pooling none). Each is [L, C]."""
+    async def predict(self, sequences: list[np.ndarray], frames: bool = False) -> list[np.ndarray]:
+        """Logits per sequence ([K], or [L // patch, K] for pooling none). Each is [L, C].
+        `frames`: instead, the logits after every frame end, [F, K] (`Backend.predict_frames`:
+        what a stream's event detector sees)."""
         if self.pending >= self.max_pending:
             raise BatcherBusy(f"{self.pending} predict requests pending; try again later")
         fut = asyncio.get_running_loop().create_future()
         self.pending += 1
         try:
-            await self._queue.put((sequences, fut))
+            await self._queue.put((sequences, fut, frames))
             return await fut
         finally:
             self.pending -= 1
@@ -88,23 +90,30 @@ class PredictBatcher:
             try:
                 results = await self._run_items(items)
             except asyncio.CancelledError:
-                for _, fut in items:
+                for _, fut, _ in items:
                     if not fut.done():
                         fut.cancel()
                 raise
             except Exception as exc:  # noqa: BLE001 - handed to every waiting request
-                for _, fut in items:
+                for _, fut, _ in items:
                     if not fut.done():
                         fut.set_exception(exc)
                 continue
-            for (_, fut), res in zip(items, results, strict=True):
+            for (_, fut, _), res in zip(items, results, strict=True):
                 if not fut.done():
                     fut.set_result(res)
 
     async def _run_items(self, items) -> list[list[np.ndarray]]:
-        flat = [(i, j, seq) for i, (seqs, _) in enumerate(items) for j, seq in enumerate(seqs)]
-        flat.sort(key=lambda t: len(t[2]))
-        out: list[list] = [[None] * len(seqs) for seqs, _ in items]
+        out: list[list] = [[None] * len(seqs) for seqs, _, _ in items]
+        for frames in (False, True):
+            flat = [(i, j, seq) for i, (seqs, _, f) in enumerate(items) if f == frames
+                    for j, seq in enumerate(seqs)]
+            flat.sort(key=lambda t: len(t[2]))
+            await self._run_flat(flat, out, frames)
+        return out
+
+    async def _run_flat(self, flat, out, frames: bool) -> None:
+        forward = self._forward_frames if frames else self._forward
         group: list = []
         for entry in flat:
             longest = len(entry[2])  # sorted: the newcomer is the longest
@@ -112,12 +121,20 @@ class PredictBatcher:
                 len(group) + 1 > self.max_batch_sequences
                 or (len(group) + 1) * longest > self.max_batch_samples
             ):
-                await self._forward(group, out)
+                await forward(group, out)
                 group = []
             group.append(entry)
         if group:
-            await self._forward(group, out)
-        return out
+            await forward(group, out)
+
+    async def _forward_frames(self, group, out) -> None:
+        lengths = np.array([len(seq) for _, _, seq in group], np.int64)
+        batch = np.zeros((len(group), int(lengths.max()), group[0][2].shape[1]), np.float32)
+        for k, (_, _, seq) in enumerate(group):
+            batch[k, : len(seq)] = seq
+        rows = await self.device(self.backend.predict_frames, batch, lengths)
+        for (i, j, _), row in zip(group, rows, strict=True):
+            out[i][j] = row
 
     async def _forward(self, group, out) -> None:
         chunked = getattr(self.backend, "predict_chunked", None)

@@ -50,7 +50,8 @@ def test_static_files_present():
 @pytest.mark.parametrize("sample", MANIFEST, ids=[s["id"] for s in MANIFEST])
 def test_bundled_sample_matches_manifest(sample):
     path = SAMPLES / sample["file"]
-    assert path.stat().st_size < 100_000, "keep bundled samples small"
+    limit = 250_000 if sample.get("seconds") else 100_000  # a stream sample: a few seconds
+    assert path.stat().st_size < limit, "keep bundled samples small"
     assert sample["encoding"] in ("pcm_s16le", "f32le")
     if sample["format"] == "wav":
         with wave.open(str(path)) as w:
@@ -60,6 +61,8 @@ def test_bundled_sample_matches_manifest(sample):
             n = w.getnframes()
         if sample["id"].startswith("ecg"):
             assert n == 60 * 250  # 60 s of MIT-BIH 208 at 250 Hz
+        elif sample.get("seconds"):
+            assert n == sample["seconds"] * sample["sample_rate"]
         else:
             assert n == sample["sample_rate"]  # one second of speech
     else:
@@ -164,7 +167,8 @@ def test_demo_streams_bundled_sample(playwright, server_url, served_models, samp
         page = _open_page(browser, server_url, errors)
         page.select_option("#model", model["name"])
         page.select_option("#sample", sample["id"])
-        long = sample["format"] == "wav" and sample["id"].startswith("ecg")
+        long = sample["format"] == "wav" and (sample["id"].startswith("ecg")
+                                              or bool(sample.get("seconds")))
         if long:
             page.check("#fast")  # 60 s of ECG: no real-time pacing in the test
         page.click("#start")
@@ -179,10 +183,13 @@ def test_demo_streams_bundled_sample(playwright, server_url, served_models, samp
         assert int(page.text_content("#result-count")) >= 2
         shown = page.eval_on_selector_all(".bar.top .name", "els => els.map(e => e.textContent)")
         assert shown == [final]
-        if sample.get("window_seconds"):
-            segments = page.eval_on_selector_all("#segments li", "els => els.length")
+        resets = sample.get("window_seconds") and model["pooling"] not in ("ema", "none")
+        segments = page.eval_on_selector_all("#segments li", "els => els.length")
+        if resets:
             assert segments == 60 // sample["window_seconds"]
-        if sample["format"] == "wav" and not sample.get("window_seconds"):
+        else:  # models that forget stream without forced resets
+            assert segments == 0
+        if sample["format"] == "wav" and not resets:
             # the browser streams the WAV's int16 samples unchanged: stream == batch
             assert final == _batch_label(server_url, model["name"], SAMPLES / sample["file"])
         assert not errors, errors
@@ -294,3 +301,98 @@ def test_worklet_resampler(playwright, static_url, in_rate):
         assert np.sqrt(np.mean(alias**2)) < 0.02
     finally:
         browser.close()
+
+
+# ---------- event timeline (issue 15) ----------
+
+@pytest.fixture(scope="module")
+def events_server_url(server_url, served_models, tmp_path_factory):
+    """A server with kws-events-s4d: the shipped one, or (before it is trained) a test-only
+    stand-in with its shape: kws-s4d's weights with pooling 'ema' (tau 0.1 s), not shipped."""
+    if "kws-events-s4d" in served_models:
+        yield server_url
+        return
+    if "kws-s4d" not in served_models or os.environ.get("S4D_DEMO_URL"):
+        pytest.skip("needs checkpoints/kws-s4d to build a stand-in kws-events-s4d")
+    from model.checkpoint import load_checkpoint, save_checkpoint
+    from model.config import CheckpointConfig
+    from model.network import S4DNetwork
+
+    net0, cfg0 = load_checkpoint(CHECKPOINTS / "kws-s4d")
+    model = cfg0.model.model_copy(update={"pooling": "ema", "ema_tau_s": 0.1,
+                                          "sample_rate": cfg0.task.sample_rate})
+    cfg = CheckpointConfig.model_validate(cfg0.model_copy(update={"model": model}).model_dump())
+    net = S4DNetwork(cfg.model, seed=None)
+    net.load_state_dict(net0.state_dict())
+    root = tmp_path_factory.mktemp("events-checkpoints")
+    save_checkpoint(root / "kws-events-s4d", net, cfg)
+    port = free_port()
+    ARTIFACTS.mkdir(exist_ok=True)
+    log = open(ARTIFACTS / "demo-events-server.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "s4d_cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+         "--checkpoints", str(root), "--device", "cpu"],
+        cwd=ROOT, env=dict(os.environ, S4D_DEVICE="cpu"), stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited with {proc.returncode}; see {log.name}")
+            try:
+                if _get_json(url + "/readyz", timeout=2)["status"] == "ready":
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"server not ready within 240 s; see {log.name}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        stop_process_group(proc)
+        log.close()
+
+
+def test_demo_event_timeline_equals_batch_events(playwright, events_server_url):
+    """The stream sample on kws-events-s4d: no resets, the timeline lists the events the
+    server sends, and they are the events POST /predict reports for the same WAV."""
+    sample = next(s for s in MANIFEST if s["id"] == "kws-stream")
+    wav = SAMPLES / sample["file"]
+    req = urllib.request.Request(
+        f"{events_server_url}/v1/models/kws-events-s4d/predict?", method="POST",
+        data=json.dumps({"inputs": [list(_wav_values(wav))], "events": True}).encode(),
+        headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=120) as r:
+        batch = json.loads(r.read())["predictions"][0]["events"]
+    assert batch, "the stream sample raises events"
+    errors: list[str] = []
+    browser = _launch(playwright)
+    try:
+        page = _open_page(browser, events_server_url, errors)
+        assert page.input_value("#model") == "kws-events-s4d"  # the default model
+        page.select_option("#sample", "kws-stream")
+        assert page.is_hidden("#window-option")  # no forced resets for a model that forgets
+        page.check("#fast")
+        page.click("#start")
+        page.wait_for_selector('body[data-state="done"], body[data-state="error"]',
+                               timeout=120_000)
+        assert page.get_attribute("body", "data-state") == "done", page.text_content("#status")
+        shown = page.eval_on_selector_all(
+            "#events li", "els => els.map(e => [e.dataset.label, Number(e.dataset.offset)])")
+        assert shown == [[e["label"], e["offset"]] for e in batch]
+        assert page.get_attribute("#timeline", "data-events") == str(len(batch))
+        assert "threshold" in page.text_content("#events-info")
+        assert page.eval_on_selector_all("#segments li", "els => els.length") == 0
+        assert not errors, errors
+        page.screenshot(path=str(ARTIFACTS / "demo-events.png"), full_page=True)
+    finally:
+        browser.close()
+
+
+def _wav_values(path: Path):
+    import array
+
+    with wave.open(str(path)) as w:
+        pcm = array.array("h", w.readframes(w.getnframes()))
+    return (v / 32768 for v in pcm)

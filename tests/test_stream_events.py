@@ -181,9 +181,8 @@ def test_predict_events_equal_stream_events_for_per_step_models(live_server, ws_
         got = events_of(res)
         assert [(e["label"], e["offset"]) for e in got] == [(e["label"], e["offset"]) for e in want]
         assert all(abs(g["probability"] - w["probability"]) <= 1e-5 for g, w in zip(got, want))
-    # pooled models have no per-frame batch outputs: a clear 400; bad settings: 400 too
+    # bad settings: a clear 400
     for model, body, needle in [
-        (MODEL, {"inputs": [[0.0] * 64], "events": True}, "pooling 'none'"),
         ("tinynone", {"inputs": [[0.0] * 64], "events": {"threshold": 2}}, "threshold"),
         ("tinynone", {"inputs": [[0.0] * 64], "events": "yes"}, "true, false or an object"),
     ]:
@@ -192,3 +191,35 @@ def test_predict_events_equal_stream_events_for_per_step_models(live_server, ws_
     r = httpx.post(f"{live_server.base_url}/v1/models/tinynone/predict",
                    json={"inputs": [[0.0] * 64]})
     assert "events" not in r.json()["predictions"][0]
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+def test_predict_events_equal_stream_events_for_pooled_models(live_server, ws_client, seed):
+    """POST /predict with "events" on an ema-pooled model: the batch path's prediction after
+    every frame end (one FFT forward) gives the events the WebSocket stream reports."""
+    x = signal(seed, 2500)
+    ends, probs = frame_probs(live_server, x)  # predictions of every prefix, one by one
+    label = int(np.argmax(probs.std(0)))
+    thr = threshold_between(probs[:, label])
+    override = {"threshold": thr, "hysteresis": min(0.01, thr / 2), "holdoff_ms": 40,
+                "background": [c for i, c in enumerate(CLASSES) if i != label]}
+    r = httpx.post(f"{live_server.base_url}/v1/models/{MODEL}/predict",
+                   json={"inputs": [x[:, 0].tolist(), x[:1001, 0].tolist()], "events": override},
+                   timeout=60)
+    assert r.status_code == 200, r.text
+    preds = r.json()["predictions"]
+    assert preds[0]["events"], "the test signal must cross the threshold"
+    # the prediction itself is the whole recording's, as without events
+    plain = httpx.post(f"{live_server.base_url}/v1/models/{MODEL}/predict",
+                       json={"inputs": [x[:, 0].tolist()]}, timeout=60).json()["predictions"][0]
+    assert plain["label"] == preds[0]["label"]
+    for c in CLASSES:
+        assert abs(plain["probabilities"][c] - preds[0]["probabilities"][c]) <= 1e-5
+    for seq, pred in zip([x, x[:1001]], preds, strict=True):
+        res = asyncio.run(ws_client.stream_signal(
+            live_server.ws_url(MODEL), seq, sizes=[500, 77],
+            start={"sample_rate": RATE, "events": override}))
+        assert res.close_code == 1000, res.messages
+        got, want = events_of(res), pred["events"]
+        assert [(e["label"], e["offset"]) for e in got] == [(e["label"], e["offset"]) for e in want]
+        assert all(abs(g["probability"] - w["probability"]) <= 1e-4 for g, w in zip(got, want))

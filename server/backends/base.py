@@ -141,6 +141,30 @@ class Backend(ABC):
         (pooling none; rows past a sequence's length are padding).
         """
 
+    def predict_frames(self, batch: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
+        """Logits after every frame end of each sequence (`model.events.frame_ends`): what a
+        stream of that sequence, sent whole and then ended, would predict frame by frame (the
+        input of its event detector). ``batch``/``lengths`` as in `predict`; returns one
+        float32 [F_i, K] per sequence. This default steps the streaming form frame by frame
+        (exact for any backend with `step`); backends with a faster batch form override it."""
+        from model.events import frame_ends
+
+        if not self.metadata.streamable:
+            raise BackendError(f"model {self.metadata.name} is not streamable: no frame outputs")
+        slab = self.new_slab(1)
+        out = []
+        t, p = self.frame_size, self.metadata.patch_size
+        for row, n in zip(batch, lengths, strict=True):
+            slab_state = slab.gather([0], pad_to=1)
+            rows, start = [], 0
+            for end in frame_ends(int(n), t, p):
+                logits, slab_state = self.step(row[None, start:end], slab_state)
+                logits = np.asarray(logits)[0]
+                rows.append(logits[-1] if logits.ndim == 2 else logits)
+                start = end
+            out.append(np.asarray(rows, np.float32).reshape(len(rows), -1))
+        return out
+
     @abstractmethod
     def new_slab(self, max_sessions: int) -> SlabStorage:
         """Allocate zeroed streaming state for ``max_sessions`` sessions on the device.

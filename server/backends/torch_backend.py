@@ -73,6 +73,22 @@ class TorchBackend(Backend):
             logits = self.network(x, n)
             return logits.float().cpu().numpy()
 
+    def predict_frames(self, batch: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
+        """The prediction after every prefix (`S4DNetwork.prefix_logits`, one FFT forward),
+        taken at each sequence's frame ends."""
+        from model.events import frame_ends
+
+        p, t = self.metadata.patch_size, self.frame_size
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
+            n = torch.from_numpy(np.asarray(lengths, dtype=np.int64)).to(self.device)
+            steps = self.network.prefix_logits(x, n).float().cpu().numpy()
+        out = []
+        for row, length in zip(steps, lengths, strict=True):
+            idx = [e // p - 1 for e in frame_ends(int(length), t, p)]
+            out.append(np.ascontiguousarray(row[idx], dtype=np.float32))
+        return out
+
     #: samples per chunk of a long batch sequence (set by the engine from Settings)
     chunk_samples = 0
 

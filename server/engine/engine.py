@@ -345,7 +345,7 @@ class Engine:
         bounds = np.concatenate([[0], np.cumsum(lengths)])
         seqs = [data[bounds[i]:bounds[i + 1]] for i in range(len(lengths))]
         try:
-            logits = await me.batcher.predict(seqs)
+            logits = await me.batcher.predict(seqs, frames=bool(op.get("frames")))
         except BatcherBusy as exc:
             self.outbox.reply(owner, {"req": op["req"], "error": "server_busy", "message": str(exc)})
             return

@@ -38,11 +38,13 @@ class RemotePredictor:
     def __init__(self, client: EngineClient, model: RemoteModel):
         self.client, self.model = client, model
 
-    async def predict(self, sequences: list[np.ndarray]) -> list[np.ndarray]:
+    async def predict(self, sequences: list[np.ndarray], frames: bool = False) -> list[np.ndarray]:
         lengths = np.array([len(s) for s in sequences], np.int64)
         data = np.concatenate([np.asarray(s, np.float32) for s in sequences])
-        reply = await self.client.request(
-            {"op": "predict", "model": self.model.idx, "data": 0, "lengths": 1}, [data, lengths])
+        op = {"op": "predict", "model": self.model.idx, "data": 0, "lengths": 1}
+        if frames:  # the logits after every frame end (events of pooled models)
+            op["frames"] = True
+        reply = await self.client.request(op, [data, lengths])
         flat, out, at = reply["logits"], [], 0
         for shape in reply["shapes"]:
             n = int(np.prod(shape))
@@ -537,7 +539,7 @@ class PooledPredictor:
     def __init__(self, pool: EnginePool, name: str):
         self.pool, self.name = pool, name
 
-    async def predict(self, sequences: list[np.ndarray]) -> list[np.ndarray]:
+    async def predict(self, sequences: list[np.ndarray], frames: bool = False) -> list[np.ndarray]:
         clients = self.pool.clients
         client = clients[next(self.pool._rr) % len(clients)]
-        return await client.models[self.name].batcher.predict(sequences)
+        return await client.models[self.name].batcher.predict(sequences, frames=frames)

@@ -164,10 +164,10 @@ async def _sequences(lm: RemoteModel, request: Request, st: ServerState):
         detector = stream_events.resolve(events, meta) if events is not False else None
     except stream_events.EventsSettingsError as exc:
         raise ApiError(400, "bad_request", str(exc)) from None
-    if detector is not None and meta.pooling != "none":
+    if detector is not None and meta.pooling != "none" and not meta.streamable:
         raise ApiError(400, "bad_request",
-                       f"events on /predict need per-step outputs (pooling 'none'); this model "
-                       f"pools {meta.pooling!r}: stream the recording for its events")
+                       "events on /predict need a streamable model (this one is bidirectional: "
+                       "it has no prediction after each frame)")
     return seqs, per_step, detector
 
 
@@ -197,8 +197,25 @@ def _events(lm: RemoteModel, settings, steps: np.ndarray, n: int) -> list[dict]:
     return detect(meta.classes, settings, ends, probs)
 
 
-def _answer(lm, name, logits, seqs, per_step, detector) -> bytes:
-    """The response body (PredictResponse). Runs in the decode pool."""
+def _frame_events(lm: RemoteModel, settings, frames: np.ndarray, n: int) -> list[dict]:
+    """Events of a pooled model: the detector on the logits after every frame end (softmax in
+    float64 then float32, as the engine's stream step)."""
+    meta = lm.metadata
+    ends = frame_ends(n, meta.frame_size, meta.patch_size)
+    probs = softmax(np.asarray(frames, np.float64)).astype(np.float32)
+    return detect(meta.classes, settings, ends, probs)
+
+
+def _answer(lm, name, logits, seqs, per_step, detector, pooled_events=False) -> bytes:
+    """The response body (PredictResponse). Runs in the decode pool. `pooled_events`: the
+    logits are [frames, K], the prediction after every frame end (the last row is the whole
+    recording's)."""
+    if pooled_events:
+        preds = [_prediction(lm, lg[-1], len(x), False) for lg, x in zip(logits, seqs, strict=True)]
+        for pred, lg, x in zip(preds, logits, seqs, strict=True):
+            pred["events"] = _frame_events(lm, detector, lg, len(x))
+        return orjson.dumps({"model": name, "predictions": preds},
+                            option=orjson.OPT_SERIALIZE_NUMPY)
     preds = [_prediction(lm, lg, len(x), per_step) for lg, x in zip(logits, seqs, strict=True)]
     if detector is not None:
         for pred, lg, x in zip(preds, logits, seqs, strict=True):
@@ -224,14 +241,20 @@ async def predict(name: str, request: Request) -> Response:
     lm = st.model_or_error(name)
     seqs, per_step, detector = await _sequences(lm, request, st)
     lim = limits_of(request)
+    # pooled models with events: the prediction after every frame end, the frames a stream's
+    # detector sees
+    pooled_events = detector is not None and lm.metadata.pooling != "none"
     with lim.budget.reserve(name, sum(len(x) for x in seqs)):
-        logits = await run_batch(lm, seqs)
-    body = await lim.pool.run(_answer, lm, name, logits, seqs, per_step, detector)
+        logits = await run_batch(lm, seqs, frames=pooled_events)
+    body = await lim.pool.run(_answer, lm, name, logits, seqs, per_step, detector, pooled_events)
     return Response(body, media_type="application/json")
 
 
-async def run_batch(lm: RemoteModel, seqs: list[np.ndarray]) -> list[np.ndarray]:
+async def run_batch(lm: RemoteModel, seqs: list[np.ndarray],
+                    frames: bool = False) -> list[np.ndarray]:
     try:
+        if frames:
+            return await lm.batcher.predict(seqs, frames=True)
         return await lm.batcher.predict(seqs)
     except BatcherBusy as exc:
         raise ApiError(503, "server_busy", str(exc), headers={"Retry-After": "1"}) from exc

@@ -12,6 +12,7 @@ const ui = {
   current: $("current-label"), final: $("final-label"), count: $("result-count"),
   offset: $("offset"), latency: $("latency"), bars: $("bars"),
   segmentsBox: $("segments-box"), segments: $("segments"), segmentSeconds: $("segment-seconds"),
+  timeline: $("timeline"), events: $("events"), eventsInfo: $("events-info"),
 };
 
 let models = [];
@@ -53,6 +54,12 @@ function samplesFor(model) {
     (s.channels === model.input_channels && s.sample_rate === model.sample_rate));
 }
 
+// Models whose outputs forget (pooling ema, per-step heads) follow a live stream without
+// resets; a running mean from the start needs them to show one label per window.
+function forgets(model) {
+  return model.pooling === "ema" || model.pooling === "none";
+}
+
 function isAudio(model) {
   return model.input_channels === 1 && model.sample_rate >= 8000;
 }
@@ -81,7 +88,8 @@ function onModelChange() {
 
 function onSampleChange() {
   const s = samples.find((x) => x.id === ui.sample.value);
-  const win = s && sourceKind() === "sample" ? s.window_seconds : null;
+  const m = currentModel();
+  const win = s && sourceKind() === "sample" && m && !forgets(m) ? s.window_seconds : null;
   ui.windowOption.hidden = !win;
   if (win) ui.window.value = win;
 }
@@ -104,6 +112,7 @@ async function init() {
   ui.model.replaceChildren(...models.map((m) => new Option(m.name, m.name)));
   const wanted = new URLSearchParams(location.search).get("model");
   if (wanted && models.some((m) => m.name === wanted)) ui.model.value = wanted;
+  else if (models.some((m) => m.name === "kws-events-s4d")) ui.model.value = "kws-events-s4d";
   ui.model.addEventListener("change", onModelChange);
   ui.sample.addEventListener("change", onSampleChange);
   for (const r of document.querySelectorAll('input[name="source"]')) {
@@ -210,6 +219,7 @@ function attachHandlers(r) {
     if (typeof ev.data !== "string") return;
     const msg = JSON.parse(ev.data);
     if (msg.type === "result" || msg.type === "final") showResult(r, msg);
+    else if (msg.type === "event") showEvent(r, msg);
     else if (msg.type === "error") {
       r.error = `${msg.code}: ${msg.message}`;
       setState("error", `server error ${r.error}`);
@@ -254,7 +264,8 @@ async function startStream() {
   const { ws, started } = await openSocket(model, start);
   const r = {
     ws, model, source, started, results: 0, lastOffset: 0, gotFinal: false, closed: false,
-    error: null, sent: 0, stopSending: () => {},
+    error: null, sent: 0, stopSending: () => {}, events: [],
+    total: source.values ? source.values.length / channels : 0,
     display: new Display(ui.wave, rate, channels, source.sample ? source.sample.units : ""),
   };
   run = r;
@@ -262,6 +273,8 @@ async function startStream() {
   setState("streaming", `streaming ${kind === "mic" ? "microphone" : source.sample.title} → ${model.name}`);
   ui.signalInfo.textContent = `${rate} Hz · ${channels} ch · ${source.encoding}`;
   r.display.start();
+  showDetector(r);
+  drawTimeline(r);
   if (kind === "sample") streamValues(r);
   else await streamMic(r);
 }
@@ -384,6 +397,9 @@ function resetResults() {
   ui.latency.textContent = "–";
   ui.segments.replaceChildren();
   ui.segmentsBox.hidden = true;
+  ui.events.replaceChildren();
+  ui.eventsInfo.textContent = "";
+  drawTimeline(null);
   for (const row of ui.bars.children) setBar(row, 0, false);
 }
 
@@ -411,11 +427,82 @@ function showResult(r, msg) {
     li.title = `segment ending at ${(msg.offset / rate).toFixed(1)} s`;
     ui.segments.append(li);
   }
+  drawTimeline(r);
   if (msg.type === "final") {
     r.gotFinal = true;
     ui.final.textContent = msg.label;
     r.display.stop();
   }
+}
+
+// ---------- events ----------
+
+function fmtTime(seconds) {
+  const m = Math.floor(seconds / 60);
+  const s = seconds - 60 * m;
+  return m ? `${m}:${s.toFixed(2).padStart(5, "0")}` : `${s.toFixed(2)} s`;
+}
+
+function showDetector(r) {
+  const ev = r.started.events;
+  if (!ev) {
+    ui.eventsInfo.textContent = "(events off for this model)";
+    return;
+  }
+  const rate = r.model.sample_rate;
+  ui.eventsInfo.textContent = `threshold ${ev.threshold.toFixed(2)} · off below ` +
+    `${ev.off_threshold.toFixed(2)} · hold-off ${(1000 * ev.holdoff_samples / rate).toFixed(0)} ms` +
+    (ev.background.length ? ` · background: ${ev.background.join(", ")}` : "");
+}
+
+// "yes at 1.62 s": the label turned on at the frame ending at `offset` (its onset).
+function showEvent(r, msg) {
+  r.events.push(msg);
+  const li = document.createElement("li");
+  li.dataset.label = msg.label;
+  li.dataset.offset = String(msg.offset);
+  const t = document.createElement("span");
+  t.className = "t";
+  t.textContent = `${fmtTime(msg.offset / r.model.sample_rate)} · ${(100 * msg.probability).toFixed(0)}%`;
+  li.append(msg.label, t);
+  ui.events.append(li);
+  drawTimeline(r);
+}
+
+const EVENT_COLORS = ["#58a6ff", "#3fb950", "#d29922", "#f778ba", "#a371f7", "#ff7b72"];
+
+// The whole stream so far (a sample: its full length) as a time axis with the events on it.
+function drawTimeline(r) {
+  const c = ui.timeline;
+  const ctx = c.getContext("2d");
+  const w = c.width;
+  const h = c.height;
+  ctx.fillStyle = "#0d1117";
+  ctx.fillRect(0, 0, w, h);
+  if (!r) return;
+  const rate = r.model.sample_rate;
+  const span = Math.max(r.total, r.lastOffset, r.sent, rate) / rate; // seconds shown
+  const x = (sec) => 4 + ((w - 8) * sec) / span;
+  ctx.fillStyle = "#30363d";
+  ctx.fillRect(4, h - 18, w - 8, 2);
+  ctx.fillStyle = "#3fb95055";
+  ctx.fillRect(4, h - 20, x(r.lastOffset / rate) - 4, 6); // processed so far
+  ctx.fillStyle = "#8b949e";
+  ctx.font = "10px sans-serif";
+  const step = [1, 2, 5, 10, 30, 60, 300, 600, 1800, 3600].find((s) => span / s <= 10) || 7200;
+  for (let t = 0; t <= span + 1e-9; t += step) {
+    ctx.fillRect(x(t), h - 16, 1, 4);
+    ctx.fillText(fmtTime(t), Math.min(x(t) + 2, w - 40), h - 3);
+  }
+  const labels = r.model.classes;
+  r.events.forEach((e, i) => {
+    const px = x(e.offset / rate);
+    ctx.fillStyle = EVENT_COLORS[labels.indexOf(e.label) % EVENT_COLORS.length];
+    ctx.fillRect(px - 1, 4, 2, h - 24);
+    ctx.font = "11px sans-serif";
+    ctx.fillText(e.label, Math.min(px + 3, w - 50), 14 + 12 * (i % 3));
+  });
+  c.dataset.events = String(r.events.length);
 }
 
 // ---------- scrolling waveform ----------

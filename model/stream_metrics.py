@@ -1,0 +1,177 @@
+"""Metrics people use for continuous streams, from event lists and the truth of a stream.
+
+Keywords (a keyword is "present" from its end): a keyword occurrence is detected when an
+event of its label falls in [word start, word end + `window_s`]; each event matches at most
+one occurrence. False rejection rate = missed / occurrences (a wrong label is a miss);
+onset error = event offset - word end. False alarms are events on streams of non-keyword
+audio only, per hour of that audio. "FRR at 1 FA/h" comes from a threshold sweep.
+
+ECG rhythm changes: a change (a segment after the first) is detected within `within_s` when
+an event of the new rhythm falls in [change, change + within_s]; delay = that event's offset
+- change. An event is a true report when it is the first event of its segment's label within
+the segment (late reports included); every other event is a false change, per hour.
+
+`detect_frames` is model/events.py's detector in vectorised form (identical events; tested),
+so thresholds can be swept over hours of frames.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .events import DetectorSettings
+
+
+def detect_frames(probs: np.ndarray, offsets: np.ndarray, settings: DetectorSettings,
+                  class_names: Sequence[str]) -> list[dict]:
+    """The events `model.events.detect` reports for frames probs [F, K] ending at offsets [F].
+
+    A label is on after frame t iff some frame s <= t had p >= on and no frame in (s, t] had
+    p < off; an onset raises an event unless the label's last event is < hold-off before."""
+    probs = np.asarray(probs, dtype=np.float64)
+    offsets = np.asarray(offsets, dtype=np.int64)
+    f = len(offsets)
+    out: list[tuple[int, int, dict]] = []
+    if f == 0:
+        return []
+    idx = np.arange(f)
+    for k in settings.watched:
+        p = probs[:, k]
+        last_on = np.maximum.accumulate(np.where(p >= settings.on_threshold, idx, -1))
+        last_off = np.maximum.accumulate(np.where(p < settings.off_threshold, idx, -1))
+        on = last_on > last_off
+        onsets = np.flatnonzero(on & ~np.concatenate([[False], on[:-1]]))
+        last = None
+        for t in onsets:
+            off = int(offsets[t])
+            if last is None or off - last >= settings.holdoff_samples:
+                last = off
+                out.append((off, k, {"label": class_names[k], "offset": off,
+                                     "probability": float(p[t])}))
+    out.sort(key=lambda e: (e[0], e[1]))
+    return [e[2] for e in out]
+
+
+def detect_many(streams: Sequence[tuple[np.ndarray, np.ndarray]], settings: DetectorSettings,
+                class_names: Sequence[str]) -> list[list[dict]]:
+    """`detect_frames` of many streams in one pass: streams are laid end to end with a frame
+    of p = -1 between them (every label off) and offsets moved past every hold-off, then
+    the events are split back (offsets restored)."""
+    if not streams:
+        return []
+    k = streams[0][0].shape[1]
+    probs, offsets, shifts = [], [], []
+    shift = 0
+    for p, e in streams:
+        probs += [np.asarray(p, np.float64), np.full((1, k), -1.0)]
+        e = np.asarray(e, np.int64)
+        offsets += [e + shift, np.array([e[-1] + shift + 1 if len(e) else shift + 1])]
+        shifts.append(shift)
+        shift += (int(e[-1]) if len(e) else 0) + settings.holdoff_samples + 2
+    events = detect_frames(np.concatenate(probs), np.concatenate(offsets), settings, class_names)
+    out: list[list[dict]] = [[] for _ in streams]
+    starts = np.array(shifts)
+    for ev in events:
+        i = int(np.searchsorted(starts, ev["offset"], side="right")) - 1
+        out[i].append(dict(ev, offset=ev["offset"] - shifts[i]))
+    return out
+
+
+def settings_for(threshold: float, hysteresis: float, holdoff_ms: float, watched: Sequence[int],
+                 sample_rate: int) -> DetectorSettings:
+    return DetectorSettings(on_threshold=threshold, off_threshold=threshold - hysteresis,
+                            holdoff_samples=int(round(holdoff_ms * sample_rate / 1000.0)),
+                            watched=tuple(watched))
+
+
+# ----------------------------------------------------------------------------- keywords
+def kws_match(events: list[dict], words: list, class_names: Sequence[str], rate: int,
+              window_s: float = 1.0) -> tuple[int, int, list[float], int]:
+    """(keywords, detected, onset errors in s, unmatched events) of one stream.
+    `words`: objects with start, end (samples), label (index; keywords < 10)."""
+    keywords = sorted((w for w in words if class_names[w.label] not in ("unknown", "silence")),
+                      key=lambda w: w.end)
+    used = [False] * len(events)
+    detected, errors = 0, []
+    win = int(round(window_s * rate))
+    for w in keywords:
+        for i, e in enumerate(events):
+            if used[i] or e["label"] != class_names[w.label]:
+                continue
+            if w.start <= e["offset"] <= w.end + win:
+                used[i] = True
+                detected += 1
+                errors.append((e["offset"] - w.end) / rate)
+                break
+    return len(keywords), detected, errors, used.count(False)
+
+
+def kws_summary(pos: list[tuple[list[dict], list]], neg_events: list[list[dict]],
+                neg_seconds: float, pos_seconds: float, class_names: Sequence[str],
+                rate: int) -> dict:
+    total = detected = unmatched = 0
+    errors: list[float] = []
+    for events, words in pos:
+        n, d, errs, u = kws_match(events, words, class_names, rate)
+        total, detected, unmatched = total + n, detected + d, unmatched + u
+        errors += errs
+    fa = sum(len(e) for e in neg_events)
+    abs_err = np.abs(np.array(errors)) if errors else np.array([np.nan])
+    return {
+        "keywords": total, "detected": detected,
+        "false_rejection_rate": round(1 - detected / max(total, 1), 4),
+        "false_alarms": fa, "negative_hours": round(neg_seconds / 3600, 3),
+        "false_alarms_per_hour": round(fa / max(neg_seconds / 3600, 1e-9), 3),
+        "unmatched_events_per_hour_on_keyword_streams": round(
+            unmatched / max(pos_seconds / 3600, 1e-9), 3),
+        "onset_error_p50_ms": round(1000 * float(np.percentile(abs_err, 50)), 1),
+        "onset_error_p90_ms": round(1000 * float(np.percentile(abs_err, 90)), 1),
+        "onset_error_mean_signed_ms": round(1000 * float(np.mean(errors)), 1) if errors else None,
+    }  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- ECG
+def ecg_match(events: list[dict], segments: list, class_names: Sequence[str], rate: int,
+              within_s: float = 15.0) -> dict:
+    """Per stream: changes, detected within `within_s`, delays (s), true and false events.
+    `segments`: objects with start, end (samples), label (index), in time order."""
+    win = int(round(within_s * rate))
+    changes, detected, delays = 0, 0, []
+    true_ids: set[int] = set()
+    for si, seg in enumerate(segments):
+        label = class_names[seg.label]
+        first = next((i for i, e in enumerate(events)
+                      if e["label"] == label and seg.start <= e["offset"] < seg.end), None)
+        if first is not None:
+            true_ids.add(first)
+        if si == 0:
+            continue
+        changes += 1
+        hit = next((e for e in events if e["label"] == label
+                    and seg.start <= e["offset"] <= seg.start + win), None)
+        if hit is not None:
+            detected += 1
+            delays.append((hit["offset"] - seg.start) / rate)
+    return {"changes": changes, "detected": detected, "delays": delays,
+            "false": len(events) - len(true_ids)}
+
+
+def ecg_summary(streams: list[tuple[list[dict], list]], seconds: float,
+                class_names: Sequence[str], rate: int, within_s: float = 15.0) -> dict:
+    changes = detected = false = 0
+    delays: list[float] = []
+    for events, segments in streams:
+        m = ecg_match(events, segments, class_names, rate, within_s)
+        changes, detected, false = changes + m["changes"], detected + m["detected"], false + m["false"]
+        delays += m["delays"]
+    d = np.array(delays) if delays else np.array([np.nan])
+    return {
+        "changes": changes, "detected_within_s": within_s, "detected": detected,
+        "detected_share": round(detected / max(changes, 1), 4),
+        "delay_median_s": round(float(np.median(d)), 2),
+        "delay_p90_s": round(float(np.percentile(d, 90)), 2),
+        "false_changes": false, "hours": round(seconds / 3600, 3),
+        "false_changes_per_hour": round(false / max(seconds / 3600, 1e-9), 3),
+    }

@@ -1,0 +1,168 @@
+"""Long-stream training pieces: the prediction after every prefix (training target and the
+batch path of events), the stream composers and their per-step targets, the vectorised
+detector and the stream metrics, the backends' frame outputs."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from model.config import ModelConfig
+from model.data import streams as S
+from model.events import DetectorSettings, detect, frame_ends
+from model.network import S4DNetwork
+from model.stream_metrics import detect_frames, detect_many, ecg_summary, kws_summary
+from model.streaming import StreamingNetwork
+
+
+@pytest.mark.parametrize("pooling", ["mean", "ema", "last", "none"])
+def test_prefix_logits_equal_forward_on_every_prefix_and_the_stream(pooling):
+    torch.manual_seed(0)
+    cfg = ModelConfig(d_model=16, d_state=8, n_layers=2, d_output=5, patch_size=4,
+                      pooling=pooling, ema_tau_s=0.01, sample_rate=8000)
+    net = S4DNetwork(cfg, seed=1).eval()
+    x = torch.randn(2, 400, 1)
+    with torch.no_grad():
+        pl = net.prefix_logits(x)
+        for steps in (1, 7, 31, 100):
+            ref = net(x[:, : steps * 4])
+            ref = ref[:, -1] if pooling == "none" else ref
+            assert torch.allclose(pl[:, steps - 1], ref, atol=2e-5), steps
+        sn = StreamingNetwork(net, 40)
+        state = sn.zero_state(2)
+        for i in range(10):
+            lg, state = sn.step(x[:, i * 40:(i + 1) * 40], state)
+            lg = lg[:, -1] if pooling == "none" else lg
+            assert torch.allclose(lg, pl[:, (i + 1) * 10 - 1], atol=2e-5)
+
+
+def test_prefix_logits_respect_lengths_and_train():
+    cfg = ModelConfig(d_model=8, d_state=4, n_layers=1, d_output=3, pooling="ema",
+                      ema_tau_s=0.02, sample_rate=1000)
+    net = S4DNetwork(cfg, seed=2)
+    x = torch.randn(2, 50, 1)
+    out = net.prefix_logits(x, torch.tensor([50, 20]))
+    with torch.no_grad():
+        alone = net.prefix_logits(x[1:, :20])
+    assert torch.allclose(out[1, :20], alone[0], atol=1e-5)
+    out.sum().backward()  # differentiable: it is the training loss's input
+    assert net.encoder.weight.grad is not None
+
+
+def word_bank(n_kw=20, n_other=10, seed=0):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(3000, 7000, n_kw + n_other)
+    audio = (rng.standard_normal(int(lengths.sum())) * 8000).astype(np.int16)
+    labels = np.array([i % 10 for i in range(n_kw)] + [S.UNKNOWN] * n_other)
+    return S.WordBank(audio, lengths, labels)
+
+
+def test_kws_streams_targets_follow_the_words():
+    bank = word_bank()
+    gen = torch.Generator().manual_seed(0)
+    x, y, words = S.kws_streams(bank, None, 3, 12.0, gen, keyword_prob=0.6, patch=16)
+    assert x.shape == (3, 192000) and y.shape == (3, 12000)
+    assert float(x.abs().max()) <= 1.0 and torch.isfinite(x).all()
+    for b in range(3):
+        assert words[b], "a 12 s stream has words"
+        prev_end = 0
+        for w in words[b]:
+            assert prev_end <= w.start < w.end <= 192000
+            prev_end = w.end
+            mid = (w.start + w.end) // 2 // 16
+            assert y[b, mid] == S.UNKNOWN or (y[b, mid] < 10)  # spoken: unknown (or a hold)
+            after = w.end // 16 + 5  # just after the end: the keyword itself, or unknown
+            if after < 12000 and w.label < 10:
+                assert y[b, after] == w.label
+        gap = [t for t in range(12000) if all(not (w.start <= 16 * (t + 1) <= w.end + 16000)
+                                              for w in words[b])]
+        assert all(y[b, t] == S.SILENCE for t in gap)
+    _, y0, words0 = S.kws_streams(bank, None, 2, 10.0, gen, keyword_prob=0.0)
+    assert all(w.label == S.UNKNOWN for ws in words0 for w in ws)
+    assert not (y0 < 10).any()
+
+
+def test_ecg_streams_change_rhythm_and_ignore_the_settling_seconds():
+    rng = np.random.default_rng(0)
+    y = np.arange(40) % 5
+    x = (rng.standard_normal((40, 2500)) + y[:, None]).astype(np.float32)  # class = offset
+    bank = S.EcgBank(x, y)
+    gen = torch.Generator().manual_seed(3)
+    sig, tgt, segs = S.ecg_streams(bank, 2, 300.0, gen, segment_s=(30.0, 60.0), patch=5)
+    assert sig.shape == (2, 75000) and tgt.shape == (2, 15000)
+    for b in range(2):
+        assert len(segs[b]) >= 4 and segs[b][0].start == 0 and segs[b][-1].end == 75000
+        for a, c in zip(segs[b], segs[b][1:], strict=False):
+            assert a.end == c.start and a.label != c.label
+        for s in segs[b]:
+            lo, hi = s.start // 5, s.end // 5
+            assert (tgt[b, lo:lo + 99] == S.IGNORE).all()  # 2 s = 100 steps not scored
+            assert (tgt[b, lo + 101:hi] == s.label).all()
+            inner = sig[b, s.start + 600:s.end - 600]
+            assert abs(float(inner.mean()) - s.label) < 0.5  # the windows are of that rhythm
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_vectorised_detector_equals_the_detector(seed):
+    rng = np.random.default_rng(seed)
+    f, k = 400, 4
+    probs = np.clip(np.cumsum(rng.normal(0, 0.15, (f, k)), 0) % 1.0, 0, 1).astype(np.float32)
+    offsets = np.arange(1, f + 1) * 20
+    names = ["a", "b", "c", "bg"]
+    for on, hyst, hold in [(0.5, 0.1, 0), (0.7, 0.3, 200), (0.4, 0.0, 1000)]:
+        st = DetectorSettings(on, on - hyst, hold, (0, 1, 2))
+        assert detect_frames(probs, offsets, st, names) == detect(names, st, offsets, probs)
+        parts = [(probs[:150], offsets[:150]), (probs[150:], offsets[150:] - 3000),
+                 (probs[:1], offsets[:1])]
+        assert detect_many(parts, st, names) == [detect(names, st, o, p) for p, o in parts]
+
+
+def test_kws_and_ecg_metrics_count_by_hand():
+    names = ["yes", "no", "unknown", "silence"]
+    W = SimpleNamespace
+    words = [W(start=1000, end=5000, label=0), W(start=20000, end=24000, label=1),
+             W(start=40000, end=43000, label=2)]
+    events = [{"label": "yes", "offset": 5320}, {"label": "yes", "offset": 30000},
+              {"label": "no", "offset": 60000}]
+    m = kws_summary([(events, words)], [[{"label": "no", "offset": 1}]], 1800.0, 3600.0,
+                    names, 16000)
+    assert m["keywords"] == 2 and m["detected"] == 1 and m["false_rejection_rate"] == 0.5
+    assert m["false_alarms_per_hour"] == 2.0 and m["onset_error_p90_ms"] == 20.0
+    assert m["unmatched_events_per_hour_on_keyword_streams"] == 2.0
+    names = ["brady", "normal", "tachy"]
+    segs = [W(start=0, end=25000, label=1), W(start=25000, end=50000, label=2),
+            W(start=50000, end=90000, label=1)]
+    events = [{"label": "normal", "offset": 1000}, {"label": "tachy", "offset": 27500},
+              {"label": "brady", "offset": 30000}, {"label": "normal", "offset": 70000}]
+    m = ecg_summary([(events, segs)], 3600.0, names, 250)
+    assert m["changes"] == 2 and m["detected"] == 1 and m["delay_median_s"] == 10.0
+    assert m["false_changes"] == 1  # brady; the late normal is a (late) true report
+
+
+def test_backend_frame_outputs_equal_the_stepping_default(tmp_path):
+    from model.checkpoint import save_checkpoint
+    from model.config import CheckpointConfig, TaskConfig
+    from server.backends.base import Backend
+    from server.backends.torch_backend import TorchBackend
+
+    cfg = ModelConfig(d_model=8, d_state=4, n_layers=2, d_output=3, patch_size=2,
+                      pooling="ema", ema_tau_s=0.05, sample_rate=1000)
+    ck = CheckpointConfig(model=cfg, task=TaskConfig(sample_rate=1000, frame_size=32,
+                                                     class_names=["a", "b", "c"]))
+    save_checkpoint(tmp_path / "m", S4DNetwork(cfg, seed=3), ck)
+    be = TorchBackend.load(tmp_path / "m", "cpu")
+    rng = np.random.default_rng(0)
+    lengths = np.array([301, 64, 5])
+    batch = np.zeros((3, 301, 1), np.float32)
+    for i, n in enumerate(lengths):
+        batch[i, :n] = rng.standard_normal((n, 1))
+    fast = be.predict_frames(batch, lengths)
+    slow = Backend.predict_frames(be, batch, lengths)
+    final = be.predict(batch, lengths)
+    for i, n in enumerate(lengths):
+        assert fast[i].shape == (len(frame_ends(int(n), 32, 2)), 3)
+        np.testing.assert_allclose(fast[i], slow[i], atol=2e-5)
+        np.testing.assert_allclose(fast[i][-1], final[i], atol=2e-5)
