@@ -9,7 +9,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    field_validator,
+)
 from pydantic.json_schema import WithJsonSchema
 
 
@@ -121,7 +130,14 @@ class PredictJson(BaseModel):
                                           "arrays are not resampled)")
     per_step: StrictBool = Field(False, description="per-step probabilities (pooling none)")
     events: StrictBool | EventsOverride = Field(False, description="the events a stream of "
-                                                "each recording reports (pooling none)")
+                                                "each recording reports (streamable models)")
+
+    @field_validator("events", mode="before")
+    @classmethod
+    def _events_kind(cls, v: Any) -> Any:
+        if not isinstance(v, bool | dict):
+            raise ValueError("events must be true, false or an object of detector settings")
+        return v
 
     def events_value(self) -> bool | dict[str, Any]:
         if isinstance(self.events, EventsOverride):
