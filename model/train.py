@@ -187,7 +187,7 @@ def build_config(preset: TaskPreset, init: str, n_classes: int, stats) -> Checkp
         name=preset.task, description=description,
         sample_rate=preset.sample_rate or info.sample_rate, input_channels=info.input_channels,
         class_names=list(info.class_names), frame_size=preset.frame_size,
-        labels_from_generated_data=preset.task in ("kws", "ecg"),
+        labels_from_generated_data=preset.task in ("kws", "ecg"), input_units=info.input_units,
     )  # fmt: skip
     return CheckpointConfig(model=model, task=task)
 
