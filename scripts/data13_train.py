@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 ENGINES = ("espeak", "flite", "festival")
-FULL = dict(kws_train=4000, kws_val=400, kws_test=600, kws_heldout=1200, kws_phrases=300,
+FULL = dict(kws_train=5000, kws_val=400, kws_test=600, kws_heldout=1200, kws_phrases=300,
             kws_noise=600, kws_epochs=14, ecg_train=6000, ecg_val=1000, ecg_test=1000,
             ecg_epochs=16)
 SMOKE = dict(kws_train=36, kws_val=24, kws_test=24, kws_heldout=24, kws_phrases=12,

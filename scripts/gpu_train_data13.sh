@@ -18,7 +18,7 @@ if [ "$SMOKE" = 1 ]; then
 else
     DEVICE=cuda; WORKERS=8; THREADS=2; FLAG=""; BUDGET=${BUDGET:-300}
     export CUDA_VISIBLE_DEVICES=0
-    PIN="taskset -c 0-15"
+    PIN=""; command -v taskset >/dev/null && PIN="taskset -c 0-15"
     # wheels only for what the image lacks (torch, numpy, scipy are expected there)
     wheels=""
     for spec in "safetensors:safetensors" "tqdm:tqdm" "pyroomacoustics:pyroomacoustics" \

@@ -316,12 +316,18 @@ def update_readme(readme: Path, kws: dict, ecg: dict) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("runs", type=Path)
+    ap.add_argument("runs", type=Path, nargs="?", help="omit with --fsdd-only")
     ap.add_argument("--checkpoints", type=Path, default=ROOT / "checkpoints")
     ap.add_argument("--readme", type=Path, default=ROOT / "README.md")
     ap.add_argument("--bank", type=Path, default=ROOT / ".cache" / "data13")
     ap.add_argument("--skip-fsdd", action="store_true")
+    ap.add_argument("--fsdd-only", action="store_true", help="only the fsdd-s4d ECE")
     args = ap.parse_args()
+    if args.fsdd_only:
+        update_fsdd(args.checkpoints / "fsdd-s4d")
+        return
+    if args.runs is None:
+        ap.error("RUNS is required (or --fsdd-only)")
     card, kws = kws_card(args.runs, args.bank)
     install_checkpoint(args.runs / "kws-all", args.checkpoints / "kws-s4d", KWS_DESCRIPTION, kws)
     (args.checkpoints / "kws-s4d" / "CARD.md").write_text(card)

@@ -4,7 +4,8 @@ Each `.venv/bin/s4d ...` line of the README's first bash block runs unchanged (t
 comes from S4D_URL, which the CLI reads) with the shipped checkpoints, and its answer must be
 plausible: the bundled "yes" is heard as `yes`; the bundled real ECG (MIT-BIH 208, ~95-110
 bpm) is never called `brady` in a window where an R-peak detector counts >= 70 bpm (the
-int16-as-PCM unit bug made every window `brady` with p=1.000); `s4d info` reports the model.
+int16-as-PCM unit bug made every window `brady` with p=1.000), and at least half its windows
+are normal, tachy or wide_qrs; `s4d info` reports the model.
 """
 
 from __future__ import annotations
@@ -82,7 +83,9 @@ def _check_ecg_stream(out: str, window_s: float) -> None:
     assert all(w is not None for w in windows), (out, bpm)
     for k, (label, hr) in enumerate(zip(windows, bpm, strict=True)):
         assert not (label == "brady" and hr >= 70), f"window {k}: {label} at {hr:.0f} bpm\n{out}"
-    assert sum(lab in ("normal", "tachy") for lab in windows) >= len(windows) // 2, (windows, bpm)
+    # record 208: sinus rhythm at ~95-115 bpm with many premature ventricular (wide) beats
+    plausible = ("normal", "tachy", "wide_qrs")
+    assert sum(lab in plausible for lab in windows) >= len(windows) // 2, (windows, bpm)
 
 
 def test_readme_commands_give_plausible_answers(served):
