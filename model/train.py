@@ -301,9 +301,11 @@ def train(
     """Train, keep the best checkpoint in `out`, evaluate it on the test split; return metrics.
 
     `stop_after=k` ends this invocation after k epochs (a time-boxed run; `resume` continues it)
-    and returns {} without the test evaluation. `deadline` (a `time.time()` value) ends training
-    early, after the last epoch that is expected to finish by then, and still evaluates the
-    best checkpoint on the test split (the metrics record `epochs_completed`).
+    and returns {} without the test evaluation. `deadline` (a `time.time()` value) fits the run
+    to a time box: after the first epoch, the epoch count (and the cosine's end with it) is cut
+    to what fits by then at that epoch's pace, and training also stops after the last epoch
+    expected to finish in time; the best checkpoint is still evaluated on the test split (the
+    metrics record `epochs_completed`).
     """
     out = Path(out)
     dev = torch.device(device)
@@ -332,8 +334,9 @@ def train(
     steps_per_epoch = math.ceil(len(train_set) / preset.batch_size)
     total_steps = preset.epochs * steps_per_epoch
     warmup = max(1, round(preset.warmup_epochs * steps_per_epoch))
+    horizon = [total_steps]  # the cosine's end; a deadline may pull it in (see below)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, warmup, total_steps)
+        optimizer, lambda s: lr_factor(s, warmup, horizon[0])
     )
     start_epoch, best_acc, history, wall = 0, -1.0, [], 0.0
     if resume is not None:
@@ -354,6 +357,8 @@ def train(
     end_epoch = preset.epochs if stop_after is None else min(preset.epochs, start_epoch + stop_after)
     last_epoch_s = 0.0
     for epoch in range(start_epoch, end_epoch):
+        if epoch >= end_epoch:  # pulled in by the deadline fit below
+            break
         if deadline is not None and epoch > start_epoch and time.time() + last_epoch_s > deadline:
             log(f"deadline: stopping after epoch {epoch} of {preset.epochs}")
             break
@@ -390,6 +395,14 @@ def train(
                    val_loss=val_loss, val_accuracy=val_acc, lr=optimizer.param_groups[0]["lr"],
                    samples_per_s=seen / (time.time() - t0), wall_s=wall)  # fmt: skip
         history.append(row)
+        if deadline is not None and epoch == start_epoch:
+            pace = time.time() - t0  # this epoch, including validation
+            fit = epoch + 1 + int(max(0.0, deadline - time.time()) // max(pace, 1e-3))
+            if fit < end_epoch:
+                end_epoch = fit
+                horizon[0] = fit * steps_per_epoch
+                recipe["epochs_fitted_to_deadline"] = fit
+                log(f"deadline: {fit} epochs fit ({pace:.1f} s per epoch); cosine ends there")
         improved = val_acc > best_acc
         log(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | "
             f"val loss {val_loss:.4f} acc {val_acc:.4f}{' (best)' if improved else ''} | {wall:.0f}s")  # fmt: skip

@@ -182,3 +182,26 @@ def test_make_clips_deterministic_balanced_and_worker_independent():
     assert (yp == kws_mix.UNKNOWN).all() and xp.shape == (6, 16000)
     xn, yn = kws_mix.make_clips(rows, 6, seed=0, kind="noise", workers=1)
     assert (yn == kws_mix.SILENCE).all()
+
+
+# ---------------------------------------------------------------- time-boxed training
+def test_train_deadline_fits_epochs_and_still_evaluates(tmp_path):
+    import json
+    import time
+
+    import torch
+
+    from model.tasks import PRESETS
+    from model.train import make_split, train
+
+    rng = np.random.default_rng(0)
+    data = {s: make_split(rng.standard_normal((20, 50)).astype(np.float32), np.arange(20) % 5)
+            for s in ("train", "val", "test")}
+    preset = PRESETS["ecg"].with_overrides(epochs=50, batch_size=10, d_model=8, d_state=4,
+                                           n_layers=1, n_train=20, n_val=20, n_test=20)
+    torch.manual_seed(0)
+    m = train(preset, tmp_path / "run", data=data, progress=False, log=lambda *a: None,
+              deadline=time.time())  # already due: the first epoch's pace fits one epoch
+    assert m["epochs_completed"] == 1 and 0 <= m["test_ece"] <= 1
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["training"]["epochs_fitted_to_deadline"] == 1
