@@ -2,7 +2,8 @@
 # Issue 13 training on the lent GPU machine (GPU 0, cores 0-15, <= 6 min wall), from the repo root:
 #   OUT=/some/dir bash scripts/gpu_train_data13.sh        # SMOKE=1: tiny CPU dry run
 # Needs (carried, git-ignored): .cache/data13 (utterance bank + ECG bank, made here by
-# scripts/build_data13_bank.py), .whl/server and .whl/train (cp312 wheels).
+# scripts/build_data13_bank.py), .whl/server and .whl/data13 (cp312 wheels: pyroomacoustics,
+# safetensors, tqdm; the same files are in .whl/train, which also holds a 255 MB onnxruntime).
 # Runs 5 trainings at once on GPU 0: ecg, kws-all, kws-loeo-{espeak,flite,festival}; every run
 # stops by a shared deadline and still evaluates its best-on-validation checkpoint.
 # Writes $OUT/data13/<run>/{config.json,model.safetensors,metrics.json,extra_metrics.json} + logs.
@@ -26,7 +27,7 @@ else
                 "pydantic:pydantic pydantic_core annotated_types typing_inspection"; do
         mod=${spec%%:*}
         python3 -c "import $mod" 2>/dev/null && continue
-        for w in ${spec#*:}; do wheels="$wheels $(ls .whl/server/$w-*.whl .whl/train/$w-*.whl 2>/dev/null | head -1)"; done
+        for w in ${spec#*:}; do wheels="$wheels $(ls .whl/server/$w-*.whl .whl/data13/$w-*.whl .whl/train/$w-*.whl 2>/dev/null | head -1)"; done
     done
     if [ -n "${wheels// /}" ]; then
         echo "installing:$wheels"
