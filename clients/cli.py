@@ -26,6 +26,7 @@ def register(subparsers: Any) -> None:
     _common(p)
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--per-step", action="store_true", help="include per-step probabilities")
+    _scale_arg(p)
     p.set_defaults(func=run_predict)
 
     s = subparsers.add_parser(
@@ -45,6 +46,7 @@ def register(subparsers: Any) -> None:
         help="samples between results (default: the model's frame size; 0: final only)",
     )
     s.add_argument("--encoding", choices=["pcm_s16le", "f32le"], default=None)
+    _scale_arg(s)
     s.add_argument("--json", action="store_true", help="print every message as a JSON line")
     s.add_argument("--events", default=None, type=_events_arg,
                    help="event detection: 'off', or a JSON object overriding the model's "
@@ -62,6 +64,14 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="PEM CA certificate(s) to verify an https/wss server (self-signed)")
 
 
+def _scale_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scale", type=float, default=None,
+                   help="multiply the file's samples by this before sending, to get the model's "
+                   "input units (`input_units` in GET /v1/models/NAME): e.g. 0.001 for a CSV/NPY "
+                   "ECG in microvolts, 32.768 for a 16-bit WAV holding microvolts (16-bit PCM "
+                   "reads as value / 32768). Default: send the samples as the file reads")
+
+
 def _client_kwargs(args: argparse.Namespace) -> dict:
     return {"timeout": args.timeout, "api_key": args.api_key, "ca_file": args.ca_file}
 
@@ -74,7 +84,8 @@ def run_predict(args: argparse.Namespace) -> int:
     with S4DClient(args.url, **_client_kwargs(args)) as client:
         for path in args.files:
             try:
-                (pred,) = client.predict(args.model, path, per_step=args.per_step)
+                (pred,) = client.predict(args.model, path, per_step=args.per_step,
+                                         scale=args.scale)
                 out = {"file": path, "model": args.model, **pred.to_dict()}
                 print(json.dumps(out), flush=True)
             except S4DError as exc:
@@ -158,6 +169,7 @@ async def _stream(args: argparse.Namespace) -> int:
                 chunk_ms=args.chunk_ms,
                 emit_every=args.emit_every,
                 encoding=args.encoding,
+                scale=args.scale,
                 events=args.events,
                 on_event=on_event,
             ):

@@ -206,6 +206,7 @@ class AsyncS4DClient:
         *,
         sample_rate: int | None = None,
         per_step: bool = False,
+        scale: float | None = None,
     ) -> list[Prediction]:
         """Batch prediction (the server's FFT path); one Prediction per sequence, in order.
 
@@ -213,15 +214,19 @@ class AsyncS4DClient:
         WAV; a WFDB record is read here, resampled to the model's rate and sent as JSON), a
         list of paths, a numpy array ([L] or [L, C] = one sequence, [B, L, C] = a batch), or
         a list of arrays (sequences may differ in length). ``sample_rate`` tells the server
-        the arrays' rate.
+        the arrays' rate. ``scale`` multiplies every sample before sending, to bring a file
+        into the model's input units (see its ``input_units``); files are then read here and
+        sent as JSON, e.g. ``scale=0.001`` for an ECG stored as int16 microvolts.
         """
         if _is_pathlike(inputs):
-            return await self._predict_files(model, [inputs], per_step)
+            return await self._predict_files(model, [inputs], per_step, scale)
         if isinstance(inputs, (list, tuple)) and inputs and all(_is_pathlike(x) for x in inputs):
-            return await self._predict_files(model, list(inputs), per_step)
+            return await self._predict_files(model, list(inputs), per_step, scale)
         batch = _arrays_to_batch(inputs)
         if not batch:
             raise S4DError("bad_input", "no inputs")
+        if scale is not None:
+            batch = [np.asarray(x, dtype=np.float32) * np.float32(scale) for x in batch]
         return await self._predict_json(model, batch, sample_rate, per_step)
 
     async def _predict_json(
@@ -238,13 +243,15 @@ class AsyncS4DClient:
         return [Prediction.from_json(p) for p in data["predictions"]]
 
     async def _predict_files(
-        self, model: str, paths: list[PathLike], per_step: bool
+        self, model: str, paths: list[PathLike], per_step: bool, scale: float | None = None
     ) -> list[Prediction]:
-        # uploadable formats go in one multipart request; WFDB records are sent as JSON
+        # uploadable formats go in one multipart request; WFDB records (and every file when
+        # a scale is given) are read here and sent as JSON
         fmts = [cio.detect_format(p) for p in paths]
         results: list[Prediction | None] = [None] * len(paths)
-        upload = [i for i, f in enumerate(fmts) if f in cio.UPLOAD_CONTENT_TYPES]
-        other = [i for i, f in enumerate(fmts) if f not in cio.UPLOAD_CONTENT_TYPES]
+        uploadable = scale is None
+        upload = [i for i, f in enumerate(fmts) if uploadable and f in cio.UPLOAD_CONTENT_TYPES]
+        other = [i for i in range(len(paths)) if i not in upload]
         if upload:
             with contextlib.ExitStack() as stack:
                 files = []
@@ -267,6 +274,8 @@ class AsyncS4DClient:
             batch = []
             for i in other:
                 x, rate = cio.read_file(paths[i])
+                if scale is not None:
+                    x = x * np.float32(scale)
                 batch.append(
                     cio.conform(x, rate, meta.get("sample_rate"), meta.get("input_channels"))
                 )
@@ -309,15 +318,21 @@ class AsyncS4DClient:
             **kwargs,
         )
 
-    async def prepare_stream_input(self, model: str, path: PathLike) -> tuple[np.ndarray, str]:
-        """Read a file and make it fit the model's stream (resampled, mixed down); returns
-        (samples [L, C], encoding): pcm_s16le when that is lossless, else f32le."""
+    async def prepare_stream_input(
+        self, model: str, path: PathLike, scale: float | None = None
+    ) -> tuple[np.ndarray, str]:
+        """Read a file and make it fit the model's stream (resampled, mixed down, times
+        ``scale`` when given); returns (samples [L, C], encoding): pcm_s16le when that is
+        lossless (an unscaled 16-bit WAV at the model's rate), else f32le."""
         meta = await self._cached_model(model)
         x, rate = cio.read_file(path)
+        if scale is not None:
+            x = x * np.float32(scale)
         target = meta.get("sample_rate")
         y = cio.conform(x, rate, target, meta.get("input_channels"))
         lossless16 = (
-            cio.detect_format(path) == "wav"
+            scale is None
+            and cio.detect_format(path) == "wav"
             and cio.wav_is_pcm16(path)
             and (rate is None or target is None or rate == target)
         )
@@ -333,11 +348,13 @@ class AsyncS4DClient:
         emit_every: int | None = None,
         encoding: str | None = None,
         on_session: Callable[[AsyncStreamSession], Any] | None = None,
+        scale: float | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[dict]:
         """Stream a file in chunks of ``chunk_ms`` (paced at real time with a monotonic clock
-        when ``realtime``); yields every result and, last, the final one."""
-        x, enc = await self.prepare_stream_input(model, path)
+        when ``realtime``); yields every result and, last, the final one. ``scale``
+        multiplies every sample first (see `predict`)."""
+        x, enc = await self.prepare_stream_input(model, path, scale)
         meta = await self._cached_model(model)
         async for msg in self.stream_array(
             model,

@@ -120,6 +120,9 @@ class TaskConfig(BaseModel):
     class_names: list[str] = Field(default_factory=list)
     frame_size: int = Field(320, ge=1, description="default streaming frame, in samples")
     labels_from_generated_data: bool = False
+    input_units: str = Field(
+        "", description="what one input sample means, e.g. 'mV' or 'full scale (-1..1)'"
+    )
     events: EventsConfig = Field(default_factory=EventsConfig)
 
 

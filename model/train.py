@@ -187,7 +187,7 @@ def build_config(preset: TaskPreset, init: str, n_classes: int, stats) -> Checkp
         name=preset.task, description=description,
         sample_rate=preset.sample_rate or info.sample_rate, input_channels=info.input_channels,
         class_names=list(info.class_names), frame_size=preset.frame_size,
-        labels_from_generated_data=preset.task in ("kws", "ecg"),
+        labels_from_generated_data=preset.task in ("kws", "ecg"), input_units=info.input_units,
     )  # fmt: skip
     return CheckpointConfig(model=model, task=task)
 
@@ -251,7 +251,10 @@ def confusion(y: torch.Tensor, pred: torch.Tensor, n: int) -> np.ndarray:
 
 
 def plot_confusion(cm: np.ndarray, names: list[str], title: str, path: Path) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:  # a bare GPU box: the matrix is in metrics.json anyway
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -293,11 +296,16 @@ def train(
     command: str | None = None,
     log=print,
     stop_after: int | None = None,
+    deadline: float | None = None,
 ) -> dict:
     """Train, keep the best checkpoint in `out`, evaluate it on the test split; return metrics.
 
     `stop_after=k` ends this invocation after k epochs (a time-boxed run; `resume` continues it)
-    and returns {} without the test evaluation.
+    and returns {} without the test evaluation. `deadline` (a `time.time()` value) fits the run
+    to a time box: after the first epoch, the epoch count (and the cosine's end with it) is cut
+    to what fits by then at that epoch's pace, and training also stops after the last epoch
+    expected to finish in time; the best checkpoint is still evaluated on the test split (the
+    metrics record `epochs_completed`).
     """
     out = Path(out)
     dev = torch.device(device)
@@ -326,8 +334,9 @@ def train(
     steps_per_epoch = math.ceil(len(train_set) / preset.batch_size)
     total_steps = preset.epochs * steps_per_epoch
     warmup = max(1, round(preset.warmup_epochs * steps_per_epoch))
+    horizon = [total_steps]  # the cosine's end; a deadline may pull it in (see below)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, warmup, total_steps)
+        optimizer, lambda s: lr_factor(s, warmup, horizon[0])
     )
     start_epoch, best_acc, history, wall = 0, -1.0, [], 0.0
     if resume is not None:
@@ -346,7 +355,13 @@ def train(
         f"{len(train_set)}/{len(val_set)}/{len(test_set)}, {steps_per_epoch} steps/epoch")  # fmt: skip
 
     end_epoch = preset.epochs if stop_after is None else min(preset.epochs, start_epoch + stop_after)
+    last_epoch_s = 0.0
     for epoch in range(start_epoch, end_epoch):
+        if epoch >= end_epoch:  # pulled in by the deadline fit below
+            break
+        if deadline is not None and epoch > start_epoch and time.time() + last_epoch_s > deadline:
+            log(f"deadline: stopping after epoch {epoch} of {preset.epochs}")
+            break
         t0 = time.time()
         net.train()
         gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
@@ -380,6 +395,14 @@ def train(
                    val_loss=val_loss, val_accuracy=val_acc, lr=optimizer.param_groups[0]["lr"],
                    samples_per_s=seen / (time.time() - t0), wall_s=wall)  # fmt: skip
         history.append(row)
+        if deadline is not None and epoch == start_epoch:
+            pace = time.time() - t0  # this epoch, including validation
+            fit = epoch + 1 + int(max(0.0, deadline - time.time()) // max(pace, 1e-3))
+            if fit < end_epoch:
+                end_epoch = fit
+                horizon[0] = fit * steps_per_epoch
+                recipe["epochs_fitted_to_deadline"] = fit
+                log(f"deadline: {fit} epochs fit ({pace:.1f} s per epoch); cosine ends there")
         improved = val_acc > best_acc
         log(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | "
             f"val loss {val_loss:.4f} acc {val_acc:.4f}{' (best)' if improved else ''} | {wall:.0f}s")  # fmt: skip
@@ -393,8 +416,9 @@ def train(
             epoch=epoch + 1, best_val_accuracy=best_acc, history=history, wall_s=wall, recipe=recipe
         )
         save_training_state(out / "last", optimizer, scheduler, meta)
+        last_epoch_s = time.time() - t0
 
-    if end_epoch < preset.epochs:
+    if end_epoch < preset.epochs and deadline is None:
         log(f"stopped after epoch {end_epoch}; continue with --resume {out}")
         return {}
     return finish(out, test_set, dev, history, wall, log)
@@ -409,10 +433,13 @@ def _bar(total: int, desc: str, enabled: bool):
 
 def finish(out: Path, test_set: Split, dev, history: list, wall: float, log=print) -> dict:
     """Evaluate the best checkpoint on the test split; write metrics into config, JSON, PNG."""
+    from .evaluation import expected_calibration_error, predict_probs
     from .streaming import StreamingNetwork
 
     net, config = load_checkpoint(out, device=dev)
     test_loss, test_acc, pred = evaluate(net, test_set, dev)
+    probs = predict_probs(net, test_set.x, dev, test_set.lengths)
+    ece = expected_calibration_error(probs, test_set.y.numpy())
     names = config.class_names()
     cm = confusion(test_set.y, pred, len(names))
     per_class = {n: round(float(cm[i, i] / max(cm[i].sum(), 1)), 4) for i, n in enumerate(names)}
@@ -423,7 +450,8 @@ def finish(out: Path, test_set: Split, dev, history: list, wall: float, log=prin
     metrics = dict(
         test_accuracy=round(test_acc, 4), test_loss=round(test_loss, 4), n_test=len(test_set),
         per_class_test_accuracy=per_class, val_accuracy=config.metrics.get("val_accuracy"),
-        best_epoch=config.metrics.get("best_epoch"), parameters=net.num_parameters(),
+        test_ece=round(ece, 4), best_epoch=config.metrics.get("best_epoch"),
+        epochs_completed=len(history), parameters=net.num_parameters(),
         state_bytes_per_session=state_bytes, train_wall_s=round(wall, 1), hardware=hardware(dev),
     )  # fmt: skip
     config = config.model_copy(update={"metrics": metrics})

@@ -54,13 +54,18 @@ def test_bundled_sample_matches_manifest(sample):
     assert path.stat().st_size < limit, "keep bundled samples small"
     assert sample["encoding"] in ("pcm_s16le", "f32le")
     if sample["format"] == "wav":
-        with wave.open(str(path)) as w:
-            assert w.getnchannels() == sample["channels"] == 1
-            assert w.getsampwidth() == 2
-            assert w.getframerate() == sample["sample_rate"]
-            n = w.getnframes()
+        import soundfile as sf
+
+        info = sf.info(str(path))
+        assert info.channels == sample["channels"] == 1
+        assert info.subtype == sample["wav_subtype"]  # PCM_16 (audio) or FLOAT (ECG in mV)
+        assert info.samplerate == sample["sample_rate"]
+        n = info.frames
         if sample["id"].startswith("ecg"):
             assert n == 60 * 250  # 60 s of MIT-BIH 208 at 250 Hz
+            x, _ = sf.read(str(path), dtype="float32")
+            assert sample["units"] == "mV" and sample["scale"] == 1
+            assert 1.0 < float(x.max() - x.min()) < 10.0  # millivolts, not PCM-scaled
         elif sample.get("seconds"):
             assert n == sample["seconds"] * sample["sample_rate"]
         else:

