@@ -44,7 +44,8 @@ from torch import nn
 
 from .checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_checkpoint
 from .network import S4DNetwork, ema_weights
-from .streaming import STATE_NAMES, NotStreamableError, frame_matrix, pooling_head
+from .state import STATE_NAMES, zero_state
+from .streaming import NotStreamableError, frame_matrix, pooling_head
 
 EXPORT_FORMAT = "s4d-onnx/1"
 STEP_FILE = "step.onnx"
@@ -153,10 +154,7 @@ class StepGraph(nn.Module):
         return logits, torch.stack(new_re, 1), torch.stack(new_im, 1), pool, count
 
     def zero_state(self, batch: int) -> dict[str, torch.Tensor]:
-        c = self.cfg
-        modes = (batch, c.n_layers, c.d_model, c.n_modes)
-        shapes = {"x_re": modes, "x_im": modes, "pool": (batch, c.d_model), "count": (batch, 1)}
-        return {k: torch.zeros(v) for k, v in shapes.items()}
+        return zero_state(self.cfg, batch)
 
 
 class BatchGraph(nn.Module):

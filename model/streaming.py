@@ -25,20 +25,13 @@ import math
 import torch
 from torch import nn
 
-from .config import ModelConfig
 from .network import S4DNetwork
-
-STATE_NAMES = ("x_re", "x_im", "pool", "count")
-
-
-def state_shapes(cfg: ModelConfig, batch: int) -> dict[str, tuple[int, ...]]:
-    """Per-session streaming state: S4D modes (real, imaginary) per layer + running pooling."""
-    modes = (batch, cfg.n_layers, cfg.d_model, cfg.n_modes)
-    return {"x_re": modes, "x_im": modes, "pool": (batch, cfg.d_model), "count": (batch, 1)}
-
-
-def state_bytes_per_session(cfg: ModelConfig, itemsize: int = 4) -> int:
-    return itemsize * sum(math.prod(shape[1:]) for shape in state_shapes(cfg, 1).values())
+from .state import (  # noqa: F401 - STATE_NAMES, state_shapes: re-exported (older imports)
+    STATE_NAMES,
+    state_bytes_per_session,
+    state_shapes,
+    zero_state,
+)
 
 
 class NotStreamableError(ValueError):
@@ -174,10 +167,7 @@ class StreamingNetwork(nn.Module):
         return self.block_in.device
 
     def zero_state(self, batch: int) -> dict[str, torch.Tensor]:
-        return {
-            name: torch.zeros(shape, dtype=self.dtype, device=self.device)
-            for name, shape in state_shapes(self.cfg, batch).items()
-        }
+        return zero_state(self.cfg, batch, self.dtype, self.device)
 
     @property
     def state_bytes_per_session(self) -> int:

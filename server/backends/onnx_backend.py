@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from model.state import STATE_NAMES, state_row_shapes
 from server.backends.base import Backend, BackendError, ModelMetadata, State, register_backend
 from server.slab import NumpySlabStorage
 
@@ -74,9 +75,7 @@ class OnnxBackend(Backend):
         self.max_steps = int(info.max_steps)
         self._state_shapes = None
         if step_session is not None:
-            m = config.model
-            modes = (m.n_layers, m.d_model, m.n_modes)
-            self._state_shapes = {"x_re": modes, "x_im": modes, "pool": (m.d_model,), "count": (1,)}
+            self._state_shapes = state_row_shapes(config.model)
 
     # ---- loading ------------------------------------------------------------------------------
     @classmethod
@@ -160,10 +159,9 @@ class OnnxBackend(Backend):
         cls._check_signature(batch, info.batch_path, {
             "x": [None, None, m.d_input], "lengths": [None]}, m)
         if step is not None:
-            modes = [None, m.n_layers, m.d_model, m.n_modes]
+            state = {k: [None, *v] for k, v in state_row_shapes(m).items()}
             cls._check_signature(step, info.step_path, {
-                "frames": [None, None, m.d_input], "x_re": modes, "x_im": modes,
-                "pool": [None, m.d_model], "count": [None, 1]}, m)
+                "frames": [None, None, m.d_input], **state}, m)
         used = (step or batch).get_providers()
         dev = "cuda" if used and used[0] == "CUDAExecutionProvider" else "cpu"
         meta = ModelMetadata.from_checkpoint(
@@ -244,10 +242,10 @@ class OnnxBackend(Backend):
         if self.step_session is None:
             raise BackendError(f"model {self.metadata.name} is not streamable")
         feed = {"frames": np.ascontiguousarray(frames, dtype=np.float32)}
-        for k in ("x_re", "x_im", "pool", "count"):
+        for k in STATE_NAMES:
             feed[k] = np.ascontiguousarray(state[k], dtype=np.float32)
-        logits, x_re, x_im, pool, count = self.step_session.run(None, feed)
-        return logits, {"x_re": x_re, "x_im": x_im, "pool": pool, "count": count}
+        logits, *new = self.step_session.run(None, feed)
+        return logits, dict(zip(STATE_NAMES, new, strict=True))
 
     def close(self) -> None:
         self.step_session = None
