@@ -44,6 +44,7 @@ from torch import nn
 
 from .checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_checkpoint
 from .network import S4DNetwork, ema_weights
+from .s4d import causal_conv, mode_powers
 from .state import STATE_NAMES, zero_state
 from .streaming import NotStreamableError, frame_matrix, pooling_head
 
@@ -71,29 +72,6 @@ def _frozen_copy(network: S4DNetwork, dtype: torch.dtype) -> S4DNetwork:
     return net
 
 
-def fast_kernel(kernel_module, length: int, block: int = 128) -> torch.Tensor:
-    """K [n_kernels, H, length] in float64, = ``S4DKernel.kernel(length, torch.float64)`` to
-    float64 rounding: dA^(kb+j) = dA^(kb) dA^j turns the Vandermonde product into one batched
-    complex matmul instead of length x M complex exponentials."""
-    _, db, log_da, c = kernel_module.discrete(torch.float64)
-    coef = c * db  # [n_k, H, M]
-    n_blocks = -(-length // block)
-    j = torch.arange(block, dtype=torch.float64)
-    k = torch.arange(n_blocks, dtype=torch.float64) * block
-    inner = torch.exp(log_da.unsqueeze(-1) * j)  # [H, M, block]
-    outer = torch.exp(log_da.unsqueeze(-1) * k)  # [H, M, n_blocks]
-    out = torch.einsum("khn,hnb,hnj->khbj", coef, outer, inner)  # [n_k, H, n_blocks, block]
-    return 2 * out.real.reshape(*out.shape[:2], -1)[..., :length]
-
-
-def _causal_conv(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """y[..., t] = sum_{s<=t} k[..., t-s] u[..., s] (FFT of length 2L, real input/output)."""
-    length = u.shape[-1]
-    n = 2 * length
-    spec = torch.fft.rfft(u, n=n) * torch.fft.rfft(k, n=n)
-    return torch.fft.irfft(spec, n=n)[..., :length]
-
-
 class StepGraph(nn.Module):
     """The frame step for any T' <= frame_size (see the module docstring), real arithmetic."""
 
@@ -112,13 +90,12 @@ class StepGraph(nn.Module):
         net64 = _frozen_copy(network, torch.float64)
         ys, ws, carry_re, carry_im = [], [], [], []
         with torch.no_grad():
-            pos = torch.arange(s + 1, dtype=torch.float64)
             for block in net64.blocks:
                 g = frame_matrix(block.s4d.kernel, s)  # [H, S+2M, S+2M]
                 ys.append(g[:, :, :s])
                 ws.append(g[:, :s, s:])
                 _, _, log_da, _ = block.s4d.kernel.discrete(torch.float64)
-                powers = torch.exp(log_da.unsqueeze(-1) * pos)  # [H, M, S+1], as frame_matrix
+                powers = mode_powers(log_da, s + 1)  # [H, M, S+1], as frame_matrix
                 carry_re.append(powers.real.permute(2, 0, 1))
                 carry_im.append(powers.imag.permute(2, 0, 1))
         self.register_buffer("y_mat", torch.stack(ys).float())  # [L, H, S+2M, S]
@@ -168,7 +145,7 @@ class BatchGraph(nn.Module):
         self.max_steps = max_steps
         net64 = _frozen_copy(network, torch.float64)
         with torch.no_grad():
-            ks = [fast_kernel(b.s4d.kernel, max_steps) for b in net64.blocks]
+            ks = [b.s4d.kernel.kernel(max_steps, torch.float64, block=128) for b in net64.blocks]
             if cfg.bidirectional:  # backward lags start at 1 (as S4D.forward)
                 ks = [torch.stack([k[0], F.pad(k[1, :, :-1], (1, 0))]) for k in ks]
         self.register_buffer("kernels", torch.stack(ks).float())  # [L, n_k, H, max_steps]
@@ -188,9 +165,9 @@ class BatchGraph(nn.Module):
                 u = u * mask
             v = u.transpose(1, 2)  # [B, H, S]
             k = self.kernels[i, :, :, :steps]
-            y = _causal_conv(v, k[0])
+            y = causal_conv(v, k[0])
             if cfg.bidirectional:
-                y = y + _causal_conv(v.flip(-1), k[1]).flip(-1)
+                y = y + causal_conv(v.flip(-1), k[1]).flip(-1)
             y = y + block.s4d.kernel.d.unsqueeze(-1) * v
             h = block.post(h, y.transpose(1, 2))
         if cfg.pooling == "none":

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .network import S4DNetwork
+from .s4d import mode_powers, vandermonde_kernel
 from .state import (  # noqa: F401 - STATE_NAMES, state_shapes: re-exported (older imports)
     STATE_NAMES,
     state_bytes_per_session,
@@ -46,9 +47,8 @@ def frame_matrix(kernel_module, steps: int) -> torch.Tensor:
     d = kernel_module.d.detach().to(torch.float64)
     size = steps + 2 * m
     g = torch.zeros(h, size, size, dtype=torch.float64, device=da.device)
-    pos = torch.arange(steps + 1, dtype=torch.float64, device=da.device)
-    powers = torch.exp(log_da.unsqueeze(-1) * pos)  # dA^k, k = 0..S: [H, M, S+1]
-    kern = 2 * torch.einsum("hn,hnl->hl", c * db, powers[..., :steps]).real  # [H, S]
+    powers = mode_powers(log_da, steps + 1)  # dA^k, k = 0..S: [H, M, S+1]
+    kern = vandermonde_kernel(c * db, log_da, steps)  # [H, S]
     ar = torch.arange(steps, device=da.device)
     lag = ar.unsqueeze(1) - ar.unsqueeze(0)  # t - s
     toeplitz = torch.where(lag >= 0, kern[:, lag.clamp(min=0)], torch.zeros((), dtype=kern.dtype))
