@@ -43,7 +43,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_checkpoint
-from .network import S4DNetwork, ema_weights
+from .network import S4DNetwork
+from .pooling import pool_sequence, valid_mask
 from .s4d import causal_conv, mode_powers
 from .state import STATE_NAMES, zero_state
 from .streaming import NotStreamableError, frame_matrix, pooling_head
@@ -157,8 +158,7 @@ class BatchGraph(nn.Module):
         h = self.net.embed(x)  # [B, S, H]
         steps = h.shape[1]
         n_valid = torch.div(lengths, p, rounding_mode="floor")
-        pos = torch.arange(steps, device=h.device)
-        mask = (pos.unsqueeze(0) < n_valid.unsqueeze(1)).unsqueeze(-1).to(h.dtype)  # [B, S, 1]
+        mask = valid_mask(n_valid, steps, h.dtype)  # [B, S, 1]
         for i, block in enumerate(self.net.blocks):
             u = block.pre(h)
             if cfg.bidirectional:
@@ -170,15 +170,7 @@ class BatchGraph(nn.Module):
                 y = y + causal_conv(v.flip(-1), k[1]).flip(-1)
             y = y + block.s4d.kernel.d.unsqueeze(-1) * v
             h = block.post(h, y.transpose(1, 2))
-        if cfg.pooling == "none":
-            return self.net.decoder(h)
-        if cfg.pooling == "mean":
-            pooled = (h * mask).sum(1) / n_valid.unsqueeze(-1).to(h.dtype)
-        elif cfg.pooling == "ema":
-            pooled = (h * ema_weights(n_valid, steps, cfg.ema_log_decay, h.dtype)).sum(1)
-        else:
-            idx = (n_valid - 1).clamp(min=0).view(-1, 1, 1).expand(-1, 1, h.shape[2])
-            pooled = torch.gather(h, 1, idx).squeeze(1)
+        pooled = pool_sequence(h, n_valid, cfg)
         return self.net.decoder(pooled)
 
 

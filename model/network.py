@@ -9,18 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+from .pooling import ema_weights, pool_sequence, valid_mask  # noqa: F401 - ema_weights re-exported
 from .s4d import S4D
-
-
-def ema_weights(n_valid: torch.Tensor, steps: int, log_decay: float, dtype: torch.dtype):
-    """[B, S, 1] weights of pooling 'ema' over the first n_valid steps: a^(n-1-s) / sum, in
-    float64 then `dtype`. The weighted sum is the bias-corrected moving average
-    p_(n-1) / (1 - a^n) that the recurrence p_t = a p_(t-1) + (1 - a) h_t reaches after n
-    steps (model/streaming.py), computed directly: exact, no scan."""
-    pos = torch.arange(steps, device=n_valid.device, dtype=torch.float64)
-    age = (n_valid.to(torch.float64).unsqueeze(1) - 1) - pos.unsqueeze(0)  # [B, S]
-    w = torch.where(age >= 0, torch.exp(age.clamp(min=0) * log_decay), torch.zeros_like(age))
-    return (w / w.sum(1, keepdim=True)).unsqueeze(-1).to(dtype)
 
 
 class S4DBlock(nn.Module):
@@ -103,8 +93,7 @@ class S4DNetwork(nn.Module):
         mask = None
         if lengths is not None:
             steps = torch.div(lengths, self.cfg.patch_size, rounding_mode="floor")
-            pos = torch.arange(h.shape[1], device=h.device)
-            mask = (pos.unsqueeze(0) < steps.unsqueeze(1)).unsqueeze(-1).to(h.dtype)
+            mask = valid_mask(steps.to(h.device), h.shape[1], h.dtype)
         for block in self.blocks:
             h = block(h, mask)
         return h
@@ -122,14 +111,7 @@ class S4DNetwork(nn.Module):
             n_valid = torch.div(lengths.to(h.device), self.cfg.patch_size, rounding_mode="floor")
         if torch.any(n_valid < 1):
             raise ValueError(f"every sequence needs at least patch_size={self.cfg.patch_size} samples")
-        if pooling == "mean":
-            pos = torch.arange(steps, device=h.device)
-            mask = (pos.unsqueeze(0) < n_valid.unsqueeze(1)).unsqueeze(-1).to(h.dtype)
-            pooled = (h * mask).sum(1) / n_valid.unsqueeze(-1).to(h.dtype)
-        elif pooling == "ema":
-            pooled = (h * ema_weights(n_valid, steps, self.cfg.ema_log_decay, h.dtype)).sum(1)
-        else:
-            pooled = h[torch.arange(h.shape[0], device=h.device), n_valid - 1]
+        pooled = pool_sequence(h, n_valid, self.cfg)
         return self.decoder(pooled)
 
     def num_parameters(self) -> int:

@@ -7,11 +7,11 @@ x_t = dA * x_{t-1} + dB * u_t,   y_t = 2 Re(C . x_t) + D u_t   (complex state pe
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 
 from .network import S4DNetwork
+from .pooling import pool_frame
 from .streaming import NotStreamableError
 
 
@@ -56,20 +56,10 @@ class PerSampleStepper:
                 y = 2 * (self.c[i] * x[:, i]).sum(-1).real + self.d[i] * u
                 h = block.post(h, y)
             count = count + 1
-            if self.cfg.pooling == "mean":
-                pool = pool + h
-            elif self.cfg.pooling == "last":
-                pool = h
-            elif self.cfg.pooling == "ema":
-                a = math.exp(self.cfg.ema_log_decay)
-                pool = a * pool + (1 - a) * h
-            outs.append(h)
-        if self.cfg.pooling == "mean":
-            logits = self.net.decoder(pool / count)
-        elif self.cfg.pooling == "last":
-            logits = self.net.decoder(pool)
-        elif self.cfg.pooling == "ema":
-            logits = self.net.decoder(pool / (1 - torch.exp(count * self.cfg.ema_log_decay)))
+            features, pool = pool_frame(h.unsqueeze(1), pool, count, self.cfg)
+            outs.append(features)
+        if self.cfg.pooling == "none":
+            logits = self.net.decoder(torch.cat(outs, 1))
         else:
-            logits = self.net.decoder(torch.stack(outs, 1))
+            logits = self.net.decoder(features)
         return logits, {"x": x, "pool": pool, "count": count}

@@ -20,12 +20,12 @@ so no frame length ever needs matrices built at run time.
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 from torch import nn
 
 from .network import S4DNetwork
+from .pooling import pool_frame
 from .s4d import mode_powers, vandermonde_kernel
 from .state import (  # noqa: F401 - STATE_NAMES, state_shapes: re-exported (older imports)
     STATE_NAMES,
@@ -72,31 +72,8 @@ def frame_matrix(kernel_module, steps: int) -> torch.Tensor:
 def pooling_head(net: S4DNetwork, h: torch.Tensor, pool: torch.Tensor, count: torch.Tensor):
     """(logits, new pool) after a frame's features h [B, S, H]; `count` already includes S.
     Mean pooling is a running sum, so the prediction after any prefix is the batch one."""
-    pooling = net.cfg.pooling
-    if pooling == "mean":
-        pool = pool + h.sum(1)
-        return net.decoder(pool / count), pool
-    if pooling == "ema":
-        return ema_head(net, h, pool, count)
-    if pooling == "last":
-        pool = h[:, -1] + 0 * pool  # keeps `pool` an input of an exported graph
-        return net.decoder(pool), pool
-    return net.decoder(h), pool + 0  # an exported output must not alias a graph input
-
-
-def ema_head(net: S4DNetwork, h: torch.Tensor, pool: torch.Tensor, count: torch.Tensor):
-    """Pooling 'ema' over a frame of S steps: p' = a^S p + sum_s (1 - a) a^(S-1-s) h_s, the
-    recurrence p_t = a p_(t-1) + (1 - a) h_t in closed form; the logits see the
-    bias-corrected p' / (1 - a^count) (a mean over the first steps, forgetting with time
-    constant tau later), as S4DNetwork.forward. Coefficients in float64, from log a."""
-    log_a = net.cfg.ema_log_decay
-    powers = torch.exp(
-        torch.arange(h.shape[1], -1, -1, device=h.device, dtype=torch.float64) * log_a
-    )  # a^S, a^(S-1), ..., a^0
-    coef = (powers[1:] * -math.expm1(log_a)).to(h.dtype)  # (1 - a) a^(S-1-s)
-    pool = powers[0].to(h.dtype) * pool + (h * coef.view(1, -1, 1)).sum(1)
-    norm = 1 - torch.exp(count.to(torch.float64) * log_a)  # 1 - a^count, float64
-    return net.decoder(pool / norm.to(h.dtype)), pool
+    features, pool = pool_frame(h, pool, count, net.cfg)
+    return net.decoder(features), pool
 
 
 def choose_block(steps: int, block_size: int | None) -> int:
