@@ -39,13 +39,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_checkpoint
-from .network import S4DNetwork
+from .network import S4DNetwork, run_blocks
 from .pooling import pool_sequence, valid_mask
-from .s4d import causal_conv, mode_powers
+from .s4d import mode_powers
 from .state import STATE_NAMES, zero_state
 from .streaming import NotStreamableError, frame_matrix, pooling_head
 
@@ -111,8 +110,9 @@ class StepGraph(nn.Module):
         steps = frames.shape[1] // p
         h = self.net.embed(frames)  # [B, S', H]
         new_re, new_im = [], []
-        for i, block in enumerate(self.net.blocks):
-            u = block.pre(h).permute(2, 0, 1)  # [H, B, S']
+
+        def core(i, block, u):
+            u = u.permute(2, 0, 1)  # [H, B, S']
             xr = x_re[:, i].transpose(0, 1)  # [H, B, M]
             xi = x_im[:, i].transpose(0, 1)
             # zero padding to S steps as a concat + static-length slice (no zero-size pads:
@@ -126,7 +126,9 @@ class StepGraph(nn.Module):
             ci = self.carry_im[steps, i].unsqueeze(1)
             new_re.append((x_in[..., :m] + cr * xr - ci * xi).transpose(0, 1))
             new_im.append((x_in[..., m:] + ci * xr + cr * xi).transpose(0, 1))
-            h = block.post(h, y.permute(1, 2, 0))
+            return y.permute(1, 2, 0)
+
+        h = run_blocks(self.net.blocks, h, core)
         count = count + steps
         logits, pool = pooling_head(self.net, h, pool, count)
         return logits, torch.stack(new_re, 1), torch.stack(new_im, 1), pool, count
@@ -142,13 +144,11 @@ class BatchGraph(nn.Module):
         super().__init__()
         if max_steps < 1:
             raise ValueError("max_steps must be positive")
-        self.cfg = cfg = network.cfg
+        self.cfg = network.cfg
         self.max_steps = max_steps
         net64 = _frozen_copy(network, torch.float64)
         with torch.no_grad():
             ks = [b.s4d.kernel.kernel(max_steps, torch.float64, block=128) for b in net64.blocks]
-            if cfg.bidirectional:  # backward lags start at 1 (as S4D.forward)
-                ks = [torch.stack([k[0], F.pad(k[1, :, :-1], (1, 0))]) for k in ks]
         self.register_buffer("kernels", torch.stack(ks).float())  # [L, n_k, H, max_steps]
         self.net = _frozen_copy(network, torch.float32)
 
@@ -159,17 +159,8 @@ class BatchGraph(nn.Module):
         steps = h.shape[1]
         n_valid = torch.div(lengths, p, rounding_mode="floor")
         mask = valid_mask(n_valid, steps, h.dtype)  # [B, S, 1]
-        for i, block in enumerate(self.net.blocks):
-            u = block.pre(h)
-            if cfg.bidirectional:
-                u = u * mask
-            v = u.transpose(1, 2)  # [B, H, S]
-            k = self.kernels[i, :, :, :steps]
-            y = causal_conv(v, k[0])
-            if cfg.bidirectional:
-                y = y + causal_conv(v.flip(-1), k[1]).flip(-1)
-            y = y + block.s4d.kernel.d.unsqueeze(-1) * v
-            h = block.post(h, y.transpose(1, 2))
+        kernels = self.kernels
+        h = run_blocks(self.net.blocks, h, lambda i, block, u: block.conv(u, mask, kernels[i]))
         pooled = pool_sequence(h, n_valid, cfg)
         return self.net.decoder(pooled)
 

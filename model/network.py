@@ -35,11 +35,25 @@ class S4DBlock(nn.Module):
         x = x + z
         return x if self.cfg.prenorm else self.norm(x)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        u = self.pre(x)
+    def conv(self, u: torch.Tensor, mask: torch.Tensor | None = None,
+             k: torch.Tensor | None = None) -> torch.Tensor:
+        """The S4D core in convolution form (batch paths); `k` a precomputed kernel."""
         if mask is not None and self.cfg.bidirectional:
             u = u * mask  # padding must not leak backwards in time
-        return self.post(x, self.s4d(u))
+        return self.s4d(u, k)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.post(x, self.conv(self.pre(x), mask))
+
+
+def run_blocks(blocks, h: torch.Tensor, core) -> torch.Tensor:
+    """The residual block loop of every form of the network (batch convolution, chunked frame
+    step, per-sample recurrence, both ONNX graphs): per block, pre (norm) -> S4D core ->
+    post (GELU, GLU, residual, norm). `core(i, block, u)` is the form's S4D core; a form
+    with state keeps it in the closure."""
+    for i, block in enumerate(blocks):
+        h = block.post(h, core(i, block, block.pre(h)))
+    return h
 
 
 class S4DNetwork(nn.Module):
@@ -94,9 +108,7 @@ class S4DNetwork(nn.Module):
         if lengths is not None:
             steps = torch.div(lengths, self.cfg.patch_size, rounding_mode="floor")
             mask = valid_mask(steps.to(h.device), h.shape[1], h.dtype)
-        for block in self.blocks:
-            h = block(h, mask)
-        return h
+        return run_blocks(self.blocks, h, lambda i, block, u: block.conv(u, mask))
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, classes] (mean/last/ema pooling) or [B, steps, classes] (pooling none)."""

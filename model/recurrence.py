@@ -10,7 +10,7 @@ import copy
 
 import torch
 
-from .network import S4DNetwork
+from .network import S4DNetwork, run_blocks
 from .pooling import pool_frame
 from .streaming import NotStreamableError
 
@@ -25,18 +25,15 @@ class PerSampleStepper:
         device = device or next(network.parameters()).device
         self.net = copy.deepcopy(network).eval().to(device=device, dtype=dtype)
         self.dtype = dtype
-        with torch.no_grad():
-            disc = [b.s4d.kernel.discrete(dtype) for b in self.net.blocks]
-        self.da = torch.stack([d[0] for d in disc])  # [layers, H, M]
-        self.db = torch.stack([d[1] for d in disc])
-        self.c = torch.stack([d[3][0] for d in disc])
-        self.d = torch.stack([b.s4d.kernel.d for b in self.net.blocks]).detach()
+        with torch.no_grad():  # (dA, dB, C, D) per layer, once
+            self.params = [b.s4d.step_parameters(dtype) for b in self.net.blocks]
 
     def zero_state(self, batch: int) -> dict[str, torch.Tensor]:
         c = self.cfg
-        dev = self.da.device
+        da = self.params[0][0]
+        dev = da.device
         return {
-            "x": torch.zeros(batch, c.n_layers, c.d_model, c.n_modes, dtype=self.da.dtype, device=dev),
+            "x": torch.zeros(batch, c.n_layers, c.d_model, c.n_modes, dtype=da.dtype, device=dev),
             "pool": torch.zeros(batch, c.d_model, dtype=self.dtype, device=dev),
             "count": torch.zeros(batch, 1, dtype=self.dtype, device=dev),
         }
@@ -49,12 +46,12 @@ class PerSampleStepper:
         pool, count = state["pool"], state["count"]
         outs = []
         for t in range(h_all.shape[1]):
-            h = h_all[:, t]
-            for i, block in enumerate(self.net.blocks):
-                u = block.pre(h)
-                x[:, i] = self.da[i] * x[:, i] + self.db[i] * u.unsqueeze(-1)
-                y = 2 * (self.c[i] * x[:, i]).sum(-1).real + self.d[i] * u
-                h = block.post(h, y)
+
+            def core(i, block, u):
+                y, x[:, i] = block.s4d.step(u, x[:, i], self.params[i])
+                return y
+
+            h = run_blocks(self.net.blocks, h_all[:, t], core)
             count = count + 1
             features, pool = pool_frame(h.unsqueeze(1), pool, count, self.cfg)
             outs.append(features)

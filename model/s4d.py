@@ -199,13 +199,30 @@ class S4D(nn.Module):
         self.cfg = cfg
         self.kernel = S4DKernel(cfg, seed_generator)
 
-    def forward(self, u: torch.Tensor) -> torch.Tensor:
+    def forward(self, u: torch.Tensor, k: torch.Tensor | None = None) -> torch.Tensor:
+        """The convolution form on [B, L, H]; `k` [n_kernels, H, >= L] is a precomputed
+        kernel (the ONNX batch graph's constant), else it is computed here."""
         length = u.shape[1]
         x = u.transpose(1, 2)  # [B, H, L]
-        k = self.kernel.kernel(length, dtype=x.dtype)
+        k = self.kernel.kernel(length, dtype=x.dtype) if k is None else k[..., :length]
         y = causal_conv(x, k[0])
         if self.cfg.bidirectional:
             k_back = F.pad(k[1, :, :-1], (1, 0))  # lags start at 1: no double-counted u_t
             y = y + causal_conv(x.flip(-1), k_back).flip(-1)
         y = y + self.kernel.d.to(x.dtype).unsqueeze(-1) * x
         return y.transpose(1, 2)
+
+    def step_parameters(self, dtype: torch.dtype | None = None):
+        """(dA, dB, C, D) of the recurrence, computed once and passed to `step`."""
+        da, db, _, c = self.kernel.discrete(dtype)
+        return da, db, c[0], self.kernel.d.to(dtype or self.kernel.d.dtype)
+
+    def step(self, u: torch.Tensor, state: torch.Tensor, params=None):
+        """The recurrent form, one step (as the reference S4 code's `step`): u [B, H], complex
+        state x [B, H, M] -> (y [B, H], x'), x' = dA x + dB u, y = 2 Re(C x') + D u.
+        `params` from `step_parameters` saves recomputing the discretization every step."""
+        if self.cfg.bidirectional:
+            raise ValueError("a bidirectional layer has no recurrent step")
+        da, db, c, d = params if params is not None else self.step_parameters(u.dtype)
+        state = da * state + db * u.unsqueeze(-1)
+        return 2 * (c * state).sum(-1).real + d * u, state

@@ -24,7 +24,7 @@ import copy
 import torch
 from torch import nn
 
-from .network import S4DNetwork
+from .network import S4DNetwork, run_blocks
 from .pooling import pool_frame
 from .s4d import mode_powers, vandermonde_kernel
 from .state import (  # noqa: F401 - STATE_NAMES, state_shapes: re-exported (older imports)
@@ -169,8 +169,9 @@ class StreamingNetwork(nn.Module):
         single_gemm = steps == self.steps and self.matrices.numel() and frames.shape[0] < 4
         h = self.net.embed(frames.to(self.dtype))  # [B, S, H]
         new_re, new_im = [], []
-        for i, block in enumerate(self.net.blocks):
-            u = block.pre(h).permute(2, 0, 1)  # [H, B, S]
+
+        def core(i, block, u):
+            u = u.permute(2, 0, 1)  # [H, B, S]
             xr, xi = x_re[:, i].transpose(0, 1), x_im[:, i].transpose(0, 1)  # [H, B, M]
             if single_gemm:
                 y, xr, xi = self._core_full(self.matrices[i], u, xr, xi)
@@ -178,7 +179,9 @@ class StreamingNetwork(nn.Module):
                 y, xr, xi = self._core_blocked(i, u, xr, xi)
             new_re.append(xr.transpose(0, 1))
             new_im.append(xi.transpose(0, 1))
-            h = block.post(h, y.permute(1, 2, 0))
+            return y.permute(1, 2, 0)
+
+        h = run_blocks(self.net.blocks, h, core)
         count = count + steps
         logits, pool = pooling_head(self.net, h, pool, count)
         return logits, torch.stack(new_re, 1), torch.stack(new_im, 1), pool, count
