@@ -103,7 +103,7 @@ class S4DNetwork(nn.Module):
 
     def features(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Per-step features after the last block, [B, steps, H]."""
-        h = self.embed(x)
+        h = self.embed(x).to(x.dtype)  # the residual stream keeps x's dtype under autocast
         mask = None
         if lengths is not None:
             steps = torch.div(lengths, self.cfg.patch_size, rounding_mode="floor")

@@ -26,6 +26,7 @@ from torch import nn
 
 from .network import S4DNetwork, run_blocks
 from .pooling import pool_frame
+from .precision import check_precision, matmul_precision
 from .s4d import mode_powers, vandermonde_kernel
 from .state import (  # noqa: F401 - STATE_NAMES, state_shapes: re-exported (older imports)
     STATE_NAMES,
@@ -96,8 +97,10 @@ class StreamingNetwork(nn.Module):
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
         block_size: int | None = 64,
+        precision: str = "fp32",
     ):
         super().__init__()
+        self.precision = check_precision(precision)
         cfg = network.cfg
         if cfg.bidirectional:
             raise NotStreamableError(
@@ -129,6 +132,10 @@ class StreamingNetwork(nn.Module):
         self.register_buffer("log_da", torch.stack([log_da.real, log_da.imag], 1))
         # a frame of one block also keeps the single full-frame GEMM: cheaper at batch < 4
         self.register_buffer("matrices", (g if b == self.steps else g[:0]).to(dtype))
+        # bf16: the sub-block GEMM matrices once in bfloat16 (the carry stays float32)
+        low = torch.bfloat16 if precision == "bf16" else dtype
+        self.register_buffer("block_in_low", self.block_in.to(low) if low != dtype else g[:0])
+        self.register_buffer("block_out_low", self.block_out.to(low) if low != dtype else g[:0])
         self.net = net.to(dtype)
 
     @property
@@ -163,11 +170,17 @@ class StreamingNetwork(nn.Module):
                 f"a frame has {length} samples; it must be a multiple of patch_size={p} "
                 f"between {p} and frame_size={self.frame_size}"
             )
-        steps = length // p
+        with matmul_precision(self.precision, self.device):
+            return self._forward(frames, x_re, x_im, pool, count)
+
+    def _forward(self, frames, x_re, x_im, pool, count):
+        steps = frames.shape[1] // self.cfg.patch_size
         # sub-blocks: separate GEMMs + an elementwise carry (b + 2N MACs per step and channel);
-        # a full one-block frame at batch < 4 is faster as the single full-frame GEMM
-        single_gemm = steps == self.steps and self.matrices.numel() and frames.shape[0] < 4
-        h = self.net.embed(frames.to(self.dtype))  # [B, S, H]
+        # a full one-block frame at batch < 4 is faster as the single full-frame GEMM (fp32
+        # only: that GEMM holds the carry dA^S, which other modes keep in float32)
+        single_gemm = (steps == self.steps and self.matrices.numel() and frames.shape[0] < 4
+                       and self.precision == "fp32")
+        h = self.net.embed(frames.to(self.dtype)).to(self.dtype)  # [B, S, H]; fp32 under bf16
         new_re, new_im = [], []
 
         def core(i, block, u):
@@ -179,12 +192,12 @@ class StreamingNetwork(nn.Module):
                 y, xr, xi = self._core_blocked(i, u, xr, xi)
             new_re.append(xr.transpose(0, 1))
             new_im.append(xi.transpose(0, 1))
-            return y.permute(1, 2, 0)
+            return y.permute(1, 2, 0).to(self.dtype)
 
         h = run_blocks(self.net.blocks, h, core)
         count = count + steps
         logits, pool = pooling_head(self.net, h, pool, count)
-        return logits, torch.stack(new_re, 1), torch.stack(new_im, 1), pool, count
+        return logits.to(self.dtype), torch.stack(new_re, 1), torch.stack(new_im, 1), pool, count
 
     def _core_full(self, g, u, xr, xi):
         """One GEMM: [u, Re x, Im x] @ G -> [y, Re x', Im x'] ([H, B, *])."""
@@ -201,7 +214,11 @@ class StreamingNetwork(nn.Module):
         ys = []
         if n_blocks:
             full = u[..., : n_blocks * b].reshape(h, batch * n_blocks, b)
-            local = torch.bmm(full, self.block_in[i])  # [H, B*J, b+2M]
+            low = self.block_in_low.numel() > 0
+            if low:  # bf16 operands, float32 results: the carry below stays float32
+                local = torch.bmm(full.to(self.block_in_low.dtype), self.block_in_low[i]).to(u.dtype)
+            else:
+                local = torch.bmm(full, self.block_in[i])  # [H, B*J, b+2M]
             x_in = local[..., b:].reshape(h, batch, n_blocks, 2 * m)
             cr, ci = self.block_carry[i, 0].unsqueeze(1), self.block_carry[i, 1].unsqueeze(1)
             starts = u.new_empty(h, batch, n_blocks, 2 * m)
@@ -213,7 +230,11 @@ class StreamingNetwork(nn.Module):
                     torch.addcmul(x_in[:, :, j, m:], ci, xr).add_(cr * xi),
                 )
             starts = starts.view(h, batch * n_blocks, 2 * m)
-            y = torch.baddbmm(local[..., :b], starts, self.block_out[i])
+            if low:
+                out = self.block_out_low[i]
+                y = local[..., :b] + torch.bmm(starts.to(out.dtype), out).to(u.dtype)
+            else:
+                y = torch.baddbmm(local[..., :b], starts, self.block_out[i])
             ys.append(y.reshape(h, batch, n_blocks * b))
         if r:
             # Toeplitz and C dA^{t+1} columns are leading slices; dA^{r-1-s} dB are the last r
