@@ -176,10 +176,13 @@ class StreamingNetwork(nn.Module):
     def _forward(self, frames, x_re, x_im, pool, count):
         steps = frames.shape[1] // self.cfg.patch_size
         # sub-blocks: separate GEMMs + an elementwise carry (b + 2N MACs per step and channel);
-        # a full one-block frame at batch < 4 is faster as the single full-frame GEMM (fp32
-        # only: that GEMM holds the carry dA^S, which other modes keep in float32)
+        # a full one-block frame at batch < 4 is faster as the single full-frame GEMM (fp32,
+        # and tf32 off CUDA, where it is fp32: that GEMM holds the carry dA^S, which the
+        # other modes keep in float32)
+        exact_carry = self.precision == "fp32" or (self.precision == "tf32"
+                                                   and self.device.type != "cuda")
         single_gemm = (steps == self.steps and self.matrices.numel() and frames.shape[0] < 4
-                       and self.precision == "fp32")
+                       and exact_carry)
         h = self.net.embed(frames.to(self.dtype)).to(self.dtype)  # [B, S, H]; fp32 under bf16
         new_re, new_im = [], []
 

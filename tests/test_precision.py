@@ -38,11 +38,14 @@ def data():
     return torch.randn(4, 5 * FRAME + 10, 1, generator=g)
 
 
-def test_fp32_default_and_cpu_tf32_are_the_same_computation(net, data):
+@pytest.mark.parametrize("batch", [2, 4])  # 2: one-block frames take the single-GEMM path
+def test_fp32_default_and_cpu_tf32_are_the_same_computation(net, data, batch):
+    data = data[:batch]
     cuts = [FRAME, 2 * FRAME, 2 * FRAME + 6, 3 * FRAME + 6, 4 * FRAME + 6, 5 * FRAME + 6, 5 * FRAME + 10]
-    ref, ref_state = run_stream(StreamingNetwork(net, FRAME, block_size=16), data, cuts)
+    block = 16 if batch == 4 else None
+    ref, ref_state = run_stream(StreamingNetwork(net, FRAME, block_size=block), data, cuts)
     for mode in ("fp32", "tf32"):  # tf32 switches CUDA tensor cores only: a no-op here
-        got, state = run_stream(StreamingNetwork(net, FRAME, block_size=16, precision=mode),
+        got, state = run_stream(StreamingNetwork(net, FRAME, block_size=block, precision=mode),
                                 data, cuts)
         assert torch.equal(got, ref)
         assert all(torch.equal(state[k], ref_state[k]) for k in state)
