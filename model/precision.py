@@ -41,7 +41,8 @@ def matmul_precision(mode: str, device: torch.device | str) -> Iterator[None]:
     matmul.allow_tf32 = mode == "tf32" and device.type == "cuda"
     try:
         if mode == "bf16":
-            with torch.autocast(device.type, dtype=torch.bfloat16):
+            # no cast cache: a CUDA graph may be captured inside (torch.cuda.graph's advice)
+            with torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False):
                 yield
         else:
             yield
