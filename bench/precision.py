@@ -188,7 +188,6 @@ def run(args) -> dict:
 
 
 # ---- cards and RESULTS.md ---------------------------------------------------------------------
-BEGIN, END = "<!-- precision:begin -->", "<!-- precision:end -->"
 
 
 def table(rows: list[dict]) -> str:
@@ -200,17 +199,18 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def put_section(path: Path, heading: str, body: str) -> None:
-    """Replace the marked section of `path` (or append it once)."""
+def put_section(path: Path, heading: str, body: str, key: str = "precision") -> None:
+    """Replace the section of `path` marked with `key` (or append it once)."""
+    begin, end = f"<!-- {key}:begin -->", f"<!-- {key}:end -->"
     text = path.read_text()
-    block = f"{BEGIN}\n{heading}\n\n{body}\n{END}"
-    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
+    block = f"{begin}\n{heading}\n\n{body}\n{end}"
+    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else \
         text.rstrip("\n") + "\n\n" + block + "\n"
     path.write_text(text)
 
 
-def report(result: dict, results_md: Path) -> None:
+def report(result: dict, results_md: Path, checkpoints: Path = CHECKPOINTS) -> None:
     """Write the measured tables into every measured checkpoint's CARD.md and RESULTS.md."""
     where = f"{result['device']}, torch {result['torch']}, {result['date']}, `{result['command']}`"
     by_ckpt: dict[str, list[dict]] = {}
@@ -222,7 +222,7 @@ def report(result: dict, results_md: Path) -> None:
         body = (f"Measured on {where}; test split{subset}: {rows[0]['data']}. Float64 accuracy "
                 f"{rows[0]['float64_accuracy']:.2%}. The streaming state stays float32 in every "
                 f"mode.\n\n{table(rows)}")
-        card = CHECKPOINTS / name / "CARD.md"
+        card = checkpoints / name / "CARD.md"
         if card.is_file():
             put_section(card, "## Precision modes (fp32 | tf32 | bf16)", body)
         parts.append(f"### {name}\n\n{table(rows)}")
