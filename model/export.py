@@ -162,7 +162,7 @@ class BatchGraph(nn.Module):
         kernels = self.kernels
         h = run_blocks(self.net.blocks, h, lambda i, block, u: block.conv(u, mask, kernels[i]))
         pooled = pool_sequence(h, n_valid, cfg)
-        return self.net.decoder(pooled)
+        return self.net.decode(pooled)
 
 
 # ---- export -------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .pooling import ema_weights, pool_sequence, valid_mask  # noqa: F401 - ema_weights re-exported
+from .precision import float32_region
 from .s4d import S4D
 
 
@@ -99,11 +100,17 @@ class S4DNetwork(nn.Module):
         b, length, c = x.shape
         steps = length // p
         x = x[:, : steps * p].reshape(b, steps, p * c)
-        return self.encoder(x)
+        with float32_region(x.device.type):  # raw input samples: never bfloat16
+            return self.encoder(x)
+
+    def decode(self, features: torch.Tensor) -> torch.Tensor:
+        """The decoder (logits), in the input's precision even under bf16 autocast."""
+        with float32_region(features.device.type):
+            return self.decoder(features)
 
     def features(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Per-step features after the last block, [B, steps, H]."""
-        h = self.embed(x).to(x.dtype)  # the residual stream keeps x's dtype under autocast
+        h = self.embed(x)
         mask = None
         if lengths is not None:
             steps = torch.div(lengths, self.cfg.patch_size, rounding_mode="floor")
@@ -115,7 +122,7 @@ class S4DNetwork(nn.Module):
         h = self.features(x, lengths)
         pooling = self.cfg.pooling
         if pooling == "none":
-            return self.decoder(h)
+            return self.decode(h)
         steps = h.shape[1]
         if lengths is None:
             n_valid = torch.full((h.shape[0],), steps, device=h.device, dtype=torch.long)
@@ -124,7 +131,7 @@ class S4DNetwork(nn.Module):
         if torch.any(n_valid < 1):
             raise ValueError(f"every sequence needs at least patch_size={self.cfg.patch_size} samples")
         pooled = pool_sequence(h, n_valid, self.cfg)
-        return self.decoder(pooled)
+        return self.decode(pooled)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -56,7 +56,7 @@ class PerSampleStepper:
             features, pool = pool_frame(h.unsqueeze(1), pool, count, self.cfg)
             outs.append(features)
         if self.cfg.pooling == "none":
-            logits = self.net.decoder(torch.cat(outs, 1))
+            logits = self.net.decode(torch.cat(outs, 1))
         else:
-            logits = self.net.decoder(features)
+            logits = self.net.decode(features)
         return logits, {"x": x, "pool": pool, "count": count}

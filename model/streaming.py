@@ -74,7 +74,7 @@ def pooling_head(net: S4DNetwork, h: torch.Tensor, pool: torch.Tensor, count: to
     """(logits, new pool) after a frame's features h [B, S, H]; `count` already includes S.
     Mean pooling is a running sum, so the prediction after any prefix is the batch one."""
     features, pool = pool_frame(h, pool, count, net.cfg)
-    return net.decoder(features), pool
+    return net.decode(features), pool
 
 
 def choose_block(steps: int, block_size: int | None) -> int:
@@ -183,7 +183,7 @@ class StreamingNetwork(nn.Module):
                                                    and self.device.type != "cuda")
         single_gemm = (steps == self.steps and self.matrices.numel() and frames.shape[0] < 4
                        and exact_carry)
-        h = self.net.embed(frames.to(self.dtype)).to(self.dtype)  # [B, S, H]; fp32 under bf16
+        h = self.net.embed(frames.to(self.dtype))  # [B, S, H]
         new_re, new_im = [], []
 
         def core(i, block, u):

@@ -103,7 +103,7 @@ def test_precision_setting_flag_and_torch_backend(tmp_path, monkeypatch, net, da
     args = parser.parse_args(["serve", "--precision", "bf16"])
     settings = settings_from_args(args)
     assert settings.precision == "bf16"
-    monkeypatch.delenv("S4D_PRECISION", raising=False)
+    monkeypatch.setenv("S4D_PRECISION", "fp32")  # recorded: restored (unset) after the test
     export_backend_settings(settings)  # what `s4d serve` does for the engine processes
     assert Settings().precision == "bf16"
     with pytest.raises(SystemExit):
