@@ -27,7 +27,7 @@ start=$(date +%s)
 rc=0
 smoke=(); [ -n "${SMOKE:-}" ] && smoke=(--smoke)
 echo "== step / batch / memory / onnx sections"
-timeout 90 $PY -m bench.gpu10 --out "$R" "${smoke[@]}" 2>&1 | tee "$R/gpu10.log" | cut -c1-240
+timeout 85 $PY -m bench.gpu10 --out "$R" "${smoke[@]}" 2>&1 | tee "$R/gpu10.log" | cut -c1-240
 [ "${PIPESTATUS[0]}" = 0 ] || rc=1
 echo "== precision modes vs float64 on the test splits ($(( $(date +%s) - start )) s so far)"
 if [ -d .cache/gpu10 ] && [ -z "${SMOKE:-}" ]; then
@@ -43,7 +43,7 @@ else
 fi
 echo "== shipped checkpoints: graphed step vs eager vs batch ($(( $(date +%s) - start )) s so far)"
 if [ -z "${SMOKE:-}" ]; then
-  timeout 30 $PY -m bench.gpu_check 2>&1 | tee "$R/gpu_check.log" | cut -c1-240
+  timeout 40 $PY -m bench.gpu_check 2>&1 | tee "$R/gpu_check.log" | cut -c1-240
   [ "${PIPESTATUS[0]}" = 0 ] || rc=1
 fi
 echo "== done in $(( $(date +%s) - start )) s, rc=$rc"
