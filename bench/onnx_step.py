@@ -80,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
 
     from model.checkpoint import load_checkpoint
     from model.export import export_checkpoint
+    from model.state import STATE_NAMES
     from model.streaming import StreamingNetwork
     from server.backends.onnx_backend import choose_providers
 
@@ -122,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
 
         def ort_step(so=so, frames=frames):
             out = sess.run(None, {"frames": frames, **so["state"]})
-            so["state"] = dict(zip(("x_re", "x_im", "pool", "count"), out[1:]))
+            so["state"] = dict(zip(STATE_NAMES, out[1:], strict=True))
             return out[0]
 
         times_o = measure(ort_step, lambda: None, args.min_time, args.min_reps, 100000)

@@ -39,12 +39,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_checkpoint
-from .network import S4DNetwork, ema_weights
-from .streaming import STATE_NAMES, NotStreamableError, frame_matrix, pooling_head
+from .network import S4DNetwork, run_blocks
+from .pooling import pool_sequence, valid_mask
+from .s4d import mode_powers
+from .state import STATE_NAMES, zero_state
+from .streaming import NotStreamableError, frame_matrix, pooling_head
 
 EXPORT_FORMAT = "s4d-onnx/1"
 STEP_FILE = "step.onnx"
@@ -70,29 +72,6 @@ def _frozen_copy(network: S4DNetwork, dtype: torch.dtype) -> S4DNetwork:
     return net
 
 
-def fast_kernel(kernel_module, length: int, block: int = 128) -> torch.Tensor:
-    """K [n_kernels, H, length] in float64, = ``S4DKernel.kernel(length, torch.float64)`` to
-    float64 rounding: dA^(kb+j) = dA^(kb) dA^j turns the Vandermonde product into one batched
-    complex matmul instead of length x M complex exponentials."""
-    _, db, log_da, c = kernel_module.discrete(torch.float64)
-    coef = c * db  # [n_k, H, M]
-    n_blocks = -(-length // block)
-    j = torch.arange(block, dtype=torch.float64)
-    k = torch.arange(n_blocks, dtype=torch.float64) * block
-    inner = torch.exp(log_da.unsqueeze(-1) * j)  # [H, M, block]
-    outer = torch.exp(log_da.unsqueeze(-1) * k)  # [H, M, n_blocks]
-    out = torch.einsum("khn,hnb,hnj->khbj", coef, outer, inner)  # [n_k, H, n_blocks, block]
-    return 2 * out.real.reshape(*out.shape[:2], -1)[..., :length]
-
-
-def _causal_conv(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """y[..., t] = sum_{s<=t} k[..., t-s] u[..., s] (FFT of length 2L, real input/output)."""
-    length = u.shape[-1]
-    n = 2 * length
-    spec = torch.fft.rfft(u, n=n) * torch.fft.rfft(k, n=n)
-    return torch.fft.irfft(spec, n=n)[..., :length]
-
-
 class StepGraph(nn.Module):
     """The frame step for any T' <= frame_size (see the module docstring), real arithmetic."""
 
@@ -111,13 +90,12 @@ class StepGraph(nn.Module):
         net64 = _frozen_copy(network, torch.float64)
         ys, ws, carry_re, carry_im = [], [], [], []
         with torch.no_grad():
-            pos = torch.arange(s + 1, dtype=torch.float64)
             for block in net64.blocks:
                 g = frame_matrix(block.s4d.kernel, s)  # [H, S+2M, S+2M]
                 ys.append(g[:, :, :s])
                 ws.append(g[:, :s, s:])
                 _, _, log_da, _ = block.s4d.kernel.discrete(torch.float64)
-                powers = torch.exp(log_da.unsqueeze(-1) * pos)  # [H, M, S+1], as frame_matrix
+                powers = mode_powers(log_da, s + 1)  # [H, M, S+1], as frame_matrix
                 carry_re.append(powers.real.permute(2, 0, 1))
                 carry_im.append(powers.imag.permute(2, 0, 1))
         self.register_buffer("y_mat", torch.stack(ys).float())  # [L, H, S+2M, S]
@@ -132,8 +110,9 @@ class StepGraph(nn.Module):
         steps = frames.shape[1] // p
         h = self.net.embed(frames)  # [B, S', H]
         new_re, new_im = [], []
-        for i, block in enumerate(self.net.blocks):
-            u = block.pre(h).permute(2, 0, 1)  # [H, B, S']
+
+        def core(i, block, u):
+            u = u.permute(2, 0, 1)  # [H, B, S']
             xr = x_re[:, i].transpose(0, 1)  # [H, B, M]
             xi = x_im[:, i].transpose(0, 1)
             # zero padding to S steps as a concat + static-length slice (no zero-size pads:
@@ -147,16 +126,15 @@ class StepGraph(nn.Module):
             ci = self.carry_im[steps, i].unsqueeze(1)
             new_re.append((x_in[..., :m] + cr * xr - ci * xi).transpose(0, 1))
             new_im.append((x_in[..., m:] + ci * xr + cr * xi).transpose(0, 1))
-            h = block.post(h, y.permute(1, 2, 0))
+            return y.permute(1, 2, 0)
+
+        h = run_blocks(self.net.blocks, h, core)
         count = count + steps
         logits, pool = pooling_head(self.net, h, pool, count)
         return logits, torch.stack(new_re, 1), torch.stack(new_im, 1), pool, count
 
     def zero_state(self, batch: int) -> dict[str, torch.Tensor]:
-        c = self.cfg
-        modes = (batch, c.n_layers, c.d_model, c.n_modes)
-        shapes = {"x_re": modes, "x_im": modes, "pool": (batch, c.d_model), "count": (batch, 1)}
-        return {k: torch.zeros(v) for k, v in shapes.items()}
+        return zero_state(self.cfg, batch)
 
 
 class BatchGraph(nn.Module):
@@ -166,13 +144,11 @@ class BatchGraph(nn.Module):
         super().__init__()
         if max_steps < 1:
             raise ValueError("max_steps must be positive")
-        self.cfg = cfg = network.cfg
+        self.cfg = network.cfg
         self.max_steps = max_steps
         net64 = _frozen_copy(network, torch.float64)
         with torch.no_grad():
-            ks = [fast_kernel(b.s4d.kernel, max_steps) for b in net64.blocks]
-            if cfg.bidirectional:  # backward lags start at 1 (as S4D.forward)
-                ks = [torch.stack([k[0], F.pad(k[1, :, :-1], (1, 0))]) for k in ks]
+            ks = [b.s4d.kernel.kernel(max_steps, torch.float64, block=128) for b in net64.blocks]
         self.register_buffer("kernels", torch.stack(ks).float())  # [L, n_k, H, max_steps]
         self.net = _frozen_copy(network, torch.float32)
 
@@ -182,29 +158,11 @@ class BatchGraph(nn.Module):
         h = self.net.embed(x)  # [B, S, H]
         steps = h.shape[1]
         n_valid = torch.div(lengths, p, rounding_mode="floor")
-        pos = torch.arange(steps, device=h.device)
-        mask = (pos.unsqueeze(0) < n_valid.unsqueeze(1)).unsqueeze(-1).to(h.dtype)  # [B, S, 1]
-        for i, block in enumerate(self.net.blocks):
-            u = block.pre(h)
-            if cfg.bidirectional:
-                u = u * mask
-            v = u.transpose(1, 2)  # [B, H, S]
-            k = self.kernels[i, :, :, :steps]
-            y = _causal_conv(v, k[0])
-            if cfg.bidirectional:
-                y = y + _causal_conv(v.flip(-1), k[1]).flip(-1)
-            y = y + block.s4d.kernel.d.unsqueeze(-1) * v
-            h = block.post(h, y.transpose(1, 2))
-        if cfg.pooling == "none":
-            return self.net.decoder(h)
-        if cfg.pooling == "mean":
-            pooled = (h * mask).sum(1) / n_valid.unsqueeze(-1).to(h.dtype)
-        elif cfg.pooling == "ema":
-            pooled = (h * ema_weights(n_valid, steps, cfg.ema_log_decay, h.dtype)).sum(1)
-        else:
-            idx = (n_valid - 1).clamp(min=0).view(-1, 1, 1).expand(-1, 1, h.shape[2])
-            pooled = torch.gather(h, 1, idx).squeeze(1)
-        return self.net.decoder(pooled)
+        mask = valid_mask(n_valid, steps, h.dtype)  # [B, S, 1]
+        kernels = self.kernels
+        h = run_blocks(self.net.blocks, h, lambda i, block, u: block.conv(u, mask, kernels[i]))
+        pooled = pool_sequence(h, n_valid, cfg)
+        return self.net.decode(pooled)
 
 
 # ---- export -------------------------------------------------------------------------------------

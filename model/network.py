@@ -11,18 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+from .pooling import ema_weights, pool_sequence, valid_mask  # noqa: F401 - ema_weights re-exported
+from .precision import float32_region
 from .s4d import S4D
-
-
-def ema_weights(n_valid: torch.Tensor, steps: int, log_decay: float, dtype: torch.dtype):
-    """[B, S, 1] weights of pooling 'ema' over the first n_valid steps: a^(n-1-s) / sum, in
-    float64 then `dtype`. The weighted sum is the bias-corrected moving average
-    p_(n-1) / (1 - a^n) that the recurrence p_t = a p_(t-1) + (1 - a) h_t reaches after n
-    steps (model/streaming.py), computed directly: exact, no scan."""
-    pos = torch.arange(steps, device=n_valid.device, dtype=torch.float64)
-    age = (n_valid.to(torch.float64).unsqueeze(1) - 1) - pos.unsqueeze(0)  # [B, S]
-    w = torch.where(age >= 0, torch.exp(age.clamp(min=0) * log_decay), torch.zeros_like(age))
-    return (w / w.sum(1, keepdim=True)).unsqueeze(-1).to(dtype)
 
 
 class S4DBlock(nn.Module):
@@ -47,11 +38,25 @@ class S4DBlock(nn.Module):
         x = x + z
         return x if self.cfg.prenorm else self.norm(x)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        u = self.pre(x)
+    def conv(self, u: torch.Tensor, mask: torch.Tensor | None = None,
+             k: torch.Tensor | None = None) -> torch.Tensor:
+        """The S4D core in convolution form (batch paths); `k` a precomputed kernel."""
         if mask is not None and self.cfg.bidirectional:
             u = u * mask  # padding must not leak backwards in time
-        return self.post(x, self.s4d(u))
+        return self.s4d(u, k)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.post(x, self.conv(self.pre(x), mask))
+
+
+def run_blocks(blocks, h: torch.Tensor, core) -> torch.Tensor:
+    """The residual block loop of every form of the network (batch convolution, chunked frame
+    step, per-sample recurrence, both ONNX graphs): per block, pre (norm) -> S4D core ->
+    post (GELU, GLU, residual, norm). `core(i, block, u)` is the form's S4D core; a form
+    with state keeps it in the closure."""
+    for i, block in enumerate(blocks):
+        h = block.post(h, core(i, block, block.pre(h)))
+    return h
 
 
 class S4DNetwork(nn.Module):
@@ -97,7 +102,13 @@ class S4DNetwork(nn.Module):
         b, length, c = x.shape
         steps = length // p
         x = x[:, : steps * p].reshape(b, steps, p * c)
-        return self.encoder(x)
+        with float32_region(x.device.type):  # raw input samples: never bfloat16
+            return self.encoder(x)
+
+    def decode(self, features: torch.Tensor) -> torch.Tensor:
+        """The decoder (logits), in the input's precision even under bf16 autocast."""
+        with float32_region(features.device.type):
+            return self.decoder(features)
 
     def features(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Per-step features after the last block, [B, steps, H]."""
@@ -105,18 +116,15 @@ class S4DNetwork(nn.Module):
         mask = None
         if lengths is not None:
             steps = torch.div(lengths, self.cfg.patch_size, rounding_mode="floor")
-            pos = torch.arange(h.shape[1], device=h.device)
-            mask = (pos.unsqueeze(0) < steps.unsqueeze(1)).unsqueeze(-1).to(h.dtype)
-        for block in self.blocks:
-            h = block(h, mask)
-        return h
+            mask = valid_mask(steps.to(h.device), h.shape[1], h.dtype)
+        return run_blocks(self.blocks, h, lambda i, block, u: block.conv(u, mask))
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, classes] (mean/last/ema pooling) or [B, steps, classes] (pooling none)."""
         h = self.features(x, lengths)
         pooling = self.cfg.pooling
         if pooling == "none":
-            return self.decoder(h)
+            return self.decode(h)
         steps = h.shape[1]
         if lengths is None:
             n_valid = torch.full((h.shape[0],), steps, device=h.device, dtype=torch.long)
@@ -124,15 +132,8 @@ class S4DNetwork(nn.Module):
             n_valid = torch.div(lengths.to(h.device), self.cfg.patch_size, rounding_mode="floor")
         if torch.any(n_valid < 1):
             raise ValueError(f"every sequence needs at least patch_size={self.cfg.patch_size} samples")
-        if pooling == "mean":
-            pos = torch.arange(steps, device=h.device)
-            mask = (pos.unsqueeze(0) < n_valid.unsqueeze(1)).unsqueeze(-1).to(h.dtype)
-            pooled = (h * mask).sum(1) / n_valid.unsqueeze(-1).to(h.dtype)
-        elif pooling == "ema":
-            pooled = (h * ema_weights(n_valid, steps, self.cfg.ema_log_decay, h.dtype)).sum(1)
-        else:
-            pooled = h[torch.arange(h.shape[0], device=h.device), n_valid - 1]
-        return self.decoder(pooled)
+        pooled = pool_sequence(h, n_valid, self.cfg)
+        return self.decode(pooled)
 
     def prefix_logits(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """[B, steps, classes]: row t is the logits of the prediction after the first t + 1

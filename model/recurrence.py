@@ -7,11 +7,11 @@ x_t = dA * x_{t-1} + dB * u_t,   y_t = 2 Re(C . x_t) + D u_t   (complex state pe
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 
-from .network import S4DNetwork
+from .network import S4DNetwork, run_blocks
+from .pooling import pool_frame
 from .streaming import NotStreamableError
 
 
@@ -25,18 +25,15 @@ class PerSampleStepper:
         device = device or next(network.parameters()).device
         self.net = copy.deepcopy(network).eval().to(device=device, dtype=dtype)
         self.dtype = dtype
-        with torch.no_grad():
-            disc = [b.s4d.kernel.discrete(dtype) for b in self.net.blocks]
-        self.da = torch.stack([d[0] for d in disc])  # [layers, H, M]
-        self.db = torch.stack([d[1] for d in disc])
-        self.c = torch.stack([d[3][0] for d in disc])
-        self.d = torch.stack([b.s4d.kernel.d for b in self.net.blocks]).detach()
+        with torch.no_grad():  # (dA, dB, C, D) per layer, once
+            self.params = [b.s4d.step_parameters(dtype) for b in self.net.blocks]
 
     def zero_state(self, batch: int) -> dict[str, torch.Tensor]:
         c = self.cfg
-        dev = self.da.device
+        da = self.params[0][0]
+        dev = da.device
         return {
-            "x": torch.zeros(batch, c.n_layers, c.d_model, c.n_modes, dtype=self.da.dtype, device=dev),
+            "x": torch.zeros(batch, c.n_layers, c.d_model, c.n_modes, dtype=da.dtype, device=dev),
             "pool": torch.zeros(batch, c.d_model, dtype=self.dtype, device=dev),
             "count": torch.zeros(batch, 1, dtype=self.dtype, device=dev),
         }
@@ -49,27 +46,17 @@ class PerSampleStepper:
         pool, count = state["pool"], state["count"]
         outs = []
         for t in range(h_all.shape[1]):
-            h = h_all[:, t]
-            for i, block in enumerate(self.net.blocks):
-                u = block.pre(h)
-                x[:, i] = self.da[i] * x[:, i] + self.db[i] * u.unsqueeze(-1)
-                y = 2 * (self.c[i] * x[:, i]).sum(-1).real + self.d[i] * u
-                h = block.post(h, y)
+
+            def core(i, block, u):
+                y, x[:, i] = block.s4d.step(u, x[:, i], self.params[i])
+                return y
+
+            h = run_blocks(self.net.blocks, h_all[:, t], core)
             count = count + 1
-            if self.cfg.pooling == "mean":
-                pool = pool + h
-            elif self.cfg.pooling == "last":
-                pool = h
-            elif self.cfg.pooling == "ema":
-                a = math.exp(self.cfg.ema_log_decay)
-                pool = a * pool + (1 - a) * h
-            outs.append(h)
-        if self.cfg.pooling == "mean":
-            logits = self.net.decoder(pool / count)
-        elif self.cfg.pooling == "last":
-            logits = self.net.decoder(pool)
-        elif self.cfg.pooling == "ema":
-            logits = self.net.decoder(pool / (1 - torch.exp(count * self.cfg.ema_log_decay)))
+            features, pool = pool_frame(h.unsqueeze(1), pool, count, self.cfg)
+            outs.append(features)
+        if self.cfg.pooling == "none":
+            logits = self.net.decode(torch.cat(outs, 1))
         else:
-            logits = self.net.decoder(torch.stack(outs, 1))
+            logits = self.net.decode(features)
         return logits, {"x": x, "pool": pool, "count": count}

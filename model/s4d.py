@@ -84,14 +84,34 @@ def discretize(dt: torch.Tensor, a: torch.Tensor, b: torch.Tensor, method: str):
     return da, db, log_da
 
 
-def vandermonde_kernel(coef: torch.Tensor, log_da: torch.Tensor, length: int) -> torch.Tensor:
-    """K[..., l] = 2 Re sum_n coef[..., n] exp(l log_da[..., n]), l < length (chunked in l)."""
+def mode_powers(log_da: torch.Tensor, length: int, start: int = 0) -> torch.Tensor:
+    """dA^l = exp(l log dA) for l = start .. start + length - 1: [..., M, length].
+
+    The one place powers of dA are formed: the kernel, the streaming frame matrices and the
+    ONNX carry table all take them from here (so every form holds the same numbers)."""
+    pos = torch.arange(start, start + length, device=log_da.device, dtype=log_da.real.dtype)
+    return torch.exp(log_da.unsqueeze(-1) * pos)
+
+
+def vandermonde_kernel(coef: torch.Tensor, log_da: torch.Tensor, length: int,
+                       block: int | None = None) -> torch.Tensor:
+    """K[..., l] = 2 Re sum_n coef[..., n] dA_n^l for l < length (dA = exp(log_da)).
+
+    Default: dA^l directly, chunked in l (bounded memory). With `block`, the factorisation
+    dA^(kb+j) = dA^(kb) dA^j turns it into one batched complex product of block x M and
+    (length / block) x M powers (far fewer exponentials: long kernels, e.g. the ONNX export's
+    precomputed one; equal to float64 rounding)."""
+    if block:
+        n_blocks = -(-length // block)
+        inner = mode_powers(log_da, block)  # [..., M, block]
+        starts = torch.arange(n_blocks, device=log_da.device, dtype=log_da.real.dtype) * block
+        outer = torch.exp(log_da.unsqueeze(-1) * starts)  # [..., M, n_blocks]: dA^(kb)
+        out = torch.einsum("...n,...nb,...nj->...bj", coef, outer, inner)
+        return 2 * out.real.reshape(*out.shape[:-2], -1)[..., :length]
     out = []
     step = max(1, (1 << 22) // max(1, coef.numel()))
-    real_dtype = coef.real.dtype
     for start in range(0, length, step):
-        pos = torch.arange(start, min(length, start + step), device=coef.device, dtype=real_dtype)
-        vander = torch.exp(log_da.unsqueeze(-1) * pos)  # [..., M, l]
+        vander = mode_powers(log_da, min(length, start + step) - start, start)  # [..., M, l]
         out.append(2 * torch.einsum("...n,...nl->...l", coef, vander).real)
     return torch.cat(out, dim=-1)
 
@@ -164,10 +184,11 @@ class S4DKernel(nn.Module):
         da, db, log_da = discretize(dt, a, b, self.cfg.discretization)
         return da, db, log_da, c
 
-    def kernel(self, length: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+    def kernel(self, length: int, dtype: torch.dtype | None = None,
+               block: int | None = None) -> torch.Tensor:
         """K [n_kernels, H, L]: the Vandermonde product 2 Re sum_n C_n dB_n dA_n^l."""
         da, db, log_da, c = self.discrete(dtype)
-        return vandermonde_kernel(c * db, log_da, length)
+        return vandermonde_kernel(c * db, log_da, length, block)
 
 
 class S4D(nn.Module):
@@ -178,13 +199,30 @@ class S4D(nn.Module):
         self.cfg = cfg
         self.kernel = S4DKernel(cfg, seed_generator)
 
-    def forward(self, u: torch.Tensor) -> torch.Tensor:
+    def forward(self, u: torch.Tensor, k: torch.Tensor | None = None) -> torch.Tensor:
+        """The convolution form on [B, L, H]; `k` [n_kernels, H, >= L] is a precomputed
+        kernel (the ONNX batch graph's constant), else it is computed here."""
         length = u.shape[1]
         x = u.transpose(1, 2)  # [B, H, L]
-        k = self.kernel.kernel(length, dtype=x.dtype)
+        k = self.kernel.kernel(length, dtype=x.dtype) if k is None else k[..., :length]
         y = causal_conv(x, k[0])
         if self.cfg.bidirectional:
             k_back = F.pad(k[1, :, :-1], (1, 0))  # lags start at 1: no double-counted u_t
             y = y + causal_conv(x.flip(-1), k_back).flip(-1)
         y = y + self.kernel.d.to(x.dtype).unsqueeze(-1) * x
         return y.transpose(1, 2)
+
+    def step_parameters(self, dtype: torch.dtype | None = None):
+        """(dA, dB, C, D) of the recurrence, computed once and passed to `step`."""
+        da, db, _, c = self.kernel.discrete(dtype)
+        return da, db, c[0], self.kernel.d.to(dtype or self.kernel.d.dtype)
+
+    def step(self, u: torch.Tensor, state: torch.Tensor, params=None):
+        """The recurrent form, one step (as the reference S4 code's `step`): u [B, H], complex
+        state x [B, H, M] -> (y [B, H], x'), x' = dA x + dB u, y = 2 Re(C x') + D u.
+        `params` from `step_parameters` saves recomputing the discretization every step."""
+        if self.cfg.bidirectional:
+            raise ValueError("a bidirectional layer has no recurrent step")
+        da, db, c, d = params if params is not None else self.step_parameters(u.dtype)
+        state = da * state + db * u.unsqueeze(-1)
+        return 2 * (c * state).sum(-1).real + d * u, state

@@ -20,25 +20,20 @@ so no frame length ever needs matrices built at run time.
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 from torch import nn
 
-from .config import ModelConfig
-from .network import S4DNetwork
-
-STATE_NAMES = ("x_re", "x_im", "pool", "count")
-
-
-def state_shapes(cfg: ModelConfig, batch: int) -> dict[str, tuple[int, ...]]:
-    """Per-session streaming state: S4D modes (real, imaginary) per layer + running pooling."""
-    modes = (batch, cfg.n_layers, cfg.d_model, cfg.n_modes)
-    return {"x_re": modes, "x_im": modes, "pool": (batch, cfg.d_model), "count": (batch, 1)}
-
-
-def state_bytes_per_session(cfg: ModelConfig, itemsize: int = 4) -> int:
-    return itemsize * sum(math.prod(shape[1:]) for shape in state_shapes(cfg, 1).values())
+from .network import S4DNetwork, run_blocks
+from .pooling import pool_frame
+from .precision import check_precision, matmul_precision
+from .s4d import mode_powers, vandermonde_kernel
+from .state import (  # noqa: F401 - STATE_NAMES, state_shapes: re-exported (older imports)
+    STATE_NAMES,
+    state_bytes_per_session,
+    state_shapes,
+    zero_state,
+)
 
 
 class NotStreamableError(ValueError):
@@ -53,9 +48,8 @@ def frame_matrix(kernel_module, steps: int) -> torch.Tensor:
     d = kernel_module.d.detach().to(torch.float64)
     size = steps + 2 * m
     g = torch.zeros(h, size, size, dtype=torch.float64, device=da.device)
-    pos = torch.arange(steps + 1, dtype=torch.float64, device=da.device)
-    powers = torch.exp(log_da.unsqueeze(-1) * pos)  # dA^k, k = 0..S: [H, M, S+1]
-    kern = 2 * torch.einsum("hn,hnl->hl", c * db, powers[..., :steps]).real  # [H, S]
+    powers = mode_powers(log_da, steps + 1)  # dA^k, k = 0..S: [H, M, S+1]
+    kern = vandermonde_kernel(c * db, log_da, steps)  # [H, S]
     ar = torch.arange(steps, device=da.device)
     lag = ar.unsqueeze(1) - ar.unsqueeze(0)  # t - s
     toeplitz = torch.where(lag >= 0, kern[:, lag.clamp(min=0)], torch.zeros((), dtype=kern.dtype))
@@ -79,31 +73,8 @@ def frame_matrix(kernel_module, steps: int) -> torch.Tensor:
 def pooling_head(net: S4DNetwork, h: torch.Tensor, pool: torch.Tensor, count: torch.Tensor):
     """(logits, new pool) after a frame's features h [B, S, H]; `count` already includes S.
     Mean pooling is a running sum, so the prediction after any prefix is the batch one."""
-    pooling = net.cfg.pooling
-    if pooling == "mean":
-        pool = pool + h.sum(1)
-        return net.decoder(pool / count), pool
-    if pooling == "ema":
-        return ema_head(net, h, pool, count)
-    if pooling == "last":
-        pool = h[:, -1] + 0 * pool  # keeps `pool` an input of an exported graph
-        return net.decoder(pool), pool
-    return net.decoder(h), pool + 0  # an exported output must not alias a graph input
-
-
-def ema_head(net: S4DNetwork, h: torch.Tensor, pool: torch.Tensor, count: torch.Tensor):
-    """Pooling 'ema' over a frame of S steps: p' = a^S p + sum_s (1 - a) a^(S-1-s) h_s, the
-    recurrence p_t = a p_(t-1) + (1 - a) h_t in closed form; the logits see the
-    bias-corrected p' / (1 - a^count) (a mean over the first steps, forgetting with time
-    constant tau later), as S4DNetwork.forward. Coefficients in float64, from log a."""
-    log_a = net.cfg.ema_log_decay
-    powers = torch.exp(
-        torch.arange(h.shape[1], -1, -1, device=h.device, dtype=torch.float64) * log_a
-    )  # a^S, a^(S-1), ..., a^0
-    coef = (powers[1:] * -math.expm1(log_a)).to(h.dtype)  # (1 - a) a^(S-1-s)
-    pool = powers[0].to(h.dtype) * pool + (h * coef.view(1, -1, 1)).sum(1)
-    norm = 1 - torch.exp(count.to(torch.float64) * log_a)  # 1 - a^count, float64
-    return net.decoder(pool / norm.to(h.dtype)), pool
+    features, pool = pool_frame(h, pool, count, net.cfg)
+    return net.decode(features), pool
 
 
 def choose_block(steps: int, block_size: int | None) -> int:
@@ -126,8 +97,10 @@ class StreamingNetwork(nn.Module):
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
         block_size: int | None = 64,
+        precision: str = "fp32",
     ):
         super().__init__()
+        self.precision = check_precision(precision)
         cfg = network.cfg
         if cfg.bidirectional:
             raise NotStreamableError(
@@ -159,6 +132,10 @@ class StreamingNetwork(nn.Module):
         self.register_buffer("log_da", torch.stack([log_da.real, log_da.imag], 1))
         # a frame of one block also keeps the single full-frame GEMM: cheaper at batch < 4
         self.register_buffer("matrices", (g if b == self.steps else g[:0]).to(dtype))
+        # bf16: the sub-block GEMM matrices once in bfloat16 (the carry stays float32)
+        low = torch.bfloat16 if precision == "bf16" else dtype
+        self.register_buffer("block_in_low", self.block_in.to(low) if low != dtype else g[:0])
+        self.register_buffer("block_out_low", self.block_out.to(low) if low != dtype else g[:0])
         self.net = net.to(dtype)
 
     @property
@@ -174,10 +151,7 @@ class StreamingNetwork(nn.Module):
         return self.block_in.device
 
     def zero_state(self, batch: int) -> dict[str, torch.Tensor]:
-        return {
-            name: torch.zeros(shape, dtype=self.dtype, device=self.device)
-            for name, shape in state_shapes(self.cfg, batch).items()
-        }
+        return zero_state(self.cfg, batch, self.dtype, self.device)
 
     @property
     def state_bytes_per_session(self) -> int:
@@ -196,14 +170,24 @@ class StreamingNetwork(nn.Module):
                 f"a frame has {length} samples; it must be a multiple of patch_size={p} "
                 f"between {p} and frame_size={self.frame_size}"
             )
-        steps = length // p
+        with matmul_precision(self.precision, self.device):
+            return self._forward(frames, x_re, x_im, pool, count)
+
+    def _forward(self, frames, x_re, x_im, pool, count):
+        steps = frames.shape[1] // self.cfg.patch_size
         # sub-blocks: separate GEMMs + an elementwise carry (b + 2N MACs per step and channel);
-        # a full one-block frame at batch < 4 is faster as the single full-frame GEMM
-        single_gemm = steps == self.steps and self.matrices.numel() and frames.shape[0] < 4
+        # a full one-block frame at batch < 4 is faster as the single full-frame GEMM (fp32,
+        # and tf32 off CUDA, where it is fp32: that GEMM holds the carry dA^S, which the
+        # other modes keep in float32)
+        exact_carry = self.precision == "fp32" or (self.precision == "tf32"
+                                                   and self.device.type != "cuda")
+        single_gemm = (steps == self.steps and self.matrices.numel() and frames.shape[0] < 4
+                       and exact_carry)
         h = self.net.embed(frames.to(self.dtype))  # [B, S, H]
         new_re, new_im = [], []
-        for i, block in enumerate(self.net.blocks):
-            u = block.pre(h).permute(2, 0, 1)  # [H, B, S]
+
+        def core(i, block, u):
+            u = u.permute(2, 0, 1)  # [H, B, S]
             xr, xi = x_re[:, i].transpose(0, 1), x_im[:, i].transpose(0, 1)  # [H, B, M]
             if single_gemm:
                 y, xr, xi = self._core_full(self.matrices[i], u, xr, xi)
@@ -211,10 +195,12 @@ class StreamingNetwork(nn.Module):
                 y, xr, xi = self._core_blocked(i, u, xr, xi)
             new_re.append(xr.transpose(0, 1))
             new_im.append(xi.transpose(0, 1))
-            h = block.post(h, y.permute(1, 2, 0))
+            return y.permute(1, 2, 0).to(self.dtype)
+
+        h = run_blocks(self.net.blocks, h, core)
         count = count + steps
         logits, pool = pooling_head(self.net, h, pool, count)
-        return logits, torch.stack(new_re, 1), torch.stack(new_im, 1), pool, count
+        return logits.to(self.dtype), torch.stack(new_re, 1), torch.stack(new_im, 1), pool, count
 
     def _core_full(self, g, u, xr, xi):
         """One GEMM: [u, Re x, Im x] @ G -> [y, Re x', Im x'] ([H, B, *])."""
@@ -231,7 +217,11 @@ class StreamingNetwork(nn.Module):
         ys = []
         if n_blocks:
             full = u[..., : n_blocks * b].reshape(h, batch * n_blocks, b)
-            local = torch.bmm(full, self.block_in[i])  # [H, B*J, b+2M]
+            low = self.block_in_low.numel() > 0
+            if low:  # bf16 operands, float32 results: the carry below stays float32
+                local = torch.bmm(full.to(self.block_in_low.dtype), self.block_in_low[i]).to(u.dtype)
+            else:
+                local = torch.bmm(full, self.block_in[i])  # [H, B*J, b+2M]
             x_in = local[..., b:].reshape(h, batch, n_blocks, 2 * m)
             cr, ci = self.block_carry[i, 0].unsqueeze(1), self.block_carry[i, 1].unsqueeze(1)
             starts = u.new_empty(h, batch, n_blocks, 2 * m)
@@ -243,7 +233,11 @@ class StreamingNetwork(nn.Module):
                     torch.addcmul(x_in[:, :, j, m:], ci, xr).add_(cr * xi),
                 )
             starts = starts.view(h, batch * n_blocks, 2 * m)
-            y = torch.baddbmm(local[..., :b], starts, self.block_out[i])
+            if low:
+                out = self.block_out_low[i]
+                y = local[..., :b] + torch.bmm(starts.to(out.dtype), out).to(u.dtype)
+            else:
+                y = torch.baddbmm(local[..., :b], starts, self.block_out[i])
             ys.append(y.reshape(h, batch, n_blocks * b))
         if r:
             # Toeplitz and C dA^{t+1} columns are leading slices; dA^{r-1-s} dB are the last r

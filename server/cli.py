@@ -72,11 +72,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def export_backend_settings(settings) -> None:
-    """Backends read their own knobs through Settings() (S4D_ONNX_*); a flag given on the
+    """Backends read their own knobs through Settings() (S4D_ONNX_*, S4D_PRECISION); a flag given on the
     command line must reach them, and the engine processes that inherit this environment."""
     import os
 
-    for field in ("onnx_threads", "onnx_cache"):
+    for field in ("onnx_threads", "onnx_cache", "precision", "onnx_device_state"):
         value = getattr(settings, field)
         if value is not None:
             os.environ[f"S4D_{field.upper()}"] = str(value)

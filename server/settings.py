@@ -150,9 +150,15 @@ class Settings(BaseSettings):
         "leaving one core to the event loop; oversubscribed thread pools stall every op)",
     )
 
+    precision: Literal["fp32", "tf32", "bf16"] = Field(
+        "fp32", description="matrix-product precision of the torch backend: fp32 (exact) | "
+        "tf32 (CUDA tensor cores; same as fp32 on a CPU) | bf16; streaming state stays float32")
     onnx_threads: int | None = Field(
         None, ge=1, description="intra-op threads of ONNX Runtime sessions (default: "
         "compute_threads)")
+    onnx_device_state: bool | None = Field(
+        None, description="ONNX Runtime streaming state stays on the execution device between "
+        "steps (IOBinding, no host copies per step); default: on with CUDA, off on the CPU")
     onnx_cache: Path | None = Field(
         None, description="cache of exported ONNX graphs (default ~/.cache/s4d-serve/onnx)")
 

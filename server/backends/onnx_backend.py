@@ -13,8 +13,14 @@ Where the graphs come from, at load:
    lock); a cache entry that fails verification is exported again.
 
 Provider: ``CUDAExecutionProvider`` when the device is not "cpu", onnxruntime-gpu is installed
-and the provider actually initialises; otherwise ``CPUExecutionProvider``. State lives in host
-NumPy arrays (``NumpySlabStorage``).
+and the provider actually initialises; otherwise ``CPUExecutionProvider``.
+
+Where the streaming state lives (``S4D_ONNX_DEVICE_STATE``): host NumPy arrays
+(``NumpySlabStorage``, fed through ``session.run``: on CUDA every step copies the whole state
+host -> device -> host), or device-resident torch tensors (``TorchSlabStorage`` on the
+provider's device) bound to the step graph's inputs and outputs with IOBinding, so a step
+moves only the frames in and the logits out. Default: device-resident with CUDA, host arrays
+on the CPU; both are the same graph and give the same numbers.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from model.state import STATE_NAMES, state_row_shapes
 from server.backends.base import Backend, BackendError, ModelMetadata, State, register_backend
 from server.slab import NumpySlabStorage
 
@@ -44,13 +51,21 @@ def cache_root() -> Path:
     return Path(base) / "s4d-serve" / "onnx"
 
 
-def choose_providers(device: str) -> list:
-    """CUDA (TF32 off: its 10-bit mantissa would break float32 exactness) else CPU."""
+def choose_providers(device: str, *, tf32: bool = False, torch_stream: bool = False) -> list:
+    """CUDA else CPU. TF32 off unless asked for (``--precision tf32``: its 10-bit mantissa
+    breaks float32 exactness); `torch_stream`: run on torch's current CUDA stream (the
+    device-resident state path hands torch tensors to the graph)."""
     import onnxruntime as ort
 
     available = ort.get_available_providers()
     if device != "cpu" and "CUDAExecutionProvider" in available:
-        return [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]
+        options = {"use_tf32": "1" if tf32 else "0"}
+        if torch_stream:
+            import torch
+
+            options["user_compute_stream"] = str(torch.cuda.current_stream().cuda_stream)
+            options["has_user_compute_stream"] = "1"
+        return [("CUDAExecutionProvider", options), "CPUExecutionProvider"]
     if device == "cuda":
         log.warning("device=cuda but onnxruntime has no CUDAExecutionProvider (available: %s); "
                     "install onnxruntime-gpu. Using the CPU.", available)
@@ -65,8 +80,16 @@ def _dims(value_info) -> list:
 class OnnxBackend(Backend):
     name = "onnxruntime"
 
-    def __init__(self, step_session, batch_session, info, config, metadata: ModelMetadata):
+    def __init__(self, step_session, batch_session, info, config, metadata: ModelMetadata,
+                 device_state: bool = False):
         self.step_session = step_session
+        #: state as torch tensors on the provider's device, bound with IOBinding (else NumPy)
+        self.device_state = bool(device_state and step_session is not None)
+        self._bound = None
+        if self.device_state:
+            from server.backends.ort_binding import BoundStep
+
+            self._bound = BoundStep(step_session, config.model, metadata.device)
         self.batch_session = batch_session
         self.info = info
         self.config = config
@@ -74,9 +97,7 @@ class OnnxBackend(Backend):
         self.max_steps = int(info.max_steps)
         self._state_shapes = None
         if step_session is not None:
-            m = config.model
-            modes = (m.n_layers, m.d_model, m.n_modes)
-            self._state_shapes = {"x_re": modes, "x_im": modes, "pool": (m.d_model,), "count": (1,)}
+            self._state_shapes = state_row_shapes(config.model)
 
     # ---- loading ------------------------------------------------------------------------------
     @classmethod
@@ -141,12 +162,15 @@ class OnnxBackend(Backend):
 
         from server.settings import Settings
 
-        providers = choose_providers(device)
+        settings = Settings()
+        wanted = settings.onnx_device_state
+        providers = choose_providers(device, tf32=settings.precision == "tf32",
+                                     torch_stream=device != "cpu" and wanted is not False)
 
         def session(path: Path):
             opts = ort.SessionOptions()
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            threads = Settings().onnx_threads  # S4D_ONNX_THREADS (default: compute_threads)
+            threads = settings.onnx_threads  # S4D_ONNX_THREADS (default: compute_threads)
             if threads:
                 opts.intra_op_num_threads = threads
             try:
@@ -160,19 +184,21 @@ class OnnxBackend(Backend):
         cls._check_signature(batch, info.batch_path, {
             "x": [None, None, m.d_input], "lengths": [None]}, m)
         if step is not None:
-            modes = [None, m.n_layers, m.d_model, m.n_modes]
+            state = {k: [None, *v] for k, v in state_row_shapes(m).items()}
             cls._check_signature(step, info.step_path, {
-                "frames": [None, None, m.d_input], "x_re": modes, "x_im": modes,
-                "pool": [None, m.d_model], "count": [None, 1]}, m)
+                "frames": [None, None, m.d_input], **state}, m)
         used = (step or batch).get_providers()
         dev = "cuda" if used and used[0] == "CUDAExecutionProvider" else "cpu"
+        device_state = settings.onnx_device_state
+        device_state = dev == "cuda" if device_state is None else device_state
         meta = ModelMetadata.from_checkpoint(
             name, config, frame_size=int(info.frame_size), streamable=step is not None,
             parameters=int(info.manifest.get("parameters", 0)), backend=cls.name, device=dev,
             extra={"onnx_dir": str(info.directory), "providers": used,
+                   "device_state": bool(device_state and step is not None),
                    "max_batch_samples": int(info.max_steps) * int(m.patch_size)},
         )
-        return cls(step, batch, info, config, meta)
+        return cls(step, batch, info, config, meta, device_state=device_state)
 
     @staticmethod
     def _check_signature(sess, path: Path, expected: dict[str, list], mcfg) -> None:
@@ -224,7 +250,7 @@ class OnnxBackend(Backend):
             for n in np.unique(chunk[chunk > 0]):
                 rows = np.nonzero(chunk == n)[0]
                 sub = {name: a[rows] for name, a in state.items()}
-                logits, new = self.step(x[rows, pos : pos + n], sub)
+                logits, new = self._step_host(x[rows, pos : pos + n], sub)
                 for name in state:
                     state[name][rows] = new[name]
                 if per_step:
@@ -234,21 +260,30 @@ class OnnxBackend(Backend):
             pos += t
         return out
 
-    def new_slab(self, max_sessions: int) -> NumpySlabStorage:
+    def new_slab(self, max_sessions: int):
         if self.step_session is None:
             raise BackendError(f"model {self.metadata.name} is not streamable")
+        if self._bound is not None:
+            return self._bound.new_slab(max_sessions)
         template = {k: np.zeros((1, *s), np.float32) for k, s in self._state_shapes.items()}
         return NumpySlabStorage(template, max_sessions)
 
     def step(self, frames: np.ndarray, state: State) -> tuple[np.ndarray, State]:
         if self.step_session is None:
             raise BackendError(f"model {self.metadata.name} is not streamable")
+        if self._bound is not None:
+            return self._bound(frames, state)
+        return self._step_host(frames, state)
+
+    def _step_host(self, frames: np.ndarray, state: State) -> tuple[np.ndarray, State]:
+        """``session.run`` on host NumPy arrays (state copied in and out every step)."""
         feed = {"frames": np.ascontiguousarray(frames, dtype=np.float32)}
-        for k in ("x_re", "x_im", "pool", "count"):
+        for k in STATE_NAMES:
             feed[k] = np.ascontiguousarray(state[k], dtype=np.float32)
-        logits, x_re, x_im, pool, count = self.step_session.run(None, feed)
-        return logits, {"x_re": x_re, "x_im": x_im, "pool": pool, "count": count}
+        logits, *new = self.step_session.run(None, feed)
+        return logits, dict(zip(STATE_NAMES, new, strict=True))
 
     def close(self) -> None:
+        self._bound = None
         self.step_session = None
         self.batch_session = None

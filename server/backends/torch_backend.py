@@ -2,6 +2,9 @@
 
 Everything runs under `torch.inference_mode()`: the state slab is updated in place, and under
 autograd every frame would be chained into one ever-growing graph.
+
+Precision (`S4D_PRECISION`, `--precision`): fp32 (default, exact) | tf32 | bf16 for both
+paths (model/precision.py); the streaming state is float32 in every mode.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from model.precision import matmul_precision
 from server.backends.base import Backend, BackendError, ModelMetadata, State, register_backend
 from server.slab import TorchSlabStorage
 
@@ -26,7 +30,9 @@ class TorchBackend(Backend):
     #: capture CUDA graphs of the streaming step (set False to compare with eager steps)
     cuda_graphs = True
 
-    def __init__(self, network, streaming, config, metadata: ModelMetadata, device: torch.device):
+    def __init__(self, network, streaming, config, metadata: ModelMetadata, device: torch.device,
+                 precision: str = "fp32"):
+        self.precision = precision
         self.network = network
         self.streaming = streaming
         self.config = config
@@ -43,7 +49,9 @@ class TorchBackend(Backend):
     def load(cls, checkpoint_dir: Path, device: str, *, name: str | None = None) -> TorchBackend:
         from model.checkpoint import load_checkpoint
         from model.streaming import NotStreamableError, StreamingNetwork
+        from server.settings import Settings
 
+        precision = Settings().precision  # S4D_PRECISION (the CLI flag exports it)
         checkpoint_dir = Path(checkpoint_dir)
         dev = torch.device(device)
         network, config = load_checkpoint(checkpoint_dir, device=str(dev), dtype=torch.float32)
@@ -52,7 +60,8 @@ class TorchBackend(Backend):
         frame_size = int(config.task.frame_size)
         streaming = None
         try:
-            streaming = StreamingNetwork(network, frame_size, dtype=torch.float32, device=dev)
+            streaming = StreamingNetwork(network, frame_size, dtype=torch.float32, device=dev,
+                                         precision=precision)
             streaming.eval()
         except NotStreamableError as exc:
             log.info("model %s is batch-only: %s", name or checkpoint_dir.name, exc)
@@ -62,15 +71,16 @@ class TorchBackend(Backend):
             name or checkpoint_dir.name, config, frame_size=frame_size,
             streamable=streaming is not None,
             parameters=sum(p.numel() for p in network.parameters()),
-            backend=cls.name, device=str(dev),
+            backend=cls.name, device=str(dev), extra={"precision": precision},
         )
-        return cls(network, streaming, config, meta, dev)
+        return cls(network, streaming, config, meta, dev, precision)
 
     def predict(self, batch: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
             n = torch.from_numpy(np.asarray(lengths, dtype=np.int64)).to(self.device)
-            logits = self.network(x, n)
+            with matmul_precision(self.precision, self.device):
+                logits = self.network(x, n)
             return logits.float().cpu().numpy()
 
     def predict_frames(self, batch: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
@@ -108,7 +118,8 @@ class TorchBackend(Backend):
             if long is None or long.frame_size < usable:
                 frame = max(usable, self.chunk_samples) // patch * patch
                 long = self._long = StreamingNetwork(self.network, frame, dtype=torch.float32,
-                                                     device=self.device).eval()
+                                                     device=self.device,
+                                                     precision=self.precision).eval()
             if state is None:
                 state = long.zero_state(1)
             x = torch.from_numpy(np.ascontiguousarray(seq[:usable], np.float32)[None])
