@@ -315,7 +315,7 @@ def test_lane_stream_steps_go_first_but_batch_is_not_starved():
     asyncio.run(main())
 
 
-def test_a_round_steps_every_complete_frame_and_backlogs_catch_up():
+def test_rounds_step_full_frames_and_backlogs_catch_up_back_to_back():
     async def main():
         be = FakeBackend()
         me, sink, lane = make_engine(be, capacity=2)  # loop not started: rounds by hand
@@ -324,7 +324,9 @@ def test_a_round_steps_every_complete_frame_and_backlogs_catch_up():
         slots = np.array([a["slot"], b["slot"]])
         gens = np.array([a["gen"], b["gen"]])
         push(me, slots, gens, np.array([27, 8]), np.ones((35, 1), np.float32))
-        assert await me._round()  # one round: a is 3 frames behind, b one
+        assert await me._round()  # a round steps everyone with a full frame once
+        assert [tuple(s) for s in be.steps] == [(2, 8)]
+        await me._drain()  # then rounds back to back: a was 3 frames behind
         assert [tuple(s) for s in be.steps] == [(2, 8), (1, 8), (1, 8)]
         assert me.buffers.consumed[slots].tolist() == [24, 8]
         assert not await me._round()  # 3 samples left: less than a frame

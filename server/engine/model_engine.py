@@ -366,18 +366,24 @@ class ModelEngine:
             self._wake.clear()
             last = loop.time()
             try:
-                if not await self._round():
-                    self.lane.release()
+                await self._drain()
             except asyncio.CancelledError:
                 raise
             except Exception:  # never let the loop die
                 log.exception("engine %s: unexpected error in the stream loop", self.name)
 
-    async def _round(self) -> bool:
-        """Step every frame that is complete now (and finish flushes); False if none was.
+    async def _drain(self) -> None:
+        """Rounds back to back while any session has a full frame: a busy device batches by
+        itself (frames that arrive during a step join the next), and a session behind by k
+        frames steps in k rounds together with whoever else is ready (measured: stepping
+        backlogs in separate passes split the batches and fell behind on 2 CPU cores)."""
+        while not self._stopping:
+            if not await self._round():
+                self.lane.release()
+                return
 
-        A session behind by k frames runs k steps in this round (catching up never waits for
-        the pacer); frames completed meanwhile wait for the next round."""
+    async def _round(self) -> bool:
+        """Step every session with a full frame once (and finish flushes); False if none."""
         b = self.buffers
         slots = self.by_slot.array()
         avail = b.available(slots)
@@ -387,18 +393,11 @@ class ModelEngine:
         if rnd.empty:
             return False
         self.lane.hold()  # our next step follows right after this one
-        full = rnd.full
-        due, gens = b.available(full) // self.frame, b.gen[full]
-        passes = 0
-        while len(full) and not self._stopping:
-            await self._step(full, self.frame)
-            passes += 1
-            keep = (due > passes) & (b.gen[full] == gens)  # closed meanwhile: no more steps
-            full, due, gens = full[keep], due[keep], gens[keep]
+        if len(rnd.full):
+            await self._step(rnd.full, self.frame)
         for length, group in rnd.partial.items():
             await self._step(group, length)
         await self._finish_flushes(rnd.finished)
-        self._wake.set()  # look again after the interval: more may have come meanwhile
         return True
 
     async def _finish_flushes(self, slots: np.ndarray) -> None:
