@@ -178,7 +178,7 @@ Keyword spotting on raw 16 kHz audio: 10 keywords + unknown + silence, 1 s windo
 {model_lines(cfg, metrics, "16 samples (1 ms) per step, so 1 s is 1,000 steps; the 320-sample frame is 20 steps.")}
 
 ## Results (best-on-validation weights; test sets selected nothing)
-- Test accuracy (test voices of all three engines): **{pct(acc)}** on n={metrics['n_test']} (validation {pct(metrics['val_accuracy'])}). Target >= 95 %: {met(acc, 0.95)}.
+- Test accuracy (test voices of all three engines): **{100 * acc:.2f} %** on n={metrics['n_test']} (validation {pct(metrics['val_accuracy'])}). Target >= 95 %: {met(acc, 0.95)}.
 - Expected calibration error on the test split (15 equal-width bins, `model/evaluation.py`): **{metrics['test_ece']:.3f}**.
 
 Per engine (test voices):
@@ -243,7 +243,7 @@ Rhythm class of a 10 s single-lead ECG at 250 Hz **in millivolts** (brady, norma
 {model_lines(cfg, metrics, "5 samples (20 ms) per step, so 10 s is 500 steps; the 250-sample frame is 50 steps.")}
 
 ## Results (best-on-validation weights; test sets selected nothing)
-- Template test split: **{pct(metrics['test_accuracy'])}** on n={metrics['n_test']} (validation {pct(metrics['val_accuracy'])}); ECE **{metrics['test_ece']:.3f}**.
+- Template test split: **{100 * metrics['test_accuracy']:.2f} %** on n={metrics['n_test']} (validation {pct(metrics['val_accuracy'])}); ECE **{metrics['test_ece']:.3f}**.
 - Shifted test set (other generator): **{pct(shift['accuracy'])}** on n={shift['n']}, ECE {shift['ece']:.3f}. Target >= 95 %: {met(shift['accuracy'], 0.95)}.
 - MIT-BIH 208 (5 min, 30 windows of 10 s): the model's brady / normal-or-other / tachy call agrees with the R-peak detector's band (neurokit2 `ecg_peaks`, < 60 / 60-100 / > 100 bpm) in **{pct(mit['agreement'])}** of windows (target >= 90 %: {met(mit['agreement'], 0.9)}); {pct(mit['agreement_excluding_95_105_bpm'])} of the windows whose detector rate is outside 95-105 bpm. Many windows of this excerpt sit at 95-105 bpm, on the normal/tachy boundary, and the record is rich in premature ventricular beats (wide complexes), which the detector counts as beats.
 
