@@ -320,7 +320,9 @@ def candidate_section(model: str, shipped: dict, cand: dict, compare: dict) -> s
     t = cand["training"]
     keys = (("template_test", "shift", "v1_test") if model == "ecg" else
             tuple(f"test_{e}" for e in ENGINES) + ("own_test", "noise"))
-    rows = [[k.replace("_", " "), pct(shipped["sets"][k]["accuracy"]),
+    label = {"noise": "noise only (share called silence)", "own_test": "own espeak-ng test split",
+             "shift": "shifted set", "v1_test": "v1 test split", "template_test": "template test"}
+    rows = [[label.get(k, k.replace("_", " ")), pct(shipped["sets"][k]["accuracy"]),
              pct(cand["sets"][k]["accuracy"]), f"{shipped['sets'][k]['ece']:.3f}",
              f"{cand['sets'][k]['ece']:.3f}"] for k in keys]
     rows.insert(0, ["validation split the candidate chose its epoch on",
@@ -345,10 +347,15 @@ def candidate_section(model: str, shipped: dict, cand: dict, compare: dict) -> s
                  f"candidate's answers as implausible for this record (sinus rhythm with "
                  f"premature ventricular beats, not AF).\n")
     return f"""## CPU retraining tried, not shipped
-Candidate: `{t['command']}` (fine-tuned from this checkpoint, `init_from`; {t['n_train']:,} training windows, {len(cand['train_metrics'].get('history', [])) or t['epochs']} epochs planned, best validation epoch {cand['train_metrics']['best_epoch']}; {cand['train_metrics']['train_wall_s']} s of training on {cand['train_metrics']['hardware']}, a shared 2-core machine, at reduced scale because the session's GPU budget was spent). Evaluated once with `python scripts/eval_data13.py --models {model} --{model} RUN` (`bench/model_eval/{model}-s4d-cpu-ft.json`) and compared on validation with `--compare-val RUN` (`bench/model_eval/{model}-s4d-val-compare.json`). The candidate's weights are not in the repository.
+Candidate: `{t['command']}` (fine-tuned from this checkpoint, `init_from`; {t['n_train']:,} training {'windows' if model == 'ecg' else 'clips (' + ', '.join(ENGINE_NAMES[e] for e in t.get('engines', ENGINES)) + ')'}, {t['epochs']} epochs planned, {t.get('epochs_fitted_to_deadline') or cand['train_metrics'].get('epochs_completed')} run, best validation epoch {cand['train_metrics']['best_epoch']}; {cand['train_metrics']['train_wall_s']} s of training on {cand['train_metrics']['hardware']}, a shared 2-core machine, at reduced scale because the session's GPU budget was spent). Evaluated once with `python scripts/eval_data13.py --models {model} --{model} RUN` (`bench/model_eval/{model}-s4d-cpu-ft.json`) and compared on validation with `--compare-val RUN` (`bench/model_eval/{model}-s4d-val-compare.json`). The candidate's weights are not in the repository.
 
 {table(['set', 'shipped', 'candidate', 'ECE shipped', 'ECE candidate'], rows)}
-{extra}{ECG_VERDICT if model == "ecg" else ""}"""
+{extra}{ECG_VERDICT if model == "ecg" else KWS_VERDICT.format(n=cand['train_metrics'].get('epochs_completed'))}"""
+
+
+KWS_VERDICT = """
+Not shipped: on the validation split it chose its epoch on (espeak-ng and flite validation voices; festival has no validation voice) it is below the shipped model, and validation is the only selection rule here; what it gains on the test voices of other engines selects nothing. {n} epochs of CPU fine-tuning are far from the planned GPU recipe (5,000 clips per engine, up to 24 epochs).
+"""
 
 
 ECG_VERDICT = """
