@@ -297,6 +297,7 @@ def train(
     log=print,
     stop_after: int | None = None,
     deadline: float | None = None,
+    init_from: str | Path | None = None,
 ) -> dict:
     """Train, keep the best checkpoint in `out`, evaluate it on the test split; return metrics.
 
@@ -305,7 +306,9 @@ def train(
     to a time box: after the first epoch, the epoch count (and the cosine's end with it) is cut
     to what fits by then at that epoch's pace, and training also stops after the last epoch
     expected to finish in time; the best checkpoint is still evaluated on the test split (the
-    metrics record `epochs_completed`).
+    metrics record `epochs_completed`). `init_from` (a checkpoint folder) fine-tunes: the network
+    starts from its weights and keeps its architecture and input normalisation (the encoder's
+    weights were learned against that scaling); the optimizer and schedule start fresh.
     """
     out = Path(out)
     dev = torch.device(device)
@@ -324,6 +327,12 @@ def train(
             shutil.copytree(resume, out, dirs_exist_ok=True)
         resume = out
         net, config = load_checkpoint(out / "last", device=dev)
+        net.train()
+    elif init_from is not None:
+        net, config = load_checkpoint(init_from, device=dev)
+        if config.model.d_output != n_classes:
+            raise ValueError(f"{init_from} has {config.model.d_output} outputs, task {n_classes}")
+        config = config.model_copy(update={"training": {}, "metrics": {}})
         net.train()
     else:
         config = build_config(preset, init, n_classes, input_stats(preset.task, train_set))
@@ -350,7 +359,8 @@ def train(
         log(f"resumed from {resume}/last at epoch {start_epoch} (best val acc {best_acc:.4f})")
     recipe = dict(asdict(preset), init=config.model.init, seed=seed, device=str(dev),
                   optimizer="AdamW(betas=0.9,0.98)", schedule=f"linear warmup {warmup} steps + cosine to 0",
-                  steps=total_steps, command=command)  # fmt: skip
+                  steps=total_steps, command=command,
+                  init_from=None if init_from is None else str(init_from))  # fmt: skip
     log(f"{preset.task}: {net.num_parameters():,} parameters, train/val/test "
         f"{len(train_set)}/{len(val_set)}/{len(test_set)}, {steps_per_epoch} steps/epoch")  # fmt: skip
 

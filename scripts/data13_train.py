@@ -55,7 +55,8 @@ def prep_kws(args) -> None:
     from model.data import kws_mix
     from model.data.kws_bank import load_bank
 
-    n = sizes(args.smoke)
+    n = dict(sizes(args.smoke))
+    n.update({k: v for k, v in (("kws_train", args.n_train), ("kws_val", args.n_val)) if v})
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     rows = load_bank(Path(args.bank))
@@ -140,15 +141,23 @@ def run_kws(args) -> None:
         "test": _split(*_concat(work, [f"test_{e}" for e in ENGINES] if held is None
                                 else [f"heldout_{held}"])),
     }
-    overrides = dict(epochs=n["kws_epochs"], n_train=len(data["train"]), n_val=len(data["val"]),
-                     n_test=len(data["test"]), shift_augment=0)
-    if args.smoke:
+    overrides = dict(epochs=args.epochs or n["kws_epochs"], n_train=len(data["train"]),
+                     n_val=len(data["val"]), n_test=len(data["test"]), shift_augment=0,
+                     lr=args.lr, warmup_epochs=args.warmup_epochs)
+    if args.smoke and not args.init_from:
         overrides.update(SMOKE_MODEL)
     preset = PRESETS["kws"].with_overrides(**overrides)
-    out = Path(args.out) / f"kws-{args.run}"
-    command = f"bash scripts/gpu_train_data13.sh   # scripts/data13_train.py kws --run {args.run}"
+    out = Path(args.out) / (args.run_name or f"kws-{args.run}")
+    command = (f"bash scripts/gpu_train_data13.sh   # scripts/data13_train.py kws --run {args.run}"
+               if args.device == "cuda" else "python " + " ".join(sys.argv))
     metrics = train(preset, out, device=args.device, data=data, progress=False, command=command,
-                    deadline=args.deadline, seed=0)
+                    deadline=args.deadline, seed=0, init_from=args.init_from)
+    cfg_path = out / "config.json"  # which engines it heard (the cards and eval read this)
+    cfg = json.loads(cfg_path.read_text())
+    cfg["training"]["engines"] = engines
+    cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
+    if args.skip_extra:  # scripts/eval_data13.py measures phrases / noise / engines instead
+        return
     net, config = load_checkpoint(out, device=torch.device(args.device))
     sets = {"phrases": _concat(work, [f"phrases_{e}" for e in ([held] if held else ENGINES)]),
             "noise": _load(work, "noise")}
@@ -177,20 +186,24 @@ def run_ecg(args) -> None:
 
     n = sizes(args.smoke)
     t0 = time.time()
+    for split in ("train", "val"):  # CPU runs at reduced scale (--n-train / --n-val)
+        n = dict(n, **{f"ecg_{split}": getattr(args, f"n_{split}") or n[f"ecg_{split}"]})
     data = {split: _split(*ecg.generate_template(split, n[f"ecg_{split}"], seed=0,
                                                  workers=args.workers))
             for split in ("train", "val", "test")}
     gen_s = time.time() - t0
     print(f"ecg: generated {[len(v) for v in data.values()]} windows in {gen_s:.0f}s", flush=True)
-    overrides = dict(epochs=n["ecg_epochs"], n_train=len(data["train"]), n_val=len(data["val"]),
-                     n_test=len(data["test"]), batch_size=64)
-    if args.smoke:
+    overrides = dict(epochs=args.epochs or n["ecg_epochs"], n_train=len(data["train"]),
+                     n_val=len(data["val"]), n_test=len(data["test"]), batch_size=64, lr=args.lr,
+                     warmup_epochs=args.warmup_epochs)
+    if args.smoke and not args.init_from:
         overrides.update(SMOKE_MODEL)
     preset = PRESETS["ecg"].with_overrides(**overrides)
-    out = Path(args.out) / "ecg"
+    out = Path(args.out) / (args.run_name or "ecg")
+    command = ("bash scripts/gpu_train_data13.sh   # scripts/data13_train.py ecg"
+               if args.device == "cuda" else "python " + " ".join(sys.argv))
     metrics = train(preset, out, device=args.device, data=data, progress=False, seed=0,
-                    command="bash scripts/gpu_train_data13.sh   # scripts/data13_train.py ecg",
-                    deadline=args.deadline)
+                    command=command, deadline=args.deadline, init_from=args.init_from)
     dev = torch.device(args.device)
     net, config = load_checkpoint(out, device=dev)
     with np.load(Path(args.bank) / "ecg_bank.npz") as b:
@@ -232,6 +245,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--deadline", type=float, default=None, help="time.time() to stop training")
     ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--init-from", default=None, help="fine-tune this checkpoint folder")
+    ap.add_argument("--run-name", default=None, help="output folder name under --out")
+    ap.add_argument("--n-train", type=int, default=None,
+                    help="ecg: training windows; prep-kws: clips per engine")
+    ap.add_argument("--n-val", type=int, default=None, help="validation windows / clips")
+    ap.add_argument("--skip-extra", action="store_true", help="kws: no phrases/noise eval")
+    ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--warmup-epochs", type=float, default=None)
     args = ap.parse_args()
     if args.threads:
         import torch

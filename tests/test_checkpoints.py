@@ -3,6 +3,7 @@ on a small fixed sample of their held-out split, and stream exactly like the bat
 
 from __future__ import annotations
 
+import json
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -35,7 +36,11 @@ def sample(name: str):
     elif name == "ecg-s4d":
         from model.data import ecg
 
-        x, y = ecg.generate("test", n, seed=123, workers=2)
+        cfg = json.loads((ROOT / "checkpoints" / name / "config.json").read_text())
+        if cfg["training"].get("data") == "model.data.ecg.generate_template":  # issue-13 model
+            x, y = ecg.generate_template("test", n, seed=123, workers=2)
+        else:
+            x, y = ecg.generate("test", n, seed=123, workers=2)
     else:
         from model.data import fsdd
 

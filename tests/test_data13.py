@@ -205,3 +205,48 @@ def test_train_deadline_fits_epochs_and_still_evaluates(tmp_path):
     assert m["epochs_completed"] == 1 and 0 <= m["test_ece"] <= 1
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     assert cfg["training"]["epochs_fitted_to_deadline"] == 1
+
+
+def test_drawn_rate_bands_replay_the_generators_draws():
+    """The band reported for each wide_qrs window is the one its RR series was drawn in."""
+    n, seed = 40, 0
+    y = ecg.labels_for(n, seed, ecg.SPLIT_CODE["test"])
+    bands = ecg.drawn_rate_bands("template", "test", n, seed)
+    wide = [i for i in range(n) if ecg.CLASSES[y[i]] == "wide_qrs"]
+    assert len(wide) == n // 5
+    for i in wide:
+        rng = np.random.default_rng(
+            np.random.SeedSequence([ecg._T2_CODE + 2, seed, i]).spawn(2)[0])
+        _, rr = ecg._rr_series(rng, "wide_qrs", 10.0)
+        lo, hi = ecg.RATE_BANDS[bands[i]]
+        assert lo * 0.9 <= 60 / rr <= hi * 1.1, (i, bands[i], 60 / rr)
+    assert {bands[i] for i in range(n) if ecg.CLASSES[y[i]] == "af_like"} == {None}
+    assert all(bands[i] == ecg.CLASSES[y[i]] for i in range(n) if y[i] < 3)
+    shift = ecg.drawn_rate_bands("shift", "test", n, seed)
+    assert {shift[i] for i in wide} <= {"brady", "normal", "tachy"}
+
+
+def test_train_init_from_fine_tunes_a_checkpoint(tmp_path):
+    import torch
+
+    from model.checkpoint import load_checkpoint
+    from model.tasks import PRESETS
+    from model.train import make_split, train
+
+    rng = np.random.default_rng(0)
+    data = {s: make_split(rng.standard_normal((20, 50)).astype(np.float32), np.arange(20) % 5)
+            for s in ("train", "val", "test")}
+    preset = PRESETS["ecg"].with_overrides(epochs=1, batch_size=10, d_model=8, d_state=4,
+                                           n_layers=1, n_train=20, n_val=20, n_test=20)
+    quiet = dict(data=data, progress=False, log=lambda *a: None)
+    train(preset, tmp_path / "a", **quiet)
+    base, base_cfg = load_checkpoint(tmp_path / "a")
+    # a different model shape in the preset is ignored: the checkpoint's architecture is kept
+    train(preset.with_overrides(d_model=16, lr=0.0, weight_decay=0.0), tmp_path / "b",
+          init_from=tmp_path / "a", **quiet)
+    tuned, cfg = load_checkpoint(tmp_path / "b")
+    assert cfg.model.d_model == 8 and cfg.model.input_mean == base_cfg.model.input_mean
+    assert cfg.training["init_from"] == str(tmp_path / "a")
+    for (k, a), (_, b) in zip(base.state_dict().items(), tuned.state_dict().items(), strict=True):
+        # lr 0 (only the SSM group keeps its 1e-3: two Adam steps move it <= 2e-3)
+        torch.testing.assert_close(a, b, rtol=0, atol=3e-3, msg=k)

@@ -401,3 +401,26 @@ def generate_shift(n: int, seed: int = 0, noise: bool = True,
     """The shifted test set: another generator (ECGSYN) and noise model (neurokit2's
     signal_distort) than training, same class definitions. Needs neurokit2."""
     return _run(_shift_window, "test", n, seed, noise, workers)
+
+
+
+def drawn_rate_bands(generator: str, split: str, n: int, seed: int) -> list[str | None]:
+    """The rate band ('brady' / 'normal' / 'tachy') each window of a v2 set was drawn in (None
+    for af_like, which has no band). brady / normal / tachy windows are their own band; for
+    wide_qrs this replays the window's first random draws (the band is drawn before anything
+    that varies), so accuracy on wide_qrs per rate band needs no R-peak detector.
+    `generator`: "template" (`generate_template(split, n, seed)`) or "shift"
+    (`generate_shift(n, seed)`, always the test split)."""
+    code = SPLIT_CODE["test" if generator == "shift" else split]
+    offset = {"template": _T2_CODE, "shift": _SHIFT_CODE}[generator]
+    bands: list[str | None] = []
+    for i, label in enumerate(labels_for(n, seed, code)):
+        name = CLASSES[int(label)]
+        if name != "wide_qrs":
+            bands.append(name if name in RATE_BANDS else None)
+            continue
+        rng = np.random.default_rng(np.random.SeedSequence([offset + code, seed, i]).spawn(2)[0])
+        if generator == "shift":
+            _morphology(rng, name)  # drawn before the band in _shift_window
+        bands.append(("brady", "normal", "tachy")[rng.integers(3)])
+    return bands
