@@ -40,11 +40,6 @@ class Settings(BaseSettings):
         4.0, ge=0, le=100,
         description="least time between two stream rounds of a model in the engine: frames "
         "that arrive meanwhile join the batch (fewer, larger steps; adds at most this latency)")
-    max_round_interval_ms: float = Field(
-        20.0, ge=0, le=1000,
-        description="a device busy more than 60 % of the time with stream steps waits up to "
-        "this long between rounds, so that batches grow and its fixed cost per step is paid "
-        "less often (a CPU at its limit); a device with time to spare stays at round_interval_ms")
     reuse_port: bool = Field(
         True, description="front-ends listen on their own SO_REUSEPORT sockets (the kernel "
         "spreads connections evenly); off: they accept from one shared socket")

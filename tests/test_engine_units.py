@@ -334,22 +334,3 @@ def test_rounds_step_full_frames_and_backlogs_catch_up_back_to_back():
         lane.stop()
 
     asyncio.run(main())
-
-
-def test_pacer_stretches_rounds_while_the_device_is_busy_and_shrinks_back():
-    from server.engine.pacer import RoundPacer
-
-    p = RoundPacer(0.004, 0.020, target=0.6, window_s=0.1)
-    now = 0.0
-    for _ in range(100):  # busy 90 % of the time: stretch up to the cap, never beyond
-        now += 0.01
-        p.observe(now, 0.009)
-    assert p.interval == pytest.approx(0.020)
-    for _ in range(200):  # busy 10 %: back down to the least interval
-        now += 0.01
-        p.observe(now, 0.001)
-    assert p.interval == pytest.approx(0.004)
-    for _ in range(40):  # busy 45 %, between the bounds: left alone
-        now += 0.01
-        p.observe(now, 0.0045)
-    assert p.interval == pytest.approx(0.004)

@@ -179,7 +179,6 @@ class Engine:
             me = ModelEngine(
                 len(self.models), name, backend, storage, lane, self.metrics, self.outbox,
                 id_prefix=f"e{self.index}-", round_interval_s=s.round_interval_ms / 1000,
-                max_round_interval_s=max(s.round_interval_ms, s.max_round_interval_ms) / 1000,
                 ring_alloc=self._ring_alloc,
                 batch_settings=dict(
                     window_s=s.batch_window_ms / 1000, max_batch_sequences=s.max_batch_sequences,

@@ -21,7 +21,6 @@ from server import snapshot as snapshots
 from server.batcher import PredictBatcher
 from server.engine.buffers import RingOverflow, SlotBuffers, ring_shape
 from server.engine.lane import DeviceLane
-from server.engine.pacer import RoundPacer
 from server.engine.planner import bucket, plan_round
 from server.errors import StreamError
 from server.metrics import Metrics
@@ -90,15 +89,13 @@ class Flush:
 class ModelEngine:
     def __init__(self, idx: int, name: str, backend, storage, lane: DeviceLane, metrics: Metrics,
                  outbox, *, batch_settings: dict, id_prefix: str = "e0-",
-                 round_interval_s: float = 0.0, max_round_interval_s: float | None = None,
-                 ring_alloc=None):
+                 round_interval_s: float = 0.0, ring_alloc=None):
         meta = backend.metadata
         self.idx, self.name, self.backend, self.metadata = idx, name, backend, meta
         self.frame, self.patch = meta.frame_size, meta.patch_size
         self.lane, self.metrics, self.outbox = lane, metrics, outbox
         self.id_prefix = id_prefix
-        most = round_interval_s if max_round_interval_s is None else max_round_interval_s
-        self.pacer = RoundPacer(round_interval_s, most)
+        self.round_interval = round_interval_s
         self.slab = StateSlab(storage) if storage is not None else None
         self.streamable = storage is not None
         if self.streamable:
@@ -358,9 +355,9 @@ class ModelEngine:
         last = 0.0
         while not self._stopping:
             await self._wake.wait()
-            # rounds at most every `pacer.interval`: frames that arrive meanwhile join the
+            # rounds at most every `round_interval`: frames that arrive meanwhile join the
             # batch, so the fixed cost of a step (kernel launches, dispatch) is paid per batch
-            wait = last + self.pacer.interval - loop.time()
+            wait = last + self.round_interval - loop.time()
             if wait > 0:
                 await asyncio.sleep(wait)
             self._wake.clear()
@@ -462,7 +459,6 @@ class ModelEngine:
         b.has_probs[slots] = True
         m = self.metrics
         m.step_latency.labels(model=self.name).observe(dt)
-        self.pacer.observe(time.monotonic(), dt)
         m.batch_size.labels(model=self.name).observe(n)
         m.frames_processed.labels(model=self.name).inc(n)
         m.samples_processed.labels(model=self.name).inc(n * length)
