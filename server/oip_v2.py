@@ -323,7 +323,8 @@ async def repository_index(request: Request) -> list:
     ready_only = doc.get("ready", False)
     if not isinstance(ready_only, bool):
         raise bad_request('"ready" must be a boolean')
-    return service_of(request).repository_index(ready_only)
+    return [m for m in service_of(request).repository_index(ready_only)
+            if _key_allows(request, m["name"])]
 
 
 @router.post("/repository/models/{name}/load", responses={400: _ERR})
@@ -337,7 +338,14 @@ async def repository_control(name: str, request: Request):
 # /v2/models/stats before /v2/models/{name}: "stats" is not a model name
 @router.get("/models/stats", summary="Statistics of every model (Triton extension)")
 async def all_stats(request: Request) -> dict:
-    return {"model_stats": service_of(request).statistics()}
+    return {"model_stats": [m for m in service_of(request).statistics()
+                            if _key_allows(request, m["name"])]}
+
+
+def _key_allows(request: Request, model: str) -> bool:
+    """A key restricted to some models sees only those (as /v1/models does)."""
+    info = request.scope.get(SCOPE_KEY)
+    return info is None or info.allows(model)
 
 
 @router.get("/models/{name}/stats", responses={404: _ERR})

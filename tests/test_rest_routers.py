@@ -161,6 +161,21 @@ def test_models_are_listed_per_key(keyed):
         ["tiny", "tiny2", "tinynone"]
 
 
+def test_oip_model_lists_are_per_key_too(keyed):
+    """Triton's repository index and statistics list only the key's models (not a 403 for
+    `stats`, which is no model name)."""
+    c = keyed.client()
+    index = c.post("/v2/repository/index", headers=_auth(BOB), json={})
+    assert index.status_code == 200, index.text
+    assert [m["name"] for m in index.json()] == ["tiny2"]
+    stats = c.get("/v2/models/stats", headers=_auth(BOB))
+    assert stats.status_code == 200, stats.text
+    assert [m["name"] for m in stats.json()["model_stats"]] == ["tiny2"]
+    everything = c.post("/v2/repository/index", headers=_auth(ALICE), json={}).json()
+    assert sorted(m["name"] for m in everything) == ["tiny", "tiny2", "tinynone"]
+    assert c.get("/v2/models/tiny/stats", headers=_auth(BOB)).status_code == 403
+
+
 def test_forbidden_and_unknown_models_look_the_same_to_a_restricted_key(keyed):
     """A served model outside bob's list and a name nobody serves answer alike (403, the same
     message up to the name), so bob cannot probe which models exist; a name in his list that
