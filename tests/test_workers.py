@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -167,17 +168,20 @@ def test_engine_sigkill_fails_streams_then_recovers(checkpoint_dir):
             sid = json.loads(await ws.recv())["session_id"]
             await ws.send(encode(np.zeros((200, 1), np.float32), "f32le"))
             (engine,) = w.children("s4d-engine")
+            assert _rings(engine.pid)  # the engine's sample rings live in /dev/shm
             engine.send_signal(signal.SIGKILL)
             msg = json.loads(await asyncio.wait_for(ws.recv(), 15))  # never a hang
             with pytest.raises(websockets.ConnectionClosed):
                 await asyncio.wait_for(ws.recv(), 5)
-            return sid, msg, ws.close_code
+            return sid, msg, ws.close_code, engine.pid
 
-        sid, msg, code = asyncio.run(main())
+        sid, msg, code, dead = asyncio.run(main())
         assert msg["type"] == "error" and msg["code"] == "internal" and code == 1011
         r = httpx.get(f"{w.base}/readyz", timeout=5)
         assert r.status_code == 503  # not ready until the engine is back
         w.wait_ready()
+        assert not _rings(dead)  # the supervisor removed the killed engine's rings
+        (new,) = w.children("s4d-engine")
 
         async def resume():
             async with websockets.connect(w.url()) as ws:
@@ -192,6 +196,11 @@ def test_engine_sigkill_fails_streams_then_recovers(checkpoint_dir):
         assert_probs_close(final["probabilities"], batch(w, x), 1e-5)
     finally:
         w.stop()
+    assert not _rings(new.pid)  # a stopped engine unlinks its own
+
+
+def _rings(pid: int) -> list[str]:
+    return [p.name for p in Path("/dev/shm").glob(f"s4d-{pid}-*")]
 
 
 def test_sigterm_drains_every_stream(checkpoint_dir):
