@@ -34,11 +34,8 @@ $(VENV)/.test: $(VENV)/.torch pyproject.toml
 	$(PIP) install -q -e ".[server,client,onnx,train,dev]"
 	touch $@
 
-# one front-end process + the engine process: the best W on two cores (bench/RESULTS.md);
-# WORKERS=0 runs everything in one process
-WORKERS ?= 1
 serve: $(VENV)/.serve
-	$(VENV)/bin/s4d serve --workers $(WORKERS)
+	$(VENV)/bin/s4d serve
 
 system-test-deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
