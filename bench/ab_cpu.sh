@@ -6,7 +6,7 @@
 # Usage: NS="8 12 16" REPS=2 CONFIGS="base 0 1" MODEL=kws-s4d bench/ab_cpu.sh
 set -u
 OUT=${OUT:-/tmp/s4d-ab-cpu}; MODEL=${MODEL:-kws-s4d}; NS=${NS:-"8 12 16"}; REPS=${REPS:-2}
-CONFIGS=${CONFIGS:-"base 0 1"}; DUR=${DUR:-5}; PY=${PY:-$PWD/.venv/bin/python}
+CONFIGS=${CONFIGS:-"base 0 1"}; DUR=${DUR:-6}; WARMUP=${WARMUP:-2}; PY=${PY:-$PWD/.venv/bin/python}
 mkdir -p "$OUT"; date -u; nproc; uptime
 summary() {  # one line from a bench.serve JSON
   "$PY" - "$1" <<'PY'
@@ -22,7 +22,7 @@ for rep in $(seq "$REPS"); do
   for n in $NS; do
     for c in $CONFIGS; do
       f="$OUT/${MODEL}_${c}_${n}_$rep.json"
-      common=(--model "$MODEL" --duration "$DUR" --warmup 1 --streams "$n" --client-procs 1
+      common=(--model "$MODEL" --duration "$DUR" --warmup "$WARMUP" --streams "$n" --client-procs 1
               --json --output "$f")
       if [ "$c" = base ]; then
         (cd .baseline && "$PY" -m bench.serve "${common[@]}" > "$f.log" 2>&1)
