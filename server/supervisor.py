@@ -151,7 +151,7 @@ class Supervisor:
             code = child.proc.exitcode
             multiprocess.mark_process_dead(child.proc.pid, str(self.metrics_dir))
             if child.kind == "engine":  # a killed engine cannot unlink its sample rings
-                from server.engine.engine import remove_engine_segments
+                from server.engine.shm import remove_engine_segments
 
                 remove_engine_segments(child.proc.pid)
             if self.stopping:
@@ -177,7 +177,7 @@ class Supervisor:
                     log.warning("%s %d did not stop in %.0fs: killing", c.kind, c.index, grace)
                     c.proc.kill()
                     c.proc.join(5)
-        from server.engine.engine import remove_engine_segments
+        from server.engine.shm import remove_engine_segments
 
         for c in engines:  # an engine killed above left its rings behind
             remove_engine_segments(c.proc.pid)

@@ -83,24 +83,16 @@ def _get_json(url: str, timeout: float = 5.0):
         return json.loads(r.read())
 
 
-@pytest.fixture(scope="module")
-def server_url():
-    if os.environ.get("S4D_DEMO_URL"):
-        yield os.environ["S4D_DEMO_URL"].rstrip("/")
-        return
-    if not (ROOT / "server" / "app.py").exists():
-        pytest.skip("server/app.py does not exist yet")
-    if not any(CHECKPOINTS.glob("*/config.json")):
-        pytest.skip(f"no {CHECKPOINTS}/<name>/config.json to serve")
+def _serve(checkpoints: Path, log_name: str):
+    """A real server on a free loopback port for these checkpoints (CPU); yields its URL."""
     port = free_port()
     ARTIFACTS.mkdir(exist_ok=True)
-    log = open(ARTIFACTS / "demo-server.log", "wb")
-    env = dict(os.environ, S4D_DEVICE="cpu")
+    log = open(ARTIFACTS / log_name, "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "s4d_cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-         "--checkpoints", str(CHECKPOINTS), "--device", "cpu"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
+         "--checkpoints", str(checkpoints), "--device", "cpu"],
+        cwd=ROOT, env=dict(os.environ, S4D_DEVICE="cpu"), stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 240
@@ -119,6 +111,18 @@ def server_url():
     finally:
         stop_process_group(proc)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def server_url():
+    if os.environ.get("S4D_DEMO_URL"):
+        yield os.environ["S4D_DEMO_URL"].rstrip("/")
+        return
+    if not (ROOT / "server" / "app.py").exists():
+        pytest.skip("server/app.py does not exist yet")
+    if not any(CHECKPOINTS.glob("*/config.json")):
+        pytest.skip(f"no {CHECKPOINTS}/<name>/config.json to serve")
+    yield from _serve(CHECKPOINTS, "demo-server.log")
 
 
 def _launch(p, extra_args=()):
@@ -333,32 +337,7 @@ def events_server_url(server_url, served_models, tmp_path_factory):
     net.load_state_dict(net0.state_dict())
     root = tmp_path_factory.mktemp("events-checkpoints")
     save_checkpoint(root / "kws-events-s4d", net, cfg)
-    port = free_port()
-    ARTIFACTS.mkdir(exist_ok=True)
-    log = open(ARTIFACTS / "demo-events-server.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "s4d_cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-         "--checkpoints", str(root), "--device", "cpu"],
-        cwd=ROOT, env=dict(os.environ, S4D_DEVICE="cpu"), stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode}; see {log.name}")
-            try:
-                if _get_json(url + "/readyz", timeout=2)["status"] == "ready":
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not ready within 240 s; see {log.name}")
-            time.sleep(0.5)
-        yield url
-    finally:
-        stop_process_group(proc)
-        log.close()
+    yield from _serve(root, "demo-events-server.log")
 
 
 def test_demo_event_timeline_equals_batch_events(playwright, events_server_url):

@@ -161,17 +161,7 @@ def generate(
     to check labels). Large requests are spread over processes; results do not depend
     on the number of workers because every window has its own seed.
     """
-    code = SPLIT_CODE[split]
-    y = labels_for(n, seed, code)
-    jobs = [(code, seed, i, int(y[i]), noise) for i in range(n)]
-    workers = workers or min(os.cpu_count() or 1, 16)
-    if workers > 1 and n >= 64:
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            rows = list(pool.map(_window, jobs, chunksize=max(1, n // (workers * 8))))
-    else:
-        rows = [_window(j) for j in jobs]
-    x = np.stack(rows) if rows else np.zeros((0, WINDOW), np.float32)
-    return x, y
+    return _run(_window, split, n, seed, noise, workers)
 
 
 def load(split: str, n: int, seed: int, cache_dir: str = ".cache/data") -> tuple[np.ndarray, np.ndarray]:

@@ -208,16 +208,11 @@ class Engine:
         write their sessions' samples straight into it), else a plain array."""
         if not self.shared_rings:
             return np.zeros(shape, np.float32), {}
-        from multiprocessing import shared_memory
+        from server.engine import shm
 
-        nbytes = int(np.prod(shape)) * 4
-        shm = shared_memory.SharedMemory(
-            create=True, size=max(nbytes, 1), name=f"{shm_prefix(os.getpid())}{len(self._shm)}")
-        untrack(shm)
-        self._shm.append(shm)
-        data = np.ndarray(shape, np.float32, buffer=shm.buf)
-        data[:] = 0
-        return data, {"shm": shm.name}
+        seg, data = shm.create(f"{shm.prefix(os.getpid())}{len(self._shm)}", shape)
+        self._shm.append(seg)
+        return data, {"shm": seg.name}
 
     async def stop(self) -> None:
         if self.persistence is not None:  # before the lanes stop: snapshots need them
@@ -232,12 +227,14 @@ class Engine:
             lane.stop()
         for me in self.models:
             me.backend.close()
-        for shm in self._shm:
+        from server.engine import shm
+
+        for seg in self._shm:
             try:
-                shm.close()
+                seg.close()
             except BufferError:  # views still alive: the mapping goes with the process
                 pass
-            remove_segment(shm.name)
+            shm.remove(seg.name)
 
     async def _reaper(self) -> None:
         ttl = self.settings.idle_ttl_s
@@ -359,52 +356,6 @@ class Engine:
         shapes = [list(x.shape) for x in logits]
         flat = np.concatenate([np.asarray(x, np.float32).reshape(-1) for x in logits])
         self.outbox.reply(owner, {"req": op["req"], "shapes": shapes, "logits": flat})
-
-
-# ---- the sample rings' shared memory ----------------------------------------------------
-# The engine and its front-ends are children of one supervisor and share its multiprocessing
-# resource tracker, which knows a segment by name only: a front-end that attaches and then
-# unregisters (so that its exit does not unlink the engine's ring) removed the engine's own
-# registration too, and the engine's unlink then crashed the tracker with KeyError at every
-# shutdown, while a killed engine's rings stayed in /dev/shm. So the tracker never holds the
-# rings: the engine unlinks them when it stops, and the supervisor removes those of an engine
-# that died (`remove_engine_segments`).
-def shm_prefix(pid: int) -> str:
-    return f"s4d-{pid}-"
-
-
-def untrack(shm) -> None:
-    from multiprocessing import resource_tracker
-
-    try:
-        resource_tracker.unregister(shm._name, "shared_memory")
-    except Exception:  # noqa: BLE001 - no tracker in this process
-        pass
-
-
-def remove_segment(name: str) -> None:
-    try:
-        from multiprocessing import shared_memory
-
-        seg = shared_memory.SharedMemory(name=name, create=False)
-    except FileNotFoundError:
-        return
-    seg.close()
-    try:
-        seg.unlink()  # its unregister matches the register of the attach above
-    except FileNotFoundError:
-        pass
-
-
-def remove_engine_segments(pid: int) -> int:
-    """Unlink the rings a dead engine left in /dev/shm; returns how many."""
-    shm_dir = Path("/dev/shm")
-    if not shm_dir.is_dir():
-        return 0
-    names = [p.name for p in shm_dir.glob(shm_prefix(pid) + "*")]
-    for name in names:
-        remove_segment(name)
-    return len(names)
 
 
 def discover(settings: Settings) -> list[tuple[str, Path]]:

@@ -428,9 +428,9 @@ class ModelEngine:
         n = len(slots)
         frames = b.read(slots, length)
         storage, backend, slot_list = self.slab.storage, self.backend, slots.tolist()
-        if backend.pads_batches and bucket(n) > n:
-            frames = np.concatenate([frames, np.zeros((bucket(n) - n, *frames.shape[1:]),
-                                                      np.float32)])
+        pad = bucket(n) - n if backend.pads_batches else 0
+        if pad:
+            frames = np.concatenate([frames, np.zeros((pad, *frames.shape[1:]), np.float32)])
 
         def work():
             t0 = time.perf_counter()

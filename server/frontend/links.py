@@ -79,17 +79,11 @@ class ZmqLink:
 
     def attach_ring(self, model: int, info: dict):
         """The engine's sample ring of a model, mapped from its shared memory."""
-        from multiprocessing import resource_tracker, shared_memory
+        from server.engine import shm
 
-        import numpy as np
-
-        shm = shared_memory.SharedMemory(name=info["shm"], create=False)
-        try:  # the engine owns the segment: this process must not unlink it when it exits
-            resource_tracker.unregister(shm._name, "shared_memory")
-        except Exception:  # noqa: BLE001 - tracker absent or already unregistered
-            pass
-        self._shm.append(shm)
-        return np.ndarray(tuple(info["shape"]), np.float32, buffer=shm.buf)
+        seg, data = shm.attach(info["shm"], tuple(info["shape"]))  # the engine unlinks it
+        self._shm.append(seg)
+        return data
 
     def close(self) -> None:
         if self._reader is not None:
