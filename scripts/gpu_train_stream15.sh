@@ -2,7 +2,7 @@
 # stream15's part of the combined GPU training call (see model/train_streams.py):
 # fine-tunes kws-s4d and ecg-s4d on long streams with per-step targets (pooling 'ema'),
 # chooses each event detector on validation streams and measures it on held-out test streams.
-# Both run at once on GPU 1 (cores 16-31); each fits its training into a time budget
+# Both run at once on one GPU (CUDA_VISIBLE_DEVICES, default 0; cores split in half from FIRST_CORE); each fits its training into a time budget
 # (KWS_BUDGET_S, ECG_BUDGET_S seconds), then evaluates; then bench/long_stream.py measures
 # the cost per second over a 1-hour stream (stops early, and says so, past 85 s):
 # about 5 min wall in all.
@@ -26,9 +26,12 @@ if [ -z "${SMOKE:-}" ]; then
   "$PY" -m pip install -q --no-index --no-deps --find-links .whl/server --find-links .whl/train \
     pydantic pydantic-core annotated-types typing-inspection safetensors tqdm \
     >"$DEST/pip.log" 2>&1 || echo "pip install failed (see pip.log); trying with what is installed"
-  export CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-1}
+  export CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0}
   DEVICE=cuda
-  PIN_KWS="taskset -c 16-23"; PIN_ECG="taskset -c 24-31"
+  # half the cores each (cores 16-31 when another job holds 0-15 of a 32-core box)
+  CORES=$(nproc); FIRST=${FIRST_CORE:-0}; HALF=$(( (CORES - FIRST) / 2 ))
+  PIN_KWS="taskset -c $FIRST-$((FIRST + HALF - 1))"
+  PIN_ECG="taskset -c $((FIRST + HALF))-$((FIRST + 2 * HALF - 1))"
   command -v taskset >/dev/null || { PIN_KWS=""; PIN_ECG=""; }
   EXTRA=()
 else
