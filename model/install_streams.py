@@ -42,9 +42,12 @@ def kws_lines(m: dict) -> list[str]:
     at1 = m.get("test_frr_at_1fa_per_hour")
     ok_frr = t["false_rejection_rate"] <= 0.10 and t["false_alarms_per_hour"] <= 1.0
     ok_on = t["onset_error_p90_ms"] <= 300
+    chosen = ("the lowest threshold with <= 1 false alarm per hour there"
+              if v["false_alarms_per_hour"] <= 1.0 else
+              "no threshold of the sweep reached <= 1 false alarm per hour there, so the "
+              "highest, the fewest false alarms")
     lines = [
-        f"- Detector (chosen on validation streams: the lowest threshold with <= 1 false alarm "
-        f"per hour there): threshold {m['detector']['threshold']:.2f}, hysteresis "
+        f"- Detector (chosen on validation streams: {chosen}): threshold {m['detector']['threshold']:g}, hysteresis "
         f"{m['detector']['hysteresis']}, hold-off {m['detector']['holdoff_ms']:.0f} ms.",
         f"- Test, at that setting: false rejection **{pct(t['false_rejection_rate'])}** "
         f"({t['keywords'] - t['detected']} of {t['keywords']} keywords missed) at "
@@ -60,12 +63,24 @@ def kws_lines(m: dict) -> list[str]:
     ]
     if at1:
         lines.append(f"- The test curve's own point at <= 1 false alarm per hour (for "
-                     f"comparison only; it configures nothing): threshold {at1['threshold']:.2f}, "
+                     f"comparison only; it configures nothing): threshold {at1['threshold']:g}, "
                      f"false rejection {pct(at1['false_rejection_rate'])}.")
     else:
         lines.append("- No threshold of the sweep reaches <= 1 false alarm per hour on the test "
                      "streams.")
+    curve = [c for c in m.get("test_curve", []) if c["threshold"] in CURVE_POINTS]
+    if curve:  # a user trades misses for false alarms with `start`'s threshold
+        lines += ["- Test streams at other thresholds (`events.threshold` in `start`):", "",
+                  "  | threshold | false rejection | false alarms / h | onset p90 |",
+                  "  | --- | --- | --- | --- |"]
+        lines += [f"  | {c['threshold']:g} | {pct(c['false_rejection_rate'])} | "
+                  f"{c['false_alarms_per_hour']:.1f} | {c['onset_error_p90_ms']:.0f} ms |"
+                  for c in curve]
+        lines.append("")
     return lines
+
+
+CURVE_POINTS = (0.5, 0.7, 0.9, 0.96, 0.98, 0.99, 0.995, 0.998)
 
 
 def ecg_lines(m: dict) -> list[str]:
@@ -73,7 +88,7 @@ def ecg_lines(m: dict) -> list[str]:
     ok = t["detected_share"] >= 0.95 and t["false_changes_per_hour"] <= 1.0
     return [
         f"- Detector (chosen on validation streams: the most changes detected within 15 s with "
-        f"<= 1 false change per hour there): threshold {m['detector']['threshold']:.2f}, "
+        f"<= 1 false change per hour there): threshold {m['detector']['threshold']:g}, "
         f"hysteresis {m['detector']['hysteresis']}, hold-off "
         f"{m['detector']['holdoff_ms'] / 1000:.0f} s; every rhythm (normal too) raises events.",
         f"- Test: **{pct(t['detected_share'])} of {t['changes']} rhythm changes detected within "
@@ -149,7 +164,7 @@ unmeasured and will be lower.{"" if kind == "kws" else " Not a medical device."}
   (a moving average of per-step features that forgets; exactly streamable, and the batch
   path computes the same prediction for every prefix).
 - Event defaults (config `task.events`, overridable in `start` / `/predict`): threshold
-  {ev.threshold:.2f}, hysteresis {ev.hysteresis}, hold-off {ev.holdoff_ms:.0f} ms, background
+  {ev.threshold:g}, hysteresis {ev.hysteresis}, hold-off {ev.holdoff_ms:.0f} ms, background
   {bg or "none"}.
 
 ## Data
@@ -171,7 +186,19 @@ Targets (issue 15): {TARGETS[kind]}.
   (`S4DNetwork.prefix_logits`) against the per-step targets; {m["train_wall_s"]:.0f} s on
   {m["hardware"]} (the step count was set from the measured speed to fit the time budget).
 - Command: {how_run(tr)}, then `python -m model.install_streams DIR`, which wrote this card.
-"""
+{stage_lines(tr)}"""
+
+
+def stage_lines(tr: dict) -> str:
+    """Runs that continued earlier runs (`--init-from`) list every stage in config `stages`."""
+    stages = tr.get("stages") or []
+    if not stages:
+        return ""
+    rows = [f"  {i}. {s['steps']} steps, {s['wall_s']:.0f} s on {s['hardware']}, from "
+            f"{s['start']}{'; ' + s['note'] if s.get('note') else ''}"
+            for i, s in enumerate(stages, 1)]
+    return ("- Trained in " + str(len(stages)) + " stages, each continuing the last "
+            "(`--init-from`; the schedule restarts each time):\n" + "\n".join(rows) + "\n")
 
 
 def how_run(tr: dict) -> str:
@@ -182,6 +209,8 @@ def how_run(tr: dict) -> str:
                 f"{hi:g} --budget-s {tr['budget_s']:.0f}` on a 2-core CPU (no GPU was available "
                 "for this run: a reduced recipe; `scripts/gpu_train_stream15.sh` is the full one "
                 "for a GPU)")
+    if tr.get("stages"):
+        return f"`{tr.get('command')}` (the last stage)"
     return f"`OUT=... bash scripts/gpu_train_stream15.sh` (runs `{tr.get('command')}`)"
 
 

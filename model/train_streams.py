@@ -58,12 +58,15 @@ class StreamPreset:
     holdoff_ms: float = 1000.0
     hysteresis: float = 0.2
     background: list[str] | None = None
+    #: share of word slots that hold a keyword in training streams (the rest: other words)
+    train_keyword_prob: float = 0.5
     # evaluation: (streams, seconds) per split; keywords also (negative streams, seconds)
     eval_pos: dict = field(default_factory=dict)
     eval_neg: dict = field(default_factory=dict)
     eval_segment_s: tuple[float, float] = (60.0, 300.0)
     train_segment_s: tuple[float, float] = (20.0, 90.0)
-    thresholds: tuple[float, ...] = tuple(np.round(np.arange(0.30, 0.991, 0.02), 2))
+    thresholds: tuple[float, ...] = (*np.round(np.arange(0.30, 0.981, 0.02), 2), 0.99, 0.995,
+                                     0.998)
 
 
 PRESETS = {
@@ -102,7 +105,9 @@ def smoke(p: StreamPreset) -> StreamPreset:
 
 
 # ----------------------------------------------------------------------------- model
-def build(preset: StreamPreset, device):
+def build(preset: StreamPreset, device, init_from: Path | None = None):
+    """The clip model with pooling switched to `ema`; with `init_from`, the weights of an
+    earlier stream-trained run of the same preset (training continues from there)."""
     net0, cfg0 = load_checkpoint(ROOT / "checkpoints" / preset.base)
     model = cfg0.model.model_copy(update={
         "pooling": "ema", "ema_tau_s": preset.ema_tau_s, "sample_rate": cfg0.task.sample_rate})
@@ -113,6 +118,10 @@ def build(preset: StreamPreset, device):
     cfg = cfg0.model_copy(update={"model": model, "task": task, "training": {}, "metrics": {}})
     cfg = type(cfg0).model_validate(cfg.model_dump())
     net = S4DNetwork(cfg.model, seed=None)
+    if init_from is not None:
+        net0, cfg_prev = load_checkpoint(init_from)
+        if cfg_prev.model != cfg.model:
+            raise ValueError(f"{init_from} has another architecture than {preset.name}")
     net.load_state_dict(net0.state_dict())
     return net.to(device), cfg
 
@@ -130,13 +139,13 @@ def make_batch(preset: StreamPreset, bank, rirs, gen, seconds: float, batch: int
 
 # ----------------------------------------------------------------------------- training
 def train(preset: StreamPreset, bank_dir: Path, out: Path, device: str, seed: int = 0,
-          log=print) -> dict:
+          log=print, init_from: Path | None = None) -> dict:
     dev = torch.device(device)
     torch.manual_seed(seed)
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    net, cfg = build(preset, dev)
+    net, cfg = build(preset, dev, init_from)
     patch = cfg.model.patch_size
     bank = (S.WordBank if preset.kind == "kws" else S.EcgBank).load(bank_dir, "train", dev)
     rirs = S.load_rirs(bank_dir, dev) if preset.kind == "kws" else None
@@ -153,7 +162,8 @@ def train(preset: StreamPreset, bank_dir: Path, out: Path, device: str, seed: in
         lo, hi = preset.train_seconds
         seconds = lo + (hi - lo) * float(torch.rand(1, generator=gen, device=dev))
         with torch.no_grad():
-            x, y, _ = make_batch(preset, bank, rirs, gen, seconds, preset.batch_size, patch)
+            x, y, _ = make_batch(preset, bank, rirs, gen, seconds, preset.batch_size, patch,
+                                 keyword_prob=preset.train_keyword_prob)
         logits = net.prefix_logits(x)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
                                ignore_index=S.IGNORE)
@@ -170,12 +180,16 @@ def train(preset: StreamPreset, bank_dir: Path, out: Path, device: str, seed: in
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             wall_calib = time.time()
-        if step == 8 and wall_calib is not None:
+        if wall_calib is not None and (step == 8 or step % 50 == 0) and step < total:
+            # fit the step count to the time budget from the measured speed; measured again
+            # every 50 steps, since a GPU shared with other jobs may slow down later
             if dev.type == "cuda":
                 torch.cuda.synchronize()
-            per = (time.time() - wall_calib) / 5
-            total = int(max(8, min(preset.max_steps, (preset.budget_s - (time.time() - t0)) / per + 8)))
-            log(f"{preset.name}: {per:.3f} s/step -> {total} steps in {preset.budget_s:.0f} s")
+            per = (time.time() - wall_calib) / (step - 3)
+            left = (preset.budget_s - (time.time() - t0)) / per
+            total = int(max(step + 1, 8, min(preset.max_steps, step + left)))
+            if step == 8:
+                log(f"{preset.name}: {per:.3f} s/step -> {total} steps in {preset.budget_s:.0f} s")
         if step % 50 == 0 or step == total:
             log(f"{preset.name}: step {step}/{total} loss {np.mean(losses[-50:]):.4f} "
                 f"({time.time() - t0:.0f} s)")
@@ -184,9 +198,11 @@ def train(preset: StreamPreset, bank_dir: Path, out: Path, device: str, seed: in
     recipe = dict(asdict(preset), thresholds=None, steps=total, seed=seed, device=str(dev),
                   optimizer="AdamW(betas=0.9,0.98)", bank=str(bank_dir),
                   schedule=f"linear warmup {max(1, int(preset.warmup_frac * total))} steps + "
-                           "cosine to 0", start_from=f"checkpoints/{preset.base}",
+                           "cosine to 0", start_from=str(init_from) if init_from else f"checkpoints/{preset.base}",
                   command=f"python -m model.train_streams {preset.name.removesuffix('-s4d')} "
-                          f"--bank {bank_dir} --device {device}")
+                          f"--bank {bank_dir} --device {device}"
+                          + (f" --init-from {init_from}" if init_from else "")
+                          + f" --keyword-prob {preset.train_keyword_prob}" * (preset.kind == "kws"))
     val = evaluate(net, cfg, preset, bank_dir, "val", dev)
     chosen = choose(preset, cfg, val)
     log(f"{preset.name}: validation chose {chosen}")
@@ -309,6 +325,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny sizes: a CPU dry run")
     ap.add_argument("--batch-size", type=int, help="streams per step (CPU: fewer, for memory)")
     ap.add_argument("--train-seconds", help="LO,HI: training stream length range (s)")
+    ap.add_argument("--keyword-prob", type=float,
+                    help="share of word slots holding a keyword in training streams")
+    ap.add_argument("--init-from", type=Path,
+                    help="continue from an earlier run's checkpoint of the same preset")
     args = ap.parse_args(argv)
     from dataclasses import replace
 
@@ -322,11 +342,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.train_seconds:
         lo, hi = (float(v) for v in args.train_seconds.split(","))
         preset = replace(preset, train_seconds=(lo, hi))
+    if args.keyword_prob is not None:
+        preset = replace(preset, train_keyword_prob=args.keyword_prob)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     m = train(preset, Path(args.bank), out, args.device, args.seed,
-              log=lambda *a: print(*a, flush=True))
+              log=lambda *a: print(*a, flush=True), init_from=args.init_from)
     print(json.dumps({k: v for k, v in m.items() if k != "test_curve"}, indent=1))
     print(f"{preset.name}: done in {time.time() - t0:.0f} s", flush=True)
     return 0

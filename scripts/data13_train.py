@@ -148,8 +148,12 @@ def run_kws(args) -> None:
         overrides.update(SMOKE_MODEL)
     preset = PRESETS["kws"].with_overrides(**overrides)
     out = Path(args.out) / (args.run_name or f"kws-{args.run}")
-    command = (f"bash scripts/gpu_train_data13.sh   # scripts/data13_train.py kws --run {args.run}"
-               if args.device == "cuda" else "python " + " ".join(sys.argv))
+    knobs = " ".join(f"{k}={v}" for k, v in (("N_TRAIN", len(data["train"]) // len(engines)),
+                                              ("EPOCHS", args.epochs),
+                                              ("LR", args.lr), ("KWS_INIT", args.init_from))
+                     if v is not None)
+    command = (f"{knobs} bash scripts/gpu_train_data13.sh   # scripts/data13_train.py kws "
+               f"--run {args.run}" if args.device == "cuda" else "python " + " ".join(sys.argv))
     metrics = train(preset, out, device=args.device, data=data, progress=False, command=command,
                     deadline=args.deadline, seed=0, init_from=args.init_from)
     cfg_path = out / "config.json"  # which engines it heard (the cards and eval read this)

@@ -7,6 +7,10 @@
 # Runs 5 trainings at once on GPU 0: ecg, kws-all, kws-loeo-{espeak,flite,festival}; every run
 # stops by a shared deadline and still evaluates its best-on-validation checkpoint.
 # Writes $OUT/data13/<run>/{config.json,model.safetensors,metrics.json,extra_metrics.json} + logs.
+# Knobs (env): RUNS (default "all loeo-espeak loeo-flite loeo-festival"), RUN_ECG (1), N_TRAIN
+# (augmented clips per engine), EPOCHS, LR, and KWS_INIT: a checkpoint folder the kws runs
+# fine-tune (never loeo-espeak's when it holds espeak-ng speech: KWS_INIT_ESPEAK=0 keeps that one
+# from scratch, as a held-out engine must be unheard).
 set -u
 OUT=${OUT:-/tmp/s4d-gpu-out}
 D="$OUT/data13"
@@ -43,17 +47,29 @@ $PY -c "import numpy, scipy, torch, safetensors, soundfile, pyroomacoustics, pyd
 # training stops so that evaluation ends by START + BUDGET + ~40 s
 DEADLINE=$((START + BUDGET - 45))
 echo "== prep-kws ($(($(date +%s) - START)) s)"
-$PY scripts/data13_train.py ecg --device "$DEVICE" --out "$D" --workers $WORKERS \
-    --threads $THREADS --deadline $DEADLINE $FLAG > "$D/ecg.log" 2>&1 &
-ECG=$!
+ECG=""
+if [ "${RUN_ECG:-1}" = 1 ]; then
+    $PY scripts/data13_train.py ecg --device "$DEVICE" --out "$D" --workers $WORKERS \
+        --threads $THREADS --deadline $DEADLINE $FLAG > "$D/ecg.log" 2>&1 &
+    ECG=$!
+fi
+KWS_ARGS=()
+[ -n "${EPOCHS:-}" ] && KWS_ARGS+=(--epochs "$EPOCHS")
+[ -n "${LR:-}" ] && KWS_ARGS+=(--lr "$LR")
 $PY scripts/data13_train.py prep-kws --work /tmp/data13 --workers $WORKERS $FLAG \
+    ${N_TRAIN:+--n-train $N_TRAIN} \
     > "$D/prep_kws.log" 2>&1 || { tail -20 "$D/prep_kws.log"; exit 1; }
 tail -1 "$D/prep_kws.log"
 echo "== kws runs ($(($(date +%s) - START)) s)"
 PIDS=""
-for run in all loeo-espeak loeo-flite loeo-festival; do
+for run in ${RUNS:-all loeo-espeak loeo-flite loeo-festival}; do
+    INIT=()
+    if [ -n "${KWS_INIT:-}" ] && { [ "$run" != loeo-espeak ] || [ "${KWS_INIT_ESPEAK:-0}" = 1 ]; }; then
+        INIT=(--init-from "$KWS_INIT")
+    fi
     $PY scripts/data13_train.py kws --run $run --device "$DEVICE" --out "$D" --work /tmp/data13 \
-        --threads $THREADS --deadline $DEADLINE $FLAG > "$D/kws-$run.log" 2>&1 &
+        --threads $THREADS --deadline $DEADLINE $FLAG "${KWS_ARGS[@]}" "${INIT[@]}" \
+        > "$D/kws-$run.log" 2>&1 &
     PIDS="$PIDS $!"
 done
 status=0

@@ -76,7 +76,8 @@ def training_lines(cfg: dict, metrics: dict) -> str:
                     "architecture and input normalisation are kept, the optimizer and schedule "
                     "start fresh)" if t.get("init_from") else ""))
     else:
-        where = "on the lent GPU machine (GPU 0 shared by 5 concurrent runs)"
+        where = ("on the lent GPU machine (one GPU shared with the other runs of the same call)"
+                 + (f"; fine-tuned from `{t['init_from']}`" if t.get("init_from") else ""))
     return (f"- Command: `{t['command']}` {where}, then `python scripts/install_data13.py RUNS` "
             f"here.\n"
             f"- Recipe: AdamW (betas 0.9/0.98), lr {t['lr']} with weight decay "
@@ -111,11 +112,14 @@ def kws_card(runs: Path, bank: Path, run: str = "kws-all") -> tuple[str, dict]:
                     f"{extra[f'test_{e}']['ece']:.3f}", extra[f"test_{e}"]["n"]]
                    for e in ENGINES if f"test_{e}" in extra]
     loeo_rows, loeo_accs = [], {}
-    for r, (_, lm, lx) in loeo.items():
+    for r, (lc, lm, lx) in loeo.items():
         e = r.split("-", 1)[1]
+        start = (f"fine-tuned from the first kws-s4d (espeak-ng only: {ENGINE_NAMES[e]} unheard)"
+                 if lc["training"].get("init_from") else "from scratch")
         worst = sorted(lm["per_class_test_accuracy"].items(), key=lambda kv: kv[1])[:3]
         loeo_accs[e] = lm["test_accuracy"]
         loeo_rows.append([ENGINE_NAMES[e], ", ".join(ENGINE_NAMES[x] for x in lx["run"]["train_engines"]),
+                          start, f"{lc['training']['epochs']} / {lm['epochs_completed']}",
                           pct(lm["test_accuracy"]), f"{lm['test_ece']:.3f}",
                           ", ".join(f"{k} {pct(v)}" for k, v in worst),
                           pct(lx["phrases"]["keyword_rate"]), pct(lm["val_accuracy"]),
@@ -137,9 +141,9 @@ def kws_card(runs: Path, bank: Path, run: str = "kws-all") -> tuple[str, dict]:
     min_loeo = min(loeo_accs.values()) if loeo_accs else None
     if loeo_rows:
         loeo_section = f"""### Leave-one-engine-out (train on two engines, test on every voice of the third)
-Same recipe and budget, trained at the same time; the held-out engine never appears in training or validation.
+The held-out engine never appears in training or validation. A run that holds espeak-ng out starts from scratch (the first kws-s4d heard espeak-ng); the others may start from that model, which never heard their held-out engine. Each run's recipe is in its config; epochs planned / completed are in the table.
 
-{table(['held-out engine', 'trained on', 'accuracy', 'ECE', 'worst classes', 'phrases -> keyword', 'val (own engines)', 'target >= 85 %'], loeo_rows)}
+{table(['held-out engine', 'trained on', 'start', 'epochs', 'accuracy', 'ECE', 'worst classes', 'phrases -> keyword', 'val (own engines)', 'target >= 85 %'], loeo_rows)}
 
 Lowest held-out-engine accuracy: {pct(min_loeo)}."""
     else:
