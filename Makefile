@@ -14,7 +14,7 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 SYSTEM_TEST_PACKAGES ?= prometheus docker-compose chromium openssl redis-server haproxy dnsmasq-base \
 	golang-github-containernetworking-plugin-dnsname \
 	flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
-# podman for the image test (opt-in: S4D_TEST_IMAGE=1), set up for this project's VMs by the
+# podman for the image and compose tests (S4D_TEST_IMAGE=0 opts out), set up for this project's VMs by the
 # shared tool when it is there (runc, cgroupfs, host networking by default)
 PODMAN_HERE ?= ../shared/tools/podman-here.sh
 
