@@ -241,4 +241,11 @@ def test_compose_stack_scaled_behind_haproxy(image):
         assert haproxy and haproxy[0]["health"] in ("up", "unknown"), haproxy
     finally:
         _compose("down", "-t", "5", "-v", env=env, timeout=300)
+        # podman-compose's down can leave a replica behind (seen here): remove whatever is left
+        # of the project, or the next run finds its subnet taken
+        left = podman("ps", "-aq", "--filter", f"label=io.podman.compose.project={project}",
+                      check=False).stdout.split()
+        if left:
+            podman("rm", "-f", "-t", "2", *left, check=False, timeout=120)
         podman("network", "rm", "-f", network, check=False)
+        assert podman("network", "exists", network, check=False).returncode != 0, network
