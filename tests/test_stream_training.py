@@ -166,3 +166,27 @@ def test_backend_frame_outputs_equal_the_stepping_default(tmp_path):
         assert fast[i].shape == (len(frame_ends(int(n), 32, 2)), 3)
         np.testing.assert_allclose(fast[i], slow[i], atol=2e-5)
         np.testing.assert_allclose(fast[i][-1], final[i], atol=2e-5)
+
+
+def test_init_from_continues_an_earlier_run_and_refuses_another_architecture(tmp_path):
+    """`train_streams --init-from`: a later stage starts from the earlier stage's weights, not
+    from the clip model's, and a checkpoint of another shape or pooling is refused."""
+    from dataclasses import replace
+
+    from model.checkpoint import save_checkpoint
+    from model.train_streams import PRESETS, build
+
+    preset = PRESETS["ecg-monitor"]
+    fresh, cfg = build(preset, "cpu")
+    earlier = {k: v + 0.25 for k, v in fresh.state_dict().items()}
+    fresh.load_state_dict(earlier)
+    save_checkpoint(tmp_path / "stage1", fresh, cfg)
+    again, _ = build(preset, "cpu", init_from=tmp_path / "stage1")
+    for k, v in again.state_dict().items():
+        torch.testing.assert_close(v, earlier[k], rtol=0, atol=0)
+    plain, _ = build(preset, "cpu")
+    assert any(not torch.equal(v, earlier[k]) for k, v in plain.state_dict().items())
+    other, other_cfg = build(replace(preset, ema_tau_s=1.0), "cpu")
+    save_checkpoint(tmp_path / "other", other, other_cfg)
+    with pytest.raises(ValueError, match="another architecture"):
+        build(preset, "cpu", init_from=tmp_path / "other")
