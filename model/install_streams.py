@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_checkpoint
+from .data.stream_bank import EXTRA_TRAIN_WORDS
 from .streaming import StreamingNetwork
 
 NAMES = ("kws-events-s4d", "ecg-monitor-s4d")
@@ -123,8 +124,11 @@ def card(name: str, cfg, m: dict, state_bytes: int, params: int) -> str:
             "- Streams of 10-60 s (training: 10-20 s) composed on the fly "
             "(`model/data/streams.py`) from a bank of espeak-ng word renditions "
             "(`model/data/stream_bank.py`, via `model/data/kws.py`): words at random times "
-            "(gaps 0.25-3 s), each a keyword with probability 0.5 (else one of 30 other "
-            "words), speed 0.9-1.1, gain -6..0 dB, 30 % of streams through a simulated room "
+            f"(gaps 0.25-3 s), each a keyword with probability "
+            f"{tr.get('train_keyword_prob', 0.5):g} in training, 0.5 in evaluation (else "
+            f"another word: the 30 of `kws.UNKNOWN_WORDS`; training streams also "
+            f"{len(EXTRA_TRAIN_WORDS)} more words, `stream_bank.EXTRA_TRAIN_WORDS`), speed "
+            "0.9-1.1, gain -6..0 dB, 30 % of streams through a simulated room "
             "(pyroomacoustics impulse responses), white / pink / babble noise at 0-30 dB SNR or a "
             "near-silent floor, random level.\n"
             "- Per-step targets: a keyword from the end of the word for 1 s; `unknown` while any "

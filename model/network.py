@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .pooling import ema_weights, pool_sequence, valid_mask  # noqa: F401 - ema_weights re-exported
+from .pooling import pool_sequence, valid_mask
 from .precision import float32_region
 from .s4d import S4D
 

@@ -45,12 +45,12 @@ class PerSampleStepper:
         x = state["x"].clone()
         pool, count = state["pool"], state["count"]
         outs = []
+
+        def core(i, block, u):  # x: the modes of every layer, updated in place
+            y, x[:, i] = block.s4d.step(u, x[:, i], self.params[i])
+            return y
+
         for t in range(h_all.shape[1]):
-
-            def core(i, block, u):
-                y, x[:, i] = block.s4d.step(u, x[:, i], self.params[i])
-                return y
-
             h = run_blocks(self.net.blocks, h_all[:, t], core)
             count = count + 1
             features, pool = pool_frame(h.unsqueeze(1), pool, count, self.cfg)

@@ -28,12 +28,7 @@ from .network import S4DNetwork, run_blocks
 from .pooling import pool_frame
 from .precision import check_precision, matmul_precision
 from .s4d import mode_powers, vandermonde_kernel
-from .state import (  # noqa: F401 - STATE_NAMES, state_shapes: re-exported (older imports)
-    STATE_NAMES,
-    state_bytes_per_session,
-    state_shapes,
-    zero_state,
-)
+from .state import STATE_NAMES, state_bytes_per_session, zero_state
 
 
 class NotStreamableError(ValueError):

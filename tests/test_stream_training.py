@@ -190,3 +190,13 @@ def test_init_from_continues_an_earlier_run_and_refuses_another_architecture(tmp
     save_checkpoint(tmp_path / "other", other, other_cfg)
     with pytest.raises(ValueError, match="another architecture"):
         build(preset, "cpu", init_from=tmp_path / "other")
+
+
+def test_extra_training_words_are_new_words_and_no_keyword():
+    """stream_bank's training-only vocabulary: none is a keyword or one of the 30 non-keywords
+    that validation and test streams use (those must stay the only ones measured)."""
+    from model.data.kws import KEYWORDS, UNKNOWN_WORDS
+    from model.data.stream_bank import EXTRA_TRAIN_WORDS
+
+    assert len(set(EXTRA_TRAIN_WORDS)) == len(EXTRA_TRAIN_WORDS) >= 100
+    assert not set(EXTRA_TRAIN_WORDS) & (set(KEYWORDS) | set(UNKNOWN_WORDS))

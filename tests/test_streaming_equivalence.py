@@ -241,7 +241,7 @@ def test_ema_forgets_the_distant_past_and_mean_does_not():
         hx, hy = ema.features(x), ema.features(x).clone()
         hy[:, :LENGTH] = ema.features(y)[:, :LENGTH]
         n = torch.tensor([hx.shape[1]])
-        from model.network import ema_weights
+        from model.pooling import ema_weights
 
         w = ema_weights(n, hx.shape[1], ema.cfg.ema_log_decay, torch.float64)
         assert ((hx - hy) * w).sum(1).abs().max() <= 1e-15

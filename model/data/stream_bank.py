@@ -73,9 +73,8 @@ def build_words(out: Path) -> None:
         plan += [(w, 10) for w in kws.UNKNOWN_WORDS for _ in range(n_unk)]
         parts[split] = _render(kws, np.random.default_rng([7, code[split]]), kws.voices(split),
                                plan)
-    extra = [w for w in EXTRA_TRAIN_WORDS if w not in kws.UNKNOWN_WORDS]
     plan = [(w, 10) for w in kws.UNKNOWN_WORDS for _ in range(MORE_UNKNOWN_RENDITIONS)]
-    plan += [(w, 10) for w in extra for _ in range(EXTRA_RENDITIONS)]
+    plan += [(w, 10) for w in EXTRA_TRAIN_WORDS for _ in range(EXTRA_RENDITIONS)]
     more = _render(kws, np.random.default_rng([7, 0, 1]), kws.voices("train"), plan)
     parts["train"] = {k: np.concatenate([parts["train"][k], more[k]]) for k in more}
     arrays = {f"{split}_{k}": v for split, part in parts.items() for k, v in part.items()}

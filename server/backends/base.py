@@ -66,7 +66,7 @@ class ModelMetadata:
         backend: str, device: str, extra: dict[str, Any] | None = None,
     ) -> ModelMetadata:
         """META of a checkpoint (`model.config.CheckpointConfig`), whatever engine serves it."""
-        from model.streaming import state_bytes_per_session
+        from model.state import state_bytes_per_session
 
         task, m = config.task, config.model
         return cls(

@@ -189,8 +189,7 @@ class OnnxBackend(Backend):
                 "frames": [None, None, m.d_input], **state}, m)
         used = (step or batch).get_providers()
         dev = "cuda" if used and used[0] == "CUDAExecutionProvider" else "cpu"
-        device_state = settings.onnx_device_state
-        device_state = dev == "cuda" if device_state is None else device_state
+        device_state = dev == "cuda" if wanted is None else wanted
         meta = ModelMetadata.from_checkpoint(
             name, config, frame_size=int(info.frame_size), streamable=step is not None,
             parameters=int(info.manifest.get("parameters", 0)), backend=cls.name, device=dev,
