@@ -60,6 +60,12 @@ class StreamPreset:
     background: list[str] | None = None
     #: share of word slots that hold a keyword in training streams (the rest: other words)
     train_keyword_prob: float = 0.5
+    #: keyword utterance bank (scripts/build_data13_bank.py) whose flite and festival training
+    #: words join the training streams' words (None: espeak-ng words only)
+    extra_words: str | None = None
+    #: formant-shifted copies of every training word (`WordBank.with_voices`), and their range
+    voice_copies: int = 0
+    formant_range: tuple[float, float] = (0.82, 1.2)
     # evaluation: (streams, seconds) per split; keywords also (negative streams, seconds)
     eval_pos: dict = field(default_factory=dict)
     eval_neg: dict = field(default_factory=dict)
@@ -89,6 +95,13 @@ PRESETS = {
         thresholds=tuple(np.round(np.arange(0.45, 0.991, 0.01), 2)),
     ),
 }
+
+
+def voices_note(p: StreamPreset) -> str:
+    """What the training words hold beyond espeak-ng (for the description)."""
+    parts = ["flite and festival words"] * bool(p.extra_words)
+    parts += ["formant-shifted copies of every word"] * bool(p.voice_copies)
+    return " (training also: " + ", ".join(parts) + ")"
 
 
 def smoke(p: StreamPreset) -> StreamPreset:
@@ -138,6 +151,22 @@ def make_batch(preset: StreamPreset, bank, rirs, gen, seconds: float, batch: int
 
 
 # ----------------------------------------------------------------------------- training
+def train_bank(preset: StreamPreset, bank_dir: Path, dev, seed: int):
+    """The training split's source material, with the preset's extra words and voices."""
+    if preset.kind != "kws":
+        return S.EcgBank.load(bank_dir, "train", dev)
+    extra = None
+    if preset.extra_words:
+        from .data.stream_bank import engine_words
+
+        extra = engine_words(preset.extra_words)
+    bank = S.WordBank.load(bank_dir, "train", dev, extra=extra)
+    if preset.voice_copies:
+        gen = torch.Generator(device=dev).manual_seed(seed + 2)
+        bank = bank.with_voices(preset.voice_copies, *preset.formant_range, gen)
+    return bank
+
+
 def train(preset: StreamPreset, bank_dir: Path, out: Path, device: str, seed: int = 0,
           log=print, init_from: Path | None = None) -> dict:
     dev = torch.device(device)
@@ -147,7 +176,7 @@ def train(preset: StreamPreset, bank_dir: Path, out: Path, device: str, seed: in
         torch.backends.cudnn.allow_tf32 = True
     net, cfg = build(preset, dev, init_from)
     patch = cfg.model.patch_size
-    bank = (S.WordBank if preset.kind == "kws" else S.EcgBank).load(bank_dir, "train", dev)
+    bank = train_bank(preset, bank_dir, dev, seed)
     rirs = S.load_rirs(bank_dir, dev) if preset.kind == "kws" else None
     opt = torch.optim.AdamW(net.parameter_groups(preset.lr, preset.weight_decay),
                             betas=(0.9, 0.98))
@@ -202,7 +231,10 @@ def train(preset: StreamPreset, bank_dir: Path, out: Path, device: str, seed: in
                   command=f"python -m model.train_streams {preset.name.removesuffix('-s4d')} "
                           f"--bank {bank_dir} --device {device}"
                           + (f" --init-from {init_from}" if init_from else "")
-                          + f" --keyword-prob {preset.train_keyword_prob}" * (preset.kind == "kws"))
+                          + f" --keyword-prob {preset.train_keyword_prob}" * (preset.kind == "kws")
+                          + (f" --extra-words {preset.extra_words}" if preset.extra_words else "")
+                          + (f" --voice-copies {preset.voice_copies}" if preset.voice_copies
+                             else ""))
     val = evaluate(net, cfg, preset, bank_dir, "val", dev)
     chosen = choose(preset, cfg, val)
     log(f"{preset.name}: validation chose {chosen}")
@@ -329,6 +361,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="share of word slots holding a keyword in training streams")
     ap.add_argument("--init-from", type=Path,
                     help="continue from an earlier run's checkpoint of the same preset")
+    ap.add_argument("--extra-words", metavar="DATA13_BANK",
+                    help="kws: add the flite and festival training words of this utterance bank")
+    ap.add_argument("--voice-copies", type=int,
+                    help="kws: formant-shifted copies of every training word")
     args = ap.parse_args(argv)
     from dataclasses import replace
 
@@ -344,6 +380,12 @@ def main(argv: list[str] | None = None) -> int:
         preset = replace(preset, train_seconds=(lo, hi))
     if args.keyword_prob is not None:
         preset = replace(preset, train_keyword_prob=args.keyword_prob)
+    if args.extra_words:
+        preset = replace(preset, extra_words=args.extra_words)
+    if args.voice_copies is not None:
+        preset = replace(preset, voice_copies=args.voice_copies)
+    if preset.extra_words or preset.voice_copies:
+        preset = replace(preset, description=preset.description + voices_note(preset))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()

@@ -60,6 +60,7 @@ def prep_kws(args) -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     rows = load_bank(Path(args.bank))
+    formants = tuple(float(v) for v in args.formants.split(",")) if args.formants else None
     t0 = time.time()
     made = {}
     for e_i, e in enumerate(ENGINES):
@@ -79,7 +80,8 @@ def prep_kws(args) -> None:
             if not pool:  # festival has no val voice
                 continue
             x, y = kws_mix.make_clips(pool, count, seed=0, kind=kind, code=100 + 10 * e_i + s_i,
-                                      workers=args.workers)
+                                      workers=args.workers,
+                                      formants=formants if name.startswith("train_") else None)
             _save(work, name, x, y)
             made[name] = len(y)
     test_pool = kws_mix.select(rows, splits=("test",))
@@ -87,6 +89,7 @@ def prep_kws(args) -> None:
                               workers=args.workers)
     _save(work, "noise", x, y)
     made["noise"] = len(y)
+    made["formants"] = formants  # training clips only
     (work / "kws_sets.json").write_text(json.dumps(made) + "\n")
     print(f"prep-kws: {made} in {time.time() - t0:.0f}s", flush=True)
 
@@ -148,7 +151,9 @@ def run_kws(args) -> None:
         overrides.update(SMOKE_MODEL)
     preset = PRESETS["kws"].with_overrides(**overrides)
     out = Path(args.out) / (args.run_name or f"kws-{args.run}")
+    formants = json.loads((work / "kws_sets.json").read_text()).get("formants")
     knobs = " ".join(f"{k}={v}" for k, v in (("N_TRAIN", len(data["train"]) // len(engines)),
+                                              ("FORMANTS", formants and "%g,%g" % tuple(formants)),
                                               ("EPOCHS", args.epochs),
                                               ("LR", args.lr), ("KWS_INIT", args.init_from))
                      if v is not None)
@@ -159,6 +164,7 @@ def run_kws(args) -> None:
     cfg_path = out / "config.json"  # which engines it heard (the cards and eval read this)
     cfg = json.loads(cfg_path.read_text())
     cfg["training"]["engines"] = engines
+    cfg["training"]["formants"] = formants  # training clips' formant shift range, if any
     cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
     if args.skip_extra:  # scripts/eval_data13.py measures phrases / noise / engines instead
         return
@@ -255,6 +261,8 @@ def main() -> None:
                     help="ecg: training windows; prep-kws: clips per engine")
     ap.add_argument("--n-val", type=int, default=None, help="validation windows / clips")
     ap.add_argument("--skip-extra", action="store_true", help="kws: no phrases/noise eval")
+    ap.add_argument("--formants", default=None,
+                    help="prep-kws: LO,HI formant shift range for the training clips")
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--warmup-epochs", type=float, default=None)

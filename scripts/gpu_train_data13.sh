@@ -8,9 +8,10 @@
 # stops by a shared deadline and still evaluates its best-on-validation checkpoint.
 # Writes $OUT/data13/<run>/{config.json,model.safetensors,metrics.json,extra_metrics.json} + logs.
 # Knobs (env): RUNS (default "all loeo-espeak loeo-flite loeo-festival"), RUN_ECG (1), N_TRAIN
-# (augmented clips per engine), EPOCHS, LR, and KWS_INIT: a checkpoint folder the kws runs
-# fine-tune (never loeo-espeak's when it holds espeak-ng speech: KWS_INIT_ESPEAK=0 keeps that one
-# from scratch, as a held-out engine must be unheard).
+# (augmented clips per engine), FORMANTS (LO,HI: formant shift of the training clips), EPOCHS,
+# LR, and KWS_INIT: a checkpoint folder the kws runs fine-tune (never loeo-espeak's when it holds
+# espeak-ng speech: KWS_INIT_ESPEAK=0 keeps that one from scratch, as a held-out engine must be
+# unheard); KWS_INIT_LOEO: another one for the loeo runs (one that never heard their engine).
 set -u
 OUT=${OUT:-/tmp/s4d-gpu-out}
 D="$OUT/data13"
@@ -57,7 +58,7 @@ KWS_ARGS=()
 [ -n "${EPOCHS:-}" ] && KWS_ARGS+=(--epochs "$EPOCHS")
 [ -n "${LR:-}" ] && KWS_ARGS+=(--lr "$LR")
 $PY scripts/data13_train.py prep-kws --work /tmp/data13 --workers $WORKERS $FLAG \
-    ${N_TRAIN:+--n-train $N_TRAIN} \
+    ${N_TRAIN:+--n-train $N_TRAIN} ${FORMANTS:+--formants $FORMANTS} \
     > "$D/prep_kws.log" 2>&1 || { tail -20 "$D/prep_kws.log"; exit 1; }
 tail -1 "$D/prep_kws.log"
 echo "== kws runs ($(($(date +%s) - START)) s)"
@@ -67,6 +68,7 @@ for run in ${RUNS:-all loeo-espeak loeo-flite loeo-festival}; do
     if [ -n "${KWS_INIT:-}" ] && { [ "$run" != loeo-espeak ] || [ "${KWS_INIT_ESPEAK:-0}" = 1 ]; }; then
         INIT=(--init-from "$KWS_INIT")
     fi
+    [ "$run" != all ] && [ "$run" != loeo-espeak ] && [ -n "${KWS_INIT_LOEO:-}" ] && INIT=(--init-from "$KWS_INIT_LOEO")
     $PY scripts/data13_train.py kws --run $run --device "$DEVICE" --out "$D" --work /tmp/data13 \
         --threads $THREADS --deadline $DEADLINE $FLAG "${KWS_ARGS[@]}" "${INIT[@]}" \
         > "$D/kws-$run.log" 2>&1 &

@@ -3,6 +3,8 @@
 Per clip (every clip has its own seed, so a set is deterministic in its arguments and does not
 depend on the number of worker processes):
 - speed perturbation 0.85-1.15 (resampling: tempo and pitch move together, as in Kaldi),
+- optionally (`formants=(lo, hi)`, training sets) formants moved by a factor drawn
+  log-uniformly from [lo, hi] with the pitch kept (`model.data.voice`): new vocal tracts,
 - a simulated shoebox room (pyroomacoustics) for 30 % of clips,
 - random placement in the 1 s window (a time shift; long phrases are cropped at random),
 - white, pink or babble noise (other utterances of the same pool) at 0-30 dB SNR for 85 %,
@@ -63,8 +65,22 @@ def _noise(rng: np.random.Generator, pool: list[np.ndarray], kinds=("white", "pi
     return x / max(np.sqrt(np.mean(x**2)), 1e-9)
 
 
-def _speech_clip(rng: np.random.Generator, wav: np.ndarray, pool: list[np.ndarray]) -> np.ndarray:
-    wav = _speed(rng, wav.astype(np.float64))
+def _shift_formants(rng: np.random.Generator, wav: np.ndarray, lo: float, hi: float):
+    import torch
+
+    from .voice import shift_formants
+
+    alpha = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+    return shift_formants(torch.from_numpy(wav)[None], torch.tensor([alpha]))[0].numpy()
+
+
+def _speech_clip(rng: np.random.Generator, wav: np.ndarray, pool: list[np.ndarray],
+                 formants: tuple[float, float] | None = None,
+                 voice_rng: np.random.Generator | None = None) -> np.ndarray:
+    wav = wav.astype(np.float64)
+    if formants is not None:  # its own random stream: the other draws stay as without it
+        wav = _shift_formants(voice_rng, wav, *formants)
+    wav = _speed(rng, wav)
     if rng.random() < ROOM_PROB:
         wav = _room(rng, wav)
     if len(wav) > CLIP:  # a phrase: a random 1 s of it
@@ -86,7 +102,7 @@ def _silence_clip(rng: np.random.Generator, pool: list[np.ndarray], top_db: floa
 
 
 def _make(args) -> tuple[np.ndarray, np.ndarray]:
-    kind, code, seed, start, stop = args
+    kind, code, seed, start, stop, formants = args
     rows = _POOL["rows"]
     by_text = _POOL["by_text"]
     waves = [r["wav"] for r in rows]
@@ -109,10 +125,19 @@ def _make(args) -> tuple[np.ndarray, np.ndarray]:
                 cands = by_text["__unknown__"]
             else:
                 cands = by_text[CLASSES[label]]
-            clip = _speech_clip(rng, rows[cands[rng.integers(len(cands))]]["wav"], waves)
+            clip = _speech_clip(rng, rows[cands[rng.integers(len(cands))]]["wav"], waves,
+                                formants, np.random.default_rng([code, seed, i, 1 << 20]))
         x[k] = np.clip(clip, -1.0, 1.0)
         y[k] = label
     return x, y
+
+
+def _init_worker(rows: list[dict]) -> None:
+    """A pool process: one torch thread (the formant shift runs in torch), then the rows."""
+    import torch
+
+    torch.set_num_threads(1)
+    _init(rows)
 
 
 def _init(rows: list[dict]) -> None:
@@ -124,17 +149,19 @@ def _init(rows: list[dict]) -> None:
 
 
 def make_clips(rows: list[dict], n: int, seed: int, kind: str = "words", code: int = 0,
-               workers: int | None = None, chunk: int = 250) -> tuple[np.ndarray, np.ndarray]:
+               workers: int | None = None, chunk: int = 250,
+               formants: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """n augmented clips float32 [n, 16000] in [-1, 1] and labels from the bank `rows`
     (already filtered to the engines / splits / kinds wanted); classes are balanced and
-    then shuffled with the seed."""
-    jobs = [(kind, code, seed, s, min(s + chunk, n)) for s in range(0, n, chunk)]
+    then shuffled with the seed. `formants=(lo, hi)`: every speech clip's formants move by a
+    factor in [lo, hi] (training sets; None leaves the set exactly as before)."""
+    jobs = [(kind, code, seed, s, min(s + chunk, n), formants) for s in range(0, n, chunk)]
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs), 16))
     if workers == 1:
         _init(rows)
         parts = [_make(j) for j in jobs]
     else:
-        with get_context("fork").Pool(workers, initializer=_init, initargs=(rows,)) as pool:
+        with get_context("fork").Pool(workers, initializer=_init_worker, initargs=(rows,)) as pool:
             parts = pool.map(_make, jobs, chunksize=1)
     x = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, CLIP), np.float32)
     y = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)

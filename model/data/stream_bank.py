@@ -81,6 +81,23 @@ def build_words(out: Path) -> None:
     np.savez_compressed(out / "words.npz", **arrays)
 
 
+def engine_words(data13_bank: str | Path, engines=("flite", "festival"),
+                 split: str = "train") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Words of other synthesizers for training streams: the `split` keyword and non-keyword
+    renditions of the keyword utterance bank (`kws_bank`, made by
+    scripts/build_data13_bank.py), as (int16 audio, lengths, labels) in this bank's layout.
+    Their voices are split as in kws-s4d, so the espeak-ng stream test split stays unheard."""
+    from .kws import KEYWORDS
+    from .kws_bank import load_bank
+
+    rows = [r for r in load_bank(Path(data13_bank), engines)
+            if r["split"] == split and r["kind"] in ("keyword", "unknown")]
+    waves = [np.round(np.clip(r["wav"], -1, 1) * 32767).astype(np.int16) for r in rows]
+    labels = [KEYWORDS.index(r["text"]) if r["kind"] == "keyword" else 10 for r in rows]
+    return (np.concatenate(waves), np.array([len(w) for w in waves], np.int64),
+            np.array(labels, np.int64))
+
+
 def build_rirs(out: Path) -> None:
     import pyroomacoustics as pra
 

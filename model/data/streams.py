@@ -56,9 +56,38 @@ class WordBank:
         self.other_idx = torch.nonzero(self.labels == UNKNOWN).flatten()
 
     @classmethod
-    def load(cls, directory: str | Path, split: str, device="cpu") -> WordBank:
+    def load(cls, directory: str | Path, split: str, device="cpu",
+             extra: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> WordBank:
+        """The split's renditions; `extra` (audio, lengths, labels) appends more words, e.g.
+        other engines' training words (`stream_bank.engine_words`)."""
         with np.load(Path(directory) / "words.npz") as d:
-            return cls(d[f"{split}_audio"], d[f"{split}_lengths"], d[f"{split}_labels"], device)
+            parts = (d[f"{split}_audio"], d[f"{split}_lengths"], d[f"{split}_labels"])
+        if extra is not None:
+            parts = tuple(np.concatenate([a, b]) for a, b in zip(parts, extra, strict=True))
+        return cls(*parts, device)
+
+    def with_voices(self, copies: int, lo: float, hi: float, gen: torch.Generator,
+                    chunk: int = 256) -> WordBank:
+        """This bank plus `copies` renditions of every word with formants moved by a factor
+        in [lo, hi] (`model.data.voice`): more vocal tracts than the bank's voices."""
+        from .voice import random_alpha, shift_formants
+
+        dev = self.audio.device
+        pieces = [self.audio]
+        for _ in range(copies):
+            for i in range(0, len(self.audio), chunk):
+                rows = self.audio[i : i + chunk]
+                alpha = random_alpha(gen, len(rows), lo, hi, device=dev)
+                warped = shift_formants(rows, alpha)
+                mask = torch.arange(rows.shape[1], device=dev) < self.lengths[i : i + chunk, None]
+                pieces.append((warped * mask).clamp(-1.0, 1.0))
+        out = WordBank.__new__(WordBank)
+        out.audio = torch.cat(pieces)
+        out.lengths = self.lengths.repeat(copies + 1)
+        out.labels = self.labels.repeat(copies + 1)
+        out.keyword_idx = torch.nonzero(out.labels < UNKNOWN).flatten()
+        out.other_idx = torch.nonzero(out.labels == UNKNOWN).flatten()
+        return out
 
 
 def load_rirs(directory: str | Path, device="cpu") -> torch.Tensor:
