@@ -105,13 +105,19 @@ def input_stats(task: str, train: Split) -> tuple[list[float], list[float]]:
 
 def augment(x: torch.Tensor, lengths, preset: TaskPreset, net: S4DNetwork, gen):
     """Train-time augmentation -> (x, lengths): time shift (fixed-length data), time stretch
-    (variable-length data, changes the lengths), per-sequence channel gain and offset, additive
+    (variable-length data, changes the lengths), formant warp of cepstral features,
+    per-sequence channel gain and offset, additive
     noise (the last three in units of the input std), SpecAugment-style time/channel masks."""
     mean, std = net.input_mean.cpu(), net.input_std.cpu()
     if preset.shift_augment and lengths is None:
         x = random_shift(x, preset.shift_augment, gen)
     if preset.stretch_augment > 1 and lengths is not None:
         x, lengths = time_stretch(x, lengths, preset.stretch_augment, gen)
+    if preset.cepstral_warp > 1:  # a new vocal tract per sequence (model.data.voice)
+        from .data.voice import cepstral_warp
+
+        log_a = (2 * torch.rand(x.shape[0], generator=gen) - 1) * math.log(preset.cepstral_warp)
+        x = torch.einsum("bij,blj->bli", cepstral_warp(log_a.exp(), x.shape[2]), x)
     if preset.scale_augment:
         gain = 1 + preset.scale_augment * torch.randn(x.shape[0], 1, x.shape[2], generator=gen)
         x = mean + (x - mean) * gain

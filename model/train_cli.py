@@ -38,6 +38,9 @@ def register(sub) -> None:
     g.add_argument("--offset-augment", type=float)
     g.add_argument("--noise-augment", type=float)
     g.add_argument("--scale-augment", type=float)
+    g.add_argument("--stretch-augment", type=float, help="max time-stretch factor (> 1)")
+    g.add_argument("--cepstral-warp", type=float,
+                   help="MFCC inputs: max formant scale factor of the vocal-tract warp (> 1)")
     s = p.add_argument_group("init ablation: one run per (init, seed), same data and budget")
     s.add_argument("--sweep-inits", help="comma-separated inits, e.g. legs,inv,lin,real,random")
     s.add_argument("--sweep-seeds", default="0,1,2", help="comma-separated seeds")
@@ -49,7 +52,8 @@ def register(sub) -> None:
 
 OVERRIDES = ("batch_size", "lr", "lr_ssm", "weight_decay", "warmup_epochs", "d_model", "d_state",
              "n_layers", "patch_size", "dropout", "n_train", "n_val", "n_test", "data_seed",
-             "train_subset", "offset_augment", "noise_augment", "scale_augment")  # fmt: skip
+             "train_subset", "offset_augment", "noise_augment", "scale_augment",
+             "stretch_augment", "cepstral_warp")  # fmt: skip
 
 
 def run_train(args) -> int:

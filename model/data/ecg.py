@@ -179,14 +179,21 @@ def load(split: str, n: int, seed: int, cache_dir: str = ".cache/data") -> tuple
 # normal rates and ECGSYN narrows the QRS as the rate rises). Here the class is defined by the
 # features a cardiologist would use: rate bands for brady / normal / tachy, irregular RR without
 # P waves for af_like, and QRS duration >= 125 ms at ANY rate (brady, normal or tachy) for
-# wide_qrs. Precedence of labels: af_like > wide_qrs > rate band.
+# wide_qrs. Precedence of labels: af_like > wide_qrs > rate band. Premature ventricular beats
+# (t2) occur in 40 % of the other windows and change no label: the rate band counts every beat,
+# and an irregular rhythm WITH P waves and a compensatory pause is not af_like.
 # ============================================================================================
 
 RATE_BANDS = {"brady": (38.0, 57.0), "normal": (63.0, 97.0), "tachy": (104.0, 175.0)}
 NARROW_QRS_S = (0.065, 0.105)
 WIDE_QRS_S = (0.125, 0.200)
 R_AMPLITUDE_MV = (0.5, 2.5)
-TEMPLATE_VERSION = "t1"
+TEMPLATE_VERSION = "t2"  # t2: premature ventricular beats in some windows of every class but af
+#: windows (not af_like) with premature ventricular beats, and the share of their beats that are
+#: premature: MIT-BIH 208 (the real-ECG check) is full of them, and a model that never saw one
+#: calls their irregular rhythm af_like
+ECTOPY_PROB = 0.4
+PVC_SHARE = (0.03, 0.35)
 _T2_CODE = 10  # seed-stream offset: v2 windows never share a seed with v1 windows
 _SHIFT_CODE = 20
 
@@ -262,11 +269,52 @@ def _rr_series(rng: np.random.Generator, label: str, seconds: float) -> tuple[np
     return times[times < seconds + 1.0], float(rr.mean())
 
 
+def _premature_beats(rng: np.random.Generator, times: np.ndarray, rr: float,
+                     label: str) -> tuple[np.ndarray, np.ndarray]:
+    """Premature ventricular beats: some beats come early (coupling 0.45-0.75 RR, couplets
+    possible) and the next sinus beat keeps its time (a compensatory pause), so the beat count,
+    and with it the rate band of the label, stays. Returns (times, premature mask)."""
+    pvc = np.zeros(len(times), bool)
+    if label == "af_like" or rng.random() >= ECTOPY_PROB:
+        return times, pvc
+    pvc = rng.random(len(times)) < rng.uniform(*PVC_SHARE)
+    pvc[0] = False
+    pvc[2:] &= ~(pvc[1:-1] & pvc[:-2])  # at most two in a row
+    out = times.copy()
+    for k in np.flatnonzero(pvc):
+        early = out[k - 1] + rng.uniform(0.45, 0.75) * rr
+        if early > times[k] - 0.08 * rr or early < out[k - 1] + 0.25:
+            pvc[k] = False
+            continue
+        out[k] = early
+    return out, pvc
+
+
+def _pvc_components(rng: np.random.Generator, rr: float) -> list:
+    """A ventricular complex: broad (120-180 ms), no P wave, T against the QRS."""
+    qrs = rng.uniform(0.12, 0.18)
+    sign = 1.0 if rng.random() < 0.5 else -1.0
+    size = rng.uniform(0.8, 2.0)  # relative to the sinus R
+    comps = [(0.0, qrs / 4.5, qrs / 4, sign * size)]
+    if rng.random() < 0.5:  # notched
+        comps.append((0.3 * qrs, qrs / 8, qrs / 6, sign * size * rng.uniform(0.3, 0.6)))
+    t_sd = rng.uniform(0.05, 0.08) * np.sqrt(rr)
+    comps.append((rng.uniform(0.28, 0.36) * np.sqrt(rr), 1.4 * t_sd, t_sd,
+                  ("mV", -sign * rng.uniform(0.2, 0.6))))
+    return comps
+
+
 def template_clean(rng: np.random.Generator, label: str, seconds: float = WINDOW / SAMPLE_RATE,
-                   sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """One noise-free window in mV: Gaussian-wave beats (P, QRS, T) on an RR series."""
+                   sample_rate: int = SAMPLE_RATE,
+                   ectopy_rng: np.random.Generator | None = None) -> np.ndarray:
+    """One noise-free window in mV: Gaussian-wave beats (P, QRS, T) on an RR series; with
+    `ectopy_rng`, some windows get premature ventricular beats (drawn from that generator
+    only, so the sinus beats are those of the window without them)."""
     t = np.arange(int(round(seconds * sample_rate))) / sample_rate
     times, rr = _rr_series(rng, label, seconds)
+    pvc = np.zeros(len(times), bool)
+    if ectopy_rng is not None:
+        times, pvc = _premature_beats(ectopy_rng, times, rr, label)
     qrs = rng.uniform(*(WIDE_QRS_S if label == "wide_qrs" else NARROW_QRS_S))
     comps = _beat_components(rng, label, qrs, rr)
     # scale the QRS so its largest deflection is the drawn R amplitude
@@ -277,14 +325,19 @@ def template_clean(rng: np.random.Generator, label: str, seconds: float = WINDOW
     polarity = -1.0 if rng.random() < 0.2 else 1.0  # lead placed the other way round
     resp_f, resp_m = rng.uniform(0.15, 0.4), rng.uniform(0.0, 0.15)
     ecg = np.zeros_like(t)
-    for r in times:
-        gain = polarity * (1 + resp_m * np.sin(2 * np.pi * resp_f * r)) * rng.uniform(0.96, 1.04)
-        for c, a, b, m in comps:
-            center = r + c + rng.normal(0, 0.002)
+    pvc_comps = _pvc_components(ectopy_rng, rr) if pvc.any() else []
+    # a ventricular complex up to 2x the sinus R, but no taller than 3 mV
+    pvc_amp = min([amp] + [3.0 / abs(m) for _, _, _, m in pvc_comps if not isinstance(m, tuple)])
+    for r, premature in zip(times, pvc, strict=True):
+        beat_rng = ectopy_rng if premature else rng
+        gain = (polarity * (1 + resp_m * np.sin(2 * np.pi * resp_f * r))
+                * beat_rng.uniform(0.96, 1.04))
+        for c, a, b, m in (pvc_comps if premature else comps):
+            center = r + c + beat_rng.normal(0, 0.002)
             lo, hi = np.searchsorted(t, [center - 6 * a, center + 6 * b])
             if hi <= lo:
                 continue
-            val = m[1] if isinstance(m, tuple) else m * amp
+            val = m[1] if isinstance(m, tuple) else m * (pvc_amp if premature else amp)
             ecg[lo:hi] += gain * _wave(t[lo:hi], center, a, b, val)
     if label == "af_like":  # fibrillatory waves instead of P waves
         for _ in range(2):
@@ -323,9 +376,9 @@ def template_noise(rng: np.random.Generator, n: int, sample_rate: int = SAMPLE_R
 
 def _template_window(args: tuple[int, int, int, int, bool]) -> np.ndarray:
     code, seed, i, label, noise = args
-    sig_rng, noise_rng = (np.random.default_rng(s) for s in
-                          np.random.SeedSequence([_T2_CODE + code, seed, i]).spawn(2))
-    ecg = template_clean(sig_rng, CLASSES[label])
+    sig_rng, noise_rng, ectopy_rng = (np.random.default_rng(s) for s in
+                                      np.random.SeedSequence([_T2_CODE + code, seed, i]).spawn(3))
+    ecg = template_clean(sig_rng, CLASSES[label], ectopy_rng=ectopy_rng)
     if noise:
         ecg = ecg + template_noise(noise_rng, len(ecg))
     return ecg.astype(np.float32)

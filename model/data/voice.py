@@ -57,3 +57,29 @@ def random_alpha(gen: torch.Generator, n: int, lo: float, hi: float,
     """Log-uniform scale factors in [lo, hi] (a shift up is as likely as the same shift down)."""
     u = torch.rand(n, generator=gen, device=device)
     return torch.exp(math.log(lo) + u * math.log(hi / lo))
+
+
+def cepstral_warp(alpha: torch.Tensor, n_ceps: int, n_bands: int = 40,
+                  f_max: float = 4000.0) -> torch.Tensor:
+    """The same vocal-tract change for MFCC features: [B, n_ceps, n_ceps] matrices T with
+    c' = T c. The cepstrum is read back into a smooth log-mel spectrum (inverse DCT-II on
+    `n_bands` mel bands up to `f_max`), warped along frequency (E'(f) = E(f / alpha)) and
+    transformed again. Exact for the truncated cepstrum; the band count and f_max are
+    assumptions where the features' own settings are unknown (they only shape the warp)."""
+    dtype = torch.float64
+    j = torch.arange(n_bands, dtype=dtype)
+    mel_max = 2595 * math.log10(1 + f_max / 700)
+    centre = 700 * (10 ** ((j + 0.5) / n_bands * mel_max / 2595) - 1)  # band centres (Hz)
+    k = torch.arange(n_ceps, dtype=dtype).view(-1, 1)
+    dct = torch.cos(math.pi * k * (j + 0.5) / n_bands) * math.sqrt(2 / n_bands)
+    dct[0] /= math.sqrt(2)  # orthonormal DCT-II rows: dct @ dct.T = I
+    src_hz = centre.view(1, -1) / alpha.to(dtype).view(-1, 1)  # [B, M]
+    src_mel = 2595 * torch.log10(1 + src_hz / 700)
+    pos = (src_mel / mel_max * n_bands - 0.5).clamp(0, n_bands - 1)
+    lo = pos.floor().long()
+    hi = (lo + 1).clamp(max=n_bands - 1)
+    frac = pos - lo
+    interp = torch.zeros(len(alpha), n_bands, n_bands, dtype=dtype)  # warped = interp @ logmel
+    interp.scatter_add_(2, lo.unsqueeze(-1), (1 - frac).unsqueeze(-1))
+    interp.scatter_add_(2, hi.unsqueeze(-1), frac.unsqueeze(-1))
+    return (dct @ interp @ dct.T).float()
