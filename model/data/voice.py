@@ -44,7 +44,7 @@ def shift_formants(x: torch.Tensor, alpha: torch.Tensor, n_fft: int = N_FFT, hop
     frames = env.shape[2]
     warped = (env.gather(1, lo.unsqueeze(-1).expand(-1, -1, frames)) * (1 - frac)
               + env.gather(1, hi.unsqueeze(-1).expand(-1, -1, frames)) * frac)
-    limit = MAX_GAIN_DB / 20 * torch.log(torch.tensor(10.0, dtype=x.dtype))
+    limit = MAX_GAIN_DB / 20 * math.log(10.0)
     gain = (warped - env).clamp(-limit, limit).exp()
     out = torch.istft(spec * gain, n_fft, hop, window=win, length=length)
     # same peak as the input: the level is the caller's business
