@@ -210,10 +210,13 @@ def run_ecg(args) -> None:
         overrides.update(SMOKE_MODEL)
     preset = PRESETS["ecg"].with_overrides(**overrides)
     out = Path(args.out) / (args.run_name or "ecg")
-    command = ("bash scripts/gpu_train_data13.sh   # scripts/data13_train.py ecg"
-               if args.device == "cuda" else "python " + " ".join(sys.argv))
+    command = "python " + " ".join(sys.argv)  # as run (gpu_train_data13.sh or by hand)
     metrics = train(preset, out, device=args.device, data=data, progress=False, seed=0,
                     command=command, deadline=args.deadline, init_from=args.init_from)
+    cfg_path = out / "config.json"  # which template generator made its windows
+    cfg = json.loads(cfg_path.read_text())
+    cfg["training"]["template_version"] = ecg.TEMPLATE_VERSION
+    cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
     dev = torch.device(args.device)
     net, config = load_checkpoint(out, device=dev)
     with np.load(Path(args.bank) / "ecg_bank.npz") as b:
