@@ -48,6 +48,9 @@ class TaskPreset:
     noise_augment: float = 0.0  # std of additive Gaussian noise per sample (in input stds)
     scale_augment: float = 0.0  # std of a random per-sequence, per-channel gain around the mean
     stretch_augment: float = 0.0  # max time-stretch factor s: rate log-uniform in [1/s, s] (> 1)
+    #: train on train + val with the epoch count fixed and the last epoch kept (a recipe chosen
+    #: on validation, refitted on more speakers; validation numbers then measure training data)
+    refit_on_val: bool = False
     cepstral_warp: float = 0.0  # MFCC inputs: formant scale log-uniform in [1/s, s] (> 1)
     time_mask: int = 0  # max width (steps) of one random time span set to the mean per sequence
     channel_mask: int = 0  # max count of adjacent channels set to the mean per sequence

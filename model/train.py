@@ -71,6 +71,18 @@ def make_split(seqs, y) -> Split:
     return Split(x, lengths, torch.as_tensor(y).long())
 
 
+def concat_splits(a: Split, b: Split) -> Split:
+    """Both splits' sequences in one (right-padded to the longer of the two)."""
+    length = max(a.x.shape[1], b.x.shape[1])
+    pad = lambda s: torch.nn.functional.pad(s.x, (0, 0, 0, length - s.x.shape[1]))  # noqa: E731
+    if a.lengths is None and b.lengths is None and a.x.shape[1] == b.x.shape[1]:
+        lengths = None
+    else:
+        full = lambda s: s.lengths if s.lengths is not None else torch.full((len(s),), s.x.shape[1])  # noqa: E731
+        lengths = torch.cat([full(a), full(b)])
+    return Split(torch.cat([pad(a), pad(b)]), lengths, torch.cat([a.y, b.y]))
+
+
 def load_data(preset: TaskPreset) -> dict[str, Split]:
     from .data import load_split
 
@@ -321,6 +333,8 @@ def train(
     torch.manual_seed(seed)
     data = data if data is not None else load_data(preset)
     train_set, val_set, test_set = data["train"], data["val"], data["test"]
+    if preset.refit_on_val:  # the recipe was chosen on validation before; now it trains too
+        train_set = concat_splits(train_set, val_set)
     from .data import TASKS
 
     n_classes = (
@@ -419,7 +433,7 @@ def train(
                 horizon[0] = fit * steps_per_epoch
                 recipe["epochs_fitted_to_deadline"] = fit
                 log(f"deadline: {fit} epochs fit ({pace:.1f} s per epoch); cosine ends there")
-        improved = val_acc > best_acc
+        improved = val_acc > best_acc or preset.refit_on_val  # refit: the last epoch is kept
         log(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | "
             f"val loss {val_loss:.4f} acc {val_acc:.4f}{' (best)' if improved else ''} | {wall:.0f}s")  # fmt: skip
         if improved:

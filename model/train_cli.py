@@ -39,6 +39,8 @@ def register(sub) -> None:
     g.add_argument("--noise-augment", type=float)
     g.add_argument("--scale-augment", type=float)
     g.add_argument("--stretch-augment", type=float, help="max time-stretch factor (> 1)")
+    g.add_argument("--refit-on-val", action="store_true", default=None,
+                   help="validation joins training; the last epoch is kept")
     g.add_argument("--cepstral-warp", type=float,
                    help="MFCC inputs: max formant scale factor of the vocal-tract warp (> 1)")
     s = p.add_argument_group("init ablation: one run per (init, seed), same data and budget")
@@ -53,7 +55,7 @@ def register(sub) -> None:
 OVERRIDES = ("batch_size", "lr", "lr_ssm", "weight_decay", "warmup_epochs", "d_model", "d_state",
              "n_layers", "patch_size", "dropout", "n_train", "n_val", "n_test", "data_seed",
              "train_subset", "offset_augment", "noise_augment", "scale_augment",
-             "stretch_augment", "cepstral_warp")  # fmt: skip
+             "stretch_augment", "cepstral_warp", "refit_on_val")  # fmt: skip
 
 
 def run_train(args) -> int:

@@ -114,3 +114,30 @@ def test_time_stretch_and_masks_keep_padding_and_lengths_consistent():
     fill = torch.tensor([7.0, 8.0, 9.0])
     m = spec_mask(x, lengths, 4, 1, fill, gen)
     assert ((m == x) | (m == fill)).all()
+
+
+def test_concat_splits_pads_and_keeps_lengths():
+    from model.train import concat_splits
+
+    var, fixed = toy_data(variable=True, n=8)["train"], toy_data(n=8)["train"]
+    both = concat_splits(var, fixed)
+    assert both.x.shape == (16, 80, 1) and both.y.tolist() == var.y.tolist() + fixed.y.tolist()
+    assert both.lengths.tolist() == var.lengths.tolist() + [80] * 8
+    torch.testing.assert_close(both.x[:8, : var.x.shape[1]], var.x)
+    assert float(both.x[:8, var.x.shape[1] :].abs().sum()) == 0.0  # padding stays zero
+    same = concat_splits(fixed, fixed)
+    assert same.lengths is None and same.x.shape == (16, 80, 1)
+
+
+def test_refit_on_val_trains_on_both_and_keeps_the_last_epoch(tmp_path):
+    """--refit-on-val: the validation split joins training (more steps per epoch) and the last
+    epoch's weights are the checkpoint, whatever its validation score."""
+    data = toy_data()
+    quiet = dict(data=data, progress=False, log=lambda *_: None, seed=1)
+    m = train(preset(epochs=4, refit_on_val=True), tmp_path / "refit", **quiet)
+    assert m["best_epoch"] == 4
+    history = json.loads((tmp_path / "refit" / "metrics.json").read_text())["history"]
+    plain_steps = -(-160 // 16)
+    refit_steps = -(-(160 + 60) // 16)
+    state = json.loads((tmp_path / "refit" / "last" / "training_state.json").read_text())
+    assert len(history) == 4 and state["scheduler"]["last_epoch"] == 4 * refit_steps != 4 * plain_steps
