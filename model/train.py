@@ -438,8 +438,10 @@ def train(
             f"val loss {val_loss:.4f} acc {val_acc:.4f}{' (best)' if improved else ''} | {wall:.0f}s")  # fmt: skip
         if improved:
             best_acc = val_acc
+            # refit: the validation split is training data, so its score says nothing
             config = config.model_copy(update={"training": recipe, "metrics": {
-                "val_accuracy": val_acc, "best_epoch": epoch + 1}})  # fmt: skip
+                "val_accuracy": None if preset.refit_on_val else val_acc,
+                "best_epoch": epoch + 1}})  # fmt: skip
             save_checkpoint(out, net, config)
         save_checkpoint(out / "last", net, config)
         meta = dict(
