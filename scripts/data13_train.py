@@ -146,7 +146,8 @@ def run_kws(args) -> None:
     }
     overrides = dict(epochs=args.epochs or n["kws_epochs"], n_train=len(data["train"]),
                      n_val=len(data["val"]), n_test=len(data["test"]), shift_augment=0,
-                     lr=args.lr, warmup_epochs=args.warmup_epochs)
+                     lr=args.lr, warmup_epochs=args.warmup_epochs,
+                     refit_on_val=args.refit_on_val or None)
     if args.smoke and not args.init_from:
         overrides.update(SMOKE_MODEL)
     preset = PRESETS["kws"].with_overrides(**overrides)
@@ -155,6 +156,7 @@ def run_kws(args) -> None:
     knobs = " ".join(f"{k}={v}" for k, v in (("N_TRAIN", len(data["train"]) // len(engines)),
                                               ("FORMANTS", formants and "%g,%g" % tuple(formants)),
                                               ("EPOCHS", args.epochs),
+                                              ("REFIT", 1 if args.refit_on_val else None),
                                               ("LR", args.lr), ("KWS_INIT", args.init_from))
                      if v is not None)
     command = (f"{knobs} bash scripts/gpu_train_data13.sh   # scripts/data13_train.py kws "
@@ -266,6 +268,8 @@ def main() -> None:
     ap.add_argument("--skip-extra", action="store_true", help="kws: no phrases/noise eval")
     ap.add_argument("--formants", default=None,
                     help="prep-kws: LO,HI formant shift range for the training clips")
+    ap.add_argument("--refit-on-val", action="store_true",
+                    help="kws: the validation clips join training; the last epoch is kept")
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--warmup-epochs", type=float, default=None)

@@ -11,7 +11,8 @@
 # (augmented clips per engine), FORMANTS (LO,HI: formant shift of the training clips), EPOCHS,
 # LR, and KWS_INIT: a checkpoint folder the kws runs fine-tune (never loeo-espeak's when it holds
 # espeak-ng speech: KWS_INIT_ESPEAK=0 keeps that one from scratch, as a held-out engine must be
-# unheard); KWS_INIT_LOEO: another one for the loeo runs (one that never heard their engine).
+# unheard); KWS_INIT_LOEO: another one for the loeo runs (one that never heard their engine);
+# REFIT=1: the validation clips join training and the last epoch is kept.
 set -u
 OUT=${OUT:-/tmp/s4d-gpu-out}
 D="$OUT/data13"
@@ -57,6 +58,7 @@ fi
 KWS_ARGS=()
 [ -n "${EPOCHS:-}" ] && KWS_ARGS+=(--epochs "$EPOCHS")
 [ -n "${LR:-}" ] && KWS_ARGS+=(--lr "$LR")
+[ "${REFIT:-0}" = 1 ] && KWS_ARGS+=(--refit-on-val)
 $PY scripts/data13_train.py prep-kws --work /tmp/data13 --workers $WORKERS $FLAG \
     ${N_TRAIN:+--n-train $N_TRAIN} ${FORMANTS:+--formants $FORMANTS} \
     > "$D/prep_kws.log" 2>&1 || { tail -20 "$D/prep_kws.log"; exit 1; }
