@@ -74,13 +74,16 @@ def make_split(seqs, y) -> Split:
 def concat_splits(a: Split, b: Split) -> Split:
     """Both splits' sequences in one (right-padded to the longer of the two)."""
     length = max(a.x.shape[1], b.x.shape[1])
-    pad = lambda s: torch.nn.functional.pad(s.x, (0, 0, 0, length - s.x.shape[1]))  # noqa: E731
-    if a.lengths is None and b.lengths is None and a.x.shape[1] == b.x.shape[1]:
-        lengths = None
-    else:
-        full = lambda s: s.lengths if s.lengths is not None else torch.full((len(s),), s.x.shape[1])  # noqa: E731
-        lengths = torch.cat([full(a), full(b)])
-    return Split(torch.cat([pad(a), pad(b)]), lengths, torch.cat([a.y, b.y]))
+
+    def padded(s: Split) -> torch.Tensor:
+        return torch.nn.functional.pad(s.x, (0, 0, 0, length - s.x.shape[1]))
+
+    def lengths_of(s: Split) -> torch.Tensor:
+        return s.lengths if s.lengths is not None else torch.full((len(s),), s.x.shape[1])
+
+    same = a.lengths is None and b.lengths is None and a.x.shape[1] == b.x.shape[1]
+    lengths = None if same else torch.cat([lengths_of(a), lengths_of(b)])
+    return Split(torch.cat([padded(a), padded(b)]), lengths, torch.cat([a.y, b.y]))
 
 
 def load_data(preset: TaskPreset) -> dict[str, Split]:

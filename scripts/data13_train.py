@@ -154,7 +154,7 @@ def run_kws(args) -> None:
     out = Path(args.out) / (args.run_name or f"kws-{args.run}")
     formants = json.loads((work / "kws_sets.json").read_text()).get("formants")
     knobs = " ".join(f"{k}={v}" for k, v in (("N_TRAIN", len(data["train"]) // len(engines)),
-                                              ("FORMANTS", formants and "%g,%g" % tuple(formants)),
+                                              ("FORMANTS", formants and f"{formants[0]:g},{formants[1]:g}"),
                                               ("EPOCHS", args.epochs),
                                               ("REFIT", 1 if args.refit_on_val else None),
                                               ("LR", args.lr), ("KWS_INIT", args.init_from))

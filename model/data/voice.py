@@ -10,6 +10,10 @@ Per STFT frame the log-magnitude spectrum splits into a smooth envelope (low que
 real cepstrum: the vocal tract) and the rest (harmonics: the source). The envelope is warped
 along frequency, E'(f) = E(f / alpha), the source is kept, the phase is kept. alpha > 1 moves
 formants up (a shorter vocal tract), alpha < 1 down. alpha = 1 returns the input.
+
+Measured (bench/RESULTS.md, 2026-11-26): it did not close the gap to unheard voices for
+kws-s4d, and it made kws-events-s4d worse; off by default (`FORMANTS`, `--voice-copies`,
+`--cepstral-warp` turn it on).
 """
 
 from __future__ import annotations
