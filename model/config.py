@@ -75,8 +75,9 @@ DEFAULT_BACKGROUND = ("unknown", "silence", "normal", "background", "noise", "_b
 
 class EventsConfig(BaseModel):
     """Event detection over a stream's per-frame probabilities (model/events.py): a label
-    turns on at p >= threshold and off below threshold - hysteresis; an onset raises an event
-    unless the label's previous event is less than holdoff_ms before it."""
+    turns on once p >= threshold has held for min_on_ms (0: at the first such frame) and off
+    below threshold - hysteresis; an onset raises an event unless the label's previous event
+    is less than holdoff_ms before it."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -84,6 +85,9 @@ class EventsConfig(BaseModel):
     threshold: float = Field(0.8, gt=0, le=1)
     hysteresis: float = Field(0.2, ge=0, lt=1)
     holdoff_ms: float = Field(500.0, ge=0, le=3_600_000)
+    min_on_ms: float = Field(0.0, ge=0, le=10_000, description="how long p >= threshold must "
+                             "hold before the label turns on (a blip shorter than this raises "
+                             "nothing); the event still reports the onset")
     background: list[str] | None = Field(
         None, description="labels that never raise events; None: the class names among "
         + ", ".join(DEFAULT_BACKGROUND)

@@ -5,11 +5,13 @@ per-frame probabilities, so they report the same events.
 
 The input is one probability vector per frame, with the frame's end `offset` (samples
 consumed so far; the `offset` of a `result` message). Per label that is not background:
-- it turns on when p >= threshold, and off when p < threshold - hysteresis;
+- it turns on when p >= threshold has held from an onset frame through a frame at least
+  `min_on` samples later (min_on = 0: at the onset frame itself; a run of p >= threshold that
+  ends sooner raises nothing), and off when p < threshold - hysteresis;
 - turning on raises an event {"label", "offset", "probability"}: `offset` is the offset of
-  the frame where it turned on (the onset), `probability` the label's probability at that
-  frame (events are raised at the onset, not when the label turns off, so there is no peak
-  to wait for);
+  the onset frame, `probability` the label's probability at that frame (events are raised
+  when the label turns on, not when it turns off, so there is no peak to wait for; with
+  min_on > 0 the event comes min_on samples after its onset);
 - unless that label's previous event is less than `holdoff` samples before: then it turns on
   silently (one keyword said once raises one event even if the probability flickers).
 """
@@ -32,6 +34,7 @@ class DetectorSettings:
     off_threshold: float
     holdoff_samples: int
     watched: tuple[int, ...]  # indices of the labels that may raise events
+    min_on_samples: int = 0  # p >= on_threshold must hold this long before a label turns on
 
     @classmethod
     def from_config(cls, cfg: EventsConfig, class_names: Sequence[str],
@@ -46,6 +49,7 @@ class DetectorSettings:
             off_threshold=cfg.off_threshold,
             holdoff_samples=int(round(cfg.holdoff_ms * sample_rate / 1000.0)),
             watched=tuple(i for i, c in enumerate(class_names) if c not in background),
+            min_on_samples=int(round(cfg.min_on_ms * sample_rate / 1000.0)),
         )
 
 
@@ -57,6 +61,7 @@ class EventDetector:
         self.settings = settings
         self.on = np.zeros(len(self.class_names), dtype=bool)
         self.last_event: dict[int, int] = {}
+        self.onset: dict[int, tuple[int, float]] = {}  # label -> (offset, p) of a run not yet on
 
     def update(self, offset: int, probs: Iterable[float]) -> list[dict]:
         """Events raised by the frame that ends at `offset` (in order of class index)."""
@@ -68,19 +73,26 @@ class EventDetector:
                 if p[i] < s.off_threshold:
                     self.on[i] = False
                 continue
-            if p[i] >= s.on_threshold:
-                self.on[i] = True
-                last = self.last_event.get(i)
-                if last is None or offset - last >= s.holdoff_samples:
-                    self.last_event[i] = offset
-                    events.append({"label": self.class_names[i], "offset": int(offset),
-                                   "probability": float(p[i])})
+            if p[i] < s.on_threshold:
+                self.onset.pop(i, None)
+                continue
+            start, p_start = self.onset.setdefault(i, (int(offset), float(p[i])))
+            if offset - start < s.min_on_samples:
+                continue
+            del self.onset[i]
+            self.on[i] = True
+            last = self.last_event.get(i)
+            if last is None or start - last >= s.holdoff_samples:
+                self.last_event[i] = start
+                events.append({"label": self.class_names[i], "offset": start,
+                               "probability": p_start})
         return events
 
     def reset(self) -> None:
-        """A new segment (the model's state was reset): every label off; hold-offs stay, as
-        they count in samples of the same stream."""
+        """A new segment (the model's state was reset): every label off and no onset pending;
+        hold-offs stay, as they count in samples of the same stream."""
         self.on[:] = False
+        self.onset.clear()
 
 
 def detect(class_names: Sequence[str], settings: DetectorSettings, offsets: Iterable[int],

@@ -43,13 +43,22 @@ def kws_lines(m: dict) -> list[str]:
     at1 = m.get("test_frr_at_1fa_per_hour")
     ok_frr = t["false_rejection_rate"] <= 0.10 and t["false_alarms_per_hour"] <= 1.0
     ok_on = t["onset_error_p90_ms"] <= 300
-    chosen = ("the lowest threshold with <= 1 false alarm per hour there"
-              if v["false_alarms_per_hour"] <= 1.0 else
-              "no threshold of the sweep reached <= 1 false alarm per hour there, so the "
-              "highest, the fewest false alarms")
+    d = m["detector"]
+    grid = len(d.get("min_on_grid") or []) > 1
+    chosen = (("of the thresholds x minimum on-times with <= 1 false alarm per hour there, the "
+               "one that misses the fewest keywords") if grid else
+              "the lowest threshold with <= 1 false alarm per hour there")
+    if v["false_alarms_per_hour"] > 1.0:
+        chosen = ("no setting of the sweep reached <= 1 false alarm per hour there, so the one "
+                  "with the fewest false alarms")
+    min_on = (f", minimum on-time {d.get('min_on_ms', 0):.0f} ms (p >= threshold must hold "
+              f"that long; the event still reports the onset)") if d.get("min_on_ms") else ""
+    where = (f" Detector evaluated on {m['detector_evaluated_on']} (`--rechoose`: the streams "
+             f"drawn there, with the same seeds and recipe, differ from the training run's "
+             f"GPU draws)." if m.get("detector_evaluated_on") else "")
     lines = [
-        f"- Detector (chosen on validation streams: {chosen}): threshold {m['detector']['threshold']:g}, hysteresis "
-        f"{m['detector']['hysteresis']}, hold-off {m['detector']['holdoff_ms']:.0f} ms.",
+        f"- Detector (chosen on validation streams: {chosen}): threshold {d['threshold']:g}, "
+        f"hysteresis {d['hysteresis']}, hold-off {d['holdoff_ms']:.0f} ms{min_on}.{where}",
         f"- Test, at that setting: false rejection **{pct(t['false_rejection_rate'])}** "
         f"({t['keywords'] - t['detected']} of {t['keywords']} keywords missed) at "
         f"**{t['false_alarms_per_hour']:.2f} false alarms per hour** ({t['false_alarms']} in "
@@ -71,7 +80,9 @@ def kws_lines(m: dict) -> list[str]:
                      "streams.")
     curve = [c for c in m.get("test_curve", []) if c["threshold"] in CURVE_POINTS]
     if curve:  # a user trades misses for false alarms with `start`'s threshold
-        lines += ["- Test streams at other thresholds (`events.threshold` in `start`):", "",
+        lines += ["- Test streams at other thresholds (`events.threshold` in `start`"
+                  + (f"; minimum on-time {d['min_on_ms']:.0f} ms" if d.get("min_on_ms") else "")
+                  + "):", "",
                   "  | threshold | false rejection | false alarms / h | onset p90 |",
                   "  | --- | --- | --- | --- |"]
         lines += [f"  | {c['threshold']:g} | {pct(c['false_rejection_rate'])} | "
@@ -168,8 +179,8 @@ unmeasured and will be lower.{"" if kind == "kws" else " Not a medical device."}
   (a moving average of per-step features that forgets; exactly streamable, and the batch
   path computes the same prediction for every prefix).
 - Event defaults (config `task.events`, overridable in `start` / `/predict`): threshold
-  {ev.threshold:g}, hysteresis {ev.hysteresis}, hold-off {ev.holdoff_ms:.0f} ms, background
-  {bg or "none"}.
+  {ev.threshold:g}, hysteresis {ev.hysteresis}, hold-off {ev.holdoff_ms:.0f} ms, minimum
+  on-time {ev.min_on_ms:.0f} ms, background {bg or "none"}.
 
 ## Data
 {data}

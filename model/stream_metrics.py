@@ -26,30 +26,38 @@ from .events import DetectorSettings
 
 def detect_frames(probs: np.ndarray, offsets: np.ndarray, settings: DetectorSettings,
                   class_names: Sequence[str]) -> list[dict]:
-    """The events `model.events.detect` reports for frames probs [F, K] ending at offsets [F].
+    """The events `model.events.detect` reports for frames probs [F, K] ending at offsets [F]
+    (sorted by onset, then class).
 
-    A label is on after frame t iff some frame s <= t had p >= on and no frame in (s, t] had
-    p < off; an onset raises an event unless the label's last event is < hold-off before."""
+    Per label, over the maximal runs of frames with p >= on: a run that starts while the label
+    is off turns it on at its first frame at least `min_on_samples` after the run's onset (a
+    shorter run raises nothing); the label stays on until a frame with p < off. Turning on
+    raises an event at the onset unless the label's last event is < hold-off before."""
     probs = np.asarray(probs, dtype=np.float64)
     offsets = np.asarray(offsets, dtype=np.int64)
     f = len(offsets)
     out: list[tuple[int, int, dict]] = []
     if f == 0:
         return []
-    idx = np.arange(f)
     for k in settings.watched:
         p = probs[:, k]
-        last_on = np.maximum.accumulate(np.where(p >= settings.on_threshold, idx, -1))
-        last_off = np.maximum.accumulate(np.where(p < settings.off_threshold, idx, -1))
-        on = last_on > last_off
-        onsets = np.flatnonzero(on & ~np.concatenate([[False], on[:-1]]))
-        last = None
-        for t in onsets:
-            off = int(offsets[t])
-            if last is None or off - last >= settings.holdoff_samples:
-                last = off
-                out.append((off, k, {"label": class_names[k], "offset": off,
-                                     "probability": float(p[t])}))
+        edges = np.diff(np.concatenate([[0], (p >= settings.on_threshold).astype(np.int8), [0]]))
+        starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1) - 1
+        below_off = np.flatnonzero(p < settings.off_threshold)
+        on_until, last = -1, None
+        for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
+            if s <= on_until:  # the label is still on from an earlier run
+                continue
+            c = int(np.searchsorted(offsets, offsets[s] + settings.min_on_samples))
+            if c > e:  # the run ended before it held long enough
+                continue
+            j = int(np.searchsorted(below_off, c, side="right"))
+            on_until = int(below_off[j]) - 1 if j < len(below_off) else f
+            onset = int(offsets[s])
+            if last is None or onset - last >= settings.holdoff_samples:
+                last = onset
+                out.append((onset, k, {"label": class_names[k], "offset": onset,
+                                       "probability": float(p[s])}))
     out.sort(key=lambda e: (e[0], e[1]))
     return [e[2] for e in out]
 
@@ -80,10 +88,11 @@ def detect_many(streams: Sequence[tuple[np.ndarray, np.ndarray]], settings: Dete
 
 
 def settings_for(threshold: float, hysteresis: float, holdoff_ms: float, watched: Sequence[int],
-                 sample_rate: int) -> DetectorSettings:
+                 sample_rate: int, min_on_ms: float = 0.0) -> DetectorSettings:
     return DetectorSettings(on_threshold=threshold, off_threshold=threshold - hysteresis,
                             holdoff_samples=int(round(holdoff_ms * sample_rate / 1000.0)),
-                            watched=tuple(watched))
+                            watched=tuple(watched),
+                            min_on_samples=int(round(min_on_ms * sample_rate / 1000.0)))
 
 
 # ----------------------------------------------------------------------------- keywords

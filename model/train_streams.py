@@ -3,16 +3,18 @@ detector on validation streams, measure it on held-out test streams.
 
     python -m model.train_streams kws-events|ecg-monitor --bank .cache/stream15 --out DIR
         [--device cuda] [--budget-s 170] [--smoke]
+    python -m model.train_streams kws-events --rechoose CHECKPOINT --out DIR [--eval-cache D]
+        (no training: the event defaults chosen again, e.g. over min_on_grid)
 
 The network starts from the clip model's weights (checkpoints/kws-s4d, ecg-s4d) with pooling
 switched to `ema` (a moving average that forgets, exactly streamable) and is trained on the
 prediction after every step (`S4DNetwork.prefix_logits`) against the stream's per-step
 targets (model/data/streams.py). The number of optimiser steps is set from the measured
 speed of the first steps so that training fits `budget_s` (recorded in the config).
-Validation streams choose the detector threshold (keywords: the lowest with <= 1 false alarm
-per hour of non-keyword audio; ECG: the most changes detected within 15 s with <= 1 false
-change per hour); the test streams are evaluated once with that setting, and never select
-anything. Writes DIR/config.json, model.safetensors and metrics.json.
+Validation streams choose the detector threshold and min_on (keywords: the fewest missed
+keywords with <= 1 false alarm per hour of non-keyword audio; ECG: the most changes detected
+within 15 s with <= 1 false change per hour); the test streams are evaluated once with that
+setting, and never select anything. Writes DIR/config.json, model.safetensors and metrics.json.
 """
 
 from __future__ import annotations
@@ -73,6 +75,9 @@ class StreamPreset:
     train_segment_s: tuple[float, float] = (20.0, 90.0)
     thresholds: tuple[float, ...] = (*np.round(np.arange(0.30, 0.981, 0.02), 2), 0.99, 0.995,
                                      0.998)
+    #: how long p >= threshold must hold before an event (EventsConfig.min_on_ms): validation
+    #: chooses it together with the threshold
+    min_on_grid: tuple[float, ...] = (0.0,)
 
 
 PRESETS = {
@@ -84,6 +89,7 @@ PRESETS = {
         holdoff_ms=1000.0, hysteresis=0.2,
         eval_pos={"val": (120, 30.0), "test": (300, None)},  # None: 10-60 s each
         eval_neg={"val": (240, 60.0), "test": (360, 60.0)},  # 4 h / 6 h of non-keyword audio
+        min_on_grid=(0.0, 40.0, 80.0, 140.0, 200.0, 300.0),
     ),
     "ecg-monitor": StreamPreset(
         name="ecg-monitor-s4d", kind="ecg", base="ecg-s4d", ema_tau_s=3.0,
@@ -236,19 +242,39 @@ def train(preset: StreamPreset, bank_dir: Path, out: Path, device: str, seed: in
                           + (f" --voice-copies {preset.voice_copies}" if preset.voice_copies
                              else ""))
     val = evaluate(net, cfg, preset, bank_dir, "val", dev)
-    chosen = choose(preset, cfg, val)
-    log(f"{preset.name}: validation chose {chosen}")
     test = evaluate(net, cfg, preset, bank_dir, "test", dev)
-    test_at = score(preset, cfg, test, chosen["threshold"])
-    curve = [dict(threshold=t, **score(preset, cfg, test, t)) for t in preset.thresholds]
-    events = cfg.task.events.model_copy(update={"threshold": chosen["threshold"]})
-    task = cfg.task.model_copy(update={"events": events})
+    task, detector = choose_detector(preset, cfg, val, test, log)
     metrics = {
         "kind": preset.kind, "train_steps": total, "train_wall_s": round(wall, 1),
         "train_loss_last50": round(float(np.mean(losses[-50:])), 4),
-        "hardware": hardware(dev), "parameters": net.num_parameters(),
+        "hardware": hardware(dev), "parameters": net.num_parameters(), **detector,
+    }
+    return save_run(out, net, cfg.model_copy(update={"task": task, "training": recipe}), metrics)
+
+
+def save_run(out: Path, net: S4DNetwork, cfg, metrics: dict) -> dict:
+    """config.json (metrics without the curve) + weights + metrics.json into `out`."""
+    cfg = cfg.model_copy(update={"metrics": {k: v for k, v in metrics.items()
+                                             if k != "test_curve"}})
+    save_checkpoint(out, net.cpu(), cfg)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    return metrics
+
+
+def choose_detector(preset: StreamPreset, cfg, val: dict, test: dict, log=print):
+    """The event defaults chosen on validation streams, and what they give on test streams:
+    (task config with those defaults, detector metrics)."""
+    chosen = choose(preset, cfg, val)
+    log(f"{preset.name}: validation chose {chosen}")
+    min_on = chosen["min_on_ms"]
+    test_at = score(preset, cfg, test, chosen["threshold"], min_on)
+    curve = [dict(threshold=t, **score(preset, cfg, test, t, min_on)) for t in preset.thresholds]
+    events = cfg.task.events.model_copy(update={"threshold": chosen["threshold"],
+                                                "min_on_ms": min_on})
+    metrics = {
         "detector": {"threshold": chosen["threshold"], "hysteresis": preset.hysteresis,
-                     "holdoff_ms": preset.holdoff_ms, "chosen_on": "validation streams"},
+                     "holdoff_ms": preset.holdoff_ms, "min_on_ms": min_on,
+                     "min_on_grid": list(preset.min_on_grid), "chosen_on": "validation streams"},
         "validation": chosen["val"], "test": test_at,
         "test_sizes": {k: v for k, v in test.items() if k in ("pos_seconds", "neg_seconds",
                                                               "streams")},
@@ -259,11 +285,37 @@ def train(preset: StreamPreset, bank_dir: Path, out: Path, device: str, seed: in
         metrics["test_frr_at_1fa_per_hour"] = (
             {"threshold": ok[0]["threshold"], **ok[0]} if ok else None)
     metrics["test_curve"] = curve
-    cfg = cfg.model_copy(update={"task": task, "training": recipe, "metrics": {
-        k: v for k, v in metrics.items() if k != "test_curve"}})
-    save_checkpoint(out, net.cpu(), cfg)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
-    return metrics
+    return cfg.task.model_copy(update={"events": events}), metrics
+
+
+def rechoose(preset: StreamPreset, checkpoint: Path, bank_dir: Path, out: Path, device: str,
+             cache: Path | None = None, log=print) -> dict:
+    """Choose a trained model's event defaults again (e.g. over a new `min_on_grid`), on the
+    same validation / test recipe; the weights and the training record stay. `cache` keeps
+    the streams' frame probabilities (val.npy, test.npy), the slow part on a CPU."""
+    dev = torch.device(device)
+    net, cfg = load_checkpoint(checkpoint, device=dev)
+    net.eval()
+    data = {}
+    for split in ("val", "test"):
+        path = cache / f"{split}.npy" if cache else None
+        if path is not None and path.exists():
+            data[split] = np.load(path, allow_pickle=True)[0]  # written by this function
+        else:
+            data[split] = evaluate(net, cfg, preset, bank_dir, split, dev)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                np.save(path, np.array([data[split]], dtype=object), allow_pickle=True)
+    task, detector = choose_detector(preset, cfg, data["val"], data["test"], log)
+    keep = ("kind", "train_steps", "train_wall_s", "train_loss_last50", "hardware", "parameters")
+    metrics = {**{k: cfg.metrics[k] for k in keep if k in cfg.metrics}, **detector,
+               "detector_evaluated_on": hardware(dev)}
+    training = dict(cfg.training, min_on_grid=list(preset.min_on_grid),
+                    detector_command=f"python -m model.train_streams "
+                                     f"{preset.name.removesuffix('-s4d')} --rechoose "
+                                     f"{checkpoint} --bank {bank_dir} --device {device}")
+    return save_run(out, net, cfg.model_copy(update={"task": task, "training": training}),
+                    metrics)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -318,13 +370,14 @@ def evaluate(net, cfg, preset: StreamPreset, bank_dir: Path, split: str, dev) ->
     return out
 
 
-def score(preset: StreamPreset, cfg, data: dict, threshold: float) -> dict:
+def score(preset: StreamPreset, cfg, data: dict, threshold: float,
+          min_on_ms: float = 0.0) -> dict:
     names = cfg.class_names()
     ev_cfg = cfg.task.events.model_copy(update={"threshold": float(threshold)})
     bg = set(ev_cfg.background_labels(names))
     watched = [i for i, c in enumerate(names) if c not in bg]
     st = settings_for(float(threshold), preset.hysteresis, preset.holdoff_ms, watched,
-                      cfg.task.sample_rate)
+                      cfg.task.sample_rate, min_on_ms)
     rate = cfg.task.sample_rate
     pos_events = detect_many([(p, e) for p, e, _ in data["pos"]], st, names)
     pos = [(ev, truth) for ev, (_, _, truth) in zip(pos_events, data["pos"], strict=True)]
@@ -335,15 +388,22 @@ def score(preset: StreamPreset, cfg, data: dict, threshold: float) -> dict:
 
 
 def choose(preset: StreamPreset, cfg, val: dict) -> dict:
-    """The detector threshold from validation streams only."""
-    rows = [(t, score(preset, cfg, val, t)) for t in preset.thresholds]
+    """The detector threshold and min_on from validation streams only. Keywords: of the
+    settings with <= 1 false alarm per hour, the fewest missed keywords (ties: the lower
+    threshold, then the shorter min_on); none: the fewest false alarms. ECG: of the settings
+    with <= 1 false change per hour, the most changes detected."""
+    rows = [(t, mo, score(preset, cfg, val, t, mo))
+            for mo in preset.min_on_grid for t in preset.thresholds]
     if preset.kind == "kws":
-        ok = [(t, m) for t, m in rows if m["false_alarms_per_hour"] <= 1.0]
-        t, m = ok[0] if ok else rows[-1]
+        ok = [r for r in rows if r[2]["false_alarms_per_hour"] <= 1.0]
+        t, mo, m = (min(ok, key=lambda r: (r[2]["false_rejection_rate"], r[0], r[1])) if ok else
+                    min(rows, key=lambda r: (r[2]["false_alarms_per_hour"],
+                                             r[2]["false_rejection_rate"])))
     else:
-        ok = [(t, m) for t, m in rows if m["false_changes_per_hour"] <= 1.0] or rows
-        t, m = max(ok, key=lambda r: (r[1]["detected_share"], -r[1]["false_changes_per_hour"]))
-    return {"threshold": float(t), "val": m}
+        ok = [r for r in rows if r[2]["false_changes_per_hour"] <= 1.0] or rows
+        t, mo, m = max(ok, key=lambda r: (r[2]["detected_share"],
+                                          -r[2]["false_changes_per_hour"], -r[0], -r[1]))
+    return {"threshold": float(t), "min_on_ms": float(mo), "val": m}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -361,6 +421,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="share of word slots holding a keyword in training streams")
     ap.add_argument("--init-from", type=Path,
                     help="continue from an earlier run's checkpoint of the same preset")
+    ap.add_argument("--rechoose", type=Path, metavar="CHECKPOINT",
+                    help="no training: choose this trained model's event defaults again "
+                         "(threshold x min_on_grid) on the validation streams; writes --out")
+    ap.add_argument("--eval-cache", type=Path,
+                    help="with --rechoose: keep / reuse the streams' frame probabilities here")
     ap.add_argument("--extra-words", metavar="DATA13_BANK",
                     help="kws: add the flite and festival training words of this utterance bank")
     ap.add_argument("--voice-copies", type=int,
@@ -389,6 +454,11 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
+    if args.rechoose:
+        m = rechoose(preset, args.rechoose, Path(args.bank), out, args.device, args.eval_cache,
+                     log=lambda *a: print(*a, flush=True))
+        print(json.dumps({k: v for k, v in m.items() if k != "test_curve"}, indent=1))
+        return 0
     m = train(preset, Path(args.bank), out, args.device, args.seed,
               log=lambda *a: print(*a, flush=True), init_from=args.init_from)
     print(json.dumps({k: v for k, v in m.items() if k != "test_curve"}, indent=1))

@@ -80,10 +80,11 @@ def test_events_default_from_the_model_and_can_be_turned_off(live_server, ws_cli
     res = asyncio.run(ws_client.stream_signal(live_server.ws_url(MODEL), x,
                                               start={"sample_rate": RATE}))
     assert res.started["events"] == {"threshold": 0.8, "off_threshold": pytest.approx(0.6),
-                                     "holdoff_samples": 1000, "background": ["unknown"]}
+                                     "holdoff_samples": 1000, "min_on_samples": 0,
+                                     "background": ["unknown"]}
     meta = httpx.get(f"{live_server.base_url}/v1/models/{MODEL}").json()
     assert meta["events"] == {"enabled": True, "threshold": 0.8, "hysteresis": 0.2,
-                              "holdoff_ms": 500.0, "background": ["unknown"]}
+                              "holdoff_ms": 500.0, "min_on_ms": 0.0, "background": ["unknown"]}
     assert meta["pooling"] == "ema"
     res = asyncio.run(ws_client.stream_signal(
         live_server.ws_url(MODEL), x,
@@ -96,8 +97,50 @@ def test_events_default_from_the_model_and_can_be_turned_off(live_server, ws_cli
     assert res.started["events"] is False and not events_of(res) and res.close_code == 1000
 
 
+def test_min_on_events_equal_the_detector_and_predict(live_server, ws_client):
+    """`min_on_ms`: the stream's events equal the detector's on the batch path's frames and
+    POST /predict's events; runs of p >= threshold shorter than min_on raise nothing."""
+    x = signal(2, 3000)
+    ends, probs = frame_probs(live_server, x)
+    label = int(np.argmax(probs.std(0)))
+    thr = threshold_between(probs[:, label])
+    base = {"threshold": thr, "hysteresis": min(0.01, thr / 2), "holdoff_ms": 0,
+            "background": [c for i, c in enumerate(CLASSES) if i != label]}
+    above = np.concatenate([[0], (probs[:, label] >= thr).astype(int), [0]])
+    edges = np.flatnonzero(np.diff(above))
+    runs = edges[1::2] - edges[::2]  # lengths (frames) of the runs of p >= threshold
+    k = int(runs.max())  # only the longest runs hold long enough
+    assert (runs < k).any(), runs
+    hold = (k - 1) * FRAME  # the run's last frame ends (k - 1) frames after its onset frame
+    override = dict(base, min_on_ms=hold * 1000 / RATE)
+    settings = DetectorSettings.from_config(EventsConfig(**override), CLASSES, RATE)
+    assert settings.min_on_samples == hold
+    expected = detect(CLASSES, settings, ends, probs)
+    plain = detect(CLASSES, DetectorSettings.from_config(EventsConfig(**base), CLASSES, RATE),
+                   ends, probs)
+    assert expected and len(expected) < len(plain), "some runs must be shorter than min_on"
+    res = asyncio.run(ws_client.stream_signal(
+        live_server.ws_url(MODEL), x, sizes=[700, 13, 4000],
+        start={"sample_rate": RATE, "events": override}))
+    assert res.close_code == 1000, res.messages
+    assert res.started["events"]["min_on_samples"] == hold
+    got = events_of(res)
+    assert [(e["label"], e["offset"]) for e in got] == [(e["label"], e["offset"]) for e in expected]
+    # an event is sent once the label turned on: after the result of the frame min_on later
+    types = [(m["type"], m.get("offset")) for m in res.messages]
+    for e in got:
+        assert types.index(("result", e["offset"] + hold)) < types.index(("event", e["offset"]))
+    r = httpx.post(f"{live_server.base_url}/v1/models/{MODEL}/predict",
+                   json={"inputs": [x[:, 0].tolist()], "events": override}, timeout=60)
+    assert r.status_code == 200, r.text
+    want = r.json()["predictions"][0]["events"]
+    assert [(e["label"], e["offset"]) for e in want] == [(e["label"], e["offset"]) for e in got]
+
+
 @pytest.mark.parametrize("events,needle", [
     ("yes", "true, false or an object"),
+    ({"min_on_ms": -5}, "min_on_ms"),
+    ({"min_on_ms": "long"}, "events.min_on_ms must be a number"),
     ({"threshold": 1.5}, "threshold"),
     ({"threshold": "0.5"}, "events.threshold must be a number"),
     ({"threshold": 0.5, "hysteresis": 0.6}, "hysteresis"),

@@ -112,12 +112,42 @@ def test_vectorised_detector_equals_the_detector(seed):
     probs = np.clip(np.cumsum(rng.normal(0, 0.15, (f, k)), 0) % 1.0, 0, 1).astype(np.float32)
     offsets = np.arange(1, f + 1) * 20
     names = ["a", "b", "c", "bg"]
-    for on, hyst, hold in [(0.5, 0.1, 0), (0.7, 0.3, 200), (0.4, 0.0, 1000)]:
-        st = DetectorSettings(on, on - hyst, hold, (0, 1, 2))
-        assert detect_frames(probs, offsets, st, names) == detect(names, st, offsets, probs)
+    def by_onset(events):  # the stream raises an event when the label turns on, which with
+        return sorted(events, key=lambda e: (e["offset"], names.index(e["label"])))  # min_on
+        # comes after its onset: compare in onset order
+
+    for on, hyst, hold, min_on in [(0.5, 0.1, 0, 0), (0.7, 0.3, 200, 0), (0.4, 0.0, 1000, 0),
+                                   (0.5, 0.1, 0, 60), (0.6, 0.2, 300, 100), (0.4, 0.0, 0, 20)]:
+        st = DetectorSettings(on, on - hyst, hold, (0, 1, 2), min_on)
+        streamed = by_onset(detect(names, st, offsets, probs))
+        assert detect_frames(probs, offsets, st, names) == streamed
+        assert len(streamed) > 0
         parts = [(probs[:150], offsets[:150]), (probs[150:], offsets[150:] - 3000),
                  (probs[:1], offsets[:1])]
-        assert detect_many(parts, st, names) == [detect(names, st, o, p) for p, o in parts]
+        assert detect_many(parts, st, names) == [by_onset(detect(names, st, o, p))
+                                                 for p, o in parts]
+
+
+def test_min_on_ignores_blips_and_reports_the_onset():
+    """min_on: a run of p >= threshold shorter than min_on raises nothing; a longer one turns
+    the label on at the frame that completes min_on and reports the onset frame's offset and
+    probability; min_on = 0 is the plain detector."""
+    from model.events import EventDetector
+
+    names = ["yes", "silence"]
+    p_yes = [0.1, 0.9, 0.95, 0.2, 0.1, 0.85, 0.9, 0.97, 0.99, 0.3, 0.1]
+    offsets = [320 * (i + 1) for i in range(len(p_yes))]
+    probs = [[p, 1 - p] for p in p_yes]
+    st = DetectorSettings(0.8, 0.6, 0, (0,), min_on_samples=640)  # three frames in a row
+    det = EventDetector(names, st)
+    raised = [(off, det.update(off, pr)) for off, pr in zip(offsets, probs, strict=True)]
+    fired = [(off, ev) for off, evs in raised for ev in evs]
+    assert fired == [(offsets[7], {"label": "yes", "offset": offsets[5], "probability": 0.85})]
+    plain = detect(names, DetectorSettings(0.8, 0.6, 0, (0,)), offsets, probs)
+    assert [e["offset"] for e in plain] == [offsets[1], offsets[5]]
+    det.update(offsets[-1] + 320, [0.9, 0.1])  # a pending onset is dropped by reset
+    det.reset()
+    assert det.onset == {} and not det.on.any()
 
 
 def test_kws_and_ecg_metrics_count_by_hand():
@@ -200,3 +230,54 @@ def test_extra_training_words_are_new_words_and_no_keyword():
 
     assert len(set(EXTRA_TRAIN_WORDS)) == len(EXTRA_TRAIN_WORDS) >= 100
     assert not set(EXTRA_TRAIN_WORDS) & (set(KEYWORDS) | set(UNKNOWN_WORDS))
+
+
+def test_rechoose_keeps_the_weights_and_chooses_on_validation(tmp_path):
+    """`train_streams --rechoose`: the event defaults are chosen again over threshold x
+    min_on_grid on validation streams (the fewest misses with <= 1 false alarm per hour), the
+    weights and the training record stay, and a frame-probability cache gives the same answer."""
+    from dataclasses import replace
+
+    from model.checkpoint import load_checkpoint, save_checkpoint
+    from model.train_streams import PRESETS, build, rechoose, score, smoke
+
+    preset = replace(smoke(PRESETS["kws-events"]), thresholds=(0.3, 0.6, 0.9),
+                     min_on_grid=(0.0, 100.0))
+    net, cfg = build(preset, "cpu")
+    save_checkpoint(tmp_path / "run", net, cfg.model_copy(update={"training": {"steps": 7}}))
+    bank = tmp_path / "bank"  # a small bank in stream_bank's layout: noise "words", rooms
+    bank.mkdir()
+    rng = np.random.default_rng(3)
+    arrays = {}
+    for split in ("val", "test"):
+        lengths = rng.integers(3000, 7000, 30)
+        arrays[f"{split}_audio"] = (rng.standard_normal(int(lengths.sum())) * 8000).astype(np.int16)
+        arrays[f"{split}_lengths"] = lengths
+        arrays[f"{split}_labels"] = np.array([i % 10 for i in range(20)] + [S.UNKNOWN] * 10)
+    np.savez(bank / "words.npz", **arrays)
+    np.savez(bank / "rirs.npz", rirs=(rng.standard_normal((4, 400)) * 0.1).astype(np.float16))
+    m = rechoose(preset, tmp_path / "run", bank, tmp_path / "out", "cpu", tmp_path / "cache",
+                 log=lambda *a: None)
+    again = rechoose(preset, tmp_path / "run", bank, tmp_path / "out2", "cpu", tmp_path / "cache",
+                     log=lambda *a: None)
+    assert again.keys() == m.keys() and (tmp_path / "cache" / "val.npy").exists()
+    assert ((tmp_path / "out" / "metrics.json").read_text()  # (NaN onset errors: as text)
+            == (tmp_path / "out2" / "metrics.json").read_text())
+    new, new_cfg = load_checkpoint(tmp_path / "out")
+    for k, v in net.state_dict().items():
+        torch.testing.assert_close(new.state_dict()[k], v, rtol=0, atol=0)
+    d = m["detector"]
+    assert (new_cfg.task.events.threshold, new_cfg.task.events.min_on_ms) == (
+        d["threshold"], d["min_on_ms"])
+    assert new_cfg.training["steps"] == 7 and new_cfg.training["min_on_grid"] == [0.0, 100.0]
+    val = np.load(tmp_path / "cache" / "val.npy", allow_pickle=True)[0]
+    rows = [(t, mo, score(preset, new_cfg, val, t, mo))
+            for mo in preset.min_on_grid for t in preset.thresholds]
+    ok = [r for r in rows if r[2]["false_alarms_per_hour"] <= 1.0]
+    if ok:
+        assert m["validation"]["false_alarms_per_hour"] <= 1.0
+        assert m["validation"]["false_rejection_rate"] == min(
+            r[2]["false_rejection_rate"] for r in ok)
+    else:
+        assert m["validation"]["false_alarms_per_hour"] == min(
+            r[2]["false_alarms_per_hour"] for r in rows)

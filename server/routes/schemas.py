@@ -68,6 +68,7 @@ class EventsMeta(BaseModel):
     threshold: float
     hysteresis: float
     holdoff_ms: float
+    min_on_ms: float = 0.0
     background: list[str]
 
 
@@ -117,6 +118,7 @@ class EventsOverride(BaseModel):
     threshold: StrictFloat | StrictInt | None = None
     hysteresis: StrictFloat | StrictInt | None = None
     holdoff_ms: StrictFloat | StrictInt | None = None
+    min_on_ms: StrictFloat | StrictInt | None = None
     background: list[StrictStr] | None = None
 
 

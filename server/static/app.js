@@ -462,6 +462,7 @@ function showDetector(r) {
   const rate = r.model.sample_rate;
   ui.eventsInfo.textContent = `threshold ${ev.threshold.toFixed(2)} · off below ` +
     `${ev.off_threshold.toFixed(2)} · hold-off ${(1000 * ev.holdoff_samples / rate).toFixed(0)} ms` +
+    (ev.min_on_samples ? ` · held ${(1000 * ev.min_on_samples / rate).toFixed(0)} ms before an event` : "") +
     (ev.background.length ? ` · background: ${ev.background.join(", ")}` : "");
 }
 
