@@ -94,7 +94,10 @@ def test_training_augment_applies_the_cepstral_warp():
 
     preset = PRESETS["fsdd"].with_overrides(offset_augment=0, scale_augment=0, noise_augment=0,
                                             stretch_augment=0, cepstral_warp=1.2)
-    net = type("Net", (), {"input_mean": torch.zeros(13), "input_std": torch.ones(13)})()
+    from model.config import ModelConfig
+    from model.network import S4DNetwork
+
+    net = S4DNetwork(ModelConfig(d_input=13, d_output=10, d_model=8, d_state=4, n_layers=1))
     x = torch.randn(4, 20, 13)
     y, lengths = augment(x, torch.full((4,), 20), preset, net, torch.Generator().manual_seed(0))
     assert y.shape == x.shape and lengths.tolist() == [20] * 4

@@ -49,11 +49,14 @@ class WordBank:
         bounds = np.concatenate([[0], np.cumsum(lengths)])
         for i in range(n):
             pad[i, : lengths[i]] = audio[bounds[i] : bounds[i + 1]] / 32767.0
-        self.audio = torch.from_numpy(pad).to(device)
-        self.lengths = torch.from_numpy(lengths.astype(np.int64)).to(device)
-        self.labels = torch.from_numpy(labels.astype(np.int64)).to(device)
-        self.keyword_idx = torch.nonzero(self.labels < UNKNOWN).flatten()
-        self.other_idx = torch.nonzero(self.labels == UNKNOWN).flatten()
+        self._set(torch.from_numpy(pad).to(device),
+                  torch.from_numpy(lengths.astype(np.int64)).to(device),
+                  torch.from_numpy(labels.astype(np.int64)).to(device))
+
+    def _set(self, audio: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor) -> None:
+        self.audio, self.lengths, self.labels = audio, lengths, labels
+        self.keyword_idx = torch.nonzero(labels < UNKNOWN).flatten()
+        self.other_idx = torch.nonzero(labels == UNKNOWN).flatten()
 
     @classmethod
     def load(cls, directory: str | Path, split: str, device="cpu",
@@ -82,11 +85,8 @@ class WordBank:
                 mask = torch.arange(rows.shape[1], device=dev) < self.lengths[i : i + chunk, None]
                 pieces.append((warped * mask).clamp(-1.0, 1.0))
         out = WordBank.__new__(WordBank)
-        out.audio = torch.cat(pieces)
-        out.lengths = self.lengths.repeat(copies + 1)
-        out.labels = self.labels.repeat(copies + 1)
-        out.keyword_idx = torch.nonzero(out.labels < UNKNOWN).flatten()
-        out.other_idx = torch.nonzero(out.labels == UNKNOWN).flatten()
+        out._set(torch.cat(pieces), self.lengths.repeat(copies + 1),
+                 self.labels.repeat(copies + 1))
         return out
 
 
