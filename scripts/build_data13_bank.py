@@ -2,7 +2,8 @@
 flite or festival) into .cache/data13/ (carried there; kept small).
 
     python scripts/build_data13_bank.py ecg   # ecg_bank.npz: shifted ECG test set + MIT-BIH 208
-    python scripts/build_data13_bank.py kws   # kws_bank.*: clean keyword utterances, 3 engines
+    python scripts/build_data13_bank.py kws [--engines mbrola pico]   # kws_*: clean keyword
+                                              # utterances, one FLAC + index per engine
 
 Deterministic for given arguments (every item has its own seed).
 """
@@ -46,13 +47,15 @@ def main() -> None:
     ap.add_argument("what", choices=("ecg", "kws"))
     ap.add_argument("--n-shift", type=int, default=400)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--engines", nargs="+", default=None,
+                    help="kws: render only these engines (the others' files stay as they are)")
     args = ap.parse_args()
     if args.what == "ecg":
         build_ecg(args.n_shift, args.workers)
     else:
-        from model.data.kws_bank import build_bank
+        from model.data.kws_bank import ENGINES, build_bank
 
-        build_bank(BANK, workers=args.workers)
+        build_bank(BANK, engines=args.engines or ENGINES, workers=args.workers)
 
 
 if __name__ == "__main__":

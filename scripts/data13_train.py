@@ -1,8 +1,8 @@
 """Issue 13 training runs (called by scripts/gpu_train_data13.sh; SMOKE=1 for a tiny CPU run).
 
     prep-kws  augmented 1 s clip sets from the utterance bank (.cache/data13/kws_*.flac)
-    kws RUN   RUN = all | loeo-espeak | loeo-flite | loeo-festival: train on the engines of
-              RUN, evaluate on its test set (all: test voices of all engines; loeo-E: every
+    kws RUN   RUN = all | loeo-<engine> (espeak, flite, festival, mbrola, pico): train on the
+              engines of RUN, evaluate on its test set (all: test voices of all engines; loeo-E: every
               voice of the held-out engine E), on non-keyword phrases and on noise
     ecg       template-generator train/val/test, plus the shifted test set (ECGSYN) and the
               MIT-BIH 208 rate-band check from .cache/data13/ecg_bank.npz
@@ -24,7 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-ENGINES = ("espeak", "flite", "festival")
+from model.data.kws_bank import ENGINES  # noqa: E402
 # epochs are upper bounds: train(deadline=) fits the count (and the cosine) to the time box
 FULL = dict(kws_train=5000, kws_val=400, kws_test=600, kws_heldout=1200, kws_phrases=300,
             kws_noise=600, kws_epochs=24, ecg_train=8000, ecg_val=1000, ecg_test=1000,
@@ -33,7 +33,7 @@ SMOKE = dict(kws_train=36, kws_val=24, kws_test=24, kws_heldout=24, kws_phrases=
              kws_noise=12, kws_epochs=1, ecg_train=30, ecg_val=15, ecg_test=15, ecg_epochs=1)
 SMOKE_MODEL = dict(d_model=16, d_state=8, n_layers=1)
 KWS_DESCRIPTION = ("Keyword spotting on 1 s of raw 16 kHz audio, trained on speech synthesized "
-                   "by espeak-ng, flite and festival")
+                   "by espeak-ng, flite, festival, MBROLA and SVOX Pico")
 ECG_DESCRIPTION = ("Rhythm class of a 10 s single-lead ECG at 250 Hz in mV, trained on "
                    "simulated ECGs (Gaussian-wave beat templates)")
 
@@ -77,7 +77,7 @@ def prep_kws(args) -> None:
         }
         for s_i, (name, (flt, count, kind)) in enumerate(sets.items()):
             pool = kws_mix.select(rows, engines=(e,), **flt)
-            if not pool:  # festival has no val voice
+            if not pool:  # festival and pico have no val voice
                 continue
             x, y = kws_mix.make_clips(pool, count, seed=0, kind=kind, code=100 + 10 * e_i + s_i,
                                       workers=args.workers,
@@ -127,6 +127,20 @@ def _eval_sets(net, config, dev, sets: dict[str, tuple[np.ndarray, np.ndarray]])
     return out
 
 
+def heard_engines(checkpoint: Path) -> list[str]:
+    """Engines a kws checkpoint was trained on (the first kws-s4d predates the list: espeak-ng)."""
+    cfg = json.loads((Path(checkpoint) / "config.json").read_text())
+    return list(cfg["training"].get("engines") or ["espeak"])
+
+
+def pick_init(candidates: list[str] | None, held: str | None) -> str | None:
+    """The first candidate that never heard the held-out engine (None: train from scratch)."""
+    for c in candidates or []:
+        if held is None or held not in heard_engines(Path(c)):
+            return c
+    return None
+
+
 def run_kws(args) -> None:
     import torch
 
@@ -138,6 +152,7 @@ def run_kws(args) -> None:
     work = Path(args.work)
     held = None if args.run == "all" else args.run.split("-", 1)[1]
     engines = [e for e in ENGINES if e != held]
+    init_from = pick_init(args.init_from, held)
     data = {
         "train": _split(*_concat(work, [f"train_{e}" for e in engines])),
         "val": _split(*_concat(work, [f"val_{e}" for e in engines])),
@@ -148,7 +163,7 @@ def run_kws(args) -> None:
                      n_val=len(data["val"]), n_test=len(data["test"]), shift_augment=0,
                      lr=args.lr, warmup_epochs=args.warmup_epochs,
                      refit_on_val=args.refit_on_val or None)
-    if args.smoke and not args.init_from:
+    if args.smoke and not init_from:
         overrides.update(SMOKE_MODEL)
     preset = PRESETS["kws"].with_overrides(**overrides)
     out = Path(args.out) / (args.run_name or f"kws-{args.run}")
@@ -157,12 +172,12 @@ def run_kws(args) -> None:
                                               ("FORMANTS", formants and f"{formants[0]:g},{formants[1]:g}"),
                                               ("EPOCHS", args.epochs),
                                               ("REFIT", 1 if args.refit_on_val else None),
-                                              ("LR", args.lr), ("KWS_INIT", args.init_from))
+                                              ("LR", args.lr), ("KWS_INIT", init_from))
                      if v is not None)
     command = (f"{knobs} bash scripts/gpu_train_data13.sh   # scripts/data13_train.py kws "
                f"--run {args.run}" if args.device == "cuda" else "python " + " ".join(sys.argv))
     metrics = train(preset, out, device=args.device, data=data, progress=False, command=command,
-                    deadline=args.deadline, seed=0, init_from=args.init_from)
+                    deadline=args.deadline, seed=0, init_from=init_from)
     cfg_path = out / "config.json"  # which engines it heard (the cards and eval read this)
     cfg = json.loads(cfg_path.read_text())
     cfg["training"]["engines"] = engines
@@ -208,13 +223,14 @@ def run_ecg(args) -> None:
     overrides = dict(epochs=args.epochs or n["ecg_epochs"], n_train=len(data["train"]),
                      n_val=len(data["val"]), n_test=len(data["test"]), batch_size=64, lr=args.lr,
                      warmup_epochs=args.warmup_epochs)
-    if args.smoke and not args.init_from:
+    init_from = args.init_from[0] if args.init_from else None
+    if args.smoke and not init_from:
         overrides.update(SMOKE_MODEL)
     preset = PRESETS["ecg"].with_overrides(**overrides)
     out = Path(args.out) / (args.run_name or "ecg")
     command = "python " + " ".join(sys.argv)  # as run (gpu_train_data13.sh or by hand)
     metrics = train(preset, out, device=args.device, data=data, progress=False, seed=0,
-                    command=command, deadline=args.deadline, init_from=args.init_from)
+                    command=command, deadline=args.deadline, init_from=init_from)
     cfg_path = out / "config.json"  # which template generator made its windows
     cfg = json.loads(cfg_path.read_text())
     cfg["training"]["template_version"] = ecg.TEMPLATE_VERSION
@@ -260,7 +276,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--deadline", type=float, default=None, help="time.time() to stop training")
     ap.add_argument("--smoke", action="store_true")
-    ap.add_argument("--init-from", default=None, help="fine-tune this checkpoint folder")
+    ap.add_argument("--init-from", nargs="+", default=None,
+                    help="fine-tune a checkpoint folder: kws takes the first one that never heard "
+                         "the run's held-out engine (none: from scratch); ecg the first")
     ap.add_argument("--run-name", default=None, help="output folder name under --out")
     ap.add_argument("--n-train", type=int, default=None,
                     help="ecg: training windows; prep-kws: clips per engine")

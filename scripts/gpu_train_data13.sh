@@ -4,14 +4,15 @@
 # Needs (carried, git-ignored): .cache/data13 (utterance bank + ECG bank, made here by
 # scripts/build_data13_bank.py), .whl/server and .whl/data13 (cp312 wheels: pyroomacoustics,
 # safetensors, tqdm; the same files are in .whl/train, which also holds a 255 MB onnxruntime).
-# Runs 5 trainings at once on GPU 0: ecg, kws-all, kws-loeo-{espeak,flite,festival}; every run
-# stops by a shared deadline and still evaluates its best-on-validation checkpoint.
+# Runs the trainings at once on GPU 0: ecg, kws-all, kws-loeo-<engine> for the five engines of
+# model.data.kws_bank; every run stops by a shared deadline and still evaluates its
+# best-on-validation checkpoint.
 # Writes $OUT/data13/<run>/{config.json,model.safetensors,metrics.json,extra_metrics.json} + logs.
 # Knobs (env): RUNS (default "all loeo-espeak loeo-flite loeo-festival"), RUN_ECG (1), N_TRAIN
 # (augmented clips per engine), FORMANTS (LO,HI: formant shift of the training clips), EPOCHS,
-# LR, and KWS_INIT: a checkpoint folder the kws runs fine-tune (never loeo-espeak's when it holds
-# espeak-ng speech: KWS_INIT_ESPEAK=0 keeps that one from scratch, as a held-out engine must be
-# unheard); KWS_INIT_LOEO: another one for the loeo runs (one that never heard their engine);
+# LR, and KWS_INIT (then KWS_INIT_LOEO): checkpoint folders the kws runs may fine-tune; a
+# leave-one-engine-out run takes the first of them that never heard its held-out engine (the
+# engines in its config's training.engines), else it starts from scratch;
 # REFIT=1: the validation clips join training and the last epoch is kept.
 set -u
 OUT=${OUT:-/tmp/s4d-gpu-out}
@@ -65,12 +66,9 @@ $PY scripts/data13_train.py prep-kws --work /tmp/data13 --workers $WORKERS $FLAG
 tail -1 "$D/prep_kws.log"
 echo "== kws runs ($(($(date +%s) - START)) s)"
 PIDS=""
-for run in ${RUNS:-all loeo-espeak loeo-flite loeo-festival}; do
-    INIT=()
-    if [ -n "${KWS_INIT:-}" ] && { [ "$run" != loeo-espeak ] || [ "${KWS_INIT_ESPEAK:-0}" = 1 ]; }; then
-        INIT=(--init-from "$KWS_INIT")
-    fi
-    [ "$run" != all ] && [ "$run" != loeo-espeak ] && [ -n "${KWS_INIT_LOEO:-}" ] && INIT=(--init-from "$KWS_INIT_LOEO")
+INIT=()
+[ -n "${KWS_INIT:-}${KWS_INIT_LOEO:-}" ] && INIT=(--init-from ${KWS_INIT:-} ${KWS_INIT_LOEO:-})
+for run in ${RUNS:-all loeo-espeak loeo-flite loeo-festival loeo-mbrola loeo-pico}; do
     $PY scripts/data13_train.py kws --run $run --device "$DEVICE" --out "$D" --work /tmp/data13 \
         --threads $THREADS --deadline $DEADLINE $FLAG "${KWS_ARGS[@]}" "${INIT[@]}" \
         > "$D/kws-$run.log" 2>&1 &

@@ -1,8 +1,12 @@
-"""Keyword speech from three independent synthesizers, as a bank of clean utterances.
+"""Keyword speech from five independent synthesizers, as a bank of clean utterances.
 
 Engines: espeak-ng (formant synthesis; the `espeakng-loader` wheel), flite (CMU Flite 2.2,
-diphone and clustergen voices; Debian `flite`) and festival (diphone and HTS voices; Debian
-`festival`, `festvox-kallpc16k`, `festvox-kdlpc16k`, `festvox-us-slt-hts`). Each utterance is
+diphone and clustergen voices; Debian `flite`), festival (diphone and HTS voices; Debian
+`festival`, `festvox-kallpc16k`, `festvox-kdlpc16k`, `festvox-us-slt-hts`), MBROLA (diphones
+cut from recordings of 20 speakers: 4 native English, 16 speaking English with their own
+language's diphones; Debian contrib/non-free `mbrola`, `mbrola-us1` ... driven by the `espeak-ng`
+program's English front end) and SVOX Pico (HMM synthesis, en-US and en-GB; Debian non-free
+`libttspico-utils`). Each utterance is
 rendered once, clean, with random speaking rate and pitch, resampled to 16 kHz, trimmed and
 peak-normalised, and stored as 16-bit PCM in one FLAC per engine plus a JSON index
 (`build_bank`). The augmentation (speed, rooms, noise, gain, placement) happens later, where
@@ -10,7 +14,7 @@ the training runs (`model.data.kws_mix`), so one small bank feeds any number of 
 
 Splits are by voice, inside each engine: espeak-ng by the hash split of `kws.voice_split`,
 flite: awb = val, rms = test, the rest train; festival: ked_diphone = test, the rest train
-(it has only three English voices). Unknown words are split too: the last six of
+(it has only three English voices); MBROLA by the table below; Pico: en-US train, en-GB test. Unknown words are split too: the last six of
 `kws.UNKNOWN_WORDS` and a set of short phrases occur only in test material, so `unknown` is
 measured on words the model never heard. Leave-one-engine-out uses every voice of the held-out
 engine.
@@ -30,11 +34,22 @@ import numpy as np
 
 from .kws import KEYWORDS, SAMPLE_RATE, UNKNOWN_WORDS
 
-ENGINES = ("espeak", "flite", "festival")
+ENGINES = ("espeak", "flite", "festival", "mbrola", "pico")
 FLITE_VOICES = {"kal": "train", "kal16": "train", "slt": "train", "awb": "val", "rms": "test"}
 FLITE_FEMALE = {"slt"}
 FESTIVAL_VOICES = {"kal_diphone": "train", "cmu_us_slt_arctic_hts": "train",
                    "ked_diphone": "test"}
+# espeak-ng voice names "mb-<db>"; native us1 (F) / us3 train, en1 (British) val, us2 test;
+# the accented voices split across train / val / test with women and men in each
+MBROLA_VOICES = {
+    "mb-us1": "train", "mb-us3": "train", "mb-en1": "val", "mb-us2": "test",
+    "mb-af1-en": "train", "mb-de1-en": "train", "mb-de2-en": "train", "mb-de4-en": "train",
+    "mb-de5-en": "train", "mb-fr1-en": "train", "mb-gr2-en": "train", "mb-hu1-en": "train",
+    "mb-ro1-en": "train", "mb-sw1-en": "train", "mb-nl2-en": "val", "mb-de3-en": "val",
+    "mb-fr4-en": "test", "mb-de6-en": "test", "mb-pl1-en": "test", "mb-sw2-en": "test",
+}  # fmt: skip
+PICO_VOICES = {"en-US": "train", "en-GB": "test"}
+MBROLA_DIR = Path("/usr/share/mbrola")
 UNKNOWN_TRAIN = UNKNOWN_WORDS[:24]
 UNKNOWN_HELDOUT = UNKNOWN_WORDS[24:]
 PHRASES = (
@@ -59,7 +74,8 @@ def engine_voices(engine: str) -> dict[str, str]:
         from .kws import voice_split
 
         return {v: voice_split(v) for v in espeak.all_voices()}
-    return dict(FLITE_VOICES if engine == "flite" else FESTIVAL_VOICES)
+    return dict({"flite": FLITE_VOICES, "festival": FESTIVAL_VOICES, "mbrola": MBROLA_VOICES,
+                 "pico": PICO_VOICES}[engine])
 
 
 def plan(engine: str, seed: int = 0) -> list[dict]:
@@ -164,14 +180,59 @@ def _render_festival(jobs: list[dict]) -> list[np.ndarray]:
     return out
 
 
+def _mbrola_database(voice: str) -> str:
+    """mb-de1-en -> de1: the MBROLA diphone database the espeak-ng voice speaks with."""
+    return voice.split("-")[1]
+
+
+def _render_mbrola(jobs: list[dict]) -> list[np.ndarray]:
+    """espeak-ng's English front end (phonemes, durations, pitch) + MBROLA's recorded diphones."""
+    import soundfile as sf
+
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "u.wav")
+        for j in jobs:
+            rate = int(230 - 120 * (j["stretch"] - 0.75) / 0.6)
+            subprocess.run(["espeak-ng", "-v", j["voice"], "-s", str(rate), "-p",
+                            str(int(15 + 70 * j["pitch"])), "-w", path, j["text"]],
+                           check=True, capture_output=True, timeout=60)
+            wav, sr = sf.read(path, dtype="float64")
+            out.append(_finish(wav, sr, j["kind"]))
+    return out
+
+
+def _render_pico(jobs: list[dict]) -> list[np.ndarray]:
+    """pico2wave with SVOX markup for speaking rate and pitch (levels in %, 100 = voice default)."""
+    import soundfile as sf
+
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "u.wav")
+        for j in jobs:
+            speed = int(round(100 / j["stretch"]))
+            pitch = int(round(80 + 45 * j["pitch"]))
+            text = f"<speed level='{speed}'><pitch level='{pitch}'>{j['text']}</pitch></speed>"
+            subprocess.run(["pico2wave", "-l", j["voice"], "-w", path, text], check=True,
+                           capture_output=True, timeout=60)
+            wav, sr = sf.read(path, dtype="float64")
+            out.append(_finish(wav, sr, j["kind"]))
+    return out
+
+
 def engine_available(engine: str) -> bool:
-    """Whether this machine can render an engine (flite / festival are Debian programs)."""
+    """Whether this machine can render an engine (all but espeak-ng are Debian programs)."""
     if engine == "espeak":
         try:
             import espeakng_loader  # noqa: F401
         except ImportError:
             return False
         return True
+    if engine == "mbrola":
+        return (shutil.which("espeak-ng") is not None and shutil.which("mbrola") is not None
+                and all((MBROLA_DIR / _mbrola_database(v)).is_dir() for v in MBROLA_VOICES))
+    if engine == "pico":
+        return shutil.which("pico2wave") is not None
     return shutil.which(engine) is not None
 
 
@@ -183,7 +244,8 @@ def render(jobs: list[dict]) -> list[np.ndarray]:
     if engine == "espeak":
         with get_context("spawn").Pool(1) as pool:
             return pool.apply(_render_espeak, (jobs,))
-    return _render_flite(jobs) if engine == "flite" else _render_festival(jobs)
+    return {"flite": _render_flite, "festival": _render_festival, "mbrola": _render_mbrola,
+            "pico": _render_pico}[engine](jobs)
 
 
 def write_engine(bank: Path, engine: str, jobs: list[dict], wavs: list[np.ndarray]) -> dict:
