@@ -18,6 +18,13 @@ class ModelConfig(BaseModel):
     n_layers: int = Field(4, ge=1)
     d_output: int = Field(10, ge=1)
     patch_size: int = Field(1, ge=1, description="samples folded into one step by the encoder")
+    front_end: Literal["linear", "logmel"] = Field(
+        "linear", description="patch encoder: a linear map of the raw samples, or log-mel "
+        "energies of the patch (model/frontend.py) then a linear map"
+    )
+    n_mels: int = Field(40, ge=1, description="front_end 'logmel': mel bands per patch")
+    feature_mean: list[float] | None = Field(None, description="logmel: training-set band means")
+    feature_std: list[float] | None = Field(None, description="logmel: training-set band stds")
     init: Literal["legs", "inv", "lin", "real", "random"] = "legs"
     discretization: Literal["zoh", "bilinear"] = "zoh"
     real_transform: Literal["exp", "relu", "none"] = "exp"
@@ -51,6 +58,16 @@ class ModelConfig(BaseModel):
                 raise ValueError(f"{name} needs {self.d_input} values, got {len(value)}")
         if self.input_std is not None and any(s <= 0 for s in self.input_std):
             raise ValueError("input_std must be positive")
+        if self.front_end == "logmel":
+            if self.d_input != 1 or self.sample_rate is None or self.patch_size < 16:
+                raise ValueError("front_end 'logmel' needs one input channel, sample_rate and "
+                                 "patch_size >= 16")
+            for name in ("feature_mean", "feature_std"):
+                value = getattr(self, name)
+                if value is not None and len(value) != self.n_mels:
+                    raise ValueError(f"{name} needs n_mels={self.n_mels} values, got {len(value)}")
+            if self.feature_std is not None and any(v <= 0 for v in self.feature_std):
+                raise ValueError("feature_std must be positive")
         if self.pooling == "ema" and (self.ema_tau_s is None or self.sample_rate is None):
             raise ValueError("pooling 'ema' needs ema_tau_s (seconds) and sample_rate")
         return self

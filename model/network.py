@@ -76,7 +76,14 @@ class S4DNetwork(nn.Module):
         std = torch.tensor(cfg.input_std or [1.0] * d_in, dtype=torch.float32)
         self.register_buffer("input_mean", mean)
         self.register_buffer("input_std", std)
-        self.encoder = nn.Linear(d_in * cfg.patch_size, cfg.d_model)
+        self.frontend = None
+        if cfg.front_end == "logmel":
+            from .frontend import LogMelPatches
+
+            self.frontend = LogMelPatches(cfg.patch_size, cfg.sample_rate, cfg.n_mels,
+                                          cfg.feature_mean, cfg.feature_std)
+        width = cfg.n_mels if self.frontend is not None else d_in * cfg.patch_size
+        self.encoder = nn.Linear(width, cfg.d_model)
         self.blocks = nn.ModuleList([S4DBlock(cfg, gen) for _ in range(cfg.n_layers)])
         self.decoder = nn.Linear(cfg.d_model, cfg.d_output)
 
@@ -95,14 +102,20 @@ class S4DNetwork(nn.Module):
             {"params": self.ssm_parameters(), "lr": self.cfg.lr_ssm, "weight_decay": 0.0},
         ]
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalize and fold patches: [B, L, d_in] -> encoder output [B, L // p, H]."""
+    def patches(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalize and fold: [B, L, d_in] -> [B, L // p, p * d_in]."""
         p = self.cfg.patch_size
         x = (x - self.input_mean.to(x.dtype)) / self.input_std.to(x.dtype)
         b, length, c = x.shape
         steps = length // p
-        x = x[:, : steps * p].reshape(b, steps, p * c)
+        return x[:, : steps * p].reshape(b, steps, p * c)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Patches through the front end and the encoder: [B, L, d_in] -> [B, L // p, H]."""
+        x = self.patches(x)
         with float32_region(x.device.type):  # raw input samples: never bfloat16
+            if self.frontend is not None:
+                x = self.frontend(x)
             return self.encoder(x)
 
     def decode(self, features: torch.Tensor) -> torch.Tensor:

@@ -118,6 +118,20 @@ def input_stats(task: str, train: Split) -> tuple[list[float], list[float]]:
     return flat.mean(0).tolist(), flat.std(0).clamp(min=1e-6).tolist()
 
 
+def feature_stats(model: ModelConfig, train: Split, max_items: int = 4000) -> dict:
+    """Per-band mean / std of the log-mel front end's output over (up to max_items of) the
+    train split: the front end's standardisation (valid steps only)."""
+    net = S4DNetwork(model.model_copy(update=dict(feature_mean=None, feature_std=None)), seed=0)
+    with torch.no_grad():
+        feats = net.frontend.log_mel(net.patches(train.x[:max_items].float())).double()
+    if train.lengths is not None:
+        steps = torch.div(train.lengths[:max_items], model.patch_size, rounding_mode="floor")
+        feats = feats[torch.arange(feats.shape[1]).unsqueeze(0) < steps.unsqueeze(1)]
+    flat = feats.reshape(-1, feats.shape[-1])
+    return dict(feature_mean=flat.mean(0).tolist(),
+                feature_std=flat.std(0).clamp(min=1e-3).tolist())
+
+
 def augment(x: torch.Tensor, lengths, preset: TaskPreset, net: S4DNetwork, gen):
     """Train-time augmentation -> (x, lengths): time shift (fixed-length data), time stretch
     (variable-length data, changes the lengths), formant warp of cepstral features,
@@ -198,10 +212,13 @@ def build_config(preset: TaskPreset, init: str, n_classes: int, stats) -> Checkp
     from .data import TASKS
 
     info = TASKS[preset.task]
+    extra = {}
+    if preset.model.get("front_end") == "logmel" and not preset.model.get("sample_rate"):
+        extra["sample_rate"] = preset.sample_rate or info.sample_rate  # the mel scale's Hz
     model = ModelConfig(
         d_input=info.input_channels, d_output=n_classes, init=init, lr_ssm=preset.lr_ssm,
         input_mean=stats[0], input_std=stats[1], pooling="mean", bidirectional=False,
-        **preset.model,
+        **preset.model, **extra,
     )  # fmt: skip
     description = info.description + (f" ({preset.rate_note})" if preset.rate_note else "")
     task = TaskConfig(
@@ -359,6 +376,9 @@ def train(
         net.train()
     else:
         config = build_config(preset, init, n_classes, input_stats(preset.task, train_set))
+        if config.model.front_end == "logmel":
+            config = config.model_copy(update={"model": config.model.model_copy(
+                update=feature_stats(config.model, train_set))})
         net = S4DNetwork(config.model, seed=seed).to(dev)
     optimizer = torch.optim.AdamW(
         net.parameter_groups(preset.lr, preset.weight_decay), betas=(0.9, 0.98)

@@ -163,7 +163,10 @@ def run_kws(args) -> None:
     overrides = dict(epochs=args.epochs or n["kws_epochs"], n_train=len(data["train"]),
                      n_val=len(data["val"]), n_test=len(data["test"]), shift_augment=0,
                      lr=args.lr, warmup_epochs=args.warmup_epochs,
-                     refit_on_val=args.refit_on_val or None)
+                     refit_on_val=args.refit_on_val or None, front_end=args.front_end,
+                     patch_size=args.patch_size)
+    if init_from and (args.front_end or args.patch_size):
+        raise SystemExit("--front-end / --patch-size make a new architecture: no --init-from")
     if args.smoke and not init_from:
         overrides.update(SMOKE_MODEL)
     preset = PRESETS["kws"].with_overrides(**overrides)
@@ -173,7 +176,9 @@ def run_kws(args) -> None:
                                               ("FORMANTS", formants and f"{formants[0]:g},{formants[1]:g}"),
                                               ("EPOCHS", args.epochs),
                                               ("REFIT", 1 if args.refit_on_val else None),
-                                              ("LR", args.lr), ("KWS_INIT", init_from))
+                                              ("LR", args.lr), ("KWS_INIT", init_from),
+                                              ("FRONT_END", args.front_end),
+                                              ("PATCH", args.patch_size))
                      if v is not None)
     command = (f"{knobs} bash scripts/gpu_train_data13.sh   # scripts/data13_train.py kws "
                f"--run {args.run}" if args.device == "cuda" else "python " + " ".join(sys.argv))
@@ -292,6 +297,10 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--warmup-epochs", type=float, default=None)
+    ap.add_argument("--front-end", choices=("linear", "logmel"), default=None,
+                    help="kws from scratch: the patch encoder (model/frontend.py for logmel)")
+    ap.add_argument("--patch-size", type=int, default=None, help="kws from scratch: samples "
+                    "per step (logmel: 160 = 10 ms patches)")
     args = ap.parse_args()
     if args.threads:
         import torch

@@ -13,7 +13,8 @@
 # LR, and KWS_INIT (then KWS_INIT_LOEO): checkpoint folders the kws runs may fine-tune; a
 # leave-one-engine-out run takes the first of them that never heard its held-out engine (the
 # engines in its config's training.engines), else it starts from scratch;
-# REFIT=1: the validation clips join training and the last epoch is kept.
+# REFIT=1: the validation clips join training and the last epoch is kept; FRONT_END=logmel and
+# PATCH=160: the log-mel patch front end (model/frontend.py), from scratch.
 set -u
 OUT=${OUT:-/tmp/s4d-gpu-out}
 D="$OUT/data13"
@@ -60,6 +61,8 @@ KWS_ARGS=()
 [ -n "${EPOCHS:-}" ] && KWS_ARGS+=(--epochs "$EPOCHS")
 [ -n "${LR:-}" ] && KWS_ARGS+=(--lr "$LR")
 [ "${REFIT:-0}" = 1 ] && KWS_ARGS+=(--refit-on-val)
+[ -n "${FRONT_END:-}" ] && KWS_ARGS+=(--front-end "$FRONT_END")   # a new architecture: no KWS_INIT
+[ -n "${PATCH:-}" ] && KWS_ARGS+=(--patch-size "$PATCH")
 $PY scripts/data13_train.py prep-kws --work /tmp/data13 --workers $WORKERS $FLAG \
     ${N_TRAIN:+--n-train $N_TRAIN} ${FORMANTS:+--formants $FORMANTS} \
     > "$D/prep_kws.log" 2>&1 || { tail -20 "$D/prep_kws.log"; exit 1; }

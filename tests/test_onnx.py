@@ -43,6 +43,13 @@ RANDOM = {
                      pooling="ema", ema_tau_s=0.1, sample_rate=500),
                 dict(sample_rate=500, input_channels=1, class_names=["e", "f", "g"],
                      frame_size=16)),
+    # log-mel patch front end (a DFT as two matrix products, mel filters, log, standardised)
+    "randmel": (dict(d_input=1, d_model=8, d_state=4, n_layers=2, d_output=3, patch_size=16,
+                     front_end="logmel", n_mels=6, sample_rate=8000,
+                     feature_mean=[-1.0, 0.0, 0.5, 1.0, 0.0, -0.5],
+                     feature_std=[2.0, 1.0, 1.5, 3.0, 2.5, 1.0]),
+                dict(sample_rate=8000, input_channels=1, class_names=["h", "i", "j"],
+                     frame_size=64)),
     # bidirectional: batch graph only
     "randbi": (dict(d_input=1, d_model=8, d_state=4, n_layers=1, d_output=2, bidirectional=True),
                dict(sample_rate=16000, input_channels=1, class_names=["u", "v"], frame_size=64)),

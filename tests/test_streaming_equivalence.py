@@ -119,6 +119,58 @@ def test_patched_network_streams_exactly_float32(frame_patches, cuts):
     assert rel_err(out32.double(), ref) <= 1e-5
 
 
+def make_logmel_net(pooling="mean", dtype=torch.float64):
+    kw = {"ema_tau_s": 0.05} if pooling == "ema" else {}
+    cfg = ModelConfig(
+        d_input=1, d_model=8, d_state=8, n_layers=2, d_output=3, patch_size=16,
+        front_end="logmel", n_mels=10, sample_rate=8000, pooling=pooling,
+        feature_mean=[0.1 * k - 0.5 for k in range(10)], feature_std=[1 + 0.2 * k for k in range(10)],
+        **kw,
+    )
+    return S4DNetwork(cfg, seed=4).to(dtype).eval()
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    frame_patches=st.integers(1, 6),
+    cuts=st.lists(st.integers(1, 23), max_size=4, unique=True).map(sorted),
+    pooling=st.sampled_from(["mean", "last", "ema", "none"]),
+)
+def test_logmel_front_end_streams_exactly(frame_patches, cuts, pooling):
+    """Log-mel patches do not overlap: any patch-aligned chunking equals the batch forward,
+    in float64 (to rounding) and in float32 against the float64 reference."""
+    patch, length = 16, 24 * 16
+    net64 = make_logmel_net(pooling)
+    x = 0.3 * torch.randn(2, length, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    with torch.inference_mode():
+        ref = net64(x)
+    cuts = [c * patch for c in cuts]
+    assert rel_err(stream(net64, x, cuts, frame_patches * patch, torch.float64), ref) <= 1e-10
+    assert rel_err(stream(net64, x, cuts, frame_patches * patch, torch.float32).double(), ref) <= 1e-5
+
+
+def test_logmel_front_end_is_a_power_spectrum_on_the_mel_scale():
+    import numpy as np
+
+    from model.frontend import LogMelPatches, mel_filterbank
+
+    fb = mel_filterbank(160, 16000, 40)
+    assert fb.shape == (81, 40) and np.allclose(fb.sum(0), 1) and (fb.sum(1) > 0).sum() > 60
+    centres = (fb * np.fft.rfftfreq(160, 1 / 16000)[:, None]).sum(0)
+    assert np.all(np.diff(centres) >= 0) and centres[0] < 150 and centres[-1] > 6000
+    fe = LogMelPatches(160, 16000, 40).double()
+    t = torch.arange(160, dtype=torch.float64) / 16000
+    tone = torch.sin(2 * np.pi * 1000 * t).view(1, 1, 160)
+    feats = fe(tone)[0, 0]
+    band = int(np.argmin(np.abs(centres - 1000)))
+    assert int(feats.argmax()) in (band - 1, band, band + 1)  # a 1 kHz tone lights its band
+    # gain moves every band above the power floor by the same log factor
+    lit = feats > -5
+    assert lit.sum() >= 10
+    shift = (fe(4 * tone)[0, 0] - feats)[lit]
+    assert torch.allclose(shift, torch.full_like(shift, np.log(16)), atol=1e-3)
+
+
 @pytest.mark.parametrize("pooling", ["mean", "last", "ema", "none"])
 def test_float32_paths_against_float64_reference(pooling):
     net = make_net(pooling=pooling)
