@@ -55,8 +55,29 @@ def tukey_window(n: int, alpha: float = TUKEY_ALPHA) -> np.ndarray:
     return w
 
 
+def spec_augment(feats: torch.Tensor, max_steps: int, max_bands: int, n_masks: int = 2):
+    """SpecAugment's masks on standardised features [B, S, C]: per sequence, n_masks time spans
+    of U{0..max_steps} steps and n_masks bands of U{0..max_bands} adjacent mel bands set to 0
+    (the training-set mean). Training only; drawn on the features' device."""
+    b, s, c = feats.shape
+    dev = feats.device
+    keep = torch.ones(b, s, c, dtype=torch.bool, device=dev)
+    for size, axis, width in ((s, 1, max_steps), (c, 2, max_bands)):
+        if not width:
+            continue
+        pos = torch.arange(size, device=dev).unsqueeze(0)
+        for _ in range(n_masks):
+            w = torch.randint(0, width + 1, (b, 1), device=dev)
+            start = (torch.rand(b, 1, device=dev) * (size - w + 1)).long()
+            span = (pos >= start) & (pos < start + w)
+            keep &= ~span.unsqueeze(-1 if axis == 1 else 1)
+    return feats * keep
+
+
 class LogMelPatches(nn.Module):
-    """[B, S, p] patches -> [B, S, n_mels] standardised log-mel energies."""
+    """[B, S, p] patches -> [B, S, n_mels] standardised log-mel energies. `masks` = (max_steps,
+    max_bands) turns on SpecAugment while the module is in training mode (set by the trainer,
+    not part of the checkpoint)."""
 
     def __init__(self, patch: int, sample_rate: int, n_mels: int,
                  mean: list[float] | None = None, std: list[float] | None = None):
@@ -78,5 +99,10 @@ class LogMelPatches(nn.Module):
         im = patches @ self.dft_sin.to(patches.dtype)
         return torch.log((re * re + im * im) @ self.mel.to(patches.dtype) + LOG_EPS)
 
+    masks: tuple[int, int] | None = None
+
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
-        return (self.log_mel(patches) - self.mean.to(patches.dtype)) / self.std.to(patches.dtype)
+        feats = (self.log_mel(patches) - self.mean.to(patches.dtype)) / self.std.to(patches.dtype)
+        if self.training and self.masks:
+            feats = spec_augment(feats, *self.masks)
+        return feats

@@ -154,7 +154,7 @@ def augment(x: torch.Tensor, lengths, preset: TaskPreset, net: S4DNetwork, gen):
         x = x + preset.offset_augment * std * torch.randn(x.shape[0], 1, x.shape[2], generator=gen)
     if preset.noise_augment:
         x = x + preset.noise_augment * std * torch.randn(x.shape, generator=gen)
-    if preset.time_mask or preset.channel_mask:
+    if (preset.time_mask or preset.channel_mask) and net.frontend is None:  # logmel: its own
         x = spec_mask(x, lengths, preset.time_mask, preset.channel_mask, mean, gen)
     return x, lengths
 
@@ -380,6 +380,8 @@ def train(
             config = config.model_copy(update={"model": config.model.model_copy(
                 update=feature_stats(config.model, train_set))})
         net = S4DNetwork(config.model, seed=seed).to(dev)
+    if net.frontend is not None and (preset.time_mask or preset.channel_mask):
+        net.frontend.masks = (preset.time_mask, preset.channel_mask)  # SpecAugment on log-mels
     optimizer = torch.optim.AdamW(
         net.parameter_groups(preset.lr, preset.weight_decay), betas=(0.9, 0.98)
     )

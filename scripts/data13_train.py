@@ -164,8 +164,9 @@ def run_kws(args) -> None:
                      n_val=len(data["val"]), n_test=len(data["test"]), shift_augment=0,
                      lr=args.lr, warmup_epochs=args.warmup_epochs,
                      refit_on_val=args.refit_on_val or None, front_end=args.front_end,
-                     patch_size=args.patch_size)
-    if init_from and (args.front_end or args.patch_size):
+                     patch_size=args.patch_size, dropout=args.dropout, time_mask=args.time_mask,
+                     channel_mask=args.channel_mask)
+    if init_from and (args.front_end or args.patch_size or args.dropout is not None):
         raise SystemExit("--front-end / --patch-size make a new architecture: no --init-from")
     if args.smoke and not init_from:
         overrides.update(SMOKE_MODEL)
@@ -178,7 +179,10 @@ def run_kws(args) -> None:
                                               ("REFIT", 1 if args.refit_on_val else None),
                                               ("LR", args.lr), ("KWS_INIT", init_from),
                                               ("FRONT_END", args.front_end),
-                                              ("PATCH", args.patch_size))
+                                              ("PATCH", args.patch_size),
+                                              ("DROPOUT", args.dropout),
+                                              ("TIME_MASK", args.time_mask),
+                                              ("CHANNEL_MASK", args.channel_mask))
                      if v is not None)
     command = (f"{knobs} bash scripts/gpu_train_data13.sh   # scripts/data13_train.py kws "
                f"--run {args.run}" if args.device == "cuda" else "python " + " ".join(sys.argv))
@@ -301,6 +305,11 @@ def main() -> None:
                     help="kws from scratch: the patch encoder (model/frontend.py for logmel)")
     ap.add_argument("--patch-size", type=int, default=None, help="kws from scratch: samples "
                     "per step (logmel: 160 = 10 ms patches)")
+    ap.add_argument("--dropout", type=float, default=None, help="kws from scratch")
+    ap.add_argument("--time-mask", type=int, default=None,
+                    help="kws: SpecAugment time masks of up to this many steps (2 per clip)")
+    ap.add_argument("--channel-mask", type=int, default=None,
+                    help="kws logmel: SpecAugment masks of up to this many mel bands (2 per clip)")
     args = ap.parse_args()
     if args.threads:
         import torch

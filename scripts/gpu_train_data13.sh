@@ -14,7 +14,8 @@
 # leave-one-engine-out run takes the first of them that never heard its held-out engine (the
 # engines in its config's training.engines), else it starts from scratch;
 # REFIT=1: the validation clips join training and the last epoch is kept; FRONT_END=logmel and
-# PATCH=160: the log-mel patch front end (model/frontend.py), from scratch.
+# PATCH=160: the log-mel patch front end (model/frontend.py), from scratch; DROPOUT, TIME_MASK,
+# CHANNEL_MASK: regularisation (SpecAugment on the log-mel features).
 set -u
 OUT=${OUT:-/tmp/s4d-gpu-out}
 D="$OUT/data13"
@@ -63,6 +64,9 @@ KWS_ARGS=()
 [ "${REFIT:-0}" = 1 ] && KWS_ARGS+=(--refit-on-val)
 [ -n "${FRONT_END:-}" ] && KWS_ARGS+=(--front-end "$FRONT_END")   # a new architecture: no KWS_INIT
 [ -n "${PATCH:-}" ] && KWS_ARGS+=(--patch-size "$PATCH")
+[ -n "${DROPOUT:-}" ] && KWS_ARGS+=(--dropout "$DROPOUT")
+[ -n "${TIME_MASK:-}" ] && KWS_ARGS+=(--time-mask "$TIME_MASK")
+[ -n "${CHANNEL_MASK:-}" ] && KWS_ARGS+=(--channel-mask "$CHANNEL_MASK")
 $PY scripts/data13_train.py prep-kws --work /tmp/data13 --workers $WORKERS $FLAG \
     ${N_TRAIN:+--n-train $N_TRAIN} ${FORMANTS:+--formants $FORMANTS} \
     > "$D/prep_kws.log" 2>&1 || { tail -20 "$D/prep_kws.log"; exit 1; }

@@ -316,3 +316,26 @@ def test_ema_needs_a_time_constant_and_a_sample_rate():
         ModelConfig(pooling="ema", ema_tau_s=1.0)
     cfg = ModelConfig(pooling="ema", ema_tau_s=0.5, sample_rate=16000, patch_size=4)
     assert cfg.ema_log_decay == pytest.approx(-4 / 8000)
+
+
+def test_spec_augment_masks_only_in_training_and_within_its_widths():
+    from model.frontend import spec_augment
+
+    torch.manual_seed(0)
+    feats = torch.randn(64, 50, 10) + 5.0  # nothing is 0 before masking
+    masked = spec_augment(feats, max_steps=6, max_bands=3)
+    zero = masked == 0
+    steps_all = zero.all(2)  # whole time steps masked
+    bands_all = zero.all(1)  # whole bands masked
+    assert steps_all.sum(1).max() <= 2 * 6 and bands_all.sum(1).max() <= 2 * 3
+    assert steps_all.any() and bands_all.any()
+    assert torch.equal(masked[~zero], feats[~zero])
+    net = make_logmel_net(dtype=torch.float32)
+    net.frontend.masks = (6, 3)
+    x = 0.3 * torch.randn(2, 320, 1)
+    with torch.no_grad():
+        net.eval()
+        a, b = net(x), net(x)
+        assert torch.equal(a, b)  # eval: no masks
+        net.train()
+        assert not torch.equal(net.embed(x), net.embed(x))  # training: a new mask each call
