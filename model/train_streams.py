@@ -62,7 +62,7 @@ class StreamPreset:
     background: list[str] | None = None
     #: share of word slots that hold a keyword in training streams (the rest: other words)
     train_keyword_prob: float = 0.5
-    #: keyword utterance bank (scripts/build_data13_bank.py) whose flite and festival training
+    #: keyword utterance bank (scripts/build_data13_bank.py) whose other engines' training
     #: words join the training streams' words (None: espeak-ng words only)
     extra_words: str | None = None
     #: formant-shifted copies of every training word (`WordBank.with_voices`), and their range
@@ -107,7 +107,7 @@ PRESETS = {
 
 def voices_note(p: StreamPreset) -> str:
     """What the training words hold beyond espeak-ng (for the description)."""
-    parts = ["flite and festival words"] * bool(p.extra_words)
+    parts = ["words of the other synthesizers of the keyword bank"] * bool(p.extra_words)
     parts += ["formant-shifted copies of every word"] * bool(p.voice_copies)
     return " (training also: " + ", ".join(parts) + ")"
 

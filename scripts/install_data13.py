@@ -76,10 +76,23 @@ def model_lines(cfg: dict, metrics: dict, step_note: str) -> str:
             f"N={m['d_state']} ({m['d_state'] // 2} complex modes), {m['n_layers']} layers, "
             f"pre-norm LayerNorm, GELU + GLU, dropout {m['dropout']}.\n"
             f"- Patch size {m['patch_size']}: {step_note}\n"
-            f"- Causal, **mean pooling** (streams exactly as a running sum and count: the live "
+            + (f"- Front end: **log-mel** (`model/frontend.py`): each patch (no overlap) is "
+               f"Tukey-windowed, taken to a power spectrum (a DFT as two matrix products), pooled "
+               f"into {m['n_mels']} mel bands, logged and standardised with training-set band "
+               f"statistics (`feature_mean` / `feature_std`), then a linear encoder; no state "
+               f"beyond the S4D layers', so streaming stays exact.\n"
+               if m.get("front_end") == "logmel" else "")
+            + f"- Causal, **mean pooling** (streams exactly as a running sum and count: the live "
             f"prediction equals the batch prediction on the same prefix).\n"
             f"- Parameters: {metrics['parameters']:,}; streaming state "
             f"{metrics['state_bytes_per_session']:,} bytes per session.")
+
+
+def step_note(cfg: dict) -> str:
+    """16 samples (1 ms) per step, so 1 s is 1,000 steps; the 320-sample frame is 20 steps."""
+    p, rate, frame = cfg["model"]["patch_size"], cfg["task"]["sample_rate"], cfg["task"]["frame_size"]
+    return (f"{p} samples ({1000 * p / rate:g} ms) per step, so 1 s is {rate // p:,} steps; the "
+            f"{frame}-sample frame is {frame // p} step{'s' if frame // p > 1 else ''}.")
 
 
 def training_lines(cfg: dict, metrics: dict) -> str:
@@ -207,7 +220,7 @@ Keyword spotting on raw 16 kHz audio: 10 keywords + unknown + silence, 1 s windo
 - Sets: train {cfg['training']['n_train']:,} clips ({cfg['training']['n_train'] // len(engines):,} per engine), val {cfg['training']['n_val']:,} ({engine_list(val_engines)} val voices), test {metrics['n_test']:,} ({metrics['n_test'] // len(engines):,} per engine, test voices only), balanced classes. {"**Refit**: the validation clips join training (the validation voices of " + engine_list(val_engines) + "), the epoch count is fixed and the last epoch kept; shipped under a rule set before the run: its test accuracy had to beat the model it replaces. " + refit_rule if refit else "Validation picks the epoch; no test set selects anything."}
 
 ## Model
-{model_lines(cfg, metrics, "16 samples (1 ms) per step, so 1 s is 1,000 steps; the 320-sample frame is 20 steps.")}
+{model_lines(cfg, metrics, step_note(cfg))}
 
 ## Results ({"last epoch of the refit" if refit else "best-on-validation weights"}; test sets selected nothing)
 - Test accuracy (test voices of all {n_engines} engines): **{100 * acc:.2f} %** on n={metrics['n_test']} ({"no validation set: refit" if refit else "validation " + pct(metrics['val_accuracy'])}). Target >= 95 %: {met(acc, 0.95)}.

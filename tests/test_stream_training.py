@@ -281,3 +281,22 @@ def test_rechoose_keeps_the_weights_and_chooses_on_validation(tmp_path):
     else:
         assert m["validation"]["false_alarms_per_hour"] == min(
             r[2]["false_alarms_per_hour"] for r in rows)
+
+
+def test_engine_words_take_every_other_engine_the_bank_holds(tmp_path):
+    """`--extra-words`: the training words of every engine but espeak-ng found in the keyword
+    bank (here MBROLA and Pico files), keywords labelled by index, the rest unknown."""
+    from model.data import kws_bank as kb
+    from model.data.stream_bank import engine_words
+
+    rng = np.random.default_rng(0)
+    for engine in ("mbrola", "pico", "espeak"):
+        jobs = [j for j in kb.plan(engine) if j["text"] in ("yes", "bed")][:4]
+        wavs = [(rng.standard_normal(2000) * 3000).astype(np.int16) for _ in jobs]
+        kb.write_engine(tmp_path, engine, jobs, wavs)
+    audio, lengths, labels = engine_words(tmp_path)
+    train_rows = [r for e in ("mbrola", "pico") for r in kb.load_bank(tmp_path, (e,))
+                  if r["split"] == "train"]
+    assert len(lengths) == len(train_rows) > 0 and int(lengths.sum()) == len(audio)
+    assert sorted(labels.tolist()) == sorted(0 if r["text"] == "yes" else S.UNKNOWN
+                                             for r in train_rows)

@@ -81,14 +81,19 @@ def build_words(out: Path) -> None:
     np.savez_compressed(out / "words.npz", **arrays)
 
 
-def engine_words(data13_bank: str | Path, engines=("flite", "festival"),
+def engine_words(data13_bank: str | Path, engines=None,
                  split: str = "train") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Words of other synthesizers for training streams: the `split` keyword and non-keyword
     renditions of the keyword utterance bank (`kws_bank`, made by
     scripts/build_data13_bank.py), as (int16 audio, lengths, labels) in this bank's layout.
-    Their voices are split as in kws-s4d, so the espeak-ng stream test split stays unheard."""
+    Their voices are split as in kws-s4d, so the espeak-ng stream test split stays unheard.
+    engines None: every engine but espeak-ng whose files the bank holds."""
     from .kws import KEYWORDS
-    from .kws_bank import load_bank
+    from .kws_bank import ENGINES, load_bank
+
+    if engines is None:
+        engines = [e for e in ENGINES
+                   if e != "espeak" and (Path(data13_bank) / f"kws_{e}.json").exists()]
 
     rows = [r for r in load_bank(Path(data13_bank), engines)
             if r["split"] == split and r["kind"] in ("keyword", "unknown")]
