@@ -243,6 +243,20 @@ def first_line(r: dict) -> str:
             f"MIT-BIH 208 agreement {pct(f['mitbih208']['agreement'])}.\n")
 
 
+def replaced_line(r: dict) -> str:
+    """The kws model this one replaced, on the same sets (`kws-s4d.replaced.json`: the
+    evaluation of the previous checkpoint, written before it was replaced)."""
+    path = ROOT / "bench" / "model_eval" / "kws-s4d.replaced.json"
+    if not path.exists() or json.loads(path.read_text())["training"] == r["training"]:
+        return ""
+    f = json.loads(path.read_text())
+    rows = [f"{ENGINE_NAMES[e]} {pct(f['sets'][f'test_{e}']['accuracy'])}" for e in ENGINES
+            if f"test_{e}" in f["sets"]]
+    heard = ", ".join(ENGINE_NAMES[e] for e in f["training"].get("engines") or ["espeak"])
+    return (f"- The model this one replaced (`{path.name}`, trained on {heard}) on the same "
+            f"sets: {', '.join(rows)}; own test split {pct(f['sets']['own_test']['accuracy'])}.\n")
+
+
 def kws_section(r: dict) -> str:
     s = r["sets"]
     names = list(s["own_test"]["per_class"])
@@ -281,7 +295,7 @@ Test material: the clean utterance bank `.cache/data13` ({len(ENGINES)} synthesi
 | --- | --- | --- | --- | --- |
 {chr(10).join('| ' + ' | '.join(str(c) for c in row) + ' |' for row in rows)}
 
-{first_line(r)}- Own test split (espeak-ng generator `model.data.kws`, held-out voices, n={s['own_test']['n']}): accuracy {pct(s['own_test']['accuracy'])}, **ECE {s['own_test']['ece']:.3f}** (15 equal-width bins).
+{first_line(r)}{replaced_line(r)}- Own test split (espeak-ng generator `model.data.kws`, held-out voices, n={s['own_test']['n']}): accuracy {pct(s['own_test']['accuracy'])}, **ECE {s['own_test']['ece']:.3f}** (15 equal-width bins).
 - {loeo}
 
 Per class (test voices of each engine):
@@ -411,7 +425,8 @@ def update_readme(readme: Path, model: str, r: dict) -> None:
     if model == "kws":
         trained = r["training"].get("engines") or ["espeak"]
         unseen = [e for e in ENGINES if e not in trained]
-        cell = (f"{pct(s['own_test']['accuracy'])} (generated speech, held-out voices); "
+        mean = np.mean([s[f"test_{e}"]["accuracy"] for e in ENGINES])
+        cell = (f"{pct(mean)} (generated speech, held-out voices of {len(ENGINES)} synthesizers); "
                 + ("engines never heard: " + ", ".join(f"{ENGINE_NAMES[e]} "
                    f"{pct(s[f'test_{e}']['accuracy'])}" for e in unseen) if unseen else
                    "test voices: " + ", ".join(f"{ENGINE_NAMES[e]} {pct(s[f'test_{e}']['accuracy'])}"
