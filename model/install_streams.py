@@ -24,6 +24,7 @@ from .streaming import StreamingNetwork
 
 NAMES = ("kws-events-s4d", "ecg-monitor-s4d")
 BEGIN, END = "<!-- stream-metrics:begin -->", "<!-- stream-metrics:end -->"
+LONG_HEAD = "### Cost per second of a long stream (bench/long_stream.py)"
 TARGETS = {
     "kws": "false rejection <= 10 % at <= 1 false alarm per hour; onset error p90 <= 300 ms",
     "ecg": ">= 95 % of rhythm changes detected within 15 s; <= 1 false change per hour",
@@ -166,7 +167,9 @@ def card(name: str, cfg, m: dict, state_bytes: int, params: int) -> str:
 
 {t.description}.
 
-**Labels come from generated data**: {"speech synthesized with espeak-ng" if kind == "kws"
+**Labels come from generated data**: {("speech synthesized with espeak-ng" + (
+" (training streams also hold words of the keyword bank's other synthesizers: flite, festival, "
+"MBROLA, SVOX Pico)" if tr.get("extra_words") else "")) if kind == "kws"
 else "ECG simulated with neurokit2"}; the label is what the generator made. No human
 recordings were used, so quality on real {"microphones" if kind == "kws" else "patients"} is
 unmeasured and will be lower.{"" if kind == "kws" else " Not a medical device."}
@@ -186,8 +189,8 @@ unmeasured and will be lower.{"" if kind == "kws" else " Not a medical device."}
 {data}
 
 ## Model
-- Starts from `{tr.get("start_from")}` (same shape: H={cfg.model.d_model}, N={cfg.model.d_state},
-  {cfg.model.n_layers} layers, patch {cfg.model.patch_size}); parameters: {params:,}.
+- Starts from `{(tr.get("stages") or [{}])[0].get("start") or tr.get("start_from")}` (same shape: H={cfg.model.d_model}, N={cfg.model.d_state},
+  {cfg.model.n_layers} layers, patch {cfg.model.patch_size}{", log-mel front end" if cfg.model.front_end == "logmel" else ""}); parameters: {params:,}.
 - Streaming state: {state_bytes:,} bytes per session, whatever the stream's length.
 
 ## Results on held-out streams (metrics computed by `model/stream_metrics.py`)
@@ -246,7 +249,7 @@ def long_stream_lines(runs: list[dict]) -> list[str]:
     """The table of bench/long_stream.py runs (issue 15: cost per second of a long stream)."""
     if not runs:
         return []
-    lines = ["### Cost per second of a long stream (bench/long_stream.py)", "",
+    lines = [LONG_HEAD, "",
              "One stream, the server backend's per-frame work (slab gather -> step -> scatter; "
              "CUDA graphs on a GPU), wall time per second of audio. Command: `python -m "
              "bench.long_stream --checkpoint checkpoints/NAME --seconds 3600 --device cuda`.", "",
@@ -272,7 +275,11 @@ def install(src: Path, checkpoints: Path, results: Path) -> list[str]:
     for name in NAMES:
         folder = src / name
         if not (folder / "metrics.json").is_file():
-            print(f"{folder}: no metrics.json (the run did not finish): not installed")
+            print(f"{folder}: no metrics.json (not in this run): not installed")
+            kept = checkpoints / name
+            if (kept / "metrics.json").is_file():  # its RESULTS lines stay, from the shipped one
+                rows.append((name, load_checkpoint(kept)[1],
+                             json.loads((kept / "metrics.json").read_text())))
             continue
         dest = checkpoints / name
         dest.mkdir(parents=True, exist_ok=True)
@@ -288,6 +295,10 @@ def install(src: Path, checkpoints: Path, results: Path) -> list[str]:
     text = results.read_text() if results.exists() else "# Results\n"
     long_runs = [json.loads(p.read_text()) for p in sorted(src.glob("long_stream_*.json"))]
     section = results_section(rows, long_runs)
+    old_long = LONG_HEAD in text and END in text.split(LONG_HEAD, 1)[1]
+    if not long_runs and old_long:  # no new long-stream runs: the measured table stays
+        kept = text.split(LONG_HEAD, 1)[1].split(END, 1)[0]
+        section = section.replace(END, LONG_HEAD + kept + END)
     if BEGIN in text and END in text:
         head, rest = text.split(BEGIN, 1)
         text = head + section + rest.split(END, 1)[1]
