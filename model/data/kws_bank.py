@@ -129,29 +129,37 @@ def _render_espeak(jobs: list[dict]) -> list[np.ndarray]:
 
     out = []
     for j in jobs:
-        rate = int(230 - 120 * (j["stretch"] - 0.75) / 0.6)  # words per minute, 110-230
-        wav, sr = espeak.synthesize(j["text"], j["voice"], rate=rate, pitch=int(15 + 70 * j["pitch"]),
+        wav, sr = espeak.synthesize(j["text"], j["voice"], rate=_words_per_minute(j["stretch"]),
+                                    pitch=int(15 + 70 * j["pitch"]),
                                     pitch_range=int(20 + 70 * j["pitch"]), seed=j["seed"])
         out.append(_finish(wav, sr, j["kind"]))
     return out
 
 
-def _render_flite(jobs: list[dict]) -> list[np.ndarray]:
+def _words_per_minute(stretch: float) -> int:
+    """espeak-ng's speaking rate for a duration stretch 0.75-1.35: 230-110 words per minute."""
+    return int(230 - 120 * (stretch - 0.75) / 0.6)
+
+
+def _render_by_command(jobs: list[dict], command) -> list[np.ndarray]:
+    """One synthesizer process per job: command(job, wav_path) -> argv that writes wav_path."""
     import soundfile as sf
 
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "u.wav")
         for j in jobs:
-            lo, hi = (150, 240) if j["voice"] in FLITE_FEMALE else (85, 150)
-            f0 = lo + (hi - lo) * j["pitch"]
-            subprocess.run(["flite", "-voice", j["voice"], "--setf",
-                            f"duration_stretch={j['stretch']}", "--setf",
-                            f"int_f0_target_mean={f0:.0f}", "-t", j["text"], "-o", path],
-                           check=True, capture_output=True, timeout=60)
+            subprocess.run(command(j, path), check=True, capture_output=True, timeout=60)
             wav, sr = sf.read(path, dtype="float64")
             out.append(_finish(wav, sr, j["kind"]))
     return out
+
+
+def _flite_command(j: dict, path: str) -> list[str]:
+    lo, hi = (150, 240) if j["voice"] in FLITE_FEMALE else (85, 150)
+    f0 = lo + (hi - lo) * j["pitch"]
+    return ["flite", "-voice", j["voice"], "--setf", f"duration_stretch={j['stretch']}",
+            "--setf", f"int_f0_target_mean={f0:.0f}", "-t", j["text"], "-o", path]
 
 
 def _render_festival(jobs: list[dict]) -> list[np.ndarray]:
@@ -187,39 +195,17 @@ def _mbrola_database(voice: str) -> str:
     return voice.split("-")[1]
 
 
-def _render_mbrola(jobs: list[dict]) -> list[np.ndarray]:
+def _mbrola_command(j: dict, path: str) -> list[str]:
     """espeak-ng's English front end (phonemes, durations, pitch) + MBROLA's recorded diphones."""
-    import soundfile as sf
-
-    out = []
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "u.wav")
-        for j in jobs:
-            rate = int(230 - 120 * (j["stretch"] - 0.75) / 0.6)
-            subprocess.run(["espeak-ng", "-v", j["voice"], "-s", str(rate), "-p",
-                            str(int(15 + 70 * j["pitch"])), "-w", path, j["text"]],
-                           check=True, capture_output=True, timeout=60)
-            wav, sr = sf.read(path, dtype="float64")
-            out.append(_finish(wav, sr, j["kind"]))
-    return out
+    return ["espeak-ng", "-v", j["voice"], "-s", str(_words_per_minute(j["stretch"])), "-p",
+            str(int(15 + 70 * j["pitch"])), "-w", path, j["text"]]
 
 
-def _render_pico(jobs: list[dict]) -> list[np.ndarray]:
+def _pico_command(j: dict, path: str) -> list[str]:
     """pico2wave with SVOX markup for speaking rate and pitch (levels in %, 100 = voice default)."""
-    import soundfile as sf
-
-    out = []
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "u.wav")
-        for j in jobs:
-            speed = int(round(100 / j["stretch"]))
-            pitch = int(round(80 + 45 * j["pitch"]))
-            text = f"<speed level='{speed}'><pitch level='{pitch}'>{j['text']}</pitch></speed>"
-            subprocess.run(["pico2wave", "-l", j["voice"], "-w", path, text], check=True,
-                           capture_output=True, timeout=60)
-            wav, sr = sf.read(path, dtype="float64")
-            out.append(_finish(wav, sr, j["kind"]))
-    return out
+    speed, pitch = int(round(100 / j["stretch"])), int(round(80 + 45 * j["pitch"]))
+    text = f"<speed level='{speed}'><pitch level='{pitch}'>{j['text']}</pitch></speed>"
+    return ["pico2wave", "-l", j["voice"], "-w", path, text]
 
 
 def engine_available(engine: str) -> bool:
@@ -246,8 +232,10 @@ def render(jobs: list[dict]) -> list[np.ndarray]:
     if engine == "espeak":
         with get_context("spawn").Pool(1) as pool:
             return pool.apply(_render_espeak, (jobs,))
-    return {"flite": _render_flite, "festival": _render_festival, "mbrola": _render_mbrola,
-            "pico": _render_pico}[engine](jobs)
+    if engine == "festival":
+        return _render_festival(jobs)
+    command = {"flite": _flite_command, "mbrola": _mbrola_command, "pico": _pico_command}[engine]
+    return _render_by_command(jobs, command)
 
 
 def write_engine(bank: Path, engine: str, jobs: list[dict], wavs: list[np.ndarray]) -> dict:
