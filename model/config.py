@@ -52,25 +52,25 @@ class ModelConfig(BaseModel):
             raise ValueError("d_state must be even (conjugate pairs: N/2 complex modes)")
         if self.dt_min > self.dt_max:
             raise ValueError("dt_min must not exceed dt_max")
-        for name in ("input_mean", "input_std"):
-            value = getattr(self, name)
-            if value is not None and len(value) != self.d_input:
-                raise ValueError(f"{name} needs {self.d_input} values, got {len(value)}")
-        if self.input_std is not None and any(s <= 0 for s in self.input_std):
-            raise ValueError("input_std must be positive")
+        self._check_stats("input", self.d_input)
         if self.front_end == "logmel":
             if self.d_input != 1 or self.sample_rate is None or self.patch_size < 16:
                 raise ValueError("front_end 'logmel' needs one input channel, sample_rate and "
                                  "patch_size >= 16")
-            for name in ("feature_mean", "feature_std"):
-                value = getattr(self, name)
-                if value is not None and len(value) != self.n_mels:
-                    raise ValueError(f"{name} needs n_mels={self.n_mels} values, got {len(value)}")
-            if self.feature_std is not None and any(v <= 0 for v in self.feature_std):
-                raise ValueError("feature_std must be positive")
+            self._check_stats("feature", self.n_mels)
         if self.pooling == "ema" and (self.ema_tau_s is None or self.sample_rate is None):
             raise ValueError("pooling 'ema' needs ema_tau_s (seconds) and sample_rate")
         return self
+
+    def _check_stats(self, prefix: str, n: int) -> None:
+        """<prefix>_mean / <prefix>_std: n values each when given, stds positive."""
+        for name in (f"{prefix}_mean", f"{prefix}_std"):
+            value = getattr(self, name)
+            if value is not None and len(value) != n:
+                raise ValueError(f"{name} needs {n} values, got {len(value)}")
+        std = getattr(self, f"{prefix}_std")
+        if std is not None and any(v <= 0 for v in std):
+            raise ValueError(f"{prefix}_std must be positive")
 
     @property
     def ema_log_decay(self) -> float:

@@ -339,3 +339,16 @@ def test_spec_augment_masks_only_in_training_and_within_its_widths():
         assert torch.equal(a, b)  # eval: no masks
         net.train()
         assert not torch.equal(net.embed(x), net.embed(x))  # training: a new mask each call
+
+
+def test_logmel_config_is_checked():
+    base = dict(d_input=1, patch_size=160, front_end="logmel", n_mels=4)
+    with pytest.raises(ValueError, match="sample_rate"):
+        ModelConfig(**base)
+    with pytest.raises(ValueError, match="feature_mean needs 4 values"):
+        ModelConfig(**base, sample_rate=16000, feature_mean=[0.0] * 3)
+    with pytest.raises(ValueError, match="feature_std must be positive"):
+        ModelConfig(**base, sample_rate=16000, feature_std=[1.0, 1.0, 0.0, 1.0])
+    with pytest.raises(ValueError, match="input_std must be positive"):
+        ModelConfig(input_std=[0.0])
+    assert ModelConfig(**base, sample_rate=16000).front_end == "logmel"
