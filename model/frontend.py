@@ -79,6 +79,8 @@ class LogMelPatches(nn.Module):
     max_bands) turns on SpecAugment while the module is in training mode (set by the trainer,
     not part of the checkpoint)."""
 
+    masks: tuple[int, int] | None = None
+
     def __init__(self, patch: int, sample_rate: int, n_mels: int,
                  mean: list[float] | None = None, std: list[float] | None = None):
         super().__init__()
@@ -98,8 +100,6 @@ class LogMelPatches(nn.Module):
         re = patches @ self.dft_cos.to(patches.dtype)
         im = patches @ self.dft_sin.to(patches.dtype)
         return torch.log((re * re + im * im) @ self.mel.to(patches.dtype) + LOG_EPS)
-
-    masks: tuple[int, int] | None = None
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         feats = (self.log_mel(patches) - self.mean.to(patches.dtype)) / self.std.to(patches.dtype)

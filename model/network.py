@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+from .frontend import LogMelPatches
 from .pooling import pool_sequence, valid_mask
 from .precision import float32_region
 from .s4d import S4D
@@ -78,8 +79,6 @@ class S4DNetwork(nn.Module):
         self.register_buffer("input_std", std)
         self.frontend = None
         if cfg.front_end == "logmel":
-            from .frontend import LogMelPatches
-
             self.frontend = LogMelPatches(cfg.patch_size, cfg.sample_rate, cfg.n_mels,
                                           cfg.feature_mean, cfg.feature_std)
         width = cfg.n_mels if self.frontend is not None else d_in * cfg.patch_size

@@ -191,6 +191,8 @@ def run_kws(args) -> None:
     cfg_path = out / "config.json"  # which engines it heard (the cards and eval read this)
     cfg = json.loads(cfg_path.read_text())
     cfg["training"]["engines"] = engines
+    if init_from:  # what the start had heard, as it was then (the folder may be replaced later)
+        cfg["training"]["init_engines"] = heard_engines(Path(init_from))
     cfg["training"]["formants"] = formants  # training clips' formant shift range, if any
     cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
     if args.skip_extra:  # scripts/eval_data13.py measures phrases / noise / engines instead

@@ -225,36 +225,44 @@ def table(header: list[str], rows: list[list]) -> str:
     return "\n".join(out + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
 
 
-def first_line(r: dict) -> str:
-    """For a replaced model: the first shipped model's numbers on the same sets (kept in
-    `<model>.first.json`, the evaluation of the checkpoint before it was replaced)."""
-    path = ROOT / "bench" / "model_eval" / f"{r['model']}-s4d.first.json"
-    if not path.exists() or json.loads(path.read_text())["training"] == r["training"]:
-        return ""
+def earlier_eval(r: dict, kind: str) -> dict | None:
+    """An earlier checkpoint's evaluation on the same sets (`<model>-s4d.<kind>.json`, written
+    before it was replaced; kind first / replaced), or None when absent or it is this model."""
+    path = ROOT / "bench" / "model_eval" / f"{r['model']}-s4d.{kind}.json"
+    if not path.exists():
+        return None
     f = json.loads(path.read_text())
+    return None if f["training"] == r["training"] else dict(f, file=path.name)
+
+
+def engine_accuracies(f: dict) -> str:
+    return ", ".join(f"{ENGINE_NAMES[e]} {pct(f['sets'][f'test_{e}']['accuracy'])}"
+                     for e in ENGINES if f"test_{e}" in f["sets"])
+
+
+def first_line(r: dict) -> str:
+    """For a replaced model: the first shipped model's numbers on the same sets."""
+    f = earlier_eval(r, "first")
+    if f is None:
+        return ""
     if r["model"] == "kws":
-        sets = ", ".join(f"{ENGINE_NAMES[e]} {pct(f['sets'][f'test_{e}']['accuracy'])}"
-                         for e in ENGINES if f"test_{e}" in f["sets"])
-        return (f"- The first kws-s4d (espeak-ng only, `{path.name}`) on the same test "
-                f"sets: {sets}; every engine but espeak-ng was new to it.\n")
+        return (f"- The first kws-s4d (espeak-ng only, `{f['file']}`) on the same test "
+                f"sets: {engine_accuracies(f)}; every engine but espeak-ng was new to it.\n")
     sets = ", ".join(f"{k.replace('_', ' ')} {pct(f['sets'][k]['accuracy'])}"
                      for k in ("v1_test", "template_test", "shift"))
-    return (f"- The model this one replaced (v1, `{path.name}`) on the same sets: {sets}; "
+    return (f"- The model this one replaced (v1, `{f['file']}`) on the same sets: {sets}; "
             f"MIT-BIH 208 agreement {pct(f['mitbih208']['agreement'])}.\n")
 
 
 def replaced_line(r: dict) -> str:
-    """The kws model this one replaced, on the same sets (`kws-s4d.replaced.json`: the
-    evaluation of the previous checkpoint, written before it was replaced)."""
-    path = ROOT / "bench" / "model_eval" / "kws-s4d.replaced.json"
-    if not path.exists() or json.loads(path.read_text())["training"] == r["training"]:
+    """The kws model this one replaced, on the same sets."""
+    f = earlier_eval(r, "replaced")
+    if f is None:
         return ""
-    f = json.loads(path.read_text())
-    rows = [f"{ENGINE_NAMES[e]} {pct(f['sets'][f'test_{e}']['accuracy'])}" for e in ENGINES
-            if f"test_{e}" in f["sets"]]
     heard = ", ".join(ENGINE_NAMES[e] for e in f["training"].get("engines") or ["espeak"])
-    return (f"- The model this one replaced (`{path.name}`, trained on {heard}) on the same "
-            f"sets: {', '.join(rows)}; own test split {pct(f['sets']['own_test']['accuracy'])}.\n")
+    return (f"- The model this one replaced (`{f['file']}`, trained on {heard}) on the same "
+            f"sets: {engine_accuracies(f)}; own test split "
+            f"{pct(f['sets']['own_test']['accuracy'])}.\n")
 
 
 def kws_section(r: dict) -> str:

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from model.data.kws_bank import ENGINE_NAMES, UNKNOWN_HELDOUT, engine_voices  # noqa: E402
-from scripts.data13_train import ECG_DESCRIPTION, ENGINES, KWS_DESCRIPTION  # noqa: E402
+from scripts.data13_train import ECG_DESCRIPTION, ENGINES, KWS_DESCRIPTION, heard_engines  # noqa: E402
 
 LOEO = [f"loeo-{e}" for e in ENGINES]
 NUMBER_WORDS = {2: "two", 3: "three", 4: "four", 5: "five"}
@@ -35,12 +35,13 @@ def engine_list(engines) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
-def start_note(init_from: str | None, held: str) -> str:
-    """How a leave-one-engine-out run started, from the checkpoint its config names."""
+def start_note(training: dict, held: str) -> str:
+    """How a leave-one-engine-out run started: the start checkpoint and the engines it had
+    heard when the run began (recorded by data13_train; older runs: read from the folder)."""
+    init_from = training.get("init_from")
     if not init_from:
         return "from scratch"
-    heard = json.loads((ROOT / init_from.split(" ")[0] / "config.json").read_text())
-    engines = heard["training"].get("engines") or ["espeak"]
+    engines = training.get("init_engines") or heard_engines(ROOT / init_from.split(" ")[0])
     return (f"fine-tuned from `{init_from}` ({engine_list(engines)}: "
             f"{ENGINE_NAMES[held]} unheard)")
 
@@ -147,7 +148,7 @@ def kws_card(runs: Path, bank: Path, run: str = "kws-all") -> tuple[str, dict]:
     loeo_rows, loeo_accs = [], {}
     for r, (lc, lm, lx) in loeo.items():
         e = r.split("-", 1)[1]
-        start = start_note(lc["training"].get("init_from"), e)
+        start = start_note(lc["training"], e)
         worst = sorted(lm["per_class_test_accuracy"].items(), key=lambda kv: kv[1])[:3]
         loeo_accs[e] = lm["test_accuracy"]
         loeo_rows.append([ENGINE_NAMES[e], ", ".join(ENGINE_NAMES[x] for x in lx["run"]["train_engines"]),

@@ -306,3 +306,15 @@ def test_premature_beats_keep_the_beat_count_and_the_sinus_beats():
     assert 8 <= found <= 28  # ECTOPY_PROB = 0.4 of 40 windows
     _, none = ecg._premature_beats(np.random.default_rng(0), times, rr, "af_like")
     assert not none.any()
+
+
+def test_card_start_note_uses_the_engines_recorded_at_training_time():
+    """A LOEO row names what its start checkpoint had heard when the run began, even if that
+    folder was replaced since (the recorded `init_engines`)."""
+    from scripts.install_data13 import start_note
+
+    assert start_note({}, "pico") == "from scratch"
+    note = start_note({"init_from": "checkpoints/kws-s4d",
+                       "init_engines": ["espeak", "flite", "festival"]}, "pico")
+    assert note == ("fine-tuned from `checkpoints/kws-s4d` (espeak-ng, flite and festival: "
+                    "SVOX Pico unheard)")

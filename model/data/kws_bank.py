@@ -14,8 +14,9 @@ the training runs (`model.data.kws_mix`), so one small bank feeds any number of 
 
 Splits are by voice, inside each engine: espeak-ng by the hash split of `kws.voice_split`,
 flite: awb = val, rms = test, the rest train; festival: ked_diphone = test, the rest train
-(it has only three English voices); MBROLA by the table below; Pico: en-US train, en-GB test. Unknown words are split too: the last six of
-`kws.UNKNOWN_WORDS` and a set of short phrases occur only in test material, so `unknown` is
+(it has only three English voices); MBROLA by the table below; Pico: en-US train, en-GB
+test. Unknown words are split too: the last six of `kws.UNKNOWN_WORDS` and a set of short
+phrases occur only in test material, so `unknown` is
 measured on words the model never heard. Leave-one-engine-out uses every voice of the held-out
 engine.
 """
