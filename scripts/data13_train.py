@@ -165,9 +165,12 @@ def run_kws(args) -> None:
                      lr=args.lr, warmup_epochs=args.warmup_epochs,
                      refit_on_val=args.refit_on_val or None, front_end=args.front_end,
                      patch_size=args.patch_size, dropout=args.dropout, time_mask=args.time_mask,
-                     channel_mask=args.channel_mask)
-    if init_from and (args.front_end or args.patch_size or args.dropout is not None):
-        raise SystemExit("--front-end / --patch-size make a new architecture: no --init-from")
+                     channel_mask=args.channel_mask, d_model=args.d_model,
+                     n_layers=args.n_layers)
+    if init_from and (args.front_end or args.patch_size or args.dropout is not None
+                      or args.d_model or args.n_layers):
+        raise SystemExit("--front-end / --patch-size / --d-model / --n-layers make a new "
+                         "architecture: no --init-from")
     if args.smoke and not init_from:
         overrides.update(SMOKE_MODEL)
     preset = PRESETS["kws"].with_overrides(**overrides)
@@ -182,7 +185,9 @@ def run_kws(args) -> None:
                                               ("PATCH", args.patch_size),
                                               ("DROPOUT", args.dropout),
                                               ("TIME_MASK", args.time_mask),
-                                              ("CHANNEL_MASK", args.channel_mask))
+                                              ("CHANNEL_MASK", args.channel_mask),
+                                              ("D_MODEL", args.d_model),
+                                              ("N_LAYERS", args.n_layers))
                      if v is not None)
     command = (f"{knobs} bash scripts/gpu_train_data13.sh   # scripts/data13_train.py kws "
                f"--run {args.run}" if args.device == "cuda" else "python " + " ".join(sys.argv))
@@ -308,6 +313,8 @@ def main() -> None:
     ap.add_argument("--patch-size", type=int, default=None, help="kws from scratch: samples "
                     "per step (logmel: 160 = 10 ms patches)")
     ap.add_argument("--dropout", type=float, default=None, help="kws from scratch")
+    ap.add_argument("--d-model", type=int, default=None, help="kws from scratch: width H")
+    ap.add_argument("--n-layers", type=int, default=None, help="kws from scratch: S4D layers")
     ap.add_argument("--time-mask", type=int, default=None,
                     help="kws: SpecAugment time masks of up to this many steps (2 per clip)")
     ap.add_argument("--channel-mask", type=int, default=None,

@@ -15,7 +15,8 @@
 # engines in its config's training.engines), else it starts from scratch;
 # REFIT=1: the validation clips join training and the last epoch is kept; FRONT_END=logmel and
 # PATCH=160: the log-mel patch front end (model/frontend.py), from scratch; DROPOUT, TIME_MASK,
-# CHANNEL_MASK: regularisation (SpecAugment on the log-mel features).
+# CHANNEL_MASK: regularisation (SpecAugment on the log-mel features); D_MODEL, N_LAYERS: a
+# wider / deeper network (from scratch).
 set -u
 OUT=${OUT:-/tmp/s4d-gpu-out}
 D="$OUT/data13"
@@ -67,6 +68,8 @@ KWS_ARGS=()
 [ -n "${DROPOUT:-}" ] && KWS_ARGS+=(--dropout "$DROPOUT")
 [ -n "${TIME_MASK:-}" ] && KWS_ARGS+=(--time-mask "$TIME_MASK")
 [ -n "${CHANNEL_MASK:-}" ] && KWS_ARGS+=(--channel-mask "$CHANNEL_MASK")
+[ -n "${D_MODEL:-}" ] && KWS_ARGS+=(--d-model "$D_MODEL")
+[ -n "${N_LAYERS:-}" ] && KWS_ARGS+=(--n-layers "$N_LAYERS")
 $PY scripts/data13_train.py prep-kws --work /tmp/data13 --workers $WORKERS $FLAG \
     ${N_TRAIN:+--n-train $N_TRAIN} ${FORMANTS:+--formants $FORMANTS} \
     > "$D/prep_kws.log" 2>&1 || { tail -20 "$D/prep_kws.log"; exit 1; }

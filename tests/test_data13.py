@@ -166,6 +166,36 @@ def test_bank_renders_each_engine(engine, tmp_path):
     assert np.allclose(rows[0]["wav"], wavs[0] / 32768, atol=1e-6)
 
 
+def test_festival_has_a_voice_in_every_split_and_names_missing_ones(monkeypatch):
+    from model.data import kws_bank as kb
+
+    assert set(kb.engine_voices("festival").values()) == {"train", "val", "test"}
+    assert set(kb.FESTIVAL_PACKAGES) == set(kb.FESTIVAL_VOICES)
+    monkeypatch.setattr(kb, "festival_voice_installed", lambda v: v != "rab_diphone")
+    monkeypatch.setattr(kb.shutil, "which", lambda program: f"/usr/bin/{program}")
+    assert kb.missing_voices("festival") == ["rab_diphone"] and not kb.engine_available("festival")
+    with pytest.raises(RuntimeError, match="festival lacks voices rab_diphone .*festvox-rablpc16k"):
+        kb.build_bank(Path("unused"), engines=("festival",))
+
+
+@pytest.mark.parametrize("voice", ["kal_diphone", "cmu_us_slt_arctic_hts", "don_diphone",
+                                   "rab_diphone", "ked_diphone"])
+def test_festival_renders_every_voice(voice):
+    """Each voice speaks a keyword: Debian main's kal / slt / ked where `festival` is installed,
+    contrib's rab / don where `make speech-engines` added them (else skipped)."""
+    import shutil
+
+    from model.data import kws_bank as kb
+
+    if shutil.which("festival") is None or not kb.festival_voice_installed(voice):
+        pytest.skip(f"festival voice {voice} is not installed (Debian "
+                    f"{kb.FESTIVAL_PACKAGES[voice]})")
+    job = next(j for j in kb.plan("festival") if j["voice"] == voice and j["text"] == "stop")
+    (wav,) = kb.render([job])
+    assert wav.dtype == np.int16 and 1600 < len(wav) <= kb.MAX_WORD
+    assert np.sqrt(np.mean((wav / 32768.0) ** 2)) > 0.03  # speech, not a click in silence
+
+
 def _toy_rows() -> list[dict]:
     from model.data.kws import KEYWORDS
 
@@ -318,3 +348,51 @@ def test_card_start_note_uses_the_engines_recorded_at_training_time():
                        "init_engines": ["espeak", "flite", "festival"]}, "pico")
     assert note == ("fine-tuned from `checkpoints/kws-s4d` (espeak-ng, flite and festival: "
                     "SVOX Pico unheard)")
+
+
+def test_rate_labels_are_the_realised_rate_up_to_the_clinical_edges():
+    """t3: a brady / normal / tachy window's realised rate (60 / mean RR inside the window, as
+    the R-peak reference measures it) lies in its band, the bands abut at 60 and 100 bpm, and
+    a good share of windows sits close to an edge, so a model learns where the edge is."""
+    near_edge = 0
+    for i in range(150):
+        label = ("brady", "normal", "tachy")[i % 3]
+        times, _ = ecg._rr_series(np.random.default_rng([13, i]), label, 10.0)
+        bpm = ecg.realised_rate(times, 10.0)
+        lo, hi = ecg.RATE_BANDS[label]
+        assert (lo <= bpm < hi) if label == "brady" else (lo < bpm <= hi) if label == "tachy" \
+            else lo <= bpm <= hi, (label, bpm)
+        near_edge += min(abs(bpm - 60), abs(bpm - 100)) < ecg.EDGE_BPM
+    assert ecg.RATE_BANDS["brady"][1] == ecg.RATE_BANDS["normal"][0] == 60.0
+    assert ecg.RATE_BANDS["normal"][1] == ecg.RATE_BANDS["tachy"][0] == 100.0
+    assert 0.3 * 150 <= near_edge <= 0.7 * 150
+
+
+def test_realised_rate_is_what_the_r_peak_reference_measures():
+    pytest.importorskip("neurokit2")
+    from model.data.rpeaks import window_heart_rates
+
+    close = 0
+    for i in range(12):
+        label = ("normal", "tachy")[i % 2]
+        times, _ = ecg._rr_series(np.random.default_rng([11, i]), label, 10.0)  # same draws
+        x = ecg.template_clean(np.random.default_rng([11, i]), label)
+        (bpm,) = window_heart_rates(x, ecg.SAMPLE_RATE, 10.0)
+        close += abs(bpm - ecg.realised_rate(times, 10.0)) < 0.5
+    assert close >= 10  # the detector misses a beat now and then on its own
+
+
+def test_bigeminy_runs_alternate_and_keep_the_beat_count():
+    """Some ectopic windows carry a bigeminy / trigeminy run: premature beats every 2nd or
+    3rd beat with one coupling, sinus beats where they were."""
+    runs = 0
+    for i in range(80):
+        times, rr = ecg._rr_series(np.random.default_rng([15, i]), "normal", 10.0)
+        moved, pvc = ecg._premature_beats(np.random.default_rng([16, i]), times, rr, "normal")
+        np.testing.assert_array_equal(moved[~pvc], times[~pvc])
+        gaps = np.diff(np.flatnonzero(pvc))
+        if len(gaps) >= 4 and (np.all(gaps == 2) or np.all(gaps == 3)):
+            runs += 1
+            coupling = (moved[pvc] - moved[np.flatnonzero(pvc) - 1]) / rr
+            assert coupling.std() < 0.06
+    assert runs >= 3  # PATTERN_PROB of ECTOPY_PROB of 80 windows, less short runs
