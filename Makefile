@@ -50,7 +50,8 @@ system-test-deps:
 		bash $(PODMAN_HERE) setup || echo "podman setup failed: the image tests will be skipped"; fi
 
 # Engines four and five of the keyword bank (model/data/kws_bank.py): MBROLA's recorded-diphone
-# voices (contrib / non-free) and SVOX Pico (non-free). Only for rebuilding the bank
+# voices (contrib / non-free) and SVOX Pico (non-free), and festival's British voices rab
+# (validation) and don (train) from contrib. Only for rebuilding the bank
 # (python scripts/build_data13_bank.py kws); the tests that render them skip without them.
 MBROLA_VOICES ?= us1 us2 us3 en1 af1 nl2 fr1 fr4 de1 de2 de3 de4 de5 de6 gr2 hu1 pl1 ro1 sw1 sw2
 speech-engines:
@@ -59,7 +60,8 @@ speech-engines:
 		'Components: contrib non-free' 'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg' \
 		> /etc/apt/sources.list.d/s4d-contrib-nonfree.sources
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-		espeak-ng mbrola $(addprefix mbrola-,$(MBROLA_VOICES)) libttspico-utils
+		espeak-ng mbrola $(addprefix mbrola-,$(MBROLA_VOICES)) libttspico-utils \
+		festvox-rablpc16k festvox-don
 
 test: $(VENV)/.test system-test-deps
 	$(VENV)/bin/ruff check .

@@ -78,7 +78,7 @@ def prep_kws(args) -> None:
         }
         for s_i, (name, (flt, count, kind)) in enumerate(sets.items()):
             pool = kws_mix.select(rows, engines=(e,), **flt)
-            if not pool:  # festival and pico have no val voice
+            if not pool:  # pico has no val voice (festival: rab_diphone since the contrib voices)
                 continue
             x, y = kws_mix.make_clips(pool, count, seed=0, kind=kind, code=100 + 10 * e_i + s_i,
                                       workers=args.workers,

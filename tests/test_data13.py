@@ -156,7 +156,7 @@ def test_bank_renders_each_engine(engine, tmp_path):
     from model.data import kws_bank as kb
 
     if not kb.engine_available(engine):
-        pytest.skip(f"{engine} is not installed (Debian packages: see model/data/kws_bank.py)")
+        pytest.skip(f"{kb.unavailable_reason(engine)} (see model/data/kws_bank.py)")
     jobs = [j for j in kb.plan(engine) if j["text"] in ("yes", "stop")][:3]
     wavs = kb.render(jobs)
     assert all(w.dtype == np.int16 and 1600 < len(w) <= kb.MAX_WORD for w in wavs)

@@ -2,21 +2,22 @@
 
 Engines: espeak-ng (formant synthesis; the `espeakng-loader` wheel), flite (CMU Flite 2.2,
 diphone and clustergen voices; Debian `flite`), festival (diphone and HTS voices; Debian
-`festival`, `festvox-kallpc16k`, `festvox-kdlpc16k`, `festvox-us-slt-hts`), MBROLA (diphones
-cut from recordings of 20 speakers: 4 native English, 16 speaking English with their own
-language's diphones; Debian contrib/non-free `mbrola`, `mbrola-us1` ... driven by the `espeak-ng`
-program's English front end) and SVOX Pico (HMM synthesis, en-US and en-GB; Debian non-free
-`libttspico-utils`; `make speech-engines` installs both). Each utterance is
+`festival`, `festvox-kallpc16k`, `festvox-kdlpc16k`, `festvox-us-slt-hts`, and the British
+`festvox-rablpc16k`, `festvox-don` from contrib), MBROLA (diphones cut from recordings of 20
+speakers: 4 native English, 16 speaking English with their own language's diphones; Debian
+contrib/non-free `mbrola`, `mbrola-us1` ... driven by the `espeak-ng` program's English front
+end) and SVOX Pico (HMM synthesis, en-US and en-GB; Debian non-free `libttspico-utils`;
+`make speech-engines` installs the contrib / non-free packages). Each utterance is
 rendered once, clean, with random speaking rate and pitch, resampled to 16 kHz, trimmed and
 peak-normalised, and stored as 16-bit PCM in one FLAC per engine plus a JSON index
 (`build_bank`). The augmentation (speed, rooms, noise, gain, placement) happens later, where
 the training runs (`model.data.kws_mix`), so one small bank feeds any number of clips.
 
 Splits are by voice, inside each engine: espeak-ng by the hash split of `kws.voice_split`,
-flite: awb = val, rms = test, the rest train; festival: ked_diphone = test, the rest train
-(it has only three English voices); MBROLA by the table below; Pico: en-US train, en-GB
-test. Unknown words are split too: the last six of `kws.UNKNOWN_WORDS` and a set of short
-phrases occur only in test material, so `unknown` is
+flite: awb = val, rms = test, the rest train; festival: rab_diphone = val, ked_diphone = test,
+the rest (kal_diphone, cmu_us_slt_arctic_hts, don_diphone) train; MBROLA by the table below;
+Pico: en-US train, en-GB test. Unknown words are split too: the last six of
+`kws.UNKNOWN_WORDS` and a set of short phrases occur only in test material, so `unknown` is
 measured on words the model never heard. Leave-one-engine-out uses every voice of the held-out
 engine.
 """
@@ -40,8 +41,14 @@ ENGINE_NAMES = {"espeak": "espeak-ng", "flite": "flite", "festival": "festival",
                 "mbrola": "MBROLA", "pico": "SVOX Pico"}  # as cards and tables print them
 FLITE_VOICES = {"kal": "train", "kal16": "train", "slt": "train", "awb": "val", "rms": "test"}
 FLITE_FEMALE = {"slt"}
+# kal (US) and slt (US, HTS) from Debian main; rab (British, val) and don (British, the
+# festival tutorial's small LPC voice, 10 kHz) from contrib; ked (US, main) test
 FESTIVAL_VOICES = {"kal_diphone": "train", "cmu_us_slt_arctic_hts": "train",
-                   "ked_diphone": "test"}
+                   "don_diphone": "train", "rab_diphone": "val", "ked_diphone": "test"}
+FESTIVAL_DIR = Path("/usr/share/festival/voices")
+FESTIVAL_PACKAGES = {"kal_diphone": "festvox-kallpc16k", "cmu_us_slt_arctic_hts":
+                     "festvox-us-slt-hts", "don_diphone": "festvox-don", "rab_diphone":
+                     "festvox-rablpc16k", "ked_diphone": "festvox-kdlpc16k"}  # Debian packages
 # espeak-ng voice names "mb-<db>"; native us1 (F) / us3 train, en1 (British) val, us2 test;
 # the accented voices split across train / val / test with women and men in each
 MBROLA_VOICES = {
@@ -209,20 +216,45 @@ def _pico_command(j: dict, path: str) -> list[str]:
     return ["pico2wave", "-l", j["voice"], "-w", path, text]
 
 
+def festival_voice_installed(voice: str) -> bool:
+    """Whether festival's voice directory (/usr/share/festival/voices/<language>/<voice>) exists."""
+    return any(FESTIVAL_DIR.glob(f"*/{voice}/festvox"))
+
+
+def missing_voices(engine: str) -> list[str]:
+    """The engine's voices this machine lacks (festival and MBROLA install them one by one)."""
+    if engine == "festival":
+        return [v for v in FESTIVAL_VOICES if not festival_voice_installed(v)]
+    if engine == "mbrola":
+        return [v for v in MBROLA_VOICES if not (MBROLA_DIR / _mbrola_database(v)).is_dir()]
+    return []
+
+
 def engine_available(engine: str) -> bool:
-    """Whether this machine can render an engine (all but espeak-ng are Debian programs)."""
+    """Whether this machine can render an engine and all its voices (all but espeak-ng are
+    Debian programs)."""
     if engine == "espeak":
         try:
             import espeakng_loader  # noqa: F401
         except ImportError:
             return False
         return True
-    if engine == "mbrola":
-        return (shutil.which("espeak-ng") is not None and shutil.which("mbrola") is not None
-                and all((MBROLA_DIR / _mbrola_database(v)).is_dir() for v in MBROLA_VOICES))
-    if engine == "pico":
-        return shutil.which("pico2wave") is not None
-    return shutil.which(engine) is not None
+    program = {"mbrola": "mbrola", "pico": "pico2wave"}.get(engine, engine)
+    if engine == "mbrola" and shutil.which("espeak-ng") is None:
+        return False
+    return shutil.which(program) is not None and not missing_voices(engine)
+
+
+def unavailable_reason(engine: str) -> str:
+    """What build_bank says when an engine can't render: which voices lack, where that's all."""
+    missing = missing_voices(engine)
+    program = {"festival": "festival", "mbrola": "mbrola"}.get(engine)
+    if program is None or shutil.which(program) is None or not missing:
+        return f"{engine} is not installed here"
+    packages = [FESTIVAL_PACKAGES[v] if engine == "festival" else f"mbrola-{_mbrola_database(v)}"
+                for v in missing]
+    return (f"{engine} lacks voices {', '.join(missing)} (Debian {', '.join(packages)}; "
+            "`make speech-engines` installs them)")
 
 
 def render(jobs: list[dict]) -> list[np.ndarray]:
@@ -263,7 +295,7 @@ def build_bank(bank: Path, engines=ENGINES, workers: int = 2, seed: int = 0) -> 
     summary = []
     for engine in engines:
         if not engine_available(engine):
-            raise RuntimeError(f"{engine} is not installed here")
+            raise RuntimeError(unavailable_reason(engine))
         jobs = plan(engine, seed)
         summary.append(write_engine(Path(bank), engine, jobs, render(jobs)))
         print(summary[-1], flush=True)
