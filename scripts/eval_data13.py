@@ -186,7 +186,7 @@ def val_sets(model: str, cand_cfg: dict, bank: Path, workers: int) -> dict:
     sets = {}
     for e_i, e in enumerate(ENGINES):
         pool = kws_mix.select(rows, engines=(e,), splits=("val",), kinds=("keyword", "unknown"))
-        if e in engines and pool:  # festival and pico have no val voice
+        if e in engines and pool:  # pico has no val voice
             n = n_val // len([x for x in engines if "val" in engine_voices(x).values()])
             sets[f"val_{e}"] = kws_mix.make_clips(pool, n, seed=0, kind="words",
                                                   code=100 + 10 * e_i + 1, workers=workers)
@@ -390,7 +390,7 @@ Candidate: `{t['command']}` (fine-tuned from this checkpoint, `init_from`; {t['n
 
 
 KWS_VERDICT = """
-Not shipped: on the validation split it chose its epoch on (espeak-ng and flite validation voices; festival has no validation voice) it is below the shipped model, and validation is the only selection rule here; what it gains on the test voices of other engines selects nothing. {n} epochs of CPU fine-tuning are far from the planned GPU recipe (5,000 clips per engine, up to 24 epochs).
+Not shipped: on the validation split it chose its epoch on (the validation voices of the engines it heard) it is below the shipped model, and validation is the only selection rule here; what it gains on the test voices of other engines selects nothing. {n} epochs of CPU fine-tuning are far from the planned GPU recipe (5,000 clips per engine, up to 24 epochs).
 """
 
 
