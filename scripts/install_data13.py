@@ -269,9 +269,21 @@ def ecg_card(runs: Path, run: str = "ecg") -> tuple[str, dict]:
                         pct(shift["per_class"].get(n))] for n in names])
     mrows = [[w["start_s"], w["detector_bpm"], w["detector_band"], w["model_label"], w["p"],
               "yes" if w["detector_band"] == w["model_band"] else "no"] for w in mit["windows"]]
-    from model.data.ecg import ECTOPY_PROB, EDGE_BPM, EDGE_PROB, PATTERN_PROB, PVC_SHARE, RATE_BANDS
+    from model.data.ecg import (
+        ECTOPY_PROB,
+        EDGE_BPM,
+        EDGE_PROB,
+        PATTERN_PROB,
+        PAUSE_MODES,
+        PVC_SHARE,
+        RATE_BANDS,
+    )
 
     bands = " / ".join(f"{lo:g}-{hi:g}" for lo, hi in RATE_BANDS.values())
+    pause_text = {"compensatory": "the next sinus beat keeps its time (compensatory pause)",
+                  "reset": "the sinus node resets (next beat 1.0-1.25 RR later)",
+                  "interpolated": "the PVC falls between two sinus beats (one beat more)"}
+    pauses = ", ".join(f"{pause_text[m]} {100 * p:.0f} %" for m, p in PAUSE_MODES.items())
 
     card = f"""# ecg-s4d
 
@@ -285,7 +297,7 @@ Rhythm class of a 10 s single-lead ECG at 250 Hz **in millivolts** (brady, norma
 - Classes (5): {', '.join(names)}. Class definitions (label precedence af_like > wide_qrs > rate): brady < 60 bpm, normal 60-100, tachy > 100, the rate being the window's realised rate (60 / mean RR of the beats inside it, as an R-peak detector measures it; drawn from {bands} bpm, {100 * EDGE_PROB:.0f} % of draws within {EDGE_BPM:g} bpm of the 60 / 100 bpm edges, redrawn until the realised rate is in the band); af_like = irregular RR (log-normal, CV 0.12-0.3) without P waves, with 4-9 Hz fibrillatory waves; wide_qrs = QRS 125-200 ms (LBBB-like notched, RBBB-like rSR' or broad monophasic, T often discordant) **at brady, normal or tachy rates**; the other classes have QRS 65-105 ms.
 
 ## Data recipe and split
-- Training, validation and test (`model.data.ecg.generate_template`): P, Q, R, S, T as asymmetric Gaussian waves on an RR series (respiratory sinus arrhythmia, drift); morphology varies per window: R amplitude 0.5-2.5 mV, lead polarity flipped for 20 %, q and S depth relative to R (axis), P mono-/bi-phasic/notched and sometimes inverted, PR 120-220 ms, T by Bazett's QT (QTc 0.36-0.46 s), asymmetric and sometimes inverted, per-beat amplitude jitter and respiratory modulation. Premature ventricular beats (generator version `{cfg['training'].get('template_version', '?')}`): in {100 * ECTOPY_PROB:.0f} % of the brady / normal / tachy / wide_qrs windows, {100 * PVC_SHARE[0]:.0f}-{100 * PVC_SHARE[1]:.0f} % of the beats come early (coupling 0.45-0.75 RR, couplets possible; in {100 * PATTERN_PROB:.0f} % of those windows as a run of ventricular bigeminy or trigeminy with a fixed coupling) as broad complexes without a P wave, T against the QRS, up to 2x the sinus R (at most 3 mV), and the next sinus beat keeps its time (compensatory pause): the beat count and so the label stay. Noise: DC offset, baseline wander up to 0.6 mV, band-limited EMG bursts, 50/60 Hz powerline, white noise, electrode-motion artefacts.
+- Training, validation and test (`model.data.ecg.generate_template`): P, Q, R, S, T as asymmetric Gaussian waves on an RR series (respiratory sinus arrhythmia, drift); morphology varies per window: R amplitude 0.5-2.5 mV, lead polarity flipped for 20 %, q and S depth relative to R (axis), P mono-/bi-phasic/notched and sometimes inverted, PR 120-220 ms, T by Bazett's QT (QTc 0.36-0.46 s), asymmetric and sometimes inverted, per-beat amplitude jitter and respiratory modulation. Premature ventricular beats (generator version `{cfg['training'].get('template_version', '?')}`): in {100 * ECTOPY_PROB:.0f} % of the brady / normal / tachy / wide_qrs windows, {100 * PVC_SHARE[0]:.0f}-{100 * PVC_SHARE[1]:.0f} % of the beats come early (coupling 0.45-0.75 RR, couplets possible; in {100 * PATTERN_PROB:.0f} % of those windows as a run of ventricular bigeminy or trigeminy with a fixed coupling) as broad complexes without a P wave, T against the QRS, up to 2x the sinus R (at most 3 mV); what follows, per window: {pauses}; the label's rate counts every beat and stays in its band. Noise: DC offset, baseline wander up to 0.6 mV, band-limited EMG bursts, 50/60 Hz powerline, white noise, electrode-motion artefacts.
 - Splits by seed stream: train {cfg['training']['n_train']:,}, val {cfg['training']['n_val']:,}, test {metrics['n_test']:,} windows, balanced.
 - **Shifted test set** ({shift['n']} windows, `model.data.ecg.generate_shift`, made here with neurokit2 and carried in `.cache/data13/ecg_bank.npz`): another generator (ECGSYN, the neurokit2 ODE model; QRS width made rate-independent), another noise model (neurokit2 `signal_distort`: baseline, muscle, powerline, artefact bursts), R amplitude 0.5-2.5 mV, 20 % inverted. Training never saw ECGSYN beats or this noise.
 

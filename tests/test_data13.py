@@ -318,24 +318,67 @@ def test_train_init_from_fine_tunes_a_checkpoint(tmp_path):
 
 
 def test_premature_beats_keep_the_beat_count_and_the_sinus_beats():
-    """t2 ectopy: premature beats come early and the next sinus beat keeps its time, so the
-    beat count (the label's rate band) stays; a window without ectopy is the t1 window."""
+    """Compensatory pauses: premature beats come early and the next sinus beat keeps its time,
+    so the beat count stays; a window that draws no ectopy is the window without it."""
     found = 0
     for i in range(40):
         times, rr = ecg._rr_series(np.random.default_rng([5, i]), "normal", 10.0)
-        moved, pvc = ecg._premature_beats(np.random.default_rng([6, i]), times, rr, "normal")
+        moved, pvc = ecg._premature_beats(np.random.default_rng([6, i]), times, rr, "normal",
+                                          mode="compensatory")
         assert len(moved) == len(times) and np.all(np.diff(moved) > 0.25)
         np.testing.assert_array_equal(moved[~pvc], times[~pvc])  # sinus beats where they were
         assert np.all(moved[pvc] < times[pvc])  # premature
         assert not (pvc[2:] & pvc[1:-1] & pvc[:-2]).any()  # at most couplets
         found += bool(pvc.any())
-        plain = ecg.template_clean(np.random.default_rng([5, i]), "normal")
-        with_rng = ecg.template_clean(np.random.default_rng([5, i]), "normal",
-                                      ectopy_rng=np.random.default_rng([6, i]))
-        assert np.array_equal(plain, with_rng) == (not pvc.any())
+        if np.random.default_rng([6, i]).random() >= ecg.ECTOPY_PROB:  # no ectopy drawn
+            plain = ecg.template_clean(np.random.default_rng([5, i]), "normal")
+            with_rng = ecg.template_clean(np.random.default_rng([5, i]), "normal",
+                                          ectopy_rng=np.random.default_rng([6, i]))
+            assert np.array_equal(plain, with_rng)
     assert 8 <= found <= 28  # ECTOPY_PROB = 0.4 of 40 windows
     _, none = ecg._premature_beats(np.random.default_rng(0), times, rr, "af_like")
     assert not none.any()
+
+
+def test_reset_and_interpolated_premature_beats():
+    """t4: a PVC that resets the sinus node is followed by a sinus beat 1.0-1.25 RR later; an
+    interpolated one adds a beat between two sinus beats that stay (up to 8 % RR late)."""
+    seen = {"reset": 0, "interpolated": 0}
+    for i in range(60):
+        times, rr = ecg._rr_series(np.random.default_rng([21, i]), "brady", 10.0)
+        for mode in seen:
+            moved, pvc = ecg._premature_beats(np.random.default_rng([22, i]), times, rr,
+                                              "brady", mode=mode)
+            if not pvc.any():
+                continue
+            seen[mode] += 1
+            assert np.all(np.diff(moved) > 0.25)
+            if mode == "reset":
+                assert len(moved) == len(times)
+                nxt = np.flatnonzero(pvc[:-1]) + 1
+                nxt = nxt[~pvc[nxt]]  # the sinus beat after each PVC
+                gap = (moved[nxt] - moved[nxt - 1]) / rr
+                assert np.all((gap > 0.99) & (gap < 1.26)), gap
+            else:
+                assert len(moved) == len(times) + pvc.sum()
+                late = moved[~pvc] - times
+                assert np.all((late >= 0) & (late <= 0.08 * rr * pvc.sum() + 1e-9))
+    assert seen["reset"] >= 10 and seen["interpolated"] >= 10
+
+
+def test_the_label_rate_counts_every_beat():
+    """Whatever follows the premature beats, the realised rate over all beats (what the R-peak
+    reference measures) stays in the label's band."""
+    extra = 0
+    for i in range(120):
+        label = ("brady", "normal", "tachy")[i % 3]
+        sinus, _ = ecg._rr_series(np.random.default_rng([23, i]), label, 10.0)
+        times, pvc, _ = ecg.beat_times(np.random.default_rng([23, i]), label, 10.0,
+                                       np.random.default_rng([24, i]))
+        bpm = ecg.realised_rate(times, 10.0)
+        assert ecg._in_band(bpm, label), (label, bpm)
+        extra += len(times) != len(sinus)
+    assert extra >= 1  # interpolated beats happened and were counted
 
 
 def test_card_start_note_uses_the_engines_recorded_at_training_time():
@@ -388,7 +431,8 @@ def test_bigeminy_runs_alternate_and_keep_the_beat_count():
     runs = 0
     for i in range(80):
         times, rr = ecg._rr_series(np.random.default_rng([15, i]), "normal", 10.0)
-        moved, pvc = ecg._premature_beats(np.random.default_rng([16, i]), times, rr, "normal")
+        moved, pvc = ecg._premature_beats(np.random.default_rng([16, i]), times, rr, "normal",
+                                          mode="compensatory")
         np.testing.assert_array_equal(moved[~pvc], times[~pvc])
         gaps = np.diff(np.flatnonzero(pvc))
         if len(gaps) >= 4 and (np.all(gaps == 2) or np.all(gaps == 3)):

@@ -196,8 +196,9 @@ SHIFT_RATE_BANDS = {"brady": (38.0, 57.0), "normal": (63.0, 97.0), "tachy": (104
 NARROW_QRS_S = (0.065, 0.105)
 WIDE_QRS_S = (0.125, 0.200)
 R_AMPLITUDE_MV = (0.5, 2.5)
-TEMPLATE_VERSION = "t3"  # t2: premature ventricular beats in some windows of every class but af;
-# t3: abutting rate bands, labels by realised rate, bigeminy / trigeminy runs
+TEMPLATE_VERSION = "t4"  # t2: premature ventricular beats in some windows of every class but af;
+# t3: abutting rate bands, labels by realised rate, bigeminy / trigeminy runs; t4: reset and
+# interpolated premature beats besides compensatory ones, the rate counting every beat
 #: windows (not af_like) with premature ventricular beats, and the share of their beats that are
 #: premature: MIT-BIH 208 (the real-ECG check) is full of them, and a model that never saw one
 #: calls their irregular rhythm af_like
@@ -207,6 +208,11 @@ PVC_SHARE = (0.03, 0.35)
 #: 2nd beat) or trigeminy (every 3rd) with a fixed coupling, as in much of MIT-BIH 208: regularly
 #: irregular, with P waves before the sinus beats, and not af_like
 PATTERN_PROB = 0.35
+#: what follows a premature beat, drawn per window (t4; t2 and t3 had compensatory pauses only):
+#: the R-peak reference's rate counts every beat, so the label's rate does too
+PAUSE_MODES = {"compensatory": 0.6, "reset": 0.25, "interpolated": 0.15}
+#: tries at a window's premature beats before it goes without (the label's band must hold)
+_ECTOPY_TRIES = 6
 _T2_CODE = 10  # seed-stream offset: v2 windows never share a seed with v1 windows
 _SHIFT_CODE = 20
 
@@ -274,6 +280,10 @@ def _in_band(bpm: float, band: str) -> bool:
         lo <= bpm <= hi)
 
 
+def _band_of(bpm: float) -> str:
+    return "brady" if bpm < 60.0 else "tachy" if bpm > 100.0 else "normal"
+
+
 def _draw_rate(rng: np.random.Generator, band: str) -> float:
     """A rate in the band; EDGE_PROB of them within EDGE_BPM of a clinical edge (60 / 100)."""
     lo, hi = RATE_BANDS[band]
@@ -314,15 +324,20 @@ def _rr_draw(rng: np.random.Generator, label: str, seconds: float, hr: float,
     return times[times < seconds + 1.0], float(rr.mean())
 
 
-def _premature_beats(rng: np.random.Generator, times: np.ndarray, rr: float,
-                     label: str) -> tuple[np.ndarray, np.ndarray]:
+def _premature_beats(rng: np.random.Generator, times: np.ndarray, rr: float, label: str,
+                     mode: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Premature ventricular beats: some beats come early (coupling 0.45-0.75 RR, couplets
-    possible; in PATTERN_PROB of the windows as a bigeminy / trigeminy run) and the next sinus
-    beat keeps its time (a compensatory pause), so the beat count, and with it the rate band of
-    the label, stays. Returns (times, premature mask)."""
+    possible; in PATTERN_PROB of the windows as a bigeminy / trigeminy run). What follows, one
+    `mode` per window (drawn from PAUSE_MODES unless given): "compensatory", the next sinus beat
+    keeps its time and the PVC takes a sinus beat's slot (the beat count stays); "reset", the
+    PVC resets the sinus node and the next sinus beat comes 1.0-1.25 RR after it (the rest
+    shift with it); "interpolated", the PVC falls between two sinus beats, which stay (the next
+    one up to 8 % RR late): one beat more. Returns (times, premature mask)."""
     pvc = np.zeros(len(times), bool)
     if label == "af_like" or rng.random() >= ECTOPY_PROB:
         return times, pvc
+    if mode is None:
+        mode = str(rng.choice(list(PAUSE_MODES), p=list(PAUSE_MODES.values())))
     if rng.random() < PATTERN_PROB:  # a run of bigeminy / trigeminy, fixed coupling
         every = int(rng.choice([2, 3]))
         start = int(rng.integers(1, 1 + every))
@@ -339,12 +354,26 @@ def _premature_beats(rng: np.random.Generator, times: np.ndarray, rr: float,
     pvc[0] = False
     pvc[2:] &= ~(pvc[1:-1] & pvc[:-2])  # at most two in a row
     out = times.copy()
+    inserted = []
     for k in np.flatnonzero(pvc):
         early = out[k - 1] + couplings[k] * rr
-        if early > times[k] - 0.08 * rr or early < out[k - 1] + 0.25:
+        if early > out[k] - 0.08 * rr or early < out[k - 1] + 0.25:
             pvc[k] = False
             continue
+        if mode == "interpolated":  # the sinus beat k stays (slightly late): a beat more
+            pvc[k] = False
+            if out[k] - early < 0.3 or (k + 1 < len(out) and out[k + 1] - out[k] < 0.3):
+                continue
+            out[k:] += rng.uniform(0, 0.08) * rr
+            inserted.append(early)
+            continue
+        if mode == "reset" and k + 1 < len(out):
+            out[k + 1:] += early + rng.uniform(1.0, 1.25) * rr - out[k + 1]
         out[k] = early
+    if inserted:
+        order = np.argsort(np.concatenate([out, inserted]), kind="stable")
+        out = np.concatenate([out, inserted])[order]
+        pvc = np.concatenate([pvc, np.ones(len(inserted), bool)])[order]
     return out, pvc
 
 
@@ -362,17 +391,32 @@ def _pvc_components(rng: np.random.Generator, rr: float) -> list:
     return comps
 
 
+def beat_times(rng: np.random.Generator, label: str, seconds: float,
+               ectopy_rng: np.random.Generator | None = None
+               ) -> tuple[np.ndarray, np.ndarray, float]:
+    """A window's R-peak times, premature mask and mean sinus RR. Premature beats (from
+    `ectopy_rng` only) are redrawn until the realised rate, counting every beat as the R-peak
+    reference does, stays in the sinus rate's band; after _ECTOPY_TRIES the window has none."""
+    times, rr = _rr_series(rng, label, seconds)
+    pvc = np.zeros(len(times), bool)
+    if ectopy_rng is not None and label != "af_like":
+        band = _band_of(realised_rate(times, seconds))
+        for _ in range(_ECTOPY_TRIES):
+            moved, premature = _premature_beats(ectopy_rng, times, rr, label)
+            if _in_band(realised_rate(moved, seconds), band):
+                return moved, premature, rr
+    return times, pvc, rr
+
+
 def template_clean(rng: np.random.Generator, label: str, seconds: float = WINDOW / SAMPLE_RATE,
                    sample_rate: int = SAMPLE_RATE,
                    ectopy_rng: np.random.Generator | None = None) -> np.ndarray:
     """One noise-free window in mV: Gaussian-wave beats (P, QRS, T) on an RR series; with
-    `ectopy_rng`, some windows get premature ventricular beats (drawn from that generator
-    only, so the sinus beats are those of the window without them)."""
+    `ectopy_rng`, some windows get premature ventricular beats (`beat_times`; drawn from that
+    generator only, so the sinus beats are those of the window without them up to the first
+    PVC that resets the sinus node)."""
     t = np.arange(int(round(seconds * sample_rate))) / sample_rate
-    times, rr = _rr_series(rng, label, seconds)
-    pvc = np.zeros(len(times), bool)
-    if ectopy_rng is not None:
-        times, pvc = _premature_beats(ectopy_rng, times, rr, label)
+    times, pvc, rr = beat_times(rng, label, seconds, ectopy_rng)
     qrs = rng.uniform(*(WIDE_QRS_S if label == "wide_qrs" else NARROW_QRS_S))
     comps = _beat_components(rng, label, qrs, rr)
     # scale the QRS so its largest deflection is the drawn R amplitude
