@@ -127,9 +127,14 @@ def smoke(p: StreamPreset) -> StreamPreset:
 
 # ----------------------------------------------------------------------------- model
 def build(preset: StreamPreset, device, init_from: Path | None = None):
-    """The clip model with pooling switched to `ema`; with `init_from`, the weights of an
-    earlier stream-trained run of the same preset (training continues from there)."""
-    net0, cfg0 = load_checkpoint(ROOT / "checkpoints" / preset.base)
+    """The clip model (checkpoints/<base>) with pooling switched to `ema`; with `init_from`, an
+    earlier stream-trained run of the same preset, in its own architecture (the base may have
+    been replaced since): training continues from there."""
+    start = Path(init_from) if init_from is not None else ROOT / "checkpoints" / preset.base
+    net0, cfg0 = load_checkpoint(start)
+    if init_from is not None and (cfg0.model.pooling != "ema"
+                                  or cfg0.task.name != preset.name.removesuffix("-s4d")):
+        raise ValueError(f"{init_from} is not a stream-trained {preset.name} run")
     model = cfg0.model.model_copy(update={
         "pooling": "ema", "ema_tau_s": preset.ema_tau_s, "sample_rate": cfg0.task.sample_rate})
     events = EventsConfig(threshold=0.8, hysteresis=preset.hysteresis,
@@ -139,10 +144,6 @@ def build(preset: StreamPreset, device, init_from: Path | None = None):
     cfg = cfg0.model_copy(update={"model": model, "task": task, "training": {}, "metrics": {}})
     cfg = type(cfg0).model_validate(cfg.model_dump())
     net = S4DNetwork(cfg.model, seed=None)
-    if init_from is not None:
-        net0, cfg_prev = load_checkpoint(init_from)
-        if cfg_prev.model != cfg.model:
-            raise ValueError(f"{init_from} has another architecture than {preset.name}")
     net.load_state_dict(net0.state_dict())
     return net.to(device), cfg
 

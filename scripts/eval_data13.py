@@ -437,7 +437,7 @@ def write_config_ece(model: str, ckpt: Path, r: dict) -> None:
 
 
 def update_readme(readme: Path, model: str, r: dict) -> None:
-    """The README model table's accuracy cell, from the JSON."""
+    """The README model table's accuracy and state cells, from the JSON."""
     s = r["sets"]
     if model == "kws":
         trained = r["training"].get("engines") or ["espeak"]
@@ -455,8 +455,11 @@ def update_readme(readme: Path, model: str, r: dict) -> None:
                    else "") + f"{pct(s['shift']['accuracy'])} on another generator (ECGSYN); real "
                 f"ECG (MIT-BIH 208): rate band agrees with an R-peak detector in "
                 f"{pct(r['mitbih208']['agreement'])} of 10 s windows")
-    pat = re.compile(rf"^(\| `{model}-s4d` \|[^|]*\|[^|]*\| )([^|]*)( \|.*)$", re.M)
-    text, k = pat.subn(lambda m: m.group(1) + cell + m.group(3), readme.read_text(), count=1)
+    state = r["train_metrics"].get("state_bytes_per_session")
+    pat = re.compile(rf"^(\| `{model}-s4d` \|[^|]*\|[^|]*\| )([^|]*)( \| )([^|]*)( \|)$", re.M)
+    text, k = pat.subn(lambda m: m.group(1) + cell + m.group(3)
+                       + (f"{state:,} B" if state else m.group(4)) + m.group(5),
+                       readme.read_text(), count=1)
     if k:
         readme.write_text(text)
 

@@ -4,6 +4,7 @@ detector and the stream metrics, the backends' frame outputs."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -16,6 +17,8 @@ from model.events import DetectorSettings, detect, frame_ends
 from model.network import S4DNetwork
 from model.stream_metrics import detect_frames, detect_many, ecg_summary, kws_summary
 from model.streaming import StreamingNetwork
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("pooling", ["mean", "ema", "last", "none"])
@@ -198,11 +201,10 @@ def test_backend_frame_outputs_equal_the_stepping_default(tmp_path):
         np.testing.assert_allclose(fast[i][-1], final[i], atol=2e-5)
 
 
-def test_init_from_continues_an_earlier_run_and_refuses_another_architecture(tmp_path):
+def test_init_from_continues_an_earlier_run_in_its_own_architecture(tmp_path):
     """`train_streams --init-from`: a later stage starts from the earlier stage's weights, not
-    from the clip model's, and a checkpoint of another shape or pooling is refused."""
-    from dataclasses import replace
-
+    from the clip model's, keeps the earlier stage's shape when the base was replaced since
+    (another width here), and refuses a checkpoint that is not a stream-trained run of it."""
     from model.checkpoint import save_checkpoint
     from model.train_streams import PRESETS, build
 
@@ -216,10 +218,17 @@ def test_init_from_continues_an_earlier_run_and_refuses_another_architecture(tmp
         torch.testing.assert_close(v, earlier[k], rtol=0, atol=0)
     plain, _ = build(preset, "cpu")
     assert any(not torch.equal(v, earlier[k]) for k, v in plain.state_dict().items())
-    other, other_cfg = build(replace(preset, ema_tau_s=1.0), "cpu")
-    save_checkpoint(tmp_path / "other", other, other_cfg)
-    with pytest.raises(ValueError, match="another architecture"):
-        build(preset, "cpu", init_from=tmp_path / "other")
+    narrow_cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"d_model": 32})})
+    narrow = S4DNetwork(narrow_cfg.model, seed=3)
+    save_checkpoint(tmp_path / "narrow", narrow, narrow_cfg)
+    cont, cont_cfg = build(preset, "cpu", init_from=tmp_path / "narrow")
+    assert cont_cfg.model.d_model == 32 and cont_cfg.model.pooling == "ema"
+    for k, v in cont.state_dict().items():
+        torch.testing.assert_close(v, narrow.state_dict()[k], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="not a stream-trained"):
+        build(preset, "cpu", init_from=ROOT / "checkpoints" / "ecg-s4d")  # the clip model
+    with pytest.raises(ValueError, match="not a stream-trained"):
+        build(preset, "cpu", init_from=ROOT / "checkpoints" / "kws-events-s4d")  # another preset
 
 
 def test_extra_training_words_are_new_words_and_no_keyword():
