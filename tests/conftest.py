@@ -90,6 +90,12 @@ def checkpoint_dir(tmp_path_factory) -> Path:
     return root
 
 
+def child_pythonpath() -> str:
+    """PYTHONPATH for a child process: the repo first, then what this process was given (a
+    machine whose packages live in a --target folder on PYTHONPATH keeps them)."""
+    return os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -29,6 +29,7 @@ import websockets
 from conftest import (
     ROOT,
     assert_probs_close,
+    child_pythonpath,
     encode,
     free_port,
     start_dnsmasq,
@@ -52,7 +53,7 @@ def _start_replica(stack: Stack, address: str, redis_url: str) -> subprocess.Pop
         [sys.executable, "-m", "server", "--host", address, "--port", str(stack.port),
          "--checkpoints", str(stack.checkpoints), "--models", MODEL, "--log-level", "warning",
          "--session-store", redis_url, "--snapshot-interval", "0.5", "--lease-wait", "0.5"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "S4D_COMPUTE_THREADS": "1"},
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": child_pythonpath(), "S4D_COMPUTE_THREADS": "1"},
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     stack.replicas[address] = proc
     return proc
@@ -181,7 +182,7 @@ def test_workers_engine_sigkill_resumes_from_store(checkpoint_dir, tmp_path):
          str(checkpoint_dir), "--models", MODEL, "--session-store", redis.url,
          "--snapshot-interval", "0.2", "--lease-wait", "0.3"],
         env={**os.environ, "S4D_FRONTEND_TIMEOUT_S": "1", "S4D_LOG_LEVEL": "warning",
-             "PYTHONPATH": str(ROOT)},
+             "PYTHONPATH": child_pythonpath()},
         start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def wait_ready(timeout=120):

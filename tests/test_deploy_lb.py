@@ -28,7 +28,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import assert_probs_close, free_port, start_dnsmasq, stop_process_group
+from conftest import (
+    assert_probs_close,
+    child_pythonpath,
+    free_port,
+    start_dnsmasq,
+    stop_process_group,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 HAPROXY_CFG = ROOT / "deploy" / "haproxy" / "haproxy.cfg"
@@ -107,7 +113,7 @@ def _start_replica(stack: Stack, address: str) -> subprocess.Popen:
     proc = subprocess.Popen(
         [sys.executable, "-m", "server", "--host", address, "--port", str(stack.port),
          "--checkpoints", str(stack.checkpoints), "--models", MODEL, "--log-level", "warning"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "S4D_COMPUTE_THREADS": "1"},
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": child_pythonpath(), "S4D_COMPUTE_THREADS": "1"},
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     stack.replicas[address] = proc
     return proc

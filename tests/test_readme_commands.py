@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import child_pythonpath
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -52,7 +53,7 @@ def mentions(argv: list[str], filename: str) -> bool:
 
 
 def run_cli(argv: list[str], url: str) -> str:
-    env = dict(os.environ, S4D_URL=url, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, S4D_URL=url, PYTHONPATH=child_pythonpath())
     proc = subprocess.run([sys.executable, "-m", "s4d_cli", *argv], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, f"s4d {shlex.join(argv)} failed:\n{proc.stdout}\n{proc.stderr}"

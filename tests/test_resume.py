@@ -20,7 +20,14 @@ import httpx
 import numpy as np
 import pytest
 import websockets
-from conftest import ROOT, assert_probs_close, encode, free_port, stop_process_group
+from conftest import (
+    ROOT,
+    assert_probs_close,
+    child_pythonpath,
+    encode,
+    free_port,
+    stop_process_group,
+)
 from redis_server import RedisServer
 
 START = {"type": "start", "sample_rate": 16000, "encoding": "f32le", "channels": 1,
@@ -52,7 +59,7 @@ class SubServer:
              str(checkpoints), "--models", "tiny", "--session-store", redis_url,
              "--snapshot-interval", "0.2", "--lease-wait", "0.3", "--log-level", "warning",
              *extra],
-            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "S4D_COMPUTE_THREADS": "1",
+            cwd=ROOT, env={**os.environ, "PYTHONPATH": child_pythonpath(), "S4D_COMPUTE_THREADS": "1",
                            **env},
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 120

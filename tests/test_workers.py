@@ -24,7 +24,13 @@ import psutil
 import pytest
 import websockets
 
-from tests.conftest import ROOT, assert_probs_close, encode, free_port, stop_process_group
+from tests.conftest import (
+    assert_probs_close,
+    child_pythonpath,
+    encode,
+    free_port,
+    stop_process_group,
+)
 
 START = {"type": "start", "sample_rate": 16000, "encoding": "f32le", "channels": 1,
          "emit_every": 0}
@@ -35,7 +41,7 @@ class Workers:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         e = {**os.environ, "S4D_FRONTEND_TIMEOUT_S": "1", "S4D_LOG_LEVEL": "warning",
-             "PYTHONPATH": str(ROOT), **{k: str(v) for k, v in env.items()}}
+             "PYTHONPATH": child_pythonpath(), **{k: str(v) for k, v in env.items()}}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "server", "--workers", str(workers), "--port", str(self.port),
              "--checkpoints", str(checkpoints), "--models", "tiny,tinynone"],
