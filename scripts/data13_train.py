@@ -80,9 +80,10 @@ def prep_kws(args) -> None:
             pool = kws_mix.select(rows, engines=(e,), **flt)
             if not pool:  # pico has no val voice (festival: rab_diphone since the contrib voices)
                 continue
+            train = name.startswith("train_")
             x, y = kws_mix.make_clips(pool, count, seed=0, kind=kind, code=100 + 10 * e_i + s_i,
-                                      workers=args.workers,
-                                      formants=formants if name.startswith("train_") else None)
+                                      workers=args.workers, formants=formants if train else None,
+                                      silence_top_db=args.silence_top_db if train else None)
             _save(work, name, x, y)
             made[name] = len(y)
     test_pool = kws_mix.select(rows, splits=("test",))
@@ -91,6 +92,7 @@ def prep_kws(args) -> None:
     _save(work, "noise", x, y)
     made["noise"] = len(y)
     made["formants"] = formants  # training clips only
+    made["silence_top_db"] = args.silence_top_db  # training clips only (None: -40 dBFS)
     (work / "kws_sets.json").write_text(json.dumps(made) + "\n")
     print(f"prep-kws: {made} in {time.time() - t0:.0f}s", flush=True)
 
@@ -166,7 +168,7 @@ def run_kws(args) -> None:
                      refit_on_val=args.refit_on_val or None, front_end=args.front_end,
                      patch_size=args.patch_size, dropout=args.dropout, time_mask=args.time_mask,
                      channel_mask=args.channel_mask, d_model=args.d_model,
-                     n_layers=args.n_layers)
+                     n_layers=args.n_layers, batch_size=args.batch_size)
     if init_from and (args.front_end or args.patch_size or args.dropout is not None
                       or args.d_model or args.n_layers):
         raise SystemExit("--front-end / --patch-size / --d-model / --n-layers make a new "
@@ -175,7 +177,8 @@ def run_kws(args) -> None:
         overrides.update(SMOKE_MODEL)
     preset = PRESETS["kws"].with_overrides(**overrides)
     out = Path(args.out) / (args.run_name or f"kws-{args.run}")
-    formants = json.loads((work / "kws_sets.json").read_text()).get("formants")
+    sets_meta = json.loads((work / "kws_sets.json").read_text())
+    formants = sets_meta.get("formants")
     knobs = " ".join(f"{k}={v}" for k, v in (("N_TRAIN", len(data["train"]) // len(engines)),
                                               ("FORMANTS", formants and f"{formants[0]:g},{formants[1]:g}"),
                                               ("EPOCHS", args.epochs),
@@ -187,7 +190,9 @@ def run_kws(args) -> None:
                                               ("TIME_MASK", args.time_mask),
                                               ("CHANNEL_MASK", args.channel_mask),
                                               ("D_MODEL", args.d_model),
-                                              ("N_LAYERS", args.n_layers))
+                                              ("N_LAYERS", args.n_layers),
+                                              ("BATCH", args.batch_size),
+                                              ("SILENCE_TOP_DB", sets_meta.get("silence_top_db")))
                      if v is not None)
     command = (f"{knobs} bash scripts/gpu_train_data13.sh   # scripts/data13_train.py kws "
                f"--run {args.run}" if args.device == "cuda" else "python " + " ".join(sys.argv))
@@ -199,6 +204,7 @@ def run_kws(args) -> None:
     if init_from:  # what the start had heard, as it was then (the folder may be replaced later)
         cfg["training"]["init_engines"] = heard_engines(Path(init_from))
     cfg["training"]["formants"] = formants  # training clips' formant shift range, if any
+    cfg["training"]["silence_top_db"] = sets_meta.get("silence_top_db")  # None: -40 dBFS
     cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
     if args.skip_extra:  # scripts/eval_data13.py measures phrases / noise / engines instead
         return
@@ -315,6 +321,10 @@ def main() -> None:
     ap.add_argument("--dropout", type=float, default=None, help="kws from scratch")
     ap.add_argument("--d-model", type=int, default=None, help="kws from scratch: width H")
     ap.add_argument("--n-layers", type=int, default=None, help="kws from scratch: S4D layers")
+    ap.add_argument("--batch-size", type=int, default=None,
+                    help="kws: clips per step (default the preset's 64; scale --lr with it)")
+    ap.add_argument("--silence-top-db", type=float, default=None,
+                    help="prep-kws: loudest noise-only `silence` training clip, dBFS (-40)")
     ap.add_argument("--time-mask", type=int, default=None,
                     help="kws: SpecAugment time masks of up to this many steps (2 per clip)")
     ap.add_argument("--channel-mask", type=int, default=None,

@@ -16,7 +16,9 @@
 # REFIT=1: the validation clips join training and the last epoch is kept; FRONT_END=logmel and
 # PATCH=160: the log-mel patch front end (model/frontend.py), from scratch; DROPOUT, TIME_MASK,
 # CHANNEL_MASK: regularisation (SpecAugment on the log-mel features); D_MODEL, N_LAYERS: a
-# wider / deeper network (from scratch).
+# wider / deeper network (from scratch); BATCH: clips per step (the step is launch-bound, so
+# larger batches buy epochs; scale LR with it); SILENCE_TOP_DB: loudest noise-only training
+# clip (default -40 dBFS; the noise test set goes to -20).
 set -u
 OUT=${OUT:-/tmp/s4d-gpu-out}
 D="$OUT/data13"
@@ -70,8 +72,10 @@ KWS_ARGS=()
 [ -n "${CHANNEL_MASK:-}" ] && KWS_ARGS+=(--channel-mask "$CHANNEL_MASK")
 [ -n "${D_MODEL:-}" ] && KWS_ARGS+=(--d-model "$D_MODEL")
 [ -n "${N_LAYERS:-}" ] && KWS_ARGS+=(--n-layers "$N_LAYERS")
+[ -n "${BATCH:-}" ] && KWS_ARGS+=(--batch-size "$BATCH")
 $PY scripts/data13_train.py prep-kws --work /tmp/data13 --workers $WORKERS $FLAG \
     ${N_TRAIN:+--n-train $N_TRAIN} ${FORMANTS:+--formants $FORMANTS} \
+    ${SILENCE_TOP_DB:+--silence-top-db $SILENCE_TOP_DB} \
     > "$D/prep_kws.log" 2>&1 || { tail -20 "$D/prep_kws.log"; exit 1; }
 tail -1 "$D/prep_kws.log"
 echo "== kws runs ($(($(date +%s) - START)) s)"

@@ -229,6 +229,22 @@ def test_make_clips_deterministic_balanced_and_worker_independent():
     assert (yn == kws_mix.SILENCE).all()
 
 
+
+def test_silence_level_of_training_clips_is_a_knob():
+    """`silence_top_db` raises the loudest noise-only clip; None keeps the sets as before."""
+    from model.data import kws_mix
+
+    rows = _toy_rows()
+    x0, y0 = kws_mix.make_clips(rows, 96, seed=4, workers=1)
+    x1, _ = kws_mix.make_clips(rows, 96, seed=4, workers=1, silence_top_db=-40.0)
+    assert np.array_equal(x0, x1)  # -40 dBFS is the default for word sets
+    x2, y2 = kws_mix.make_clips(rows, 96, seed=4, workers=1, silence_top_db=-20.0)
+    assert np.array_equal(y0, y2)
+    rms = lambda x: np.sqrt((x.astype(np.float64) ** 2).mean(1))  # noqa: E731
+    quiet, loud = rms(x0[y0 == kws_mix.SILENCE]), rms(x2[y2 == kws_mix.SILENCE])
+    assert quiet.max() < 0.0101 < loud.max() < 0.101  # up to -40 vs up to -20 dBFS RMS
+    np.testing.assert_array_equal(x0[y0 != kws_mix.SILENCE], x2[y2 != kws_mix.SILENCE])
+
 # ---------------------------------------------------------------- time-boxed training
 def test_train_deadline_fits_epochs_and_still_evaluates(tmp_path):
     import json

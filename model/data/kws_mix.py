@@ -102,7 +102,9 @@ def _silence_clip(rng: np.random.Generator, pool: list[np.ndarray], top_db: floa
 
 
 def _make(args) -> tuple[np.ndarray, np.ndarray]:
-    kind, code, seed, start, stop, formants = args
+    kind, code, seed, start, stop, formants, silence_top_db = args
+    if silence_top_db is None:
+        silence_top_db = -20.0 if kind == "noise" else -40.0
     rows = _POOL["rows"]
     by_text = _POOL["by_text"]
     waves = [r["wav"] for r in rows]
@@ -117,7 +119,7 @@ def _make(args) -> tuple[np.ndarray, np.ndarray]:
         else:
             label = i % len(CLASSES)
         if label == SILENCE:
-            clip = _silence_clip(rng, waves, -20.0 if kind == "noise" else -40.0)
+            clip = _silence_clip(rng, waves, silence_top_db)
         else:
             if kind == "phrases":
                 cands = by_text["__phrase__"]
@@ -150,12 +152,16 @@ def _init(rows: list[dict]) -> None:
 
 def make_clips(rows: list[dict], n: int, seed: int, kind: str = "words", code: int = 0,
                workers: int | None = None, chunk: int = 250,
-               formants: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+               formants: tuple[float, float] | None = None,
+               silence_top_db: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """n augmented clips float32 [n, 16000] in [-1, 1] and labels from the bank `rows`
     (already filtered to the engines / splits / kinds wanted); classes are balanced and
     then shuffled with the seed. `formants=(lo, hi)`: every speech clip's formants move by a
-    factor in [lo, hi] (training sets; None leaves the set exactly as before)."""
-    jobs = [(kind, code, seed, s, min(s + chunk, n), formants) for s in range(0, n, chunk)]
+    factor in [lo, hi] (training sets; None leaves the set exactly as before).
+    `silence_top_db`: the loudest `silence` (noise-only) level in dBFS; None: -40 for words,
+    -20 for the "noise" test set (louder than training)."""
+    jobs = [(kind, code, seed, s, min(s + chunk, n), formants, silence_top_db)
+            for s in range(0, n, chunk)]
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs), 16))
     if workers == 1:
         _init(rows)
