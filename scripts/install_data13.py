@@ -90,7 +90,8 @@ def model_lines(cfg: dict, metrics: dict, step_note: str) -> str:
 
 
 def step_note(cfg: dict) -> str:
-    """16 samples (1 ms) per step, so 1 s is 1,000 steps; the 320-sample frame is 20 steps."""
+    """How a step relates to a second and to a streaming frame, from the config (e.g. patch 160:
+    10 ms per step, 100 steps per second, 2 steps per 320-sample frame)."""
     p, rate, frame = cfg["model"]["patch_size"], cfg["task"]["sample_rate"], cfg["task"]["frame_size"]
     return (f"{p} samples ({1000 * p / rate:g} ms) per step, so 1 s is {rate // p:,} steps; the "
             f"{frame}-sample frame is {frame // p} step{'s' if frame // p > 1 else ''}.")

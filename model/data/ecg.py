@@ -30,6 +30,8 @@ from multiprocessing import get_context
 import numpy as np
 from scipy.integrate import solve_ivp
 
+from .rpeaks import BRADY_BELOW, TACHY_ABOVE
+
 CLASSES = ("brady", "normal", "tachy", "af_like", "wide_qrs")
 SAMPLE_RATE = 250
 WINDOW = 10 * SAMPLE_RATE
@@ -188,7 +190,8 @@ def load(split: str, n: int, seed: int, cache_dir: str = ".cache/data") -> tuple
 #: reference's bands) and a window's label is its realised rate, 60 / mean RR of the beats inside
 #: it: t2 drew from 38-57 / 63-97 / 104-175 with gaps, so the model never learnt where 100 bpm
 #: is, and a real record sitting at 95-105 bpm (MIT-BIH 208) fell in the gap.
-RATE_BANDS = {"brady": (38.0, 60.0), "normal": (60.0, 100.0), "tachy": (100.0, 175.0)}
+RATE_BANDS = {"brady": (38.0, BRADY_BELOW), "normal": (BRADY_BELOW, TACHY_ABOVE),
+              "tachy": (TACHY_ABOVE, 175.0)}
 #: share of rate draws put within EDGE_BPM inside a band's clinical edge (60 or 100 bpm)
 EDGE_PROB, EDGE_BPM = 0.35, 6.0
 #: the shifted (ECGSYN) test set keeps the t2 bands with gaps: it is the same set as before
@@ -274,20 +277,20 @@ def realised_rate(times: np.ndarray, seconds: float) -> float:
     return 60.0 / float(np.diff(inside).mean()) if len(inside) >= 2 else 0.0
 
 
+def _band_of(bpm: float) -> str:
+    """The clinical band of a rate, with the R-peak reference's edges (`rpeaks.rate_band`)."""
+    return "brady" if bpm < BRADY_BELOW else "tachy" if bpm > TACHY_ABOVE else "normal"
+
+
 def _in_band(bpm: float, band: str) -> bool:
     lo, hi = RATE_BANDS[band]
-    return (lo <= bpm < hi) if band == "brady" else (lo < bpm <= hi) if band == "tachy" else (
-        lo <= bpm <= hi)
-
-
-def _band_of(bpm: float) -> str:
-    return "brady" if bpm < 60.0 else "tachy" if bpm > 100.0 else "normal"
+    return _band_of(bpm) == band and lo <= bpm <= hi
 
 
 def _draw_rate(rng: np.random.Generator, band: str) -> float:
     """A rate in the band; EDGE_PROB of them within EDGE_BPM of a clinical edge (60 / 100)."""
     lo, hi = RATE_BANDS[band]
-    edges = [e for e in (lo, hi) if e in (60.0, 100.0)]
+    edges = [e for e in (lo, hi) if e in (BRADY_BELOW, TACHY_ABOVE)]
     if rng.random() < EDGE_PROB:
         edge = edges[int(rng.integers(len(edges)))]
         return edge + (1 if edge == lo else -1) * rng.uniform(0, EDGE_BPM)

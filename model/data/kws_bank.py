@@ -59,6 +59,8 @@ MBROLA_VOICES = {
     "mb-fr4-en": "test", "mb-de6-en": "test", "mb-pl1-en": "test", "mb-sw2-en": "test",
 }  # fmt: skip
 PICO_VOICES = {"en-US": "train", "en-GB": "test"}
+#: the Debian program that renders each command-line engine
+PROGRAMS = {"flite": "flite", "festival": "festival", "mbrola": "mbrola", "pico": "pico2wave"}
 MBROLA_DIR = Path("/usr/share/mbrola")
 UNKNOWN_TRAIN = UNKNOWN_WORDS[:24]
 UNKNOWN_HELDOUT = UNKNOWN_WORDS[24:]
@@ -239,17 +241,15 @@ def engine_available(engine: str) -> bool:
         except ImportError:
             return False
         return True
-    program = {"mbrola": "mbrola", "pico": "pico2wave"}.get(engine, engine)
     if engine == "mbrola" and shutil.which("espeak-ng") is None:
         return False
-    return shutil.which(program) is not None and not missing_voices(engine)
+    return shutil.which(PROGRAMS[engine]) is not None and not missing_voices(engine)
 
 
 def unavailable_reason(engine: str) -> str:
     """What build_bank says when an engine can't render: which voices lack, where that's all."""
     missing = missing_voices(engine)
-    program = {"festival": "festival", "mbrola": "mbrola"}.get(engine)
-    if program is None or shutil.which(program) is None or not missing:
+    if not missing or shutil.which(PROGRAMS.get(engine, engine)) is None:
         return f"{engine} is not installed here"
     packages = [FESTIVAL_PACKAGES[v] if engine == "festival" else f"mbrola-{_mbrola_database(v)}"
                 for v in missing]
