@@ -73,8 +73,9 @@ class StreamPreset:
     eval_neg: dict = field(default_factory=dict)
     eval_segment_s: tuple[float, float] = (60.0, 300.0)
     train_segment_s: tuple[float, float] = (20.0, 90.0)
+    #: the high end is fine-grained: a keyword model's false alarms sit at p > 0.998
     thresholds: tuple[float, ...] = (*np.round(np.arange(0.30, 0.981, 0.02), 2), 0.99, 0.995,
-                                     0.998)
+                                     0.998, 0.999, 0.9995, 0.9998, 0.9999, 0.99995, 0.99999)
     #: how long p >= threshold must hold before an event (EventsConfig.min_on_ms): validation
     #: chooses it together with the threshold
     min_on_grid: tuple[float, ...] = (0.0,)
