@@ -93,7 +93,8 @@ def kws_lines(m: dict) -> list[str]:
     return lines
 
 
-CURVE_POINTS = (0.5, 0.7, 0.9, 0.96, 0.98, 0.99, 0.995, 0.998)
+CURVE_POINTS = (0.5, 0.7, 0.9, 0.96, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995, 0.9998,
+                0.9999)
 
 
 def ecg_lines(m: dict) -> list[str]:
