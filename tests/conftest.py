@@ -90,6 +90,24 @@ def checkpoint_dir(tmp_path_factory) -> Path:
     return root
 
 
+def tiny_stream_bank(path: Path) -> Path:
+    """A small keyword stream bank in model/data/stream_bank.py's layout (val and test splits
+    of noise "words": 20 keywords + 10 non-keywords each, and 4 rooms), for CPU tests."""
+    from model.data.streams import UNKNOWN
+
+    path.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(3)
+    arrays = {}
+    for split in ("val", "test"):
+        lengths = rng.integers(3000, 7000, 30)
+        arrays[f"{split}_audio"] = (rng.standard_normal(int(lengths.sum())) * 8000).astype(np.int16)
+        arrays[f"{split}_lengths"] = lengths
+        arrays[f"{split}_labels"] = np.array([i % 10 for i in range(20)] + [UNKNOWN] * 10)
+    np.savez(path / "words.npz", **arrays)
+    np.savez(path / "rirs.npz", rirs=(rng.standard_normal((4, 400)) * 0.1).astype(np.float16))
+    return path
+
+
 def child_pythonpath() -> str:
     """PYTHONPATH for a child process: the repo first, then what this process was given (a
     machine whose packages live in a --target folder on PYTHONPATH keeps them)."""

@@ -247,6 +247,8 @@ def test_rechoose_keeps_the_weights_and_chooses_on_validation(tmp_path):
     weights and the training record stay, and a frame-probability cache gives the same answer."""
     from dataclasses import replace
 
+    from conftest import tiny_stream_bank
+
     from model.checkpoint import load_checkpoint, save_checkpoint
     from model.train_streams import PRESETS, build, rechoose, score, smoke
 
@@ -254,17 +256,7 @@ def test_rechoose_keeps_the_weights_and_chooses_on_validation(tmp_path):
                      min_on_grid=(0.0, 100.0))
     net, cfg = build(preset, "cpu")
     save_checkpoint(tmp_path / "run", net, cfg.model_copy(update={"training": {"steps": 7}}))
-    bank = tmp_path / "bank"  # a small bank in stream_bank's layout: noise "words", rooms
-    bank.mkdir()
-    rng = np.random.default_rng(3)
-    arrays = {}
-    for split in ("val", "test"):
-        lengths = rng.integers(3000, 7000, 30)
-        arrays[f"{split}_audio"] = (rng.standard_normal(int(lengths.sum())) * 8000).astype(np.int16)
-        arrays[f"{split}_lengths"] = lengths
-        arrays[f"{split}_labels"] = np.array([i % 10 for i in range(20)] + [S.UNKNOWN] * 10)
-    np.savez(bank / "words.npz", **arrays)
-    np.savez(bank / "rirs.npz", rirs=(rng.standard_normal((4, 400)) * 0.1).astype(np.float16))
+    bank = tiny_stream_bank(tmp_path / "bank")
     m = rechoose(preset, tmp_path / "run", bank, tmp_path / "out", "cpu", tmp_path / "cache",
                  log=lambda *a: None)
     again = rechoose(preset, tmp_path / "run", bank, tmp_path / "out2", "cpu", tmp_path / "cache",
