@@ -54,9 +54,12 @@ def kws_lines(m: dict) -> list[str]:
                   "with the fewest false alarms")
     min_on = (f", minimum on-time {d.get('min_on_ms', 0):.0f} ms (p >= threshold must hold "
               f"that long; the event still reports the onset)") if d.get("min_on_ms") else ""
-    where = (f" Detector evaluated on {m['detector_evaluated_on']} (`--rechoose`: the streams "
-             f"drawn there, with the same seeds and recipe, differ from the training run's "
-             f"GPU draws)." if m.get("detector_evaluated_on") else "")
+    where = ""
+    if m.get("detector_evaluated_on"):  # streams come from the device's RNG: CUDA draws agree
+        same = "CUDA" in m["detector_evaluated_on"]  # across GPUs (H100 = H200), not with CPU's
+        where = (f" Detector evaluated on {m['detector_evaluated_on']} (`--rechoose`; "
+                 + ("the same seeds draw the same streams on any CUDA GPU)." if same else
+                    "streams drawn with this device's RNG differ from GPU draws)."))
     lines = [
         f"- Detector (chosen on validation streams: {chosen}): threshold {d['threshold']:g}, "
         f"hysteresis {d['hysteresis']}, hold-off {d['holdoff_ms']:.0f} ms{min_on}.{where}",
