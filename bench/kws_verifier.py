@@ -54,7 +54,8 @@ def collect(split: str, events_ckpt: Path, verifier_ckpt: Path, bank_dir: Path,
     and the truth."""
     net, cfg = load_checkpoint(events_ckpt)
     ver, vcfg = load_checkpoint(verifier_ckpt)
-    net.eval(), ver.eval()
+    net.eval()
+    ver.eval()
     names = cfg.class_names()
     if vcfg.class_names() != names:
         raise SystemExit("the verifier must have the event model's classes")

@@ -319,6 +319,7 @@ def rechoose(preset: StreamPreset, checkpoint: Path, bank_dir: Path, out: Path, 
     metrics = {**{k: cfg.metrics[k] for k in keep if k in cfg.metrics}, **detector,
                "detector_evaluated_on": hardware(dev)}
     training = dict(cfg.training, min_on_grid=list(preset.min_on_grid),
+                    eval_pos=asdict(preset)["eval_pos"], eval_neg=asdict(preset)["eval_neg"],
                     detector_command=f"python -m model.train_streams "
                                      f"{preset.name.removesuffix('-s4d')} --rechoose "
                                      f"{checkpoint} --bank {bank_dir} --device {device}")
@@ -426,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, help="streams per step (CPU: fewer, for memory)")
     ap.add_argument("--train-seconds", help="LO,HI: training stream length range (s)")
     ap.add_argument("--lr", type=float,
-                    help="peak learning rate (the SSM parameters' keeps its ratio to it)")
+                    help="peak learning rate (the SSM parameters' rate keeps its ratio to it)")
     ap.add_argument("--keyword-prob", type=float,
                     help="share of word slots holding a keyword in training streams")
     ap.add_argument("--init-from", type=Path,

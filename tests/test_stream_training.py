@@ -271,6 +271,9 @@ def test_rechoose_keeps_the_weights_and_chooses_on_validation(tmp_path):
     assert (new_cfg.task.events.threshold, new_cfg.task.events.min_on_ms) == (
         d["threshold"], d["min_on_ms"])
     assert new_cfg.training["steps"] == 7 and new_cfg.training["min_on_grid"] == [0.0, 100.0]
+    # the card states the evaluation sizes the detector was chosen on, not the training run's
+    assert new_cfg.training["eval_neg"]["val"] == list(preset.eval_neg["val"])
+    assert new_cfg.training["eval_pos"]["val"] == list(preset.eval_pos["val"])
     val = np.load(tmp_path / "cache" / "val.npy", allow_pickle=True)[0]
     rows = [(t, mo, score(preset, new_cfg, val, t, mo))
             for mo in preset.min_on_grid for t in preset.thresholds]
