@@ -25,9 +25,8 @@ import numpy as np
 import torch
 
 from model.checkpoint import load_checkpoint
-from model.data import streams as S
 from model.stream_metrics import detect_many, kws_summary, settings_for
-from model.train_streams import PRESETS, frame_probs, make_batch, smoke
+from model.train_streams import PRESETS, eval_batches, smoke
 
 THRESHOLDS = (0.9, 0.96, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995, 0.9998)
 DELAYS_S = (0.0, 0.15, 0.3)
@@ -54,55 +53,33 @@ def collect(split: str, events_ckpt: Path, verifier_ckpt: Path, bank_dir: Path,
     and the truth."""
     net, cfg = load_checkpoint(events_ckpt)
     ver, vcfg = load_checkpoint(verifier_ckpt)
-    net.eval()
     ver.eval()
     names = cfg.class_names()
     if vcfg.class_names() != names:
         raise SystemExit("the verifier must have the event model's classes")
-    rate, fs, patch = cfg.task.sample_rate, cfg.task.frame_size, cfg.model.patch_size
+    rate = cfg.task.sample_rate
     size = int(round(vcfg.task.sample_rate * 1.0))
-    dev = torch.device("cpu")
-    bank, rirs = S.WordBank.load(bank_dir, split, dev), S.load_rirs(bank_dir, dev)
-    gen = torch.Generator(device=dev).manual_seed(1000 + {"val": 1, "test": 2}[split])
     watched = [i for i, c in enumerate(names) if c not in ("unknown", "silence")]
+    settings = {t: settings_for(t, preset.hysteresis, preset.holdoff_ms, watched, rate)
+                for t in THRESHOLDS}
     delays = [int(round(d * rate)) for d in DELAYS_S]
-    data = {"pos": [], "neg": [], "pos_seconds": 0.0, "neg_seconds": 0.0}
-
-    def run(n: int, seconds, kind: str, keyword_prob: float) -> None:
-        done = 0
-        while done < n:
-            b = min(8, n - done)
-            sec = seconds if seconds is not None else float(
-                10 + 50 * torch.rand(1, generator=gen, device=dev))
-            x, _, truth = make_batch(preset, bank, rirs, gen, sec, b, patch, keyword_prob,
-                                     segment_s=preset.eval_segment_s)
-            probs, ends = frame_probs(net, x, fs)
-            for i in range(b):
-                evs = {t: detect_many([(probs[i], np.array(ends))],
-                                      settings_for(t, preset.hysteresis, preset.holdoff_ms,
-                                                   watched, rate), names)[0]
-                       for t in THRESHOLDS}
-                onsets = sorted({e["offset"] for es in evs.values() for e in es})
-                checks = {}
-                if onsets:
-                    with torch.no_grad():
-                        pv = torch.softmax(ver(windows(x[i, :, 0], onsets, delays, size))
-                                           .double(), -1).numpy()
-                    k = 0
-                    for o in onsets:
-                        for d in DELAYS_S:
-                            checks[(o, d)] = pv[k]
-                            k += 1
-                data[kind].append((evs, checks, truth[i]))
-            data[f"{kind}_seconds"] += b * x.shape[1] / rate
-            done += b
-
-    n, sec = preset.eval_pos[split]
-    run(n, sec, "pos", 0.5)
-    n, sec = preset.eval_neg[split]
-    run(n, sec, "neg", 0.0)
-    data["names"] = names
-    data["rate"] = rate
+    data = {"pos": [], "neg": [], "pos_seconds": 0.0, "neg_seconds": 0.0, "names": names,
+            "rate": rate}
+    batches = eval_batches(net, cfg, preset, bank_dir, split, torch.device("cpu"))
+    for kind, x, _, truth, probs, ends in batches:
+        for i in range(x.shape[0]):
+            evs = {t: detect_many([(probs[i], np.array(ends))], st, names)[0]
+                   for t, st in settings.items()}
+            onsets = sorted({e["offset"] for es in evs.values() for e in es})
+            checks = {}
+            if onsets:
+                with torch.no_grad():
+                    pv = torch.softmax(ver(windows(x[i, :, 0], onsets, delays, size)).double(),
+                                       -1).numpy()
+                keys = [(o, d) for o in onsets for d in DELAYS_S]  # windows' order
+                checks = dict(zip(keys, pv, strict=True))
+            data[kind].append((evs, checks, truth[i]))
+        data[f"{kind}_seconds"] += x.shape[0] * x.shape[1] / rate
     return data
 
 

@@ -319,7 +319,7 @@ def rechoose(preset: StreamPreset, checkpoint: Path, bank_dir: Path, out: Path, 
     metrics = {**{k: cfg.metrics[k] for k in keep if k in cfg.metrics}, **detector,
                "detector_evaluated_on": hardware(dev)}
     training = dict(cfg.training, min_on_grid=list(preset.min_on_grid),
-                    eval_pos=asdict(preset)["eval_pos"], eval_neg=asdict(preset)["eval_neg"],
+                    **{k: v for k, v in asdict(preset).items() if k in ("eval_pos", "eval_neg")},
                     detector_command=f"python -m model.train_streams "
                                      f"{preset.name.removesuffix('-s4d')} --rechoose "
                                      f"{checkpoint} --bank {bank_dir} --device {device}")
@@ -339,41 +339,44 @@ def frame_probs(net: S4DNetwork, x: torch.Tensor, frame_size: int) -> tuple[np.n
     return probs, ends
 
 
-def evaluate(net, cfg, preset: StreamPreset, bank_dir: Path, split: str, dev) -> dict:
-    """Frame probabilities and truth of every evaluation stream of a split (fixed seeds)."""
+def eval_batches(net, cfg, preset: StreamPreset, bank_dir: Path, split: str, dev):
+    """The evaluation streams of a split, in order and with fixed seeds (the device's RNG draws
+    them): yields (kind "pos" / "neg", x [b, T, 1], per-step targets, truths, frame
+    probabilities [b, F, K], frame ends)."""
     bank = (S.WordBank if preset.kind == "kws" else S.EcgBank).load(bank_dir, split, dev)
     rirs = S.load_rirs(bank_dir, dev) if preset.kind == "kws" else None
     gen = torch.Generator(device=dev).manual_seed(1000 + {"val": 1, "test": 2}[split])
-    fs, patch = cfg.task.frame_size, cfg.model.patch_size
     per_batch = 8 if preset.kind == "kws" else 4
-    out = {"pos": [], "neg": [], "pos_seconds": 0.0, "neg_seconds": 0.0}
-    correct = counted = 0
-
-    def run(n: int, seconds, kind: str, keyword_prob: float):
-        nonlocal correct, counted
+    runs = [("pos", *preset.eval_pos[split], 0.5)]
+    if preset.kind == "kws":
+        runs.append(("neg", *preset.eval_neg[split], 0.0))
+    for kind, n, seconds, keyword_prob in runs:
         done = 0
         while done < n:
             b = min(per_batch, n - done)
             sec = seconds if seconds is not None else float(
                 10 + 50 * torch.rand(1, generator=gen, device=dev))
-            x, y, truth = make_batch(preset, bank, rirs, gen, sec, b, patch, keyword_prob,
-                                     segment_s=preset.eval_segment_s)
-            probs, ends = frame_probs(net, x, fs)
-            tgt = y[:, [e // patch - 1 for e in ends]].cpu().numpy()
-            pred = probs.argmax(-1)
-            m = tgt != S.IGNORE
-            correct += int((pred[m] == tgt[m]).sum())
-            counted += int(m.sum())
-            for i in range(b):
-                out[kind].append((probs[i], np.array(ends), truth[i]))
-            out[f"{kind}_seconds"] += b * x.shape[1] / cfg.task.sample_rate
+            x, y, truth = make_batch(preset, bank, rirs, gen, sec, b, cfg.model.patch_size,
+                                     keyword_prob, segment_s=preset.eval_segment_s)
+            probs, ends = frame_probs(net, x, cfg.task.frame_size)
+            yield kind, x, y, truth, probs, ends
             done += b
 
-    n, sec = preset.eval_pos[split]
-    run(n, sec, "pos", 0.5)
-    if preset.kind == "kws":
-        n, sec = preset.eval_neg[split]
-        run(n, sec, "neg", 0.0)
+
+def evaluate(net, cfg, preset: StreamPreset, bank_dir: Path, split: str, dev) -> dict:
+    """Frame probabilities and truth of every evaluation stream of a split (fixed seeds)."""
+    patch = cfg.model.patch_size
+    out = {"pos": [], "neg": [], "pos_seconds": 0.0, "neg_seconds": 0.0}
+    correct = counted = 0
+    for kind, x, y, truth, probs, ends in eval_batches(net, cfg, preset, bank_dir, split, dev):
+        tgt = y[:, [e // patch - 1 for e in ends]].cpu().numpy()
+        pred = probs.argmax(-1)
+        m = tgt != S.IGNORE
+        correct += int((pred[m] == tgt[m]).sum())
+        counted += int(m.sum())
+        for i in range(x.shape[0]):
+            out[kind].append((probs[i], np.array(ends), truth[i]))
+        out[f"{kind}_seconds"] += x.shape[0] * x.shape[1] / cfg.task.sample_rate
     out["frame_accuracy"] = round(correct / max(counted, 1), 4)
     out["streams"] = len(out["pos"]) + len(out["neg"])
     return out
