@@ -61,7 +61,7 @@ speech-engines:
 		> /etc/apt/sources.list.d/s4d-contrib-nonfree.sources
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 		espeak-ng mbrola $(addprefix mbrola-,$(MBROLA_VOICES)) libttspico-utils \
-		festvox-rablpc16k festvox-don
+		festvox-rablpc16k festvox-don rhvoice rhvoice-english
 
 test: $(VENV)/.test system-test-deps
 	$(VENV)/bin/ruff check .

@@ -24,7 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from model.data.kws_bank import ENGINES  # noqa: E402
+from model.data.kws_bank import ENGINE_NAMES, ENGINES  # noqa: E402
 
 # epochs are upper bounds: train(deadline=) fits the count (and the cosine) to the time box
 FULL = dict(kws_train=5000, kws_val=400, kws_test=600, kws_heldout=1200, kws_phrases=300,
@@ -34,7 +34,8 @@ SMOKE = dict(kws_train=36, kws_val=24, kws_test=24, kws_heldout=24, kws_phrases=
              kws_noise=12, kws_epochs=1, ecg_train=30, ecg_val=15, ecg_test=15, ecg_epochs=1)
 SMOKE_MODEL = dict(d_model=16, d_state=8, n_layers=1)
 KWS_DESCRIPTION = ("Keyword spotting on 1 s of raw 16 kHz audio, trained on speech synthesized "
-                   "by espeak-ng, flite, festival, MBROLA and SVOX Pico")
+                   f"by {', '.join(ENGINE_NAMES[e] for e in ENGINES[:-1])} and "
+                   f"{ENGINE_NAMES[ENGINES[-1]]}")
 ECG_DESCRIPTION = ("Rhythm class of a 10 s single-lead ECG at 250 Hz in mV, trained on "
                    "simulated ECGs (Gaussian-wave beat templates)")
 

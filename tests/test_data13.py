@@ -128,7 +128,7 @@ def test_mitbih_208_windows():
 def test_bank_plan_splits_voices_and_unknown_words():
     from model.data import kws_bank as kb
 
-    for engine in ("flite", "festival", "mbrola", "pico"):
+    for engine in ("flite", "festival", "mbrola", "pico", "rhvoice"):
         jobs = kb.plan(engine)
         voices = {s: {j["voice"] for j in jobs if j["split"] == s} for s in ("train", "val", "test")}
         assert not (voices["train"] & voices["test"]) and not (voices["train"] & voices["val"])
@@ -148,10 +148,10 @@ def test_mbrola_voices_are_recorded_diphone_sets_split_by_speaker():
     assert len(set(databases)) == len(databases)  # one speaker per voice: splits by speaker
     assert kb._mbrola_database("mb-de1-en") == "de1" and kb._mbrola_database("mb-us2") == "us2"
     # a pre-drawn plan is stable when engines are appended (seeded by the engine's index)
-    assert kb.ENGINES[:3] == ("espeak", "flite", "festival")
+    assert kb.ENGINES[:5] == ("espeak", "flite", "festival", "mbrola", "pico")
 
 
-@pytest.mark.parametrize("engine", ["espeak", "flite", "festival", "mbrola", "pico"])
+@pytest.mark.parametrize("engine", ["espeak", "flite", "festival", "mbrola", "pico", "rhvoice"])
 def test_bank_renders_each_engine(engine, tmp_path):
     from model.data import kws_bank as kb
 
@@ -194,6 +194,39 @@ def test_festival_renders_every_voice(voice):
     (wav,) = kb.render([job])
     assert wav.dtype == np.int16 and 1600 < len(wav) <= kb.MAX_WORD
     assert np.sqrt(np.mean((wav / 32768.0) ** 2)) > 0.03  # speech, not a click in silence
+
+
+def test_rhvoice_splits_speakers_and_takes_rate_and_pitch(monkeypatch):
+    """Every RHVoice voice speaks a keyword; rate and pitch follow the plan (a slower, lower
+    rendition is longer and lower); a missing voice names its Debian package."""
+    from model.data import kws_bank as kb
+
+    voices = kb.engine_voices("rhvoice")
+    assert set(voices.values()) == {"train", "val", "test"}
+    if not kb.engine_available("rhvoice"):
+        pytest.skip(kb.unavailable_reason("rhvoice"))
+    base = next(j for j in kb.plan("rhvoice") if j["text"] == "seven")
+    jobs = [dict(base, voice=v, stretch=1.0, pitch=0.5) for v in voices]
+    jobs += [dict(base, voice="bdl", stretch=1.3, pitch=0.0), dict(base, voice="bdl", stretch=0.8,
+                                                                 pitch=1.0)]
+    wavs = kb.render(jobs)
+    assert all(w.dtype == np.int16 and 1600 < len(w) <= kb.MAX_WORD for w in wavs)
+    assert len({w.tobytes() for w in wavs[: len(voices)]}) == len(voices)  # six distinct voices
+    slow_low, fast_high = wavs[-2], wavs[-1]
+    assert len(slow_low) > 1.3 * len(fast_high)
+
+    def f0(w):  # autocorrelation pitch of the loudest 60 ms
+        x = w / 32768.0
+        i = int(np.argmax(np.convolve(x**2, np.ones(960), "same")))
+        s = x[max(i - 480, 0) : i + 480]
+        ac = np.correlate(s, s, "full")[len(s) - 1 :]
+        return kb.SAMPLE_RATE / (40 + int(np.argmax(ac[40:267])))
+
+    assert f0(slow_low) < f0(fast_high)
+    monkeypatch.setattr(kb, "RHVOICE_DIR", Path("/nonexistent"))
+    monkeypatch.setattr(kb.shutil, "which", lambda program: f"/usr/bin/{program}")
+    assert kb.missing_voices("rhvoice") == list(voices)
+    assert "Debian rhvoice-english;" in kb.unavailable_reason("rhvoice")
 
 
 def _toy_rows() -> list[dict]:

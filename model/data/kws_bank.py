@@ -1,4 +1,4 @@
-"""Keyword speech from five independent synthesizers, as a bank of clean utterances.
+"""Keyword speech from six independent synthesizers, as a bank of clean utterances.
 
 Engines: espeak-ng (formant synthesis; the `espeakng-loader` wheel), flite (CMU Flite 2.2,
 diphone and clustergen voices; Debian `flite`), festival (diphone and HTS voices; Debian
@@ -6,8 +6,10 @@ diphone and clustergen voices; Debian `flite`), festival (diphone and HTS voices
 `festvox-rablpc16k`, `festvox-don` from contrib), MBROLA (diphones cut from recordings of 20
 speakers: 4 native English, 16 speaking English with their own language's diphones; Debian
 contrib/non-free `mbrola`, `mbrola-us1` ... driven by the `espeak-ng` program's English front
-end) and SVOX Pico (HMM synthesis, en-US and en-GB; Debian non-free `libttspico-utils`;
-`make speech-engines` installs the contrib / non-free packages). Each utterance is
+end), SVOX Pico (HMM synthesis, en-US and en-GB; Debian non-free `libttspico-utils`) and
+RHVoice (statistical parametric synthesis with its own English front end; six voices: US, Scottish
+and Russian-accented speakers; Debian non-free `rhvoice`, `rhvoice-english`); `make
+speech-engines` installs the contrib / non-free packages). Each utterance is
 rendered once, clean, with random speaking rate and pitch, resampled to 16 kHz, trimmed and
 peak-normalised, and stored as 16-bit PCM in one FLAC per engine plus a JSON index
 (`build_bank`). The augmentation (speed, rooms, noise, gain, placement) happens later, where
@@ -16,7 +18,7 @@ the training runs (`model.data.kws_mix`), so one small bank feeds any number of 
 Splits are by voice, inside each engine: espeak-ng by the hash split of `kws.voice_split`,
 flite: awb = val, rms = test, the rest train; festival: rab_diphone = val, ked_diphone = test,
 the rest (kal_diphone, cmu_us_slt_arctic_hts, don_diphone) train; MBROLA by the table below;
-Pico: en-US train, en-GB test. Unknown words are split too: the last six of
+Pico: en-US train, en-GB test; RHVoice: alan (Scottish) = val, clb = test, the rest train. Unknown words are split too: the last six of
 `kws.UNKNOWN_WORDS` and a set of short phrases occur only in test material, so `unknown` is
 measured on words the model never heard. Leave-one-engine-out uses every voice of the held-out
 engine.
@@ -36,9 +38,9 @@ import numpy as np
 
 from .kws import KEYWORDS, SAMPLE_RATE, UNKNOWN_WORDS
 
-ENGINES = ("espeak", "flite", "festival", "mbrola", "pico")
+ENGINES = ("espeak", "flite", "festival", "mbrola", "pico", "rhvoice")
 ENGINE_NAMES = {"espeak": "espeak-ng", "flite": "flite", "festival": "festival",
-                "mbrola": "MBROLA", "pico": "SVOX Pico"}  # as cards and tables print them
+                "mbrola": "MBROLA", "pico": "SVOX Pico", "rhvoice": "RHVoice"}  # as tables print
 FLITE_VOICES = {"kal": "train", "kal16": "train", "slt": "train", "awb": "val", "rms": "test"}
 FLITE_FEMALE = {"slt"}
 # kal (US) and slt (US, HTS) from Debian main; rab (British, val) and don (British, the
@@ -59,8 +61,15 @@ MBROLA_VOICES = {
     "mb-fr4-en": "test", "mb-de6-en": "test", "mb-pl1-en": "test", "mb-sw2-en": "test",
 }  # fmt: skip
 PICO_VOICES = {"en-US": "train", "en-GB": "test"}
+# bdl (US, M), slt (US, F; the CMU Arctic speaker flite and festival also voice, here through
+# another engine), evgeniy-eng (M) and lyubov (F) (Russian-accented English) train; alan
+# (Scottish, M) val; clb (US, F) test
+RHVOICE_VOICES = {"bdl": "train", "slt": "train", "evgeniy-eng": "train", "lyubov": "train",
+                  "alan": "val", "clb": "test"}
+RHVOICE_DIR = Path("/usr/share/RHVoice/voices")
 #: the Debian program that renders each command-line engine
-PROGRAMS = {"flite": "flite", "festival": "festival", "mbrola": "mbrola", "pico": "pico2wave"}
+PROGRAMS = {"flite": "flite", "festival": "festival", "mbrola": "mbrola", "pico": "pico2wave",
+            "rhvoice": "RHVoice-test"}
 MBROLA_DIR = Path("/usr/share/mbrola")
 UNKNOWN_TRAIN = UNKNOWN_WORDS[:24]
 UNKNOWN_HELDOUT = UNKNOWN_WORDS[24:]
@@ -87,7 +96,7 @@ def engine_voices(engine: str) -> dict[str, str]:
 
         return {v: voice_split(v) for v in espeak.all_voices()}
     return dict({"flite": FLITE_VOICES, "festival": FESTIVAL_VOICES, "mbrola": MBROLA_VOICES,
-                 "pico": PICO_VOICES}[engine])
+                 "pico": PICO_VOICES, "rhvoice": RHVOICE_VOICES}[engine])
 
 
 def plan(engine: str, seed: int = 0) -> list[dict]:
@@ -151,15 +160,17 @@ def _words_per_minute(stretch: float) -> int:
     return int(230 - 120 * (stretch - 0.75) / 0.6)
 
 
-def _render_by_command(jobs: list[dict], command) -> list[np.ndarray]:
-    """One synthesizer process per job: command(job, wav_path) -> argv that writes wav_path."""
+def _render_by_command(jobs: list[dict], command, text_on_stdin: bool = False) -> list[np.ndarray]:
+    """One synthesizer process per job: command(job, wav_path) -> argv that writes wav_path
+    (reading the text from stdin where text_on_stdin)."""
     import soundfile as sf
 
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "u.wav")
         for j in jobs:
-            subprocess.run(command(j, path), check=True, capture_output=True, timeout=60)
+            subprocess.run(command(j, path), check=True, capture_output=True, timeout=60,
+                           input=j["text"].encode() if text_on_stdin else None)
             wav, sr = sf.read(path, dtype="float64")
             out.append(_finish(wav, sr, j["kind"]))
     return out
@@ -218,6 +229,12 @@ def _pico_command(j: dict, path: str) -> list[str]:
     return ["pico2wave", "-l", j["voice"], "-w", path, text]
 
 
+def _rhvoice_command(j: dict, path: str) -> list[str]:
+    """RHVoice-test reads the text on stdin; rate and pitch in % of the voice's own (100)."""
+    speed, pitch = int(round(100 / j["stretch"])), int(round(80 + 45 * j["pitch"]))
+    return ["RHVoice-test", "-p", j["voice"], "-r", str(speed), "-t", str(pitch), "-o", path]
+
+
 def festival_voice_installed(voice: str) -> bool:
     """Whether festival's voice directory (/usr/share/festival/voices/<language>/<voice>) exists."""
     return any(FESTIVAL_DIR.glob(f"*/{voice}/festvox"))
@@ -229,6 +246,8 @@ def missing_voices(engine: str) -> list[str]:
         return [v for v in FESTIVAL_VOICES if not festival_voice_installed(v)]
     if engine == "mbrola":
         return [v for v in MBROLA_VOICES if not (MBROLA_DIR / _mbrola_database(v)).is_dir()]
+    if engine == "rhvoice":
+        return [v for v in RHVOICE_VOICES if not (RHVOICE_DIR / v).is_dir()]
     return []
 
 
@@ -246,13 +265,19 @@ def engine_available(engine: str) -> bool:
     return shutil.which(PROGRAMS[engine]) is not None and not missing_voices(engine)
 
 
+def _voice_package(engine: str, voice: str) -> str:
+    """The Debian package that holds one voice of an engine."""
+    if engine == "festival":
+        return FESTIVAL_PACKAGES[voice]
+    return "rhvoice-english" if engine == "rhvoice" else f"mbrola-{_mbrola_database(voice)}"
+
+
 def unavailable_reason(engine: str) -> str:
     """What build_bank says when an engine can't render: which voices lack, where that's all."""
     missing = missing_voices(engine)
     if not missing or shutil.which(PROGRAMS.get(engine, engine)) is None:
         return f"{engine} is not installed here"
-    packages = [FESTIVAL_PACKAGES[v] if engine == "festival" else f"mbrola-{_mbrola_database(v)}"
-                for v in missing]
+    packages = dict.fromkeys(_voice_package(engine, v) for v in missing)
     return (f"{engine} lacks voices {', '.join(missing)} (Debian {', '.join(packages)}; "
             "`make speech-engines` installs them)")
 
@@ -267,6 +292,8 @@ def render(jobs: list[dict]) -> list[np.ndarray]:
             return pool.apply(_render_espeak, (jobs,))
     if engine == "festival":
         return _render_festival(jobs)
+    if engine == "rhvoice":
+        return _render_by_command(jobs, _rhvoice_command, text_on_stdin=True)
     command = {"flite": _flite_command, "mbrola": _mbrola_command, "pico": _pico_command}[engine]
     return _render_by_command(jobs, command)
 
