@@ -402,7 +402,9 @@ def train(
             meta["wall_s"],
         )
         log(f"resumed from {resume}/last at epoch {start_epoch} (best val acc {best_acc:.4f})")
-    recipe = dict(asdict(preset), init=config.model.init, seed=seed, device=str(dev),
+    # a fine-tune keeps its checkpoint's architecture: record that, not the preset's default
+    model = {k: getattr(config.model, k) for k in preset.model} if init_from else preset.model
+    recipe = dict(asdict(preset), model=model, init=config.model.init, seed=seed, device=str(dev),
                   optimizer="AdamW(betas=0.9,0.98)", schedule=f"linear warmup {warmup} steps + cosine to 0",
                   steps=total_steps, command=command,
                   init_from=None if init_from is None else str(init_from))  # fmt: skip

@@ -137,6 +137,22 @@ def heard_engines(checkpoint: Path) -> list[str]:
     return list(cfg["training"].get("engines") or ["espeak"])
 
 
+def descends_from_first(training: dict) -> bool:
+    """Whether a kws run's weights go back, by fine-tuning, to the first kws-s4d (espeak-ng only,
+    trained on all 30 unknown words). Recorded at training time; older runs are read through
+    their start folder, and all of them descended from it when that folder is gone."""
+    if "descends_from_first" in training:
+        return bool(training["descends_from_first"])
+    init = training.get("init_from")
+    if not init:
+        return False
+    start = ROOT / init.split(" ")[0]
+    if not (start / "config.json").exists():
+        return True
+    start_training = json.loads((start / "config.json").read_text())["training"]
+    return not start_training.get("engines") or descends_from_first(start_training)
+
+
 def pick_init(candidates: list[str] | None, held: str | None) -> str | None:
     """The first candidate that never heard the held-out engine (None: train from scratch)."""
     for c in candidates or []:
@@ -204,6 +220,7 @@ def run_kws(args) -> None:
     cfg["training"]["engines"] = engines
     if init_from:  # what the start had heard, as it was then (the folder may be replaced later)
         cfg["training"]["init_engines"] = heard_engines(Path(init_from))
+    cfg["training"]["descends_from_first"] = descends_from_first(cfg["training"])
     cfg["training"]["formants"] = formants  # training clips' formant shift range, if any
     cfg["training"]["silence_top_db"] = sets_meta.get("silence_top_db")  # None: -40 dBFS
     cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")

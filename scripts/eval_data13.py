@@ -35,13 +35,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from model.data.kws_bank import ENGINE_NAMES, UNKNOWN_HELDOUT, engine_voices  # noqa: E402
-from scripts.data13_train import ENGINES, _eval_sets  # noqa: E402
+from scripts.data13_train import ENGINES, _eval_sets, descends_from_first  # noqa: E402
 
 TEST_VOICE = {"espeak": "held-out espeak-ng voices (hash split)", "flite": "flite `rms`",
               "festival": "festival `ked_diphone`",
               "mbrola": "`mb-us2` and the accented `mb-fr4-en`, `mb-de6-en`, `mb-pl1-en`, "
                         "`mb-sw2-en`",
-              "pico": "Pico `en-GB`"}
+              "pico": "Pico `en-GB`", "rhvoice": "RHVoice `clb`"}
 KWS_N = dict(test=600, phrases=300, noise=600)
 ECG_N = dict(template_test=1000, v1_test=600)
 BEGIN, END = "<!-- eval_data13:begin -->", "<!-- eval_data13:end -->"
@@ -324,7 +324,7 @@ def kws_section(r: dict) -> str:
     # `model.data.kws` (the espeak-ng generator) uses all 30 unknown words: a model trained by
     # it, or fine-tuned from one, heard the six too
     heard = ("a model trained by `model.data.kws`, or fine-tuned from one, heard them too"
-             if trained == ["espeak"] or r["training"].get("init_from")
+             if trained == ["espeak"] or descends_from_first(r["training"])
              else "never heard in training")
     loeo = ("For this model, trained on " + ", ".join(ENGINE_NAMES[e] for e in trained)
             + ", " + " and ".join(unseen) + " are themselves held-out engines." if unseen else

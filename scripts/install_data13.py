@@ -23,7 +23,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from model.data.kws_bank import ENGINE_NAMES, UNKNOWN_HELDOUT, engine_voices  # noqa: E402
-from scripts.data13_train import ECG_DESCRIPTION, ENGINES, KWS_DESCRIPTION, heard_engines  # noqa: E402
+from scripts.data13_train import (  # noqa: E402
+    ECG_DESCRIPTION,
+    ENGINES,
+    KWS_DESCRIPTION,
+    descends_from_first,
+    heard_engines,
+)
 
 LOEO = [f"loeo-{e}" for e in ENGINES]
 NUMBER_WORDS = {2: "two", 3: "three", 4: "four", 5: "five"}
@@ -195,7 +201,7 @@ Lowest held-out-engine accuracy: {pct(min_loeo)}."""
                         "The held-out-engine target (>= 85 %) is therefore unmeasured for this "
                         "model. The nearest measurement: the first kws-s4d (espeak-ng only) on the "
                         "two engines it never heard, quoted in the next section.")
-    init_note = ("" if not cfg["training"].get("init_from") else
+    init_note = ("" if not descends_from_first(cfg["training"]) else
                  " (descends by fine-tuning from the first kws-s4d, whose espeak-ng training data "
                  "(`model.data.kws`) used all 30 unknown words: for this model the six are new "
                  "only in the other engines' voices)")

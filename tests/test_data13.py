@@ -361,6 +361,7 @@ def test_train_init_from_fine_tunes_a_checkpoint(tmp_path):
     tuned, cfg = load_checkpoint(tmp_path / "b")
     assert cfg.model.d_model == 8 and cfg.model.input_mean == base_cfg.model.input_mean
     assert cfg.training["init_from"] == str(tmp_path / "a")
+    assert cfg.training["model"]["d_model"] == 8  # the recipe records what was trained
     for (k, a), (_, b) in zip(base.state_dict().items(), tuned.state_dict().items(), strict=True):
         # lr 0 (only the SSM group keeps its 1e-3: two Adam steps move it <= 2e-3)
         torch.testing.assert_close(a, b, rtol=0, atol=3e-3, msg=k)
