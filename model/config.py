@@ -94,7 +94,8 @@ class EventsConfig(BaseModel):
     """Event detection over a stream's per-frame probabilities (model/events.py): a label
     turns on once p >= threshold has held for min_on_ms (0: at the first such frame) and off
     below threshold - hysteresis; an onset raises an event unless the label's previous event
-    is less than holdoff_ms before it."""
+    is less than holdoff_ms before it. The event's offset is the onset frame's, moved
+    onset_lag_ms earlier."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -105,6 +106,11 @@ class EventsConfig(BaseModel):
     min_on_ms: float = Field(0.0, ge=0, le=10_000, description="how long p >= threshold must "
                              "hold before the label turns on (a blip shorter than this raises "
                              "nothing); the event still reports the onset")
+    onset_lag_ms: float = Field(0.0, ge=0, le=10_000, description="events report their onset "
+                                "this much before the frame where the label turned on (never "
+                                "before the segment's start): the model's typical lag behind "
+                                "what it detects, measured on validation streams (0: the "
+                                "frame itself)")
     background: list[str] | None = Field(
         None, description="labels that never raise events; None: the class names among "
         + ", ".join(DEFAULT_BACKGROUND)

@@ -14,6 +14,11 @@ consumed so far; the `offset` of a `result` message). Per label that is not back
   min_on > 0 the event comes min_on samples after its onset);
 - unless that label's previous event is less than `holdoff` samples before: then it turns on
   silently (one keyword said once raises one event even if the probability flickers).
+The reported `offset` is the onset frame's moved `onset_lag` samples earlier (not before the
+segment's start): a model lags behind what it detects (a keyword is recognised some frames
+after it ends), and the lag measured on validation streams makes the offset an estimate of when
+the thing happened rather than of when the model was sure. Hold-offs count between onset
+frames, so the lag changes no decision.
 """
 
 from __future__ import annotations
@@ -35,6 +40,11 @@ class DetectorSettings:
     holdoff_samples: int
     watched: tuple[int, ...]  # indices of the labels that may raise events
     min_on_samples: int = 0  # p >= on_threshold must hold this long before a label turns on
+    onset_lag_samples: int = 0  # reported offsets: the onset frame's, this much earlier
+
+    def reported(self, onset: int, segment_start: int = 0) -> int:
+        """The offset an event at onset frame `onset` reports."""
+        return max(onset - self.onset_lag_samples, segment_start)
 
     @classmethod
     def from_config(cls, cfg: EventsConfig, class_names: Sequence[str],
@@ -50,6 +60,7 @@ class DetectorSettings:
             holdoff_samples=int(round(cfg.holdoff_ms * sample_rate / 1000.0)),
             watched=tuple(i for i, c in enumerate(class_names) if c not in background),
             min_on_samples=int(round(cfg.min_on_ms * sample_rate / 1000.0)),
+            onset_lag_samples=int(round(cfg.onset_lag_ms * sample_rate / 1000.0)),
         )
 
 
@@ -62,6 +73,7 @@ class EventDetector:
         self.on = np.zeros(len(self.class_names), dtype=bool)
         self.last_event: dict[int, int] = {}
         self.onset: dict[int, tuple[int, float]] = {}  # label -> (offset, p) of a run not yet on
+        self.segment_start = 0  # no event reports an offset before it
 
     def update(self, offset: int, probs: Iterable[float]) -> list[dict]:
         """Events raised by the frame that ends at `offset` (in order of class index)."""
@@ -84,15 +96,17 @@ class EventDetector:
             last = self.last_event.get(i)
             if last is None or start - last >= s.holdoff_samples:
                 self.last_event[i] = start
-                events.append({"label": self.class_names[i], "offset": start,
+                events.append({"label": self.class_names[i],
+                               "offset": s.reported(start, self.segment_start),
                                "probability": p_start})
         return events
 
-    def reset(self) -> None:
-        """A new segment (the model's state was reset): every label off and no onset pending;
-        hold-offs stay, as they count in samples of the same stream."""
+    def reset(self, at: int = 0) -> None:
+        """A new segment from offset `at` (the model's state was reset): every label off and no
+        onset pending; hold-offs stay, as they count in samples of the same stream."""
         self.on[:] = False
         self.onset.clear()
+        self.segment_start = int(at)
 
 
 def detect(class_names: Sequence[str], settings: DetectorSettings, offsets: Iterable[int],

@@ -27,7 +27,14 @@ from .events import DetectorSettings
 def detect_frames(probs: np.ndarray, offsets: np.ndarray, settings: DetectorSettings,
                   class_names: Sequence[str]) -> list[dict]:
     """The events `model.events.detect` reports for frames probs [F, K] ending at offsets [F]
-    (sorted by onset, then class).
+    (sorted by onset, then class)."""
+    return [ev for _, _, ev in _onsets(probs, offsets, settings, class_names)]
+
+
+def _onsets(probs: np.ndarray, offsets: np.ndarray, settings: DetectorSettings,
+            class_names: Sequence[str]) -> list[tuple[int, int, dict]]:
+    """(onset frame's offset, class, event) of every event, sorted by reported offset, then
+    class.
 
     Per label, over the maximal runs of frames with p >= on: a run that starts while the label
     is off turns it on at its first frame at least `min_on_samples` after the run's onset (a
@@ -56,10 +63,11 @@ def detect_frames(probs: np.ndarray, offsets: np.ndarray, settings: DetectorSett
             onset = int(offsets[s])
             if last is None or onset - last >= settings.holdoff_samples:
                 last = onset
-                out.append((onset, k, {"label": class_names[k], "offset": onset,
+                out.append((onset, k, {"label": class_names[k],
+                                       "offset": settings.reported(onset),
                                        "probability": float(p[s])}))
-    out.sort(key=lambda e: (e[0], e[1]))
-    return [e[2] for e in out]
+    out.sort(key=lambda e: (e[2]["offset"], e[1]))
+    return out
 
 
 def detect_many(streams: Sequence[tuple[np.ndarray, np.ndarray]], settings: DetectorSettings,
@@ -78,21 +86,24 @@ def detect_many(streams: Sequence[tuple[np.ndarray, np.ndarray]], settings: Dete
         offsets += [e + shift, np.array([e[-1] + shift + 1 if len(e) else shift + 1])]
         shifts.append(shift)
         shift += (int(e[-1]) if len(e) else 0) + settings.holdoff_samples + 2
-    events = detect_frames(np.concatenate(probs), np.concatenate(offsets), settings, class_names)
-    out: list[list[dict]] = [[] for _ in streams]
+    events = _onsets(np.concatenate(probs), np.concatenate(offsets), settings, class_names)
+    found: list[list[tuple[int, int, dict]]] = [[] for _ in streams]
     starts = np.array(shifts)
-    for ev in events:
-        i = int(np.searchsorted(starts, ev["offset"], side="right")) - 1
-        out[i].append(dict(ev, offset=ev["offset"] - shifts[i]))
-    return out
+    for onset, k, ev in events:  # each stream a segment of its own: lag stops at its start
+        i = int(np.searchsorted(starts, onset, side="right")) - 1
+        reported = settings.reported(onset - shifts[i])
+        found[i].append((reported, k, dict(ev, offset=reported)))
+    return [[ev for _, _, ev in sorted(f, key=lambda e: e[:2])] for f in found]
 
 
 def settings_for(threshold: float, hysteresis: float, holdoff_ms: float, watched: Sequence[int],
-                 sample_rate: int, min_on_ms: float = 0.0) -> DetectorSettings:
+                 sample_rate: int, min_on_ms: float = 0.0,
+                 onset_lag_ms: float = 0.0) -> DetectorSettings:
     return DetectorSettings(on_threshold=threshold, off_threshold=threshold - hysteresis,
                             holdoff_samples=int(round(holdoff_ms * sample_rate / 1000.0)),
                             watched=tuple(watched),
-                            min_on_samples=int(round(min_on_ms * sample_rate / 1000.0)))
+                            min_on_samples=int(round(min_on_ms * sample_rate / 1000.0)),
+                            onset_lag_samples=int(round(onset_lag_ms * sample_rate / 1000.0)))
 
 
 # ----------------------------------------------------------------------------- keywords
@@ -138,6 +149,8 @@ def kws_summary(pos: list[tuple[list[dict], list]], neg_events: list[list[dict]]
         "onset_error_p50_ms": round(1000 * float(np.percentile(abs_err, 50)), 1),
         "onset_error_p90_ms": round(1000 * float(np.percentile(abs_err, 90)), 1),
         "onset_error_mean_signed_ms": round(1000 * float(np.mean(errors)), 1) if errors else None,
+        "onset_error_median_signed_ms": (round(1000 * float(np.median(errors)), 1) if errors
+                                         else None),
     }  # fmt: skip
 
 

@@ -12,7 +12,7 @@ from model.config import EventsConfig
 from model.events import DetectorSettings, EventDetector
 
 #: fields a client may override (the rest of META `events` is informational)
-OVERRIDABLE = ("threshold", "hysteresis", "holdoff_ms", "min_on_ms", "background")
+OVERRIDABLE = ("threshold", "hysteresis", "holdoff_ms", "min_on_ms", "onset_lag_ms", "background")
 
 
 class EventsSettingsError(ValueError):
@@ -31,7 +31,7 @@ def resolve(value: Any, meta) -> DetectorSettings | None:
     """DetectorSettings for a stream of model `meta`, or None when events are off.
 
     `value`: None (the model's defaults), a bool (on with defaults / off), or an object with
-    any of threshold, hysteresis, holdoff_ms, min_on_ms, background."""
+    any of threshold, hysteresis, holdoff_ms, min_on_ms, onset_lag_ms, background."""
     defaults = dict(meta.events or {})
     if value is None:
         value = bool(defaults.get("enabled", True))
@@ -45,7 +45,7 @@ def resolve(value: Any, meta) -> DetectorSettings | None:
     unknown = sorted(set(value) - set(OVERRIDABLE))
     if unknown:
         raise EventsSettingsError(f"events: unknown field(s) {unknown}; use {list(OVERRIDABLE)}")
-    for key in ("threshold", "hysteresis", "holdoff_ms", "min_on_ms"):
+    for key in ("threshold", "hysteresis", "holdoff_ms", "min_on_ms", "onset_lag_ms"):
         v = value.get(key)
         if key in value and (isinstance(v, bool) or not isinstance(v, int | float)):
             raise EventsSettingsError(f"events.{key} must be a number")
@@ -79,5 +79,6 @@ def describe(settings: DetectorSettings | None, meta) -> dict | bool:
         "off_threshold": settings.off_threshold,
         "holdoff_samples": settings.holdoff_samples,
         "min_on_samples": settings.min_on_samples,
+        "onset_lag_samples": settings.onset_lag_samples,
         "background": [c for i, c in enumerate(meta.classes) if i not in watched],
     }

@@ -311,7 +311,7 @@ class StreamConnection:
                 self.send(self._result("result", r["consumed"], r["probs"], segment_end=True))
                 self.send({"type": "reset", "offset": r["consumed"]})
                 if h.detector is not None:
-                    h.detector.reset()
+                    h.detector.reset(r["consumed"])
             else:  # end
                 await self.finish(reason="end")
                 await self._until_finished()

@@ -88,6 +88,25 @@ def test_properties(seq, holdoff_ms, split):
     assert streamed == ev
 
 
+def test_onset_lag_moves_offsets_not_decisions():
+    """Events report onset frame - lag (never before the segment's start); which frames raise
+    events, and hold-offs, are those of the detector without a lag."""
+    seq = [0.1, 0.9, 0.9, 0.1, 0.1, 0.1, 0.9, 0.1, 0.1, 0.9]
+    plain = run(seq, settings_(holdoff_ms=40))
+    cfg = EventsConfig(threshold=0.8, hysteresis=0.2, holdoff_ms=40, onset_lag_ms=15)
+    lagged = run(seq, DetectorSettings.from_config(cfg, CLASSES, 1000))
+    assert [e["offset"] for e in plain] == [20, 70]  # 100: within the 40 ms hold-off of 70
+    assert lagged == [dict(e, offset=e["offset"] - 15) for e in plain]
+    big = DetectorSettings.from_config(cfg.model_copy(update={"onset_lag_ms": 500}), CLASSES, 1000)
+    assert [e["offset"] for e in run(seq, big)] == [0, 0]  # not before the stream's start
+    det = EventDetector(CLASSES, big)
+    assert det.update(10, [0.9, 0.0, 0.1, 0.0])[0]["offset"] == 0
+    det.reset(at=300)  # a new segment from offset 300: no onset reported before it
+    assert det.update(320, [0.1, 0.9, 0.0, 0.0])[0]["offset"] == 300
+    with pytest.raises(ValidationError):
+        EventsConfig(onset_lag_ms=-1)
+
+
 def test_frame_ends_follow_the_stream():
     assert frame_ends(100, 32, 1) == [32, 64, 96, 100]
     assert frame_ends(96, 32, 1) == [32, 64, 96]

@@ -81,10 +81,11 @@ def test_events_default_from_the_model_and_can_be_turned_off(live_server, ws_cli
                                               start={"sample_rate": RATE}))
     assert res.started["events"] == {"threshold": 0.8, "off_threshold": pytest.approx(0.6),
                                      "holdoff_samples": 1000, "min_on_samples": 0,
-                                     "background": ["unknown"]}
+                                     "onset_lag_samples": 0, "background": ["unknown"]}
     meta = httpx.get(f"{live_server.base_url}/v1/models/{MODEL}").json()
     assert meta["events"] == {"enabled": True, "threshold": 0.8, "hysteresis": 0.2,
-                              "holdoff_ms": 500.0, "min_on_ms": 0.0, "background": ["unknown"]}
+                              "holdoff_ms": 500.0, "min_on_ms": 0.0, "onset_lag_ms": 0.0,
+                              "background": ["unknown"]}
     assert meta["pooling"] == "ema"
     res = asyncio.run(ws_client.stream_signal(
         live_server.ws_url(MODEL), x,
@@ -137,6 +138,33 @@ def test_min_on_events_equal_the_detector_and_predict(live_server, ws_client):
     assert [(e["label"], e["offset"]) for e in want] == [(e["label"], e["offset"]) for e in got]
 
 
+def test_onset_lag_moves_event_offsets_on_the_wire_and_in_predict(live_server, ws_client):
+    """`onset_lag_ms`: the stream reports the events the detector without a lag raises, each
+    offset moved that much earlier (not before 0), as POST /predict does; `started` echoes it."""
+    x = signal(4, 3000)
+    ends, probs = frame_probs(live_server, x)
+    label = int(np.argmax(probs.std(0)))
+    thr = threshold_between(probs[:, label])
+    base = {"threshold": thr, "hysteresis": min(0.01, thr / 2), "holdoff_ms": 0,
+            "background": [c for i, c in enumerate(CLASSES) if i != label]}
+    lag_ms = 40.0  # 80 samples at 2 kHz: 2.5 frames
+    plain = detect(CLASSES, DetectorSettings.from_config(EventsConfig(**base), CLASSES, RATE),
+                   ends, probs)
+    assert plain, "the test signal must cross the threshold"
+    override = dict(base, onset_lag_ms=lag_ms)
+    res = asyncio.run(ws_client.stream_signal(
+        live_server.ws_url(MODEL), x, sizes=[700, 13, 4000],
+        start={"sample_rate": RATE, "events": override}))
+    assert res.close_code == 1000, res.messages
+    assert res.started["events"]["onset_lag_samples"] == 80
+    got = [(e["label"], e["offset"]) for e in events_of(res)]
+    assert got == [(e["label"], max(e["offset"] - 80, 0)) for e in plain]
+    r = httpx.post(f"{live_server.base_url}/v1/models/{MODEL}/predict",
+                   json={"inputs": [x[:, 0].tolist()], "events": override}, timeout=60)
+    assert r.status_code == 200, r.text
+    assert [(e["label"], e["offset"]) for e in r.json()["predictions"][0]["events"]] == got
+
+
 @pytest.mark.parametrize("events,needle", [
     ("yes", "true, false or an object"),
     ({"min_on_ms": -5}, "min_on_ms"),
@@ -148,6 +176,8 @@ def test_min_on_events_equal_the_detector_and_predict(live_server, ws_client):
     ({"background": ["maybe"]}, "unknown classes"),
     ({"background": "yes"}, "list of class names"),
     ({"window": 3}, "unknown field"),
+    ({"onset_lag_ms": -20}, "onset_lag_ms"),
+    ({"onset_lag_ms": "soon"}, "events.onset_lag_ms must be a number"),
 ])
 def test_bad_event_settings_are_bad_start(live_server, ws_client, events, needle):
     res = asyncio.run(ws_client.stream_signal(

@@ -119,9 +119,11 @@ def test_vectorised_detector_equals_the_detector(seed):
         return sorted(events, key=lambda e: (e["offset"], names.index(e["label"])))  # min_on
         # comes after its onset: compare in onset order
 
-    for on, hyst, hold, min_on in [(0.5, 0.1, 0, 0), (0.7, 0.3, 200, 0), (0.4, 0.0, 1000, 0),
-                                   (0.5, 0.1, 0, 60), (0.6, 0.2, 300, 100), (0.4, 0.0, 0, 20)]:
-        st = DetectorSettings(on, on - hyst, hold, (0, 1, 2), min_on)
+    for on, hyst, hold, min_on, lag in [
+            (0.5, 0.1, 0, 0, 0), (0.7, 0.3, 200, 0, 0), (0.4, 0.0, 1000, 0, 0), (0.5, 0.1, 0, 60, 0),
+            (0.6, 0.2, 300, 100, 0), (0.4, 0.0, 0, 20, 0), (0.5, 0.1, 0, 0, 70),
+            (0.6, 0.2, 300, 100, 45), (0.4, 0.0, 0, 20, 5000)]:  # lag > a stream: all clamp
+        st = DetectorSettings(on, on - hyst, hold, (0, 1, 2), min_on, lag)
         streamed = by_onset(detect(names, st, offsets, probs))
         assert detect_frames(probs, offsets, st, names) == streamed
         assert len(streamed) > 0
@@ -250,7 +252,7 @@ def test_rechoose_keeps_the_weights_and_chooses_on_validation(tmp_path):
     from conftest import tiny_stream_bank
 
     from model.checkpoint import load_checkpoint, save_checkpoint
-    from model.train_streams import PRESETS, build, rechoose, score, smoke
+    from model.train_streams import PRESETS, build, onset_lag, rechoose, score, smoke
 
     preset = replace(smoke(PRESETS["kws-events"]), thresholds=(0.3, 0.6, 0.9),
                      min_on_grid=(0.0, 100.0))
@@ -277,14 +279,33 @@ def test_rechoose_keeps_the_weights_and_chooses_on_validation(tmp_path):
     val = np.load(tmp_path / "cache" / "val.npy", allow_pickle=True)[0]
     rows = [(t, mo, score(preset, new_cfg, val, t, mo))
             for mo in preset.min_on_grid for t in preset.thresholds]
+    chosen = next(r[2] for r in rows if r[:2] == (d["threshold"], d["min_on_ms"]))
     ok = [r for r in rows if r[2]["false_alarms_per_hour"] <= 1.0]
-    if ok:
-        assert m["validation"]["false_alarms_per_hour"] <= 1.0
-        assert m["validation"]["false_rejection_rate"] == min(
-            r[2]["false_rejection_rate"] for r in ok)
+    if ok:  # the choice is made without the onset lag (the lag moves offsets, not decisions)
+        assert chosen["false_alarms_per_hour"] <= 1.0
+        assert chosen["false_rejection_rate"] == min(r[2]["false_rejection_rate"] for r in ok)
     else:
-        assert m["validation"]["false_alarms_per_hour"] == min(
-            r[2]["false_alarms_per_hour"] for r in rows)
+        assert chosen["false_alarms_per_hour"] == min(r[2]["false_alarms_per_hour"] for r in rows)
+    # then the lag: validation's median signed onset error there, stored with the model
+    assert d["onset_lag_ms"] == onset_lag(preset, chosen) == new_cfg.task.events.onset_lag_ms
+    at_lag = score(preset, new_cfg, val, d["threshold"], d["min_on_ms"], d["onset_lag_ms"])
+    for key in ("false_alarms_per_hour", "keywords", "false_alarms"):
+        assert m["validation"][key] == at_lag[key]
+    assert ("test_without_onset_lag" in m) == (d["onset_lag_ms"] > 0)
+
+
+def test_onset_lag_is_validations_median_lag_to_10_ms():
+    from dataclasses import replace
+
+    from model.train_streams import PRESETS, onset_lag
+
+    kws, ecg = PRESETS["kws-events"], PRESETS["ecg-monitor"]
+    assert kws.onset_lag and not ecg.onset_lag  # an ECG event's offset is its delay
+    assert onset_lag(kws, {"onset_error_median_signed_ms": 73.4}) == 70.0
+    assert onset_lag(kws, {"onset_error_median_signed_ms": 76.0}) == 80.0
+    assert onset_lag(kws, {"onset_error_median_signed_ms": -40.0}) == 0.0  # early: no lag
+    assert onset_lag(kws, {"onset_error_median_signed_ms": None}) == 0.0  # nothing detected
+    assert onset_lag(replace(kws, onset_lag=False), {"onset_error_median_signed_ms": 90}) == 0.0
 
 
 def test_engine_words_take_every_other_engine_the_bank_holds(tmp_path):

@@ -69,6 +69,7 @@ class EventsMeta(BaseModel):
     hysteresis: float
     holdoff_ms: float
     min_on_ms: float = 0.0
+    onset_lag_ms: float = 0.0
     background: list[str]
 
 
@@ -119,6 +120,7 @@ class EventsOverride(BaseModel):
     hysteresis: StrictFloat | StrictInt | None = None
     holdoff_ms: StrictFloat | StrictInt | None = None
     min_on_ms: StrictFloat | StrictInt | None = None
+    onset_lag_ms: StrictFloat | StrictInt | None = None
     background: list[StrictStr] | None = None
 
 

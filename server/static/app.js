@@ -463,10 +463,11 @@ function showDetector(r) {
   ui.eventsInfo.textContent = `threshold ${ev.threshold.toFixed(2)} · off below ` +
     `${ev.off_threshold.toFixed(2)} · hold-off ${(1000 * ev.holdoff_samples / rate).toFixed(0)} ms` +
     (ev.min_on_samples ? ` · held ${(1000 * ev.min_on_samples / rate).toFixed(0)} ms before an event` : "") +
+    (ev.onset_lag_samples ? ` · onsets ${(1000 * ev.onset_lag_samples / rate).toFixed(0)} ms before the model was sure` : "") +
     (ev.background.length ? ` · background: ${ev.background.join(", ")}` : "");
 }
 
-// "yes at 1.62 s": the label turned on at the frame ending at `offset` (its onset).
+// "yes at 1.62 s": the label's onset (the frame it turned on, less the model's onset lag).
 function showEvent(r, msg) {
   r.events.push(msg);
   const li = document.createElement("li");
