@@ -91,6 +91,7 @@ def kws_lines(m: dict) -> list[str]:
     if curve:  # a user trades misses for false alarms with `start`'s threshold
         lines += ["- Test streams at other thresholds (`events.threshold` in `start`"
                   + (f"; minimum on-time {d['min_on_ms']:.0f} ms" if d.get("min_on_ms") else "")
+                  + (f"; onset lag {d['onset_lag_ms']:.0f} ms" if d.get("onset_lag_ms") else "")
                   + "):", "",
                   "  | threshold | false rejection | false alarms / h | onset p90 |",
                   "  | --- | --- | --- | --- |"]
