@@ -110,7 +110,9 @@ def _concat(work: Path, names: list[str]):
             np.concatenate([p[1] for p in parts]))
 
 
-def _eval_sets(net, config, dev, sets: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict:
+def _eval_sets(net, config, dev, sets: dict[str, tuple[np.ndarray, np.ndarray]],
+               preds: dict | None = None) -> dict:
+    """Summary per set; `preds` (if given) receives each set's predicted class per clip."""
     import torch
 
     from model.evaluation import predict_probs, summarize
@@ -122,6 +124,8 @@ def _eval_sets(net, config, dev, sets: dict[str, tuple[np.ndarray, np.ndarray]])
         probs = predict_probs(net, xt if xt.ndim == 3 else xt.unsqueeze(-1), dev)
         s = summarize(probs, y, names)
         pred = probs.argmax(1)
+        if preds is not None:
+            preds[name] = pred
         s["predicted_share"] = {nm: round(float((pred == i).mean()), 4)
                                 for i, nm in enumerate(names) if (pred == i).any()}
         if "silence" in names:  # keyword spotting: how often a keyword fires, how often silence

@@ -48,24 +48,67 @@ BEGIN, END = "<!-- eval_data13:begin -->", "<!-- eval_data13:end -->"
 COMMAND = "python scripts/eval_data13.py --cards"
 
 
-def kws_sets(bank: Path, workers: int) -> dict:
+def kws_sets(bank: Path, workers: int) -> tuple[dict, dict]:
+    """The kws sets, and for each engine's test set what every clip drew (SNR, room)."""
     from model.data import kws_mix, load_split
     from model.data.kws_bank import load_bank
 
     rows = load_bank(bank)
-    sets = {}
+    sets, conditions = {}, {}
     for e_i, e in enumerate(ENGINES):
         for name, s_i, flt, n, kind in (
             (f"test_{e}", 2, dict(kinds=("keyword", "unknown")), KWS_N["test"], "words"),
             (f"phrases_{e}", 4, dict(kinds=("phrase",)), KWS_N["phrases"], "phrases"),
         ):
             pool = kws_mix.select(rows, engines=(e,), splits=("test",), **flt)
-            sets[name] = kws_mix.make_clips(pool, n, seed=0, kind=kind, code=100 + 10 * e_i + s_i,
-                                            workers=workers)
+            x, y, c = kws_mix.make_clips(pool, n, seed=0, kind=kind, code=100 + 10 * e_i + s_i,
+                                         workers=workers, conditions=True)
+            sets[name] = (x, y)
+            if kind == "words":
+                conditions[name] = c
     sets["noise"] = kws_mix.make_clips(kws_mix.select(rows, splits=("test",)), KWS_N["noise"],
                                        seed=0, kind="noise", code=199, workers=workers)
     sets["own_test"] = load_split("kws", "test")
-    return sets
+    return sets, conditions
+
+
+#: the test clips' conditions as reported: (name, SNR range or None for no noise, room)
+CONDITIONS = (("clean: no noise, no room", None, False), ("no noise, in a room", None, True),
+              ("noise at 20-30 dB SNR", (20, 30), None), ("noise at 10-20 dB SNR", (10, 20), None),
+              ("noise at 0-10 dB SNR", (0, 10), None))
+
+
+def by_condition(preds: dict, sets: dict, conditions: dict) -> dict:
+    """Accuracy on the engines' test clips (keyword and unknown; silence clips draw neither)
+    by what the clip drew: no noise with or without a room, or noise in an SNR band (any room);
+    pooled over the engines, and clean per engine."""
+    def rows(names):
+        pred = np.concatenate([preds[n] for n in names])
+        y = np.concatenate([np.asarray(sets[n][1]) for n in names])
+        c = np.concatenate([conditions[n] for n in names])
+        return pred, y, c[:, 0], c[:, 1]
+
+    def acc(pred, y, mask) -> dict:
+        return dict(n=int(mask.sum()),
+                    accuracy=round(float((pred[mask] == y[mask]).mean()), 4) if mask.any() else None)
+
+    def masks(snr, room):
+        speech = ~np.isnan(room)
+        for name, band, in_room in CONDITIONS:
+            if band is None:
+                yield name, speech & np.isnan(snr) & (room == float(in_room))
+            else:
+                yield name, speech & (snr >= band[0]) & (snr < band[1])
+
+    names = sorted(conditions)
+    pred, y, snr, room = rows(names)
+    out = {"pooled": {name: acc(pred, y, m) for name, m in masks(snr, room)}}
+    out["clean_by_engine"] = {}
+    for n in names:
+        p_, y_, s_, r_ = rows([n])
+        out["clean_by_engine"][n.removeprefix("test_")] = acc(p_, y_, dict(masks(s_, r_))[
+            CONDITIONS[0][0]])
+    return out
 
 
 def ecg_sets(bank: Path, workers: int) -> tuple[dict, dict, tuple]:
@@ -176,8 +219,10 @@ def evaluate(model: str, ckpt: Path, bank: Path, workers: int) -> dict:
     net, config = load_checkpoint(ckpt, device=dev)
     t0 = time.time()
     if model == "kws":
-        sets = kws_sets(bank, workers)
-        result = {"sets": _eval_sets(net, config, dev, sets)}
+        sets, conditions = kws_sets(bank, workers)
+        preds: dict = {}
+        result = {"sets": _eval_sets(net, config, dev, sets, preds)}
+        result["test_by_condition"] = by_condition(preds, sets, conditions)
     else:
         sets, bands, mit = ecg_sets(bank, workers)
         result = {"sets": _eval_sets(net, config, dev, sets)}
@@ -302,6 +347,20 @@ def replaced_line(r: dict) -> str:
             f"{pct(f['sets']['own_test']['accuracy'])}.\n")
 
 
+def condition_lines(r: dict) -> str:
+    """The test clips by what they drew: how much of the gap to clean speech is the noise."""
+    c = r.get("test_by_condition")
+    if not c:
+        return ""
+    rows = [[name, v["n"], pct(v["accuracy"])] for name, v in c["pooled"].items()]
+    clean = ", ".join(f"{ENGINE_NAMES[e]} {pct(v['accuracy'])} (n={v['n']})"
+                      for e, v in c["clean_by_engine"].items())
+    return ("By what each test clip drew (keyword and unknown clips of the rows above; `silence` "
+            "clips draw neither; `kws_mix.make_clips(..., conditions=True)`):\n\n"
+            + table(["condition", "n", "accuracy"], rows)
+            + f"\n\nClean (no noise, no room) per engine: {clean}.\n\n")
+
+
 def kws_section(r: dict) -> str:
     s = r["sets"]
     names = list(s["own_test"]["per_class"])
@@ -340,7 +399,7 @@ Test material: the clean utterance bank `.cache/data13` ({len(ENGINES)} synthesi
 | --- | --- | --- | --- | --- |
 {chr(10).join('| ' + ' | '.join(str(c) for c in row) + ' |' for row in rows)}
 
-{first_line(r)}{replaced_line(r)}- Own test split (espeak-ng generator `model.data.kws`, held-out voices, n={s['own_test']['n']}): accuracy {pct(s['own_test']['accuracy'])}, **ECE {s['own_test']['ece']:.3f}** (15 equal-width bins).
+{condition_lines(r)}{first_line(r)}{replaced_line(r)}- Own test split (espeak-ng generator `model.data.kws`, held-out voices, n={s['own_test']['n']}): accuracy {pct(s['own_test']['accuracy'])}, **ECE {s['own_test']['ece']:.3f}** (15 equal-width bins).
 - {loeo}
 
 Per class (test voices of each engine):

@@ -263,6 +263,43 @@ def test_make_clips_deterministic_balanced_and_worker_independent():
 
 
 
+def test_make_clips_reports_what_each_clip_drew():
+    """conditions=True returns the same clips plus each clip's SNR (nan: no noise) and room;
+    a clip drawn without noise or room is the clean utterance, placed and scaled."""
+    from model.data import kws_mix
+
+    rows = _toy_rows()
+    x0, y0 = kws_mix.make_clips(rows, 96, seed=3, workers=1)
+    x, y, c = kws_mix.make_clips(rows, 96, seed=3, workers=2, chunk=16, conditions=True)
+    assert np.array_equal(x, x0) and np.array_equal(y, y0) and c.shape == (96, 2)
+    sil = y == kws_mix.SILENCE
+    assert np.isnan(c[sil]).all() and not np.isnan(c[~sil, 1]).any()
+    snr, room = c[~sil, 0], c[~sil, 1]
+    assert set(np.unique(room)) <= {0.0, 1.0} and 0 < room.mean() < 0.6  # 30 % rooms
+    noisy = ~np.isnan(snr)
+    assert 0.6 < noisy.mean() < 1.0 and ((snr[noisy] >= 0) & (snr[noisy] <= 30)).all()
+    # a clean clip: silent outside the (speed-perturbed) word, no noise floor
+    clean = np.flatnonzero(~sil)[np.isnan(snr) & (room == 0)]
+    assert len(clean) and (np.abs(x[clean]) < 1e-7).mean(1).min() > 0.2
+
+
+def test_accuracy_by_condition_counts_by_hand():
+    from scripts.eval_data13 import by_condition
+
+    nan = np.nan
+    y = np.array([0, 1, 2, 11, 3, 4])
+    cond = np.array([[nan, 0], [nan, 1], [25.0, 1], [nan, nan], [5.0, 0], [15.0, 0]], np.float32)
+    pred = np.array([0, 2, 2, 11, 0, 4])
+    r = by_condition({"test_a": pred}, {"test_a": (None, y)}, {"test_a": cond})
+    p = r["pooled"]
+    assert p["clean: no noise, no room"] == {"n": 1, "accuracy": 1.0}
+    assert p["no noise, in a room"] == {"n": 1, "accuracy": 0.0}
+    assert p["noise at 20-30 dB SNR"] == {"n": 1, "accuracy": 1.0}
+    assert p["noise at 10-20 dB SNR"] == {"n": 1, "accuracy": 1.0}
+    assert p["noise at 0-10 dB SNR"] == {"n": 1, "accuracy": 0.0}  # the silence clip: nowhere
+    assert r["clean_by_engine"] == {"a": {"n": 1, "accuracy": 1.0}}
+
+
 def test_silence_level_of_training_clips_is_a_knob():
     """`silence_top_db` raises the loudest noise-only clip; None keeps the sets as before."""
     from model.data import kws_mix

@@ -76,12 +76,16 @@ def _shift_formants(rng: np.random.Generator, wav: np.ndarray, lo: float, hi: fl
 
 def _speech_clip(rng: np.random.Generator, wav: np.ndarray, pool: list[np.ndarray],
                  formants: tuple[float, float] | None = None,
-                 voice_rng: np.random.Generator | None = None) -> np.ndarray:
+                 voice_rng: np.random.Generator | None = None,
+                 drawn: dict | None = None) -> np.ndarray:
+    """One augmented clip; `drawn` (if given) records the room and the SNR it drew."""
+    drawn = {} if drawn is None else drawn
     wav = wav.astype(np.float64)
     if formants is not None:  # its own random stream: the other draws stay as without it
         wav = _shift_formants(voice_rng, wav, *formants)
     wav = _speed(rng, wav)
-    if rng.random() < ROOM_PROB:
+    drawn["room"] = bool(rng.random() < ROOM_PROB)
+    if drawn["room"]:
         wav = _room(rng, wav)
     if len(wav) > CLIP:  # a phrase: a random 1 s of it
         start = int(rng.integers(0, len(wav) - CLIP + 1))
@@ -89,9 +93,12 @@ def _speech_clip(rng: np.random.Generator, wav: np.ndarray, pool: list[np.ndarra
     clip = np.zeros(CLIP)
     start = int(rng.integers(0, CLIP - len(wav) + 1))
     clip[start : start + len(wav)] = wav
+    drawn["snr_db"] = None
     if rng.random() < NOISE_PROB:
         rms = np.sqrt(np.mean(wav**2))
-        clip += _noise(rng, pool) * rms * 10 ** (-rng.uniform(0, 30) / 20)
+        noise = _noise(rng, pool)
+        drawn["snr_db"] = float(rng.uniform(0, 30))
+        clip += noise * rms * 10 ** (-drawn["snr_db"] / 20)
     return clip * (10 ** (rng.uniform(-26, -1) / 20) / max(np.abs(clip).max(), 1e-9))
 
 
@@ -110,6 +117,7 @@ def _make(args) -> tuple[np.ndarray, np.ndarray]:
     waves = [r["wav"] for r in rows]
     x = np.zeros((stop - start, CLIP), np.float32)
     y = np.zeros(stop - start, np.int64)
+    cond = np.full((stop - start, 2), np.nan, np.float32)  # SNR dB (nan: none), room (0/1)
     for k, i in enumerate(range(start, stop)):
         rng = np.random.default_rng([code, seed, i])
         if kind == "noise":
@@ -127,11 +135,13 @@ def _make(args) -> tuple[np.ndarray, np.ndarray]:
                 cands = by_text["__unknown__"]
             else:
                 cands = by_text[CLASSES[label]]
+            drawn: dict = {}
             clip = _speech_clip(rng, rows[cands[rng.integers(len(cands))]]["wav"], waves,
-                                formants, np.random.default_rng([code, seed, i, 1 << 20]))
+                                formants, np.random.default_rng([code, seed, i, 1 << 20]), drawn)
+            cond[k] = (np.nan if drawn["snr_db"] is None else drawn["snr_db"], drawn["room"])
         x[k] = np.clip(clip, -1.0, 1.0)
         y[k] = label
-    return x, y
+    return x, y, cond
 
 
 def _init_worker(rows: list[dict]) -> None:
@@ -153,13 +163,15 @@ def _init(rows: list[dict]) -> None:
 def make_clips(rows: list[dict], n: int, seed: int, kind: str = "words", code: int = 0,
                workers: int | None = None, chunk: int = 250,
                formants: tuple[float, float] | None = None,
-               silence_top_db: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+               silence_top_db: float | None = None, conditions: bool = False) -> tuple:
     """n augmented clips float32 [n, 16000] in [-1, 1] and labels from the bank `rows`
     (already filtered to the engines / splits / kinds wanted); classes are balanced and
     then shuffled with the seed. `formants=(lo, hi)`: every speech clip's formants move by a
     factor in [lo, hi] (training sets; None leaves the set exactly as before).
     `silence_top_db`: the loudest `silence` (noise-only) level in dBFS; None: -40 for words,
-    -20 for the "noise" test set (louder than training)."""
+    -20 for the "noise" test set (louder than training). `conditions`: also return what each
+    clip drew, float32 [n, 2]: SNR in dB (nan: no noise added) and room (1) or not (0); nan,
+    nan for `silence` clips."""
     jobs = [(kind, code, seed, s, min(s + chunk, n), formants, silence_top_db)
             for s in range(0, n, chunk)]
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs), 16))
@@ -171,8 +183,9 @@ def make_clips(rows: list[dict], n: int, seed: int, kind: str = "words", code: i
             parts = pool.map(_make, jobs, chunksize=1)
     x = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, CLIP), np.float32)
     y = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
+    cond = np.concatenate([p[2] for p in parts]) if parts else np.zeros((0, 2), np.float32)
     order = np.random.default_rng([code, seed, 1 << 30]).permutation(n)
-    return x[order], y[order]
+    return (x[order], y[order], cond[order]) if conditions else (x[order], y[order])
 
 
 def select(rows: list[dict], engines=None, splits=None, kinds=None) -> list[dict]:
