@@ -50,7 +50,7 @@ def register(subparsers: Any) -> None:
     s.add_argument("--json", action="store_true", help="print every message as a JSON line")
     s.add_argument("--events", default=None, type=_events_arg,
                    help="event detection: 'off', or a JSON object overriding the model's "
-                   "defaults (threshold, hysteresis, holdoff_ms, min_on_ms, onset_lag_ms, background), e.g. "
+                   "defaults (threshold, hysteresis, holdoff_ms, min_on_ms, onset_lag_ms, label_thresholds, background), e.g. "
                    "'{\"threshold\": 0.9, \"holdoff_ms\": 1000}'")
     s.set_defaults(func=run_stream)
 

@@ -92,8 +92,9 @@ DEFAULT_BACKGROUND = ("unknown", "silence", "normal", "background", "noise", "_b
 
 class EventsConfig(BaseModel):
     """Event detection over a stream's per-frame probabilities (model/events.py): a label
-    turns on once p >= threshold has held for min_on_ms (0: at the first such frame) and off
-    below threshold - hysteresis; an onset raises an event unless the label's previous event
+    turns on once p >= threshold (its own, where label_thresholds names it) has held for
+    min_on_ms (0: at the first such frame) and off below that threshold - hysteresis; an
+    onset raises an event unless the label's previous event
     is less than holdoff_ms before it. The event's offset is the onset frame's, moved
     onset_lag_ms earlier."""
 
@@ -115,14 +116,21 @@ class EventsConfig(BaseModel):
         None, description="labels that never raise events; None: the class names among "
         + ", ".join(DEFAULT_BACKGROUND)
     )
+    label_thresholds: dict[str, float] | None = Field(
+        None, description="per-label thresholds in place of `threshold` (each label turns off "
+        "below its own threshold - hysteresis); labels not named use `threshold`")
 
     @model_validator(mode="after")
     def _check(self) -> EventsConfig:
-        if self.hysteresis >= self.threshold:
-            raise ValueError(
-                f"hysteresis={self.hysteresis} must be below threshold={self.threshold} "
-                "(a label turns off below threshold - hysteresis)"
-            )
+        for name, t in [("threshold", self.threshold)] + [
+                (f"label_thresholds.{k}", v) for k, v in (self.label_thresholds or {}).items()]:
+            if not 0 < t <= 1:
+                raise ValueError(f"{name}={t} must be in (0, 1]")
+            if self.hysteresis >= t:
+                raise ValueError(
+                    f"hysteresis={self.hysteresis} must be below {name}={t} "
+                    "(a label turns off below threshold - hysteresis)"
+                )
         return self
 
     @property

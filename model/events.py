@@ -41,6 +41,15 @@ class DetectorSettings:
     watched: tuple[int, ...]  # indices of the labels that may raise events
     min_on_samples: int = 0  # p >= on_threshold must hold this long before a label turns on
     onset_lag_samples: int = 0  # reported offsets: the onset frame's, this much earlier
+    label_on: tuple[tuple[int, float], ...] = ()  # (class index, its own on-threshold)
+
+    def on_for(self, k: int) -> float:
+        """Class k's on-threshold (its own where `label_on` names it)."""
+        return dict(self.label_on).get(k, self.on_threshold)
+
+    def off_for(self, k: int) -> float:
+        """Class k's off-threshold: its on-threshold less the same hysteresis."""
+        return self.on_for(k) - (self.on_threshold - self.off_threshold)
 
     def reported(self, onset: int, segment_start: int = 0) -> int:
         """The offset an event at onset frame `onset` reports."""
@@ -54,6 +63,11 @@ class DetectorSettings:
         if unknown:
             raise ValueError(f"background names unknown classes {sorted(unknown)}; "
                              f"the classes are {list(class_names)}")
+        per_label = cfg.label_thresholds or {}
+        wrong = sorted(set(per_label) - (set(class_names) - background))
+        if wrong:
+            raise ValueError(f"label_thresholds names {wrong}, which are not labels that raise "
+                             f"events; those are {[c for c in class_names if c not in background]}")
         return cls(
             on_threshold=cfg.threshold,
             off_threshold=cfg.off_threshold,
@@ -61,6 +75,7 @@ class DetectorSettings:
             watched=tuple(i for i, c in enumerate(class_names) if c not in background),
             min_on_samples=int(round(cfg.min_on_ms * sample_rate / 1000.0)),
             onset_lag_samples=int(round(cfg.onset_lag_ms * sample_rate / 1000.0)),
+            label_on=tuple((class_names.index(c), float(t)) for c, t in per_label.items()),
         )
 
 
@@ -82,10 +97,10 @@ class EventDetector:
         events = []
         for i in s.watched:
             if self.on[i]:
-                if p[i] < s.off_threshold:
+                if p[i] < s.off_for(i):
                     self.on[i] = False
                 continue
-            if p[i] < s.on_threshold:
+            if p[i] < s.on_for(i):
                 self.onset.pop(i, None)
                 continue
             start, p_start = self.onset.setdefault(i, (int(offset), float(p[i])))

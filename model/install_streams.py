@@ -59,6 +59,15 @@ def kws_lines(m: dict) -> list[str]:
            "(without it, the same test streams give an onset p90 of "
            f"{m['test_without_onset_lag']['onset_error_p90_ms']:.0f} ms)."
            if d.get("onset_lag_ms") and m.get("test_without_onset_lag") else "")
+    labels = ""
+    if d.get("label_thresholds"):
+        one = m.get("test_one_threshold")
+        labels = (" Each keyword has its own threshold, chosen on validation together (the "
+                  "fewest missed keywords with <= 1 false alarm per hour in all): "
+                  + ", ".join(f"{k} {v:g}" for k, v in d["label_thresholds"].items()) + "."
+                  + (f" With the one threshold for all labels the same test streams give "
+                     f"{pct(one['false_rejection_rate'])} missed at "
+                     f"{one['false_alarms_per_hour']:.2f} false alarms per hour." if one else ""))
     where = ""
     if m.get("detector_evaluated_on"):  # streams come from the device's RNG: CUDA draws agree
         same = "CUDA" in m["detector_evaluated_on"]  # across GPUs (H100 = H200), not with CPU's
@@ -67,7 +76,8 @@ def kws_lines(m: dict) -> list[str]:
                     "streams drawn with this device's RNG differ from GPU draws)."))
     lines = [
         f"- Detector (chosen on validation streams: {chosen}): threshold {d['threshold']:g}, "
-        f"hysteresis {d['hysteresis']}, hold-off {d['holdoff_ms']:.0f} ms{min_on}.{lag}{where}",
+        f"hysteresis {d['hysteresis']}, hold-off {d['holdoff_ms']:.0f} ms{min_on}.{labels}{lag}"
+        f"{where}",
         f"- Test, at that setting: false rejection **{pct(t['false_rejection_rate'])}** "
         f"({t['keywords'] - t['detected']} of {t['keywords']} keywords missed) at "
         f"**{t['false_alarms_per_hour']:.2f} false alarms per hour** ({t['false_alarms']} in "
@@ -89,7 +99,8 @@ def kws_lines(m: dict) -> list[str]:
                      "streams.")
     curve = [c for c in m.get("test_curve", []) if c["threshold"] in CURVE_POINTS]
     if curve:  # a user trades misses for false alarms with `start`'s threshold
-        lines += ["- Test streams at other thresholds (`events.threshold` in `start`"
+        lines += ["- Test streams at other thresholds (`events.threshold` in `start`, one for "
+                  "every label"
                   + (f"; minimum on-time {d['min_on_ms']:.0f} ms" if d.get("min_on_ms") else "")
                   + (f"; onset lag {d['onset_lag_ms']:.0f} ms" if d.get("onset_lag_ms") else "")
                   + "):", "",
@@ -141,6 +152,9 @@ def card(name: str, cfg, m: dict, state_bytes: int, params: int) -> str:
     t = cfg.task
     ev = t.events
     bg = ev.background_labels(cfg.class_names())
+    per_label = ("; per-label thresholds " + ", ".join(f"{k} {v:g}" for k, v in
+                                                       ev.label_thresholds.items())
+                 if ev.label_thresholds else "")
     if kind == "kws":
         data = (
             "- Streams of 10-60 s (training: 10-20 s) composed on the fly "
@@ -193,7 +207,7 @@ unmeasured and will be lower.{"" if kind == "kws" else " Not a medical device."}
   path computes the same prediction for every prefix).
 - Event defaults (config `task.events`, overridable in `start` / `/predict`): threshold
   {ev.threshold:g}, hysteresis {ev.hysteresis}, hold-off {ev.holdoff_ms:.0f} ms, minimum
-  on-time {ev.min_on_ms:.0f} ms, onset lag {ev.onset_lag_ms:.0f} ms, background {bg or "none"}.
+  on-time {ev.min_on_ms:.0f} ms, onset lag {ev.onset_lag_ms:.0f} ms, background {bg or "none"}{per_label}.
 
 ## Data
 {data}

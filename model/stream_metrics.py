@@ -48,9 +48,9 @@ def _onsets(probs: np.ndarray, offsets: np.ndarray, settings: DetectorSettings,
         return []
     for k in settings.watched:
         p = probs[:, k]
-        edges = np.diff(np.concatenate([[0], (p >= settings.on_threshold).astype(np.int8), [0]]))
+        edges = np.diff(np.concatenate([[0], (p >= settings.on_for(k)).astype(np.int8), [0]]))
         starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1) - 1
-        below_off = np.flatnonzero(p < settings.off_threshold)
+        below_off = np.flatnonzero(p < settings.off_for(k))
         on_until, last = -1, None
         for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
             if s <= on_until:  # the label is still on from an earlier run
@@ -97,13 +97,15 @@ def detect_many(streams: Sequence[tuple[np.ndarray, np.ndarray]], settings: Dete
 
 
 def settings_for(threshold: float, hysteresis: float, holdoff_ms: float, watched: Sequence[int],
-                 sample_rate: int, min_on_ms: float = 0.0,
-                 onset_lag_ms: float = 0.0) -> DetectorSettings:
+                 sample_rate: int, min_on_ms: float = 0.0, onset_lag_ms: float = 0.0,
+                 label_on: dict[int, float] | None = None) -> DetectorSettings:
+    """`label_on`: class index -> its own on-threshold (the rest use `threshold`)."""
     return DetectorSettings(on_threshold=threshold, off_threshold=threshold - hysteresis,
                             holdoff_samples=int(round(holdoff_ms * sample_rate / 1000.0)),
                             watched=tuple(watched),
                             min_on_samples=int(round(min_on_ms * sample_rate / 1000.0)),
-                            onset_lag_samples=int(round(onset_lag_ms * sample_rate / 1000.0)))
+                            onset_lag_samples=int(round(onset_lag_ms * sample_rate / 1000.0)),
+                            label_on=tuple(sorted((label_on or {}).items())))
 
 
 # ----------------------------------------------------------------------------- keywords

@@ -35,7 +35,7 @@ from .config import EventsConfig
 from .data import streams as S
 from .events import frame_ends
 from .network import S4DNetwork
-from .stream_metrics import detect_many, ecg_summary, kws_summary, settings_for
+from .stream_metrics import detect_many, ecg_summary, kws_match, kws_summary, settings_for
 from .train import hardware, lr_factor
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,6 +83,9 @@ class StreamPreset:
     #: median signed onset error on validation at the chosen setting, to 10 ms (keywords: the
     #: offset estimates the word's end; ECG keeps 0, where an event's offset is its delay)
     onset_lag: bool = False
+    #: keywords: each label its own threshold, chosen on validation together (the fewest
+    #: missed keywords with <= 1 false alarm per hour in all; `choose_label_thresholds`)
+    label_thresholds: bool = False
 
 
 PRESETS = {
@@ -98,7 +101,7 @@ PRESETS = {
         eval_neg={"val": (480, 60.0), "test": (360, 60.0)},
         # (0, 40, 80, 140, 200, 300) ms was tried with --rechoose (bench/RESULTS.md,
         # 2026-11-26): validation chose 80 ms, and on test streams it was no better
-        min_on_grid=(0.0,), onset_lag=True,
+        min_on_grid=(0.0,), onset_lag=True, label_thresholds=True,
     ),
     "ecg-monitor": StreamPreset(
         name="ecg-monitor-s4d", kind="ecg", base="ecg-s4d", ema_tau_s=3.0,
@@ -277,23 +280,32 @@ def choose_detector(preset: StreamPreset, cfg, val: dict, test: dict, log=print)
     """The event defaults chosen on validation streams, and what they give on test streams:
     (task config with those defaults, detector metrics)."""
     chosen = choose(preset, cfg, val)
-    min_on = chosen["min_on_ms"]
-    lag = onset_lag(preset, chosen["val"])
-    log(f"{preset.name}: validation chose {chosen}, onset lag {lag} ms")
-    val_at = score(preset, cfg, val, chosen["threshold"], min_on, lag) if lag else chosen["val"]
-    test_at = score(preset, cfg, test, chosen["threshold"], min_on, lag)
+    thr, min_on = chosen["threshold"], chosen["min_on_ms"]
+    names = cfg.class_names()
+    label_on = choose_label_thresholds(preset, cfg, val, min_on) if preset.label_thresholds else {}
+    plain_val = score(preset, cfg, val, thr, min_on, label_on=label_on) if label_on else chosen["val"]
+    lag = onset_lag(preset, plain_val)
+    log(f"{preset.name}: validation chose {chosen}, label thresholds "
+        f"{ {names[k]: t for k, t in label_on.items()} }, onset lag {lag} ms")
+    val_at = score(preset, cfg, val, thr, min_on, lag, label_on) if lag else plain_val
+    test_at = score(preset, cfg, test, thr, min_on, lag, label_on)
     curve = [dict(threshold=t, **score(preset, cfg, test, t, min_on, lag))
              for t in preset.thresholds]
-    events = cfg.task.events.model_copy(update={"threshold": chosen["threshold"],
-                                                "min_on_ms": min_on, "onset_lag_ms": lag})
+    per_label = {names[k]: t for k, t in sorted(label_on.items())} or None
+    events = cfg.task.events.model_copy(update={"threshold": thr, "min_on_ms": min_on,
+                                                "onset_lag_ms": lag,
+                                                "label_thresholds": per_label})
     metrics = {
-        "detector": {"threshold": chosen["threshold"], "hysteresis": preset.hysteresis,
+        "detector": {"threshold": thr, "hysteresis": preset.hysteresis,
                      "holdoff_ms": preset.holdoff_ms, "min_on_ms": min_on,
                      "min_on_grid": list(preset.min_on_grid), "onset_lag_ms": lag,
-                     "chosen_on": "validation streams"},
+                     "label_thresholds": per_label, "chosen_on": "validation streams"},
         "validation": val_at, "test": test_at,
-        **({"test_without_onset_lag": score(preset, cfg, test, chosen["threshold"], min_on)}
+        **({"test_without_onset_lag": score(preset, cfg, test, thr, min_on, 0.0, label_on)}
            if lag else {}),
+        **({"validation_one_threshold": chosen["val"],
+            "test_one_threshold": score(preset, cfg, test, thr, min_on, lag)}
+           if label_on else {}),
         "test_sizes": {k: v for k, v in test.items() if k in ("pos_seconds", "neg_seconds",
                                                               "streams")},
         "test_frame_accuracy": test["frame_accuracy"],
@@ -304,6 +316,54 @@ def choose_detector(preset: StreamPreset, cfg, val: dict, test: dict, log=print)
             {"threshold": ok[0]["threshold"], **ok[0]} if ok else None)
     metrics["test_curve"] = curve
     return cfg.task.model_copy(update={"events": events}), metrics
+
+
+def label_counts(preset: StreamPreset, cfg, data: dict, threshold: float,
+                 min_on_ms: float = 0.0) -> dict[int, tuple[int, int]]:
+    """Keywords: per watched label at one threshold, (missed keywords, false alarms) on the
+    split. Labels are independent (an event matches only its own label's keywords; hold-offs
+    are per label), so a setting's totals are the sums of its labels' counts."""
+    names = cfg.class_names()
+    bg = set(cfg.task.events.background_labels(names))
+    watched = [i for i, c in enumerate(names) if c not in bg]
+    st = settings_for(float(threshold), preset.hysteresis, preset.holdoff_ms, watched,
+                      cfg.task.sample_rate, min_on_ms)
+    pos = detect_many([(p, e) for p, e, _ in data["pos"]], st, names)
+    neg = detect_many([(p, e) for p, e, _ in data["neg"]], st, names)
+    out = {}
+    for k in watched:
+        missed = 0
+        for events, (_, _, truth) in zip(pos, data["pos"], strict=True):
+            n, d, _, _ = kws_match([e for e in events if e["label"] == names[k]],
+                                   [w for w in truth if w.label == k], names,
+                                   cfg.task.sample_rate)
+            missed += n - d
+        out[k] = (missed, sum(e["label"] == names[k] for events in neg for e in events))
+    return out
+
+
+def choose_label_thresholds(preset: StreamPreset, cfg, val: dict, min_on_ms: float = 0.0,
+                            alarms_per_hour: float = 1.0) -> dict[int, float]:
+    """Each keyword label's threshold from validation streams: of the combinations over
+    `preset.thresholds` with <= `alarms_per_hour` false alarms per hour in all, the one that
+    misses the fewest keywords (exact, by dynamic programming over the false-alarm count; ties:
+    fewer false alarms, then lower thresholds). {} when no combination stays within it."""
+    budget = int(np.floor(alarms_per_hour * val["neg_seconds"] / 3600 + 1e-9))
+    counts = {t: label_counts(preset, cfg, val, t, min_on_ms) for t in preset.thresholds}
+    best: dict[int, tuple[int, dict[int, float]]] = {0: (0, {})}
+    for k in sorted(next(iter(counts.values()))):
+        step: dict[int, tuple[int, dict[int, float]]] = {}
+        for fa, (missed, chosen) in sorted(best.items()):
+            for t in sorted(preset.thresholds):
+                m_k, fa_k = counts[t][k]
+                total = fa + fa_k
+                if total <= budget and (total not in step or missed + m_k < step[total][0]):
+                    step[total] = (missed + m_k, {**chosen, k: float(t)})
+        best = step
+    if not best:
+        return {}
+    _, (_, chosen) = min(best.items(), key=lambda kv: (kv[1][0], kv[0]))
+    return chosen
 
 
 def onset_lag(preset: StreamPreset, val_at: dict) -> float:
@@ -401,14 +461,14 @@ def evaluate(net, cfg, preset: StreamPreset, bank_dir: Path, split: str, dev) ->
     return out
 
 
-def score(preset: StreamPreset, cfg, data: dict, threshold: float,
-          min_on_ms: float = 0.0, onset_lag_ms: float = 0.0) -> dict:
+def score(preset: StreamPreset, cfg, data: dict, threshold: float, min_on_ms: float = 0.0,
+          onset_lag_ms: float = 0.0, label_on: dict[int, float] | None = None) -> dict:
     names = cfg.class_names()
     ev_cfg = cfg.task.events.model_copy(update={"threshold": float(threshold)})
     bg = set(ev_cfg.background_labels(names))
     watched = [i for i, c in enumerate(names) if c not in bg]
     st = settings_for(float(threshold), preset.hysteresis, preset.holdoff_ms, watched,
-                      cfg.task.sample_rate, min_on_ms, onset_lag_ms)
+                      cfg.task.sample_rate, min_on_ms, onset_lag_ms, label_on)
     rate = cfg.task.sample_rate
     pos_events = detect_many([(p, e) for p, e, _ in data["pos"]], st, names)
     pos = [(ev, truth) for ev, (_, _, truth) in zip(pos_events, data["pos"], strict=True)]

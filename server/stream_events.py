@@ -12,7 +12,8 @@ from model.config import EventsConfig
 from model.events import DetectorSettings, EventDetector
 
 #: fields a client may override (the rest of META `events` is informational)
-OVERRIDABLE = ("threshold", "hysteresis", "holdoff_ms", "min_on_ms", "onset_lag_ms", "background")
+OVERRIDABLE = ("threshold", "hysteresis", "holdoff_ms", "min_on_ms", "onset_lag_ms",
+               "label_thresholds", "background")
 
 
 class EventsSettingsError(ValueError):
@@ -31,7 +32,9 @@ def resolve(value: Any, meta) -> DetectorSettings | None:
     """DetectorSettings for a stream of model `meta`, or None when events are off.
 
     `value`: None (the model's defaults), a bool (on with defaults / off), or an object with
-    any of threshold, hysteresis, holdoff_ms, min_on_ms, onset_lag_ms, background."""
+    any of threshold, hysteresis, holdoff_ms, min_on_ms, onset_lag_ms, label_thresholds,
+    background. A `threshold` without `label_thresholds` applies to every label (the model's
+    per-label thresholds are dropped)."""
     defaults = dict(meta.events or {})
     if value is None:
         value = bool(defaults.get("enabled", True))
@@ -49,11 +52,18 @@ def resolve(value: Any, meta) -> DetectorSettings | None:
         v = value.get(key)
         if key in value and (isinstance(v, bool) or not isinstance(v, int | float)):
             raise EventsSettingsError(f"events.{key} must be a number")
+    per_label = value.get("label_thresholds")
+    if "label_thresholds" in value and per_label is not None and (
+            not isinstance(per_label, dict) or not all(
+                isinstance(v, int | float) and not isinstance(v, bool) for v in per_label.values())):
+        raise EventsSettingsError("events.label_thresholds must be an object of label: number")
     bg = value.get("background")
     if "background" in value and (not isinstance(bg, list)
                                   or not all(isinstance(b, str) for b in bg)):
         raise EventsSettingsError("events.background must be a list of class names")
     merged = {k: defaults[k] for k in OVERRIDABLE if k in defaults}
+    if "threshold" in value and "label_thresholds" not in value:
+        merged.pop("label_thresholds", None)
     merged.update(value)
     try:
         cfg = EventsConfig(**merged)
@@ -80,5 +90,6 @@ def describe(settings: DetectorSettings | None, meta) -> dict | bool:
         "holdoff_samples": settings.holdoff_samples,
         "min_on_samples": settings.min_on_samples,
         "onset_lag_samples": settings.onset_lag_samples,
+        "label_thresholds": {meta.classes[k]: t for k, t in settings.label_on},
         "background": [c for i, c in enumerate(meta.classes) if i not in watched],
     }

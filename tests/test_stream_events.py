@@ -81,11 +81,12 @@ def test_events_default_from_the_model_and_can_be_turned_off(live_server, ws_cli
                                               start={"sample_rate": RATE}))
     assert res.started["events"] == {"threshold": 0.8, "off_threshold": pytest.approx(0.6),
                                      "holdoff_samples": 1000, "min_on_samples": 0,
-                                     "onset_lag_samples": 0, "background": ["unknown"]}
+                                     "onset_lag_samples": 0, "label_thresholds": {},
+                                     "background": ["unknown"]}
     meta = httpx.get(f"{live_server.base_url}/v1/models/{MODEL}").json()
     assert meta["events"] == {"enabled": True, "threshold": 0.8, "hysteresis": 0.2,
                               "holdoff_ms": 500.0, "min_on_ms": 0.0, "onset_lag_ms": 0.0,
-                              "background": ["unknown"]}
+                              "label_thresholds": None, "background": ["unknown"]}
     assert meta["pooling"] == "ema"
     res = asyncio.run(ws_client.stream_signal(
         live_server.ws_url(MODEL), x,
@@ -165,6 +166,39 @@ def test_onset_lag_moves_event_offsets_on_the_wire_and_in_predict(live_server, w
     assert [(e["label"], e["offset"]) for e in r.json()["predictions"][0]["events"]] == got
 
 
+def test_label_thresholds_on_the_wire_and_a_plain_threshold_replaces_them(live_server, ws_client):
+    """Per-label thresholds from `start` (each label at its own) give the detector's events
+    with those thresholds; `started` echoes them; and a model's per-label defaults give way to
+    a client's plain `threshold`."""
+    from types import SimpleNamespace
+
+    from server.stream_events import resolve
+
+    x = signal(5, 3000)
+    ends, probs = frame_probs(live_server, x)
+    thr = {c: threshold_between(probs[:, i]) for i, c in enumerate(CLASSES[:2])}
+    base = {"threshold": min(thr.values()), "hysteresis": 0.005, "holdoff_ms": 0,
+            "background": ["unknown"]}
+    override = dict(base, label_thresholds=thr)
+    settings = DetectorSettings.from_config(EventsConfig(**override), CLASSES, RATE)
+    expected = detect(CLASSES, settings, ends, probs)
+    assert {e["label"] for e in expected} == {"yes", "no"}, "both labels must cross"
+    res = asyncio.run(ws_client.stream_signal(
+        live_server.ws_url(MODEL), x, sizes=[700, 13, 4000],
+        start={"sample_rate": RATE, "events": override}))
+    assert res.close_code == 1000, res.messages
+    assert res.started["events"]["label_thresholds"] == thr
+    assert [(e["label"], e["offset"]) for e in events_of(res)] == [
+        (e["label"], e["offset"]) for e in expected]
+    meta = SimpleNamespace(events=dict(base, enabled=True, label_thresholds={"yes": 0.9}),
+                           classes=CLASSES, sample_rate=RATE)
+    assert resolve(None, meta).label_on == ((0, 0.9),)
+    assert resolve({"holdoff_ms": 10}, meta).label_on == ((0, 0.9),)
+    assert resolve({"threshold": 0.5}, meta).label_on == ()  # one threshold for every label
+    assert resolve({"threshold": 0.5, "label_thresholds": {"no": 0.7}}, meta).label_on == (
+        (1, 0.7),)
+
+
 @pytest.mark.parametrize("events,needle", [
     ("yes", "true, false or an object"),
     ({"min_on_ms": -5}, "min_on_ms"),
@@ -177,6 +211,11 @@ def test_onset_lag_moves_event_offsets_on_the_wire_and_in_predict(live_server, w
     ({"background": "yes"}, "list of class names"),
     ({"window": 3}, "unknown field"),
     ({"onset_lag_ms": -20}, "onset_lag_ms"),
+    ({"label_thresholds": {"maybe": 0.5}}, "not labels that raise events"),
+    ({"label_thresholds": {"unknown": 0.5}}, "not labels that raise events"),
+    ({"label_thresholds": {"yes": "high"}}, "object of label: number"),
+    ({"label_thresholds": [0.5]}, "object of label: number"),
+    ({"label_thresholds": {"yes": 0.1}}, "hysteresis"),
     ({"onset_lag_ms": "soon"}, "events.onset_lag_ms must be a number"),
 ])
 def test_bad_event_settings_are_bad_start(live_server, ws_client, events, needle):

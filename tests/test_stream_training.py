@@ -280,18 +280,76 @@ def test_rechoose_keeps_the_weights_and_chooses_on_validation(tmp_path):
     rows = [(t, mo, score(preset, new_cfg, val, t, mo))
             for mo in preset.min_on_grid for t in preset.thresholds]
     chosen = next(r[2] for r in rows if r[:2] == (d["threshold"], d["min_on_ms"]))
+    if d["label_thresholds"]:  # then validated on its own, at no more false alarms per hour
+        assert m["validation_one_threshold"]["false_alarms_per_hour"] == chosen[
+            "false_alarms_per_hour"]
     ok = [r for r in rows if r[2]["false_alarms_per_hour"] <= 1.0]
     if ok:  # the choice is made without the onset lag (the lag moves offsets, not decisions)
         assert chosen["false_alarms_per_hour"] <= 1.0
         assert chosen["false_rejection_rate"] == min(r[2]["false_rejection_rate"] for r in ok)
     else:
         assert chosen["false_alarms_per_hour"] == min(r[2]["false_alarms_per_hour"] for r in rows)
-    # then the lag: validation's median signed onset error there, stored with the model
-    assert d["onset_lag_ms"] == onset_lag(preset, chosen) == new_cfg.task.events.onset_lag_ms
-    at_lag = score(preset, new_cfg, val, d["threshold"], d["min_on_ms"], d["onset_lag_ms"])
+    # then per-label thresholds (stored by name), then the lag: validation's median signed
+    # onset error at that setting, stored with the model
+    names = new_cfg.class_names()
+    label_on = {names.index(k): v for k, v in (d["label_thresholds"] or {}).items()}
+    assert new_cfg.task.events.label_thresholds == d["label_thresholds"]
+    plain = score(preset, new_cfg, val, d["threshold"], d["min_on_ms"], label_on=label_on)
+    assert d["onset_lag_ms"] == onset_lag(preset, plain) == new_cfg.task.events.onset_lag_ms
+    at_lag = score(preset, new_cfg, val, d["threshold"], d["min_on_ms"], d["onset_lag_ms"],
+                   label_on)
     for key in ("false_alarms_per_hour", "keywords", "false_alarms"):
         assert m["validation"][key] == at_lag[key]
     assert ("test_without_onset_lag" in m) == (d["onset_lag_ms"] > 0)
+
+
+def test_label_thresholds_are_the_best_combination_within_the_false_alarm_budget(tmp_path):
+    """Per-label thresholds: labels count independently (a setting's misses and false alarms
+    are the sums of its labels'), and the dynamic programme finds the combination a brute
+    force over every combination finds."""
+    import itertools
+    from dataclasses import replace
+
+    from conftest import tiny_stream_bank
+
+    from model.train_streams import (
+        PRESETS,
+        build,
+        choose_label_thresholds,
+        evaluate,
+        label_counts,
+        score,
+        smoke,
+    )
+
+    preset = replace(smoke(PRESETS["kws-events"]), thresholds=(0.5, 0.9, 0.999),
+                     eval_pos={"val": (4, 20.0), "test": (2, 5.0)},
+                     eval_neg={"val": (4, 30.0), "test": (2, 5.0)})
+    net, cfg = build(preset, "cpu")
+    net.eval()
+    val = evaluate(net, cfg, preset, tiny_stream_bank(tmp_path / "bank"), "val",
+                   torch.device("cpu"))
+    counts = {t: label_counts(preset, cfg, val, t) for t in preset.thresholds}
+    labels = sorted(counts[0.5])
+    rate = 2400.0  # alarms per hour: 80 in the 2 min of non-keyword streams (untrained model)
+    budget = int(rate * val["neg_seconds"] / 3600 + 1e-9)
+    assert budget == 80
+    best = None
+    for combo in itertools.product(preset.thresholds, repeat=len(labels)):
+        missed = sum(counts[t][k][0] for k, t in zip(labels, combo, strict=True))
+        fa = sum(counts[t][k][1] for k, t in zip(labels, combo, strict=True))
+        if fa <= budget and (best is None or (missed, fa) < best[:2]):
+            best = (missed, fa, combo)
+    chosen = choose_label_thresholds(preset, cfg, val, alarms_per_hour=rate)
+    assert sum(counts[0.5][k][1] for k in labels) > budget  # the choice has work to do
+    assert best is not None and set(chosen) == set(labels)
+    assert len(set(chosen.values())) > 1  # not one threshold for all
+    got_missed = sum(counts[chosen[k]][k][0] for k in labels)
+    got_fa = sum(counts[chosen[k]][k][1] for k in labels)
+    assert (got_missed, got_fa) == best[:2]
+    # the detector with those thresholds scores what the per-label counts add up to
+    s = score(preset, cfg, val, 0.9, label_on=chosen)
+    assert (s["keywords"] - s["detected"], s["false_alarms"]) == (got_missed, got_fa)
 
 
 def test_onset_lag_is_validations_median_lag_to_10_ms():

@@ -70,6 +70,7 @@ class EventsMeta(BaseModel):
     holdoff_ms: float
     min_on_ms: float = 0.0
     onset_lag_ms: float = 0.0
+    label_thresholds: dict[str, float] | None = None
     background: list[str]
 
 
@@ -121,6 +122,7 @@ class EventsOverride(BaseModel):
     holdoff_ms: StrictFloat | StrictInt | None = None
     min_on_ms: StrictFloat | StrictInt | None = None
     onset_lag_ms: StrictFloat | StrictInt | None = None
+    label_thresholds: dict[StrictStr, StrictFloat | StrictInt] | None = None
     background: list[StrictStr] | None = None
 
 

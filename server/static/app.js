@@ -464,6 +464,8 @@ function showDetector(r) {
     `${ev.off_threshold.toFixed(2)} · hold-off ${(1000 * ev.holdoff_samples / rate).toFixed(0)} ms` +
     (ev.min_on_samples ? ` · held ${(1000 * ev.min_on_samples / rate).toFixed(0)} ms before an event` : "") +
     (ev.onset_lag_samples ? ` · onsets ${(1000 * ev.onset_lag_samples / rate).toFixed(0)} ms before the model was sure` : "") +
+    (ev.label_thresholds && Object.keys(ev.label_thresholds).length
+      ? ` · per label: ${Object.entries(ev.label_thresholds).map(([k, v]) => `${k} ${v}`).join(", ")}` : "") +
     (ev.background.length ? ` · background: ${ev.background.join(", ")}` : "");
 }
 
