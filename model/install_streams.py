@@ -73,12 +73,7 @@ def kws_lines(m: dict) -> list[str]:
                      f"{v['false_alarms_per_hour']:.2f} per hour): thresholds chosen per label "
                      "fit validation's few false alarms." if m["test"]["false_alarms_per_hour"]
                      > v["false_alarms_per_hour"] else ""))
-    where = ""
-    if m.get("detector_evaluated_on"):  # streams come from the device's RNG: CUDA draws agree
-        same = "CUDA" in m["detector_evaluated_on"]  # across GPUs (H100 = H200), not with CPU's
-        where = (f" Detector evaluated on {m['detector_evaluated_on']} (`--rechoose`; "
-                 + ("the same seeds draw the same streams on any CUDA GPU)." if same else
-                    "streams drawn with this device's RNG differ from GPU draws)."))
+    where = evaluated_where(m)
     lines = [
         f"- Detector (chosen on validation streams: {chosen}): threshold {d['threshold']:g}, "
         f"hysteresis {d['hysteresis']}, hold-off {d['holdoff_ms']:.0f} ms{min_on}.{labels}{lag}"
@@ -122,6 +117,22 @@ CURVE_POINTS = (0.5, 0.7, 0.9, 0.96, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995, 0.
                 0.9999)
 
 
+def evaluated_where(m: dict) -> str:
+    """Where the detector was chosen and on which streams (runs before the streams were drawn
+    on the CPU drew them with the device's RNG: CUDA draws agree across GPUs, not with CPU's)."""
+    if m.get("streams_drawn_on") == "cpu":
+        return (f" Detector evaluated on {m.get('detector_evaluated_on') or m['hardware']}; the "
+                "evaluation streams are drawn on the CPU with fixed seeds, so any machine scores "
+                "the same streams (`--rechoose` on a CPU reproduces these numbers up to float "
+                "rounding).")
+    if not m.get("detector_evaluated_on"):
+        return ""
+    same = "CUDA" in m["detector_evaluated_on"]
+    return (f" Detector evaluated on {m['detector_evaluated_on']} (`--rechoose`; "
+            + ("the same seeds draw the same streams on any CUDA GPU)." if same else
+               "streams drawn with this device's RNG differ from GPU draws)."))
+
+
 def ecg_lines(m: dict) -> list[str]:
     t, v = m["test"], m["validation"]
     ok = t["detected_share"] >= 0.95 and t["false_changes_per_hour"] <= 1.0
@@ -129,7 +140,8 @@ def ecg_lines(m: dict) -> list[str]:
         f"- Detector (chosen on validation streams: the most changes detected within 15 s with "
         f"<= 1 false change per hour there): threshold {m['detector']['threshold']:g}, "
         f"hysteresis {m['detector']['hysteresis']}, hold-off "
-        f"{m['detector']['holdoff_ms'] / 1000:.0f} s; every rhythm (normal too) raises events.",
+        f"{m['detector']['holdoff_ms'] / 1000:.0f} s; every rhythm (normal too) raises "
+        f"events.{evaluated_where(m)}",
         f"- Test: **{pct(t['detected_share'])} of {t['changes']} rhythm changes detected within "
         f"15 s**; delay median {t['delay_median_s']:.1f} s, p90 {t['delay_p90_s']:.1f} s; "
         f"**{t['false_changes_per_hour']:.2f} false changes per hour** ({t['false_changes']} in "

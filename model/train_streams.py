@@ -308,6 +308,7 @@ def choose_detector(preset: StreamPreset, cfg, val: dict, test: dict, log=print)
            if label_on else {}),
         "test_sizes": {k: v for k, v in test.items() if k in ("pos_seconds", "neg_seconds",
                                                               "streams")},
+        "streams_drawn_on": "cpu",  # eval_batches: the same streams on every machine
         "test_frame_accuracy": test["frame_accuracy"],
     }  # fmt: skip
     if preset.kind == "kws":
@@ -419,12 +420,15 @@ def frame_probs(net: S4DNetwork, x: torch.Tensor, frame_size: int) -> tuple[np.n
 
 
 def eval_batches(net, cfg, preset: StreamPreset, bank_dir: Path, split: str, dev):
-    """The evaluation streams of a split, in order and with fixed seeds (the device's RNG draws
-    them): yields (kind "pos" / "neg", x [b, T, 1], per-step targets, truths, frame
-    probabilities [b, F, K], frame ends)."""
-    bank = (S.WordBank if preset.kind == "kws" else S.EcgBank).load(bank_dir, split, dev)
-    rirs = S.load_rirs(bank_dir, dev) if preset.kind == "kws" else None
-    gen = torch.Generator(device=dev).manual_seed(1000 + {"val": 1, "test": 2}[split])
+    """The evaluation streams of a split, in order and with fixed seeds: yields (kind "pos" /
+    "neg", x [b, T, 1], per-step targets, truths, frame probabilities [b, F, K], frame ends).
+    The streams are drawn and rendered on the CPU whatever `dev` runs the model (a CUDA RNG
+    draws other numbers than the CPU's), so every machine scores the same streams and a card's
+    numbers can be reproduced anywhere."""
+    draw = torch.device("cpu")
+    bank = (S.WordBank if preset.kind == "kws" else S.EcgBank).load(bank_dir, split, draw)
+    rirs = S.load_rirs(bank_dir, draw) if preset.kind == "kws" else None
+    gen = torch.Generator(device=draw).manual_seed(1000 + {"val": 1, "test": 2}[split])
     per_batch = 8 if preset.kind == "kws" else 4
     runs = [("pos", *preset.eval_pos[split], 0.5)]
     if preset.kind == "kws":
@@ -434,10 +438,10 @@ def eval_batches(net, cfg, preset: StreamPreset, bank_dir: Path, split: str, dev
         while done < n:
             b = min(per_batch, n - done)
             sec = seconds if seconds is not None else float(
-                10 + 50 * torch.rand(1, generator=gen, device=dev))
+                10 + 50 * torch.rand(1, generator=gen, device=draw))
             x, y, truth = make_batch(preset, bank, rirs, gen, sec, b, cfg.model.patch_size,
                                      keyword_prob, segment_s=preset.eval_segment_s)
-            probs, ends = frame_probs(net, x, cfg.task.frame_size)
+            probs, ends = frame_probs(net, x.to(dev), cfg.task.frame_size)
             yield kind, x, y, truth, probs, ends
             done += b
 
