@@ -42,6 +42,18 @@ def threshold_between(values: np.ndarray) -> float:
     return float((v[i] + v[i + 1]) / 2)
 
 
+def one_label_setup(h, seed: int):
+    """A test signal, its batch frame probabilities, the label that moves most, and detector
+    settings that watch only that label with a threshold both paths cross on the same frames."""
+    x = signal(seed, 3000)
+    ends, probs = frame_probs(h, x)
+    label = int(np.argmax(probs.std(0)))
+    thr = threshold_between(probs[:, label])
+    base = {"threshold": thr, "hysteresis": min(0.01, thr / 2), "holdoff_ms": 0,
+            "background": [c for i, c in enumerate(CLASSES) if i != label]}
+    return x, ends, probs, label, base
+
+
 def events_of(res) -> list[dict]:
     return [m for m in res.messages if m.get("type") == "event"]
 
@@ -102,12 +114,8 @@ def test_events_default_from_the_model_and_can_be_turned_off(live_server, ws_cli
 def test_min_on_events_equal_the_detector_and_predict(live_server, ws_client):
     """`min_on_ms`: the stream's events equal the detector's on the batch path's frames and
     POST /predict's events; runs of p >= threshold shorter than min_on raise nothing."""
-    x = signal(2, 3000)
-    ends, probs = frame_probs(live_server, x)
-    label = int(np.argmax(probs.std(0)))
-    thr = threshold_between(probs[:, label])
-    base = {"threshold": thr, "hysteresis": min(0.01, thr / 2), "holdoff_ms": 0,
-            "background": [c for i, c in enumerate(CLASSES) if i != label]}
+    x, ends, probs, label, base = one_label_setup(live_server, 2)
+    thr = base["threshold"]
     above = np.concatenate([[0], (probs[:, label] >= thr).astype(int), [0]])
     edges = np.flatnonzero(np.diff(above))
     runs = edges[1::2] - edges[::2]  # lengths (frames) of the runs of p >= threshold
@@ -142,12 +150,7 @@ def test_min_on_events_equal_the_detector_and_predict(live_server, ws_client):
 def test_onset_lag_moves_event_offsets_on_the_wire_and_in_predict(live_server, ws_client):
     """`onset_lag_ms`: the stream reports the events the detector without a lag raises, each
     offset moved that much earlier (not before 0), as POST /predict does; `started` echoes it."""
-    x = signal(4, 3000)
-    ends, probs = frame_probs(live_server, x)
-    label = int(np.argmax(probs.std(0)))
-    thr = threshold_between(probs[:, label])
-    base = {"threshold": thr, "hysteresis": min(0.01, thr / 2), "holdoff_ms": 0,
-            "background": [c for i, c in enumerate(CLASSES) if i != label]}
+    x, ends, probs, _, base = one_label_setup(live_server, 4)
     lag_ms = 40.0  # 80 samples at 2 kHz: 2.5 frames
     plain = detect(CLASSES, DetectorSettings.from_config(EventsConfig(**base), CLASSES, RATE),
                    ends, probs)
