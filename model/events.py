@@ -89,6 +89,8 @@ class EventDetector:
         self.last_event: dict[int, int] = {}
         self.onset: dict[int, tuple[int, float]] = {}  # label -> (offset, p) of a run not yet on
         self.segment_start = 0  # no event reports an offset before it
+        self.on_at = {i: settings.on_for(i) for i in settings.watched}  # per-label thresholds,
+        self.off_at = {i: settings.off_for(i) for i in settings.watched}  # looked up once
 
     def update(self, offset: int, probs: Iterable[float]) -> list[dict]:
         """Events raised by the frame that ends at `offset` (in order of class index)."""
@@ -97,10 +99,10 @@ class EventDetector:
         events = []
         for i in s.watched:
             if self.on[i]:
-                if p[i] < s.off_for(i):
+                if p[i] < self.off_at[i]:
                     self.on[i] = False
                 continue
-            if p[i] < s.on_for(i):
+            if p[i] < self.on_at[i]:
                 self.onset.pop(i, None)
                 continue
             start, p_start = self.onset.setdefault(i, (int(offset), float(p[i])))
