@@ -255,7 +255,7 @@ def test_rechoose_keeps_the_weights_and_chooses_on_validation(tmp_path):
     from model.train_streams import PRESETS, build, onset_lag, rechoose, score, smoke
 
     preset = replace(smoke(PRESETS["kws-events"]), thresholds=(0.3, 0.6, 0.9),
-                     min_on_grid=(0.0, 100.0))
+                     min_on_grid=(0.0, 100.0), label_thresholds=True)
     net, cfg = build(preset, "cpu")
     save_checkpoint(tmp_path / "run", net, cfg.model_copy(update={"training": {"steps": 7}}))
     bank = tiny_stream_bank(tmp_path / "bank")
