@@ -63,3 +63,25 @@ def summarize(probs: np.ndarray, y: np.ndarray, names: list[str], n_bins: int = 
     return dict(accuracy=round(float((pred == y).mean()), 4), per_class=per_class,
                 confusion=cm.tolist(), ece=round(expected_calibration_error(probs, y, n_bins), 4),
                 n=int(len(y)))
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion k / n: how far a share measured on a few
+    hundred clips or keywords could move on another draw (the cards state it)."""
+    if n <= 0:
+        return (0.0, 1.0)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, float(centre - half)), min(1.0, float(centre + half)))
+
+
+def poisson_rate_interval(k: int, exposure: float, conf: float = 0.95) -> tuple[float, float]:
+    """Exact (Garwood) interval of an event rate, k events in `exposure` (e.g. hours): false
+    alarms are counted in single digits, so "1.0 per hour" is a wide statement."""
+    from scipy.stats import chi2
+
+    alpha = 1.0 - conf
+    lo = 0.0 if k == 0 else chi2.ppf(alpha / 2, 2 * k) / 2
+    hi = chi2.ppf(1 - alpha / 2, 2 * k + 2) / 2
+    return (float(lo / exposure), float(hi / exposure))

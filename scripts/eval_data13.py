@@ -347,17 +347,26 @@ def replaced_line(r: dict) -> str:
             f"{pct(f['sets']['own_test']['accuracy'])}.\n")
 
 
+def accuracy_ci(accuracy: float, n: int) -> str:
+    """The 95 % Wilson interval of an accuracy measured on n clips, e.g. '79.6-85.7 %'."""
+    from model.evaluation import wilson_interval
+
+    lo, hi = wilson_interval(int(round(accuracy * n)), n)
+    return f"{100 * lo:.1f}-{100 * hi:.1f} %"
+
+
 def condition_lines(r: dict) -> str:
     """The test clips by what they drew: how much of the gap to clean speech is the noise."""
     c = r.get("test_by_condition")
     if not c:
         return ""
-    rows = [[name, v["n"], pct(v["accuracy"])] for name, v in c["pooled"].items()]
+    rows = [[name, v["n"], pct(v["accuracy"]), accuracy_ci(v["accuracy"], v["n"])]
+            for name, v in c["pooled"].items()]
     clean = ", ".join(f"{ENGINE_NAMES[e]} {pct(v['accuracy'])} (n={v['n']})"
                       for e, v in c["clean_by_engine"].items())
     return ("By what each test clip drew (keyword and unknown clips of the rows above; `silence` "
             "clips draw neither; `kws_mix.make_clips(..., conditions=True)`):\n\n"
-            + table(["condition", "n", "accuracy"], rows)
+            + table(["condition", "n", "accuracy", "95 % CI"], rows)
             + f"\n\nClean (no noise, no room) per engine: {clean}.\n\n")
 
 
@@ -365,9 +374,12 @@ def kws_section(r: dict) -> str:
     s = r["sets"]
     names = list(s["own_test"]["per_class"])
     rows = [[ENGINE_NAMES[e], TEST_VOICE[e], s[f"test_{e}"]["n"], pct(s[f"test_{e}"]["accuracy"]),
+             accuracy_ci(s[f"test_{e}"]["accuracy"], s[f"test_{e}"]["n"]),
              f"{s[f'test_{e}']['ece']:.3f}"] for e in ENGINES]
-    rows.append([f"all {len(ENGINES)}", "the rows above together", sum(r[2] for r in rows),
-                 pct(np.mean([s[f"test_{e}"]["accuracy"] for e in ENGINES])), ""])
+    n_all = sum(r[2] for r in rows)
+    mean = np.mean([s[f"test_{e}"]["accuracy"] for e in ENGINES])
+    rows.append([f"all {len(ENGINES)}", "the rows above together", n_all, pct(mean),
+                 accuracy_ci(mean, n_all), ""])
     per_class = table(["class"] + [ENGINE_NAMES[e] for e in ENGINES],
                       [[c] + [pct(s[f"test_{e}"]["per_class"].get(c)) for e in ENGINES]
                        for c in names])
@@ -395,8 +407,11 @@ Numbers below come from `bench/model_eval/kws-s4d.json`, written by `scripts/eva
 Trained on: {', '.join(ENGINE_NAMES[e] for e in trained)}. {'Engines it never heard: ' + ', '.join(unseen) + '.' if unseen else ''}
 Test material: the clean utterance bank `.cache/data13` ({len(ENGINES)} synthesizers; see `model/data/kws_bank.py`) mixed by `model/data/kws_mix.py` with the bank's test setting (speed 0.85-1.15, a pyroomacoustics room for 30 %, white / pink / babble noise at 0-30 dB SNR for 85 %, gain -26..-1 dBFS, random placement; seed 0, per-set codes 100 + 10 x engine + 2 / + 4 and 199 for noise). Keyword clips are balanced over the 12 classes; `unknown` uses the six words the bank keeps out of its training lists ({', '.join(UNKNOWN_HELDOUT)}; {heard}).
 
-| engine | voices | n | accuracy | ECE |
-| --- | --- | --- | --- | --- |
+95 % CI: the Wilson interval over the clips. Each engine has one to five test voices, so it
+understates how far another voice could move a number.
+
+| engine | voices | n | accuracy | 95 % CI | ECE |
+| --- | --- | --- | --- | --- | --- |
 {chr(10).join('| ' + ' | '.join(str(c) for c in row) + ' |' for row in rows)}
 
 {condition_lines(r)}{first_line(r)}{replaced_line(r)}- Own test split (espeak-ng generator `model.data.kws`, held-out voices, n={s['own_test']['n']}): accuracy {pct(s['own_test']['accuracy'])}, **ECE {s['own_test']['ece']:.3f}** (15 equal-width bins).

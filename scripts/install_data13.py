@@ -30,6 +30,7 @@ from scripts.data13_train import (  # noqa: E402
     descends_from_first,
     heard_engines,
 )
+from scripts.eval_data13 import accuracy_ci  # noqa: E402
 
 LOEO = [f"loeo-{e}" for e in ENGINES]
 NUMBER_WORDS = {2: "two", 3: "three", 4: "four", 5: "five"}
@@ -160,7 +161,9 @@ def kws_card(runs: Path, bank: Path, run: str = "kws-all") -> tuple[str, dict]:
         loeo_accs[e] = lm["test_accuracy"]
         loeo_rows.append([ENGINE_NAMES[e], ", ".join(ENGINE_NAMES[x] for x in lx["run"]["train_engines"]),
                           start, f"{lc['training']['epochs']} / {lm['epochs_completed']}",
-                          pct(lm["test_accuracy"]), f"{lm['test_ece']:.3f}",
+                          f"{pct(lm['test_accuracy'])} ({accuracy_ci(lm['test_accuracy'], lm['n_test'])})"
+                          if lm.get("n_test") else pct(lm["test_accuracy"]),
+                          f"{lm['test_ece']:.3f}",
                           ", ".join(f"{k} {pct(v)}" for k, v in worst),
                           pct(lx["phrases"]["keyword_rate"]), pct(lm["val_accuracy"]),
                           f"{met(lm['test_accuracy'], 0.85)}"])
