@@ -369,6 +369,7 @@ def test_onset_lag_is_validations_median_lag_to_10_ms():
 def test_engine_words_take_every_other_engine_the_bank_holds(tmp_path):
     """`--extra-words`: the training words of every engine but espeak-ng found in the keyword
     bank (here MBROLA and Pico files), keywords labelled by index, the rest unknown."""
+    pytest.importorskip("espeakng_loader")  # the bank's plan lists espeak-ng's voices
     from model.data import kws_bank as kb
     from model.data.stream_bank import engine_words
 

@@ -93,8 +93,16 @@ def workers(checkpoint_dir):
 
 
 def batch(w: Workers, x: np.ndarray, model: str = "tiny") -> dict:
-    r = httpx.post(f"{w.base}/v1/models/{model}/predict", json={"inputs": [x.tolist()]},
-                   timeout=60)
+    """The batch path's prediction. A front-end restarted by a test answers 503 server_busy
+    while it loads its models (the documented answer): retry that, for up to 60 s."""
+    deadline = time.monotonic() + 60
+    while True:
+        r = httpx.post(f"{w.base}/v1/models/{model}/predict", json={"inputs": [x.tolist()]},
+                       timeout=60)
+        busy = r.status_code == 503 and r.json().get("error", {}).get("code") == "server_busy"
+        if not busy or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert r.status_code == 200, r.text
     return r.json()["predictions"][0]["probabilities"]
 
