@@ -63,6 +63,9 @@ def prep_kws(args) -> None:
     work.mkdir(parents=True, exist_ok=True)
     rows = load_bank(Path(args.bank))
     formants = tuple(float(v) for v in args.formants.split(",")) if args.formants else None
+    noise = tuple(float(v) for v in args.train_noise.split(",")) if args.train_noise else None
+    if noise is not None and len(noise) != 3:
+        raise SystemExit("--train-noise takes LO_DB,HI_DB,PROB")
     t0 = time.time()
     made = {}
     for e_i, e in enumerate(ENGINES):
@@ -84,7 +87,8 @@ def prep_kws(args) -> None:
             train = name.startswith("train_")
             x, y = kws_mix.make_clips(pool, count, seed=0, kind=kind, code=100 + 10 * e_i + s_i,
                                       workers=args.workers, formants=formants if train else None,
-                                      silence_top_db=args.silence_top_db if train else None)
+                                      silence_top_db=args.silence_top_db if train else None,
+                                      noise=noise if train else None)
             _save(work, name, x, y)
             made[name] = len(y)
     test_pool = kws_mix.select(rows, splits=("test",))
@@ -94,6 +98,7 @@ def prep_kws(args) -> None:
     made["noise"] = len(y)
     made["formants"] = formants  # training clips only
     made["silence_top_db"] = args.silence_top_db  # training clips only (None: -40 dBFS)
+    made["train_noise"] = noise  # training clips only (None: 0-30 dB SNR for 85 %)
     (work / "kws_sets.json").write_text(json.dumps(made) + "\n")
     print(f"prep-kws: {made} in {time.time() - t0:.0f}s", flush=True)
 
@@ -213,7 +218,9 @@ def run_kws(args) -> None:
                                               ("D_MODEL", args.d_model),
                                               ("N_LAYERS", args.n_layers),
                                               ("BATCH", args.batch_size),
-                                              ("SILENCE_TOP_DB", sets_meta.get("silence_top_db")))
+                                              ("SILENCE_TOP_DB", sets_meta.get("silence_top_db")),
+                                              ("TRAIN_NOISE", sets_meta.get("train_noise") and
+                                               ",".join(f"{v:g}" for v in sets_meta["train_noise"])))
                      if v is not None)
     command = (f"{knobs} bash scripts/gpu_train_data13.sh   # scripts/data13_train.py kws "
                f"--run {args.run}" if args.device == "cuda" else "python " + " ".join(sys.argv))
@@ -227,6 +234,7 @@ def run_kws(args) -> None:
     cfg["training"]["descends_from_first"] = descends_from_first(cfg["training"])
     cfg["training"]["formants"] = formants  # training clips' formant shift range, if any
     cfg["training"]["silence_top_db"] = sets_meta.get("silence_top_db")  # None: -40 dBFS
+    cfg["training"]["train_noise"] = sets_meta.get("train_noise")  # None: 0-30 dB for 85 %
     cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
     if args.skip_extra:  # scripts/eval_data13.py measures phrases / noise / engines instead
         return
@@ -345,6 +353,8 @@ def main() -> None:
     ap.add_argument("--n-layers", type=int, default=None, help="kws from scratch: S4D layers")
     ap.add_argument("--batch-size", type=int, default=None,
                     help="kws: clips per step (default the preset's 64; scale --lr with it)")
+    ap.add_argument("--train-noise", default=None, metavar="LO_DB,HI_DB,PROB",
+                    help="prep-kws: training clips' SNR range and noisy share (0,30,0.85)")
     ap.add_argument("--silence-top-db", type=float, default=None,
                     help="prep-kws: loudest noise-only `silence` training clip, dBFS (-40)")
     ap.add_argument("--time-mask", type=int, default=None,

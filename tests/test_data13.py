@@ -283,6 +283,20 @@ def test_make_clips_reports_what_each_clip_drew():
     assert len(clean) and (np.abs(x[clean]) < 1e-7).mean(1).min() > 0.2
 
 
+def test_training_noise_range_is_a_knob_that_leaves_the_default_alone():
+    from model.data import kws_mix
+
+    rows = _toy_rows()
+    x0, y0 = kws_mix.make_clips(rows, 96, seed=5, workers=1)
+    x1, _ = kws_mix.make_clips(rows, 96, seed=5, workers=1, noise=(0.0, 30.0, kws_mix.NOISE_PROB))
+    assert np.array_equal(x0, x1)  # the default, spelled out: the same clips
+    _, y2, c2 = kws_mix.make_clips(rows, 96, seed=5, workers=1, noise=(-5.0, 0.0, 1.0),
+                                   conditions=True)
+    speech = y2 != kws_mix.SILENCE
+    assert np.array_equal(y2, y0) and not np.isnan(c2[speech, 0]).any()  # every clip noisy
+    assert ((c2[speech, 0] >= -5) & (c2[speech, 0] <= 0)).all()
+
+
 def test_accuracy_by_condition_counts_by_hand():
     from scripts.eval_data13 import by_condition
 

@@ -7,7 +7,8 @@ depend on the number of worker processes):
   log-uniformly from [lo, hi] with the pitch kept (`model.data.voice`): new vocal tracts,
 - a simulated shoebox room (pyroomacoustics) for 30 % of clips,
 - random placement in the 1 s window (a time shift; long phrases are cropped at random),
-- white, pink or babble noise (other utterances of the same pool) at 0-30 dB SNR for 85 %,
+- white, pink or babble noise (other utterances of the same pool) at 0-30 dB SNR for 85 %
+  (training sets may draw another range and share: `noise=(lo_db, hi_db, prob)`),
 - gain: peak level -26..-1 dBFS.
 `silence` = noise only, -90..-40 dBFS; `unknown` = a non-keyword word of the pool.
 Set kinds: "words" (balanced 12 classes), "phrases" (1 s of a sentence without keywords,
@@ -77,8 +78,10 @@ def _shift_formants(rng: np.random.Generator, wav: np.ndarray, lo: float, hi: fl
 def _speech_clip(rng: np.random.Generator, wav: np.ndarray, pool: list[np.ndarray],
                  formants: tuple[float, float] | None = None,
                  voice_rng: np.random.Generator | None = None,
-                 drawn: dict | None = None) -> np.ndarray:
-    """One augmented clip; `drawn` (if given) records the room and the SNR it drew."""
+                 drawn: dict | None = None,
+                 noise: tuple[float, float, float] = (0.0, 30.0, NOISE_PROB)) -> np.ndarray:
+    """One augmented clip; `drawn` (if given) records the room and the SNR it drew. `noise`:
+    SNR range in dB and the share of clips that get noise (the same draws for any values)."""
     drawn = {} if drawn is None else drawn
     wav = wav.astype(np.float64)
     if formants is not None:  # its own random stream: the other draws stay as without it
@@ -94,11 +97,12 @@ def _speech_clip(rng: np.random.Generator, wav: np.ndarray, pool: list[np.ndarra
     start = int(rng.integers(0, CLIP - len(wav) + 1))
     clip[start : start + len(wav)] = wav
     drawn["snr_db"] = None
-    if rng.random() < NOISE_PROB:
+    lo_db, hi_db, noise_prob = noise
+    if rng.random() < noise_prob:
         rms = np.sqrt(np.mean(wav**2))
-        noise = _noise(rng, pool)
-        drawn["snr_db"] = float(rng.uniform(0, 30))
-        clip += noise * rms * 10 ** (-drawn["snr_db"] / 20)
+        background = _noise(rng, pool)
+        drawn["snr_db"] = float(rng.uniform(lo_db, hi_db))
+        clip += background * rms * 10 ** (-drawn["snr_db"] / 20)
     return clip * (10 ** (rng.uniform(-26, -1) / 20) / max(np.abs(clip).max(), 1e-9))
 
 
@@ -109,7 +113,7 @@ def _silence_clip(rng: np.random.Generator, pool: list[np.ndarray], top_db: floa
 
 
 def _make(args) -> tuple[np.ndarray, np.ndarray]:
-    kind, code, seed, start, stop, formants, silence_top_db = args
+    kind, code, seed, start, stop, formants, silence_top_db, noise = args
     if silence_top_db is None:
         silence_top_db = -20.0 if kind == "noise" else -40.0
     rows = _POOL["rows"]
@@ -137,7 +141,8 @@ def _make(args) -> tuple[np.ndarray, np.ndarray]:
                 cands = by_text[CLASSES[label]]
             drawn: dict = {}
             clip = _speech_clip(rng, rows[cands[rng.integers(len(cands))]]["wav"], waves,
-                                formants, np.random.default_rng([code, seed, i, 1 << 20]), drawn)
+                                formants, np.random.default_rng([code, seed, i, 1 << 20]), drawn,
+                                noise)
             cond[k] = (np.nan if drawn["snr_db"] is None else drawn["snr_db"], drawn["room"])
         x[k] = np.clip(clip, -1.0, 1.0)
         y[k] = label
@@ -163,16 +168,20 @@ def _init(rows: list[dict]) -> None:
 def make_clips(rows: list[dict], n: int, seed: int, kind: str = "words", code: int = 0,
                workers: int | None = None, chunk: int = 250,
                formants: tuple[float, float] | None = None,
-               silence_top_db: float | None = None, conditions: bool = False) -> tuple:
+               silence_top_db: float | None = None, conditions: bool = False,
+               noise: tuple[float, float, float] | None = None) -> tuple:
     """n augmented clips float32 [n, 16000] in [-1, 1] and labels from the bank `rows`
     (already filtered to the engines / splits / kinds wanted); classes are balanced and
     then shuffled with the seed. `formants=(lo, hi)`: every speech clip's formants move by a
     factor in [lo, hi] (training sets; None leaves the set exactly as before).
+    `noise=(lo_db, hi_db, prob)`: speech clips get noise with probability prob at an SNR
+    drawn from [lo_db, hi_db] (None: 0-30 dB for 85 %, the test setting).
     `silence_top_db`: the loudest `silence` (noise-only) level in dBFS; None: -40 for words,
     -20 for the "noise" test set (louder than training). `conditions`: also return what each
     clip drew, float32 [n, 2]: SNR in dB (nan: no noise added) and room (1) or not (0); nan,
     nan for `silence` clips."""
-    jobs = [(kind, code, seed, s, min(s + chunk, n), formants, silence_top_db)
+    noise = noise or (0.0, 30.0, NOISE_PROB)
+    jobs = [(kind, code, seed, s, min(s + chunk, n), formants, silence_top_db, noise)
             for s in range(0, n, chunk)]
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs), 16))
     if workers == 1:
