@@ -190,6 +190,14 @@ def kws_card(runs: Path, bank: Path, run: str = "kws-all") -> tuple[str, dict]:
                    " These runs use the recipe of the model this refit continues (best epoch on "
                    "their own engines' validation voices); the refit itself was not repeated per "
                    "held-out engine.")
+    noise = cfg["training"].get("train_noise")
+    loeo_noise = {str(lc["training"].get("train_noise")) for lc, _, _ in loeo.values()}
+    if loeo and loeo_noise != {str(noise)}:
+        loeo_origin += (" Their training clips drew noise " + ("as the test sets do" if
+                        loeo_noise == {"None"} else "differently") + " (0-30 dB SNR for 85 %); "
+                        + ("this model's " + f"at {noise[0]:g}..{noise[1]:g} dB for "
+                           f"{100 * noise[2]:.0f} %" if noise else "this model's as the test sets")
+                        + ", so the table measures the recipe before that change.")
     if loeo_rows:
         loeo_section = f"""### Leave-one-engine-out (train on {NUMBER_WORDS.get(len(engines) - 1)} engines, test on every voice of the held-out one)
 The held-out engine never appears in training or validation. Each run starts from the first earlier kws-s4d that never heard its held-out engine (the start column; none: from scratch). Each run's recipe is in its config; epochs planned / completed are in the table.{loeo_origin}
@@ -209,6 +217,8 @@ Lowest held-out-engine accuracy: {pct(min_loeo)}."""
                  "(`model.data.kws`) used all 30 unknown words: for this model the six are new "
                  "only in the other engines' voices)")
     refit_rule = cfg["training"].get("refit_rule", "")
+    train_noise_note = (f" (training clips: {noise[0]:g}..{noise[1]:g} dB for {100 * noise[2]:.0f} %;"
+                        " validation and test clips as stated)" if noise else "")
     card = f"""# kws-s4d
 
 Keyword spotting on raw 16 kHz audio: 10 keywords + unknown + silence, 1 s windows, streamable in 20 ms frames.
@@ -227,7 +237,7 @@ Keyword spotting on raw 16 kHz audio: 10 keywords + unknown + silence, 1 s windo
 {bank_counts(bank)}
 
 - Unknown words: 24 of `kws.UNKNOWN_WORDS` in train/val; the other 6 ({', '.join(UNKNOWN_HELDOUT)}) and 15 short phrases without keywords only in test material{init_note}.
-- Augmentation per clip (where training runs; every clip has its own seed): speed perturbation 0.85-1.15, a pyroomacoustics shoebox room for 30 %, random placement (time shift) in the 1 s window, white / pink / babble noise at 0-30 dB SNR for 85 %, peak gain -26..-1 dBFS; `silence` = noise only at -75..-40 dBFS (20 % near-digital silence).
+- Augmentation per clip (where training runs; every clip has its own seed): speed perturbation 0.85-1.15, a pyroomacoustics shoebox room for 30 %, random placement (time shift) in the 1 s window, white / pink / babble noise at 0-30 dB SNR for 85 %{train_noise_note}, peak gain -26..-1 dBFS; `silence` = noise only at -75..-40 dBFS (20 % near-digital silence).
 - Sets: train {cfg['training']['n_train']:,} clips ({cfg['training']['n_train'] // len(engines):,} per engine), val {cfg['training']['n_val']:,} ({engine_list(val_engines)} val voices), test {metrics['n_test']:,} ({metrics['n_test'] // len(engines):,} per engine, test voices only), balanced classes. {"**Refit**: the validation clips join training (the validation voices of " + engine_list(val_engines) + "), the epoch count is fixed and the last epoch kept; shipped under a rule set before the run: its test accuracy had to beat the model it replaces. " + refit_rule if refit else "Validation picks the epoch; no test set selects anything."}
 
 ## Model
