@@ -76,6 +76,12 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return (max(0.0, float(centre - half)), min(1.0, float(centre + half)))
 
 
+def wilson_text(k: int, n: int) -> str:
+    """'45.5-49.6 %': the 95 % Wilson interval of k / n, as the cards print it."""
+    lo, hi = wilson_interval(k, n)
+    return f"{100 * lo:.1f}-{100 * hi:.1f} %"
+
+
 def poisson_rate_interval(k: int, exposure: float, conf: float = 0.95) -> tuple[float, float]:
     """Exact (Garwood) interval of an event rate, k events in `exposure` (e.g. hours): false
     alarms are counted in single digits, so "1.0 per hour" is a wide statement."""

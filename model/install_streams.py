@@ -20,7 +20,7 @@ import torch
 
 from .checkpoint import load_checkpoint
 from .data.stream_bank import EXTRA_TRAIN_WORDS
-from .evaluation import poisson_rate_interval, wilson_interval
+from .evaluation import poisson_rate_interval, wilson_text
 from .streaming import StreamingNetwork
 
 NAMES = ("kws-events-s4d", "ecg-monitor-s4d")
@@ -81,7 +81,7 @@ def kws_lines(m: dict) -> list[str]:
         f"{where}",
         f"- Test, at that setting: false rejection **{pct(t['false_rejection_rate'])}** "
         f"({t['keywords'] - t['detected']} of {t['keywords']} keywords missed; 95 % CI "
-        f"{share_ci(t['keywords'] - t['detected'], t['keywords'])}) at "
+        f"{wilson_text(t['keywords'] - t['detected'], t['keywords'])}) at "
         f"**{t['false_alarms_per_hour']:.2f} false alarms per hour** ({t['false_alarms']} in "
         f"{t['negative_hours']:.2f} h of non-keyword audio; 95 % CI "
         f"{rate_ci(t['false_alarms'], t['negative_hours'])} per hour); target {verdict(ok_frr)}.",
@@ -120,12 +120,6 @@ CURVE_POINTS = (0.5, 0.7, 0.9, 0.96, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995, 0.
                 0.9999)
 
 
-def share_ci(k: int, n: int) -> str:
-    """'45.4-49.6 %': the 95 % Wilson interval of k / n."""
-    lo, hi = wilson_interval(k, n)
-    return f"{100 * lo:.1f}-{100 * hi:.1f} %"
-
-
 def rate_ci(k: int, hours: float) -> str:
     """'0.37-2.18': the exact 95 % interval of k events in `hours`, per hour."""
     lo, hi = poisson_rate_interval(k, hours)
@@ -158,7 +152,7 @@ def ecg_lines(m: dict) -> list[str]:
         f"{m['detector']['holdoff_ms'] / 1000:.0f} s; every rhythm (normal too) raises "
         f"events.{evaluated_where(m)}",
         f"- Test: **{pct(t['detected_share'])} of {t['changes']} rhythm changes detected within "
-        f"15 s** (95 % CI {share_ci(t['detected'], t['changes'])}); delay median "
+        f"15 s** (95 % CI {wilson_text(t['detected'], t['changes'])}); delay median "
         f"{t['delay_median_s']:.1f} s, p90 {t['delay_p90_s']:.1f} s; "
         f"**{t['false_changes_per_hour']:.2f} false changes per hour** ({t['false_changes']} in "
         f"{t['hours']:.1f} h; 95 % CI {rate_ci(t['false_changes'], t['hours'])} per hour); "

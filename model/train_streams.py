@@ -322,14 +322,19 @@ def choose_detector(preset: StreamPreset, cfg, val: dict, test: dict, log=print)
     return cfg.task.model_copy(update={"events": events}), metrics
 
 
+def watched_labels(cfg) -> list[int]:
+    """Class indices that raise events (the model's background labels never do)."""
+    names = cfg.class_names()
+    background = set(cfg.task.events.background_labels(names))
+    return [i for i, c in enumerate(names) if c not in background]
+
+
 def label_counts(preset: StreamPreset, cfg, data: dict, threshold: float,
                  min_on_ms: float = 0.0) -> dict[int, tuple[int, int]]:
     """Keywords: per watched label at one threshold, (missed keywords, false alarms) on the
     split. Labels are independent (an event matches only its own label's keywords; hold-offs
     are per label), so a setting's totals are the sums of its labels' counts."""
-    names = cfg.class_names()
-    bg = set(cfg.task.events.background_labels(names))
-    watched = [i for i, c in enumerate(names) if c not in bg]
+    names, watched = cfg.class_names(), watched_labels(cfg)
     st = settings_for(float(threshold), preset.hysteresis, preset.holdoff_ms, watched,
                       cfg.task.sample_rate, min_on_ms)
     pos = detect_many([(p, e) for p, e, _ in data["pos"]], st, names)
@@ -471,10 +476,7 @@ def evaluate(net, cfg, preset: StreamPreset, bank_dir: Path, split: str, dev) ->
 def score(preset: StreamPreset, cfg, data: dict, threshold: float, min_on_ms: float = 0.0,
           onset_lag_ms: float = 0.0, label_on: dict[int, float] | None = None) -> dict:
     names = cfg.class_names()
-    ev_cfg = cfg.task.events.model_copy(update={"threshold": float(threshold)})
-    bg = set(ev_cfg.background_labels(names))
-    watched = [i for i, c in enumerate(names) if c not in bg]
-    st = settings_for(float(threshold), preset.hysteresis, preset.holdoff_ms, watched,
+    st = settings_for(float(threshold), preset.hysteresis, preset.holdoff_ms, watched_labels(cfg),
                       cfg.task.sample_rate, min_on_ms, onset_lag_ms, label_on)
     rate = cfg.task.sample_rate
     pos_events = detect_many([(p, e) for p, e, _ in data["pos"]], st, names)

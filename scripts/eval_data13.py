@@ -92,23 +92,18 @@ def by_condition(preds: dict, sets: dict, conditions: dict) -> dict:
         return dict(n=int(mask.sum()),
                     accuracy=round(float((pred[mask] == y[mask]).mean()), 4) if mask.any() else None)
 
-    def masks(snr, room):
+    def masks(snr, room) -> dict:
         speech = ~np.isnan(room)
-        for name, band, in_room in CONDITIONS:
-            if band is None:
-                yield name, speech & np.isnan(snr) & (room == float(in_room))
-            else:
-                yield name, speech & (snr >= band[0]) & (snr < band[1])
+        return {name: speech & np.isnan(snr) & (room == float(in_room)) if band is None
+                else speech & (snr >= band[0]) & (snr < band[1])
+                for name, band, in_room in CONDITIONS}
 
     names = sorted(conditions)
     pred, y, snr, room = rows(names)
-    out = {"pooled": {name: acc(pred, y, m) for name, m in masks(snr, room)}}
-    out["clean_by_engine"] = {}
-    for n in names:
-        p_, y_, s_, r_ = rows([n])
-        out["clean_by_engine"][n.removeprefix("test_")] = acc(p_, y_, dict(masks(s_, r_))[
-            CONDITIONS[0][0]])
-    return out
+    clean = CONDITIONS[0][0]
+    return {"pooled": {name: acc(pred, y, m) for name, m in masks(snr, room).items()},
+            "clean_by_engine": {n.removeprefix("test_"): acc(p_, y_, masks(s_, r_)[clean])
+                                for n in names for p_, y_, s_, r_ in [rows([n])]}}
 
 
 def ecg_sets(bank: Path, workers: int) -> tuple[dict, dict, tuple]:
@@ -349,10 +344,9 @@ def replaced_line(r: dict) -> str:
 
 def accuracy_ci(accuracy: float, n: int) -> str:
     """The 95 % Wilson interval of an accuracy measured on n clips, e.g. '79.6-85.7 %'."""
-    from model.evaluation import wilson_interval
+    from model.evaluation import wilson_text
 
-    lo, hi = wilson_interval(int(round(accuracy * n)), n)
-    return f"{100 * lo:.1f}-{100 * hi:.1f} %"
+    return wilson_text(int(round(accuracy * n)), n)
 
 
 def condition_lines(r: dict) -> str:

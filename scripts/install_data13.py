@@ -42,6 +42,14 @@ def engine_list(engines) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
+def noise_text(noise) -> str:
+    """'-5..30 dB SNR for 90 %': a run's training-clip noise (None: the test sets' setting)."""
+    from model.data.kws_mix import TEST_NOISE
+
+    lo, hi, prob = noise or TEST_NOISE
+    return f"{lo:g}..{hi:g} dB SNR for {100 * prob:.0f} %"
+
+
 def start_note(training: dict, held: str) -> str:
     """How a leave-one-engine-out run started: the start checkpoint and the engines it had
     heard when the run began (recorded by data13_train; older runs: read from the folder)."""
@@ -191,13 +199,11 @@ def kws_card(runs: Path, bank: Path, run: str = "kws-all") -> tuple[str, dict]:
                    "their own engines' validation voices); the refit itself was not repeated per "
                    "held-out engine.")
     noise = cfg["training"].get("train_noise")
-    loeo_noise = {str(lc["training"].get("train_noise")) for lc, _, _ in loeo.values()}
-    if loeo and loeo_noise != {str(noise)}:
-        loeo_origin += (" Their training clips drew noise " + ("as the test sets do" if
-                        loeo_noise == {"None"} else "differently") + " (0-30 dB SNR for 85 %); "
-                        + ("this model's " + f"at {noise[0]:g}..{noise[1]:g} dB for "
-                           f"{100 * noise[2]:.0f} %" if noise else "this model's as the test sets")
-                        + ", so the table measures the recipe before that change.")
+    loeo_noise = {noise_text(lc["training"].get("train_noise")) for lc, _, _ in loeo.values()}
+    if loeo and loeo_noise != {noise_text(noise)}:
+        loeo_origin += (f" Their training clips drew noise at {' / '.join(sorted(loeo_noise))}, "
+                        f"this model's at {noise_text(noise)}, so the table measures the recipe "
+                        "before that change.")
     if loeo_rows:
         loeo_section = f"""### Leave-one-engine-out (train on {NUMBER_WORDS.get(len(engines) - 1)} engines, test on every voice of the held-out one)
 The held-out engine never appears in training or validation. Each run starts from the first earlier kws-s4d that never heard its held-out engine (the start column; none: from scratch). Each run's recipe is in its config; epochs planned / completed are in the table.{loeo_origin}
@@ -217,8 +223,8 @@ Lowest held-out-engine accuracy: {pct(min_loeo)}."""
                  "(`model.data.kws`) used all 30 unknown words: for this model the six are new "
                  "only in the other engines' voices)")
     refit_rule = cfg["training"].get("refit_rule", "")
-    train_noise_note = (f" (training clips: {noise[0]:g}..{noise[1]:g} dB for {100 * noise[2]:.0f} %;"
-                        " validation and test clips as stated)" if noise else "")
+    train_noise_note = (f" (training clips: {noise_text(noise)}; validation and test clips as "
+                        "stated)" if noise else "")
     card = f"""# kws-s4d
 
 Keyword spotting on raw 16 kHz audio: 10 keywords + unknown + silence, 1 s windows, streamable in 20 ms frames.

@@ -27,6 +27,8 @@ from .kws import CLASSES, CLIP, SAMPLE_RATE
 KEYWORD_INDEX = {w: i for i, w in enumerate(CLASSES[:10])}
 UNKNOWN, SILENCE = CLASSES.index("unknown"), CLASSES.index("silence")
 ROOM_PROB, NOISE_PROB = 0.3, 0.85
+#: (SNR low dB, high dB, share of speech clips with noise): the test sets' setting, the default
+TEST_NOISE = (0.0, 30.0, NOISE_PROB)
 _POOL: dict = {}
 
 
@@ -79,7 +81,7 @@ def _speech_clip(rng: np.random.Generator, wav: np.ndarray, pool: list[np.ndarra
                  formants: tuple[float, float] | None = None,
                  voice_rng: np.random.Generator | None = None,
                  drawn: dict | None = None,
-                 noise: tuple[float, float, float] = (0.0, 30.0, NOISE_PROB)) -> np.ndarray:
+                 noise: tuple[float, float, float] = TEST_NOISE) -> np.ndarray:
     """One augmented clip; `drawn` (if given) records the room and the SNR it drew. `noise`:
     SNR range in dB and the share of clips that get noise (the same draws for any values)."""
     drawn = {} if drawn is None else drawn
@@ -180,7 +182,7 @@ def make_clips(rows: list[dict], n: int, seed: int, kind: str = "words", code: i
     -20 for the "noise" test set (louder than training). `conditions`: also return what each
     clip drew, float32 [n, 2]: SNR in dB (nan: no noise added) and room (1) or not (0); nan,
     nan for `silence` clips."""
-    noise = noise or (0.0, 30.0, NOISE_PROB)
+    noise = noise or TEST_NOISE
     jobs = [(kind, code, seed, s, min(s + chunk, n), formants, silence_top_db, noise)
             for s in range(0, n, chunk)]
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs), 16))
