@@ -259,6 +259,9 @@ def train(preset: StreamPreset, bank_dir: Path, out: Path, device: str, seed: in
                           + (f" --extra-words {preset.extra_words}" if preset.extra_words else "")
                           + (f" --voice-copies {preset.voice_copies}" if preset.voice_copies
                              else ""))
+    # the weights go to disk before the evaluation (minutes of streams): a run cut off there
+    # keeps its training, and `--rechoose` can evaluate it later
+    save_checkpoint(out, net, cfg.model_copy(update={"training": recipe}))
     val = evaluate(net, cfg, preset, bank_dir, "val", dev)
     test = evaluate(net, cfg, preset, bank_dir, "test", dev)
     task, detector = choose_detector(preset, cfg, val, test, log)
