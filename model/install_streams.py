@@ -322,6 +322,19 @@ def long_stream_lines(runs: list[dict]) -> list[str]:
     return lines
 
 
+def keep_other_rows(section: str, old_table: str, measured: set[str]) -> str:
+    """The new long-stream table plus the old table's rows of models not measured again
+    (each row is one model on one device; a new run replaces its model's rows)."""
+    old_rows = [line for line in old_table.splitlines()
+                if line.startswith("| ") and not line.startswith(("| model |", "| ---"))
+                and line.split("|")[1].strip() not in measured]
+    if not old_rows:
+        return section
+    lines = section.split("\n")
+    last_row = max(i for i, line in enumerate(lines) if line.startswith("| "))
+    return "\n".join(lines[: last_row + 1] + old_rows + lines[last_row + 1:])
+
+
 def install(src: Path, checkpoints: Path, results: Path) -> list[str]:
     rows = []
     for name in NAMES:
@@ -348,9 +361,13 @@ def install(src: Path, checkpoints: Path, results: Path) -> list[str]:
     long_runs = [json.loads(p.read_text()) for p in sorted(src.glob("long_stream_*.json"))]
     section = results_section(rows, long_runs)
     old_long = LONG_HEAD in text and END in text.split(LONG_HEAD, 1)[1]
-    if not long_runs and old_long:  # no new long-stream runs: the measured table stays
+    if old_long:  # the measured table stays; new runs replace only their own models' rows
         kept = text.split(LONG_HEAD, 1)[1].split(END, 1)[0]
-        section = section.replace(END, LONG_HEAD + kept + END)
+        if not long_runs:
+            section = section.replace(END, LONG_HEAD + kept + END)
+        else:
+            section = keep_other_rows(section, kept, {Path(r["checkpoint"]).name
+                                                      for r in long_runs})
     if BEGIN in text and END in text:
         head, rest = text.split(BEGIN, 1)
         text = head + section + rest.split(END, 1)[1]

@@ -1,0 +1,51 @@
+"""`python -m model.install_streams` rewrites bench/RESULTS.md's stream section: a new
+long-stream run replaces its own model's row of the cost table and keeps the other models'
+measured rows (they are not measured again when one model changes)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench.long_stream import run as long_stream_run
+from model.install_streams import BEGIN, END, LONG_HEAD, install
+
+ROOT = Path(__file__).resolve().parent.parent
+
+OLD_TABLE = f"""{BEGIN}
+## Continuous streams: event metrics (issue 15)
+
+{LONG_HEAD}
+
+| model | device | stream | 1st second | 1st minute | last minute | min..max over minutes | last / first minute | state bytes | memory before -> after |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
+| ecg-s4d | NVIDIA H200 | 60 min (3,600 frames) | 0.395 ms | 0.311 ms | 0.310 ms | 0.301..0.328 ms | 0.996 | 65,796 | CUDA 1 -> 1 B |
+| kws-events-s4d | OLD MACHINE | 45 min | 14.032 ms | 14.032 ms | 14.896 ms | 13.790..16.942 ms | 1.062 | 131,588 | CUDA 1 -> 1 B |
+
+{END}
+
+## After the section
+"""
+
+
+def test_new_long_stream_run_replaces_only_its_models_row(tmp_path):
+    src = tmp_path / "returned"
+    src.mkdir()  # no trained models in it: the shipped checkpoints' metrics are kept
+    ckpt = ROOT / "checkpoints" / "kws-events-s4d"
+    r = long_stream_run(str(ckpt), seconds=2.0, device="cpu", sessions=1, bucket_s=1.0)
+    (src / "long_stream_kws-events-s4d.json").write_text(json.dumps(r))
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Results\n\n" + OLD_TABLE)
+
+    install(src, ROOT / "checkpoints", results)
+    text = results.read_text()
+
+    table = text.split(LONG_HEAD, 1)[1].split(END, 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    by_model = {line.split("|")[1].strip(): line for line in rows[1:]}
+    assert set(by_model) == {"kws-events-s4d", "ecg-s4d"}
+    assert "OLD MACHINE" not in by_model["kws-events-s4d"]  # replaced by the new run
+    assert "CPU" in by_model["kws-events-s4d"]
+    assert f"{r['state_bytes_per_session']:,}" in by_model["kws-events-s4d"]
+    assert "NVIDIA H200" in by_model["ecg-s4d"]  # kept as measured
+    assert text.count(BEGIN) == 1 and text.rstrip().endswith("## After the section")
