@@ -304,7 +304,9 @@ def long_stream_lines(runs: list[dict]) -> list[str]:
     lines = [LONG_HEAD, "",
              "One stream, the server backend's per-frame work (slab gather -> step -> scatter; "
              "CUDA graphs on a GPU), wall time per second of audio. Command: `python -m "
-             "bench.long_stream --checkpoint checkpoints/NAME --seconds 3600 --device cuda`.", "",
+             "bench.long_stream --checkpoint checkpoints/NAME --seconds 3600 --device cuda|cpu "
+             "[--threads T] [--max-wall-s S]` (the wall-time cap stops a slow device early; the "
+             "row says so).", "",
              "| model | device | stream | 1st second | 1st minute | last minute | min..max over minutes "
              "| last / first minute | state bytes | memory before -> after |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
