@@ -133,7 +133,8 @@ def evaluated_where(m: dict) -> str:
         return (f" Detector evaluated on {m.get('detector_evaluated_on') or m['hardware']}; the "
                 "evaluation streams are drawn on the CPU with fixed seeds, so any machine scores "
                 "the same streams (`--rechoose` on a CPU reproduces these numbers up to float "
-                "rounding).")
+                "rounding, which can move an event across the threshold: bench/RESULTS.md "
+                "gives each model's CPU check).")
     if not m.get("detector_evaluated_on"):
         return ""
     same = "CUDA" in m["detector_evaluated_on"]

@@ -246,6 +246,10 @@ def train(preset: StreamPreset, bank_dir: Path, out: Path, device: str, seed: in
                 f"({time.time() - t0:.0f} s)")
     wall = time.time() - t0
     net.eval()
+    if dev.type == "cuda":  # evaluate in IEEE float32, as a CPU does: TF32 rounding moved
+        # frame probabilities near the 0.9998 threshold enough to flip a test false alarm
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     default_lr = PRESETS[preset.name.removesuffix("-s4d")].lr
     recipe = dict(asdict(preset), thresholds=None, steps=total, seed=seed, device=str(dev),
                   optimizer="AdamW(betas=0.9,0.98)", bank=str(bank_dir),
