@@ -5,6 +5,8 @@ detector on validation streams, measure it on held-out test streams.
         [--device cuda] [--budget-s 170] [--smoke]
     python -m model.train_streams kws-events --rechoose CHECKPOINT --out DIR [--eval-cache D]
         (no training: the event defaults chosen again, e.g. over min_on_grid)
+    python -m model.train_streams kws-events --eval-engines CHECKPOINT --out DIR
+        [--data13 .cache/data13] (no training: its events on other synthesizers' test voices)
 
 The network starts from the clip model's weights (checkpoints/kws-s4d, ecg-s4d) with pooling
 switched to `ema` (a moving average that forgets, exactly streamable) and is trained on the
@@ -95,10 +97,11 @@ PRESETS = {
                     "reported from its end), trained on long streams of espeak-ng speech",
         train_seconds=(10.0, 20.0), batch_size=24, budget_s=170.0,
         holdoff_ms=1000.0, hysteresis=0.2,
-        eval_pos={"val": (120, 30.0), "test": (300, None)},  # None: 10-60 s each
+        # None: 10-60 s each; "engine": each other synthesizer's test voices (--eval-engines)
+        eval_pos={"val": (120, 30.0), "test": (300, None), "engine": (60, None)},
         # 8 h / 6 h of non-keyword audio (validation chooses a threshold at <= 1 false alarm
         # per hour: with 4 h that was a choice between 4 and 5 false alarms)
-        eval_neg={"val": (480, 60.0), "test": (360, 60.0)},
+        eval_neg={"val": (480, 60.0), "test": (360, 60.0), "engine": (72, 60.0)},
         # (0, 40, 80, 140, 200, 300) ms was tried with --rechoose (bench/RESULTS.md,
         # 2026-11-26): validation chose 80 ms, and on test streams it was no better
         # label_thresholds (--label-thresholds) off: chosen on 8 h of validation, ten
@@ -131,8 +134,8 @@ def smoke(p: StreamPreset) -> StreamPreset:
 
     if p.kind == "kws":
         return replace(p, train_seconds=(2.0, 3.0), batch_size=2, max_steps=2, budget_s=1e9,
-                       eval_pos={"val": (2, 5.0), "test": (2, 5.0)},
-                       eval_neg={"val": (2, 5.0), "test": (2, 5.0)})
+                       eval_pos={"val": (2, 5.0), "test": (2, 5.0), "engine": (2, 5.0)},
+                       eval_neg={"val": (2, 5.0), "test": (2, 5.0), "engine": (2, 5.0)})
     return replace(p, train_seconds=(60.0, 60.0), batch_size=2, max_steps=2, budget_s=1e9,
                    train_segment_s=(15.0, 30.0), eval_segment_s=(20.0, 40.0),
                    eval_pos={"val": (1, 120.0), "test": (1, 120.0)})
@@ -422,6 +425,62 @@ def rechoose(preset: StreamPreset, checkpoint: Path, bank_dir: Path, out: Path, 
                     metrics)
 
 
+def eval_engines(preset: StreamPreset, checkpoint: Path, bank_dir: Path, data13: Path,
+                 out: Path, device: str, engines=None, log=print) -> dict:
+    """Keyword events on voices of other synthesizers, as a user would meet them: streams
+    composed the same way from the test voices of the keyword bank's other engines
+    (`stream_bank.engine_words(split="test")`: voices that neither this model nor its clip
+    base trained on), scored with the checkpoint's own event defaults: nothing is chosen on
+    them. Per engine, pooled, and the pooled curve over the preset's thresholds. Writes
+    out/engines.json (install_streams puts it on the card)."""
+    from .data.kws_bank import ENGINES
+    from .data.stream_bank import engine_words
+
+    if preset.kind != "kws":
+        raise ValueError("--eval-engines measures keyword models")
+    dev = torch.device(device)
+    net, cfg = load_checkpoint(checkpoint, device=dev)
+    net.eval()
+    ev = cfg.task.events
+    names = cfg.class_names()
+    label_on = {names.index(k): v for k, v in (ev.label_thresholds or {}).items()}
+    engines = engines or [e for e in ENGINES
+                          if e != "espeak" and (Path(data13) / f"kws_{e}.json").exists()]
+    pooled = {"pos": [], "neg": [], "pos_seconds": 0.0, "neg_seconds": 0.0}
+    per_engine = {}
+    for engine in engines:
+        words = S.WordBank(*engine_words(data13, [engine], split="test"))
+        data = evaluate(net, cfg, preset, bank_dir, f"engine-{engine}", dev, words)
+        per_engine[engine] = score(preset, cfg, data, ev.threshold, ev.min_on_ms,
+                                   ev.onset_lag_ms, label_on)
+        per_engine[engine]["frame_accuracy"] = data["frame_accuracy"]
+        log(f"{preset.name} on {engine}'s test voices: {per_engine[engine]}")
+        for key in ("pos", "neg"):
+            pooled[key] += data[key]
+            pooled[f"{key}_seconds"] += data[f"{key}_seconds"]
+    result = {
+        "checkpoint": str(checkpoint), "data13_bank": str(data13), "engines": list(engines),
+        "detector": {"threshold": ev.threshold, "min_on_ms": ev.min_on_ms,
+                     "onset_lag_ms": ev.onset_lag_ms, "label_thresholds": ev.label_thresholds},
+        "sizes_per_engine": {"keyword_streams": preset.eval_pos["engine"][0],
+                             "negative_streams": preset.eval_neg["engine"][0],
+                             "negative_stream_seconds": preset.eval_neg["engine"][1]},
+        "per_engine": per_engine,
+        "pooled": score(preset, cfg, pooled, ev.threshold, ev.min_on_ms, ev.onset_lag_ms,
+                        label_on),
+        "pooled_curve": [dict(threshold=t, **score(preset, cfg, pooled, t, ev.min_on_ms,
+                                                   ev.onset_lag_ms))
+                         for t in preset.thresholds],
+        "streams_drawn_on": "cpu", "evaluated_on": hardware(dev),
+        "command": f"python -m model.train_streams {preset.name.removesuffix('-s4d')} "
+                   f"--eval-engines {checkpoint} --data13 {data13} --bank {bank_dir} "
+                   f"--device {device}",
+    }  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "engines.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
 # ----------------------------------------------------------------------------- evaluation
 @torch.no_grad()
 def frame_probs(net: S4DNetwork, x: torch.Tensor, frame_size: int) -> tuple[np.ndarray, list]:
@@ -434,20 +493,32 @@ def frame_probs(net: S4DNetwork, x: torch.Tensor, frame_size: int) -> tuple[np.n
     return probs, ends
 
 
-def eval_batches(net, cfg, preset: StreamPreset, bank_dir: Path, split: str, dev):
+def split_seed(split: str) -> int:
+    """The evaluation streams' RNG seed: val, test, then one per other engine ("engine-flite")."""
+    from .data.kws_bank import ENGINES
+
+    fixed = {"val": 1, "test": 2, **{f"engine-{e}": 10 + i for i, e in enumerate(ENGINES)}}
+    return 1000 + fixed[split]
+
+
+def eval_batches(net, cfg, preset: StreamPreset, bank_dir: Path, split: str, dev,
+                 words: S.WordBank | None = None):
     """The evaluation streams of a split, in order and with fixed seeds: yields (kind "pos" /
     "neg", x [b, T, 1], per-step targets, truths, frame probabilities [b, F, K], frame ends).
     The streams are drawn and rendered on the CPU whatever `dev` runs the model (a CUDA RNG
     draws other numbers than the CPU's), so every machine scores the same streams and a card's
-    numbers can be reproduced anywhere."""
+    numbers can be reproduced anywhere. `words` replaces the bank's own words of the split
+    (split "engine-<name>": another synthesizer's test voices, sized by the preset's "engine")."""
     draw = torch.device("cpu")
-    bank = (S.WordBank if preset.kind == "kws" else S.EcgBank).load(bank_dir, split, draw)
+    bank = words if words is not None else (
+        S.WordBank if preset.kind == "kws" else S.EcgBank).load(bank_dir, split, draw)
     rirs = S.load_rirs(bank_dir, draw) if preset.kind == "kws" else None
-    gen = torch.Generator(device=draw).manual_seed(1000 + {"val": 1, "test": 2}[split])
+    gen = torch.Generator(device=draw).manual_seed(split_seed(split))
     per_batch = 8 if preset.kind == "kws" else 4
-    runs = [("pos", *preset.eval_pos[split], 0.5)]
+    sizes = "engine" if split.startswith("engine-") else split
+    runs = [("pos", *preset.eval_pos[sizes], 0.5)]
     if preset.kind == "kws":
-        runs.append(("neg", *preset.eval_neg[split], 0.0))
+        runs.append(("neg", *preset.eval_neg[sizes], 0.0))
     for kind, n, seconds, keyword_prob in runs:
         done = 0
         while done < n:
@@ -461,12 +532,14 @@ def eval_batches(net, cfg, preset: StreamPreset, bank_dir: Path, split: str, dev
             done += b
 
 
-def evaluate(net, cfg, preset: StreamPreset, bank_dir: Path, split: str, dev) -> dict:
+def evaluate(net, cfg, preset: StreamPreset, bank_dir: Path, split: str, dev,
+             words: S.WordBank | None = None) -> dict:
     """Frame probabilities and truth of every evaluation stream of a split (fixed seeds)."""
     patch = cfg.model.patch_size
     out = {"pos": [], "neg": [], "pos_seconds": 0.0, "neg_seconds": 0.0}
     correct = counted = 0
-    for kind, x, y, truth, probs, ends in eval_batches(net, cfg, preset, bank_dir, split, dev):
+    for kind, x, y, truth, probs, ends in eval_batches(net, cfg, preset, bank_dir, split, dev,
+                                                       words):
         tgt = y[:, [e // patch - 1 for e in ends]].cpu().numpy()
         pred = probs.argmax(-1)
         m = tgt != S.IGNORE
@@ -535,6 +608,11 @@ def main(argv: list[str] | None = None) -> int:
                          "(threshold x min_on_grid) on the validation streams; writes --out")
     ap.add_argument("--eval-cache", type=Path,
                     help="with --rechoose: keep / reuse the streams' frame probabilities here")
+    ap.add_argument("--eval-engines", type=Path, metavar="CHECKPOINT",
+                    help="kws: events of CHECKPOINT on the other synthesizers' test voices "
+                         "(no training; writes OUT/engines.json)")
+    ap.add_argument("--data13", type=Path, default=ROOT / ".cache" / "data13",
+                    help="the keyword utterance bank for --eval-engines")
     ap.add_argument("--extra-words", metavar="DATA13_BANK",
                     help="kws: add the flite and festival training words of this utterance bank")
     ap.add_argument("--label-thresholds", action="store_true",
@@ -570,6 +648,11 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
+    if args.eval_engines:
+        m = eval_engines(preset, args.eval_engines, Path(args.bank), args.data13, out,
+                         args.device, log=lambda *a: print(*a, flush=True))
+        print(json.dumps({k: v for k, v in m.items() if k != "pooled_curve"}, indent=1))
+        return 0
     if args.rechoose:
         m = rechoose(preset, args.rechoose, Path(args.bank), out, args.device, args.eval_cache,
                      log=lambda *a: print(*a, flush=True))

@@ -49,3 +49,30 @@ def test_new_long_stream_run_replaces_only_its_models_row(tmp_path):
     assert f"{r['state_bytes_per_session']:,}" in by_model["kws-events-s4d"]
     assert "NVIDIA H200" in by_model["ecg-s4d"]  # kept as measured
     assert text.count(BEGIN) == 1 and text.rstrip().endswith("## After the section")
+
+
+def test_card_lists_other_engines_per_engine_and_pooled():
+    """`--eval-engines` results on the card: one row per engine, the pooled row, and the
+    pooled curve's lowest threshold within 1 false alarm per hour (or that none reached it)."""
+    from model.install_streams import engines_lines
+
+    def row(missed, kw, fa, hours):
+        return {"keywords": kw, "detected": kw - missed, "false_rejection_rate": missed / kw,
+                "false_alarms": fa, "negative_hours": hours,
+                "false_alarms_per_hour": fa / hours, "onset_error_p90_ms": 200.0}
+
+    e = {"detector": {"threshold": 0.9998}, "command": "python -m model.train_streams ...",
+         "sizes_per_engine": {"keyword_streams": 60, "negative_streams": 72,
+                              "negative_stream_seconds": 60.0},
+         "per_engine": {"flite": row(10, 100, 3, 1.2), "pico": row(30, 100, 1, 1.2)},
+         "pooled": row(40, 200, 4, 2.4),
+         "pooled_curve": [dict(threshold=0.99, **row(20, 200, 9, 2.4)),
+                          dict(threshold=0.999, **row(50, 200, 2, 2.4))]}
+    text = "\n".join(engines_lines(e))
+    assert "| flite | 10.0 % (10 of 100) | 2.50 (3 in 1.2 h)" in text
+    assert "| SVOX Pico | 30.0 % (30 of 100) | 0.83 (1 in 1.2 h)" in text
+    assert "| **all 2** | **20.0 %** (40 of 200) | **1.67** (4 in 2.4 h)" in text
+    assert "0.999, 25.0 % missed" in text and "at 0.99: 10.0 % missed at 3.8" in text
+    e["pooled_curve"][1]["false_alarms_per_hour"] = 1.5
+    assert "none of the sweep" in "\n".join(engines_lines(e))
+    assert engines_lines(None) == []

@@ -4,6 +4,7 @@ detector and the stream metrics, the backends' frame outputs."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -384,3 +385,45 @@ def test_engine_words_take_every_other_engine_the_bank_holds(tmp_path):
     assert len(lengths) == len(train_rows) > 0 and int(lengths.sum()) == len(audio)
     assert sorted(labels.tolist()) == sorted(0 if r["text"] == "yes" else S.UNKNOWN
                                              for r in train_rows)
+
+
+def test_eval_engines_scores_other_engines_test_voices_with_the_checkpoints_detector(tmp_path):
+    """`--eval-engines`: streams of each other engine's test words (every engine but espeak-ng
+    in the bank), scored with the checkpoint's own event defaults (nothing chosen on them);
+    pooled counts are the engines' sums, the pooled curve holds the same point at the
+    checkpoint's threshold, and the same seeds give the same file."""
+    from dataclasses import replace
+
+    from conftest import tiny_stream_bank
+
+    from model.checkpoint import save_checkpoint
+    from model.data import kws_bank as kb
+    from model.train_streams import PRESETS, build, eval_engines, smoke
+
+    rng = np.random.default_rng(1)
+    data13 = tmp_path / "data13"
+    for engine in ("mbrola", "pico"):
+        jobs = [j for j in kb.plan(engine) if j["kind"] in ("keyword", "unknown")]
+        wavs = [(rng.standard_normal(int(rng.integers(3000, 6000))) * 3000).astype(np.int16)
+                for _ in jobs]
+        kb.write_engine(data13, engine, jobs, wavs)
+    preset = replace(smoke(PRESETS["kws-events"]), thresholds=(0.3, 0.6, 0.9))
+    net, cfg = build(preset, "cpu")
+    events = cfg.task.events.model_copy(update={"threshold": 0.6, "onset_lag_ms": 20.0})
+    cfg = cfg.model_copy(update={"task": cfg.task.model_copy(update={"events": events})})
+    save_checkpoint(tmp_path / "run", net, cfg)
+    bank = tiny_stream_bank(tmp_path / "bank")
+
+    m = eval_engines(preset, tmp_path / "run", bank, data13, tmp_path / "out", "cpu",
+                     log=lambda *a: None)
+    assert m["engines"] == ["mbrola", "pico"] and set(m["per_engine"]) == {"mbrola", "pico"}
+    assert m["detector"]["threshold"] == 0.6 and m["detector"]["onset_lag_ms"] == 20.0
+    for key in ("keywords", "detected", "false_alarms"):
+        assert m["pooled"][key] == sum(e[key] for e in m["per_engine"].values())
+    assert m["pooled"]["keywords"] > 0
+    at = next(c for c in m["pooled_curve"] if c["threshold"] == 0.6)
+    assert json.dumps({k: at[k] for k in m["pooled"]}) == json.dumps(m["pooled"])  # NaN-safe
+    first = (tmp_path / "out" / "engines.json").read_text()
+    eval_engines(preset, tmp_path / "run", bank, data13, tmp_path / "out", "cpu",
+                 log=lambda *a: None)
+    assert (tmp_path / "out" / "engines.json").read_text() == first
