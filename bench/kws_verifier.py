@@ -3,7 +3,7 @@
 Each event of a keyword event model (kws-events-s4d) is re-checked by a clip model (kws-s4d)
 on the 1 s of audio that ends `delay` seconds after the event's onset; the event is kept when
 the clip model's top class is the event's label with probability >= `min_p`. The streams are
-the event model's own evaluation streams (`model.train_streams.evaluate`'s recipe and seeds,
+the event model's own evaluation streams (`model.stream_eval.evaluate`'s recipe and seeds,
 drawn on this device), and the metrics are model/stream_metrics.py's.
 
     python -m bench.kws_verifier --split val --out /tmp/v_val.json
@@ -25,8 +25,9 @@ import numpy as np
 import torch
 
 from model.checkpoint import load_checkpoint
+from model.stream_eval import eval_batches
 from model.stream_metrics import detect_many, kws_summary, settings_for
-from model.train_streams import PRESETS, eval_batches, smoke
+from model.train_streams import PRESETS, smoke
 
 THRESHOLDS = (0.9, 0.96, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995, 0.9998)
 DELAYS_S = (0.0, 0.15, 0.3)

@@ -35,9 +35,9 @@ import torch.nn.functional as F
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import EventsConfig
 from .data import streams as S
-from .events import frame_ends
 from .network import S4DNetwork
-from .stream_metrics import detect_many, ecg_summary, kws_match, kws_summary, settings_for
+from .stream_eval import eval_engines, evaluate, make_batch, score, watched_labels
+from .stream_metrics import detect_many, kws_match, settings_for
 from .train import hardware, lr_factor
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -162,17 +162,6 @@ def build(preset: StreamPreset, device, init_from: Path | None = None):
     net = S4DNetwork(cfg.model, seed=None)
     net.load_state_dict(net0.state_dict())
     return net.to(device), cfg
-
-
-def make_batch(preset: StreamPreset, bank, rirs, gen, seconds: float, batch: int, patch: int,
-               keyword_prob: float = 0.5, segment_s=None):
-    if preset.kind == "kws":
-        x, y, truth = S.kws_streams(bank, rirs, batch, seconds, gen, keyword_prob=keyword_prob,
-                                    patch=patch)
-    else:
-        x, y, truth = S.ecg_streams(bank, batch, seconds, gen,
-                                    segment_s=segment_s or preset.train_segment_s, patch=patch)
-    return x.unsqueeze(-1), y, truth
 
 
 # ----------------------------------------------------------------------------- training
@@ -332,13 +321,6 @@ def choose_detector(preset: StreamPreset, cfg, val: dict, test: dict, log=print)
     return cfg.task.model_copy(update={"events": events}), metrics
 
 
-def watched_labels(cfg) -> list[int]:
-    """Class indices that raise events (the model's background labels never do)."""
-    names = cfg.class_names()
-    background = set(cfg.task.events.background_labels(names))
-    return [i for i, c in enumerate(names) if c not in background]
-
-
 def label_counts(preset: StreamPreset, cfg, data: dict, threshold: float,
                  min_on_ms: float = 0.0) -> dict[int, tuple[int, int]]:
     """Keywords: per watched label at one threshold, (missed keywords, false alarms) on the
@@ -423,148 +405,6 @@ def rechoose(preset: StreamPreset, checkpoint: Path, bank_dir: Path, out: Path, 
                                      f"{checkpoint} --bank {bank_dir} --device {device}")
     return save_run(out, net, cfg.model_copy(update={"task": task, "training": training}),
                     metrics)
-
-
-def eval_engines(preset: StreamPreset, checkpoint: Path, bank_dir: Path, data13: Path,
-                 out: Path, device: str, engines=None, log=print) -> dict:
-    """Keyword events on voices of other synthesizers, as a user would meet them: streams
-    composed the same way from the test voices of the keyword bank's other engines
-    (`stream_bank.engine_words(split="test")`: voices that neither this model nor its clip
-    base trained on), scored with the checkpoint's own event defaults: nothing is chosen on
-    them. Per engine, pooled, and the pooled curve over the preset's thresholds. Writes
-    out/engines.json (install_streams puts it on the card)."""
-    from .data.kws_bank import ENGINES
-    from .data.stream_bank import engine_words
-
-    if preset.kind != "kws":
-        raise ValueError("--eval-engines measures keyword models")
-    dev = torch.device(device)
-    net, cfg = load_checkpoint(checkpoint, device=dev)
-    net.eval()
-    ev = cfg.task.events
-    names = cfg.class_names()
-    label_on = {names.index(k): v for k, v in (ev.label_thresholds or {}).items()}
-    engines = engines or [e for e in ENGINES
-                          if e != "espeak" and (Path(data13) / f"kws_{e}.json").exists()]
-    pooled = {"pos": [], "neg": [], "pos_seconds": 0.0, "neg_seconds": 0.0}
-    per_engine = {}
-    for engine in engines:
-        words = S.WordBank(*engine_words(data13, [engine], split="test"))
-        data = evaluate(net, cfg, preset, bank_dir, f"engine-{engine}", dev, words)
-        per_engine[engine] = score(preset, cfg, data, ev.threshold, ev.min_on_ms,
-                                   ev.onset_lag_ms, label_on)
-        per_engine[engine]["frame_accuracy"] = data["frame_accuracy"]
-        log(f"{preset.name} on {engine}'s test voices: {per_engine[engine]}")
-        for key in ("pos", "neg"):
-            pooled[key] += data[key]
-            pooled[f"{key}_seconds"] += data[f"{key}_seconds"]
-    result = {
-        "checkpoint": str(checkpoint), "data13_bank": str(data13), "engines": list(engines),
-        "detector": {"threshold": ev.threshold, "min_on_ms": ev.min_on_ms,
-                     "onset_lag_ms": ev.onset_lag_ms, "label_thresholds": ev.label_thresholds},
-        "sizes_per_engine": {"keyword_streams": preset.eval_pos["engine"][0],
-                             "negative_streams": preset.eval_neg["engine"][0],
-                             "negative_stream_seconds": preset.eval_neg["engine"][1]},
-        "per_engine": per_engine,
-        "pooled": score(preset, cfg, pooled, ev.threshold, ev.min_on_ms, ev.onset_lag_ms,
-                        label_on),
-        "pooled_curve": [dict(threshold=t, **score(preset, cfg, pooled, t, ev.min_on_ms,
-                                                   ev.onset_lag_ms))
-                         for t in preset.thresholds],
-        "streams_drawn_on": "cpu", "evaluated_on": hardware(dev),
-        "command": f"python -m model.train_streams {preset.name.removesuffix('-s4d')} "
-                   f"--eval-engines {checkpoint} --data13 {data13} --bank {bank_dir} "
-                   f"--device {device}",
-    }  # fmt: skip
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "engines.json").write_text(json.dumps(result, indent=1) + "\n")
-    return result
-
-
-# ----------------------------------------------------------------------------- evaluation
-@torch.no_grad()
-def frame_probs(net: S4DNetwork, x: torch.Tensor, frame_size: int) -> tuple[np.ndarray, list]:
-    """Per stream: probabilities [F, K] at every frame end (what a stream's detector sees)."""
-    patch = net.cfg.patch_size
-    ends = frame_ends(x.shape[1], frame_size, patch)
-    rows = torch.tensor([e // patch - 1 for e in ends], device=x.device)
-    logits = net.prefix_logits(x)[:, rows]
-    probs = torch.softmax(logits.double(), -1).float().cpu().numpy()
-    return probs, ends
-
-
-def split_seed(split: str) -> int:
-    """The evaluation streams' RNG seed: val, test, then one per other engine ("engine-flite")."""
-    from .data.kws_bank import ENGINES
-
-    fixed = {"val": 1, "test": 2, **{f"engine-{e}": 10 + i for i, e in enumerate(ENGINES)}}
-    return 1000 + fixed[split]
-
-
-def eval_batches(net, cfg, preset: StreamPreset, bank_dir: Path, split: str, dev,
-                 words: S.WordBank | None = None):
-    """The evaluation streams of a split, in order and with fixed seeds: yields (kind "pos" /
-    "neg", x [b, T, 1], per-step targets, truths, frame probabilities [b, F, K], frame ends).
-    The streams are drawn and rendered on the CPU whatever `dev` runs the model (a CUDA RNG
-    draws other numbers than the CPU's), so every machine scores the same streams and a card's
-    numbers can be reproduced anywhere. `words` replaces the bank's own words of the split
-    (split "engine-<name>": another synthesizer's test voices, sized by the preset's "engine")."""
-    draw = torch.device("cpu")
-    bank = words if words is not None else (
-        S.WordBank if preset.kind == "kws" else S.EcgBank).load(bank_dir, split, draw)
-    rirs = S.load_rirs(bank_dir, draw) if preset.kind == "kws" else None
-    gen = torch.Generator(device=draw).manual_seed(split_seed(split))
-    per_batch = 8 if preset.kind == "kws" else 4
-    sizes = "engine" if split.startswith("engine-") else split
-    runs = [("pos", *preset.eval_pos[sizes], 0.5)]
-    if preset.kind == "kws":
-        runs.append(("neg", *preset.eval_neg[sizes], 0.0))
-    for kind, n, seconds, keyword_prob in runs:
-        done = 0
-        while done < n:
-            b = min(per_batch, n - done)
-            sec = seconds if seconds is not None else float(
-                10 + 50 * torch.rand(1, generator=gen, device=draw))
-            x, y, truth = make_batch(preset, bank, rirs, gen, sec, b, cfg.model.patch_size,
-                                     keyword_prob, segment_s=preset.eval_segment_s)
-            probs, ends = frame_probs(net, x.to(dev), cfg.task.frame_size)
-            yield kind, x, y, truth, probs, ends
-            done += b
-
-
-def evaluate(net, cfg, preset: StreamPreset, bank_dir: Path, split: str, dev,
-             words: S.WordBank | None = None) -> dict:
-    """Frame probabilities and truth of every evaluation stream of a split (fixed seeds)."""
-    patch = cfg.model.patch_size
-    out = {"pos": [], "neg": [], "pos_seconds": 0.0, "neg_seconds": 0.0}
-    correct = counted = 0
-    for kind, x, y, truth, probs, ends in eval_batches(net, cfg, preset, bank_dir, split, dev,
-                                                       words):
-        tgt = y[:, [e // patch - 1 for e in ends]].cpu().numpy()
-        pred = probs.argmax(-1)
-        m = tgt != S.IGNORE
-        correct += int((pred[m] == tgt[m]).sum())
-        counted += int(m.sum())
-        for i in range(x.shape[0]):
-            out[kind].append((probs[i], np.array(ends), truth[i]))
-        out[f"{kind}_seconds"] += x.shape[0] * x.shape[1] / cfg.task.sample_rate
-    out["frame_accuracy"] = round(correct / max(counted, 1), 4)
-    out["streams"] = len(out["pos"]) + len(out["neg"])
-    return out
-
-
-def score(preset: StreamPreset, cfg, data: dict, threshold: float, min_on_ms: float = 0.0,
-          onset_lag_ms: float = 0.0, label_on: dict[int, float] | None = None) -> dict:
-    names = cfg.class_names()
-    st = settings_for(float(threshold), preset.hysteresis, preset.holdoff_ms, watched_labels(cfg),
-                      cfg.task.sample_rate, min_on_ms, onset_lag_ms, label_on)
-    rate = cfg.task.sample_rate
-    pos_events = detect_many([(p, e) for p, e, _ in data["pos"]], st, names)
-    pos = [(ev, truth) for ev, (_, _, truth) in zip(pos_events, data["pos"], strict=True)]
-    if preset.kind == "kws":
-        neg = detect_many([(p, e) for p, e, _ in data["neg"]], st, names)
-        return kws_summary(pos, neg, data["neg_seconds"], data["pos_seconds"], names, rate)
-    return ecg_summary(pos, data["pos_seconds"], names, rate)
 
 
 def choose(preset: StreamPreset, cfg, val: dict) -> dict:

@@ -253,7 +253,8 @@ def test_rechoose_keeps_the_weights_and_chooses_on_validation(tmp_path):
     from conftest import tiny_stream_bank
 
     from model.checkpoint import load_checkpoint, save_checkpoint
-    from model.train_streams import PRESETS, build, onset_lag, rechoose, score, smoke
+    from model.stream_eval import score
+    from model.train_streams import PRESETS, build, onset_lag, rechoose, smoke
 
     preset = replace(smoke(PRESETS["kws-events"]), thresholds=(0.3, 0.6, 0.9),
                      min_on_grid=(0.0, 100.0), label_thresholds=True)
@@ -313,15 +314,8 @@ def test_label_thresholds_are_the_best_combination_within_the_false_alarm_budget
 
     from conftest import tiny_stream_bank
 
-    from model.train_streams import (
-        PRESETS,
-        build,
-        choose_label_thresholds,
-        evaluate,
-        label_counts,
-        score,
-        smoke,
-    )
+    from model.stream_eval import evaluate, score
+    from model.train_streams import PRESETS, build, choose_label_thresholds, label_counts, smoke
 
     preset = replace(smoke(PRESETS["kws-events"]), thresholds=(0.5, 0.9, 0.999),
                      eval_pos={"val": (4, 20.0), "test": (2, 5.0)},
@@ -398,7 +392,8 @@ def test_eval_engines_scores_other_engines_test_voices_with_the_checkpoints_dete
 
     from model.checkpoint import save_checkpoint
     from model.data import kws_bank as kb
-    from model.train_streams import PRESETS, build, eval_engines, smoke
+    from model.stream_eval import eval_engines
+    from model.train_streams import PRESETS, build, smoke
 
     rng = np.random.default_rng(1)
     data13 = tmp_path / "data13"
