@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_checkpoint
-from .data.kws_bank import UNKNOWN_HELDOUT
+from .data.kws_bank import ENGINE_NAMES, UNKNOWN_HELDOUT
 from .data.stream_bank import EXTRA_TRAIN_WORDS
 from .evaluation import poisson_rate_interval, wilson_text
 from .streaming import StreamingNetwork
@@ -176,8 +176,13 @@ def sizes(recipe: dict, split: str) -> str:
     return what
 
 
-ENGINE_NAMES = {"flite": "flite", "festival": "festival", "mbrola": "MBROLA",
-                "pico": "SVOX Pico", "rhvoice": "RHVoice"}
+def engine_row(name: str, v: dict, bold: bool = False) -> str:
+    """One row of the other-engines table: missed keywords, false alarms per hour, onset p90."""
+    b = "**" if bold else ""
+    return (f"  | {b}{name}{b} | {b}{pct(v['false_rejection_rate'])}{b} "
+            f"({v['keywords'] - v['detected']} of {v['keywords']}) | "
+            f"{b}{v['false_alarms_per_hour']:.2f}{b} ({v['false_alarms']} in "
+            f"{v['negative_hours']:.1f} h) | {v['onset_error_p90_ms']:.0f} ms |")
 
 
 def engines_lines(e: dict | None) -> list[str]:
@@ -185,15 +190,8 @@ def engines_lines(e: dict | None) -> list[str]:
     if not e:
         return []
     d, n = e["detector"], e["sizes_per_engine"]
-    rows = [f"  | {ENGINE_NAMES.get(k, k)} | {pct(v['false_rejection_rate'])} "
-            f"({v['keywords'] - v['detected']} of {v['keywords']}) | "
-            f"{v['false_alarms_per_hour']:.2f} ({v['false_alarms']} in {v['negative_hours']:.1f} h) "
-            f"| {v['onset_error_p90_ms']:.0f} ms |" for k, v in e["per_engine"].items()]
-    p = e["pooled"]
-    rows.append(f"  | **all {len(e['per_engine'])}** | **{pct(p['false_rejection_rate'])}** "
-                f"({p['keywords'] - p['detected']} of {p['keywords']}) | "
-                f"**{p['false_alarms_per_hour']:.2f}** ({p['false_alarms']} in "
-                f"{p['negative_hours']:.1f} h) | {p['onset_error_p90_ms']:.0f} ms |")
+    rows = [engine_row(ENGINE_NAMES.get(k, k), v) for k, v in e["per_engine"].items()]
+    rows.append(engine_row(f"all {len(e['per_engine'])}", e["pooled"], bold=True))
     ok = [c for c in e["pooled_curve"] if c["false_alarms_per_hour"] <= 1.0]
     loose = next((c for c in e["pooled_curve"] if c["threshold"] == 0.99), None)
     return [

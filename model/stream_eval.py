@@ -6,6 +6,7 @@ detector's metrics at a setting, and the keyword events on other synthesizers' v
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -58,6 +59,7 @@ def eval_engines(preset: StreamPreset, checkpoint: Path, bank_dir: Path, data13:
     net, cfg = load_checkpoint(checkpoint, device=dev)
     net.eval()
     ev = cfg.task.events
+    preset = replace(preset, hysteresis=ev.hysteresis, holdoff_ms=ev.holdoff_ms)  # its detector
     names = cfg.class_names()
     label_on = {names.index(k): v for k, v in (ev.label_thresholds or {}).items()}
     engines = engines or [e for e in ENGINES

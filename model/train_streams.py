@@ -36,6 +36,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import EventsConfig
 from .data import streams as S
 from .network import S4DNetwork
+from .precision import matmul_precision
 from .stream_eval import eval_engines, evaluate, make_batch, score, watched_labels
 from .stream_metrics import detect_many, kws_match, settings_for
 from .train import hardware, lr_factor
@@ -185,9 +186,6 @@ def train(preset: StreamPreset, bank_dir: Path, out: Path, device: str, seed: in
           log=print, init_from: Path | None = None) -> dict:
     dev = torch.device(device)
     torch.manual_seed(seed)
-    if dev.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
     net, cfg = build(preset, dev, init_from)
     patch = cfg.model.patch_size
     bank = train_bank(preset, bank_dir, dev, seed)
@@ -201,47 +199,47 @@ def train(preset: StreamPreset, bank_dir: Path, out: Path, device: str, seed: in
     total, step, t0, wall_calib = preset.max_steps, 0, time.time(), None
     losses = []
     net.train()
-    while step < total:
-        lo, hi = preset.train_seconds
-        seconds = lo + (hi - lo) * float(torch.rand(1, generator=gen, device=dev))
-        with torch.no_grad():
-            x, y, _ = make_batch(preset, bank, rirs, gen, seconds, preset.batch_size, patch,
-                                 keyword_prob=preset.train_keyword_prob)
-        logits = net.prefix_logits(x)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
-                               ignore_index=S.IGNORE)
-        warm = max(1, int(preset.warmup_frac * total))
-        for g, lr in zip(opt.param_groups, base_lrs, strict=True):
-            g["lr"] = lr * lr_factor(step, warm, total)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), preset.grad_clip)
-        opt.step()
-        step += 1
-        losses.append(loss.item())
-        if step == 3:  # calibrate the step count to the time budget (first steps are warmup)
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            wall_calib = time.time()
-        if wall_calib is not None and (step == 8 or step % 50 == 0) and step < total:
-            # fit the step count to the time budget from the measured speed; measured again
-            # every 50 steps, since a GPU shared with other jobs may slow down later
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            per = (time.time() - wall_calib) / (step - 3)
-            left = (preset.budget_s - (time.time() - t0)) / per
-            total = int(max(step + 1, 8, min(preset.max_steps, step + left)))
-            if step == 8:
-                log(f"{preset.name}: {per:.3f} s/step -> {total} steps in {preset.budget_s:.0f} s")
-        if step % 50 == 0 or step == total:
-            log(f"{preset.name}: step {step}/{total} loss {np.mean(losses[-50:]):.4f} "
-                f"({time.time() - t0:.0f} s)")
+    # training's matrix products in TF32 (CUDA); the evaluation after it runs in IEEE float32,
+    # as a CPU does (TF32 rounding moved probabilities near a 0.9998 threshold enough to flip
+    # a test false alarm)
+    with matmul_precision("tf32", dev):
+        while step < total:
+            lo, hi = preset.train_seconds
+            seconds = lo + (hi - lo) * float(torch.rand(1, generator=gen, device=dev))
+            with torch.no_grad():
+                x, y, _ = make_batch(preset, bank, rirs, gen, seconds, preset.batch_size, patch,
+                                     keyword_prob=preset.train_keyword_prob)
+            logits = net.prefix_logits(x)
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
+                                   ignore_index=S.IGNORE)
+            warm = max(1, int(preset.warmup_frac * total))
+            for g, lr in zip(opt.param_groups, base_lrs, strict=True):
+                g["lr"] = lr * lr_factor(step, warm, total)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), preset.grad_clip)
+            opt.step()
+            step += 1
+            losses.append(loss.item())
+            if step == 3:  # calibrate the step count to the time budget (first steps are warmup)
+                if dev.type == "cuda":
+                    torch.cuda.synchronize()
+                wall_calib = time.time()
+            if wall_calib is not None and (step == 8 or step % 50 == 0) and step < total:
+                # fit the step count to the time budget from the measured speed; measured again
+                # every 50 steps, since a GPU shared with other jobs may slow down later
+                if dev.type == "cuda":
+                    torch.cuda.synchronize()
+                per = (time.time() - wall_calib) / (step - 3)
+                left = (preset.budget_s - (time.time() - t0)) / per
+                total = int(max(step + 1, 8, min(preset.max_steps, step + left)))
+                if step == 8:
+                    log(f"{preset.name}: {per:.3f} s/step -> {total} steps in {preset.budget_s:.0f} s")
+            if step % 50 == 0 or step == total:
+                log(f"{preset.name}: step {step}/{total} loss {np.mean(losses[-50:]):.4f} "
+                    f"({time.time() - t0:.0f} s)")
     wall = time.time() - t0
     net.eval()
-    if dev.type == "cuda":  # evaluate in IEEE float32, as a CPU does: TF32 rounding moved
-        # frame probabilities near the 0.9998 threshold enough to flip a test false alarm
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
     default_lr = PRESETS[preset.name.removesuffix("-s4d")].lr
     recipe = dict(asdict(preset), thresholds=None, steps=total, seed=seed, device=str(dev),
                   optimizer="AdamW(betas=0.9,0.98)", bank=str(bank_dir),
