@@ -295,7 +295,16 @@ Targets (issue 15): {TARGETS[kind]}.
   (`S4DNetwork.prefix_logits`) against the per-step targets; {m["train_wall_s"]:.0f} s on
   {m["hardware"]} (the step count was set from the measured speed to fit the time budget).
 - Command: {how_run(tr)}, then `python -m model.install_streams DIR`, which wrote this card.
-{stage_lines(tr)}"""
+{rechosen_line(tr)}{stage_lines(tr)}"""
+
+
+def rechosen_line(tr: dict) -> str:
+    """A detector chosen again after training (`--rechoose`: same weights, e.g. on a larger
+    validation set) says so, or the card would credit the training run with its settings."""
+    if not tr.get("detector_command"):
+        return ""
+    return (f"- Event defaults chosen again after training, the weights unchanged: "
+            f"`{tr['detector_command']}`.\n")
 
 
 def stage_lines(tr: dict) -> str:

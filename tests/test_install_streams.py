@@ -76,3 +76,26 @@ def test_card_lists_other_engines_per_engine_and_pooled():
     e["pooled_curve"][1]["false_alarms_per_hour"] = 1.5
     assert "none of the sweep" in "\n".join(engines_lines(e))
     assert engines_lines(None) == []
+
+
+def test_card_says_when_the_detector_was_chosen_after_training(tmp_path):
+    """A `--rechoose` run keeps the weights and the training record; its card names the
+    re-choice command, and a card from a plain training run does not."""
+    shipped = ROOT / "checkpoints" / "kws-events-s4d"
+    src = tmp_path / "returned" / "kws-events-s4d"
+    src.mkdir(parents=True)
+    for f in ("model.safetensors", "metrics.json"):
+        (src / f).write_bytes((shipped / f).read_bytes())
+    cfg = json.loads((shipped / "config.json").read_text())
+    cfg["training"]["detector_command"] = "python -m model.train_streams kws-events --rechoose X"
+    (src / "config.json").write_text(json.dumps(cfg))
+    install(src.parent, tmp_path / "checkpoints", tmp_path / "RESULTS.md")
+    card_text = (tmp_path / "checkpoints" / "kws-events-s4d" / "CARD.md").read_text()
+    assert "chosen again after training, the weights unchanged: `python -m model.train_streams " \
+           "kws-events --rechoose X`" in card_text
+
+    del cfg["training"]["detector_command"]
+    (src / "config.json").write_text(json.dumps(cfg))
+    install(src.parent, tmp_path / "checkpoints", tmp_path / "RESULTS.md")
+    card_text = (tmp_path / "checkpoints" / "kws-events-s4d" / "CARD.md").read_text()
+    assert "chosen again after training" not in card_text
