@@ -50,8 +50,7 @@ def eval_engines(preset: StreamPreset, checkpoint: Path, bank_dir: Path, data13:
     base trained on), scored with the checkpoint's own event defaults: nothing is chosen on
     them. Per engine, pooled, and the pooled curve over the preset's thresholds. Writes
     out/engines.json (install_streams puts it on the card)."""
-    from .data.kws_bank import ENGINES
-    from .data.stream_bank import engine_words
+    from .data.stream_bank import engine_words, other_engines
 
     if preset.kind != "kws":
         raise ValueError("--eval-engines measures keyword models")
@@ -62,8 +61,7 @@ def eval_engines(preset: StreamPreset, checkpoint: Path, bank_dir: Path, data13:
     preset = replace(preset, hysteresis=ev.hysteresis, holdoff_ms=ev.holdoff_ms)  # its detector
     names = cfg.class_names()
     label_on = {names.index(k): v for k, v in (ev.label_thresholds or {}).items()}
-    engines = engines or [e for e in ENGINES
-                          if e != "espeak" and (Path(data13) / f"kws_{e}.json").exists()]
+    engines = engines or other_engines(data13)
     pooled = {"pos": [], "neg": [], "pos_seconds": 0.0, "neg_seconds": 0.0}
     per_engine = {}
     for engine in engines:

@@ -196,50 +196,13 @@ def train(preset: StreamPreset, bank_dir: Path, out: Path, device: str, seed: in
                             betas=(0.9, 0.98))
     for g in opt.param_groups[2:]:
         g["lr"] = preset.lr_ssm
-    base_lrs = [g["lr"] for g in opt.param_groups]
     gen = torch.Generator(device=dev).manual_seed(seed + 1)
-    total, step, t0, wall_calib = preset.max_steps, 0, time.time(), None
-    losses = []
-    net.train()
+    t0 = time.time()
     # training's matrix products in TF32 (CUDA); the evaluation after it runs in IEEE float32,
     # as a CPU does (TF32 rounding moved probabilities near a 0.9998 threshold enough to flip
     # a test false alarm)
     with matmul_precision("tf32", dev):
-        while step < total:
-            lo, hi = preset.train_seconds
-            seconds = lo + (hi - lo) * float(torch.rand(1, generator=gen, device=dev))
-            with torch.no_grad():
-                x, y, _ = make_batch(preset, bank, rirs, gen, seconds, preset.batch_size, patch,
-                                     keyword_prob=preset.train_keyword_prob)
-            logits = net.prefix_logits(x)
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
-                                   ignore_index=S.IGNORE)
-            warm = max(1, int(preset.warmup_frac * total))
-            for g, lr in zip(opt.param_groups, base_lrs, strict=True):
-                g["lr"] = lr * lr_factor(step, warm, total)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), preset.grad_clip)
-            opt.step()
-            step += 1
-            losses.append(loss.item())
-            if step == 3:  # calibrate the step count to the time budget (first steps are warmup)
-                if dev.type == "cuda":
-                    torch.cuda.synchronize()
-                wall_calib = time.time()
-            if wall_calib is not None and (step == 8 or step % 50 == 0) and step < total:
-                # fit the step count to the time budget from the measured speed; measured again
-                # every 50 steps, since a GPU shared with other jobs may slow down later
-                if dev.type == "cuda":
-                    torch.cuda.synchronize()
-                per = (time.time() - wall_calib) / (step - 3)
-                left = (preset.budget_s - (time.time() - t0)) / per
-                total = int(max(step + 1, 8, min(preset.max_steps, step + left)))
-                if step == 8:
-                    log(f"{preset.name}: {per:.3f} s/step -> {total} steps in {preset.budget_s:.0f} s")
-            if step % 50 == 0 or step == total:
-                log(f"{preset.name}: step {step}/{total} loss {np.mean(losses[-50:]):.4f} "
-                    f"({time.time() - t0:.0f} s)")
+        total, losses = run_steps(preset, net, opt, bank, rirs, gen, patch, dev, log)
     wall = time.time() - t0
     net.eval()
     default_lr = PRESETS[preset.name.removesuffix("-s4d")].lr
@@ -267,6 +230,52 @@ def train(preset: StreamPreset, bank_dir: Path, out: Path, device: str, seed: in
         "hardware": hardware(dev), "parameters": net.num_parameters(), **detector,
     }
     return save_run(out, net, cfg.model_copy(update={"task": task, "training": recipe}), metrics)
+
+
+def run_steps(preset: StreamPreset, net: S4DNetwork, opt, bank, rirs, gen, patch: int, dev,
+              log=print) -> tuple[int, list[float]]:
+    """The optimiser steps: the step count is fitted to `preset.budget_s` from the measured
+    speed. Returns (steps taken, per-step losses)."""
+    base_lrs = [g["lr"] for g in opt.param_groups]
+    total, step, t0, wall_calib = preset.max_steps, 0, time.time(), None
+    losses = []
+    net.train()
+    while step < total:
+        lo, hi = preset.train_seconds
+        seconds = lo + (hi - lo) * float(torch.rand(1, generator=gen, device=dev))
+        with torch.no_grad():
+            x, y, _ = make_batch(preset, bank, rirs, gen, seconds, preset.batch_size, patch,
+                                 keyword_prob=preset.train_keyword_prob)
+        logits = net.prefix_logits(x)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
+                               ignore_index=S.IGNORE)
+        warm = max(1, int(preset.warmup_frac * total))
+        for g, lr in zip(opt.param_groups, base_lrs, strict=True):
+            g["lr"] = lr * lr_factor(step, warm, total)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), preset.grad_clip)
+        opt.step()
+        step += 1
+        losses.append(loss.item())
+        if step == 3:  # calibrate the step count to the time budget (first steps are warmup)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            wall_calib = time.time()
+        if wall_calib is not None and (step == 8 or step % 50 == 0) and step < total:
+            # fit the step count to the time budget from the measured speed; measured again
+            # every 50 steps, since a GPU shared with other jobs may slow down later
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            per = (time.time() - wall_calib) / (step - 3)
+            left = (preset.budget_s - (time.time() - t0)) / per
+            total = int(max(step + 1, 8, min(preset.max_steps, step + left)))
+            if step == 8:
+                log(f"{preset.name}: {per:.3f} s/step -> {total} steps in {preset.budget_s:.0f} s")
+        if step % 50 == 0 or step == total:
+            log(f"{preset.name}: step {step}/{total} loss {np.mean(losses[-50:]):.4f} "
+                f"({time.time() - t0:.0f} s)")
+    return total, losses
 
 
 def save_run(out: Path, net: S4DNetwork, cfg, metrics: dict) -> dict:
@@ -454,7 +463,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data13", type=Path, default=ROOT / ".cache" / "data13",
                     help="the keyword utterance bank for --eval-engines")
     ap.add_argument("--extra-words", metavar="DATA13_BANK",
-                    help="kws: add the flite and festival training words of this utterance bank")
+                    help="kws: add the training words of this utterance bank's other "
+                         "synthesizers (every engine it holds but espeak-ng)")
     ap.add_argument("--label-thresholds", action="store_true",
                     help="kws: choose each keyword's own threshold on validation (the fewest "
                          "misses within <= 1 false alarm per hour in all)")

@@ -81,6 +81,14 @@ def build_words(out: Path) -> None:
     np.savez_compressed(out / "words.npz", **arrays)
 
 
+def other_engines(data13_bank: str | Path) -> list[str]:
+    """The keyword bank's engines other than espeak-ng (the stream bank's own voices) whose
+    files it holds."""
+    from .kws_bank import ENGINES
+
+    return [e for e in ENGINES if e != "espeak" and (Path(data13_bank) / f"kws_{e}.json").exists()]
+
+
 def engine_words(data13_bank: str | Path, engines=None,
                  split: str = "train") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Words of other synthesizers for training streams: the `split` keyword and non-keyword
@@ -89,11 +97,10 @@ def engine_words(data13_bank: str | Path, engines=None,
     Their voices are split as in kws-s4d, so the espeak-ng stream test split stays unheard.
     engines None: every engine but espeak-ng whose files the bank holds."""
     from .kws import KEYWORDS
-    from .kws_bank import ENGINES, load_bank
+    from .kws_bank import load_bank
 
     if engines is None:
-        engines = [e for e in ENGINES
-                   if e != "espeak" and (Path(data13_bank) / f"kws_{e}.json").exists()]
+        engines = other_engines(data13_bank)
 
     rows = [r for r in load_bank(Path(data13_bank), engines)
             if r["split"] == split and r["kind"] in ("keyword", "unknown")]
