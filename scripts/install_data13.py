@@ -296,13 +296,21 @@ def ecg_card(runs: Path, run: str = "ecg") -> tuple[str, dict]:
     mrows = [[w["start_s"], w["detector_bpm"], w["detector_band"], w["model_label"], w["p"],
               "yes" if w["detector_band"] == w["model_band"] else "no"] for w in mit["windows"]]
     from model.data.ecg import (
+        DROPOUT_PROB,
+        EARLY_COUPLING,
         ECTOPY_PROB,
         EDGE_BPM,
         EDGE_PROB,
+        FUSION_FROM,
+        FUSION_PROB,
+        LATE_COUPLING,
+        LATE_COUPLING_PROB,
         PATTERN_PROB,
         PAUSE_MODES,
+        POP_PROB,
         PVC_SHARE,
         RATE_BANDS,
+        TREMOR_PROB,
     )
 
     bands = " / ".join(f"{lo:g}-{hi:g}" for lo, hi in RATE_BANDS.values())
@@ -320,10 +328,10 @@ Rhythm class of a 10 s single-lead ECG at 250 Hz **in millivolts** (brady, norma
 ## Task
 - {ECG_DESCRIPTION}
 - Input: 1 channel at 250 Hz in **{cfg['task']['input_units']}** (`input_units`); streaming frame 250 samples (1 s). Send millivolts: the bundled `server/static/samples/ecg_mitbih208.wav` is a float WAV in mV; for other files use `s4d predict/stream --scale`.
-- Classes (5): {', '.join(names)}. Class definitions (label precedence af_like > wide_qrs > rate): brady < 60 bpm, normal 60-100, tachy > 100, the rate being the window's realised rate (60 / mean RR of the beats inside it, as an R-peak detector measures it; drawn from {bands} bpm, {100 * EDGE_PROB:.0f} % of draws within {EDGE_BPM:g} bpm of the 60 / 100 bpm edges, redrawn until the realised rate is in the band); af_like = irregular RR (log-normal, CV 0.12-0.3) without P waves, with 4-9 Hz fibrillatory waves; wide_qrs = QRS 125-200 ms (LBBB-like notched, RBBB-like rSR' or broad monophasic, T often discordant) **at brady, normal or tachy rates**; the other classes have QRS 65-105 ms.
+- Classes (5): {', '.join(names)}. Class definitions (label precedence af_like > wide_qrs > rate): brady < 60 bpm, normal 60-100, tachy > 100, the rate being the window's realised rate (60 / mean RR of the beats inside it, as an R-peak detector measures it; drawn from {bands} bpm, {100 * EDGE_PROB:.0f} % of draws within {EDGE_BPM:g} bpm of the 60 / 100 bpm edges, redrawn until the realised rate is in the band); af_like = irregular RR (log-normal, CV 0.12-0.3) without P waves, with 4-9 Hz fibrillatory waves (coarse to nearly none: the RR irregularity defines it); wide_qrs = QRS 125-200 ms (LBBB-like notched, RBBB-like rSR' or broad monophasic, T often discordant) **at brady, normal or tachy rates**; the other classes have QRS 65-105 ms.
 
 ## Data recipe and split
-- Training, validation and test (`model.data.ecg.generate_template`): P, Q, R, S, T as asymmetric Gaussian waves on an RR series (respiratory sinus arrhythmia, drift); morphology varies per window: R amplitude 0.5-2.5 mV, lead polarity flipped for 20 %, q and S depth relative to R (axis), P mono-/bi-phasic/notched and sometimes inverted, PR 120-220 ms, T by Bazett's QT (QTc 0.36-0.46 s), asymmetric and sometimes inverted, per-beat amplitude jitter and respiratory modulation. Premature ventricular beats (generator version `{cfg['training'].get('template_version', '?')}`): in {100 * ECTOPY_PROB:.0f} % of the brady / normal / tachy / wide_qrs windows, {100 * PVC_SHARE[0]:.0f}-{100 * PVC_SHARE[1]:.0f} % of the beats come early (coupling 0.45-0.75 RR, couplets possible; in {100 * PATTERN_PROB:.0f} % of those windows as a run of ventricular bigeminy or trigeminy with a fixed coupling) as broad complexes without a P wave, T against the QRS, up to 2x the sinus R (at most 3 mV); what follows, per window: {pauses}; the label's rate counts every beat and stays in its band. Noise: DC offset, baseline wander up to 0.6 mV, band-limited EMG bursts, 50/60 Hz powerline, white noise, electrode-motion artefacts.
+- Training, validation and test (`model.data.ecg.generate_template`): P, Q, R, S, T as asymmetric Gaussian waves on an RR series (respiratory sinus arrhythmia, drift); morphology varies per window: R amplitude 0.5-2.5 mV, lead polarity flipped for 20 %, q and S depth relative to R (axis), P mono-/bi-phasic/notched and sometimes inverted, PR 120-220 ms, T by Bazett's QT (QTc 0.36-0.46 s), asymmetric and sometimes inverted, per-beat amplitude jitter and respiratory modulation. Premature ventricular beats (generator version `{cfg['training'].get('template_version', '?')}`): in {100 * ECTOPY_PROB:.0f} % of the brady / normal / tachy / wide_qrs windows, {100 * PVC_SHARE[0]:.0f}-{100 * PVC_SHARE[1]:.0f} % of the beats come early (coupling {EARLY_COUPLING[0]:g}-{EARLY_COUPLING[1]:g} RR, or late-coupled at {LATE_COUPLING[0]:g}-{LATE_COUPLING[1]:g} RR in {100 * LATE_COUPLING_PROB:.0f} % of those windows, near where the sinus beat was due, and then from {FUSION_FROM:g} RR a fusion with the sinus beat in {100 * FUSION_PROB:.0f} % of cases; couplets possible; in {100 * PATTERN_PROB:.0f} % of those windows as a run of ventricular bigeminy or trigeminy with a fixed coupling) as broad complexes without a P wave, T against the QRS, up to 2x the sinus R (at most 3 mV); what follows, per window: {pauses}; the label's rate counts every beat and stays in its band. Noise: DC offset, baseline wander up to 0.6 mV, band-limited EMG bursts, 50/60 Hz powerline, white noise, electrode-motion artefacts; muscle tremor at 4-12 Hz (an AF mimic on a regular rhythm) in {100 * TREMOR_PROB:.0f} % of windows, an electrode pop (a 1-4 mV step decaying over 0.3-3 s) in {100 * POP_PROB:.0f} %, a lead-off dropout (0.3-2.5 s without beats) in {100 * DROPOUT_PROB:.0f} %; AF's fibrillatory waves range from coarse to nearly none.
 - Splits by seed stream: train {cfg['training']['n_train']:,}, val {cfg['training']['n_val']:,}, test {metrics['n_test']:,} windows, balanced.
 - **Shifted test set** ({shift['n']} windows, `model.data.ecg.generate_shift`, made here with neurokit2 and carried in `.cache/data13/ecg_bank.npz`): another generator (ECGSYN, the neurokit2 ODE model; QRS width made rate-independent), another noise model (neurokit2 `signal_distort`: baseline, muscle, powerline, artefact bursts), R amplitude 0.5-2.5 mV, 20 % inverted. Training never saw ECGSYN beats or this noise.
 

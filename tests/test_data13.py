@@ -471,7 +471,7 @@ def test_the_label_rate_counts_every_beat():
     """Whatever follows the premature beats, the realised rate over all beats (what the R-peak
     reference measures) stays in the label's band."""
     extra = 0
-    for i in range(120):
+    for i in range(400):  # interpolated beats (an extra beat) are ~1.5 % of windows
         label = ("brady", "normal", "tachy")[i % 3]
         sinus, _ = ecg._rr_series(np.random.default_rng([23, i]), label, 10.0)
         times, pvc, _ = ecg.beat_times(np.random.default_rng([23, i]), label, 10.0,
@@ -541,3 +541,57 @@ def test_bigeminy_runs_alternate_and_keep_the_beat_count():
             coupling = (moved[pvc] - moved[np.flatnonzero(pvc) - 1]) / rr
             assert coupling.std() < 0.06
     assert runs >= 3  # PATTERN_PROB of ECTOPY_PROB of 80 windows, less short runs
+
+
+def test_late_coupled_premature_beats_and_fusion():
+    """t5: some ectopic windows carry late-coupled premature beats (close to where the sinus
+    beat was due, as in MIT-BIH 208); from FUSION_FROM of the RR some fuse with the sinus
+    beat, early ones never do."""
+    late = early = 0
+    for i in range(120):
+        times, rr = ecg._rr_series(np.random.default_rng([31, i]), "normal", 10.0)
+        moved, pvc = ecg._premature_beats(np.random.default_rng([32, i]), times, rr, "normal",
+                                          mode="compensatory")
+        k = np.flatnonzero(pvc)
+        coupling = (moved[k] - moved[k - 1]) / rr
+        assert np.all((coupling > ecg.EARLY_COUPLING[0] - 0.06)
+                      & (coupling < ecg.LATE_COUPLING[1] + 0.06)), coupling
+        late += int((coupling > ecg.EARLY_COUPLING[1] + 0.03).any())
+        early += int((coupling < ecg.EARLY_COUPLING[1] - 0.03).any())
+    assert late >= 5 and early >= 10
+    rng = np.random.default_rng(0)
+    assert all(ecg._fusion_weight(rng, 0.6) == 1.0 for _ in range(50))
+    weights = np.array([ecg._fusion_weight(rng, 0.9) for _ in range(400)])
+    fused = weights[weights < 1.0]
+    assert 0.35 < len(fused) / len(weights) < 0.65  # FUSION_PROB = 0.5
+    assert fused.min() >= ecg.FUSION_WEIGHT[0] and fused.max() <= ecg.FUSION_WEIGHT[1]
+
+
+def test_tremor_is_a_4_to_12_hz_ripple():
+    """The AF mimic: power at the tremor frequency (4-12 Hz, and its harmonic), none of it a
+    step or a slow wander."""
+    t = np.arange(ecg.WINDOW) / ecg.SAMPLE_RATE
+    for i in range(10):
+        x = ecg._tremor(np.random.default_rng([33, i]), t, ecg.SAMPLE_RATE)
+        assert 0 < np.abs(x).max() <= 0.25 * 1.5 + 1e-9
+        power = np.abs(np.fft.rfft(x)) ** 2
+        f = np.fft.rfftfreq(len(x), 1 / ecg.SAMPLE_RATE)
+        assert 3.5 <= f[power.argmax()] <= 12.5
+        assert power[(f >= 3.0) & (f <= 26.0)].sum() > 0.9 * power.sum()
+
+
+def test_lead_off_replaces_one_stretch_with_a_beatless_drift(monkeypatch):
+    """A dropout changes one contiguous 0.3-2.5 s stretch and leaves no QRS in it; the window
+    keeps its label (the beats were there)."""
+    monkeypatch.setattr(ecg, "DROPOUT_PROB", 1.0)
+    for i in range(10):
+        x = ecg.template_clean(np.random.default_rng([34, i]), "tachy")
+        out = ecg.lead_off(np.random.default_rng([35, i]), x)
+        changed = np.flatnonzero(out != x)
+        assert changed.size and np.all(np.diff(changed) == 1)
+        assert 0.3 * ecg.SAMPLE_RATE - 2 <= changed.size <= 2.5 * ecg.SAMPLE_RATE
+        seg = out[changed[0]:changed[-1] + 1]
+        assert np.abs(np.diff(seg, 2)).max() < 0.05  # smooth: no QRS (slopes of mV per 4 ms)
+    monkeypatch.setattr(ecg, "DROPOUT_PROB", 0.0)
+    x = ecg.template_clean(np.random.default_rng(1), "normal")
+    assert np.array_equal(ecg.lead_off(np.random.default_rng(2), x), x)

@@ -199,14 +199,25 @@ SHIFT_RATE_BANDS = {"brady": (38.0, 57.0), "normal": (63.0, 97.0), "tachy": (104
 NARROW_QRS_S = (0.065, 0.105)
 WIDE_QRS_S = (0.125, 0.200)
 R_AMPLITUDE_MV = (0.5, 2.5)
-TEMPLATE_VERSION = "t4"  # t2: premature ventricular beats in some windows of every class but af;
+TEMPLATE_VERSION = "t5"  # t2: premature ventricular beats in some windows of every class but af;
 # t3: abutting rate bands, labels by realised rate, bigeminy / trigeminy runs; t4: reset and
-# interpolated premature beats besides compensatory ones, the rate counting every beat
+# interpolated premature beats besides compensatory ones, the rate counting every beat; t5:
+# late-coupled and fusion beats, PVC share up to 45 %, tremor, lead-off dropouts, electrode
+# pops, fine AF
 #: windows (not af_like) with premature ventricular beats, and the share of their beats that are
 #: premature: MIT-BIH 208 (the real-ECG check) is full of them, and a model that never saw one
 #: calls their irregular rhythm af_like
 ECTOPY_PROB = 0.4
-PVC_SHARE = (0.03, 0.35)
+PVC_SHARE = (0.03, 0.45)
+#: coupling interval of premature beats (fraction of the sinus RR): early ones, and (t5) in
+#: LATE_COUPLING_PROB of the ectopic windows late-coupled ones that land close to where the
+#: sinus beat was due, as in much of MIT-BIH 208, so a wide beat at the sinus time is not taken
+#: as a sign of a faster or irregular rhythm
+EARLY_COUPLING, LATE_COUPLING = (0.45, 0.75), (0.75, 0.92)
+LATE_COUPLING_PROB = 0.35
+#: t5: a premature beat coupled at >= FUSION_FROM RR meets the sinus impulse in FUSION_PROB of
+#: cases: a fusion beat, part sinus (P wave, narrow QRS) and part ventricular complex
+FUSION_FROM, FUSION_PROB, FUSION_WEIGHT = 0.82, 0.5, (0.3, 0.7)
 #: share of ectopic windows whose premature beats come in a run of ventricular bigeminy (every
 #: 2nd beat) or trigeminy (every 3rd) with a fixed coupling, as in much of MIT-BIH 208: regularly
 #: irregular, with P waves before the sinus beats, and not af_like
@@ -214,6 +225,8 @@ PATTERN_PROB = 0.35
 #: what follows a premature beat, drawn per window (t4; t2 and t3 had compensatory pauses only):
 #: the R-peak reference's rate counts every beat, so the label's rate does too
 PAUSE_MODES = {"compensatory": 0.6, "reset": 0.25, "interpolated": 0.15}
+#: t5 recording artefacts, per window: tremor (an AF mimic), an electrode pop, a lead-off dropout
+TREMOR_PROB, POP_PROB, DROPOUT_PROB = 0.15, 0.08, 0.05
 #: tries at a window's premature beats before it goes without (the label's band must hold)
 _ECTOPY_TRIES = 6
 _T2_CODE = 10  # seed-stream offset: v2 windows never share a seed with v1 windows
@@ -329,8 +342,8 @@ def _rr_draw(rng: np.random.Generator, label: str, seconds: float, hr: float,
 
 def _premature_beats(rng: np.random.Generator, times: np.ndarray, rr: float, label: str,
                      mode: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Premature ventricular beats: some beats come early (coupling 0.45-0.75 RR, couplets
-    possible; in PATTERN_PROB of the windows as a bigeminy / trigeminy run). What follows, one
+    """Premature ventricular beats: some beats come early (coupling EARLY_COUPLING or, in some
+    windows, LATE_COUPLING of the RR; couplets possible; in PATTERN_PROB of the windows as a bigeminy / trigeminy run). What follows, one
     `mode` per window (drawn from PAUSE_MODES unless given): "compensatory", the next sinus beat
     keeps its time and the PVC takes a sinus beat's slot (the beat count stays); "reset", the
     PVC resets the sinus node and the next sinus beat comes 1.0-1.25 RR after it (the rest
@@ -341,6 +354,7 @@ def _premature_beats(rng: np.random.Generator, times: np.ndarray, rr: float, lab
         return times, pvc
     if mode is None:
         mode = str(rng.choice(list(PAUSE_MODES), p=list(PAUSE_MODES.values())))
+    lo, hi = LATE_COUPLING if rng.random() < LATE_COUPLING_PROB else EARLY_COUPLING
     if rng.random() < PATTERN_PROB:  # a run of bigeminy / trigeminy, fixed coupling
         every = int(rng.choice([2, 3]))
         start = int(rng.integers(1, 1 + every))
@@ -349,11 +363,11 @@ def _premature_beats(rng: np.random.Generator, times: np.ndarray, rr: float, lab
         span = rng.uniform(0.3, 1.0) * len(times)
         first = int(rng.uniform(0, len(times) - span + 1))
         pvc = run & (np.arange(len(times)) >= first) & (np.arange(len(times)) < first + span)
-        coupling = rng.uniform(0.45, 0.75)
-        couplings = np.clip(coupling + rng.normal(0, 0.02, len(times)), 0.4, 0.8)
+        coupling = rng.uniform(lo, hi)
+        couplings = np.clip(coupling + rng.normal(0, 0.02, len(times)), lo - 0.05, hi + 0.05)
     else:
         pvc = rng.random(len(times)) < rng.uniform(*PVC_SHARE)
-        couplings = rng.uniform(0.45, 0.75, len(times))
+        couplings = rng.uniform(lo, hi, len(times))
     pvc[0] = False
     pvc[2:] &= ~(pvc[1:-1] & pvc[:-2])  # at most two in a row
     out = times.copy()
@@ -392,6 +406,14 @@ def _pvc_components(rng: np.random.Generator, rr: float) -> list:
     comps.append((rng.uniform(0.28, 0.36) * np.sqrt(rr), 1.4 * t_sd, t_sd,
                   ("mV", -sign * rng.uniform(0.2, 0.6))))
     return comps
+
+
+def _fusion_weight(rng: np.random.Generator, coupling: float) -> float:
+    """The ventricular share of a premature beat's complex: 1 (a pure PVC), or for a late one
+    (coupling >= FUSION_FROM of the RR) in FUSION_PROB of cases a fusion with the sinus beat."""
+    if coupling >= FUSION_FROM and rng.random() < FUSION_PROB:
+        return float(rng.uniform(*FUSION_WEIGHT))
+    return 1.0
 
 
 def beat_times(rng: np.random.Generator, label: str, seconds: float,
@@ -433,29 +455,35 @@ def template_clean(rng: np.random.Generator, label: str, seconds: float = WINDOW
     pvc_comps = _pvc_components(ectopy_rng, rr) if pvc.any() else []
     # a ventricular complex up to 2x the sinus R, but no taller than 3 mV
     pvc_amp = min([amp] + [3.0 / abs(m) for _, _, _, m in pvc_comps if not isinstance(m, tuple)])
-    for r, premature in zip(times, pvc, strict=True):
+    for k, (r, premature) in enumerate(zip(times, pvc, strict=True)):
         beat_rng = ectopy_rng if premature else rng
         gain = (polarity * (1 + resp_m * np.sin(2 * np.pi * resp_f * r))
                 * beat_rng.uniform(0.96, 1.04))
-        for c, a, b, m in (pvc_comps if premature else comps):
-            center = r + c + beat_rng.normal(0, 0.002)
-            lo, hi = np.searchsorted(t, [center - 6 * a, center + 6 * b])
-            if hi <= lo:
-                continue
-            val = m[1] if isinstance(m, tuple) else m * (pvc_amp if premature else amp)
-            ecg[lo:hi] += gain * _wave(t[lo:hi], center, a, b, val)
-    if label == "af_like":  # fibrillatory waves instead of P waves
+        parts = [(comps, amp, 1.0)]
+        if premature:
+            w = _fusion_weight(ectopy_rng, (r - times[k - 1]) / rr) if k else 1.0
+            parts = [(pvc_comps, pvc_amp, w)] + ([(comps, amp, 1.0 - w)] if w < 1 else [])
+        for beat_comps, scale, weight in parts:
+            for c, a, b, m in beat_comps:
+                center = r + c + beat_rng.normal(0, 0.002)
+                lo, hi = np.searchsorted(t, [center - 6 * a, center + 6 * b])
+                if hi <= lo:
+                    continue
+                val = m[1] if isinstance(m, tuple) else m * scale
+                ecg[lo:hi] += gain * weight * _wave(t[lo:hi], center, a, b, val)
+    if label == "af_like":  # fibrillatory waves instead of P waves, coarse to fine (near none)
         for _ in range(2):
             f = rng.uniform(4, 9) + 0.3 * np.sin(2 * np.pi * rng.uniform(0.05, 0.3) * t)
             env = 1 + 0.5 * np.sin(2 * np.pi * rng.uniform(0.1, 0.5) * t + rng.uniform(0, 6.3))
-            ecg += rng.uniform(0.02, 0.1) * env * np.sin(2 * np.pi * np.cumsum(f) / sample_rate
+            ecg += rng.uniform(0.0, 0.1) * env * np.sin(2 * np.pi * np.cumsum(f) / sample_rate
                                                          + rng.uniform(0, 6.3))
     return ecg
 
 
 def template_noise(rng: np.random.Generator, n: int, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Additive recording noise in mV: offset, baseline wander, muscle (EMG), powerline,
-    white noise and electrode-motion artefacts (each with a random, often zero, level)."""
+    white noise and electrode-motion artefacts (each with a random, often zero, level); t5
+    adds tremor and electrode pops."""
     from scipy.signal import butter, sosfilt
 
     t = np.arange(n) / sample_rate
@@ -476,6 +504,40 @@ def template_noise(rng: np.random.Generator, n: int, sample_rate: int = SAMPLE_R
         for _ in range(int(rng.integers(1, 4))):
             c, w = rng.uniform(0, t[-1]), rng.uniform(0.05, 0.4)
             out += rng.uniform(-1.0, 1.0) * np.exp(-0.5 * ((t - c) / w) ** 2)
+    if rng.random() < TREMOR_PROB:
+        out += _tremor(rng, t, sample_rate)
+    if rng.random() < POP_PROB:  # electrode pop: a step the amplifier's high-pass lets decay
+        c, tau = rng.uniform(0, t[-1]), rng.uniform(0.3, 3.0)
+        out += np.where(t >= c, rng.choice([-1.0, 1.0]) * rng.uniform(1.0, 4.0)
+                        * np.exp(-np.clip(t - c, 0, None) / tau), 0.0)
+    return out
+
+
+def _tremor(rng: np.random.Generator, t: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Muscle tremor (4-12 Hz, with a harmonic, steady or in bursts): the classic artefact that
+    mimics AF's fibrillatory waves on a regular rhythm, so f-wave-like ripple alone must not
+    make a window af_like."""
+    f = rng.uniform(4.0, 12.0) * (1 + 0.05 * np.sin(2 * np.pi * rng.uniform(0.1, 0.5) * t))
+    phase = 2 * np.pi * np.cumsum(f) / sample_rate + rng.uniform(0, 6.3)
+    wave = np.sin(phase) + rng.uniform(0.0, 0.5) * np.sin(2 * phase + rng.uniform(0, 6.3))
+    if rng.random() < 0.5:  # bursts
+        wave *= np.sin(2 * np.pi * rng.uniform(0.1, 0.6) * t + rng.uniform(0, 6.3)) > 0.0
+    return rng.uniform(0.03, 0.25) * wave
+
+
+def lead_off(rng: np.random.Generator, ecg: np.ndarray) -> np.ndarray:
+    """A lead-off dropout (DROPOUT_PROB of windows): for 0.3-2.5 s the beats vanish and the
+    input drifts from where it was towards a new level, as in a few of MIT-BIH 208's windows.
+    The label stays the rhythm's: the beats were there, the recording lost them."""
+    if rng.random() >= DROPOUT_PROB:
+        return ecg
+    n = len(ecg)
+    length = int(rng.uniform(0.3, 2.5) * SAMPLE_RATE)
+    start = int(rng.integers(0, n - length))
+    k = np.arange(length) / SAMPLE_RATE
+    level = ecg[start] + rng.uniform(-2.0, 2.0)
+    out = ecg.copy()
+    out[start:start + length] = level + (ecg[start] - level) * np.exp(-k / rng.uniform(0.3, 2.0))
     return out
 
 
@@ -485,7 +547,7 @@ def _template_window(args: tuple[int, int, int, int, bool]) -> np.ndarray:
                                       np.random.SeedSequence([_T2_CODE + code, seed, i]).spawn(3))
     ecg = template_clean(sig_rng, CLASSES[label], ectopy_rng=ectopy_rng)
     if noise:
-        ecg = ecg + template_noise(noise_rng, len(ecg))
+        ecg = lead_off(noise_rng, ecg + template_noise(noise_rng, len(ecg)))
     return ecg.astype(np.float32)
 
 
