@@ -133,7 +133,11 @@ class S4DNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, classes] (mean/last/ema pooling) or [B, steps, classes] (pooling none)."""
-        h = self.features(x, lengths)
+        return self.head(self.features(x, lengths), lengths)
+
+    def head(self, h: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Pooling and the decoder on per-step features `h` (what `forward` does after
+        `features`; training with an auxiliary per-step loss reuses the same `h`)."""
         pooling = self.cfg.pooling
         if pooling == "none":
             return self.decode(h)

@@ -48,6 +48,8 @@ class Split:
     x: torch.Tensor  # [n, L_max, C] float32, right-padded
     lengths: torch.Tensor | None  # [n] or None when every sequence has length L_max
     y: torch.Tensor  # [n] int64
+    #: optional per-step targets [n, steps] in [0, 1] for an auxiliary loss (training split only)
+    aux: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.y)
@@ -230,6 +232,25 @@ def build_config(preset: TaskPreset, init: str, n_classes: int, stats) -> Checkp
     return CheckpointConfig(model=model, task=task)
 
 
+def make_aux_head(width: int, seed: int) -> torch.nn.Linear:
+    """A linear per-step head for the auxiliary loss: training only, never saved, so the
+    checkpoint (and streaming) is the plain network's."""
+    head = torch.nn.Linear(width, 1)
+    gen = torch.Generator().manual_seed(seed * 7919 + 1)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(head.weight.shape, generator=gen) * width**-0.5)
+        head.bias.zero_()
+    return head
+
+
+def aux_loss(head: torch.nn.Linear, h: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of the head's per-step logits on features `h` [B, steps, H] against
+    per-step targets [B, steps'] in [0, 1], over the steps both cover."""
+    z = head(h).squeeze(-1)
+    n = min(z.shape[1], target.shape[1])
+    return F.binary_cross_entropy_with_logits(z[:, :n].float(), target[:, :n].float())
+
+
 def lr_factor(step: int, warmup: int, total: int) -> float:
     """Linear warmup to 1, then cosine decay to 0 at `total`."""
     if step < warmup:
@@ -382,9 +403,14 @@ def train(
         net = S4DNetwork(config.model, seed=seed).to(dev)
     if net.frontend is not None and (preset.time_mask or preset.channel_mask):
         net.frontend.masks = (preset.time_mask, preset.channel_mask)  # SpecAugment on log-mels
-    optimizer = torch.optim.AdamW(
-        net.parameter_groups(preset.lr, preset.weight_decay), betas=(0.9, 0.98)
-    )
+    groups = net.parameter_groups(preset.lr, preset.weight_decay)
+    aux_head = None
+    if preset.aux_weight:
+        if train_set.aux is None:
+            raise ValueError("aux_weight > 0 needs per-step targets on the training split (Split.aux)")
+        aux_head = make_aux_head(config.model.d_model, seed).to(dev)
+        groups.append({"params": list(aux_head.parameters()), "lr": preset.lr, "weight_decay": 0.0})
+    optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.98))
     steps_per_epoch = math.ceil(len(train_set) / preset.batch_size)
     total_steps = preset.epochs * steps_per_epoch
     warmup = max(1, round(preset.warmup_epochs * steps_per_epoch))
@@ -426,13 +452,19 @@ def train(
         bar = _bar(steps_per_epoch, f"epoch {epoch + 1}/{preset.epochs}", progress)
         seen, loss_sum, correct = 0, 0.0, 0
         for step in range(steps_per_epoch):
-            x, lengths, y = train_set.batch(
-                order[step * preset.batch_size : (step + 1) * preset.batch_size]
-            )
+            idx = order[step * preset.batch_size : (step + 1) * preset.batch_size]
+            x, lengths, y = train_set.batch(idx)
             x, lengths = augment(x, lengths, preset, net, gen)
             x, y = x.to(dev), y.to(dev)
-            logits = net(x, None if lengths is None else lengths.to(dev))
-            loss = F.cross_entropy(logits, y)
+            lengths = None if lengths is None else lengths.to(dev)
+            if aux_head is None:
+                logits = net(x, lengths)
+                loss = F.cross_entropy(logits, y)
+            else:
+                h = net.features(x, lengths)
+                logits = net.head(h, lengths)
+                loss = F.cross_entropy(logits, y) + preset.aux_weight * aux_loss(
+                    aux_head, h, train_set.aux[idx].to(dev))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if preset.grad_clip:

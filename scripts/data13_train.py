@@ -271,11 +271,15 @@ def run_ecg(args) -> None:
     data = {split: _split(*ecg.generate_template(split, n[f"ecg_{split}"], seed=0,
                                                  workers=args.workers))
             for split in ("train", "val", "test")}
+    if args.beat_aux:  # per-step R-peak targets for the training windows (an auxiliary loss)
+        patch = PRESETS["ecg"].model["patch_size"]
+        data["train"].aux = torch.from_numpy(
+            ecg.template_beat_steps("train", n["ecg_train"], seed=0, patch=patch))
     gen_s = time.time() - t0
     print(f"ecg: generated {[len(v) for v in data.values()]} windows in {gen_s:.0f}s", flush=True)
     overrides = dict(epochs=args.epochs or n["ecg_epochs"], n_train=len(data["train"]),
                      n_val=len(data["val"]), n_test=len(data["test"]), batch_size=64, lr=args.lr,
-                     warmup_epochs=args.warmup_epochs)
+                     warmup_epochs=args.warmup_epochs, aux_weight=args.beat_aux)
     init_from = args.init_from[0] if args.init_from else None
     if args.smoke and not init_from:
         overrides.update(SMOKE_MODEL)
@@ -342,6 +346,8 @@ def main() -> None:
     ap.add_argument("--refit-on-val", action="store_true",
                     help="kws: the validation clips join training; the last epoch is kept")
     ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--beat-aux", type=float, default=None, metavar="WEIGHT",
+                    help="ecg: add a per-step R-peak loss of this weight (training only)")
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--warmup-epochs", type=float, default=None)
     ap.add_argument("--front-end", choices=("linear", "logmel"), default=None,

@@ -135,7 +135,10 @@ def training_lines(cfg: dict, metrics: dict) -> str:
             + ("the last epoch kept (refit: the validation clips are training data)"
                if t.get("refit_on_val") else f"best-on-validation epoch {metrics['best_epoch']}")
             + f"; grad clip {t['grad_clip']}; "
-            f"seed {t['seed']}.\n"
+            + (f"an auxiliary per-step R-peak loss of weight {t['aux_weight']:g} through a "
+               "training-only head (targets replayed from the generator's beats; not in the "
+               "checkpoint); " if t.get("aux_weight") else "")
+            + f"seed {t['seed']}.\n"
             f"- Wall time: {metrics['train_wall_s']} s of training on {metrics['hardware']}.")
 
 

@@ -595,3 +595,30 @@ def test_lead_off_replaces_one_stretch_with_a_beatless_drift(monkeypatch):
     monkeypatch.setattr(ecg, "DROPOUT_PROB", 0.0)
     x = ecg.template_clean(np.random.default_rng(1), "normal")
     assert np.array_equal(ecg.lead_off(np.random.default_rng(2), x), x)
+
+
+def test_beat_step_targets_replay_the_windows_beats():
+    """The auxiliary targets mark the steps holding the R peaks of exactly the windows that
+    `generate_template` renders: an R-peak detector on the rendered (noise-free) windows finds
+    the same beats (narrow-QRS windows: the detector is unreliable on wide complexes), and
+    every marked step sits on a deflection of the rendered window."""
+    pytest.importorskip("neurokit2")
+    from model.data.rpeaks import window_heart_rates
+
+    n, patch = 12, 5
+    marks = ecg.template_beat_steps("val", n, seed=3, patch=patch)
+    x, y = ecg.generate_template("val", n, seed=3, noise=False, workers=1)
+    assert marks.shape == (n, ecg.WINDOW // patch)
+    narrow = 0
+    for i in range(n):
+        k = np.flatnonzero(marks[i])
+        assert len(k) >= 5
+        size = np.abs(x[i] - np.median(x[i]))
+        near = [size[max(0, j * patch - 10): j * patch + patch + 10].max() for j in k]
+        assert min(near) > 0.2 * np.percentile(size, 99)  # a QRS at every mark
+        if ecg.CLASSES[int(y[i])] != "wide_qrs":
+            narrow += 1
+            bpm = 60.0 * ecg.SAMPLE_RATE / (np.diff(k).mean() * patch)  # to a step's 20 ms
+            (ref,) = window_heart_rates(x[i].astype(np.float64), ecg.SAMPLE_RATE, 10.0)
+            assert abs(bpm - ref) < 2.0, (i, bpm, ref)
+    assert narrow >= 8

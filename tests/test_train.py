@@ -141,3 +141,32 @@ def test_refit_on_val_trains_on_both_and_keeps_the_last_epoch(tmp_path):
     refit_steps = -(-(160 + 60) // 16)
     state = json.loads((tmp_path / "refit" / "last" / "training_state.json").read_text())
     assert len(history) == 4 and state["scheduler"]["last_epoch"] == 4 * refit_steps != 4 * plain_steps
+
+
+def test_auxiliary_per_step_loss_trains_but_is_not_saved(tmp_path):
+    """`aux_weight` adds a per-step loss on `Split.aux` through a head that only training
+    holds: it changes what is learned, and the checkpoint is the plain network's."""
+    from safetensors import safe_open
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((20, 50)).astype(np.float32)
+    data = {s: make_split(x, np.arange(20) % 5) for s in ("train", "val", "test")}
+    data["train"].aux = torch.from_numpy((rng.random((20, 10)) < 0.2).astype(np.float32))
+    preset = PRESETS["ecg"].with_overrides(epochs=1, batch_size=10, d_model=8, d_state=4,
+                                           n_layers=1, n_train=20, n_val=20, n_test=20)
+    quiet = dict(data=data, progress=False, log=lambda *a: None)
+    train(preset, tmp_path / "plain", **quiet)
+    train(preset.with_overrides(aux_weight=0.5), tmp_path / "aux", **quiet)
+    with safe_open(str(tmp_path / "aux" / "model.safetensors"), "pt") as f:
+        keys = set(f.keys())
+    with safe_open(str(tmp_path / "plain" / "model.safetensors"), "pt") as f:
+        assert keys == set(f.keys())  # no auxiliary head in the checkpoint
+    plain, _ = load_checkpoint(tmp_path / "plain")
+    aux, cfg = load_checkpoint(tmp_path / "aux")
+    assert cfg.training["aux_weight"] == 0.5
+    moved = [not torch.equal(a, b) for a, b in zip(plain.state_dict().values(),
+                                                   aux.state_dict().values(), strict=True)]
+    assert any(moved)  # the auxiliary loss reached the network's weights
+    data["train"].aux = None
+    with pytest.raises(ValueError, match="per-step targets"):
+        train(preset.with_overrides(aux_weight=0.5), tmp_path / "none", **quiet)

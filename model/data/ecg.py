@@ -606,6 +606,24 @@ def generate_template(split: str, n: int, seed: int, noise: bool = True,
     return _run(_template_window, split, n, seed, noise, workers)
 
 
+def template_beat_steps(split: str, n: int, seed: int, patch: int) -> np.ndarray:
+    """Per-step targets for `generate_template(split, n, seed)`: 1 where a window's R peak
+    (sinus or premature) falls in a step of `patch` samples, else 0 ([n, WINDOW // patch],
+    float32). It replays each window's beat draws (the first thing `template_clean` draws from
+    the same seeds), so it renders nothing. An auxiliary training target: a model that marks
+    beats can count them, and the rate classes are a count over a span."""
+    code = SPLIT_CODE[split]
+    steps = WINDOW // patch
+    out = np.zeros((n, steps), np.float32)
+    for i, label in enumerate(labels_for(n, seed, code)):
+        sig_rng, _, ectopy_rng = (np.random.default_rng(s) for s in
+                                  np.random.SeedSequence([_T2_CODE + code, seed, i]).spawn(3))
+        times, _, _ = beat_times(sig_rng, CLASSES[int(label)], WINDOW / SAMPLE_RATE, ectopy_rng)
+        k = np.floor(times * SAMPLE_RATE / patch).astype(np.int64)
+        out[i, k[(k >= 0) & (k < steps)]] = 1.0
+    return out
+
+
 def generate_shift(n: int, seed: int = 0, noise: bool = True,
                    workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The shifted test set: another generator (ECGSYN) and noise model (neurokit2's
