@@ -55,7 +55,8 @@ class TaskPreset:
     time_mask: int = 0  # max width (steps) of one random time span set to the mean per sequence
     channel_mask: int = 0  # max count of adjacent channels set to the mean per sequence
     #: weight of an auxiliary per-step loss (training only; the head is not saved) on the
-    #: training split's per-step targets (`Split.aux`, e.g. "an R peak in this step")
+    #: training split's per-step targets (`Split.aux`, e.g. "an R peak in this step"); the
+    #: logged training loss includes it
     aux_weight: float = 0.0
 
     def with_overrides(self, **overrides: Any) -> TaskPreset:

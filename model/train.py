@@ -408,6 +408,8 @@ def train(
     if preset.aux_weight:
         if train_set.aux is None:
             raise ValueError("aux_weight > 0 needs per-step targets on the training split (Split.aux)")
+        if preset.shift_augment or preset.stretch_augment > 1:  # would move x, not the targets
+            raise ValueError("aux_weight cannot be combined with time shift / stretch augmentation")
         aux_head = make_aux_head(config.model.d_model, seed).to(dev)
         groups.append({"params": list(aux_head.parameters()), "lr": preset.lr, "weight_decay": 0.0})
     optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.98))
