@@ -408,6 +408,10 @@ def train(
     if preset.aux_weight:
         if train_set.aux is None:
             raise ValueError("aux_weight > 0 needs per-step targets on the training split (Split.aux)")
+        steps = train_set.x.shape[1] // config.model.patch_size
+        if train_set.aux.shape[1] != steps:  # e.g. targets made for another patch size
+            raise ValueError(f"Split.aux has {train_set.aux.shape[1]} steps per sequence, the "
+                             f"network takes {steps} (patch {config.model.patch_size})")
         if preset.shift_augment or preset.stretch_augment > 1:  # would move x, not the targets
             raise ValueError("aux_weight cannot be combined with time shift / stretch augmentation")
         aux_head = make_aux_head(config.model.d_model, seed).to(dev)

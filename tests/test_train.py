@@ -167,6 +167,10 @@ def test_auxiliary_per_step_loss_trains_but_is_not_saved(tmp_path):
     moved = [not torch.equal(a, b) for a, b in zip(plain.state_dict().values(),
                                                    aux.state_dict().values(), strict=True)]
     assert any(moved)  # the auxiliary loss reached the network's weights
+    data["train"].aux = torch.zeros(20, 25)  # steps of another patch size
+    with pytest.raises(ValueError, match="steps per sequence"):
+        train(preset.with_overrides(aux_weight=0.5), tmp_path / "patch", **quiet)
+    data["train"].aux = torch.from_numpy((rng.random((20, 10)) < 0.2).astype(np.float32))
     with pytest.raises(ValueError, match="time shift"):  # it would move the inputs only
         train(preset.with_overrides(aux_weight=0.5, shift_augment=10), tmp_path / "shift", **quiet)
     data["train"].aux = None

@@ -343,8 +343,8 @@ def _rr_draw(rng: np.random.Generator, label: str, seconds: float, hr: float,
 def _premature_beats(rng: np.random.Generator, times: np.ndarray, rr: float, label: str,
                      mode: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Premature ventricular beats: some beats come early (coupling EARLY_COUPLING or, in some
-    windows, LATE_COUPLING of the RR; couplets possible; in PATTERN_PROB of the windows as a bigeminy / trigeminy run). What follows, one
-    `mode` per window (drawn from PAUSE_MODES unless given): "compensatory", the next sinus beat
+    windows, LATE_COUPLING of the RR; couplets possible; in PATTERN_PROB of the windows as a
+    bigeminy / trigeminy run). What follows, one `mode` per window (drawn from PAUSE_MODES unless given): "compensatory", the next sinus beat
     keeps its time and the PVC takes a sinus beat's slot (the beat count stays); "reset", the
     PVC resets the sinus node and the next sinus beat comes 1.0-1.25 RR after it (the rest
     shift with it); "interpolated", the PVC falls between two sinus beats, which stay (the next
@@ -541,10 +541,16 @@ def lead_off(rng: np.random.Generator, ecg: np.ndarray) -> np.ndarray:
     return out
 
 
+def _template_rngs(code: int, seed: int, i: int) -> tuple[np.random.Generator, ...]:
+    """Window i's (signal, noise, ectopy) generators: every replay of a template window's draws
+    (`template_beat_steps`) must take them from here."""
+    return tuple(np.random.default_rng(s) for s in
+                 np.random.SeedSequence([_T2_CODE + code, seed, i]).spawn(3))
+
+
 def _template_window(args: tuple[int, int, int, int, bool]) -> np.ndarray:
     code, seed, i, label, noise = args
-    sig_rng, noise_rng, ectopy_rng = (np.random.default_rng(s) for s in
-                                      np.random.SeedSequence([_T2_CODE + code, seed, i]).spawn(3))
+    sig_rng, noise_rng, ectopy_rng = _template_rngs(code, seed, i)
     ecg = template_clean(sig_rng, CLASSES[label], ectopy_rng=ectopy_rng)
     if noise:
         ecg = lead_off(noise_rng, ecg + template_noise(noise_rng, len(ecg)))
@@ -616,8 +622,7 @@ def template_beat_steps(split: str, n: int, seed: int, patch: int) -> np.ndarray
     steps = WINDOW // patch
     out = np.zeros((n, steps), np.float32)
     for i, label in enumerate(labels_for(n, seed, code)):
-        sig_rng, _, ectopy_rng = (np.random.default_rng(s) for s in
-                                  np.random.SeedSequence([_T2_CODE + code, seed, i]).spawn(3))
+        sig_rng, _, ectopy_rng = _template_rngs(code, seed, i)
         times, _, _ = beat_times(sig_rng, CLASSES[int(label)], WINDOW / SAMPLE_RATE, ectopy_rng)
         k = np.floor(times * SAMPLE_RATE / patch).astype(np.int64)
         out[i, k[(k >= 0) & (k < steps)]] = 1.0
