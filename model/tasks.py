@@ -58,6 +58,9 @@ class TaskPreset:
     #: training split's per-step targets (`Split.aux`, e.g. "an R peak in this step"); the
     #: logged training loss includes it
     aux_weight: float = 0.0
+    #: weight of an auxiliary CTC loss (training only; the head is not saved) on the training
+    #: split's label sequences (`Split.phones`, e.g. each keyword clip's phones)
+    ctc_weight: float = 0.0
 
     def with_overrides(self, **overrides: Any) -> TaskPreset:
         """A copy with non-None overrides applied; model fields go into `model`."""

@@ -50,6 +50,9 @@ class Split:
     y: torch.Tensor  # [n] int64
     #: optional per-step targets [n, steps] in [0, 1] for an auxiliary loss (training split only)
     aux: torch.Tensor | None = None
+    #: optional label sequences [n, L] int64 (ids >= 1, right-padded with 0 = CTC's blank) for
+    #: an auxiliary CTC loss, e.g. each clip's phones (training split only)
+    phones: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.y)
@@ -85,7 +88,13 @@ def concat_splits(a: Split, b: Split) -> Split:
 
     same = a.lengths is None and b.lengths is None and a.x.shape[1] == b.x.shape[1]
     lengths = None if same else torch.cat([lengths_of(a), lengths_of(b)])
-    return Split(torch.cat([padded(a), padded(b)]), lengths, torch.cat([a.y, b.y]))
+    phones = None
+    if a.phones is not None and b.phones is not None:
+        width = max(a.phones.shape[1], b.phones.shape[1])
+        phones = torch.cat([torch.nn.functional.pad(s.phones, (0, width - s.phones.shape[1]))
+                            for s in (a, b)])
+    return Split(torch.cat([padded(a), padded(b)]), lengths, torch.cat([a.y, b.y]),
+                 phones=phones)
 
 
 def load_data(preset: TaskPreset) -> dict[str, Split]:
@@ -232,10 +241,10 @@ def build_config(preset: TaskPreset, init: str, n_classes: int, stats) -> Checkp
     return CheckpointConfig(model=model, task=task)
 
 
-def make_aux_head(width: int, seed: int) -> torch.nn.Linear:
-    """A linear per-step head for the auxiliary loss: training only, never saved, so the
+def make_aux_head(width: int, seed: int, outputs: int = 1) -> torch.nn.Linear:
+    """A linear per-step head for an auxiliary loss: training only, never saved, so the
     checkpoint (and streaming) is the plain network's."""
-    head = torch.nn.Linear(width, 1)
+    head = torch.nn.Linear(width, outputs)
     gen = torch.Generator().manual_seed(seed * 7919 + 1)
     with torch.no_grad():
         head.weight.copy_(torch.randn(head.weight.shape, generator=gen) * width**-0.5)
@@ -249,6 +258,19 @@ def aux_loss(head: torch.nn.Linear, h: torch.Tensor, target: torch.Tensor) -> to
     z = head(h).squeeze(-1)
     n = min(z.shape[1], target.shape[1])
     return F.binary_cross_entropy_with_logits(z[:, :n].float(), target[:, :n].float())
+
+
+def ctc_loss(head: torch.nn.Linear, h: torch.Tensor, targets: torch.Tensor,
+             lengths: torch.Tensor | None, patch_size: int) -> torch.Tensor:
+    """CTC (blank 0) of the head's per-step outputs on features `h` [B, steps, H] against
+    label sequences [B, L] right-padded with 0; an empty sequence asks for blanks only.
+    Alignments that cannot fit (more labels than steps) count zero, not infinity."""
+    logp = head(h).float().log_softmax(-1).transpose(0, 1)  # [steps, B, C]
+    steps = torch.full((h.shape[0],), h.shape[1], dtype=torch.long, device=h.device)
+    if lengths is not None:
+        steps = torch.div(lengths, patch_size, rounding_mode="floor").clamp(max=h.shape[1])
+    return F.ctc_loss(logp, targets, steps, (targets > 0).sum(1), blank=0,
+                      zero_infinity=True)
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
@@ -416,6 +438,13 @@ def train(
             raise ValueError("aux_weight cannot be combined with time shift / stretch augmentation")
         aux_head = make_aux_head(config.model.d_model, seed).to(dev)
         groups.append({"params": list(aux_head.parameters()), "lr": preset.lr, "weight_decay": 0.0})
+    ctc_head = None
+    if preset.ctc_weight:
+        if train_set.phones is None:
+            raise ValueError("ctc_weight > 0 needs label sequences on the training split "
+                             "(Split.phones)")
+        ctc_head = make_aux_head(config.model.d_model, seed, int(train_set.phones.max()) + 1).to(dev)
+        groups.append({"params": list(ctc_head.parameters()), "lr": preset.lr, "weight_decay": 0.0})
     optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.98))
     steps_per_epoch = math.ceil(len(train_set) / preset.batch_size)
     total_steps = preset.epochs * steps_per_epoch
@@ -463,14 +492,20 @@ def train(
             x, lengths = augment(x, lengths, preset, net, gen)
             x, y = x.to(dev), y.to(dev)
             lengths = None if lengths is None else lengths.to(dev)
-            if aux_head is None:
+            if aux_head is None and ctc_head is None:
                 logits = net(x, lengths)
                 loss = F.cross_entropy(logits, y)
             else:
                 h = net.features(x, lengths)
                 logits = net.head(h, lengths)
-                loss = F.cross_entropy(logits, y) + preset.aux_weight * aux_loss(
-                    aux_head, h, train_set.aux[idx].to(dev))
+                loss = F.cross_entropy(logits, y)
+                if aux_head is not None:
+                    loss = loss + preset.aux_weight * aux_loss(aux_head, h,
+                                                               train_set.aux[idx].to(dev))
+                if ctc_head is not None:
+                    loss = loss + preset.ctc_weight * ctc_loss(
+                        ctc_head, h, train_set.phones[idx].to(dev), lengths,
+                        config.model.patch_size)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if preset.grad_clip:

@@ -85,11 +85,13 @@ def prep_kws(args) -> None:
             if not pool:  # pico has no val voice (festival: rab_diphone since the contrib voices)
                 continue
             train = name.startswith("train_")
-            x, y = kws_mix.make_clips(pool, count, seed=0, kind=kind, code=100 + 10 * e_i + s_i,
-                                      workers=args.workers, formants=formants if train else None,
-                                      silence_top_db=args.silence_top_db if train else None,
-                                      noise=noise if train else None)
+            x, y, said = kws_mix.make_clips(
+                pool, count, seed=0, kind=kind, code=100 + 10 * e_i + s_i, workers=args.workers,
+                formants=formants if train else None, texts=True,
+                silence_top_db=args.silence_top_db if train else None,
+                noise=noise if train else None)
             _save(work, name, x, y)
+            np.save(work / f"{name}_texts.npy", said)  # what each clip says: phone targets
             made[name] = len(y)
     test_pool = kws_mix.select(rows, splits=("test",))
     x, y = kws_mix.make_clips(test_pool, n["kws_noise"], seed=0, kind="noise", code=199,
@@ -188,13 +190,21 @@ def run_kws(args) -> None:
         "test": _split(*_concat(work, [f"test_{e}" for e in ENGINES] if held is None
                                 else [f"heldout_{held}"])),
     }
+    if args.phone_ctc:  # each clip's phones, for the auxiliary CTC loss (val: for a refit)
+        from model.data.phones import ctc_targets
+
+        for split in ("train", "val"):
+            said = np.concatenate([np.load(work / f"{split}_{e}_texts.npy") for e in engines
+                                   if (work / f"{split}_{e}_y.npy").exists()])
+            data[split].phones = torch.from_numpy(ctc_targets(said))
     overrides = dict(epochs=args.epochs or n["kws_epochs"], n_train=len(data["train"]),
                      n_val=len(data["val"]), n_test=len(data["test"]), shift_augment=0,
                      lr=args.lr, warmup_epochs=args.warmup_epochs,
                      refit_on_val=args.refit_on_val or None, front_end=args.front_end,
                      patch_size=args.patch_size, dropout=args.dropout, time_mask=args.time_mask,
                      channel_mask=args.channel_mask, d_model=args.d_model,
-                     n_layers=args.n_layers, batch_size=args.batch_size)
+                     n_layers=args.n_layers, batch_size=args.batch_size,
+                     ctc_weight=args.phone_ctc)
     if init_from and (args.front_end or args.patch_size or args.dropout is not None
                       or args.d_model or args.n_layers):
         raise SystemExit("--front-end / --patch-size / --d-model / --n-layers make a new "
@@ -218,6 +228,7 @@ def run_kws(args) -> None:
                                               ("D_MODEL", args.d_model),
                                               ("N_LAYERS", args.n_layers),
                                               ("BATCH", args.batch_size),
+                                              ("PHONE_CTC", args.phone_ctc),
                                               ("SILENCE_TOP_DB", sets_meta.get("silence_top_db")),
                                               ("TRAIN_NOISE", sets_meta.get("train_noise") and
                                                ",".join(f"{v:g}" for v in sets_meta["train_noise"])))
@@ -348,6 +359,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--beat-aux", type=float, default=None, metavar="WEIGHT",
                     help="ecg: add a per-step R-peak loss of this weight (training only)")
+    ap.add_argument("--phone-ctc", type=float, default=None, metavar="WEIGHT",
+                    help="kws: an auxiliary CTC loss on each clip's phones (model/data/phones.py)")
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--warmup-epochs", type=float, default=None)
     ap.add_argument("--front-end", choices=("linear", "logmel"), default=None,

@@ -622,3 +622,24 @@ def test_beat_step_targets_replay_the_windows_beats():
             (ref,) = window_heart_rates(x[i].astype(np.float64), ecg.SAMPLE_RATE, 10.0)
             assert abs(bpm - ref) < 2.0, (i, bpm, ref)
     assert narrow >= 8
+
+
+def test_make_clips_reports_what_each_clip_says():
+    """texts=True: the same clips plus the word each says (the phone targets' source)."""
+    from model.data import kws_mix
+    from model.data.kws import CLASSES
+
+    rows = _toy_rows()
+    x0, y0 = kws_mix.make_clips(rows, 48, seed=2, workers=1, chunk=16)
+    x, y, c, said = kws_mix.make_clips(rows, 48, seed=2, workers=2, chunk=16, conditions=True,
+                                       texts=True)
+    assert np.array_equal(x, x0) and np.array_equal(y, y0) and said.shape == (48,)
+    for label, text in zip(y, said, strict=True):
+        if label == kws_mix.SILENCE:
+            assert text == ""
+        elif label == kws_mix.UNKNOWN:
+            assert text == "bed"  # the toy pool's one unknown word
+        else:
+            assert text == CLASSES[label]
+    _, _, said_p = kws_mix.make_clips(rows, 4, seed=0, kind="phrases", workers=1, texts=True)
+    assert (said_p == "a long phrase").all()

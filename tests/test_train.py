@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -176,3 +177,78 @@ def test_auxiliary_per_step_loss_trains_but_is_not_saved(tmp_path):
     data["train"].aux = None
     with pytest.raises(ValueError, match="per-step targets"):
         train(preset.with_overrides(aux_weight=0.5), tmp_path / "none", **quiet)
+
+
+def test_ctc_loss_matches_a_float64_forward_algorithm():
+    """`ctc_loss` is PyTorch's CTC on the head's per-step outputs; checked here against the
+    textbook forward recursion over the blank-extended label sequence in float64 (the loss
+    itself runs in float32)."""
+    from model.train import ctc_loss
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(4, 5).double()
+    h = torch.randn(2, 7, 4, dtype=torch.float64)
+    targets = torch.tensor([[2, 2, 3], [0, 0, 0]])  # a repeated label; an empty sequence
+
+    def nll(logp: torch.Tensor, labels: list[int]) -> float:
+        ext = [0]
+        for label in labels:
+            ext += [label, 0]
+        alpha = torch.full((len(ext),), -math.inf, dtype=torch.float64)
+        alpha[0] = logp[0, 0]
+        if len(ext) > 1:
+            alpha[1] = logp[0, ext[1]]
+        for t in range(1, logp.shape[0]):
+            prev = alpha.clone()
+            for s in range(len(ext)):
+                terms = [prev[s]] + ([prev[s - 1]] if s >= 1 else [])
+                if s >= 2 and ext[s] != 0 and ext[s] != ext[s - 2]:
+                    terms.append(prev[s - 2])
+                alpha[s] = torch.logsumexp(torch.stack(terms), 0) + logp[t, ext[s]]
+        ends = [alpha[-1]] + ([alpha[-2]] if len(ext) > 1 else [])
+        return float(-torch.logsumexp(torch.stack(ends), 0))
+
+    logp = head(h).log_softmax(-1)
+    want = (nll(logp[0], [2, 2, 3]) / 3 + nll(logp[1], [])) / 2  # "mean": per label, then batch
+    # the empty sequence divides by its length clamped to 1
+    got = float(ctc_loss(head, h, targets, None, patch_size=1))
+    assert abs(got - want) < 1e-6 * want
+    # lengths (in samples) cut the steps: patch 2, 10 samples -> 5 steps
+    short = float(ctc_loss(head, h, targets, torch.tensor([10, 14]), patch_size=2))
+    want_short = (nll(logp[0, :5], [2, 2, 3]) / 3 + nll(logp[1], [])) / 2
+    assert abs(short - want_short) < 1e-6 * want_short and short != got
+
+
+def test_auxiliary_ctc_loss_trains_but_is_not_saved(tmp_path):
+    """`ctc_weight` adds a CTC loss on `Split.phones` through a head only training holds; a
+    refit on validation carries the validation split's sequences along."""
+    from safetensors import safe_open
+
+    from model.train import concat_splits
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((20, 50)).astype(np.float32)
+    data = {s: make_split(x, np.arange(20) % 5) for s in ("train", "val", "test")}
+    seqs = torch.from_numpy(rng.integers(1, 6, (20, 3)))
+    seqs[::4] = 0  # some clips say nothing
+    data["train"].phones = seqs
+    preset = PRESETS["ecg"].with_overrides(epochs=1, batch_size=10, d_model=8, d_state=4,
+                                           n_layers=1, n_train=20, n_val=20, n_test=20)
+    quiet = dict(data=data, progress=False, log=lambda *a: None)
+    train(preset, tmp_path / "plain", **quiet)
+    train(preset.with_overrides(ctc_weight=0.5), tmp_path / "ctc", **quiet)
+    with safe_open(str(tmp_path / "ctc" / "model.safetensors"), "pt") as f:
+        keys = set(f.keys())
+    with safe_open(str(tmp_path / "plain" / "model.safetensors"), "pt") as f:
+        assert keys == set(f.keys())  # no CTC head in the checkpoint
+    plain, _ = load_checkpoint(tmp_path / "plain")
+    ctc, cfg = load_checkpoint(tmp_path / "ctc")
+    assert cfg.training["ctc_weight"] == 0.5
+    assert any(not torch.equal(a, b) for a, b in zip(plain.state_dict().values(),
+                                                     ctc.state_dict().values(), strict=True))
+    data["val"].phones = seqs[:, :2]
+    both = concat_splits(data["train"], data["val"])
+    assert both.phones.shape == (40, 3) and torch.equal(both.phones[20:, 2], torch.zeros(20).long())
+    data["train"].phones = None
+    with pytest.raises(ValueError, match="label sequences"):
+        train(preset.with_overrides(ctc_weight=0.5), tmp_path / "none", **quiet)

@@ -124,6 +124,7 @@ def _make(args) -> tuple[np.ndarray, np.ndarray]:
     x = np.zeros((stop - start, CLIP), np.float32)
     y = np.zeros(stop - start, np.int64)
     cond = np.full((stop - start, 2), np.nan, np.float32)  # SNR dB (nan: none), room (0/1)
+    texts = [""] * (stop - start)  # what each clip says ("" for silence)
     for k, i in enumerate(range(start, stop)):
         rng = np.random.default_rng([code, seed, i])
         if kind == "noise":
@@ -142,13 +143,15 @@ def _make(args) -> tuple[np.ndarray, np.ndarray]:
             else:
                 cands = by_text[CLASSES[label]]
             drawn: dict = {}
-            clip = _speech_clip(rng, rows[cands[rng.integers(len(cands))]]["wav"], waves,
+            row = rows[cands[rng.integers(len(cands))]]
+            texts[k] = row["text"]
+            clip = _speech_clip(rng, row["wav"], waves,
                                 formants, np.random.default_rng([code, seed, i, 1 << 20]), drawn,
                                 noise)
             cond[k] = (np.nan if drawn["snr_db"] is None else drawn["snr_db"], drawn["room"])
         x[k] = np.clip(clip, -1.0, 1.0)
         y[k] = label
-    return x, y, cond
+    return x, y, cond, texts
 
 
 def _init_worker(rows: list[dict]) -> None:
@@ -171,7 +174,7 @@ def make_clips(rows: list[dict], n: int, seed: int, kind: str = "words", code: i
                workers: int | None = None, chunk: int = 250,
                formants: tuple[float, float] | None = None,
                silence_top_db: float | None = None, conditions: bool = False,
-               noise: tuple[float, float, float] | None = None) -> tuple:
+               noise: tuple[float, float, float] | None = None, texts: bool = False) -> tuple:
     """n augmented clips float32 [n, 16000] in [-1, 1] and labels from the bank `rows`
     (already filtered to the engines / splits / kinds wanted); classes are balanced and
     then shuffled with the seed. `formants=(lo, hi)`: every speech clip's formants move by a
@@ -181,7 +184,8 @@ def make_clips(rows: list[dict], n: int, seed: int, kind: str = "words", code: i
     `silence_top_db`: the loudest `silence` (noise-only) level in dBFS; None: -40 for words,
     -20 for the "noise" test set (louder than training). `conditions`: also return what each
     clip drew, float32 [n, 2]: SNR in dB (nan: no noise added) and room (1) or not (0); nan,
-    nan for `silence` clips."""
+    nan for `silence` clips. `texts`: also return what each clip says, a str array [n] (the
+    word or phrase; "" for silence), after the conditions if both are asked for."""
     noise = noise or TEST_NOISE
     jobs = [(kind, code, seed, s, min(s + chunk, n), formants, silence_top_db, noise)
             for s in range(0, n, chunk)]
@@ -195,8 +199,14 @@ def make_clips(rows: list[dict], n: int, seed: int, kind: str = "words", code: i
     x = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, CLIP), np.float32)
     y = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
     cond = np.concatenate([p[2] for p in parts]) if parts else np.zeros((0, 2), np.float32)
+    said = np.array([t for p in parts for t in p[3]], dtype=str)
     order = np.random.default_rng([code, seed, 1 << 30]).permutation(n)
-    return (x[order], y[order], cond[order]) if conditions else (x[order], y[order])
+    out = (x[order], y[order])
+    if conditions:
+        out += (cond[order],)
+    if texts:
+        out += (said[order] if len(said) else np.zeros(0, str),)
+    return out
 
 
 def select(rows: list[dict], engines=None, splits=None, kinds=None) -> list[dict]:
