@@ -144,30 +144,41 @@ def test_refit_on_val_trains_on_both_and_keeps_the_last_epoch(tmp_path):
     assert len(history) == 4 and state["scheduler"]["last_epoch"] == 4 * refit_steps != 4 * plain_steps
 
 
+def tiny_splits(rng) -> tuple[dict, object, dict]:
+    """20 random sequences as train = val = test, a one-layer preset, quiet train() kwargs."""
+    x = rng.standard_normal((20, 50)).astype(np.float32)
+    data = {s: make_split(x, np.arange(20) % 5) for s in ("train", "val", "test")}
+    preset = PRESETS["ecg"].with_overrides(epochs=1, batch_size=10, d_model=8, d_state=4,
+                                           n_layers=1, n_train=20, n_val=20, n_test=20)
+    return data, preset, dict(data=data, progress=False, log=lambda *a: None)
+
+
+def check_head_is_training_only(tmp_path, preset, quiet, **option) -> None:
+    """Trains without and with `option` (a training-only head's loss): the option reaches the
+    network's weights and is recorded, and the checkpoints hold the same tensors."""
+    from safetensors import safe_open
+
+    train(preset, tmp_path / "plain", **quiet)
+    train(preset.with_overrides(**option), tmp_path / "with", **quiet)
+    keys = []
+    for run in ("plain", "with"):
+        with safe_open(str(tmp_path / run / "model.safetensors"), "pt") as f:
+            keys.append(set(f.keys()))
+    assert keys[0] == keys[1]  # no auxiliary head in the checkpoint
+    plain, _ = load_checkpoint(tmp_path / "plain")
+    other, cfg = load_checkpoint(tmp_path / "with")
+    assert all(cfg.training[k] == v for k, v in option.items())
+    assert any(not torch.equal(a, b) for a, b in zip(plain.state_dict().values(),
+                                                     other.state_dict().values(), strict=True))
+
+
 def test_auxiliary_per_step_loss_trains_but_is_not_saved(tmp_path):
     """`aux_weight` adds a per-step loss on `Split.aux` through a head that only training
     holds: it changes what is learned, and the checkpoint is the plain network's."""
-    from safetensors import safe_open
-
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((20, 50)).astype(np.float32)
-    data = {s: make_split(x, np.arange(20) % 5) for s in ("train", "val", "test")}
+    data, preset, quiet = tiny_splits(rng)
     data["train"].aux = torch.from_numpy((rng.random((20, 10)) < 0.2).astype(np.float32))
-    preset = PRESETS["ecg"].with_overrides(epochs=1, batch_size=10, d_model=8, d_state=4,
-                                           n_layers=1, n_train=20, n_val=20, n_test=20)
-    quiet = dict(data=data, progress=False, log=lambda *a: None)
-    train(preset, tmp_path / "plain", **quiet)
-    train(preset.with_overrides(aux_weight=0.5), tmp_path / "aux", **quiet)
-    with safe_open(str(tmp_path / "aux" / "model.safetensors"), "pt") as f:
-        keys = set(f.keys())
-    with safe_open(str(tmp_path / "plain" / "model.safetensors"), "pt") as f:
-        assert keys == set(f.keys())  # no auxiliary head in the checkpoint
-    plain, _ = load_checkpoint(tmp_path / "plain")
-    aux, cfg = load_checkpoint(tmp_path / "aux")
-    assert cfg.training["aux_weight"] == 0.5
-    moved = [not torch.equal(a, b) for a, b in zip(plain.state_dict().values(),
-                                                   aux.state_dict().values(), strict=True)]
-    assert any(moved)  # the auxiliary loss reached the network's weights
+    check_head_is_training_only(tmp_path, preset, quiet, aux_weight=0.5)
     data["train"].aux = torch.zeros(20, 25)  # steps of another patch size
     with pytest.raises(ValueError, match="steps per sequence"):
         train(preset.with_overrides(aux_weight=0.5), tmp_path / "patch", **quiet)
@@ -222,30 +233,14 @@ def test_ctc_loss_matches_a_float64_forward_algorithm():
 def test_auxiliary_ctc_loss_trains_but_is_not_saved(tmp_path):
     """`ctc_weight` adds a CTC loss on `Split.phones` through a head only training holds; a
     refit on validation carries the validation split's sequences along."""
-    from safetensors import safe_open
-
     from model.train import concat_splits
 
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((20, 50)).astype(np.float32)
-    data = {s: make_split(x, np.arange(20) % 5) for s in ("train", "val", "test")}
+    data, preset, quiet = tiny_splits(rng)
     seqs = torch.from_numpy(rng.integers(1, 6, (20, 3)))
     seqs[::4] = 0  # some clips say nothing
     data["train"].phones = seqs
-    preset = PRESETS["ecg"].with_overrides(epochs=1, batch_size=10, d_model=8, d_state=4,
-                                           n_layers=1, n_train=20, n_val=20, n_test=20)
-    quiet = dict(data=data, progress=False, log=lambda *a: None)
-    train(preset, tmp_path / "plain", **quiet)
-    train(preset.with_overrides(ctc_weight=0.5), tmp_path / "ctc", **quiet)
-    with safe_open(str(tmp_path / "ctc" / "model.safetensors"), "pt") as f:
-        keys = set(f.keys())
-    with safe_open(str(tmp_path / "plain" / "model.safetensors"), "pt") as f:
-        assert keys == set(f.keys())  # no CTC head in the checkpoint
-    plain, _ = load_checkpoint(tmp_path / "plain")
-    ctc, cfg = load_checkpoint(tmp_path / "ctc")
-    assert cfg.training["ctc_weight"] == 0.5
-    assert any(not torch.equal(a, b) for a, b in zip(plain.state_dict().values(),
-                                                     ctc.state_dict().values(), strict=True))
+    check_head_is_training_only(tmp_path, preset, quiet, ctc_weight=0.5)
     data["val"].phones = seqs[:, :2]
     both = concat_splits(data["train"], data["val"])
     assert both.phones.shape == (40, 3) and torch.equal(both.phones[20:, 2], torch.zeros(20).long())
