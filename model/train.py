@@ -440,9 +440,9 @@ def train(
         groups.append({"params": list(aux_head.parameters()), "lr": preset.lr, "weight_decay": 0.0})
     ctc_head = None
     if preset.ctc_weight:
-        if train_set.phones is None:
+        if train_set.phones is None or len(train_set.phones) != len(train_set):
             raise ValueError("ctc_weight > 0 needs label sequences on the training split "
-                             "(Split.phones)")
+                             "(Split.phones), one per sequence")
         ctc_head = make_aux_head(config.model.d_model, seed, int(train_set.phones.max()) + 1).to(dev)
         groups.append({"params": list(ctc_head.parameters()), "lr": preset.lr, "weight_decay": 0.0})
     optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.98))

@@ -138,6 +138,9 @@ def training_lines(cfg: dict, metrics: dict) -> str:
             + (f"an auxiliary per-step R-peak loss of weight {t['aux_weight']:g} through a "
                "training-only head (targets replayed from the generator's beats; not in the "
                "checkpoint); " if t.get("aux_weight") else "")
+            + (f"an auxiliary CTC loss on each clip's phones (model/data/phones.py) of weight "
+               f"{t['ctc_weight']:g} through a training-only head (not in the checkpoint); "
+               if t.get("ctc_weight") else "")
             + f"seed {t['seed']}.\n"
             f"- Wall time: {metrics['train_wall_s']} s of training on {metrics['hardware']}.")
 

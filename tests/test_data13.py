@@ -643,3 +643,17 @@ def test_make_clips_reports_what_each_clip_says():
             assert text == CLASSES[label]
     _, _, said_p = kws_mix.make_clips(rows, 4, seed=0, kind="phrases", workers=1, texts=True)
     assert (said_p == "a long phrase").all()
+
+
+def test_model_card_recipe_names_the_training_only_losses():
+    """A card's recipe line says when a training-only head's loss shaped the weights."""
+    from scripts.install_data13 import training_lines
+
+    t = dict(command="c", lr=0.004, weight_decay=0.05, lr_ssm=0.001, schedule="s",
+             batch_size=256, epochs=30, grad_clip=1.0, seed=0, gpu_shared=True)
+    m = dict(epochs_completed=20, best_epoch=15, train_wall_s=1.0, hardware="NVIDIA H200")
+    assert "auxiliary" not in training_lines({"training": t}, m)
+    assert "CTC loss on each clip's phones (model/data/phones.py) of weight 0.5" in training_lines(
+        {"training": t | {"ctc_weight": 0.5}}, m)
+    assert "per-step R-peak loss of weight 2" in training_lines(
+        {"training": t | {"aux_weight": 2.0}}, m)

@@ -244,6 +244,9 @@ def test_auxiliary_ctc_loss_trains_but_is_not_saved(tmp_path):
     data["val"].phones = seqs[:, :2]
     both = concat_splits(data["train"], data["val"])
     assert both.phones.shape == (40, 3) and torch.equal(both.phones[20:, 2], torch.zeros(20).long())
+    data["train"].phones = seqs[:19]  # one short
+    with pytest.raises(ValueError, match="one per sequence"):
+        train(preset.with_overrides(ctc_weight=0.5), tmp_path / "short", **quiet)
     data["train"].phones = None
     with pytest.raises(ValueError, match="label sequences"):
         train(preset.with_overrides(ctc_weight=0.5), tmp_path / "none", **quiet)
