@@ -443,7 +443,8 @@ def train(
         if train_set.phones is None or len(train_set.phones) != len(train_set):
             raise ValueError("ctc_weight > 0 needs label sequences on the training split "
                              "(Split.phones), one per sequence")
-        ctc_head = make_aux_head(config.model.d_model, seed, int(train_set.phones.max()) + 1).to(dev)
+        n_labels = int(train_set.phones.max()) + 1  # with the blank, 0
+        ctc_head = make_aux_head(config.model.d_model, seed, n_labels).to(dev)
         groups.append({"params": list(ctc_head.parameters()), "lr": preset.lr, "weight_decay": 0.0})
     optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.98))
     steps_per_epoch = math.ceil(len(train_set) / preset.batch_size)
@@ -492,20 +493,14 @@ def train(
             x, lengths = augment(x, lengths, preset, net, gen)
             x, y = x.to(dev), y.to(dev)
             lengths = None if lengths is None else lengths.to(dev)
-            if aux_head is None and ctc_head is None:
-                logits = net(x, lengths)
-                loss = F.cross_entropy(logits, y)
-            else:
-                h = net.features(x, lengths)
-                logits = net.head(h, lengths)
-                loss = F.cross_entropy(logits, y)
-                if aux_head is not None:
-                    loss = loss + preset.aux_weight * aux_loss(aux_head, h,
-                                                               train_set.aux[idx].to(dev))
-                if ctc_head is not None:
-                    loss = loss + preset.ctc_weight * ctc_loss(
-                        ctc_head, h, train_set.phones[idx].to(dev), lengths,
-                        config.model.patch_size)
+            h = net.features(x, lengths)  # forward() is head(features): the heads share h
+            logits = net.head(h, lengths)
+            loss = F.cross_entropy(logits, y)
+            if aux_head is not None:
+                loss = loss + preset.aux_weight * aux_loss(aux_head, h, train_set.aux[idx].to(dev))
+            if ctc_head is not None:
+                loss = loss + preset.ctc_weight * ctc_loss(
+                    ctc_head, h, train_set.phones[idx].to(dev), lengths, config.model.patch_size)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if preset.grad_clip:

@@ -111,8 +111,13 @@ def _split(x, y):
     return make_split(np.ascontiguousarray(x, dtype=np.float32), y)
 
 
+def _present(work: Path, names: list[str]) -> list[str]:
+    """The sets of `names` that prep made (Pico has no validation voice)."""
+    return [nm for nm in names if (work / f"{nm}_y.npy").exists()]
+
+
 def _concat(work: Path, names: list[str]):
-    parts = [_load(work, nm) for nm in names if (work / f"{nm}_y.npy").exists()]
+    parts = [_load(work, nm) for nm in _present(work, names)]
     return (np.concatenate([np.asarray(p[0]) for p in parts]),
             np.concatenate([p[1] for p in parts]))
 
@@ -194,8 +199,8 @@ def run_kws(args) -> None:
         from model.data.phones import ctc_targets
 
         for split in ("train", "val"):
-            said = np.concatenate([np.load(work / f"{split}_{e}_texts.npy") for e in engines
-                                   if (work / f"{split}_{e}_y.npy").exists()])
+            names = _present(work, [f"{split}_{e}" for e in engines])  # _concat's order
+            said = np.concatenate([np.load(work / f"{nm}_texts.npy") for nm in names])
             data[split].phones = torch.from_numpy(ctc_targets(said))
     overrides = dict(epochs=args.epochs or n["kws_epochs"], n_train=len(data["train"]),
                      n_val=len(data["val"]), n_test=len(data["test"]), shift_augment=0,

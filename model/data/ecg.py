@@ -344,11 +344,12 @@ def _premature_beats(rng: np.random.Generator, times: np.ndarray, rr: float, lab
                      mode: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Premature ventricular beats: some beats come early (coupling EARLY_COUPLING or, in some
     windows, LATE_COUPLING of the RR; couplets possible; in PATTERN_PROB of the windows as a
-    bigeminy / trigeminy run). What follows, one `mode` per window (drawn from PAUSE_MODES unless given): "compensatory", the next sinus beat
-    keeps its time and the PVC takes a sinus beat's slot (the beat count stays); "reset", the
-    PVC resets the sinus node and the next sinus beat comes 1.0-1.25 RR after it (the rest
-    shift with it); "interpolated", the PVC falls between two sinus beats, which stay (the next
-    one up to 8 % RR late): one beat more. Returns (times, premature mask)."""
+    bigeminy / trigeminy run). What follows, one `mode` per window (drawn from PAUSE_MODES
+    unless given): "compensatory", the next sinus beat keeps its time and the PVC takes a sinus
+    beat's slot (the beat count stays); "reset", the PVC resets the sinus node and the next
+    sinus beat comes 1.0-1.25 RR after it (the rest shift with it); "interpolated", the PVC
+    falls between two sinus beats, which stay (the next one up to 8 % RR late): one beat more.
+    Returns (times, premature mask)."""
     pvc = np.zeros(len(times), bool)
     if label == "af_like" or rng.random() >= ECTOPY_PROB:
         return times, pvc

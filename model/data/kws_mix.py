@@ -114,7 +114,7 @@ def _silence_clip(rng: np.random.Generator, pool: list[np.ndarray], top_db: floa
     return _noise(rng, pool) * 10 ** (rng.uniform(-75, top_db) / 20)
 
 
-def _make(args) -> tuple[np.ndarray, np.ndarray]:
+def _make(args) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     kind, code, seed, start, stop, formants, silence_top_db, noise = args
     if silence_top_db is None:
         silence_top_db = -20.0 if kind == "noise" else -40.0
@@ -205,7 +205,7 @@ def make_clips(rows: list[dict], n: int, seed: int, kind: str = "words", code: i
     if conditions:
         out += (cond[order],)
     if texts:
-        out += (said[order] if len(said) else np.zeros(0, str),)
+        out += (said[order],)
     return out
 
 
