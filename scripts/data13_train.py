@@ -206,14 +206,15 @@ def run_kws(args) -> None:
                      n_val=len(data["val"]), n_test=len(data["test"]), shift_augment=0,
                      lr=args.lr, warmup_epochs=args.warmup_epochs,
                      refit_on_val=args.refit_on_val or None, front_end=args.front_end,
-                     patch_size=args.patch_size, dropout=args.dropout, time_mask=args.time_mask,
+                     patch_size=args.patch_size, n_mels=args.n_mels, dropout=args.dropout,
+                     time_mask=args.time_mask,
                      channel_mask=args.channel_mask, d_model=args.d_model,
                      n_layers=args.n_layers, batch_size=args.batch_size,
                      ctc_weight=args.phone_ctc)
-    if init_from and (args.front_end or args.patch_size or args.dropout is not None
-                      or args.d_model or args.n_layers):
-        raise SystemExit("--front-end / --patch-size / --d-model / --n-layers make a new "
-                         "architecture: no --init-from")
+    if init_from and (args.front_end or args.patch_size or args.n_mels or args.d_model
+                      or args.dropout is not None or args.n_layers):
+        raise SystemExit("--front-end / --patch-size / --n-mels / --d-model / --n-layers make "
+                         "a new architecture: no --init-from")
     if args.smoke and not init_from:
         overrides.update(SMOKE_MODEL)
     preset = PRESETS["kws"].with_overrides(**overrides)
@@ -227,6 +228,7 @@ def run_kws(args) -> None:
                                               ("LR", args.lr), ("KWS_INIT", init_from),
                                               ("FRONT_END", args.front_end),
                                               ("PATCH", args.patch_size),
+                                              ("N_MELS", args.n_mels),
                                               ("DROPOUT", args.dropout),
                                               ("TIME_MASK", args.time_mask),
                                               ("CHANNEL_MASK", args.channel_mask),
@@ -372,6 +374,8 @@ def main() -> None:
                     help="kws from scratch: the patch encoder (model/frontend.py for logmel)")
     ap.add_argument("--patch-size", type=int, default=None, help="kws from scratch: samples "
                     "per step (logmel: 160 = 10 ms patches)")
+    ap.add_argument("--n-mels", type=int, default=None, help="kws from scratch, logmel: mel "
+                    "bands per patch (default 40)")
     ap.add_argument("--dropout", type=float, default=None, help="kws from scratch")
     ap.add_argument("--d-model", type=int, default=None, help="kws from scratch: width H")
     ap.add_argument("--n-layers", type=int, default=None, help="kws from scratch: S4D layers")

@@ -14,7 +14,8 @@
 # leave-one-engine-out run takes the first of them that never heard its held-out engine (the
 # engines in its config's training.engines), else it starts from scratch;
 # REFIT=1: the validation clips join training and the last epoch is kept; FRONT_END=logmel and
-# PATCH=160: the log-mel patch front end (model/frontend.py), from scratch; DROPOUT, TIME_MASK,
+# PATCH=160: the log-mel patch front end (model/frontend.py), from scratch, N_MELS its bands
+# (default 40); DROPOUT, TIME_MASK,
 # CHANNEL_MASK: regularisation (SpecAugment on the log-mel features); D_MODEL, N_LAYERS: a
 # wider / deeper network (from scratch); BATCH: clips per step (the step is launch-bound, so
 # larger batches buy epochs; scale LR with it); SILENCE_TOP_DB: loudest noise-only training
@@ -67,6 +68,7 @@ KWS_ARGS=()
 [ "${REFIT:-0}" = 1 ] && KWS_ARGS+=(--refit-on-val)
 [ -n "${FRONT_END:-}" ] && KWS_ARGS+=(--front-end "$FRONT_END")   # a new architecture: no KWS_INIT
 [ -n "${PATCH:-}" ] && KWS_ARGS+=(--patch-size "$PATCH")
+[ -n "${N_MELS:-}" ] && KWS_ARGS+=(--n-mels "$N_MELS")
 [ -n "${DROPOUT:-}" ] && KWS_ARGS+=(--dropout "$DROPOUT")
 [ -n "${TIME_MASK:-}" ] && KWS_ARGS+=(--time-mask "$TIME_MASK")
 [ -n "${CHANNEL_MASK:-}" ] && KWS_ARGS+=(--channel-mask "$CHANNEL_MASK")
