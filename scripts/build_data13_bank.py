@@ -4,6 +4,9 @@ flite or festival) into .cache/data13/ (carried there; kept small).
     python scripts/build_data13_bank.py ecg   # ecg_bank.npz: shifted ECG test set + MIT-BIH 208
     python scripts/build_data13_bank.py kws [--engines mbrola pico]   # kws_*: clean keyword
                                               # utterances, one FLAC + index per engine
+    python scripts/build_data13_bank.py kws --train-passes 2 --bank .cache/data13x
+                                              # the same bank plus a second rendition pass of
+                                              # every training word (its own folder)
 
 Deterministic for given arguments (every item has its own seed).
 """
@@ -23,14 +26,14 @@ sys.path.insert(0, str(ROOT))
 BANK = ROOT / ".cache" / "data13"
 
 
-def build_ecg(n_shift: int, workers: int) -> None:
+def build_ecg(n_shift: int, workers: int, bank: Path = BANK) -> None:
     from model.data import ecg, mitbih
 
     t0 = time.time()
     xs, ys = ecg.generate_shift(n_shift, seed=0, workers=workers)
     xm, hr = mitbih.windows(ecg.SAMPLE_RATE, 10.0)
-    BANK.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(BANK / "ecg_bank.npz", shift_x=xs.astype(np.float16), shift_y=ys,
+    bank.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(bank / "ecg_bank.npz", shift_x=xs.astype(np.float16), shift_y=ys,
                         mitbih_x=xm, mitbih_hr=hr)
     meta = dict(shift=dict(n=n_shift, seed=0, generator="model.data.ecg.generate_shift (ECGSYN "
                            "via neurokit2 + signal_distort)", dtype="float16 mV"),
@@ -38,7 +41,7 @@ def build_ecg(n_shift: int, workers: int) -> None:
                             "resampled to 250 Hz", reference="model.data.rpeaks (neurokit2)",
                             heart_rate_bpm=[round(float(v), 1) for v in hr]),
                 seconds=round(time.time() - t0, 1))
-    (BANK / "ecg_bank.json").write_text(json.dumps(meta, indent=1) + "\n")
+    (bank / "ecg_bank.json").write_text(json.dumps(meta, indent=1) + "\n")
     print(json.dumps(meta))
 
 
@@ -49,13 +52,17 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--engines", nargs="+", default=None,
                     help="kws: render only these engines (the others' files stay as they are)")
+    ap.add_argument("--train-passes", type=int, default=1,
+                    help="kws: rendition passes over the training words (model.data.kws_bank.plan)")
+    ap.add_argument("--bank", type=Path, default=BANK, help="output folder")
     args = ap.parse_args()
     if args.what == "ecg":
-        build_ecg(args.n_shift, args.workers)
+        build_ecg(args.n_shift, args.workers, args.bank)
     else:
         from model.data.kws_bank import ENGINES, build_bank
 
-        build_bank(BANK, engines=args.engines or ENGINES, workers=args.workers)
+        build_bank(args.bank, engines=args.engines or ENGINES, workers=args.workers,
+                   train_passes=args.train_passes)
 
 
 if __name__ == "__main__":

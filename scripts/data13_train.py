@@ -82,6 +82,8 @@ def prep_kws(args) -> None:
         }
         for s_i, (name, (flt, count, kind)) in enumerate(sets.items()):
             pool = kws_mix.select(rows, engines=(e,), **flt)
+            if name.startswith("heldout_"):  # every voice, as rendered in a one-pass bank
+                pool = [r for r in pool if not r.get("train_pass")]
             if not pool:  # pico has no val voice (festival: rab_diphone since the contrib voices)
                 continue
             train = name.startswith("train_")

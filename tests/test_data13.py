@@ -139,6 +139,29 @@ def test_bank_plan_splits_voices_and_unknown_words():
         assert kb.plan(engine) == jobs  # deterministic
 
 
+def test_bank_plan_more_training_passes_keep_the_first_pass():
+    """More rendition passes add training words only; validation and test utterances and the
+    first pass stay exactly as they were (the shipped banks were built from that plan)."""
+    import hashlib
+    import json
+    from collections import Counter
+
+    from model.data import kws_bank as kb
+
+    one = kb.plan("flite")
+    assert hashlib.sha256(json.dumps(one, sort_keys=True).encode()).hexdigest()[:16] == (
+        "ab6195d796273dce")  # the plan behind the bank of every shipped keyword model
+    three = kb.plan("flite", train_passes=3)
+    assert three[: len(one)] == one
+    first_train = [j for j in one if j["split"] == "train"]
+    for p in (1, 2):
+        extra = [j for j in three[len(one):] if j["train_pass"] == p]
+        assert Counter(j["text"] for j in extra) == Counter(j["text"] for j in first_train)
+        assert {j["voice"] for j in extra} <= {j["voice"] for j in first_train}
+        assert [j["seed"] for j in extra] != [j["seed"] for j in first_train]  # new draws
+    assert len(three) == len(one) + 2 * len(first_train)
+
+
 def test_mbrola_voices_are_recorded_diphone_sets_split_by_speaker():
     from model.data import kws_bank as kb
 

@@ -99,27 +99,40 @@ def engine_voices(engine: str) -> dict[str, str]:
                  "pico": PICO_VOICES, "rhvoice": RHVOICE_VOICES}[engine])
 
 
-def plan(engine: str, seed: int = 0) -> list[dict]:
-    """Every utterance of one engine: text, kind, split, voice, rate and pitch settings."""
+def plan(engine: str, seed: int = 0, train_passes: int = 1) -> list[dict]:
+    """Every utterance of one engine: text, kind, split, voice, rate and pitch settings.
+    `train_passes` > 1 appends that many - 1 more renditions of every training word (the
+    training COUNTS again, new voices / rates / pitches drawn from their own random stream):
+    the first pass, and so every validation and test utterance, stays as with one pass."""
     rng = np.random.default_rng([ENGINES.index(engine), seed])
     voices = engine_voices(engine)
     by_split = {s: sorted(v for v, sp in voices.items() if sp == s) for s in ("train", "val",
                                                                                "test")}
     jobs = []
     for split in ("train", "val", "test"):
-        if not by_split[split]:
-            continue
-        texts = [(w, "keyword") for w in KEYWORDS]
-        texts += [(w, "unknown") for w in (UNKNOWN_HELDOUT if split == "test" else UNKNOWN_TRAIN)]
-        if split == "test":
-            texts += [(p, "phrase") for p in PHRASES]
-        for text, kind in texts:
-            for _ in range(COUNTS[(split, kind)]):
-                voice = by_split[split][rng.integers(len(by_split[split]))]
-                jobs.append(dict(engine=engine, split=split, kind=kind, text=text, voice=voice,
-                                 stretch=round(float(rng.uniform(0.75, 1.35)), 3),
-                                 pitch=round(float(rng.uniform(0, 1)), 3),
-                                 seed=int(rng.integers(2**31))))
+        if by_split[split]:
+            jobs += _split_jobs(engine, split, by_split[split], rng)
+    for extra in range(1, train_passes):
+        rng = np.random.default_rng([ENGINES.index(engine), seed, extra])
+        jobs += [dict(j, train_pass=extra)
+                 for j in _split_jobs(engine, "train", by_split["train"], rng)]
+    return jobs
+
+
+def _split_jobs(engine: str, split: str, voices: list[str], rng: np.random.Generator):
+    """One pass over a split's texts: COUNTS renditions each, voice / rate / pitch drawn."""
+    texts = [(w, "keyword") for w in KEYWORDS]
+    texts += [(w, "unknown") for w in (UNKNOWN_HELDOUT if split == "test" else UNKNOWN_TRAIN)]
+    if split == "test":
+        texts += [(p, "phrase") for p in PHRASES]
+    jobs = []
+    for text, kind in texts:
+        for _ in range(COUNTS[(split, kind)]):
+            jobs.append(dict(engine=engine, split=split, kind=kind, text=text,
+                             voice=voices[rng.integers(len(voices))],
+                             stretch=round(float(rng.uniform(0.75, 1.35)), 3),
+                             pitch=round(float(rng.uniform(0, 1)), 3),
+                             seed=int(rng.integers(2**31))))
     return jobs
 
 
@@ -310,20 +323,23 @@ def write_engine(bank: Path, engine: str, jobs: list[dict], wavs: list[np.ndarra
         pos += len(w)
     audio = np.concatenate([w for w in wavs if len(w)])
     bank.mkdir(parents=True, exist_ok=True)
-    sf.write(bank / f"kws_{engine}.flac", audio, SAMPLE_RATE, subtype="PCM_16")
+    sf.write(bank / f"kws_{engine}.flac", audio, SAMPLE_RATE, subtype="PCM_16",
+             compression_level=1.0)  # lossless; the smallest file (banks travel to the GPU)
     (bank / f"kws_{engine}.json").write_text(json.dumps(dict(engine=engine, sample_rate=SAMPLE_RATE,
                                                              utterances=rows)) + "\n")
     return dict(engine=engine, utterances=len(rows), seconds=round(pos / SAMPLE_RATE, 1),
                 bytes=(bank / f"kws_{engine}.flac").stat().st_size)
 
 
-def build_bank(bank: Path, engines=ENGINES, workers: int = 2, seed: int = 0) -> list[dict]:
-    """Render and store every engine's plan; returns a summary per engine."""
+def build_bank(bank: Path, engines=ENGINES, workers: int = 2, seed: int = 0,
+               train_passes: int = 1) -> list[dict]:
+    """Render and store every engine's plan (`train_passes`: see `plan`); returns a summary
+    per engine."""
     summary = []
     for engine in engines:
         if not engine_available(engine):
             raise RuntimeError(unavailable_reason(engine))
-        jobs = plan(engine, seed)
+        jobs = plan(engine, seed, train_passes)
         summary.append(write_engine(Path(bank), engine, jobs, render(jobs)))
         print(summary[-1], flush=True)
     return summary
