@@ -320,6 +320,33 @@ def test_training_noise_range_is_a_knob_that_leaves_the_default_alone():
     assert ((c2[speech, 0] >= -5) & (c2[speech, 0] <= 0)).all()
 
 
+def test_babble_without_keywords_changes_only_the_babble():
+    """babble="non-keyword" mixes babble from unknown words and phrases only: the toy keywords
+    are tones at 200-650 Hz, the non-keywords at 700 / 750 Hz (speed moves them by 15 % at most),
+    so in `unknown` clips the 150-480 Hz band holds only white / pink noise then, while keyword
+    babble puts tones there. Clips without babble are the same clips."""
+    from model.data import kws_mix
+
+    rows = _toy_rows()
+    kw = dict(seed=7, workers=1, conditions=True)
+    xa, ya, ca = kws_mix.make_clips(rows, 240, **kw)
+    xn, yn, cn = kws_mix.make_clips(rows, 240, babble="non-keyword", **kw)
+    assert np.array_equal(ya, yn) and np.array_equal(ca, cn, equal_nan=True)
+    same = (xa == xn).all(1)
+    assert 0.5 < same.mean() < 1.0  # babble is one kind of noise in three
+
+    def low_band_share(x):
+        power = np.abs(np.fft.rfft(x.astype(np.float64), axis=1)) ** 2
+        f = np.fft.rfftfreq(x.shape[1], 1 / 16000)
+        return power[:, (f > 150) & (f < 480)].sum(1) / power.sum(1)
+
+    unknown = ya == kws_mix.UNKNOWN
+    assert low_band_share(xn[unknown]).max() < 0.15
+    assert low_band_share(xa[unknown & ~same]).max() > 0.2
+    with pytest.raises(ValueError, match="babble"):
+        kws_mix.make_clips(rows, 12, seed=0, workers=1, babble="keywords")
+
+
 def test_accuracy_by_condition_counts_by_hand():
     from scripts.eval_data13 import by_condition
 

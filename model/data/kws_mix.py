@@ -7,8 +7,10 @@ depend on the number of worker processes):
   log-uniformly from [lo, hi] with the pitch kept (`model.data.voice`): new vocal tracts,
 - a simulated shoebox room (pyroomacoustics) for 30 % of clips,
 - random placement in the 1 s window (a time shift; long phrases are cropped at random),
-- white, pink or babble noise (other utterances of the same pool) at 0-30 dB SNR for 85 %
-  (training sets may draw another range and share: `noise=(lo_db, hi_db, prob)`),
+- white, pink or babble noise (other utterances of the same pool; `babble="non-keyword"`
+  draws them from its unknown words and phrases only, so that no second keyword speaks under
+  the labelled one) at 0-30 dB SNR for 85 % (training sets may draw another range and share:
+  `noise=(lo_db, hi_db, prob)`),
 - gain: peak level -26..-1 dBFS.
 `silence` = noise only, -90..-40 dBFS; `unknown` = a non-keyword word of the pool.
 Set kinds: "words" (balanced 12 classes), "phrases" (1 s of a sentence without keywords,
@@ -115,12 +117,12 @@ def _silence_clip(rng: np.random.Generator, pool: list[np.ndarray], top_db: floa
 
 
 def _make(args) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    kind, code, seed, start, stop, formants, silence_top_db, noise = args
+    kind, code, seed, start, stop, formants, silence_top_db, noise, babble = args
     if silence_top_db is None:
         silence_top_db = -20.0 if kind == "noise" else -40.0
     rows = _POOL["rows"]
     by_text = _POOL["by_text"]
-    waves = [r["wav"] for r in rows]
+    waves = [r["wav"] for r in rows if babble == "any" or r["kind"] != "keyword"]
     x = np.zeros((stop - start, CLIP), np.float32)
     y = np.zeros(stop - start, np.int64)
     cond = np.full((stop - start, 2), np.nan, np.float32)  # SNR dB (nan: none), room (0/1)
@@ -174,7 +176,8 @@ def make_clips(rows: list[dict], n: int, seed: int, kind: str = "words", code: i
                workers: int | None = None, chunk: int = 250,
                formants: tuple[float, float] | None = None,
                silence_top_db: float | None = None, conditions: bool = False,
-               noise: tuple[float, float, float] | None = None, texts: bool = False) -> tuple:
+               noise: tuple[float, float, float] | None = None, texts: bool = False,
+               babble: str = "any") -> tuple:
     """n augmented clips float32 [n, 16000] in [-1, 1] and labels from the bank `rows`
     (already filtered to the engines / splits / kinds wanted); classes are balanced and
     then shuffled with the seed. `formants=(lo, hi)`: every speech clip's formants move by a
@@ -185,9 +188,13 @@ def make_clips(rows: list[dict], n: int, seed: int, kind: str = "words", code: i
     -20 for the "noise" test set (louder than training). `conditions`: also return what each
     clip drew, float32 [n, 2]: SNR in dB (nan: no noise added) and room (1) or not (0); nan,
     nan for `silence` clips. `texts`: also return what each clip says, a str array [n] (the
-    word or phrase; "" for silence), after the conditions if both are asked for."""
+    word or phrase; "" for silence), after the conditions if both are asked for.
+    `babble`: "any" (default) mixes babble from every utterance of `rows`, "non-keyword" from
+    its unknown words and phrases only (every other draw stays the same)."""
+    if babble not in ("any", "non-keyword"):
+        raise ValueError(f"babble must be 'any' or 'non-keyword', not {babble!r}")
     noise = noise or TEST_NOISE
-    jobs = [(kind, code, seed, s, min(s + chunk, n), formants, silence_top_db, noise)
+    jobs = [(kind, code, seed, s, min(s + chunk, n), formants, silence_top_db, noise, babble)
             for s in range(0, n, chunk)]
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs), 16))
     if workers == 1:
