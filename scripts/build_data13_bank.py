@@ -54,6 +54,8 @@ def main() -> None:
                     help="kws: render only these engines (the others' files stay as they are)")
     ap.add_argument("--train-passes", type=int, default=1,
                     help="kws: rendition passes over the training words (model.data.kws_bank.plan)")
+    ap.add_argument("--vocabulary", type=int, default=0, help="kws: training renditions of each "
+                    "of kws_bank.MORE_UNKNOWN (more non-keywords)")
     ap.add_argument("--bank", type=Path, default=BANK, help="output folder")
     args = ap.parse_args()
     if args.what == "ecg":
@@ -62,7 +64,7 @@ def main() -> None:
         from model.data.kws_bank import ENGINES, build_bank
 
         build_bank(args.bank, engines=args.engines or ENGINES, workers=args.workers,
-                   train_passes=args.train_passes)
+                   train_passes=args.train_passes, vocabulary=args.vocabulary)
 
 
 if __name__ == "__main__":

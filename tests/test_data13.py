@@ -162,6 +162,27 @@ def test_bank_plan_more_training_passes_keep_the_first_pass():
     assert len(three) == len(one) + 2 * len(first_train)
 
 
+def test_bank_plan_vocabulary_adds_unheard_free_training_non_keywords():
+    """`vocabulary=k` appends k training renditions of each MORE_UNKNOWN word, after the
+    passes; none of them is a keyword, a held-out unknown word or a word of a test phrase."""
+    from collections import Counter
+
+    from model.data import kws_bank as kb
+
+    test_words = {t for p in kb.PHRASES for t in p.split()} | set(kb.UNKNOWN_HELDOUT)
+    assert len(kb.MORE_UNKNOWN) > 50
+    assert not set(kb.MORE_UNKNOWN) & (test_words | set(kb.KEYWORDS) | set(kb.UNKNOWN_TRAIN))
+    two = kb.plan("rhvoice", train_passes=2)
+    more = kb.plan("rhvoice", train_passes=2, vocabulary=2)
+    assert more[: len(two)] == two
+    extra = more[len(two):]
+    assert Counter(j["text"] for j in extra) == {w: 2 for w in kb.MORE_UNKNOWN}
+    assert all(j["split"] == "train" and j["kind"] == "unknown" and j["vocabulary"]
+               for j in extra)
+    assert {j["voice"] for j in extra} <= {v for v, s in kb.RHVOICE_VOICES.items()
+                                           if s == "train"}
+
+
 def test_mbrola_voices_are_recorded_diphone_sets_split_by_speaker():
     from model.data import kws_bank as kb
 

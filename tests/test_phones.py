@@ -32,3 +32,8 @@ def test_ctc_targets_pad_with_blank_and_keep_order():
     assert [INVENTORY[k - 1] for k in t[0] if k] == ["V", "p"] and not t[1].any()
     assert [INVENTORY[k - 1] for k in t[2]] == ["m", "A@", "v", "I", "n"]
     assert ctc_targets([]).shape == (0, 1)
+
+
+def test_ctc_targets_refuse_words_without_phones():
+    with pytest.raises(ValueError, match="no phones for apple"):
+        ctc_targets(["yes", "apple"])

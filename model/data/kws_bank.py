@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from .kws import KEYWORDS, SAMPLE_RATE, UNKNOWN_WORDS
+from .stream_bank import EXTRA_TRAIN_WORDS
 
 ENGINES = ("espeak", "flite", "festival", "mbrola", "pico", "rhvoice")
 ENGINE_NAMES = {"espeak": "espeak-ng", "flite": "flite", "festival": "festival",
@@ -80,6 +81,11 @@ PHRASES = (
     "how are you doing", "that sounds great", "close the door", "it is raining",
     "see you later",
 )  # fmt: skip
+#: a broad training vocabulary of non-keywords (`plan(..., vocabulary=k)`): the words the
+#: keyword-event streams hear (confusables such as pup, dough, stock, bright among them), less
+#: every word of the test phrases and the held-out unknown words, which stay unheard
+MORE_UNKNOWN = tuple(w for w in EXTRA_TRAIN_WORDS
+                     if w not in {t for p in PHRASES for t in p.split()} | set(UNKNOWN_HELDOUT))
 # renditions per (split, kind, text) and engine
 COUNTS = {("train", "keyword"): 36, ("train", "unknown"): 6, ("val", "keyword"): 4,
           ("val", "unknown"): 1, ("test", "keyword"): 8, ("test", "unknown"): 6,
@@ -99,11 +105,12 @@ def engine_voices(engine: str) -> dict[str, str]:
                  "pico": PICO_VOICES, "rhvoice": RHVOICE_VOICES}[engine])
 
 
-def plan(engine: str, seed: int = 0, train_passes: int = 1) -> list[dict]:
+def plan(engine: str, seed: int = 0, train_passes: int = 1, vocabulary: int = 0) -> list[dict]:
     """Every utterance of one engine: text, kind, split, voice, rate and pitch settings.
     `train_passes` > 1 appends that many - 1 more renditions of every training word (the
-    training COUNTS again, new voices / rates / pitches drawn from their own random stream):
-    the first pass, and so every validation and test utterance, stays as with one pass."""
+    training COUNTS again, new voices / rates / pitches drawn from their own random stream);
+    `vocabulary` > 0 then appends that many training renditions of each `MORE_UNKNOWN` word.
+    The first pass, and so every validation and test utterance, stays as with neither."""
     rng = np.random.default_rng([ENGINES.index(engine), seed])
     voices = engine_voices(engine)
     by_split = {s: sorted(v for v, sp in voices.items() if sp == s) for s in ("train", "val",
@@ -116,18 +123,27 @@ def plan(engine: str, seed: int = 0, train_passes: int = 1) -> list[dict]:
         rng = np.random.default_rng([ENGINES.index(engine), seed, extra])
         jobs += [dict(j, train_pass=extra)
                  for j in _split_jobs(engine, "train", by_split["train"], rng)]
+    if vocabulary:
+        rng = np.random.default_rng([ENGINES.index(engine), seed, 1000])
+        texts = [(w, "unknown") for w in MORE_UNKNOWN]
+        jobs += [dict(j, vocabulary=True) for j in _split_jobs(
+            engine, "train", by_split["train"], rng, texts, vocabulary)]
     return jobs
 
 
-def _split_jobs(engine: str, split: str, voices: list[str], rng: np.random.Generator):
-    """One pass over a split's texts: COUNTS renditions each, voice / rate / pitch drawn."""
-    texts = [(w, "keyword") for w in KEYWORDS]
-    texts += [(w, "unknown") for w in (UNKNOWN_HELDOUT if split == "test" else UNKNOWN_TRAIN)]
-    if split == "test":
-        texts += [(p, "phrase") for p in PHRASES]
+def _split_jobs(engine: str, split: str, voices: list[str], rng: np.random.Generator,
+                texts: list[tuple[str, str]] | None = None, count: int | None = None):
+    """One pass over a split's texts (default: its keywords, unknown words and phrases):
+    `count` (default COUNTS) renditions each, voice / rate / pitch drawn."""
+    if texts is None:
+        texts = [(w, "keyword") for w in KEYWORDS]
+        texts += [(w, "unknown")
+                  for w in (UNKNOWN_HELDOUT if split == "test" else UNKNOWN_TRAIN)]
+        if split == "test":
+            texts += [(p, "phrase") for p in PHRASES]
     jobs = []
     for text, kind in texts:
-        for _ in range(COUNTS[(split, kind)]):
+        for _ in range(count or COUNTS[(split, kind)]):
             jobs.append(dict(engine=engine, split=split, kind=kind, text=text,
                              voice=voices[rng.integers(len(voices))],
                              stretch=round(float(rng.uniform(0.75, 1.35)), 3),
@@ -332,14 +348,14 @@ def write_engine(bank: Path, engine: str, jobs: list[dict], wavs: list[np.ndarra
 
 
 def build_bank(bank: Path, engines=ENGINES, workers: int = 2, seed: int = 0,
-               train_passes: int = 1) -> list[dict]:
-    """Render and store every engine's plan (`train_passes`: see `plan`); returns a summary
-    per engine."""
+               train_passes: int = 1, vocabulary: int = 0) -> list[dict]:
+    """Render and store every engine's plan (`train_passes`, `vocabulary`: see `plan`);
+    returns a summary per engine."""
     summary = []
     for engine in engines:
         if not engine_available(engine):
             raise RuntimeError(unavailable_reason(engine))
-        jobs = plan(engine, seed, train_passes)
+        jobs = plan(engine, seed, train_passes, vocabulary)
         summary.append(write_engine(Path(bank), engine, jobs, render(jobs)))
         print(summary[-1], flush=True)
     return summary

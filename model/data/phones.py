@@ -48,6 +48,10 @@ def ctc_targets(texts) -> np.ndarray:
     """[n, L] int64 phone ids (1..) right-padded with 0, for the words spoken in n clips ("" for
     a clip without speech: an empty target, all blank)."""
     index = {p: k + 1 for k, p in enumerate(INVENTORY)}
+    unknown = sorted({str(t) for t in texts if t and t not in LEXICON})
+    if unknown:  # e.g. a bank built with kws_bank's `vocabulary`: its words have no entry
+        raise ValueError(f"no phones for {', '.join(unknown[:5])}: the lexicon covers the "
+                         "keywords and kws.UNKNOWN_WORDS only")
     seqs = [[index[p] for p in LEXICON[t]] if t else [] for t in texts]
     out = np.zeros((len(seqs), max((len(s) for s in seqs), default=0) or 1), np.int64)
     for i, s in enumerate(seqs):
