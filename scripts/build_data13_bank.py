@@ -56,6 +56,8 @@ def main() -> None:
                     help="kws: rendition passes over the training words (model.data.kws_bank.plan)")
     ap.add_argument("--vocabulary", type=int, default=0, help="kws: training renditions of each "
                     "of kws_bank.MORE_UNKNOWN (more non-keywords)")
+    ap.add_argument("--val-passes", type=int, default=1, help="kws: rendition passes over the "
+                    "validation words (more distinct validation utterances)")
     ap.add_argument("--bank", type=Path, default=BANK, help="output folder")
     args = ap.parse_args()
     if args.what == "ecg":
@@ -64,7 +66,8 @@ def main() -> None:
         from model.data.kws_bank import ENGINES, build_bank
 
         build_bank(args.bank, engines=args.engines or ENGINES, workers=args.workers,
-                   train_passes=args.train_passes, vocabulary=args.vocabulary)
+                   train_passes=args.train_passes, vocabulary=args.vocabulary,
+                   val_passes=args.val_passes)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ def _load(work: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
 
 def prep_kws(args) -> None:
     from model.data import kws_mix
-    from model.data.kws_bank import load_bank
+    from model.data.kws_bank import composition, first_pass, load_bank
 
     n = dict(sizes(args.smoke))
     n.update({k: v for k, v in (("kws_train", args.n_train), ("kws_val", args.n_val)) if v})
@@ -83,7 +83,7 @@ def prep_kws(args) -> None:
         for s_i, (name, (flt, count, kind)) in enumerate(sets.items()):
             pool = kws_mix.select(rows, engines=(e,), **flt)
             if name.startswith("heldout_"):  # every voice, as rendered in a one-pass bank
-                pool = [r for r in pool if not r.get("train_pass")]
+                pool = [r for r in pool if first_pass(r)]
             if not pool:  # pico has no val voice (festival: rab_diphone since the contrib voices)
                 continue
             train = name.startswith("train_")
@@ -103,6 +103,7 @@ def prep_kws(args) -> None:
     made["formants"] = formants  # training clips only
     made["silence_top_db"] = args.silence_top_db  # training clips only (None: -40 dBFS)
     made["train_noise"] = noise  # training clips only (None: 0-30 dB SNR for 85 %)
+    made["bank"] = composition(rows)  # passes and vocabulary beyond the one-pass plan
     (work / "kws_sets.json").write_text(json.dumps(made) + "\n")
     print(f"prep-kws: {made} in {time.time() - t0:.0f}s", flush=True)
 
@@ -255,6 +256,7 @@ def run_kws(args) -> None:
     cfg["training"]["formants"] = formants  # training clips' formant shift range, if any
     cfg["training"]["silence_top_db"] = sets_meta.get("silence_top_db")  # None: -40 dBFS
     cfg["training"]["train_noise"] = sets_meta.get("train_noise")  # None: 0-30 dB for 85 %
+    cfg["training"]["bank"] = sets_meta.get("bank")  # None: a one-pass bank (older preps)
     cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
     if args.skip_extra:  # scripts/eval_data13.py measures phrases / noise / engines instead
         return

@@ -159,6 +159,38 @@ def bank_counts(bank: Path) -> str:
     return table(["engine", "clean utterances", "train voices", "val voices", "test voices"], rows)
 
 
+def bank_options(comp: dict | None) -> str:
+    """The build_data13_bank.py options that made a bank of this composition ("" for the
+    one-pass plan)."""
+    comp = comp or {}
+    return "".join(f" --{flag} {comp[key]}" for key, flag, plain in (
+        ("train_passes", "train-passes", 1), ("vocabulary", "vocabulary", 0),
+        ("val_passes", "val-passes", 1)) if comp.get(key, plain) != plain)
+
+
+def bank_line(comp: dict | None) -> str:
+    """A card bullet on what the bank holds beyond the one-pass plan ("" if nothing)."""
+    from model.data.kws_bank import COUNTS, MORE_UNKNOWN
+
+    comp = comp or {}
+    parts = []
+    if comp.get("train_passes", 1) > 1:
+        k = comp["train_passes"]
+        parts.append(f"{k} rendition passes over the training words ({k * COUNTS[('train', 'keyword')]} "
+                     f"renditions of each keyword and {k * COUNTS[('train', 'unknown')]} of each "
+                     "unknown word per engine)")
+    if comp.get("vocabulary"):
+        parts.append(f"{len(MORE_UNKNOWN)} more non-keywords (`kws_bank.MORE_UNKNOWN`: no word of a "
+                     f"test phrase, no held-out unknown word) x {comp['vocabulary']} renditions per "
+                     "engine, training only")
+    if comp.get("val_passes", 1) > 1:
+        parts.append(f"{comp['val_passes']} rendition passes over the validation words")
+    if not parts:
+        return ""
+    return (f"- Bank beyond the one-pass plan (`build_data13_bank.py kws{bank_options(comp)}`; "
+            "test utterances unchanged): " + "; ".join(parts) + ".\n")
+
+
 def kws_card(runs: Path, bank: Path, run: str = "kws-all") -> tuple[str, dict]:
     cfg, metrics, extra = load_run(runs, run)
     names = cfg["task"]["class_names"]
@@ -249,7 +281,7 @@ Keyword spotting on raw 16 kHz audio: 10 keywords + unknown + silence, 1 s windo
 {bank_counts(bank)}
 
 - Unknown words: 24 of `kws.UNKNOWN_WORDS` in train/val; the other 6 ({', '.join(UNKNOWN_HELDOUT)}) and 15 short phrases without keywords only in test material{init_note}.
-- Augmentation per clip (where training runs; every clip has its own seed): speed perturbation 0.85-1.15, a pyroomacoustics shoebox room for 30 %, random placement (time shift) in the 1 s window, white / pink / babble noise at 0-30 dB SNR for 85 %{train_noise_note}, peak gain -26..-1 dBFS; `silence` = noise only at -75..-40 dBFS (20 % near-digital silence).
+{bank_line(cfg['training'].get('bank'))}- Augmentation per clip (where training runs; every clip has its own seed): speed perturbation 0.85-1.15, a pyroomacoustics shoebox room for 30 %, random placement (time shift) in the 1 s window, white / pink / babble noise at 0-30 dB SNR for 85 %{train_noise_note}, peak gain -26..-1 dBFS; `silence` = noise only at -75..-40 dBFS (20 % near-digital silence).
 - Sets: train {cfg['training']['n_train']:,} clips ({cfg['training']['n_train'] // len(engines):,} per engine), val {cfg['training']['n_val']:,} ({engine_list(val_engines)} val voices), test {metrics['n_test']:,} ({metrics['n_test'] // len(engines):,} per engine, test voices only), balanced classes. {"**Refit**: the validation clips join training (the validation voices of " + engine_list(val_engines) + "), the epoch count is fixed and the last epoch kept; shipped under a rule set before the run: its test accuracy had to beat the model it replaces. " + refit_rule if refit else "Validation picks the epoch; no test set selects anything."}
 
 ## Model

@@ -183,6 +183,25 @@ def test_bank_plan_vocabulary_adds_unheard_free_training_non_keywords():
                                            if s == "train"}
 
 
+def test_bank_plan_validation_passes_come_last_and_first_pass_finds_the_one_pass_plan():
+    from collections import Counter
+
+    from model.data import kws_bank as kb
+
+    base = kb.plan("festival")
+    full = kb.plan("festival", train_passes=2, vocabulary=1, val_passes=3)
+    assert full[: len(base)] == base
+    assert [j for j in full if kb.first_pass(j)] == base
+    val = [j for j in full if j.get("val_pass")]
+    assert full[-len(val):] == val  # after the training passes and the vocabulary
+    first_val = [j for j in base if j["split"] == "val"]
+    for p in (1, 2):
+        extra = [j for j in val if j["val_pass"] == p]
+        assert Counter(j["text"] for j in extra) == Counter(j["text"] for j in first_val)
+        assert {j["voice"] for j in extra} == {"rab_diphone"}  # the validation voice only
+    assert kb.plan("pico", val_passes=3) == kb.plan("pico")  # no validation voice: no pass
+
+
 def test_mbrola_voices_are_recorded_diphone_sets_split_by_speaker():
     from model.data import kws_bank as kb
 
@@ -728,3 +747,21 @@ def test_model_card_recipe_names_the_training_only_losses():
         {"training": t | {"ctc_weight": 0.5}}, m)
     assert "per-step R-peak loss of weight 2" in training_lines(
         {"training": t | {"aux_weight": 2.0}}, m)
+
+
+def test_bank_composition_round_trips_the_plan_options_onto_the_card():
+    """prep records what a bank holds beyond the one-pass plan (read off its rows); the card
+    names it and the build command that makes it; a one-pass bank adds nothing."""
+    from model.data import kws_bank as kb
+    from scripts.install_data13 import bank_line, bank_options
+
+    one = kb.composition(kb.plan("flite"))
+    assert one == dict(train_passes=1, val_passes=1, vocabulary=0)
+    assert bank_line(one) == "" and bank_line(None) == ""
+    comp = kb.composition(kb.plan("flite", train_passes=2, vocabulary=3, val_passes=4))
+    assert comp == dict(train_passes=2, val_passes=4, vocabulary=3)
+    assert bank_options(comp) == " --train-passes 2 --vocabulary 3 --val-passes 4"
+    line = bank_line(comp)
+    assert "72 renditions of each keyword and 12 of each unknown word" in line
+    assert f"{len(kb.MORE_UNKNOWN)} more non-keywords" in line and "x 3 renditions" in line
+    assert "4 rendition passes over the validation words" in line and line.endswith(".\n")

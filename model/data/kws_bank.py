@@ -105,12 +105,15 @@ def engine_voices(engine: str) -> dict[str, str]:
                  "pico": PICO_VOICES, "rhvoice": RHVOICE_VOICES}[engine])
 
 
-def plan(engine: str, seed: int = 0, train_passes: int = 1, vocabulary: int = 0) -> list[dict]:
+def plan(engine: str, seed: int = 0, train_passes: int = 1, vocabulary: int = 0,
+         val_passes: int = 1) -> list[dict]:
     """Every utterance of one engine: text, kind, split, voice, rate and pitch settings.
     `train_passes` > 1 appends that many - 1 more renditions of every training word (the
     training COUNTS again, new voices / rates / pitches drawn from their own random stream);
-    `vocabulary` > 0 then appends that many training renditions of each `MORE_UNKNOWN` word.
-    The first pass, and so every validation and test utterance, stays as with neither."""
+    `vocabulary` > 0 then appends that many training renditions of each `MORE_UNKNOWN` word;
+    `val_passes` > 1 then that many - 1 more passes over the validation words (a decision set
+    with more distinct utterances: clips of one utterance are not independent). The first
+    pass (`first_pass`), and so every test utterance, stays as with none of them."""
     rng = np.random.default_rng([ENGINES.index(engine), seed])
     voices = engine_voices(engine)
     by_split = {s: sorted(v for v, sp in voices.items() if sp == s) for s in ("train", "val",
@@ -128,7 +131,29 @@ def plan(engine: str, seed: int = 0, train_passes: int = 1, vocabulary: int = 0)
         texts = [(w, "unknown") for w in MORE_UNKNOWN]
         jobs += [dict(j, vocabulary=True) for j in _split_jobs(
             engine, "train", by_split["train"], rng, texts, vocabulary)]
+    for extra in range(1, val_passes if by_split["val"] else 1):
+        rng = np.random.default_rng([ENGINES.index(engine), seed, 2000 + extra])
+        jobs += [dict(j, val_pass=extra) for j in _split_jobs(engine, "val", by_split["val"], rng)]
     return jobs
+
+
+def composition(rows: list[dict]) -> dict:
+    """What a loaded bank holds beyond the one-pass plan, read off its rows (the inverse of
+    `plan`'s options): rendition passes over the training and validation words and the
+    renditions of each vocabulary word per engine."""
+    per_word: dict = {}
+    for r in rows:
+        if r.get("vocabulary"):
+            key = (r["engine"], r["text"])
+            per_word[key] = per_word.get(key, 0) + 1
+    return dict(train_passes=1 + max((r.get("train_pass", 0) for r in rows), default=0),
+                val_passes=1 + max((r.get("val_pass", 0) for r in rows), default=0),
+                vocabulary=max(per_word.values(), default=0))
+
+
+def first_pass(row: dict) -> bool:
+    """Whether a bank row belongs to the one-pass plan (no extra pass, no vocabulary)."""
+    return not (row.get("train_pass") or row.get("val_pass") or row.get("vocabulary"))
 
 
 def _split_jobs(engine: str, split: str, voices: list[str], rng: np.random.Generator,
@@ -348,14 +373,14 @@ def write_engine(bank: Path, engine: str, jobs: list[dict], wavs: list[np.ndarra
 
 
 def build_bank(bank: Path, engines=ENGINES, workers: int = 2, seed: int = 0,
-               train_passes: int = 1, vocabulary: int = 0) -> list[dict]:
-    """Render and store every engine's plan (`train_passes`, `vocabulary`: see `plan`);
-    returns a summary per engine."""
+               train_passes: int = 1, vocabulary: int = 0, val_passes: int = 1) -> list[dict]:
+    """Render and store every engine's plan (`train_passes`, `vocabulary`, `val_passes`: see
+    `plan`); returns a summary per engine."""
     summary = []
     for engine in engines:
         if not engine_available(engine):
             raise RuntimeError(unavailable_reason(engine))
-        jobs = plan(engine, seed, train_passes, vocabulary)
+        jobs = plan(engine, seed, train_passes, vocabulary, val_passes)
         summary.append(write_engine(Path(bank), engine, jobs, render(jobs)))
         print(summary[-1], flush=True)
     return summary
