@@ -55,13 +55,13 @@ def _load(work: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
 
 def prep_kws(args) -> None:
     from model.data import kws_mix
-    from model.data.kws_bank import composition, first_pass, load_bank
+    from model.data.kws_bank import composition, first_pass, load_bank, validate_on
 
     n = dict(sizes(args.smoke))
     n.update({k: v for k, v in (("kws_train", args.n_train), ("kws_val", args.n_val)) if v})
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    rows = load_bank(Path(args.bank))
+    rows = validate_on(load_bank(Path(args.bank)), args.validate_on or [])
     formants = tuple(float(v) for v in args.formants.split(",")) if args.formants else None
     noise = tuple(float(v) for v in args.train_noise.split(",")) if args.train_noise else None
     if noise is not None and len(noise) != 3:
@@ -104,6 +104,7 @@ def prep_kws(args) -> None:
     made["silence_top_db"] = args.silence_top_db  # training clips only (None: -40 dBFS)
     made["train_noise"] = noise  # training clips only (None: 0-30 dB SNR for 85 %)
     made["bank"] = composition(rows)  # passes and vocabulary beyond the one-pass plan
+    made["validate_on"] = args.validate_on  # training voices made validation voices, if any
     (work / "kws_sets.json").write_text(json.dumps(made) + "\n")
     print(f"prep-kws: {made} in {time.time() - t0:.0f}s", flush=True)
 
@@ -257,6 +258,7 @@ def run_kws(args) -> None:
     cfg["training"]["silence_top_db"] = sets_meta.get("silence_top_db")  # None: -40 dBFS
     cfg["training"]["train_noise"] = sets_meta.get("train_noise")  # None: 0-30 dB for 85 %
     cfg["training"]["bank"] = sets_meta.get("bank")  # None: a one-pass bank (older preps)
+    cfg["training"]["validate_on"] = sets_meta.get("validate_on")  # moved training voices
     cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
     if args.skip_extra:  # scripts/eval_data13.py measures phrases / noise / engines instead
         return
@@ -362,6 +364,8 @@ def main() -> None:
     ap.add_argument("--n-train", type=int, default=None,
                     help="ecg: training windows; prep-kws: clips per engine")
     ap.add_argument("--n-val", type=int, default=None, help="validation windows / clips")
+    ap.add_argument("--validate-on", nargs="+", default=None, metavar="ENGINE:VOICE",
+                    help="prep-kws: training voices that validate instead (k-fold by voice)")
     ap.add_argument("--skip-extra", action="store_true", help="kws: no phrases/noise eval")
     ap.add_argument("--formants", default=None,
                     help="prep-kws: LO,HI formant shift range for the training clips")

@@ -191,6 +191,15 @@ def bank_line(comp: dict | None) -> str:
             "test utterances unchanged): " + "; ".join(parts) + ".\n")
 
 
+def moved_line(voices: list[str] | None) -> str:
+    """A card bullet naming training voices that validated instead in this run ("" if none)."""
+    if not voices:
+        return ""
+    names = ", ".join(f"{ENGINE_NAMES[v.split(':')[0]]} {v.split(':', 1)[1]}" for v in voices)
+    return (f"- Training voices that validated instead in this run (`prep-kws --validate-on`, "
+            f"their one-pass renditions only): {names}.\n")
+
+
 def kws_card(runs: Path, bank: Path, run: str = "kws-all") -> tuple[str, dict]:
     cfg, metrics, extra = load_run(runs, run)
     names = cfg["task"]["class_names"]
@@ -281,7 +290,7 @@ Keyword spotting on raw 16 kHz audio: 10 keywords + unknown + silence, 1 s windo
 {bank_counts(bank)}
 
 - Unknown words: 24 of `kws.UNKNOWN_WORDS` in train/val; the other 6 ({', '.join(UNKNOWN_HELDOUT)}) and 15 short phrases without keywords only in test material{init_note}.
-{bank_line(cfg['training'].get('bank'))}- Augmentation per clip (where training runs; every clip has its own seed): speed perturbation 0.85-1.15, a pyroomacoustics shoebox room for 30 %, random placement (time shift) in the 1 s window, white / pink / babble noise at 0-30 dB SNR for 85 %{train_noise_note}, peak gain -26..-1 dBFS; `silence` = noise only at -75..-40 dBFS (20 % near-digital silence).
+{bank_line(cfg['training'].get('bank'))}{moved_line(cfg['training'].get('validate_on'))}- Augmentation per clip (where training runs; every clip has its own seed): speed perturbation 0.85-1.15, a pyroomacoustics shoebox room for 30 %, random placement (time shift) in the 1 s window, white / pink / babble noise at 0-30 dB SNR for 85 %{train_noise_note}, peak gain -26..-1 dBFS; `silence` = noise only at -75..-40 dBFS (20 % near-digital silence).
 - Sets: train {cfg['training']['n_train']:,} clips ({cfg['training']['n_train'] // len(engines):,} per engine), val {cfg['training']['n_val']:,} ({engine_list(val_engines)} val voices), test {metrics['n_test']:,} ({metrics['n_test'] // len(engines):,} per engine, test voices only), balanced classes. {"**Refit**: the validation clips join training (the validation voices of " + engine_list(val_engines) + "), the epoch count is fixed and the last epoch kept; shipped under a rule set before the run: its test accuracy had to beat the model it replaces. " + refit_rule if refit else "Validation picks the epoch; no test set selects anything."}
 
 ## Model

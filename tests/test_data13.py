@@ -765,3 +765,28 @@ def test_bank_composition_round_trips_the_plan_options_onto_the_card():
     assert "72 renditions of each keyword and 12 of each unknown word" in line
     assert f"{len(kb.MORE_UNKNOWN)} more non-keywords" in line and "x 3 renditions" in line
     assert "4 rendition passes over the validation words" in line and line.endswith(".\n")
+    from scripts.install_data13 import moved_line
+
+    assert moved_line(None) == "" and moved_line([]) == ""
+    assert "flite slt, festival don_diphone." in moved_line(["flite:slt", "festival:don_diphone"])
+
+
+def test_validate_on_moves_training_voices_to_validation_first_pass_only():
+    """k-fold by voice: a training voice's one-pass renditions validate instead; its extra
+    passes and vocabulary rows go, so banks of different passes share validation rows; test
+    rows and other voices stay; only training voices move, and never an engine's last one."""
+    from model.data import kws_bank as kb
+
+    rows = kb.plan("flite", train_passes=2, vocabulary=1) + kb.plan("rhvoice")
+    moved = kb.validate_on(rows, ["flite:slt"])
+    slt = [r for r in rows if r["voice"] == "slt" and r["engine"] == "flite"]
+    slt_after = [r for r in moved if r["voice"] == "slt" and r["engine"] == "flite"]
+    assert slt_after == [dict(r, split="val") for r in slt if kb.first_pass(r)]
+    assert len(slt_after) < len(slt)  # its second pass and vocabulary are gone
+    others = [r for r in rows if not (r["voice"] == "slt" and r["engine"] == "flite")]
+    assert [r for r in moved if not (r["voice"] == "slt" and r["engine"] == "flite")] == others
+    assert kb.validate_on(rows, []) == rows
+    for bad in ("flite:rms", "flite:nobody", "flite", "pico:en-US",
+                "rhvoice:bdl rhvoice:slt rhvoice:evgeniy-eng rhvoice:lyubov"):
+        with pytest.raises(ValueError):
+            kb.validate_on(rows, bad.split())

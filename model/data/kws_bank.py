@@ -151,6 +151,30 @@ def composition(rows: list[dict]) -> dict:
                 vocabulary=max(per_word.values(), default=0))
 
 
+def validate_on(rows: list[dict], voices: list[str]) -> list[dict]:
+    """Rows with training voices ("engine:voice") made validation voices: their one-pass
+    renditions become validation material and their extra passes / vocabulary are dropped, so
+    that banks of different passes keep the same validation rows. Rotating which training voice
+    validates (k-fold by voice) gives a decision set that varies voices, not renditions; test
+    rows never move."""
+    moved = set()
+    for name in voices:
+        engine, _, voice = name.partition(":")
+        if engine not in ENGINES or engine_voices(engine).get(voice) != "train":
+            raise ValueError(f"{name!r} is not a training voice (engine:voice, e.g. flite:slt)")
+        moved.add((engine, voice))
+    for engine in {e for e, _ in moved}:
+        if all((engine, v) in moved for v, sp in engine_voices(engine).items() if sp == "train"):
+            raise ValueError(f"{engine} would keep no training voice")
+    out = []
+    for r in rows:
+        if (r["engine"], r["voice"]) not in moved:
+            out.append(r)
+        elif first_pass(r):
+            out.append(dict(r, split="val"))
+    return out
+
+
 def first_pass(row: dict) -> bool:
     """Whether a bank row belongs to the one-pass plan (no extra pass, no vocabulary)."""
     return not (row.get("train_pass") or row.get("val_pass") or row.get("vocabulary"))
