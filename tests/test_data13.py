@@ -790,3 +790,39 @@ def test_validate_on_moves_training_voices_to_validation_first_pass_only():
                 "rhvoice:bdl rhvoice:slt rhvoice:evgeniy-eng rhvoice:lyubov"):
         with pytest.raises(ValueError):
             kb.validate_on(rows, bad.split())
+
+
+def test_bank_carried_in_parts_merges_back_row_for_row(tmp_path):
+    """The experiment tool that carries a bank in two parts (split off extra rows, merge them
+    back, or keep the one-pass rows) gives load_bank the rows and samples of the whole bank."""
+    import importlib.util
+
+    from model.data import kws_bank as kb
+
+    spec = importlib.util.spec_from_file_location(
+        "merge_bank", Path(__file__).resolve().parents[1] / "bench" / "experiments"
+        / "kws_data_2026_11_27" / "merge_bank.py")
+    mb = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mb)
+    rng = np.random.default_rng(0)
+    whole = tmp_path / "whole"
+    for engine in kb.ENGINES:
+        jobs = kb.plan("flite", train_passes=2)[:6] + kb.plan("flite", val_passes=2)[-3:]
+        jobs = [dict(j, engine=engine) for j in jobs]
+        if engine == "pico":  # no validation voice: no validation pass rows
+            jobs = [j for j in jobs if not j.get("val_pass")]
+        wavs = [(rng.standard_normal(int(rng.integers(200, 900))) * 3000).astype(np.int16)
+                for _ in jobs]
+        kb.write_engine(whole, engine, jobs, wavs)
+    mb.split(whole, tmp_path / "extra", "val_pass")
+    assert not (tmp_path / "extra" / "kws_pico.json").exists()
+    mb.one_pass(whole, tmp_path / "base")
+    mb.merge(tmp_path / "base", tmp_path / "extra", tmp_path / "again")
+
+    def rows(bank):
+        return [({k: v for k, v in r.items() if k not in ("wav", "offset")}, r["wav"].tolist())
+                for r in kb.load_bank(bank)]
+
+    expect = [(m, w) for m, w in rows(whole) if not m.get("train_pass")]  # base + val passes
+    assert rows(tmp_path / "again") == expect
+    assert all(kb.first_pass(m) for m, _ in rows(tmp_path / "base"))

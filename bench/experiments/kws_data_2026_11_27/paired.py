@@ -1,0 +1,118 @@
+"""Paired comparison of keyword checkpoints on the validation and test clips that prep-kws makes
+(same codes, seeds and counts, so the accuracies equal the runs' own to the digit), with a
+bootstrap over source units: clips made from one utterance (or one voice) are not independent.
+
+    BANK=.cache/data13 N_VAL=400 UNIT=utterance python paired.py R=runs/r X=runs/x [U=...]
+
+The first checkpoint is the reference; differences are the others minus it, in points. UNIT is
+"utterance" or "voice" (every noise-only clip is a unit of its own). OUT_JSON (default
+.cache/diag16/paired.json) gets the numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(ROOT))
+
+from model.data import kws_mix  # noqa: E402
+from model.data.kws_bank import ENGINES, load_bank  # noqa: E402
+
+_SOURCES: list[int] = []  # id() of each speech clip's source wave, in the order drawn
+_speech_clip = kws_mix._speech_clip
+
+
+def _recording_speech_clip(rng, wav, *args, **kwargs):
+    """kws_mix's own clip maker, noting which utterance each speech clip came from."""
+    _SOURCES.append(id(wav))
+    return _speech_clip(rng, wav, *args, **kwargs)
+
+
+def clips(rows: list[dict], split: str, s_i: int, n: int, unit: str):
+    """prep-kws's clips of one split for every engine (one process, so the sources can be
+    noted), with each clip's unit."""
+    kws_mix._speech_clip = _recording_speech_clip
+    xs, ys, units = [], [], []
+    for e_i, e in enumerate(ENGINES):
+        pool = kws_mix.select(rows, engines=(e,), splits=(split,), kinds=("keyword", "unknown"))
+        if not pool:
+            continue
+        name = {id(r["wav"]): f"{e}:{r['voice']}" if unit == "voice" else f"{e}:{k}"
+                for k, r in enumerate(pool)}
+        _SOURCES.clear()
+        kws_mix._init(pool)
+        code = 100 + 10 * e_i + s_i
+        parts = [kws_mix._make(("words", code, 0, s, min(s + 250, n), None, None,
+                                kws_mix.TEST_NOISE, "any")) for s in range(0, n, 250)]
+        x = np.concatenate([p[0] for p in parts])
+        y = np.concatenate([p[1] for p in parts])
+        sources = iter(_SOURCES)
+        u = [f"{e}:silence:{i}" if lab == kws_mix.SILENCE else name[next(sources)]
+             for i, lab in enumerate(y)]
+        order = np.random.default_rng([code, 0, 1 << 30]).permutation(n)  # make_clips' shuffle
+        xs.append(x[order])
+        ys.append(y[order])
+        units += [u[i] for i in order]
+    kws_mix._speech_clip = _speech_clip
+    return np.concatenate(xs), np.concatenate(ys), np.array(units)
+
+
+def predict(net, x: np.ndarray) -> np.ndarray:
+    import torch
+
+    xt = torch.from_numpy(x).unsqueeze(-1)
+    with torch.no_grad():
+        return np.concatenate([net(xt[i : i + 200]).argmax(-1).numpy()
+                               for i in range(0, len(xt), 200)])
+
+
+def paired(ok_a: np.ndarray, ok_b: np.ndarray, units: np.ndarray, draws: int = 2000) -> dict:
+    """b - a in points, with a percentile interval and standard error over resampled units."""
+    d = ok_b.astype(float) - ok_a
+    names, inv = np.unique(units, return_inverse=True)
+    per_unit = np.bincount(inv, d, len(names))
+    count = np.bincount(inv, None, len(names))
+    rng = np.random.default_rng(0)
+    boots = []
+    for _ in range(draws):
+        pick = rng.integers(len(names), size=len(names))
+        boots.append(per_unit[pick].sum() / count[pick].sum())
+    lo, hi = np.percentile(boots, [2.5, 97.5]) * 100
+    return dict(diff=round(float(d.mean()) * 100, 2), ci95=[round(lo, 2), round(hi, 2)],
+                se=round(float(np.std(boots)) * 100, 2))
+
+
+def main() -> None:
+    import torch
+
+    from model.checkpoint import load_checkpoint
+
+    torch.set_num_threads(2)
+    runs = dict(a.split("=", 1) for a in sys.argv[1:])
+    rows = load_bank(Path(os.environ.get("BANK", ".cache/data13")))
+    unit = os.environ.get("UNIT", "utterance")
+    nets = {k: load_checkpoint(v)[0].eval() for k, v in runs.items()}
+    out = {}
+    for split, s_i, n in (("val", 1, int(os.environ.get("N_VAL", "400"))), ("test", 2, 600)):
+        x, y, units = clips(rows, split, s_i, n, unit)
+        ok = {k: predict(net, x) == y for k, net in nets.items()}
+        res: dict = {k: round(float(v.mean()) * 100, 2) for k, v in ok.items()}
+        ref, *others = list(nets)
+        for k in others:
+            res[f"{k}-{ref}"] = paired(ok[ref], ok[k], units)
+        res.update(n_clips=int(len(y)), n_units=int(len(np.unique(units))))
+        out[split] = res
+        print(split, json.dumps(res), flush=True)
+    path = Path(os.environ.get("OUT_JSON", ".cache/diag16/paired.json"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
