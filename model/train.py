@@ -254,10 +254,8 @@ def make_aux_head(width: int, seed: int, outputs: int = 1) -> torch.nn.Linear:
 
 def aux_loss(head: torch.nn.Linear, h: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Binary cross-entropy of the head's per-step logits on features `h` [B, steps, H] against
-    per-step targets [B, steps'] in [0, 1], over the steps both cover."""
-    z = head(h).squeeze(-1)
-    n = min(z.shape[1], target.shape[1])
-    return F.binary_cross_entropy_with_logits(z[:, :n].float(), target[:, :n].float())
+    per-step targets [B, steps] in [0, 1] (`train` checks the step counts agree)."""
+    return F.binary_cross_entropy_with_logits(head(h).squeeze(-1).float(), target.float())
 
 
 def ctc_loss(head: torch.nn.Linear, h: torch.Tensor, targets: torch.Tensor,
@@ -426,6 +424,13 @@ def train(
     if net.frontend is not None and (preset.time_mask or preset.channel_mask):
         net.frontend.masks = (preset.time_mask, preset.channel_mask)  # SpecAugment on log-mels
     groups = net.parameter_groups(preset.lr, preset.weight_decay)
+
+    def training_head(outputs: int = 1) -> torch.nn.Linear:
+        """A training-only head on the per-step features, optimised with the network."""
+        head = make_aux_head(config.model.d_model, seed, outputs).to(dev)
+        groups.append({"params": list(head.parameters()), "lr": preset.lr, "weight_decay": 0.0})
+        return head
+
     aux_head = None
     if preset.aux_weight:
         if train_set.aux is None:
@@ -436,16 +441,14 @@ def train(
                              f"network takes {steps} (patch {config.model.patch_size})")
         if preset.shift_augment or preset.stretch_augment > 1:  # would move x, not the targets
             raise ValueError("aux_weight cannot be combined with time shift / stretch augmentation")
-        aux_head = make_aux_head(config.model.d_model, seed).to(dev)
-        groups.append({"params": list(aux_head.parameters()), "lr": preset.lr, "weight_decay": 0.0})
+        aux_head = training_head()
     ctc_head = None
     if preset.ctc_weight:
         if train_set.phones is None or len(train_set.phones) != len(train_set):
             raise ValueError("ctc_weight > 0 needs label sequences on the training split "
                              "(Split.phones), one per sequence")
         n_labels = int(train_set.phones.max()) + 1  # with the blank, 0
-        ctc_head = make_aux_head(config.model.d_model, seed, n_labels).to(dev)
-        groups.append({"params": list(ctc_head.parameters()), "lr": preset.lr, "weight_decay": 0.0})
+        ctc_head = training_head(n_labels)
     optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.98))
     steps_per_epoch = math.ceil(len(train_set) / preset.batch_size)
     total_steps = preset.epochs * steps_per_epoch

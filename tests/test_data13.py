@@ -733,6 +733,12 @@ def test_make_clips_reports_what_each_clip_says():
             assert text == CLASSES[label]
     _, _, said_p = kws_mix.make_clips(rows, 4, seed=0, kind="phrases", workers=1, texts=True)
     assert (said_p == "a long phrase").all()
+    # sources=True: each clip's row (-1 for silence), after the texts; the clips stay the same
+    x_s, _, said_s, src = kws_mix.make_clips(rows, 48, seed=2, workers=2, chunk=16, texts=True,
+                                             sources=True)
+    assert np.array_equal(x_s, x0) and np.array_equal(said_s, said)
+    assert ((src == -1) == (y0 == kws_mix.SILENCE)).all()
+    assert [rows[i]["text"] for i in src[src >= 0]] == said[src >= 0].tolist()
 
 
 def test_model_card_recipe_names_the_training_only_losses():

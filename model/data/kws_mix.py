@@ -116,7 +116,7 @@ def _silence_clip(rng: np.random.Generator, pool: list[np.ndarray], top_db: floa
     return _noise(rng, pool) * 10 ** (rng.uniform(-75, top_db) / 20)
 
 
-def _make(args) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+def _make(args) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     kind, code, seed, start, stop, formants, silence_top_db, noise, babble = args
     if silence_top_db is None:
         silence_top_db = -20.0 if kind == "noise" else -40.0
@@ -126,7 +126,7 @@ def _make(args) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     x = np.zeros((stop - start, CLIP), np.float32)
     y = np.zeros(stop - start, np.int64)
     cond = np.full((stop - start, 2), np.nan, np.float32)  # SNR dB (nan: none), room (0/1)
-    texts = [""] * (stop - start)  # what each clip says ("" for silence)
+    source = np.full(stop - start, -1, np.int64)  # each clip's row of `rows` (-1: silence)
     for k, i in enumerate(range(start, stop)):
         rng = np.random.default_rng([code, seed, i])
         if kind == "noise":
@@ -145,15 +145,15 @@ def _make(args) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
             else:
                 cands = by_text[CLASSES[label]]
             drawn: dict = {}
-            row = rows[cands[rng.integers(len(cands))]]
-            texts[k] = row["text"]
+            source[k] = cands[rng.integers(len(cands))]
+            row = rows[source[k]]
             clip = _speech_clip(rng, row["wav"], waves,
                                 formants, np.random.default_rng([code, seed, i, 1 << 20]), drawn,
                                 noise)
             cond[k] = (np.nan if drawn["snr_db"] is None else drawn["snr_db"], drawn["room"])
         x[k] = np.clip(clip, -1.0, 1.0)
         y[k] = label
-    return x, y, cond, texts
+    return x, y, cond, source
 
 
 def _init_worker(rows: list[dict]) -> None:
@@ -177,7 +177,7 @@ def make_clips(rows: list[dict], n: int, seed: int, kind: str = "words", code: i
                formants: tuple[float, float] | None = None,
                silence_top_db: float | None = None, conditions: bool = False,
                noise: tuple[float, float, float] | None = None, texts: bool = False,
-               babble: str = "any") -> tuple:
+               babble: str = "any", sources: bool = False) -> tuple:
     """n augmented clips float32 [n, 16000] in [-1, 1] and labels from the bank `rows`
     (already filtered to the engines / splits / kinds wanted); classes are balanced and
     then shuffled with the seed. `formants=(lo, hi)`: every speech clip's formants move by a
@@ -188,7 +188,8 @@ def make_clips(rows: list[dict], n: int, seed: int, kind: str = "words", code: i
     -20 for the "noise" test set (louder than training). `conditions`: also return what each
     clip drew, float32 [n, 2]: SNR in dB (nan: no noise added) and room (1) or not (0); nan,
     nan for `silence` clips. `texts`: also return what each clip says, a str array [n] (the
-    word or phrase; "" for silence), after the conditions if both are asked for.
+    word or phrase; "" for silence), after the conditions if both are asked for. `sources`:
+    also return each clip's utterance, int64 [n] indices into `rows` (-1 for silence), last.
     `babble`: "any" (default) mixes babble from every utterance of `rows`, "non-keyword" from
     its unknown words and phrases only (every other draw stays the same)."""
     if babble not in ("any", "non-keyword"):
@@ -206,13 +207,15 @@ def make_clips(rows: list[dict], n: int, seed: int, kind: str = "words", code: i
     x = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, CLIP), np.float32)
     y = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
     cond = np.concatenate([p[2] for p in parts]) if parts else np.zeros((0, 2), np.float32)
-    said = np.array([t for p in parts for t in p[3]], dtype=str)
+    source = np.concatenate([p[3] for p in parts]) if parts else np.zeros(0, np.int64)
     order = np.random.default_rng([code, seed, 1 << 30]).permutation(n)
     out = (x[order], y[order])
     if conditions:
         out += (cond[order],)
-    if texts:
-        out += (said[order],)
+    if texts:  # what each clip says, read off its source row
+        out += (np.array([rows[i]["text"] if i >= 0 else "" for i in source[order]], dtype=str),)
+    if sources:
+        out += (source[order],)
     return out
 
 

@@ -24,42 +24,22 @@ sys.path.insert(0, str(ROOT))
 from model.data import kws_mix  # noqa: E402
 from model.data.kws_bank import ENGINES, load_bank  # noqa: E402
 
-_SOURCES: list[int] = []  # id() of each speech clip's source wave, in the order drawn
-_speech_clip = kws_mix._speech_clip
-
-
-def _recording_speech_clip(rng, wav, *args, **kwargs):
-    """kws_mix's own clip maker, noting which utterance each speech clip came from."""
-    _SOURCES.append(id(wav))
-    return _speech_clip(rng, wav, *args, **kwargs)
-
 
 def clips(rows: list[dict], split: str, s_i: int, n: int, unit: str):
-    """prep-kws's clips of one split for every engine (one process, so the sources can be
-    noted), with each clip's unit."""
-    kws_mix._speech_clip = _recording_speech_clip
+    """prep-kws's clips of one split for every engine, with each clip's unit (its source
+    utterance or voice; a noise-only clip is a unit of its own)."""
     xs, ys, units = [], [], []
     for e_i, e in enumerate(ENGINES):
         pool = kws_mix.select(rows, engines=(e,), splits=(split,), kinds=("keyword", "unknown"))
         if not pool:
             continue
-        name = {id(r["wav"]): f"{e}:{r['voice']}" if unit == "voice" else f"{e}:{k}"
-                for k, r in enumerate(pool)}
-        _SOURCES.clear()
-        kws_mix._init(pool)
-        code = 100 + 10 * e_i + s_i
-        parts = [kws_mix._make(("words", code, 0, s, min(s + 250, n), None, None,
-                                kws_mix.TEST_NOISE, "any")) for s in range(0, n, 250)]
-        x = np.concatenate([p[0] for p in parts])
-        y = np.concatenate([p[1] for p in parts])
-        sources = iter(_SOURCES)
-        u = [f"{e}:silence:{i}" if lab == kws_mix.SILENCE else name[next(sources)]
-             for i, lab in enumerate(y)]
-        order = np.random.default_rng([code, 0, 1 << 30]).permutation(n)  # make_clips' shuffle
-        xs.append(x[order])
-        ys.append(y[order])
-        units += [u[i] for i in order]
-    kws_mix._speech_clip = _speech_clip
+        x, y, src = kws_mix.make_clips(pool, n, seed=0, code=100 + 10 * e_i + s_i, workers=2,
+                                       sources=True)
+        xs.append(x)
+        ys.append(y)
+        units += [f"{e}:silence:{k}" if i < 0 else
+                  f"{e}:{pool[i]['voice']}" if unit == "voice" else f"{e}:{i}"
+                  for k, i in enumerate(src)]
     return np.concatenate(xs), np.concatenate(ys), np.array(units)
 
 
