@@ -4,6 +4,9 @@ bootstrap over source units: clips made from one utterance (or one voice) are no
 
     BANK=.cache/data13 N_VAL=400 UNIT=utterance python paired.py R=runs/r X=runs/x [U=...]
 
+VALIDATE_ON="flite:slt ..." makes those training voices validate, as `prep-kws --validate-on`
+(a voice fold); THREADS sets torch's threads (default 2).
+
 The first checkpoint is the reference; differences are the others minus it, in points. UNIT is
 "utterance" or "voice" (every noise-only clip is a unit of its own). OUT_JSON (default
 .cache/diag16/paired.json) gets the numbers.
@@ -22,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 
 from model.data import kws_mix  # noqa: E402
-from model.data.kws_bank import ENGINES, load_bank  # noqa: E402
+from model.data.kws_bank import ENGINES, load_bank, validate_on  # noqa: E402
 
 
 def clips(rows: list[dict], split: str, s_i: int, n: int, unit: str):
@@ -33,7 +36,8 @@ def clips(rows: list[dict], split: str, s_i: int, n: int, unit: str):
         pool = kws_mix.select(rows, engines=(e,), splits=(split,), kinds=("keyword", "unknown"))
         if not pool:
             continue
-        x, y, src = kws_mix.make_clips(pool, n, seed=0, code=100 + 10 * e_i + s_i, workers=2,
+        x, y, src = kws_mix.make_clips(pool, n, seed=0, code=100 + 10 * e_i + s_i,
+                                       workers=int(os.environ.get("WORKERS", "2")),
                                        sources=True)
         xs.append(x)
         ys.append(y)
@@ -73,9 +77,10 @@ def main() -> None:
 
     from model.checkpoint import load_checkpoint
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("THREADS", "2")))
     runs = dict(a.split("=", 1) for a in sys.argv[1:])
-    rows = load_bank(Path(os.environ.get("BANK", ".cache/data13")))
+    rows = validate_on(load_bank(Path(os.environ.get("BANK", ".cache/data13"))),
+                       os.environ.get("VALIDATE_ON", "").split())
     unit = os.environ.get("UNIT", "utterance")
     nets = {k: load_checkpoint(v)[0].eval() for k, v in runs.items()}
     out = {}
