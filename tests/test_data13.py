@@ -832,3 +832,18 @@ def test_bank_carried_in_parts_merges_back_row_for_row(tmp_path):
     expect = [(m, w) for m, w in rows(whole) if not m.get("train_pass")]  # base + val passes
     assert rows(tmp_path / "again") == expect
     assert all(kb.first_pass(m) for m, _ in rows(tmp_path / "base"))
+    # one pass at a time: a three-pass bank is the two-pass one plus its third pass's rows
+    three = tmp_path / "three"
+    for engine in kb.ENGINES:
+        full = kb.plan("flite", train_passes=3)
+        jobs = [dict(j, engine=engine) for p in (0, 1, 2)
+                for j in [j for j in full if j.get("train_pass", 0) == p][:3]]
+        kb.write_engine(three, engine, jobs, [np.full(300 + i, i, np.int16)
+                                              for i in range(len(jobs))])
+    mb.split(three, tmp_path / "p3", "train_pass", 2)
+    mb.split(three, tmp_path / "p2", "train_pass", 1)
+    mb.one_pass(three, tmp_path / "p1")
+    mb.merge(tmp_path / "p1", tmp_path / "p2", tmp_path / "p12")
+    mb.merge(tmp_path / "p12", tmp_path / "p3", tmp_path / "p123")
+    assert rows(tmp_path / "p123") == rows(three)
+    assert {m.get("train_pass") for m, _ in rows(tmp_path / "p3")} == {2}

@@ -2,7 +2,7 @@
 the wheels, a two-pass bank is 57 MB, so banks travel as a base plus extra rows and are put
 back together there.
 
-    python merge_bank.py split SRC DST KEY      # DST: SRC's rows that have KEY (their audio only)
+    python merge_bank.py split SRC DST KEY [VALUE]  # DST: SRC's rows that have KEY (= VALUE)
     python merge_bank.py merge A B DST          # DST: per engine A's rows, then B's
     python merge_bank.py first-pass SRC DST     # DST: SRC's one-pass rows (their audio only)
 
@@ -45,9 +45,9 @@ def _keep(src: Path, dst: Path, want) -> None:
             write_engine(dst, engine, *map(list, zip(*kept, strict=True)))
 
 
-def split(src: Path, dst: Path, key: str) -> None:
-    """Rows of `src` whose `key` is set."""
-    _keep(src, dst, lambda r: r.get(key))
+def split(src: Path, dst: Path, key: str, value: int | None = None) -> None:
+    """Rows of `src` whose `key` is set (equals `value`, if given: e.g. one rendition pass)."""
+    _keep(src, dst, lambda r: r.get(key) if value is None else r.get(key) == value)
 
 
 def one_pass(src: Path, dst: Path) -> None:
@@ -68,7 +68,7 @@ def merge(a: Path, b: Path, dst: Path) -> None:
 def main() -> None:
     cmd, *paths = sys.argv[1:]
     if cmd == "split":
-        split(Path(paths[0]), Path(paths[1]), paths[2])
+        split(Path(paths[0]), Path(paths[1]), paths[2], int(paths[3]) if paths[3:] else None)
     elif cmd == "merge":
         merge(Path(paths[0]), Path(paths[1]), Path(paths[2]))
     elif cmd == "first-pass":
