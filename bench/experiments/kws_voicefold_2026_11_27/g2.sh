@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Second warm call of the three-pass run (after kws_data_2026_11_27/p4a.sh stashed
 # .cache/data13x): merge the carried third pass (.cache/data13p3) onto it, stash the carried
-# reference checkpoint X_F (.cache/runsF/r/kws-xf), then two preps: X3_F (voice fold) and X3_all.
+# reference checkpoint X_F (.cache/runsF/r/kws-xf), then two preps: X3_F (voice fold) and X3_all
+# (ONLY_FOLD=1: X3_F only).
 set -u
 START=$(date +%s)
 SMOKE=${SMOKE:-0}
@@ -25,4 +26,4 @@ prep() {  # name bank extra-args...
   echo "prep $name done at $(( $(date +%s) - START )) s: $(tail -c 160 /tmp/prepg_$name.log)"
 }
 prep x3f $B/x3 --n-val $NV --validate-on $FOLD
-prep x3a $B/x3
+[ "${ONLY_FOLD:-0}" = 1 ] || prep x3a $B/x3

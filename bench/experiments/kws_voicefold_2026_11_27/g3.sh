@@ -13,12 +13,13 @@ else
   python -m pip install -q --no-deps --no-index .whl/ev/*.whl .whl/pra/*.whl 2>&1 | grep -v "root. user" | tail -n 3
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 fi
-for b in x3f x3a; do [ -f /tmp/dg$b/kws_sets.json ] || { echo "no prep $b: run g2.sh first"; exit 3; }; done
+RUNS="x3f:0-7 x3a:8-15"; [ "${ONLY_FOLD:-0}" = 1 ] && RUNS="x3f:0-15"
+for spec in $RUNS; do b=${spec%%:*}; [ -f /tmp/dg$b/kws_sets.json ] || { echo "no prep $b: run g2.sh first"; exit 3; }; done
 cp /tmp/prepg_*.log "$OUT/r/" 2>/dev/null
 export PYTHONUNBUFFERED=1
 DEADLINE=$((START + TRAIN_END))
 BASE="--front-end logmel $ARCH --lr 0.004 --dropout 0.2 --patch-size 160 --n-mels 40 --time-mask 10 --channel-mask 8"
-for spec in "x3f:0-7" "x3a:8-15"; do
+for spec in $RUNS; do
   IFS=: read b cores <<< "$spec"
   [ "$SMOKE" = 1 ] && cores=0-1
   taskset -c $cores python scripts/data13_train.py kws --run all --run-name kws-$b $BASE \
@@ -41,7 +42,7 @@ PY
 echo "decision: $GO at $(( $(date +%s) - START )) s"
 echo "$GO" > "$OUT/r/go"
 rm -rf "$OUT"/r/*/last
-if [ "$GO" = 1 ]; then
+if [ "$GO" = 1 ] && [ "${ONLY_FOLD:-0}" != 1 ]; then
   taskset -c $([ "$SMOKE" = 1 ] && echo 0-1 || echo 0-15) python scripts/data13_train.py kws --run all \
     --run-name kws-x3a-refit --device $DEV --work /tmp/dgx3a --out "$OUT/r" --threads 2 $SM \
     --init-from "$OUT/r/kws-x3a" --refit-on-val --epochs 2 --lr 0.001 --time-mask 10 --channel-mask 8 \
