@@ -81,7 +81,9 @@ CONDITIONS = (("clean: no noise, no room", None, False), ("no noise, in a room",
 def by_condition(preds: dict, sets: dict, conditions: dict) -> dict:
     """Accuracy on the engines' test clips (keyword and unknown; silence clips draw neither)
     by what the clip drew: no noise with or without a room, or noise in an SNR band (any room);
-    pooled over the engines, and clean per engine."""
+    pooled over the engines, per noise kind in each band, and clean per engine."""
+    from model.data.kws_mix import NOISE_KINDS
+
     def rows(names):
         pred = np.concatenate([preds[n] for n in names])
         y = np.concatenate([np.asarray(sets[n][1]) for n in names])
@@ -100,8 +102,13 @@ def by_condition(preds: dict, sets: dict, conditions: dict) -> dict:
 
     names = sorted(conditions)
     pred, y, snr, room = rows(names)
+    kind = np.concatenate([conditions[n] for n in names])[:, 2]
     clean = CONDITIONS[0][0]
     return {"pooled": {name: acc(pred, y, m) for name, m in masks(snr, room).items()},
+            "noise_kind": {name: {k: acc(pred, y, m & (kind == i))
+                                  for i, k in enumerate(NOISE_KINDS)}
+                           for name, band, _ in CONDITIONS if band is not None
+                           for m in [masks(snr, room)[name]]},
             "clean_by_engine": {n.removeprefix("test_"): acc(p_, y_, masks(s_, r_)[clean])
                                 for n in names for p_, y_, s_, r_ in [rows([n])]}}
 
@@ -358,9 +365,17 @@ def condition_lines(r: dict) -> str:
             for name, v in c["pooled"].items()]
     clean = ", ".join(f"{ENGINE_NAMES[e]} {pct(v['accuracy'])} (n={v['n']})"
                       for e, v in c["clean_by_engine"].items())
+    kinds = ""
+    if c.get("noise_kind"):  # evaluations before the kind was recorded lack it
+        names = list(next(iter(c["noise_kind"].values())))
+        kinds = ("\n\nThe noisy rows by the kind of noise (babble: 3-6 other utterances of the "
+                 "engine's test material):\n\n"
+                 + table(["condition"] + names,
+                         [[band] + [f"{pct(v[k]['accuracy'])} (n={v[k]['n']})" for k in names]
+                          for band, v in c["noise_kind"].items()]))
     return ("By what each test clip drew (keyword and unknown clips of the rows above; `silence` "
             "clips draw neither; `kws_mix.make_clips(..., conditions=True)`):\n\n"
-            + table(["condition", "n", "accuracy", "95 % CI"], rows)
+            + table(["condition", "n", "accuracy", "95 % CI"], rows) + kinds
             + f"\n\nClean (no noise, no room) per engine: {clean}.\n\n")
 
 

@@ -334,13 +334,24 @@ def test_make_clips_reports_what_each_clip_drew():
     rows = _toy_rows()
     x0, y0 = kws_mix.make_clips(rows, 96, seed=3, workers=1)
     x, y, c = kws_mix.make_clips(rows, 96, seed=3, workers=2, chunk=16, conditions=True)
-    assert np.array_equal(x, x0) and np.array_equal(y, y0) and c.shape == (96, 2)
+    assert np.array_equal(x, x0) and np.array_equal(y, y0) and c.shape == (96, 3)
     sil = y == kws_mix.SILENCE
     assert np.isnan(c[sil]).all() and not np.isnan(c[~sil, 1]).any()
-    snr, room = c[~sil, 0], c[~sil, 1]
+    snr, room, kind = c[~sil, 0], c[~sil, 1], c[~sil, 2]
     assert set(np.unique(room)) <= {0.0, 1.0} and 0 < room.mean() < 0.6  # 30 % rooms
     noisy = ~np.isnan(snr)
     assert 0.6 < noisy.mean() < 1.0 and ((snr[noisy] >= 0) & (snr[noisy] <= 30)).all()
+    assert np.array_equal(np.isnan(kind), ~noisy)  # a noise kind exactly where noise was added
+    assert set(np.unique(kind[noisy])) == {0.0, 1.0, 2.0}  # white, pink, babble
+    # the kind is what was mixed in: with noise 30-40 dB above the word, white noise puts half
+    # its power above 4 kHz, pink (1/f) under a tenth, babble of the toy tones (<= 800 Hz) none
+    xl, yl, cl = kws_mix.make_clips(rows, 96, seed=3, workers=1, conditions=True,
+                                    noise=(-40.0, -30.0, 1.0))
+    power = np.abs(np.fft.rfft(xl[yl != kws_mix.SILENCE].astype(np.float64), axis=1)) ** 2
+    high = power[:, power.shape[1] // 2 :].sum(1) / power.sum(1)
+    kind = cl[yl != kws_mix.SILENCE, 2]
+    assert (high[kind == 0] > 0.35).all() and (high[kind == 2] < 0.01).all()
+    assert ((high[kind == 1] > 0.02) & (high[kind == 1] < 0.2)).all()
     # a clean clip: silent outside the (speed-perturbed) word, no noise floor
     clean = np.flatnonzero(~sil)[np.isnan(snr) & (room == 0)]
     assert len(clean) and (np.abs(x[clean]) < 1e-7).mean(1).min() > 0.2
@@ -392,9 +403,16 @@ def test_accuracy_by_condition_counts_by_hand():
 
     nan = np.nan
     y = np.array([0, 1, 2, 11, 3, 4])
-    cond = np.array([[nan, 0], [nan, 1], [25.0, 1], [nan, nan], [5.0, 0], [15.0, 0]], np.float32)
+    cond = np.array([[nan, 0, nan], [nan, 1, nan], [25.0, 1, 2], [nan, nan, nan], [5.0, 0, 0],
+                     [15.0, 0, 1]], np.float32)
     pred = np.array([0, 2, 2, 11, 0, 4])
     r = by_condition({"test_a": pred}, {"test_a": (None, y)}, {"test_a": cond})
+    k = r["noise_kind"]
+    assert k["noise at 20-30 dB SNR"]["babble"] == {"n": 1, "accuracy": 1.0}
+    assert k["noise at 0-10 dB SNR"]["white"] == {"n": 1, "accuracy": 0.0}
+    assert k["noise at 10-20 dB SNR"]["pink"] == {"n": 1, "accuracy": 1.0}
+    assert k["noise at 10-20 dB SNR"]["white"] == {"n": 0, "accuracy": None}
+    assert "clean: no noise, no room" not in k
     p = r["pooled"]
     assert p["clean: no noise, no room"] == {"n": 1, "accuracy": 1.0}
     assert p["no noise, in a room"] == {"n": 1, "accuracy": 0.0}

@@ -31,6 +31,7 @@ UNKNOWN, SILENCE = CLASSES.index("unknown"), CLASSES.index("silence")
 ROOM_PROB, NOISE_PROB = 0.3, 0.85
 #: (SNR low dB, high dB, share of speech clips with noise): the test sets' setting, the default
 TEST_NOISE = (0.0, 30.0, NOISE_PROB)
+NOISE_KINDS = ("white", "pink", "babble")  # background noise, one drawn per noisy clip
 _POOL: dict = {}
 
 
@@ -63,8 +64,12 @@ def _babble(rng: np.random.Generator, pool: list[np.ndarray]) -> np.ndarray:
     return out
 
 
-def _noise(rng: np.random.Generator, pool: list[np.ndarray], kinds=("white", "pink", "babble")):
-    kind = kinds[rng.integers(len(kinds))]
+def _noise(rng: np.random.Generator, pool: list[np.ndarray], drawn: dict | None = None):
+    """Unit-RMS background of a kind drawn from NOISE_KINDS (`drawn["noise"]`: its index)."""
+    k = int(rng.integers(len(NOISE_KINDS)))
+    if drawn is not None:
+        drawn["noise"] = k
+    kind = NOISE_KINDS[k]
     x = (rng.standard_normal(CLIP) if kind == "white" else _pink(rng, CLIP) if kind == "pink"
          else _babble(rng, pool))
     return x / max(np.sqrt(np.mean(x**2)), 1e-9)
@@ -84,7 +89,8 @@ def _speech_clip(rng: np.random.Generator, wav: np.ndarray, pool: list[np.ndarra
                  voice_rng: np.random.Generator | None = None,
                  drawn: dict | None = None,
                  noise: tuple[float, float, float] = TEST_NOISE) -> np.ndarray:
-    """One augmented clip; `drawn` (if given) records the room and the SNR it drew. `noise`:
+    """One augmented clip; `drawn` (if given) records the room, the SNR and the noise kind it
+    drew. `noise`:
     SNR range in dB and the share of clips that get noise (the same draws for any values)."""
     drawn = {} if drawn is None else drawn
     wav = wav.astype(np.float64)
@@ -100,11 +106,11 @@ def _speech_clip(rng: np.random.Generator, wav: np.ndarray, pool: list[np.ndarra
     clip = np.zeros(CLIP)
     start = int(rng.integers(0, CLIP - len(wav) + 1))
     clip[start : start + len(wav)] = wav
-    drawn["snr_db"] = None
+    drawn["snr_db"] = drawn["noise"] = None
     lo_db, hi_db, noise_prob = noise
     if rng.random() < noise_prob:
         rms = np.sqrt(np.mean(wav**2))
-        background = _noise(rng, pool)
+        background = _noise(rng, pool, drawn)
         drawn["snr_db"] = float(rng.uniform(lo_db, hi_db))
         clip += background * rms * 10 ** (-drawn["snr_db"] / 20)
     return clip * (10 ** (rng.uniform(-26, -1) / 20) / max(np.abs(clip).max(), 1e-9))
@@ -125,7 +131,7 @@ def _make(args) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     waves = [r["wav"] for r in rows if babble == "any" or r["kind"] != "keyword"]
     x = np.zeros((stop - start, CLIP), np.float32)
     y = np.zeros(stop - start, np.int64)
-    cond = np.full((stop - start, 2), np.nan, np.float32)  # SNR dB (nan: none), room (0/1)
+    cond = np.full((stop - start, 3), np.nan, np.float32)  # SNR dB, room (0/1), noise kind
     source = np.full(stop - start, -1, np.int64)  # each clip's row of `rows` (-1: silence)
     for k, i in enumerate(range(start, stop)):
         rng = np.random.default_rng([code, seed, i])
@@ -150,7 +156,8 @@ def _make(args) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
             clip = _speech_clip(rng, row["wav"], waves,
                                 formants, np.random.default_rng([code, seed, i, 1 << 20]), drawn,
                                 noise)
-            cond[k] = (np.nan if drawn["snr_db"] is None else drawn["snr_db"], drawn["room"])
+            cond[k] = (np.nan if drawn["snr_db"] is None else drawn["snr_db"], drawn["room"],
+                       np.nan if drawn["noise"] is None else drawn["noise"])
         x[k] = np.clip(clip, -1.0, 1.0)
         y[k] = label
     return x, y, cond, source
@@ -186,8 +193,8 @@ def make_clips(rows: list[dict], n: int, seed: int, kind: str = "words", code: i
     drawn from [lo_db, hi_db] (None: 0-30 dB for 85 %, the test setting).
     `silence_top_db`: the loudest `silence` (noise-only) level in dBFS; None: -40 for words,
     -20 for the "noise" test set (louder than training). `conditions`: also return what each
-    clip drew, float32 [n, 2]: SNR in dB (nan: no noise added) and room (1) or not (0); nan,
-    nan for `silence` clips. `texts`: also return what each clip says, a str array [n] (the
+    clip drew, float32 [n, 3]: SNR in dB (nan: no noise added), room (1) or not (0) and the
+    noise's index in NOISE_KINDS (nan: none); all nan for `silence` clips. `texts`: also return what each clip says, a str array [n] (the
     word or phrase; "" for silence), after the conditions if both are asked for. `sources`:
     also return each clip's utterance, int64 [n] indices into `rows` (-1 for silence), last.
     `babble`: "any" (default) mixes babble from every utterance of `rows`, "non-keyword" from
@@ -206,7 +213,7 @@ def make_clips(rows: list[dict], n: int, seed: int, kind: str = "words", code: i
             parts = pool.map(_make, jobs, chunksize=1)
     x = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, CLIP), np.float32)
     y = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
-    cond = np.concatenate([p[2] for p in parts]) if parts else np.zeros((0, 2), np.float32)
+    cond = np.concatenate([p[2] for p in parts]) if parts else np.zeros((0, 3), np.float32)
     source = np.concatenate([p[3] for p in parts]) if parts else np.zeros(0, np.int64)
     order = np.random.default_rng([code, seed, 1 << 30]).permutation(n)
     out = (x[order], y[order])
