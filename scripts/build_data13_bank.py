@@ -59,6 +59,8 @@ def main() -> None:
                     "of kws_bank.MORE_UNKNOWN (more non-keywords)")
     ap.add_argument("--val-passes", type=int, default=1, help="kws: rendition passes over the "
                     "validation words (more distinct validation utterances)")
+    ap.add_argument("--val-phrases", type=int, default=0, help="kws: renditions of each of "
+                    "kws_bank.VAL_PHRASES by the validation voices (phrases on validation)")
     ap.add_argument("--bank", type=Path, default=BANK, help="output folder")
     args = ap.parse_args()
     if args.what == "ecg":
@@ -68,7 +70,7 @@ def main() -> None:
 
         build_bank(args.bank, engines=args.engines or ENGINES, workers=args.workers,
                    train_passes=args.train_passes, vocabulary=args.vocabulary,
-                   val_passes=args.val_passes)
+                   val_passes=args.val_passes, val_phrases=args.val_phrases)
 
 
 if __name__ == "__main__":

@@ -79,6 +79,9 @@ def prep_kws(args) -> None:
             f"heldout_{e}": (dict(kinds=("keyword", "unknown")), n["kws_heldout"], "words"),
             f"phrases_{e}": (dict(splits=("test",), kinds=("phrase",)), n["kws_phrases"],
                              "phrases"),
+            # the validation voices' phrases, where the bank has them (`--val-phrases`)
+            f"valphrases_{e}": (dict(splits=("val",), kinds=("phrase",)), n["kws_phrases"],
+                                "phrases"),
         }
         for s_i, (name, (flt, count, kind)) in enumerate(sets.items()):
             pool = kws_mix.select(rows, engines=(e,), **flt)
@@ -265,6 +268,9 @@ def run_kws(args) -> None:
     net, config = load_checkpoint(out, device=torch.device(args.device))
     sets = {"phrases": _concat(work, [f"phrases_{e}" for e in ([held] if held else ENGINES)]),
             "noise": _load(work, "noise")}
+    val_phrases = _present(work, [f"valphrases_{e}" for e in engines])
+    if val_phrases:  # the training engines' validation voices saying VAL_PHRASES
+        sets["val_phrases"] = _concat(work, val_phrases)
     if held is None:
         sets.update({f"test_{e}": _load(work, f"test_{e}") for e in ENGINES})
     extra = _eval_sets(net, config, torch.device(args.device), sets)
@@ -275,7 +281,9 @@ def run_kws(args) -> None:
     extra["metrics"] = metrics
     (out / "extra_metrics.json").write_text(json.dumps(extra, indent=1) + "\n")
     print(f"kws {args.run}: test {metrics['test_accuracy']:.4f} ece {metrics['test_ece']:.4f}; "
-          f"phrases->keyword {extra['phrases']['keyword_rate']:.3f}; "
+          f"phrases->keyword {extra['phrases']['keyword_rate']:.3f}"
+          + (f" (validation phrases {extra['val_phrases']['keyword_rate']:.3f})"
+             if "val_phrases" in extra else "") + "; "
           f"noise->silence {extra['noise']['accuracy']:.3f}", flush=True)
 
 

@@ -165,12 +165,13 @@ def bank_options(comp: dict | None) -> str:
     comp = comp or {}
     return "".join(f" --{flag} {comp[key]}" for key, flag, plain in (
         ("train_passes", "train-passes", 1), ("vocabulary", "vocabulary", 0),
-        ("val_passes", "val-passes", 1)) if comp.get(key, plain) != plain)
+        ("val_passes", "val-passes", 1), ("val_phrases", "val-phrases", 0))
+        if comp.get(key, plain) != plain)
 
 
 def bank_line(comp: dict | None) -> str:
     """A card bullet on what the bank holds beyond the one-pass plan ("" if nothing)."""
-    from model.data.kws_bank import COUNTS, MORE_UNKNOWN
+    from model.data.kws_bank import COUNTS, MORE_UNKNOWN, VAL_PHRASES
 
     comp = comp or {}
     parts = []
@@ -185,6 +186,9 @@ def bank_line(comp: dict | None) -> str:
                      "engine, training only")
     if comp.get("val_passes", 1) > 1:
         parts.append(f"{comp['val_passes']} rendition passes over the validation words")
+    if comp.get("val_phrases"):
+        parts.append(f"{len(VAL_PHRASES)} non-keyword phrases (`kws_bank.VAL_PHRASES`) x "
+                     f"{comp['val_phrases']} renditions by the validation voices, validation only")
     if not parts:
         return ""
     return (f"- Bank beyond the one-pass plan (`build_data13_bank.py kws{bank_options(comp)}`; "

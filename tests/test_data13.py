@@ -773,6 +773,99 @@ def test_model_card_recipe_names_the_training_only_losses():
         {"training": t | {"aux_weight": 2.0}}, m)
 
 
+def test_bank_plan_validation_phrases_are_unheard_and_come_last():
+    """`val_phrases=k`: k renditions of each VAL_PHRASES phrase by the validation voices, after
+    everything else (so every other row stays); no word of them is heard in training (keywords,
+    unknown words and their homophones, the vocabulary) or is a content word of a test phrase."""
+    from collections import Counter
+
+    from model.data import kws_bank as kb
+    from model.data.kws import UNKNOWN_WORDS
+    from model.data.stream_bank import EXTRA_TRAIN_WORDS
+
+    words = {w for p in kb.VAL_PHRASES for w in p.split()}
+    heard = set(kb.KEYWORDS) | set(UNKNOWN_WORDS) | set(EXTRA_TRAIN_WORDS) | {
+        "too", "to", "for", "ate", "won", "sicks", "ten"}  # homophones of unknown words
+    test_words = {w for p in kb.PHRASES for w in p.split()}
+    assert len(kb.VAL_PHRASES) == len(set(kb.VAL_PHRASES)) == 15
+    assert not words & heard - {"to"}  # "to" (as in "drove to") is left: "two" is heard
+    assert words & test_words == set(kb.VAL_PHRASE_SHARED) & words
+    assert not words & set(kb.UNKNOWN_HELDOUT)
+    for engine, voices in (("rhvoice", kb.RHVOICE_VOICES), ("mbrola", kb.MBROLA_VOICES)):
+        base = kb.plan(engine, train_passes=2, val_passes=2)
+        full = kb.plan(engine, train_passes=2, val_passes=2, val_phrases=3)
+        assert full[: len(base)] == base
+        extra = full[len(base):]
+        assert Counter(j["text"] for j in extra) == {p: 3 for p in kb.VAL_PHRASES}
+        assert all(j["split"] == "val" and j["kind"] == "phrase" and j["val_phrase"]
+                   and not kb.first_pass(j) for j in extra)
+        assert {j["voice"] for j in extra} <= {v for v, s in voices.items() if s == "val"}
+    assert kb.plan("pico", val_phrases=2) == kb.plan("pico")  # no validation voice
+    comp = kb.composition(kb.plan("flite", val_phrases=2))
+    assert comp == dict(train_passes=1, val_passes=1, vocabulary=0, val_phrases=2)
+    from scripts.install_data13 import bank_line, bank_options
+
+    assert bank_options(comp) == " --val-phrases 2"
+    assert "15 non-keyword phrases (`kws_bank.VAL_PHRASES`) x 2 renditions" in bank_line(comp)
+
+
+def _toy_bank(path, val_phrases: int) -> None:
+    """Every engine's plan cut to two rows per text (espeak-ng: flite's plan, so no espeak-ng
+    voice list is needed), each row a tone of its text's pitch."""
+    import zlib
+
+    from model.data import kws_bank as kb
+
+    for engine in kb.ENGINES:
+        src = "flite" if engine == "espeak" else engine
+        seen: dict = {}
+        rows = []
+        for j in kb.plan(src, val_phrases=val_phrases):
+            key = (j["split"], j["kind"], j["text"], bool(j.get("val_phrase")))
+            seen[key] = seen.get(key, 0) + 1
+            if seen[key] <= 2:
+                rows.append(dict(j, engine=engine))
+        kb.write_engine(path, engine, rows, [
+            (np.sin(2 * np.pi * (200 + zlib.crc32(r["text"].encode()) % 600)
+                    * np.arange(20000 if r["kind"] == "phrase" else 4000) / 16000)
+             * 8000).astype(np.int16) for r in rows])
+
+
+def test_prep_and_training_report_how_often_validation_phrases_fire(tmp_path):
+    """prep-kws makes `valphrases_<engine>` sets where the bank has validation phrases, without
+    changing any other set; a training run reports their keyword rate beside the test
+    phrases'."""
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    script = [sys.executable, str(root / "scripts" / "data13_train.py")]
+    for k in (0, 1):
+        _toy_bank(tmp_path / f"bank{k}", val_phrases=k)
+        subprocess.run(script + ["prep-kws", "--bank", str(tmp_path / f"bank{k}"), "--work",
+                                 str(tmp_path / f"work{k}"), "--smoke", "--workers", "1"],
+                       check=True, capture_output=True, timeout=120)
+    made = json.loads((tmp_path / "work1" / "kws_sets.json").read_text())
+    assert {n for n in made if n.startswith("valphrases_")} == {
+        "valphrases_espeak", "valphrases_flite", "valphrases_festival", "valphrases_mbrola",
+        "valphrases_rhvoice"}  # Pico has no validation voice
+    assert made["bank"]["val_phrases"] == 1
+    for f in sorted((tmp_path / "work0").glob("*.npy")):
+        assert np.array_equal(np.load(f), np.load(tmp_path / "work1" / f.name)), f.name
+    y = np.load(tmp_path / "work1" / "valphrases_flite_y.npy")
+    assert (y == 10).all() and len(y) == made["valphrases_flite"]  # all `unknown`
+    subprocess.run(script + ["kws", "--run", "all", "--smoke", "--device", "cpu", "--work",
+                             str(tmp_path / "work1"), "--out", str(tmp_path / "out"),
+                             "--bank", str(tmp_path / "bank1"), "--front-end", "logmel",
+                             "--d-model", "16", "--n-layers", "1", "--batch-size", "16",
+                             "--epochs", "1", "--threads", "1"],
+                   check=True, capture_output=True, timeout=300)
+    extra = json.loads((tmp_path / "out" / "kws-all" / "extra_metrics.json").read_text())
+    assert extra["val_phrases"]["n"] == 5 * made["valphrases_flite"]
+    assert 0.0 <= extra["val_phrases"]["keyword_rate"] <= 1.0
+
+
 def test_bank_composition_round_trips_the_plan_options_onto_the_card():
     """prep records what a bank holds beyond the one-pass plan (read off its rows); the card
     names it and the build command that makes it; a one-pass bank adds nothing."""

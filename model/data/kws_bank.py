@@ -86,6 +86,18 @@ PHRASES = (
 #: every word of the test phrases and the held-out unknown words, which stay unheard
 MORE_UNKNOWN = tuple(w for w in EXTRA_TRAIN_WORDS
                      if w not in {t for p in PHRASES for t in p.split()} | set(UNKNOWN_HELDOUT))
+#: non-keyword phrases the validation voices say (`plan(..., val_phrases=k)`), so that a decision
+#: set sees what the test phrases measure (how often new words fire a keyword); no word of them
+#: is a keyword, an unknown word (or its homophone), a vocabulary word or a content word of
+#: the test phrases (they share function words only: VAL_PHRASE_SHARED)
+VAL_PHRASES = (
+    "we drove to the market", "the kettle is boiling", "pass the salt and pepper",
+    "he forgot his umbrella", "the bus arrives at noon", "they painted the fence",
+    "a basket of fresh eggs", "my keys are in the car", "the children laughed loudly",
+    "we need more sugar", "the garage smells of paint", "her jacket was very warm",
+    "the library shuts early", "fix the broken lamp", "the candle burned all night",
+)  # fmt: skip
+VAL_PHRASE_SHARED = frozenset({"the", "is", "a", "of", "my", "are", "was"})
 # renditions per (split, kind, text) and engine
 COUNTS = {("train", "keyword"): 36, ("train", "unknown"): 6, ("val", "keyword"): 4,
           ("val", "unknown"): 1, ("test", "keyword"): 8, ("test", "unknown"): 6,
@@ -106,14 +118,16 @@ def engine_voices(engine: str) -> dict[str, str]:
 
 
 def plan(engine: str, seed: int = 0, train_passes: int = 1, vocabulary: int = 0,
-         val_passes: int = 1) -> list[dict]:
+         val_passes: int = 1, val_phrases: int = 0) -> list[dict]:
     """Every utterance of one engine: text, kind, split, voice, rate and pitch settings.
     `train_passes` > 1 appends that many - 1 more renditions of every training word (the
     training COUNTS again, new voices / rates / pitches drawn from their own random stream);
     `vocabulary` > 0 then appends that many training renditions of each `MORE_UNKNOWN` word;
     `val_passes` > 1 then that many - 1 more passes over the validation words (a decision set
-    with more distinct utterances: clips of one utterance are not independent). The first
-    pass (`first_pass`), and so every test utterance, stays as with none of them."""
+    with more distinct utterances: clips of one utterance are not independent); `val_phrases`
+    > 0 then that many renditions of each VAL_PHRASES phrase by the validation voices (what
+    the test phrases measure, on validation). The first pass (`first_pass`), and so every test
+    utterance, stays as with none of them."""
     rng = np.random.default_rng([ENGINES.index(engine), seed])
     voices = engine_voices(engine)
     by_split = {s: sorted(v for v, sp in voices.items() if sp == s) for s in ("train", "val",
@@ -134,21 +148,31 @@ def plan(engine: str, seed: int = 0, train_passes: int = 1, vocabulary: int = 0,
     for extra in range(1, val_passes if by_split["val"] else 1):
         rng = np.random.default_rng([ENGINES.index(engine), seed, 2000 + extra])
         jobs += [dict(j, val_pass=extra) for j in _split_jobs(engine, "val", by_split["val"], rng)]
+    if val_phrases and by_split["val"]:
+        rng = np.random.default_rng([ENGINES.index(engine), seed, 3000])
+        texts = [(p, "phrase") for p in VAL_PHRASES]
+        jobs += [dict(j, val_phrase=True) for j in _split_jobs(
+            engine, "val", by_split["val"], rng, texts, val_phrases)]
     return jobs
 
 
 def composition(rows: list[dict]) -> dict:
     """What a loaded bank holds beyond the one-pass plan, read off its rows (the inverse of
-    `plan`'s options): rendition passes over the training and validation words and the
-    renditions of each vocabulary word per engine."""
+    `plan`'s options): rendition passes over the training and validation words, the
+    renditions of each vocabulary word per engine and (where any) of each validation phrase."""
     per_word: dict = {}
+    per_phrase: dict = {}
     for r in rows:
-        if r.get("vocabulary"):
-            key = (r["engine"], r["text"])
-            per_word[key] = per_word.get(key, 0) + 1
-    return dict(train_passes=1 + max((r.get("train_pass", 0) for r in rows), default=0),
+        for flag, count in (("vocabulary", per_word), ("val_phrase", per_phrase)):
+            if r.get(flag):
+                key = (r["engine"], r["text"])
+                count[key] = count.get(key, 0) + 1
+    comp = dict(train_passes=1 + max((r.get("train_pass", 0) for r in rows), default=0),
                 val_passes=1 + max((r.get("val_pass", 0) for r in rows), default=0),
                 vocabulary=max(per_word.values(), default=0))
+    if per_phrase:  # only then, so that earlier runs' records read the same
+        comp["val_phrases"] = max(per_phrase.values())
+    return comp
 
 
 def validate_on(rows: list[dict], voices: list[str]) -> list[dict]:
@@ -177,7 +201,8 @@ def validate_on(rows: list[dict], voices: list[str]) -> list[dict]:
 
 def first_pass(row: dict) -> bool:
     """Whether a bank row belongs to the one-pass plan (no extra pass, no vocabulary)."""
-    return not (row.get("train_pass") or row.get("val_pass") or row.get("vocabulary"))
+    return not (row.get("train_pass") or row.get("val_pass") or row.get("vocabulary")
+                or row.get("val_phrase"))
 
 
 def _split_jobs(engine: str, split: str, voices: list[str], rng: np.random.Generator,
@@ -397,14 +422,15 @@ def write_engine(bank: Path, engine: str, jobs: list[dict], wavs: list[np.ndarra
 
 
 def build_bank(bank: Path, engines=ENGINES, workers: int = 2, seed: int = 0,
-               train_passes: int = 1, vocabulary: int = 0, val_passes: int = 1) -> list[dict]:
-    """Render and store every engine's plan (`train_passes`, `vocabulary`, `val_passes`: see
-    `plan`); returns a summary per engine."""
+               train_passes: int = 1, vocabulary: int = 0, val_passes: int = 1,
+               val_phrases: int = 0) -> list[dict]:
+    """Render and store every engine's plan (`train_passes`, `vocabulary`, `val_passes`,
+    `val_phrases`: see `plan`); returns a summary per engine."""
     summary = []
     for engine in engines:
         if not engine_available(engine):
             raise RuntimeError(unavailable_reason(engine))
-        jobs = plan(engine, seed, train_passes, vocabulary, val_passes)
+        jobs = plan(engine, seed, train_passes, vocabulary, val_passes, val_phrases)
         summary.append(write_engine(Path(bank), engine, jobs, render(jobs)))
         print(summary[-1], flush=True)
     return summary

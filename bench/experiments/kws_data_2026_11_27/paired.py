@@ -5,7 +5,9 @@ bootstrap over source units: clips made from one utterance (or one voice) are no
     BANK=.cache/data13 N_VAL=400 UNIT=utterance python paired.py R=runs/r X=runs/x [U=...]
 
 VALIDATE_ON="flite:slt ..." makes those training voices validate, as `prep-kws --validate-on`
-(a voice fold); THREADS sets torch's threads (default 2).
+(a voice fold); THREADS sets torch's threads (default 2). A bank with validation phrases
+(`build_data13_bank.py kws --val-phrases K`) also gets how often they fire a keyword (lower is
+better), with the same paired bootstrap.
 
 The first checkpoint is the reference; differences are the others minus it, in points. UNIT is
 "utterance" or "voice" (every noise-only clip is a unit of its own). OUT_JSON (default
@@ -28,15 +30,18 @@ from model.data import kws_mix  # noqa: E402
 from model.data.kws_bank import ENGINES, load_bank, validate_on  # noqa: E402
 
 
-def clips(rows: list[dict], split: str, s_i: int, n: int, unit: str):
-    """prep-kws's clips of one split for every engine, with each clip's unit (its source
-    utterance or voice; a noise-only clip is a unit of its own)."""
+def clips(rows: list[dict], split: str, s_i: int, n: int, unit: str, phrases: bool = False):
+    """prep-kws's clips of one split for every engine (its keyword and unknown clips, or its
+    phrases), with each clip's unit (its source utterance or voice; a noise-only clip is a unit
+    of its own)."""
     xs, ys, units = [], [], []
     for e_i, e in enumerate(ENGINES):
-        pool = kws_mix.select(rows, engines=(e,), splits=(split,), kinds=("keyword", "unknown"))
+        kinds = ("phrase",) if phrases else ("keyword", "unknown")
+        pool = kws_mix.select(rows, engines=(e,), splits=(split,), kinds=kinds)
         if not pool:
             continue
         x, y, src = kws_mix.make_clips(pool, n, seed=0, code=100 + 10 * e_i + s_i,
+                                       kind="phrases" if phrases else "words",
                                        workers=int(os.environ.get("WORKERS", "2")),
                                        sources=True)
         xs.append(x)
@@ -94,6 +99,16 @@ def main() -> None:
         res.update(n_clips=int(len(y)), n_units=int(len(np.unique(units))))
         out[split] = res
         print(split, json.dumps(res), flush=True)
+    if any(r.get("val_phrase") for r in rows):  # validation phrases: how often a keyword fires
+        x, _, units = clips(rows, "val", 5, 300, unit, phrases=True)
+        fires = {k: predict(net, x) < kws_mix.UNKNOWN for k, net in nets.items()}
+        res = {k: round(float(v.mean()) * 100, 2) for k, v in fires.items()}
+        ref, *others = list(nets)
+        for k in others:
+            res[f"{k}-{ref}"] = paired(fires[ref], fires[k], units)
+        res.update(n_clips=int(len(x)), n_units=int(len(np.unique(units))))
+        out["val_phrases_keyword_rate"] = res
+        print("val phrases -> keyword", json.dumps(res), flush=True)
     path = Path(os.environ.get("OUT_JSON", ".cache/diag16/paired.json"))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1) + "\n")
