@@ -66,8 +66,9 @@ def kws_sets(bank: Path, workers: int) -> tuple[dict, dict]:
             sets[name] = (x, y)
             if kind == "words":
                 conditions[name] = c
-    sets["noise"] = kws_mix.make_clips(kws_mix.select(rows, splits=("test",)), KWS_N["noise"],
-                                       seed=0, kind="noise", code=199, workers=workers)
+    x, y, c = kws_mix.make_clips(kws_mix.select(rows, splits=("test",)), KWS_N["noise"], seed=0,
+                                 kind="noise", code=199, workers=workers, conditions=True)
+    sets["noise"], conditions["noise"] = (x, y), c  # what each noise-only clip drew
     sets["own_test"] = load_split("kws", "test")
     return sets, conditions
 
@@ -111,6 +112,43 @@ def by_condition(preds: dict, sets: dict, conditions: dict) -> dict:
                            for m in [masks(snr, room)[name]]},
             "clean_by_engine": {n.removeprefix("test_"): acc(p_, y_, masks(s_, r_)[clean])
                                 for n in names for p_, y_, s_, r_ in [rows([n])]}}
+
+
+#: noise-only levels reported (RMS dBFS): training `silence` clips reach -40 unless raised
+NOISE_LEVELS = ((-75, -40), (-40, -30), (-30, -20))
+
+
+def noise_by_level(pred: np.ndarray, cond: np.ndarray) -> dict:
+    """How often noise-only clips fire a keyword (a class before `unknown`), by the noise's kind
+    and RMS level (`make_clips(..., conditions=True)`: column 2 the kind, 3 the level);
+    near-digital silence (dither) on its own."""
+    from model.data.kws_mix import NOISE_KINDS, UNKNOWN
+
+    fire = pred < UNKNOWN
+    kind, level = cond[:, 2], cond[:, 3]
+
+    def rate(mask) -> dict:
+        return dict(n=int(mask.sum()),
+                    keyword_rate=round(float(fire[mask].mean()), 4) if mask.any() else None)
+
+    out = {"dither": rate(np.isnan(kind))}
+    for i, k in enumerate(NOISE_KINDS):
+        out[k] = {f"{lo}..{hi} dBFS": rate((kind == i) & (level >= lo) & (level < hi))
+                  for lo, hi in NOISE_LEVELS}
+    return out
+
+
+def noise_lines(r: dict) -> str:
+    """The noise-only clips by kind and level (absent from evaluations made before it)."""
+    nb = r.get("noise_by_level")
+    if not nb:
+        return ""
+    levels = [f"{lo}..{hi} dBFS" for lo, hi in NOISE_LEVELS]
+    rows = [[k] + [f"{pct(nb[k][lv]['keyword_rate'])} (n={nb[k][lv]['n']})" for lv in levels]
+            for k in nb if k != "dither"]
+    return ("\n\nNoise only, by kind and RMS level: the share of clips that fire a keyword "
+            f"(near-digital silence: {pct(nb['dither']['keyword_rate'])} of "
+            f"{nb['dither']['n']}):\n\n" + table(["noise"] + levels, rows) + "\n")
 
 
 def ecg_sets(bank: Path, workers: int) -> tuple[dict, dict, tuple]:
@@ -224,7 +262,9 @@ def evaluate(model: str, ckpt: Path, bank: Path, workers: int) -> dict:
         sets, conditions = kws_sets(bank, workers)
         preds: dict = {}
         result = {"sets": _eval_sets(net, config, dev, sets, preds)}
+        noise_cond = conditions.pop("noise")
         result["test_by_condition"] = by_condition(preds, sets, conditions)
+        result["noise_by_level"] = noise_by_level(preds["noise"], noise_cond)
     else:
         sets, bands, mit = ecg_sets(bank, workers)
         result = {"sets": _eval_sets(net, config, dev, sets)}
@@ -432,7 +472,7 @@ Per class (test voices of each engine):
 
 What it says on speech without keywords and on noise:
 
-{table(['input', 'n', 'called a keyword', 'unknown', 'silence'], beh)}
+{table(['input', 'n', 'called a keyword', 'unknown', 'silence'], beh)}{noise_lines(r)}
 """
 
 

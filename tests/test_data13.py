@@ -334,9 +334,16 @@ def test_make_clips_reports_what_each_clip_drew():
     rows = _toy_rows()
     x0, y0 = kws_mix.make_clips(rows, 96, seed=3, workers=1)
     x, y, c = kws_mix.make_clips(rows, 96, seed=3, workers=2, chunk=16, conditions=True)
-    assert np.array_equal(x, x0) and np.array_equal(y, y0) and c.shape == (96, 3)
+    assert np.array_equal(x, x0) and np.array_equal(y, y0) and c.shape == (96, 4)
     sil = y == kws_mix.SILENCE
-    assert np.isnan(c[sil]).all() and not np.isnan(c[~sil, 1]).any()
+    assert np.isnan(c[sil, :2]).all() and not np.isnan(c[~sil, 1]).any()
+    assert np.isnan(c[~sil, 3]).all() and not np.isnan(c[sil, 3]).any()
+    # noise-only clips: RMS at the recorded level (dither -90..-70 dBFS, noise up to -40)
+    rms_db = 20 * np.log10(np.sqrt(np.mean(x[sil].astype(np.float64) ** 2, axis=1)))
+    assert np.allclose(rms_db, c[sil, 3], atol=0.05)
+    dither = np.isnan(c[sil, 2])
+    assert ((c[sil, 3][dither] >= -90) & (c[sil, 3][dither] <= -70)).all()
+    assert ((c[sil, 3][~dither] >= -75) & (c[sil, 3][~dither] <= -40)).all()
     snr, room, kind = c[~sil, 0], c[~sil, 1], c[~sil, 2]
     assert set(np.unique(room)) <= {0.0, 1.0} and 0 < room.mean() < 0.6  # 30 % rooms
     noisy = ~np.isnan(snr)
@@ -403,8 +410,8 @@ def test_accuracy_by_condition_counts_by_hand():
 
     nan = np.nan
     y = np.array([0, 1, 2, 11, 3, 4])
-    cond = np.array([[nan, 0, nan], [nan, 1, nan], [25.0, 1, 2], [nan, nan, nan], [5.0, 0, 0],
-                     [15.0, 0, 1]], np.float32)
+    cond = np.array([[nan, 0, nan, nan], [nan, 1, nan, nan], [25.0, 1, 2, nan],
+                     [nan, nan, 1, -30.0], [5.0, 0, 0, nan], [15.0, 0, 1, nan]], np.float32)
     pred = np.array([0, 2, 2, 11, 0, 4])
     r = by_condition({"test_a": pred}, {"test_a": (None, y)}, {"test_a": cond})
     k = r["noise_kind"]
@@ -420,6 +427,22 @@ def test_accuracy_by_condition_counts_by_hand():
     assert p["noise at 10-20 dB SNR"] == {"n": 1, "accuracy": 1.0}
     assert p["noise at 0-10 dB SNR"] == {"n": 1, "accuracy": 0.0}  # the silence clip: nowhere
     assert r["clean_by_engine"] == {"a": {"n": 1, "accuracy": 1.0}}
+
+
+def test_noise_only_clips_fire_by_kind_and_level_counts_by_hand():
+    from scripts.eval_data13 import noise_by_level
+
+    nan = np.nan
+    cond = np.array([[nan, nan, nan, -80.0], [nan, nan, 0, -50.0], [nan, nan, 0, -25.0],
+                     [nan, nan, 1, -35.0], [nan, nan, 2, -21.0], [nan, nan, 2, -22.0]], np.float32)
+    pred = np.array([11, 11, 3, 11, 10, 0])  # keywords are classes 0-9
+    r = noise_by_level(pred, cond)
+    assert r["dither"] == {"n": 1, "keyword_rate": 0.0}
+    assert r["white"]["-75..-40 dBFS"] == {"n": 1, "keyword_rate": 0.0}
+    assert r["white"]["-30..-20 dBFS"] == {"n": 1, "keyword_rate": 1.0}
+    assert r["pink"]["-40..-30 dBFS"] == {"n": 1, "keyword_rate": 0.0}
+    assert r["babble"]["-30..-20 dBFS"] == {"n": 2, "keyword_rate": 0.5}
+    assert r["babble"]["-75..-40 dBFS"] == {"n": 0, "keyword_rate": None}
 
 
 def test_silence_level_of_training_clips_is_a_knob():

@@ -116,10 +116,19 @@ def _speech_clip(rng: np.random.Generator, wav: np.ndarray, pool: list[np.ndarra
     return clip * (10 ** (rng.uniform(-26, -1) / 20) / max(np.abs(clip).max(), 1e-9))
 
 
-def _silence_clip(rng: np.random.Generator, pool: list[np.ndarray], top_db: float) -> np.ndarray:
+def _silence_clip(rng: np.random.Generator, pool: list[np.ndarray], top_db: float,
+                  drawn: dict | None = None) -> np.ndarray:
+    """Noise only, RMS level in dBFS drawn up to `top_db`; `drawn` (if given) records the
+    level and the noise kind (None: near-digital silence)."""
+    drawn = {} if drawn is None else drawn
+    drawn["noise"] = None
     if rng.random() < 0.2:  # near-digital silence (dither)
-        return rng.standard_normal(CLIP) * 10 ** (rng.uniform(-90, -70) / 20)
-    return _noise(rng, pool) * 10 ** (rng.uniform(-75, top_db) / 20)
+        x = rng.standard_normal(CLIP)
+        drawn["level_db"] = float(rng.uniform(-90, -70))
+    else:
+        x = _noise(rng, pool, drawn)
+        drawn["level_db"] = float(rng.uniform(-75, top_db))
+    return x * 10 ** (drawn["level_db"] / 20)
 
 
 def _make(args) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -131,7 +140,7 @@ def _make(args) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     waves = [r["wav"] for r in rows if babble == "any" or r["kind"] != "keyword"]
     x = np.zeros((stop - start, CLIP), np.float32)
     y = np.zeros(stop - start, np.int64)
-    cond = np.full((stop - start, 3), np.nan, np.float32)  # SNR dB, room (0/1), noise kind
+    cond = np.full((stop - start, 4), np.nan, np.float32)  # SNR, room, noise kind, level
     source = np.full(stop - start, -1, np.int64)  # each clip's row of `rows` (-1: silence)
     for k, i in enumerate(range(start, stop)):
         rng = np.random.default_rng([code, seed, i])
@@ -142,7 +151,9 @@ def _make(args) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         else:
             label = i % len(CLASSES)
         if label == SILENCE:
-            clip = _silence_clip(rng, waves, silence_top_db)
+            drawn = {}
+            clip = _silence_clip(rng, waves, silence_top_db, drawn)
+            cond[k, 2:] = (np.nan if drawn["noise"] is None else drawn["noise"], drawn["level_db"])
         else:
             if kind == "phrases":
                 cands = by_text["__phrase__"]
@@ -156,8 +167,8 @@ def _make(args) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
             clip = _speech_clip(rng, row["wav"], waves,
                                 formants, np.random.default_rng([code, seed, i, 1 << 20]), drawn,
                                 noise)
-            cond[k] = (np.nan if drawn["snr_db"] is None else drawn["snr_db"], drawn["room"],
-                       np.nan if drawn["noise"] is None else drawn["noise"])
+            cond[k, :3] = (np.nan if drawn["snr_db"] is None else drawn["snr_db"],
+                           drawn["room"], np.nan if drawn["noise"] is None else drawn["noise"])
         x[k] = np.clip(clip, -1.0, 1.0)
         y[k] = label
     return x, y, cond, source
@@ -193,8 +204,9 @@ def make_clips(rows: list[dict], n: int, seed: int, kind: str = "words", code: i
     drawn from [lo_db, hi_db] (None: 0-30 dB for 85 %, the test setting).
     `silence_top_db`: the loudest `silence` (noise-only) level in dBFS; None: -40 for words,
     -20 for the "noise" test set (louder than training). `conditions`: also return what each
-    clip drew, float32 [n, 3]: SNR in dB (nan: no noise added), room (1) or not (0) and the
-    noise's index in NOISE_KINDS (nan: none); all nan for `silence` clips. `texts`: also return what each clip says, a str array [n] (the
+    clip drew, float32 [n, 4]: SNR in dB (nan: no noise added), room (1) or not (0), the
+    noise's index in NOISE_KINDS (nan: none) and, for `silence` clips only (SNR and room nan),
+    their RMS level in dBFS (their kind nan: near-digital silence). `texts`: also return what each clip says, a str array [n] (the
     word or phrase; "" for silence), after the conditions if both are asked for. `sources`:
     also return each clip's utterance, int64 [n] indices into `rows` (-1 for silence), last.
     `babble`: "any" (default) mixes babble from every utterance of `rows`, "non-keyword" from
@@ -213,7 +225,7 @@ def make_clips(rows: list[dict], n: int, seed: int, kind: str = "words", code: i
             parts = pool.map(_make, jobs, chunksize=1)
     x = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, CLIP), np.float32)
     y = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
-    cond = np.concatenate([p[2] for p in parts]) if parts else np.zeros((0, 3), np.float32)
+    cond = np.concatenate([p[2] for p in parts]) if parts else np.zeros((0, 4), np.float32)
     source = np.concatenate([p[3] for p in parts]) if parts else np.zeros(0, np.int64)
     order = np.random.default_rng([code, seed, 1 << 30]).permutation(n)
     out = (x[order], y[order])
