@@ -115,9 +115,9 @@ def step_note(cfg: dict) -> str:
 def training_lines(cfg: dict, metrics: dict) -> str:
     t = cfg["training"]
     if "CPU" in metrics["hardware"]:
-        where = ("on this project's shared 2-core CPU machine (1 torch thread, `nice`, beside "
-                 "other jobs), **at reduced scale**: the session's GPU budget was spent, so the "
-                 "run was cut to fit about 25 minutes of CPU training"
+        where = ("on this project's 2-core CPU machine (the session's GPU budget was spent)"
+                 + (f", **at reduced scale**: {t['reduced_scale']}" if t.get("reduced_scale")
+                    else "")
                  + (f"; fine-tuned from `{t['init_from']}` (the checkpoint it replaces: its "
                     "architecture and input normalisation are kept, the optimizer and schedule "
                     "start fresh)" if t.get("init_from") else ""))
@@ -294,7 +294,7 @@ Keyword spotting on raw 16 kHz audio: 10 keywords + unknown + silence, 1 s windo
 {bank_counts(bank)}
 
 - Unknown words: 24 of `kws.UNKNOWN_WORDS` in train/val; the other 6 ({', '.join(UNKNOWN_HELDOUT)}) and 15 short phrases without keywords only in test material{init_note}.
-{bank_line(cfg['training'].get('bank'))}{moved_line(cfg['training'].get('validate_on'))}- Augmentation per clip (where training runs; every clip has its own seed): speed perturbation 0.85-1.15, a pyroomacoustics shoebox room for 30 %, random placement (time shift) in the 1 s window, white / pink / babble noise at 0-30 dB SNR for 85 %{train_noise_note}, peak gain -26..-1 dBFS; `silence` = noise only at -75..-40 dBFS (20 % near-digital silence).
+{bank_line(cfg['training'].get('bank'))}{moved_line(cfg['training'].get('validate_on'))}- Augmentation per clip (where training runs; every clip has its own seed): speed perturbation 0.85-1.15, a pyroomacoustics shoebox room for 30 %, random placement (time shift) in the 1 s window, white / pink / babble noise at 0-30 dB SNR for 85 %{train_noise_note}, peak gain -26..-1 dBFS; `silence` = noise only at -75..{cfg['training'].get('silence_top_db') or -40:g} dBFS (20 % near-digital silence).
 - Sets: train {cfg['training']['n_train']:,} clips ({cfg['training']['n_train'] // len(engines):,} per engine), val {cfg['training']['n_val']:,} ({engine_list(val_engines)} val voices), test {metrics['n_test']:,} ({metrics['n_test'] // len(engines):,} per engine, test voices only), balanced classes. {"**Refit**: the validation clips join training (the validation voices of " + engine_list(val_engines) + "), the epoch count is fixed and the last epoch kept; shipped under a rule set before the run: its test accuracy had to beat the model it replaces. " + refit_rule if refit else "Validation picks the epoch; no test set selects anything."}
 
 ## Model

@@ -90,8 +90,8 @@ def _speech_clip(rng: np.random.Generator, wav: np.ndarray, pool: list[np.ndarra
                  drawn: dict | None = None,
                  noise: tuple[float, float, float] = TEST_NOISE) -> np.ndarray:
     """One augmented clip; `drawn` (if given) records the room, the SNR and the noise kind it
-    drew. `noise`:
-    SNR range in dB and the share of clips that get noise (the same draws for any values)."""
+    drew. `noise`: SNR range in dB and the share of clips that get noise (the same draws for
+    any values)."""
     drawn = {} if drawn is None else drawn
     wav = wav.astype(np.float64)
     if formants is not None:  # its own random stream: the other draws stay as without it
