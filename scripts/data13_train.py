@@ -268,8 +268,8 @@ def run_kws(args) -> None:
     net, config = load_checkpoint(out, device=torch.device(args.device))
     sets = {"phrases": _concat(work, [f"phrases_{e}" for e in ([held] if held else ENGINES)]),
             "noise": _load(work, "noise")}
-    val_phrases = _present(work, [f"valphrases_{e}" for e in engines])
-    if val_phrases:  # the training engines' validation voices saying VAL_PHRASES
+    val_phrases = [f"valphrases_{e}" for e in engines]
+    if _present(work, val_phrases):  # the training engines' validation voices saying VAL_PHRASES
         sets["val_phrases"] = _concat(work, val_phrases)
     if held is None:
         sets.update({f"test_{e}": _load(work, f"test_{e}") for e in ENGINES})

@@ -89,7 +89,7 @@ def by_condition(preds: dict, sets: dict, conditions: dict) -> dict:
         pred = np.concatenate([preds[n] for n in names])
         y = np.concatenate([np.asarray(sets[n][1]) for n in names])
         c = np.concatenate([conditions[n] for n in names])
-        return pred, y, c[:, 0], c[:, 1]
+        return pred, y, c[:, 0], c[:, 1], c[:, 2]
 
     def acc(pred, y, mask) -> dict:
         return dict(n=int(mask.sum()),
@@ -101,17 +101,16 @@ def by_condition(preds: dict, sets: dict, conditions: dict) -> dict:
                 else speech & (snr >= band[0]) & (snr < band[1])
                 for name, band, in_room in CONDITIONS}
 
-    names = sorted(conditions)
-    pred, y, snr, room = rows(names)
-    kind = np.concatenate([conditions[n] for n in names])[:, 2]
+    names = sorted(n for n in conditions if n.startswith("test_"))  # not the noise-only set
+    pred, y, snr, room, kind = rows(names)
+    pooled = masks(snr, room)
     clean = CONDITIONS[0][0]
-    return {"pooled": {name: acc(pred, y, m) for name, m in masks(snr, room).items()},
-            "noise_kind": {name: {k: acc(pred, y, m & (kind == i))
+    return {"pooled": {name: acc(pred, y, m) for name, m in pooled.items()},
+            "noise_kind": {name: {k: acc(pred, y, pooled[name] & (kind == i))
                                   for i, k in enumerate(NOISE_KINDS)}
-                           for name, band, _ in CONDITIONS if band is not None
-                           for m in [masks(snr, room)[name]]},
+                           for name, band, _ in CONDITIONS if band is not None},
             "clean_by_engine": {n.removeprefix("test_"): acc(p_, y_, masks(s_, r_)[clean])
-                                for n in names for p_, y_, s_, r_ in [rows([n])]}}
+                                for n in names for p_, y_, s_, r_, _ in [rows([n])]}}
 
 
 #: noise-only levels reported (RMS dBFS): training `silence` clips reach -40 unless raised
@@ -262,9 +261,8 @@ def evaluate(model: str, ckpt: Path, bank: Path, workers: int) -> dict:
         sets, conditions = kws_sets(bank, workers)
         preds: dict = {}
         result = {"sets": _eval_sets(net, config, dev, sets, preds)}
-        noise_cond = conditions.pop("noise")
         result["test_by_condition"] = by_condition(preds, sets, conditions)
-        result["noise_by_level"] = noise_by_level(preds["noise"], noise_cond)
+        result["noise_by_level"] = noise_by_level(preds["noise"], conditions["noise"])
     else:
         sets, bands, mit = ecg_sets(bank, workers)
         result = {"sets": _eval_sets(net, config, dev, sets)}

@@ -206,8 +206,9 @@ def make_clips(rows: list[dict], n: int, seed: int, kind: str = "words", code: i
     -20 for the "noise" test set (louder than training). `conditions`: also return what each
     clip drew, float32 [n, 4]: SNR in dB (nan: no noise added), room (1) or not (0), the
     noise's index in NOISE_KINDS (nan: none) and, for `silence` clips only (SNR and room nan),
-    their RMS level in dBFS (their kind nan: near-digital silence). `texts`: also return what each clip says, a str array [n] (the
-    word or phrase; "" for silence), after the conditions if both are asked for. `sources`:
+    their RMS level in dBFS (their kind nan: near-digital silence). `texts`: also return what
+    each clip says, a str array [n] (the word or phrase; "" for silence), after the conditions
+    if both are asked for. `sources`:
     also return each clip's utterance, int64 [n] indices into `rows` (-1 for silence), last.
     `babble`: "any" (default) mixes babble from every utterance of `rows`, "non-keyword" from
     its unknown words and phrases only (every other draw stays the same)."""

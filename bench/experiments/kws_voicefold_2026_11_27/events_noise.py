@@ -15,14 +15,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 
+from model.data import kws_mix  # noqa: E402
 from model.events import DetectorSettings, detect  # noqa: E402
 
 
 def noise(rng: np.random.Generator, kind: str, n: int) -> np.ndarray:
-    x = rng.standard_normal(n)
-    if kind == "pink":  # 1/f power
-        spec = np.fft.rfft(x) / np.sqrt(np.maximum(np.arange(n // 2 + 1), 1.0))
-        x = np.fft.irfft(spec, n)
+    """Unit-RMS white or pink noise (the keyword clips' pink, `kws_mix._pink`)."""
+    x = rng.standard_normal(n) if kind == "white" else kws_mix._pink(rng, n)
     return x / np.sqrt(np.mean(x**2))
 
 
