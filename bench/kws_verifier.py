@@ -67,7 +67,7 @@ def collect(split: str, events_ckpt: Path, verifier_ckpt: Path, bank_dir: Path,
     data = {"pos": [], "neg": [], "pos_seconds": 0.0, "neg_seconds": 0.0, "names": names,
             "rate": rate}
     batches = eval_batches(net, cfg, preset, bank_dir, split, torch.device("cpu"))
-    for kind, x, _, truth, probs, ends in batches:
+    for kind, x, _, truth, probs, ends, _ in batches:
         for i in range(x.shape[0]):
             evs = {t: detect_many([(probs[i], np.array(ends))], st, names)[0]
                    for t, st in settings.items()}

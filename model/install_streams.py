@@ -114,6 +114,41 @@ def kws_lines(m: dict) -> list[str]:
                   f"{c['false_alarms_per_hour']:.1f} | {c['onset_error_p90_ms']:.0f} ms |"
                   for c in curve]
         lines.append("")
+    return lines + condition_lines(m.get("test_by_condition"))
+
+
+def condition_lines(c: dict | None) -> list[str]:
+    """The card's table of where the detector misses: test keyword streams by background and
+    speech-to-background band (`stream_eval.by_condition`), false alarms by background."""
+    if not c:
+        return []
+    from .data.streams import NOISE_KINDS
+    from .stream_eval import SNR_BANDS
+
+    cells = c["keyword_streams"]
+    bands = [f"{lo:.0f}-{min(hi, 30):.0f} dB" for lo, hi in SNR_BANDS]
+
+    def cell(key: str) -> str:
+        v = cells.get(key)
+        return f"{pct(v['false_rejection_rate'])} ({v['keywords']})" if v else "-"
+
+    lines = ["- Test, at that setting, by background: false rejection (keywords) on the keyword "
+             "streams, one background per stream at a speech-to-background ratio drawn from "
+             "0-30 dB (babble: 6-30 dB), or near silence (quiet); false alarms per hour on the "
+             "non-keyword streams:", "",
+             "  | background | " + " | ".join(bands) + " | all | false alarms / h (h) |",
+             "  | --- | " + " | ".join("---" for _ in bands) + " | --- | --- |"]
+    for kind in NOISE_KINDS:
+        mine = [v for k, v in cells.items() if k == kind or k.startswith(f"{kind}, ")]
+        n, d = sum(v["keywords"] for v in mine), sum(v["detected"] for v in mine)
+        row = ["-"] * len(bands) if kind == "quiet" else [cell(f"{kind}, {b}") for b in bands]
+        fa = c["non_keyword_streams"].get(kind)
+        lines.append(f"  | {kind} | " + " | ".join(row)
+                     + (f" | {pct(1 - d / n)} ({n}) | " if n else " | - | ")
+                     + (f"{fa['false_alarms_per_hour']:.2f} ({fa['hours']:.1f})" if fa else "-")
+                     + " |")
+    lines += ["", f"  Dry streams: {cell('dry')}; through a simulated room: "
+                  f"{cell('through a room')}.", ""]
     return lines
 
 

@@ -17,7 +17,7 @@ from .checkpoint import load_checkpoint
 from .data import streams as S
 from .events import frame_ends
 from .network import S4DNetwork
-from .stream_metrics import detect_many, ecg_summary, kws_summary, settings_for
+from .stream_metrics import detect_many, ecg_summary, kws_match, kws_summary, settings_for
 from .train import hardware
 
 if TYPE_CHECKING:
@@ -25,14 +25,19 @@ if TYPE_CHECKING:
 
 
 def make_batch(preset: StreamPreset, bank, rirs, gen, seconds: float, batch: int, patch: int,
-               keyword_prob: float = 0.5, segment_s=None):
+               keyword_prob: float = 0.5, segment_s=None, conditions: bool = False):
+    """(x [B, T, 1], per-step targets, truths), and with `conditions` the keyword streams'
+    `StreamConditions` (None for ECG) last."""
+    cond = None
     if preset.kind == "kws":
-        x, y, truth = S.kws_streams(bank, rirs, batch, seconds, gen, keyword_prob=keyword_prob,
-                                    patch=patch)
+        x, y, truth, *rest = S.kws_streams(bank, rirs, batch, seconds, gen,
+                                           keyword_prob=keyword_prob, patch=patch,
+                                           conditions=conditions)
+        cond = rest[0] if rest else None
     else:
         x, y, truth = S.ecg_streams(bank, batch, seconds, gen,
                                     segment_s=segment_s or preset.train_segment_s, patch=patch)
-    return x.unsqueeze(-1), y, truth
+    return (x.unsqueeze(-1), y, truth, cond) if conditions else (x.unsqueeze(-1), y, truth)
 
 
 def watched_labels(cfg) -> list[int]:
@@ -119,7 +124,8 @@ def split_seed(split: str) -> int:
 def eval_batches(net, cfg, preset: StreamPreset, bank_dir: Path, split: str, dev,
                  words: S.WordBank | None = None):
     """The evaluation streams of a split, in order and with fixed seeds: yields (kind "pos" /
-    "neg", x [b, T, 1], per-step targets, truths, frame probabilities [b, F, K], frame ends).
+    "neg", x [b, T, 1], per-step targets, truths, frame probabilities [b, F, K], frame ends,
+    keyword streams' conditions or None).
     The streams are drawn and rendered on the CPU whatever `dev` runs the model (a CUDA RNG
     draws other numbers than the CPU's), so every machine scores the same streams and a card's
     numbers can be reproduced anywhere. `words` replaces the bank's own words of the split
@@ -140,21 +146,27 @@ def eval_batches(net, cfg, preset: StreamPreset, bank_dir: Path, split: str, dev
             b = min(per_batch, n - done)
             sec = seconds if seconds is not None else float(
                 10 + 50 * torch.rand(1, generator=gen, device=draw))
-            x, y, truth = make_batch(preset, bank, rirs, gen, sec, b, cfg.model.patch_size,
-                                     keyword_prob, segment_s=preset.eval_segment_s)
+            x, y, truth, cond = make_batch(preset, bank, rirs, gen, sec, b,
+                                           cfg.model.patch_size, keyword_prob,
+                                           segment_s=preset.eval_segment_s, conditions=True)
             probs, ends = frame_probs(net, x.to(dev), cfg.task.frame_size)
-            yield kind, x, y, truth, probs, ends
+            yield kind, x, y, truth, probs, ends, cond
             done += b
 
 
 def evaluate(net, cfg, preset: StreamPreset, bank_dir: Path, split: str, dev,
              words: S.WordBank | None = None) -> dict:
-    """Frame probabilities and truth of every evaluation stream of a split (fixed seeds)."""
+    """Frame probabilities and truth of every evaluation stream of a split (fixed seeds);
+    keyword splits also keep each stream's conditions (`conditions[kind]`, in stream order)."""
     patch = cfg.model.patch_size
-    out = {"pos": [], "neg": [], "pos_seconds": 0.0, "neg_seconds": 0.0}
+    out = {"pos": [], "neg": [], "pos_seconds": 0.0, "neg_seconds": 0.0,
+           "conditions": {"pos": [], "neg": []}}
     correct = counted = 0
-    for kind, x, y, truth, probs, ends in eval_batches(net, cfg, preset, bank_dir, split, dev,
-                                                       words):
+    for kind, x, y, truth, probs, ends, cond in eval_batches(net, cfg, preset, bank_dir, split,
+                                                             dev, words):
+        if cond is not None:
+            out["conditions"][kind] += list(zip(cond.noise, cond.snr_db, cond.room,
+                                                strict=True))
         tgt = y[:, [e // patch - 1 for e in ends]].cpu().numpy()
         pred = probs.argmax(-1)
         m = tgt != S.IGNORE
@@ -180,3 +192,59 @@ def score(preset: StreamPreset, cfg, data: dict, threshold: float, min_on_ms: fl
         neg = detect_many([(p, e) for p, e, _ in data["neg"]], st, names)
         return kws_summary(pos, neg, data["neg_seconds"], data["pos_seconds"], names, rate)
     return ecg_summary(pos, data["pos_seconds"], names, rate)
+
+
+#: SNR bands of the keyword streams' condition tables (dB, [lo, hi))
+SNR_BANDS = ((0.0, 10.0), (10.0, 20.0), (20.0, 30.01))
+
+
+def _cell(noise: str, snr_db: float) -> str:
+    """A condition table's cell: "pink, 10-20 dB", or "quiet" (no SNR)."""
+    if np.isnan(snr_db):
+        return noise
+    lo, hi = next(b for b in SNR_BANDS if snr_db < b[1])
+    return f"{noise}, {lo:.0f}-{min(hi, 30):.0f} dB"
+
+
+def by_condition(preset: StreamPreset, cfg, data: dict, threshold: float,
+                 min_on_ms: float = 0.0, onset_lag_ms: float = 0.0,
+                 label_on: dict[int, float] | None = None) -> dict:
+    """Keywords: where the detector misses and false-alarms at one setting. Keyword streams
+    by background (white / pink / babble x SNR band, or near-silent "quiet"), and dry / through a
+    room: keywords, detected, false rejection. Non-keyword streams by background: false
+    alarms and hours. Needs the split's conditions (`evaluate` keeps them)."""
+    from .data.streams import NOISE_KINDS
+
+    names = cfg.class_names()
+    st = settings_for(float(threshold), preset.hysteresis, preset.holdoff_ms, watched_labels(cfg),
+                      cfg.task.sample_rate, min_on_ms, onset_lag_ms, label_on)
+    rate = cfg.task.sample_rate
+    conds = data["conditions"]
+    pos_events = detect_many([(p, e) for p, e, _ in data["pos"]], st, names)
+    cells: dict[str, dict] = {}
+
+    def add(key: str, n: int, d: int) -> None:
+        c = cells.setdefault(key, {"keywords": 0, "detected": 0})
+        c["keywords"] += n
+        c["detected"] += d
+
+    for events, (_, _, truth), (noise, snr, room) in zip(pos_events, data["pos"], conds["pos"],
+                                                          strict=True):
+        n, d, _, _ = kws_match(events, truth, names, rate)
+        add(_cell(NOISE_KINDS[noise], snr), n, d)
+        add("through a room" if room else "dry", n, d)
+        add("all", n, d)
+    for c in cells.values():
+        c["false_rejection_rate"] = round(1 - c["detected"] / max(c["keywords"], 1), 4)
+    neg_events = detect_many([(p, e) for p, e, _ in data["neg"]], st, names)
+    alarms: dict[str, dict] = {}
+    hours_each = data["neg_seconds"] / 3600 / max(len(data["neg"]), 1)  # one length per split
+    for events, (noise, _, _) in zip(neg_events, conds["neg"], strict=True):
+        a = alarms.setdefault(NOISE_KINDS[noise], {"false_alarms": 0, "hours": 0.0})
+        a["false_alarms"] += len(events)
+        a["hours"] += hours_each
+    for a in alarms.values():
+        a["hours"] = round(a["hours"], 3)
+        a["false_alarms_per_hour"] = round(a["false_alarms"] / max(a["hours"], 1e-9), 3)
+    return {"threshold": float(threshold), "keyword_streams": dict(sorted(cells.items())),
+            "non_keyword_streams": dict(sorted(alarms.items()))}

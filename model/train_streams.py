@@ -37,7 +37,7 @@ from .config import EventsConfig
 from .data import streams as S
 from .network import S4DNetwork
 from .precision import matmul_precision
-from .stream_eval import eval_engines, evaluate, make_batch, score, watched_labels
+from .stream_eval import by_condition, eval_engines, evaluate, make_batch, score, watched_labels
 from .stream_metrics import detect_many, kws_match, settings_for
 from .train import hardware, lr_factor
 
@@ -322,6 +322,8 @@ def choose_detector(preset: StreamPreset, cfg, val: dict, test: dict, log=print)
         "streams_drawn_on": "cpu",  # eval_batches: the same streams on every machine
         "test_frame_accuracy": test["frame_accuracy"],
     }  # fmt: skip
+    if preset.kind == "kws" and len(test.get("conditions", {}).get("pos", [])) == len(test["pos"]):
+        metrics["test_by_condition"] = by_condition(preset, cfg, test, thr, min_on, lag, label_on)
     if preset.kind == "kws":
         ok = [c for c in curve if c["false_alarms_per_hour"] <= 1.0]
         metrics["test_frr_at_1fa_per_hour"] = (

@@ -78,6 +78,31 @@ def test_card_lists_other_engines_per_engine_and_pooled():
     assert engines_lines(None) == []
 
 
+def test_card_breaks_the_test_streams_down_by_background():
+    """`test_by_condition` on the card: one row per background with its bands and total, the
+    quiet row without bands, false alarms per hour by background, dry against room."""
+    from model.install_streams import condition_lines
+
+    def kw(n, d):
+        return {"keywords": n, "detected": d, "false_rejection_rate": round(1 - d / n, 4)}
+
+    c = {"threshold": 0.9998,
+         "keyword_streams": {"white, 0-10 dB": kw(10, 5), "white, 20-30 dB": kw(30, 27),
+                             "babble, 10-20 dB": kw(20, 10), "quiet": kw(40, 38),
+                             "dry": kw(70, 60), "through a room": kw(30, 20), "all": kw(100, 80)},
+         "non_keyword_streams": {"white": {"false_alarms": 2, "hours": 1.5,
+                                           "false_alarms_per_hour": 1.333},
+                                 "quiet": {"false_alarms": 0, "hours": 1.5,
+                                           "false_alarms_per_hour": 0.0}}}
+    text = "\n".join(condition_lines(c))
+    assert "| white | 50.0 % (10) | - | 10.0 % (30) | 20.0 % (40) | 1.33 (1.5) |" in text
+    assert "| babble | - | 50.0 % (20) | - | 50.0 % (20) | - |" in text
+    assert "| pink | - | - | - | - | - |" in text
+    assert "| quiet | - | - | - | 5.0 % (40) | 0.00 (1.5) |" in text
+    assert "Dry streams: 14.3 % (70); through a simulated room: 33.3 % (30)." in text
+    assert condition_lines(None) == []
+
+
 def test_card_says_when_the_detector_was_chosen_after_training(tmp_path):
     """A `--rechoose` run keeps the weights and the training record; its card names the
     re-choice command, and a card from a plain training run does not."""

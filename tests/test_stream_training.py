@@ -89,6 +89,27 @@ def test_kws_streams_targets_follow_the_words():
     assert not (y0 < 10).any()
 
 
+def test_kws_stream_conditions_leave_the_streams_as_they_are():
+    """`conditions=True` reports each stream's draw (for metrics by condition) and changes
+    none of the draws: audio, targets and words are identical."""
+    bank = word_bank()
+    rirs = torch.zeros(3, 400)
+    rirs[:, 0] = 1.0  # a dry "room": the flag is what is checked
+    plain = S.kws_streams(bank, rirs, 16, 4.0, torch.Generator().manual_seed(5), room_prob=0.5)
+    x, y, words, cond = S.kws_streams(bank, rirs, 16, 4.0, torch.Generator().manual_seed(5),
+                                      room_prob=0.5, conditions=True)
+    assert torch.equal(x, plain[0]) and torch.equal(y, plain[1]) and words == plain[2]
+    assert len(cond.noise) == len(cond.snr_db) == len(cond.room) == 16
+    assert any(cond.room) and not all(cond.room)
+    assert set(cond.noise) <= set(range(len(S.NOISE_KINDS))) and len(set(cond.noise)) > 1
+    for kind, snr in zip(cond.noise, cond.snr_db, strict=True):
+        name = S.NOISE_KINDS[kind]
+        if name == "quiet":
+            assert np.isnan(snr)
+        else:  # babble sits 6-30 dB below the speech, white / pink 0-30 dB
+            assert (6.0 if name == "babble" else 0.0) - 1e-3 <= snr <= 30.0 + 1e-3
+
+
 def test_ecg_streams_change_rhythm_and_ignore_the_settling_seconds():
     rng = np.random.default_rng(0)
     y = np.arange(40) % 5
@@ -303,6 +324,19 @@ def test_rechoose_keeps_the_weights_and_chooses_on_validation(tmp_path):
     for key in ("false_alarms_per_hour", "keywords", "false_alarms"):
         assert m["validation"][key] == at_lag[key]
     assert ("test_without_onset_lag" in m) == (d["onset_lag_ms"] > 0)
+    # the test streams by condition add up to the test numbers at the chosen setting
+    cond = m["test_by_condition"]
+    assert cond["threshold"] == d["threshold"]
+    cells = cond["keyword_streams"]
+    assert (cells["all"]["keywords"], cells["all"]["detected"]) == (
+        m["test"]["keywords"], m["test"]["detected"])
+    assert sum(cells[k]["keywords"] for k in ("dry", "through a room") if k in cells) == (
+        m["test"]["keywords"])
+    kinds = [k for k in cells if k not in ("all", "dry", "through a room")]
+    assert sum(cells[k]["keywords"] for k in kinds) == m["test"]["keywords"]
+    alarms = cond["non_keyword_streams"].values()
+    assert sum(a["false_alarms"] for a in alarms) == m["test"]["false_alarms"]
+    assert abs(sum(a["hours"] for a in alarms) - m["test"]["negative_hours"]) < 2e-3
 
 
 def test_label_thresholds_are_the_best_combination_within_the_false_alarm_budget(tmp_path):

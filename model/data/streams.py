@@ -136,11 +136,18 @@ def _unit_rms(x: torch.Tensor) -> torch.Tensor:
     return x / x.pow(2).mean(-1, keepdim=True).sqrt().clamp(min=1e-9)
 
 
+#: the background kinds of keyword streams, in the order `kws_streams` draws them
+NOISE_KINDS = ("white", "pink", "babble", "quiet")  # quiet: a near-silent floor
+
+
 def kws_streams(bank: WordBank, rirs: torch.Tensor | None, batch: int, seconds: float,
                 gen: torch.Generator, keyword_prob: float = 0.5, present_s: float = 1.0,
-                patch: int = 16, room_prob: float = 0.3):
-    """(audio [B, L] float32, targets [B, L // patch] int64, words: list of lists of Word)."""
+                patch: int = 16, room_prob: float = 0.3, conditions: bool = False):
+    """(audio [B, L] float32, targets [B, L // patch] int64, words: list of lists of Word);
+    with `conditions`, also each stream's draw (`StreamConditions`), for metrics by condition.
+    The random draws are the same either way."""
     dev = bank.audio.device
+    room = torch.zeros(batch, dtype=torch.bool, device=dev)
     length = int(round(seconds * KWS_RATE))
     k = int(math.ceil(seconds / 0.5)) + 1  # enough slots: a word + gap takes >= 0.5 s
     is_kw = _rand(gen, batch, k, device=dev) < keyword_prob
@@ -206,7 +213,23 @@ def kws_streams(bank: WordBank, rirs: torch.Tensor | None, batch: int, seconds: 
         starts[i].tolist(), ends[i].tolist(), labels[i].tolist(), keep[i].tolist(), strict=True)
         if kp] for i in range(batch)]
     targets = kws_targets(starts, ends, labels, keep, length, patch, present_s)
+    if conditions:
+        snr = torch.where(babble, 20 * torch.log10(speech_rms / babble_level), snr_db)
+        cond = StreamConditions(noise=kind.cpu().tolist(), room=room.cpu().tolist(),
+                                snr_db=torch.where(floor, torch.nan, snr).cpu().tolist())
+        return x, targets, words, cond
     return x, targets, words
+
+
+@dataclass
+class StreamConditions:
+    """How each keyword stream of a batch was drawn: background kind (index into NOISE_KINDS),
+    speech-to-background ratio in dB (NaN for "quiet", a floor 60-90 dB below full scale),
+    through a room or not."""
+
+    noise: list[int]
+    snr_db: list[float]
+    room: list[bool]
 
 
 def kws_targets(starts, ends, labels, keep, length: int, patch: int, present_s: float):
