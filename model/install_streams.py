@@ -132,10 +132,12 @@ def condition_lines(c: dict | None) -> list[str]:
         v = cells.get(key)
         return f"{pct(v['false_rejection_rate'])} ({v['keywords']})" if v else "-"
 
+    where = (f" Measured on {c['evaluated_on']} (`{c['command']}`)." if c.get("command")
+             else "")
     lines = ["- Test, at that setting, by background: false rejection (keywords) on the keyword "
              "streams, one background per stream at a speech-to-background ratio drawn from "
              "0-30 dB (babble: 6-30 dB), or near silence (quiet); false alarms per hour on the "
-             "non-keyword streams:", "",
+             f"non-keyword streams.{where}", "",
              "  | background | " + " | ".join(bands) + " | all | false alarms / h (h) |",
              "  | --- | " + " | ".join("---" for _ in bands) + " | --- | --- |"]
     for kind in NOISE_KINDS:

@@ -18,6 +18,7 @@ import torch  # noqa: E402
 
 from model.checkpoint import load_checkpoint  # noqa: E402
 from model.stream_eval import by_condition, evaluate  # noqa: E402
+from model.train import hardware  # noqa: E402
 from model.train_streams import PRESETS  # noqa: E402
 
 
@@ -37,6 +38,9 @@ def main() -> None:
     preset = PRESETS["kws-events"]
     test = evaluate(net, cfg, preset, args.bank, "test", torch.device("cpu"))
     m = by_condition(preset, cfg, test, ev.threshold, ev.min_on_ms, ev.onset_lag_ms, label_on)
+    m["evaluated_on"] = hardware(torch.device("cpu"))
+    m["command"] = "python bench/experiments/kws_events_2026_11_27/conditions.py " + " ".join(
+        sys.argv[1:])
     args.out.write_text(json.dumps(m, indent=1) + "\n")
     print(json.dumps(m, indent=1))
 
