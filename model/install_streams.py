@@ -149,8 +149,11 @@ def condition_lines(c: dict | None) -> list[str]:
                      + (f" | {pct(1 - d / n)} ({n}) | " if n else " | - | ")
                      + (f"{fa['false_alarms_per_hour']:.2f} ({fa['hours']:.1f})" if fa else "-")
                      + " |")
+    per_kw = "; by keyword: " + ", ".join(
+        f"{k} {pct(v['false_rejection_rate'])}" for k, v in c.get("by_keyword", {}).items())
     lines += ["", f"  Dry streams: {cell('dry')}; through a simulated room: "
-                  f"{cell('through a room')}.", ""]
+                  f"{cell('through a room')}"
+              + (per_kw if c.get("by_keyword") else "") + ".", ""]
     return lines
 
 

@@ -211,8 +211,8 @@ def by_condition(preset: StreamPreset, cfg, data: dict, threshold: float,
                  label_on: dict[int, float] | None = None) -> dict:
     """Keywords: where the detector misses and false-alarms at one setting. Keyword streams
     by background (white / pink / babble x SNR band, or near-silent "quiet"), and dry / through a
-    room: keywords, detected, false rejection. Non-keyword streams by background: false
-    alarms and hours. Needs the split's conditions (`evaluate` keeps them)."""
+    room, and by keyword: keywords, detected, false rejection. Non-keyword streams by
+    background: false alarms and hours. Needs the split's conditions (`evaluate` keeps them)."""
     from .data.streams import NOISE_KINDS
 
     names = cfg.class_names()
@@ -221,7 +221,9 @@ def by_condition(preset: StreamPreset, cfg, data: dict, threshold: float,
     rate = cfg.task.sample_rate
     conds = data["conditions"]
     pos_events = detect_many([(p, e) for p, e, _ in data["pos"]], st, names)
+    watched = set(watched_labels(cfg))
     cells: dict[str, dict] = {}
+    by_label: dict[str, dict] = {}
 
     def add(key: str, n: int, d: int) -> None:
         c = cells.setdefault(key, {"keywords": 0, "detected": 0})
@@ -234,7 +236,13 @@ def by_condition(preset: StreamPreset, cfg, data: dict, threshold: float,
         add(_cell(NOISE_KINDS[noise], snr), n, d)
         add("through a room" if room else "dry", n, d)
         add("all", n, d)
-    for c in cells.values():
+        for k in {w.label for w in truth if w.label in watched}:  # labels match independently
+            n, d, _, _ = kws_match([e for e in events if e["label"] == names[k]],
+                                   [w for w in truth if w.label == k], names, rate)
+            c = by_label.setdefault(names[k], {"keywords": 0, "detected": 0})
+            c["keywords"] += n
+            c["detected"] += d
+    for c in [*cells.values(), *by_label.values()]:
         c["false_rejection_rate"] = round(1 - c["detected"] / max(c["keywords"], 1), 4)
     neg_events = detect_many([(p, e) for p, e, _ in data["neg"]], st, names)
     alarms: dict[str, dict] = {}
@@ -247,4 +255,6 @@ def by_condition(preset: StreamPreset, cfg, data: dict, threshold: float,
         a["hours"] = round(a["hours"], 3)
         a["false_alarms_per_hour"] = round(a["false_alarms"] / max(a["hours"], 1e-9), 3)
     return {"threshold": float(threshold), "keyword_streams": dict(sorted(cells.items())),
+            "by_keyword": {names[k]: by_label[names[k]] for k in sorted(watched)
+                           if names[k] in by_label},
             "non_keyword_streams": dict(sorted(alarms.items()))}

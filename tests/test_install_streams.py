@@ -100,6 +100,9 @@ def test_card_breaks_the_test_streams_down_by_background():
     assert "| pink | - | - | - | - | - |" in text
     assert "| quiet | - | - | - | 5.0 % (40) | 0.00 (1.5) |" in text
     assert "Dry streams: 14.3 % (70); through a simulated room: 33.3 % (30)." in text
+    c["by_keyword"] = {"yes": kw(50, 45), "go": kw(50, 35)}
+    assert "room: 33.3 % (30); by keyword: yes 10.0 %, go 30.0 %." in "\n".join(
+        condition_lines(c))
     assert condition_lines(None) == []
 
 

@@ -334,6 +334,9 @@ def test_rechoose_keeps_the_weights_and_chooses_on_validation(tmp_path):
         m["test"]["keywords"])
     kinds = [k for k in cells if k not in ("all", "dry", "through a room")]
     assert sum(cells[k]["keywords"] for k in kinds) == m["test"]["keywords"]
+    per_kw = cond["by_keyword"].values()  # labels match independently: they add up
+    assert sum(v["keywords"] for v in per_kw) == m["test"]["keywords"]
+    assert sum(v["detected"] for v in per_kw) == m["test"]["detected"]
     alarms = cond["non_keyword_streams"].values()
     assert sum(a["false_alarms"] for a in alarms) == m["test"]["false_alarms"]
     assert abs(sum(a["hours"] for a in alarms) - m["test"]["negative_hours"]) < 2e-3
