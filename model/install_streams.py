@@ -114,7 +114,33 @@ def kws_lines(m: dict) -> list[str]:
                   f"{c['false_alarms_per_hour']:.1f} | {c['onset_error_p90_ms']:.0f} ms |"
                   for c in curve]
         lines.append("")
-    return lines + condition_lines(m.get("test_by_condition"))
+    return lines + condition_lines(m.get("test_by_condition")) + environment_lines(
+        m.get("environments"))
+
+
+def environment_lines(envs: dict | None) -> list[str]:
+    """The card's operating points per environment (`train_streams.choose_environments`)."""
+    if not envs:
+        return []
+    lines = ["- Operating points by environment, for a user who knows it (set "
+             "`events.threshold` in `start`; the default above stays): each threshold chosen "
+             "on validation streams of that environment alone (<= 1 false alarm per hour of its "
+             "non-keyword audio, the fewest misses), then the test streams of that environment "
+             "scored once:", "",
+             "  | environment | threshold | validation: missed @ false alarms / h | test: missed "
+             "| test: false alarms / h (95 % CI) | test onset p90 |",
+             "  | --- | --- | --- | --- | --- | --- |"]
+    for env, e in envs.items():
+        v, t = e["validation"], e["test"]
+        lines.append(
+            f"  | {env} ({' / '.join(e['backgrounds'])}) | {e['threshold']:g} | "
+            f"{pct(v['false_rejection_rate'])} @ {v['false_alarms_per_hour']:.2f} "
+            f"({v['false_alarms']} in {v['negative_hours']:.1f} h) | "
+            f"{pct(t['false_rejection_rate'])} ({t['keywords'] - t['detected']} of "
+            f"{t['keywords']}) | {t['false_alarms_per_hour']:.2f} ({t['false_alarms']} in "
+            f"{t['negative_hours']:.1f} h; {rate_ci(t['false_alarms'], t['negative_hours'])}) | "
+            f"{t['onset_error_p90_ms']:.0f} ms |")
+    return lines + [""]
 
 
 def condition_lines(c: dict | None) -> list[str]:

@@ -258,3 +258,26 @@ def by_condition(preset: StreamPreset, cfg, data: dict, threshold: float,
             "by_keyword": {names[k]: by_label[names[k]] for k in sorted(watched)
                            if names[k] in by_label},
             "non_keyword_streams": dict(sorted(alarms.items()))}
+
+
+#: the environments a keyword card gives operating points for (backgrounds of NOISE_KINDS):
+#: the near-silent floor, and a background at 0-30 dB SNR
+ENVIRONMENTS = {"quiet": ("quiet",), "noisy": ("white", "pink", "babble")}
+
+
+def environment(data: dict, kinds: tuple[str, ...]) -> dict:
+    """The streams of an evaluated split (`evaluate`'s dict) whose background is one of
+    `kinds`, as a dict of the same shape: `score` and `choose` take it as they take a split.
+    Seconds are shared out by each stream's last frame end (exact for the equal-length
+    non-keyword streams)."""
+    from .data.streams import NOISE_KINDS
+
+    out: dict = {"conditions": {}}
+    for k in ("pos", "neg"):
+        idx = [i for i, c in enumerate(data["conditions"][k]) if NOISE_KINDS[c[0]] in kinds]
+        ends = [float(ends[-1]) if len(ends) else 0.0 for _, ends, _ in data[k]]
+        out[k] = [data[k][i] for i in idx]
+        out["conditions"][k] = [data["conditions"][k][i] for i in idx]
+        out[f"{k}_seconds"] = data[f"{k}_seconds"] * sum(ends[i] for i in idx) / max(
+            sum(ends), 1e-9)
+    return out

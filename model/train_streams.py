@@ -37,7 +37,16 @@ from .config import EventsConfig
 from .data import streams as S
 from .network import S4DNetwork
 from .precision import matmul_precision
-from .stream_eval import by_condition, eval_engines, evaluate, make_batch, score, watched_labels
+from .stream_eval import (
+    ENVIRONMENTS,
+    by_condition,
+    environment,
+    eval_engines,
+    evaluate,
+    make_batch,
+    score,
+    watched_labels,
+)
 from .stream_metrics import detect_many, kws_match, settings_for
 from .train import hardware, lr_factor
 
@@ -322,14 +331,41 @@ def choose_detector(preset: StreamPreset, cfg, val: dict, test: dict, log=print)
         "streams_drawn_on": "cpu",  # eval_batches: the same streams on every machine
         "test_frame_accuracy": test["frame_accuracy"],
     }  # fmt: skip
-    if preset.kind == "kws" and len(test.get("conditions", {}).get("pos", [])) == len(test["pos"]):
+    if preset.kind == "kws" and has_conditions(test):
         metrics["test_by_condition"] = by_condition(preset, cfg, test, thr, min_on, lag, label_on)
+        if has_conditions(val) and not label_on:
+            metrics["environments"] = choose_environments(preset, cfg, val, test, min_on, lag)
     if preset.kind == "kws":
         ok = [c for c in curve if c["false_alarms_per_hour"] <= 1.0]
         metrics["test_frr_at_1fa_per_hour"] = (
             {"threshold": ok[0]["threshold"], **ok[0]} if ok else None)
     metrics["test_curve"] = curve
     return cfg.task.model_copy(update={"events": events}), metrics
+
+
+def has_conditions(data: dict) -> bool:
+    """Whether an evaluated keyword split kept its streams' conditions (older caches did not)."""
+    c = data.get("conditions") or {}
+    return all(len(c.get(k, [])) == len(data[k]) for k in ("pos", "neg")) and bool(data["pos"])
+
+
+def choose_environments(preset: StreamPreset, cfg, val: dict, test: dict, min_on_ms: float,
+                        lag: float) -> dict:
+    """Keywords: one operating point per environment (`stream_eval.ENVIRONMENTS`), each chosen
+    as `choose` does (<= 1 false alarm per hour, the fewest misses) on validation streams of that
+    environment alone, then scored once on its test streams. The model's default stays the
+    pooled choice; a user who knows the environment sets `events.threshold` in `start`."""
+    from dataclasses import replace
+
+    one = replace(preset, min_on_grid=(min_on_ms,))
+    out = {}
+    for env, kinds in ENVIRONMENTS.items():
+        v, t = environment(val, kinds), environment(test, kinds)
+        thr = choose(one, cfg, v)["threshold"]
+        out[env] = {"backgrounds": list(kinds), "threshold": thr,
+                    "validation": score(preset, cfg, v, thr, min_on_ms, lag),
+                    "test": score(preset, cfg, t, thr, min_on_ms, lag)}
+    return out
 
 
 def label_counts(preset: StreamPreset, cfg, data: dict, threshold: float,

@@ -106,6 +106,22 @@ def test_card_breaks_the_test_streams_down_by_background():
     assert condition_lines(None) == []
 
 
+def test_card_gives_an_operating_point_per_environment():
+    from model.install_streams import environment_lines
+
+    def at(missed, kw, fa, hours):
+        return {"keywords": kw, "detected": kw - missed, "false_rejection_rate": missed / kw,
+                "false_alarms": fa, "negative_hours": hours,
+                "false_alarms_per_hour": fa / hours, "onset_error_p90_ms": 180.0}
+
+    envs = {"quiet": {"backgrounds": ["quiet"], "threshold": 0.999,
+                      "validation": at(20, 200, 5, 6.0), "test": at(60, 600, 2, 1.6)}}
+    text = "\n".join(environment_lines(envs))
+    assert ("| quiet (quiet) | 0.999 | 10.0 % @ 0.83 (5 in 6.0 h) | 10.0 % (60 of 600) | "
+            "1.25 (2 in 1.6 h; 0.15-4.5) | 180 ms |") in text
+    assert environment_lines(None) == []
+
+
 def test_card_says_when_the_detector_was_chosen_after_training(tmp_path):
     """A `--rechoose` run keeps the weights and the training record; its card names the
     re-choice command, and a card from a plain training run does not."""

@@ -337,6 +337,22 @@ def test_rechoose_keeps_the_weights_and_chooses_on_validation(tmp_path):
     per_kw = cond["by_keyword"].values()  # labels match independently: they add up
     assert sum(v["keywords"] for v in per_kw) == m["test"]["keywords"]
     assert sum(v["detected"] for v in per_kw) == m["test"]["detected"]
+    # one operating point per environment, chosen on that environment's validation streams
+    from model.stream_eval import ENVIRONMENTS, environment
+    from model.train_streams import choose
+
+    envs = m["environments"]
+    assert set(envs) == set(ENVIRONMENTS)
+    test_split = np.load(tmp_path / "cache" / "test.npy", allow_pickle=True)[0]
+    parts = {env: environment(test_split, kinds) for env, kinds in ENVIRONMENTS.items()}
+    assert sum(len(p["pos"]) for p in parts.values()) == len(test_split["pos"])
+    assert abs(sum(p["neg_seconds"] for p in parts.values()) - test_split["neg_seconds"]) < 1e-6
+    one = replace(preset, min_on_grid=(d["min_on_ms"],))
+    for env, kinds in ENVIRONMENTS.items():
+        e = envs[env]
+        assert e["threshold"] == choose(one, new_cfg, environment(val, kinds))["threshold"]
+        assert json.dumps(e["test"]) == json.dumps(score(  # (NaN onset errors: as text)
+            preset, new_cfg, parts[env], e["threshold"], d["min_on_ms"], d["onset_lag_ms"]))
     alarms = cond["non_keyword_streams"].values()
     assert sum(a["false_alarms"] for a in alarms) == m["test"]["false_alarms"]
     assert abs(sum(a["hours"] for a in alarms) - m["test"]["negative_hours"]) < 2e-3
