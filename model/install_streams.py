@@ -133,7 +133,8 @@ def environment_lines(envs: dict | None) -> list[str]:
     for env, e in envs.items():
         v, t = e["validation"], e["test"]
         lines.append(
-            f"  | {env} ({' / '.join(e['backgrounds'])}) | {e['threshold']:g} | "
+            f"  | {env}{'' if e['backgrounds'] == [env] else ' (' + ' / '.join(e['backgrounds']) + ')'}"
+            f" | {e['threshold']:g} | "
             f"{pct(v['false_rejection_rate'])} @ {v['false_alarms_per_hour']:.2f} "
             f"({v['false_alarms']} in {v['negative_hours']:.1f} h) | "
             f"{pct(t['false_rejection_rate'])} ({t['keywords'] - t['detected']} of "

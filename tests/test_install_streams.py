@@ -117,8 +117,10 @@ def test_card_gives_an_operating_point_per_environment():
     envs = {"quiet": {"backgrounds": ["quiet"], "threshold": 0.999,
                       "validation": at(20, 200, 5, 6.0), "test": at(60, 600, 2, 1.6)}}
     text = "\n".join(environment_lines(envs))
-    assert ("| quiet (quiet) | 0.999 | 10.0 % @ 0.83 (5 in 6.0 h) | 10.0 % (60 of 600) | "
+    assert ("| quiet | 0.999 | 10.0 % @ 0.83 (5 in 6.0 h) | 10.0 % (60 of 600) | "
             "1.25 (2 in 1.6 h; 0.15-4.5) | 180 ms |") in text
+    envs["noisy"] = dict(envs["quiet"], backgrounds=["white", "pink"])
+    assert "| noisy (white / pink) | 0.999 |" in "\n".join(environment_lines(envs))
     assert environment_lines(None) == []
 
 
