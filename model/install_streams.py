@@ -123,7 +123,9 @@ def environment_lines(envs: dict | None) -> list[str]:
     if not envs:
         return []
     lines = ["- Operating points by environment, for a user who knows it (set "
-             "`events.threshold` in `start`; the default above stays): each threshold chosen "
+             "`events.threshold` in `start`, e.g. `s4d stream --events '{\"threshold\": "
+             f"{next(iter(envs.values()))['threshold']:g}}}'`; the default above stays): each "
+             "threshold chosen "
              "on validation streams of that environment alone (<= 1 false alarm per hour of its "
              "non-keyword audio, the fewest misses), then the test streams of that environment "
              "scored once:", "",
