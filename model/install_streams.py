@@ -278,7 +278,31 @@ def engines_lines(e: dict | None) -> list[str]:
            if ok else "none of the sweep")
         + (f"; at 0.99: {pct(loose['false_rejection_rate'])} missed at "
            f"{loose['false_alarms_per_hour']:.1f} false alarms per hour" if loose else "") + ".",
+        *engine_environment_lines(e),
     ]
+
+
+def engine_environment_lines(e: dict) -> list[str]:
+    """On the other synthesizers' voices: misses by background at the shipped threshold, and
+    the card's operating points per environment (chosen on espeak-ng validation streams)."""
+    c, envs = e.get("pooled_by_condition"), e.get("environments") or {}
+    if not c:
+        return []
+    quiet = c["keyword_streams"].get("quiet")
+    noisy = [v for k, v in c["keyword_streams"].items() if k.split(",")[0] in
+             ("white", "pink", "babble")]
+    n, d = sum(v["keywords"] for v in noisy), sum(v["detected"] for v in noisy)
+    line = ("  By background, pooled, at the shipped threshold: "
+            + (f"near silence {pct(quiet['false_rejection_rate'])} missed ({quiet['keywords']} "
+               "keywords)" if quiet else "no quiet streams")
+            + (f", white / pink / babble {pct(1 - d / n)} ({n})" if n else "") + ".")
+    for env, x in envs.items():
+        t = x["engines"]
+        line += (f" At the {env} operating point ({x['threshold']:g}): "
+                 f"{pct(t['false_rejection_rate'])} missed at "
+                 f"{t['false_alarms_per_hour']:.2f} false alarms per hour ({t['false_alarms']} in "
+                 f"{t['negative_hours']:.1f} h).")
+    return ["", line]
 
 
 def card(name: str, cfg, m: dict, state_bytes: int, params: int,

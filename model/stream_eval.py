@@ -67,7 +67,8 @@ def eval_engines(preset: StreamPreset, checkpoint: Path, bank_dir: Path, data13:
     names = cfg.class_names()
     label_on = {names.index(k): v for k, v in (ev.label_thresholds or {}).items()}
     engines = engines or other_engines(data13)
-    pooled = {"pos": [], "neg": [], "pos_seconds": 0.0, "neg_seconds": 0.0}
+    pooled = {"pos": [], "neg": [], "pos_seconds": 0.0, "neg_seconds": 0.0,
+              "conditions": {"pos": [], "neg": []}}
     per_engine = {}
     for engine in engines:
         words = S.WordBank(*engine_words(data13, [engine], split="test"))
@@ -79,6 +80,12 @@ def eval_engines(preset: StreamPreset, checkpoint: Path, bank_dir: Path, data13:
         for key in ("pos", "neg"):
             pooled[key] += data[key]
             pooled[f"{key}_seconds"] += data[f"{key}_seconds"]
+            pooled["conditions"][key] += data["conditions"][key]
+    # the operating points per environment the card gives (chosen on espeak-ng validation
+    # streams), on these voices: nothing is chosen here either
+    envs = {env: dict(e, **{"engines": score(preset, cfg, environment(pooled, tuple(
+                e["backgrounds"])), e["threshold"], ev.min_on_ms, ev.onset_lag_ms)})
+            for env, e in (cfg.metrics.get("environments") or {}).items()}
     result = {
         "checkpoint": str(checkpoint), "data13_bank": str(data13), "engines": list(engines),
         "detector": {"threshold": ev.threshold, "min_on_ms": ev.min_on_ms,
@@ -92,6 +99,10 @@ def eval_engines(preset: StreamPreset, checkpoint: Path, bank_dir: Path, data13:
         "pooled_curve": [dict(threshold=t, **score(preset, cfg, pooled, t, ev.min_on_ms,
                                                    ev.onset_lag_ms))
                          for t in preset.thresholds],
+        "pooled_by_condition": by_condition(preset, cfg, pooled, ev.threshold, ev.min_on_ms,
+                                            ev.onset_lag_ms, label_on),
+        "environments": {env: {k: e[k] for k in ("backgrounds", "threshold", "engines")}
+                         for env, e in envs.items()},
         "streams_drawn_on": "cpu", "evaluated_on": hardware(dev),
         "command": f"python -m model.train_streams {preset.name.removesuffix('-s4d')} "
                    f"--eval-engines {checkpoint} --data13 {data13} --bank {bank_dir} "

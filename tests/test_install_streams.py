@@ -75,6 +75,17 @@ def test_card_lists_other_engines_per_engine_and_pooled():
     assert "0.999, 25.0 % missed" in text and "at 0.99: 10.0 % missed at 3.8" in text
     e["pooled_curve"][1]["false_alarms_per_hour"] = 1.5
     assert "none of the sweep" in "\n".join(engines_lines(e))
+    assert "By background" not in "\n".join(engines_lines(e))  # older engines.json: no line
+    kw = {"keywords": 40, "detected": 30, "false_rejection_rate": 0.25}
+    e["pooled_by_condition"] = {"keyword_streams": {
+        "quiet": kw, "white, 0-10 dB": {"keywords": 60, "detected": 20},
+        "babble, 20-30 dB": {"keywords": 40, "detected": 30}, "dry": kw, "all": kw}}
+    e["environments"] = {"quiet": {"threshold": 0.999, "engines": row(8, 40, 3, 0.6)}}
+    text = "\n".join(engines_lines(e))
+    assert ("By background, pooled, at the shipped threshold: near silence 25.0 % missed (40 "
+            "keywords), white / pink / babble 50.0 % (100).") in text
+    assert ("At the quiet operating point (0.999): 20.0 % missed at 5.00 false alarms per hour "
+            "(3 in 0.6 h).") in text
     assert engines_lines(None) == []
 
 

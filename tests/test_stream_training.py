@@ -458,7 +458,10 @@ def test_eval_engines_scores_other_engines_test_voices_with_the_checkpoints_dete
     preset = replace(smoke(PRESETS["kws-events"]), thresholds=(0.3, 0.6, 0.9))
     net, cfg = build(preset, "cpu")
     events = cfg.task.events.model_copy(update={"threshold": 0.6, "onset_lag_ms": 20.0})
-    cfg = cfg.model_copy(update={"task": cfg.task.model_copy(update={"events": events})})
+    cfg = cfg.model_copy(update={"task": cfg.task.model_copy(update={"events": events}),
+                                 "metrics": {"environments": {  # the card's operating points
+                                     "all": {"backgrounds": ["white", "pink", "babble", "quiet"],
+                                             "threshold": 0.3}}}})
     save_checkpoint(tmp_path / "run", net, cfg)
     bank = tiny_stream_bank(tmp_path / "bank")
 
@@ -471,6 +474,13 @@ def test_eval_engines_scores_other_engines_test_voices_with_the_checkpoints_dete
     assert m["pooled"]["keywords"] > 0
     at = next(c for c in m["pooled_curve"] if c["threshold"] == 0.6)
     assert json.dumps({k: at[k] for k in m["pooled"]}) == json.dumps(m["pooled"])  # NaN-safe
+    # by background at the shipped threshold, and each operating point on these voices
+    cells = m["pooled_by_condition"]["keyword_streams"]
+    assert (cells["all"]["keywords"], cells["all"]["detected"]) == (
+        m["pooled"]["keywords"], m["pooled"]["detected"])
+    low = next(c for c in m["pooled_curve"] if c["threshold"] == 0.3)
+    assert json.dumps({k: low[k] for k in m["pooled"]}) == json.dumps(
+        m["environments"]["all"]["engines"])  # every background: the curve's point at 0.3
     first = (tmp_path / "out" / "engines.json").read_text()
     eval_engines(preset, tmp_path / "run", bank, data13, tmp_path / "out", "cpu",
                  log=lambda *a: None)
