@@ -22,6 +22,7 @@ from .checkpoint import load_checkpoint
 from .data.kws_bank import ENGINE_NAMES, UNKNOWN_HELDOUT
 from .data.stream_bank import EXTRA_TRAIN_WORDS
 from .evaluation import poisson_rate_interval, wilson_text
+from .stream_eval import ENVIRONMENTS
 from .streaming import StreamingNetwork
 
 NAMES = ("kws-events-s4d", "ecg-monitor-s4d")
@@ -146,6 +147,12 @@ def environment_lines(envs: dict | None) -> list[str]:
     return lines + [""]
 
 
+def _kinds_total(cells: dict, kinds) -> tuple[int, int]:
+    """(keywords, detected) of a condition table's cells whose background is one of `kinds`."""
+    mine = [v for k, v in cells.items() if k.split(",")[0] in kinds]
+    return sum(v["keywords"] for v in mine), sum(v["detected"] for v in mine)
+
+
 def condition_lines(c: dict | None) -> list[str]:
     """The card's table of where the detector misses: test keyword streams by background and
     speech-to-background band (`stream_eval.by_condition`), false alarms by background."""
@@ -170,8 +177,7 @@ def condition_lines(c: dict | None) -> list[str]:
              "  | background | " + " | ".join(bands) + " | all | false alarms / h (h) |",
              "  | --- | " + " | ".join("---" for _ in bands) + " | --- | --- |"]
     for kind in NOISE_KINDS:
-        mine = [v for k, v in cells.items() if k == kind or k.startswith(f"{kind}, ")]
-        n, d = sum(v["keywords"] for v in mine), sum(v["detected"] for v in mine)
+        n, d = _kinds_total(cells, (kind,))
         row = ["-"] * len(bands) if kind == "quiet" else [cell(f"{kind}, {b}") for b in bands]
         fa = c["non_keyword_streams"].get(kind)
         lines.append(f"  | {kind} | " + " | ".join(row)
@@ -289,9 +295,7 @@ def engine_environment_lines(e: dict) -> list[str]:
     if not c:
         return []
     quiet = c["keyword_streams"].get("quiet")
-    noisy = [v for k, v in c["keyword_streams"].items() if k.split(",")[0] in
-             ("white", "pink", "babble")]
-    n, d = sum(v["keywords"] for v in noisy), sum(v["detected"] for v in noisy)
+    n, d = _kinds_total(c["keyword_streams"], ENVIRONMENTS["noisy"])
     line = ("  By background, pooled, at the shipped threshold: "
             + (f"near silence {pct(quiet['false_rejection_rate'])} missed ({quiet['keywords']} "
                "keywords)" if quiet else "no quiet streams")

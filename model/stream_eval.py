@@ -83,8 +83,9 @@ def eval_engines(preset: StreamPreset, checkpoint: Path, bank_dir: Path, data13:
             pooled["conditions"][key] += data["conditions"][key]
     # the operating points per environment the card gives (chosen on espeak-ng validation
     # streams), on these voices: nothing is chosen here either
-    envs = {env: dict(e, **{"engines": score(preset, cfg, environment(pooled, tuple(
-                e["backgrounds"])), e["threshold"], ev.min_on_ms, ev.onset_lag_ms)})
+    envs = {env: {"backgrounds": e["backgrounds"], "threshold": e["threshold"],
+                  "engines": score(preset, cfg, environment(pooled, tuple(e["backgrounds"])),
+                                   e["threshold"], ev.min_on_ms, ev.onset_lag_ms)}
             for env, e in (cfg.metrics.get("environments") or {}).items()}
     result = {
         "checkpoint": str(checkpoint), "data13_bank": str(data13), "engines": list(engines),
@@ -101,8 +102,7 @@ def eval_engines(preset: StreamPreset, checkpoint: Path, bank_dir: Path, data13:
                          for t in preset.thresholds],
         "pooled_by_condition": by_condition(preset, cfg, pooled, ev.threshold, ev.min_on_ms,
                                             ev.onset_lag_ms, label_on),
-        "environments": {env: {k: e[k] for k in ("backgrounds", "threshold", "engines")}
-                         for env, e in envs.items()},
+        "environments": envs,
         "streams_drawn_on": "cpu", "evaluated_on": hardware(dev),
         "command": f"python -m model.train_streams {preset.name.removesuffix('-s4d')} "
                    f"--eval-engines {checkpoint} --data13 {data13} --bank {bank_dir} "
@@ -226,13 +226,12 @@ def by_condition(preset: StreamPreset, cfg, data: dict, threshold: float,
     background: false alarms and hours. Needs the split's conditions (`evaluate` keeps them)."""
     from .data.streams import NOISE_KINDS
 
-    names = cfg.class_names()
-    st = settings_for(float(threshold), preset.hysteresis, preset.holdoff_ms, watched_labels(cfg),
+    names, watched = cfg.class_names(), watched_labels(cfg)
+    st = settings_for(float(threshold), preset.hysteresis, preset.holdoff_ms, watched,
                       cfg.task.sample_rate, min_on_ms, onset_lag_ms, label_on)
     rate = cfg.task.sample_rate
     conds = data["conditions"]
     pos_events = detect_many([(p, e) for p, e, _ in data["pos"]], st, names)
-    watched = set(watched_labels(cfg))
     cells: dict[str, dict] = {}
     by_label: dict[str, dict] = {}
 
@@ -266,8 +265,7 @@ def by_condition(preset: StreamPreset, cfg, data: dict, threshold: float,
         a["hours"] = round(a["hours"], 3)
         a["false_alarms_per_hour"] = round(a["false_alarms"] / max(a["hours"], 1e-9), 3)
     return {"threshold": float(threshold), "keyword_streams": dict(sorted(cells.items())),
-            "by_keyword": {names[k]: by_label[names[k]] for k in sorted(watched)
-                           if names[k] in by_label},
+            "by_keyword": {names[k]: by_label[names[k]] for k in watched if names[k] in by_label},
             "non_keyword_streams": dict(sorted(alarms.items()))}
 
 
