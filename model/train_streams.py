@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import EventsConfig
@@ -47,6 +46,7 @@ from .stream_eval import (
     score,
     watched_labels,
 )
+from .stream_loss import stream_loss
 from .stream_metrics import detect_many, kws_match, settings_for
 from .train import hardware, lr_factor
 
@@ -98,6 +98,10 @@ class StreamPreset:
     #: keywords: each label its own threshold, chosen on validation together (the fewest
     #: missed keywords with <= 1 false alarm per hour in all; `choose_label_thresholds`)
     label_thresholds: bool = False
+    #: kws: weights of the max-pooling terms added to the per-step loss (model/stream_loss.py):
+    #: each keyword's best step, each stream's worst non-keyword step; 0 and 0: per-step only
+    maxpool_pos: float = 0.0
+    maxpool_neg: float = 0.0
 
 
 PRESETS = {
@@ -226,7 +230,9 @@ def train(preset: StreamPreset, bank_dir: Path, out: Path, device: str, seed: in
                           + (f" --lr {preset.lr}" if preset.lr != default_lr else "")
                           + (f" --extra-words {preset.extra_words}" if preset.extra_words else "")
                           + (f" --voice-copies {preset.voice_copies}" if preset.voice_copies
-                             else ""))
+                             else "")
+                          + (f" --maxpool {preset.maxpool_pos},{preset.maxpool_neg}"
+                             if preset.maxpool_pos or preset.maxpool_neg else ""))
     # the weights go to disk before the evaluation (minutes of streams): a run cut off there
     # keeps its training, and `--rechoose` can evaluate it later
     save_checkpoint(out, net, cfg.model_copy(update={"training": recipe}))
@@ -256,8 +262,9 @@ def run_steps(preset: StreamPreset, net: S4DNetwork, opt, bank, rirs, gen, patch
             x, y, _ = make_batch(preset, bank, rirs, gen, seconds, preset.batch_size, patch,
                                  keyword_prob=preset.train_keyword_prob)
         logits = net.prefix_logits(x)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
-                               ignore_index=S.IGNORE)
+        # a false alarm's worst step lies >= 1 s from any keyword (its speech included)
+        loss = stream_loss(logits, y, preset.maxpool_pos, preset.maxpool_neg,
+                           guard_steps=S.KWS_RATE // patch)
         warm = max(1, int(preset.warmup_frac * total))
         for g, lr in zip(opt.param_groups, base_lrs, strict=True):
             g["lr"] = lr * lr_factor(step, warm, total)
@@ -508,6 +515,9 @@ def main(argv: list[str] | None = None) -> int:
                          "misses within <= 1 false alarm per hour in all)")
     ap.add_argument("--voice-copies", type=int,
                     help="kws: formant-shifted copies of every training word")
+    ap.add_argument("--maxpool", metavar="POS,NEG",
+                    help="kws: weights of the max-pooling loss terms (each keyword's best step, "
+                         "each stream's worst non-keyword step) beside the per-step loss")
     args = ap.parse_args(argv)
     from dataclasses import replace
 
@@ -531,6 +541,9 @@ def main(argv: list[str] | None = None) -> int:
         preset = replace(preset, voice_copies=args.voice_copies)
     if args.label_thresholds:
         preset = replace(preset, label_thresholds=True)
+    if args.maxpool:
+        pos, neg = (float(v) for v in args.maxpool.split(","))
+        preset = replace(preset, maxpool_pos=pos, maxpool_neg=neg)
     if preset.extra_words or preset.voice_copies:
         preset = replace(preset, description=preset.description + voices_note(preset))
     out = Path(args.out)

@@ -91,20 +91,27 @@ def checkpoint_dir(tmp_path_factory) -> Path:
 
 
 def tiny_stream_bank(path: Path) -> Path:
-    """A small keyword stream bank in model/data/stream_bank.py's layout (val and test splits
-    of noise "words": 20 keywords + 10 non-keywords each, and 4 rooms), for CPU tests."""
+    """A small keyword stream bank in model/data/stream_bank.py's layout (val, test and train
+    splits of noise "words": 20 keywords + 10 non-keywords each, and 4 rooms), for CPU tests.
+    (train is drawn last: the val / test words and the rooms stay what earlier tests drew.)"""
     from model.data.streams import UNKNOWN
 
     path.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(3)
     arrays = {}
-    for split in ("val", "test"):
+
+    def words(split: str) -> None:
         lengths = rng.integers(3000, 7000, 30)
         arrays[f"{split}_audio"] = (rng.standard_normal(int(lengths.sum())) * 8000).astype(np.int16)
         arrays[f"{split}_lengths"] = lengths
         arrays[f"{split}_labels"] = np.array([i % 10 for i in range(20)] + [UNKNOWN] * 10)
+
+    words("val")
+    words("test")
+    rirs = (rng.standard_normal((4, 400)) * 0.1).astype(np.float16)
+    words("train")
     np.savez(path / "words.npz", **arrays)
-    np.savez(path / "rirs.npz", rirs=(rng.standard_normal((4, 400)) * 0.1).astype(np.float16))
+    np.savez(path / "rirs.npz", rirs=rirs)
     return path
 
 
