@@ -16,5 +16,5 @@ for run in "M1 1,1" "M2 3,3"; do
     > "/root/mp/$1.log" 2>&1 < /dev/null &
 done
 sleep 60; nvidia-smi --query-gpu=name,memory.used,utilization.gpu --format=csv,noheader
-tail -2 /root/mp/M1.log /root/mp/M2.log
+tail -n 2 /root/mp/M1.log /root/mp/M2.log
 WAIT=$((WAIT - 60)) bash "$OLDPWD/bench/experiments/kws_maxpool_2026_11_27/poll.sh"

@@ -12,4 +12,4 @@ for _ in $(seq 1 $((WAIT / 10))); do
   sleep 10
 done
 tar -C /root/mp -czf "$OUT/mp.tgz" .
-tail -3 /root/mp/M1.log /root/mp/M2.log
+tail -n 3 /root/mp/M1.log /root/mp/M2.log
