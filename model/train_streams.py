@@ -2,7 +2,7 @@
 detector on validation streams, measure it on held-out test streams.
 
     python -m model.train_streams kws-events|ecg-monitor --bank .cache/stream15 --out DIR
-        [--device cuda] [--budget-s 170] [--smoke]
+        [--device cuda] [--budget-s 170] [--smoke] [--maxpool POS,NEG (kws: model/stream_loss.py)]
     python -m model.train_streams kws-events --rechoose CHECKPOINT --out DIR [--eval-cache D]
         (no training: the event defaults chosen again, e.g. over min_on_grid)
     python -m model.train_streams kws-events --eval-engines CHECKPOINT --out DIR
