@@ -21,8 +21,9 @@ import torch
 from .checkpoint import load_checkpoint
 from .data.kws_bank import ENGINE_NAMES, UNKNOWN_HELDOUT
 from .data.stream_bank import EXTRA_TRAIN_WORDS
+from .data.streams import NOISE_KINDS
 from .evaluation import poisson_rate_interval, wilson_text
-from .stream_eval import ENVIRONMENTS
+from .stream_eval import ENVIRONMENTS, SNR_BANDS, snr_band_name
 from .streaming import StreamingNetwork
 
 NAMES = ("kws-events-s4d", "ecg-monitor-s4d")
@@ -158,11 +159,8 @@ def condition_lines(c: dict | None) -> list[str]:
     speech-to-background band (`stream_eval.by_condition`), false alarms by background."""
     if not c:
         return []
-    from .data.streams import NOISE_KINDS
-    from .stream_eval import SNR_BANDS
-
     cells = c["keyword_streams"]
-    bands = [f"{lo:.0f}-{min(hi, 30):.0f} dB" for lo, hi in SNR_BANDS]
+    bands = [snr_band_name(b) for b in SNR_BANDS]
 
     def cell(key: str) -> str:
         v = cells.get(key)

@@ -209,12 +209,17 @@ def score(preset: StreamPreset, cfg, data: dict, threshold: float, min_on_ms: fl
 SNR_BANDS = ((0.0, 10.0), (10.0, 20.0), (20.0, 30.01))
 
 
+def snr_band_name(band: tuple[float, float]) -> str:
+    """"10-20 dB": how tables name an SNR band (the last one's open end printed as 30)."""
+    lo, hi = band
+    return f"{lo:.0f}-{min(hi, 30):.0f} dB"
+
+
 def _cell(noise: str, snr_db: float) -> str:
     """A condition table's cell: "pink, 10-20 dB", or "quiet" (no SNR)."""
     if np.isnan(snr_db):
         return noise
-    lo, hi = next(b for b in SNR_BANDS if snr_db < b[1])
-    return f"{noise}, {lo:.0f}-{min(hi, 30):.0f} dB"
+    return f"{noise}, {snr_band_name(next(b for b in SNR_BANDS if snr_db < b[1]))}"
 
 
 def by_condition(preset: StreamPreset, cfg, data: dict, threshold: float,
@@ -224,8 +229,6 @@ def by_condition(preset: StreamPreset, cfg, data: dict, threshold: float,
     by background (white / pink / babble x SNR band, or near-silent "quiet"), and dry / through a
     room, and by keyword: keywords, detected, false rejection. Non-keyword streams by
     background: false alarms and hours. Needs the split's conditions (`evaluate` keeps them)."""
-    from .data.streams import NOISE_KINDS
-
     names, watched = cfg.class_names(), watched_labels(cfg)
     st = settings_for(float(threshold), preset.hysteresis, preset.holdoff_ms, watched,
                       cfg.task.sample_rate, min_on_ms, onset_lag_ms, label_on)
@@ -235,30 +238,28 @@ def by_condition(preset: StreamPreset, cfg, data: dict, threshold: float,
     cells: dict[str, dict] = {}
     by_label: dict[str, dict] = {}
 
-    def add(key: str, n: int, d: int) -> None:
-        c = cells.setdefault(key, {"keywords": 0, "detected": 0})
+    def add(table: dict, key: str, n: int, d: int) -> None:
+        c = table.setdefault(key, {"keywords": 0, "detected": 0})
         c["keywords"] += n
         c["detected"] += d
 
     for events, (_, _, truth), (noise, snr, room) in zip(pos_events, data["pos"], conds["pos"],
                                                           strict=True):
         n, d, _, _ = kws_match(events, truth, names, rate)
-        add(_cell(NOISE_KINDS[noise], snr), n, d)
-        add("through a room" if room else "dry", n, d)
-        add("all", n, d)
+        add(cells, _cell(S.NOISE_KINDS[noise], snr), n, d)
+        add(cells, "through a room" if room else "dry", n, d)
+        add(cells, "all", n, d)
         for k in {w.label for w in truth if w.label in watched}:  # labels match independently
-            n, d, _, _ = kws_match([e for e in events if e["label"] == names[k]],
-                                   [w for w in truth if w.label == k], names, rate)
-            c = by_label.setdefault(names[k], {"keywords": 0, "detected": 0})
-            c["keywords"] += n
-            c["detected"] += d
+            add(by_label, names[k], *kws_match([e for e in events if e["label"] == names[k]],
+                                               [w for w in truth if w.label == k], names,
+                                               rate)[:2])
     for c in [*cells.values(), *by_label.values()]:
         c["false_rejection_rate"] = round(1 - c["detected"] / max(c["keywords"], 1), 4)
     neg_events = detect_many([(p, e) for p, e, _ in data["neg"]], st, names)
     alarms: dict[str, dict] = {}
     hours_each = data["neg_seconds"] / 3600 / max(len(data["neg"]), 1)  # one length per split
     for events, (noise, _, _) in zip(neg_events, conds["neg"], strict=True):
-        a = alarms.setdefault(NOISE_KINDS[noise], {"false_alarms": 0, "hours": 0.0})
+        a = alarms.setdefault(S.NOISE_KINDS[noise], {"false_alarms": 0, "hours": 0.0})
         a["false_alarms"] += len(events)
         a["hours"] += hours_each
     for a in alarms.values():
@@ -279,11 +280,9 @@ def environment(data: dict, kinds: tuple[str, ...]) -> dict:
     `kinds`, as a dict of the same shape: `score` and `choose` take it as they take a split.
     Seconds are shared out by each stream's last frame end (exact for the equal-length
     non-keyword streams)."""
-    from .data.streams import NOISE_KINDS
-
     out: dict = {"conditions": {}}
     for k in ("pos", "neg"):
-        idx = [i for i, c in enumerate(data["conditions"][k]) if NOISE_KINDS[c[0]] in kinds]
+        idx = [i for i, c in enumerate(data["conditions"][k]) if S.NOISE_KINDS[c[0]] in kinds]
         ends = [float(ends[-1]) if len(ends) else 0.0 for _, ends, _ in data[k]]
         out[k] = [data[k][i] for i in idx]
         out["conditions"][k] = [data["conditions"][k][i] for i in idx]

@@ -19,21 +19,23 @@ import torch.nn.functional as F
 from .data.streams import IGNORE, UNKNOWN
 
 
-def keyword_runs(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """y [B, S] targets -> (run id per step [B, S], is-keyword mask [B, S]): consecutive steps
+def keyword_steps(y: torch.Tensor) -> torch.Tensor:
+    """[B, S] bool: the steps whose target is a keyword."""
+    return (y >= 0) & (y < UNKNOWN)
+
+
+def keyword_runs(y: torch.Tensor, is_kw: torch.Tensor) -> torch.Tensor:
+    """y [B, S] targets, their `keyword_steps` -> run id per step [B, S]: consecutive steps
     with the same keyword target share an id; ids never cross streams."""
-    is_kw = (y >= 0) & (y < UNKNOWN)
     lab = torch.where(is_kw, y, torch.full_like(y, -1))
     change = torch.ones_like(y, dtype=torch.bool)
     change[:, 1:] = lab[:, 1:] != lab[:, :-1]
-    run = torch.cumsum(change.reshape(-1).long(), 0).reshape(y.shape) - 1
-    return run, is_kw
+    return torch.cumsum(change.reshape(-1).long(), 0).reshape(y.shape) - 1
 
 
-def far_from_keywords(y: torch.Tensor, guard_steps: int) -> torch.Tensor:
+def far_from_keywords(y: torch.Tensor, is_kw: torch.Tensor, guard_steps: int) -> torch.Tensor:
     """[B, S] bool: non-keyword target steps at least `guard_steps` from any keyword step
     (the keyword's own speech, whose target is "unknown", lies within the guard)."""
-    is_kw = (y >= 0) & (y < UNKNOWN)
     near = F.max_pool1d(is_kw.float().unsqueeze(1), 2 * guard_steps + 1, stride=1,
                         padding=guard_steps).squeeze(1) > 0
     return (y != IGNORE) & ~is_kw & ~near
@@ -48,8 +50,9 @@ def stream_loss(logits: torch.Tensor, y: torch.Tensor, pos_weight: float = 0.0,
     if not (pos_weight or neg_weight):
         return loss
     logp = logits.to(torch.promote_types(logits.dtype, torch.float32)).log_softmax(-1)
+    is_kw = keyword_steps(y)
     if pos_weight:
-        run, is_kw = keyword_runs(y)
+        run = keyword_runs(y, is_kw)
         if is_kw.any():
             lp = logp.gather(-1, y.clamp(min=0).unsqueeze(-1)).squeeze(-1)[is_kw]
             ids = run[is_kw]
@@ -57,7 +60,7 @@ def stream_loss(logits: torch.Tensor, y: torch.Tensor, pos_weight: float = 0.0,
                               dtype=lp.dtype).scatter_reduce(0, ids, lp, "amax")
             loss = loss - pos_weight * best[torch.unique(ids)].mean()
     if neg_weight:
-        neg = far_from_keywords(y, guard_steps)
+        neg = far_from_keywords(y, is_kw, guard_steps)
         rows = neg.any(1)
         if rows.any():
             lp_any = torch.logsumexp(logp[..., :UNKNOWN], -1)  # log P(some keyword)

@@ -338,11 +338,13 @@ def choose_detector(preset: StreamPreset, cfg, val: dict, test: dict, log=print)
         "streams_drawn_on": "cpu",  # eval_batches: the same streams on every machine
         "test_frame_accuracy": test["frame_accuracy"],
     }  # fmt: skip
-    if preset.kind == "kws" and has_conditions(test):
-        metrics["test_by_condition"] = by_condition(preset, cfg, test, thr, min_on, lag, label_on)
-        if has_conditions(val) and not label_on:
-            metrics["environments"] = choose_environments(preset, cfg, val, test, min_on, lag)
     if preset.kind == "kws":
+        if has_conditions(test):
+            metrics["test_by_condition"] = by_condition(preset, cfg, test, thr, min_on, lag,
+                                                        label_on)
+            if has_conditions(val) and not label_on:
+                metrics["environments"] = choose_environments(preset, cfg, val, test, min_on,
+                                                              lag)
         ok = [c for c in curve if c["false_alarms_per_hour"] <= 1.0]
         metrics["test_frr_at_1fa_per_hour"] = (
             {"threshold": ok[0]["threshold"], **ok[0]} if ok else None)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from model.data.streams import IGNORE, SILENCE, UNKNOWN
-from model.stream_loss import far_from_keywords, keyword_runs, stream_loss
+from model.stream_loss import far_from_keywords, keyword_runs, keyword_steps, stream_loss
 
 
 def _targets() -> torch.Tensor:
@@ -62,11 +62,12 @@ def _reference(logits: np.ndarray, y: np.ndarray, pos_w: float, neg_w: float, gu
 
 def test_runs_and_guard_follow_the_targets():
     y = _targets()
-    run, is_kw = keyword_runs(y)
+    is_kw = keyword_steps(y)
+    run = keyword_runs(y, is_kw)
     kw_ids = [sorted(set(run[b][is_kw[b]].tolist())) for b in range(3)]
     assert [len(k) for k in kw_ids] == [2, 1, 0]  # 3 then 7: two runs
     assert not set(kw_ids[0]) & set(kw_ids[1])  # ids never cross streams
-    far = far_from_keywords(y, guard_steps=4)
+    far = far_from_keywords(y, is_kw, guard_steps=4)
     assert not far[0, 6:29].any() and far[0, 29:].all() and far[0, :6].all()
     assert not far[1, :3].any()  # ignored steps are no negatives
     assert far[2].all()
