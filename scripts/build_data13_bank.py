@@ -7,6 +7,8 @@ flite or festival) into .cache/data13/ (carried there; kept small).
     python scripts/build_data13_bank.py kws --train-passes 2 --bank .cache/data13x
                                               # the same bank plus a second rendition pass of
                                               # every training word (its own folder)
+    python scripts/build_data13_bank.py kws --train-passes 2 --extra-voices 2 --engines mbrola \
+        festival --bank .cache/data13m        # two passes by kws_bank.EXTRA_VOICES as well
 
 Deterministic for given arguments (every item has its own seed), with one exception seen:
 festival rendered 1 of 1,203 utterances differently in two builds of the same plan.
@@ -61,6 +63,8 @@ def main() -> None:
                     "validation words (more distinct validation utterances)")
     ap.add_argument("--val-phrases", type=int, default=0, help="kws: renditions of each of "
                     "kws_bank.VAL_PHRASES by the validation voices (phrases on validation)")
+    ap.add_argument("--extra-voices", type=int, default=0, help="kws: passes over the training "
+                    "words by kws_bank.EXTRA_VOICES (more MBROLA and festival speakers)")
     ap.add_argument("--bank", type=Path, default=BANK, help="output folder")
     args = ap.parse_args()
     if args.what == "ecg":
@@ -70,7 +74,8 @@ def main() -> None:
 
         build_bank(args.bank, engines=args.engines or ENGINES, workers=args.workers,
                    train_passes=args.train_passes, vocabulary=args.vocabulary,
-                   val_passes=args.val_passes, val_phrases=args.val_phrases)
+                   val_passes=args.val_passes, val_phrases=args.val_phrases,
+                   extra_voices=args.extra_voices)
 
 
 if __name__ == "__main__":

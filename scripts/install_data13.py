@@ -165,13 +165,14 @@ def bank_options(comp: dict | None) -> str:
     comp = comp or {}
     return "".join(f" --{flag} {comp[key]}" for key, flag, plain in (
         ("train_passes", "train-passes", 1), ("vocabulary", "vocabulary", 0),
-        ("val_passes", "val-passes", 1), ("val_phrases", "val-phrases", 0))
+        ("val_passes", "val-passes", 1), ("val_phrases", "val-phrases", 0),
+        ("extra_voices", "extra-voices", 0))
         if comp.get(key, plain) != plain)
 
 
 def bank_line(comp: dict | None) -> str:
     """A card bullet on what the bank holds beyond the one-pass plan ("" if nothing)."""
-    from model.data.kws_bank import COUNTS, MORE_UNKNOWN, VAL_PHRASES
+    from model.data.kws_bank import COUNTS, ENGINE_NAMES, EXTRA_VOICES, MORE_UNKNOWN, VAL_PHRASES
 
     comp = comp or {}
     parts = []
@@ -189,6 +190,10 @@ def bank_line(comp: dict | None) -> str:
     if comp.get("val_phrases"):
         parts.append(f"{len(VAL_PHRASES)} non-keyword phrases (`kws_bank.VAL_PHRASES`) x "
                      f"{comp['val_phrases']} renditions by the validation voices, validation only")
+    if comp.get("extra_voices"):
+        voices = "; ".join(f"{ENGINE_NAMES[e]} {', '.join(v)}" for e, v in EXTRA_VOICES.items())
+        parts.append(f"{comp['extra_voices']} passes over the training words by more training "
+                     f"voices (`kws_bank.EXTRA_VOICES`: {voices})")
     if not parts:
         return ""
     return (f"- Bank beyond the one-pass plan (`build_data13_bank.py kws{bank_options(comp)}`; "

@@ -202,6 +202,57 @@ def test_bank_plan_validation_passes_come_last_and_first_pass_finds_the_one_pass
     assert kb.plan("pico", val_passes=3) == kb.plan("pico")  # no validation voice: no pass
 
 
+def test_extra_voices_are_training_only_and_leave_the_one_pass_plan_alone():
+    from collections import Counter
+
+    from model.data import kws_bank as kb
+    from scripts.install_data13 import bank_line, bank_options
+
+    for engine, voices in kb.EXTRA_VOICES.items():
+        base = kb.plan(engine, train_passes=2, val_phrases=1)
+        full = kb.plan(engine, train_passes=2, val_phrases=1, extra_voices=2)
+        assert full[: len(base)] == base  # appended: every earlier row, test rows too, unchanged
+        extra = full[len(base):]
+        assert {j["extra_voice"] for j in extra} == {1, 2}
+        assert all(j["split"] == "train" and not kb.first_pass(j) for j in extra)
+        assert {j["voice"] for j in extra} == set(voices)
+        assert not set(voices) & set(kb.engine_voices(engine))  # new speakers only
+        one = [j for j in extra if j["extra_voice"] == 1]
+        assert Counter(j["text"] for j in one) == Counter(
+            j["text"] for j in base if j["split"] == "train" and kb.first_pass(j))
+        assert kb.composition(full)["extra_voices"] == 2
+    assert kb.plan("flite", extra_voices=2) == kb.plan("flite")  # no extra voices
+    assert "extra_voices" not in kb.composition(kb.plan("mbrola"))  # earlier records read alike
+    # festival's extra speakers are MBROLA training databases: no held-out speaker is heard
+    assert {v.split("_")[0] for v in kb.EXTRA_VOICES["festival"]} <= {
+        kb._mbrola_database(v) for v, s in kb.MBROLA_VOICES.items() if s == "train"}
+    assert not {kb._mbrola_database(v) for v in kb.EXTRA_VOICES["mbrola"]} & {
+        kb._mbrola_database(v) for v in kb.MBROLA_VOICES}
+    comp = kb.composition(kb.plan("mbrola", train_passes=2, extra_voices=2))
+    assert bank_options(comp) == " --train-passes 2 --extra-voices 2"
+    assert "2 passes over the training words by more training voices" in bank_line(comp)
+
+
+def test_extra_mbrola_voices_speak_every_word_without_a_missing_diphone(tmp_path, monkeypatch):
+    from model.data import kws_bank as kb
+    from model.data.kws import KEYWORDS, UNKNOWN_WORDS
+
+    if not kb.engine_available("mbrola") or kb.missing_extra_voices("mbrola"):
+        pytest.skip("MBROLA or its extra voices are not installed (make speech-engines)")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    where = kb.mbrola_english_voices()
+    assert where == tmp_path / "s4d-espeak-mbrola-en"
+    for voice in kb.EXTRA_VOICES["mbrola"]:
+        text = (where / "espeak-ng-data" / "voices" / "mb" / voice).read_text()
+        assert "language en" in text and f"mbrola {kb._mbrola_database(voice)} " in text
+    words = list(KEYWORDS) + list(UNKNOWN_WORDS)
+    assert all(kb.diphone_gaps(v, words) == [] for v in kb.EXTRA_VOICES["mbrola"])
+    assert kb.diphone_gaps("mb-sw1-en", ["yes", "right"]) == []  # a base voice: no --path
+    jobs = [j for j in kb.plan("mbrola", extra_voices=1) if j.get("extra_voice")][:3]
+    wavs = kb.render(jobs)
+    assert all(w.dtype == np.int16 and 1600 < len(w) <= kb.MAX_WORD for w in wavs)
+
+
 def test_mbrola_voices_are_recorded_diphone_sets_split_by_speaker():
     from model.data import kws_bank as kb
 

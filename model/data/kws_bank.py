@@ -21,7 +21,11 @@ the rest (kal_diphone, cmu_us_slt_arctic_hts, don_diphone) train; MBROLA by the 
 Pico: en-US train, en-GB test; RHVoice: alan (Scottish) = val, clb = test, the rest train. Unknown words are split too: the last six of
 `kws.UNKNOWN_WORDS` and a set of short phrases occur only in test material, so `unknown` is
 measured on words the model never heard. Leave-one-engine-out uses every voice of the held-out
-engine.
+engine's one-pass plan.
+
+More training voices (`plan(..., extra_voices=k)`, `EXTRA_VOICES`): nine more MBROLA speakers
+(diphone sets of other languages speaking English through espeak-ng's phoneme tables, as
+espeak-ng's own accented `mb-*-en` voices do) and festival's two MBROLA voices; training only.
 """
 
 from __future__ import annotations
@@ -72,6 +76,21 @@ RHVOICE_DIR = Path("/usr/share/RHVoice/voices")
 PROGRAMS = {"flite": "flite", "festival": "festival", "mbrola": "mbrola", "pico": "pico2wave",
             "rhvoice": "RHVoice-test"}
 MBROLA_DIR = Path("/usr/share/mbrola")
+#: more voices per engine, training only (`plan(..., extra_voices=k)`): the engines with the
+#: fewest training speakers get recorded diphone sets of other speakers. MBROLA: every Debian
+#: diphone database of another language that espeak-ng can drive (`mb-<db>-en`, written by
+#: `mbrola_english_voices`) and that renders each keyword and each of `kws.UNKNOWN_WORDS`
+#: without a missing diphone (`diphone_gaps`; the other 25 databases tried lack diphones for
+#: 1-38 of those 40 words). Festival: its MBROLA voices on the us1 / us3 databases, which are
+#: MBROLA training voices already, so no validation or test speaker is heard.
+EXTRA_VOICES = {
+    "mbrola": ("mb-es1-en", "mb-es2-en", "mb-fr2-en", "mb-fr3-en", "mb-fr5-en", "mb-fr6-en",
+               "mb-fr7-en", "mb-id1-en", "mb-ir1-en"),
+    "festival": ("us1_mbrola", "us3_mbrola"),
+}
+FESTIVAL_PACKAGES_EXTRA = {"us1_mbrola": "festvox-us1", "us3_mbrola": "festvox-us3"}
+#: festival's MBROLA voices' own mean pitch (Hz; their festvox files), varied around it
+FESTIVAL_MBROLA_F0 = {"us1_mbrola": 160.0, "us3_mbrola": 110.0}
 UNKNOWN_TRAIN = UNKNOWN_WORDS[:24]
 UNKNOWN_HELDOUT = UNKNOWN_WORDS[24:]
 PHRASES = (
@@ -118,7 +137,7 @@ def engine_voices(engine: str) -> dict[str, str]:
 
 
 def plan(engine: str, seed: int = 0, train_passes: int = 1, vocabulary: int = 0,
-         val_passes: int = 1, val_phrases: int = 0) -> list[dict]:
+         val_passes: int = 1, val_phrases: int = 0, extra_voices: int = 0) -> list[dict]:
     """Every utterance of one engine: text, kind, split, voice, rate and pitch settings.
     `train_passes` > 1 appends that many - 1 more renditions of every training word (the
     training COUNTS again, new voices / rates / pitches drawn from their own random stream);
@@ -126,8 +145,9 @@ def plan(engine: str, seed: int = 0, train_passes: int = 1, vocabulary: int = 0,
     `val_passes` > 1 then that many - 1 more passes over the validation words (a decision set
     with more distinct utterances: clips of one utterance are not independent); `val_phrases`
     > 0 then that many renditions of each VAL_PHRASES phrase by the validation voices (what
-    the test phrases measure, on validation). The first pass (`first_pass`), and so every test
-    utterance, stays as with none of them."""
+    the test phrases measure, on validation); `extra_voices` > 0 then that many passes over the
+    training words by the engine's `EXTRA_VOICES` (training only). The first pass
+    (`first_pass`), and so every test utterance, stays as with none of them."""
     rng = np.random.default_rng([ENGINES.index(engine), seed])
     voices = engine_voices(engine)
     by_split = {s: sorted(v for v, sp in voices.items() if sp == s) for s in ("train", "val",
@@ -153,6 +173,10 @@ def plan(engine: str, seed: int = 0, train_passes: int = 1, vocabulary: int = 0,
         texts = [(p, "phrase") for p in VAL_PHRASES]
         jobs += [dict(j, val_phrase=True) for j in _split_jobs(
             engine, "val", by_split["val"], rng, texts, val_phrases)]
+    for extra in range(extra_voices if EXTRA_VOICES.get(engine) else 0):
+        rng = np.random.default_rng([ENGINES.index(engine), seed, 4000 + extra])
+        jobs += [dict(j, extra_voice=extra + 1) for j in _split_jobs(
+            engine, "train", sorted(EXTRA_VOICES[engine]), rng)]
     return jobs
 
 
@@ -172,6 +196,9 @@ def composition(rows: list[dict]) -> dict:
                 vocabulary=max(per_word.values(), default=0))
     if per_phrase:  # only then, so that earlier runs' records read the same
         comp["val_phrases"] = max(per_phrase.values())
+    extra = max((r.get("extra_voice", 0) for r in rows), default=0)
+    if extra:
+        comp["extra_voices"] = extra
     return comp
 
 
@@ -200,9 +227,9 @@ def validate_on(rows: list[dict], voices: list[str]) -> list[dict]:
 
 
 def first_pass(row: dict) -> bool:
-    """Whether a bank row belongs to the one-pass plan (no extra pass, no vocabulary)."""
+    """Whether a bank row belongs to the one-pass plan (no extra pass, vocabulary, voice)."""
     return not (row.get("train_pass") or row.get("val_pass") or row.get("vocabulary")
-                or row.get("val_phrase"))
+                or row.get("val_phrase") or row.get("extra_voice"))
 
 
 def _split_jobs(engine: str, split: str, voices: list[str], rng: np.random.Generator,
@@ -301,6 +328,11 @@ def _render_festival(jobs: list[dict]) -> list[np.ndarray]:
                 lines.append(f"(set! int_lr_params '((target_f0_mean {f0:.0f}) (target_f0_std "
                              f"{10 + 25 * j['pitch']:.0f}) (model_f0_mean 170) "
                              "(model_f0_std 34)))")
+            elif j["voice"] in FESTIVAL_MBROLA_F0:
+                f0 = FESTIVAL_MBROLA_F0[j["voice"]] * (0.75 + 0.5 * j["pitch"])
+                lines.append(f"(set! int_lr_params '((target_f0_mean {f0:.0f}) (target_f0_std "
+                             f"{10 + 25 * j['pitch']:.0f}) (model_f0_mean 170) "
+                             "(model_f0_std 34)))")
             lines.append(f'(utt.save.wave (utt.synth (Utterance Text "{text}")) '
                          f'"{tmp}/{k}.wav" \'riff)')
         script = Path(tmp) / "jobs.scm"
@@ -320,9 +352,57 @@ def _mbrola_database(voice: str) -> str:
 
 
 def _mbrola_command(j: dict, path: str) -> list[str]:
-    """espeak-ng's English front end (phonemes, durations, pitch) + MBROLA's recorded diphones."""
-    return ["espeak-ng", "-v", j["voice"], "-s", str(_words_per_minute(j["stretch"])), "-p",
-            str(int(15 + 70 * j["pitch"])), "-w", path, j["text"]]
+    """espeak-ng's English front end (phonemes, durations, pitch) + MBROLA's recorded diphones
+    (an `EXTRA_VOICES` speaker through the voice files of `mbrola_english_voices`)."""
+    where = ([f"--path={mbrola_english_voices()}"]
+             if j["voice"] in EXTRA_VOICES["mbrola"] else [])
+    return ["espeak-ng", *where, "-v", j["voice"], "-s", str(_words_per_minute(j["stretch"])),
+            "-p", str(int(15 + 70 * j["pitch"])), "-w", path, j["text"]]
+
+
+def espeak_data_dir() -> Path:
+    """Where the espeak-ng program keeps its data (it says so in `--version`)."""
+    out = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True,
+                         check=True).stdout
+    return Path(out.split("Data at:")[1].strip())
+
+
+def mbrola_english_voices(root: Path | None = None) -> Path:
+    """A copy of espeak-ng's data with an English voice `mb/mb-<db>-en` for every extra MBROLA
+    database: `language en` plus the database's own phoneme table (from espeak-ng's native
+    `mb/mb-<db>` voice), the recipe of espeak-ng's own accented voices such as mb-fr1-en. Returns
+    the folder to pass as `espeak-ng --path` (made once; under the user cache by default)."""
+    root = Path(root or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+                / "s4d-espeak-mbrola-en")
+    voices = root / "espeak-ng-data" / "voices" / "mb"
+    if not all((voices / v).is_file() for v in EXTRA_VOICES["mbrola"]):
+        root.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=root.parent))
+        shutil.copytree(espeak_data_dir(), tmp / "espeak-ng-data")
+        for voice in EXTRA_VOICES["mbrola"]:
+            db = _mbrola_database(voice)
+            native = (tmp / "espeak-ng-data" / "voices" / "mb" / f"mb-{db}").read_text()
+            table = next(ln for ln in native.splitlines() if ln.startswith("mbrola "))
+            gender = next((ln for ln in native.splitlines() if ln.startswith("gender")), "")
+            (tmp / "espeak-ng-data" / "voices" / "mb" / voice).write_text(
+                f"name en-{db}\nlanguage en 20\n{gender}\n{table}\n")
+        shutil.rmtree(root, ignore_errors=True)
+        tmp.rename(root)
+    return root
+
+
+def diphone_gaps(voice: str, words) -> list[str]:
+    """The words an MBROLA voice (espeak-ng name) renders with a missing diphone (MBROLA warns
+    `... unknown, replaced with _-_` and speaks silence there): how EXTRA_VOICES were chosen."""
+    where = ([f"--path={mbrola_english_voices()}"] if voice in EXTRA_VOICES["mbrola"] else [])
+    gaps = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for w in words:
+            run = subprocess.run(["espeak-ng", *where, "-v", voice, "-w", f"{tmp}/g.wav", w],
+                                 capture_output=True, text=True, timeout=60)
+            if "unknown" in run.stderr:
+                gaps.append(w)
+    return gaps
 
 
 def _pico_command(j: dict, path: str) -> list[str]:
@@ -354,6 +434,16 @@ def missing_voices(engine: str) -> list[str]:
     return []
 
 
+def missing_extra_voices(engine: str) -> list[str]:
+    """The engine's EXTRA_VOICES this machine lacks."""
+    if engine == "festival":
+        return [v for v in EXTRA_VOICES["festival"] if not festival_voice_installed(v)]
+    if engine == "mbrola":
+        return [v for v in EXTRA_VOICES["mbrola"]
+                if not (MBROLA_DIR / _mbrola_database(v)).is_dir()]
+    return []
+
+
 def engine_available(engine: str) -> bool:
     """Whether this machine can render an engine and all its voices (all but espeak-ng are
     Debian programs)."""
@@ -371,7 +461,7 @@ def engine_available(engine: str) -> bool:
 def _voice_package(engine: str, voice: str) -> str:
     """The Debian package that holds one voice of an engine."""
     if engine == "festival":
-        return FESTIVAL_PACKAGES[voice]
+        return {**FESTIVAL_PACKAGES, **FESTIVAL_PACKAGES_EXTRA}[voice]
     return "rhvoice-english" if engine == "rhvoice" else f"mbrola-{_mbrola_database(voice)}"
 
 
@@ -423,14 +513,20 @@ def write_engine(bank: Path, engine: str, jobs: list[dict], wavs: list[np.ndarra
 
 def build_bank(bank: Path, engines=ENGINES, workers: int = 2, seed: int = 0,
                train_passes: int = 1, vocabulary: int = 0, val_passes: int = 1,
-               val_phrases: int = 0) -> list[dict]:
+               val_phrases: int = 0, extra_voices: int = 0) -> list[dict]:
     """Render and store every engine's plan (`train_passes`, `vocabulary`, `val_passes`,
-    `val_phrases`: see `plan`); returns a summary per engine."""
+    `val_phrases`, `extra_voices`: see `plan`); returns a summary per engine."""
     summary = []
     for engine in engines:
         if not engine_available(engine):
             raise RuntimeError(unavailable_reason(engine))
-        jobs = plan(engine, seed, train_passes, vocabulary, val_passes, val_phrases)
+        lacking = missing_extra_voices(engine) if extra_voices else []
+        if lacking:
+            packages = dict.fromkeys(_voice_package(engine, v) for v in lacking)
+            raise RuntimeError(f"{engine} lacks extra voices {', '.join(lacking)} (Debian "
+                               f"{', '.join(packages)}; `make speech-engines` installs them)")
+        jobs = plan(engine, seed, train_passes, vocabulary, val_passes, val_phrases,
+                    extra_voices)
         summary.append(write_engine(Path(bank), engine, jobs, render(jobs)))
         print(summary[-1], flush=True)
     return summary
