@@ -4,7 +4,8 @@
 # preps, three trainings at once to one deadline, the decision (paired.py), and on a go the
 # refit of M_all. Everything lands in $OUT/r (default /root/vout/r).
 set -u
-OUT=${OUT:-/root/vout}; mkdir -p "$OUT/r"
+# not $OUT: the device tool sets that to its call folder and empties it at every call
+OUT=${VOUT:-/root/vout}; mkdir -p "$OUT/r"
 START=$(date +%s)
 SMOKE=${SMOKE:-0}
 STASH=${STASH:-/root/stash}
@@ -14,8 +15,8 @@ if [ "$SMOKE" = 1 ]; then
   DEV=cpu; SM="--smoke"; ARCH="--d-model 16 --n-layers 2 --batch-size 16 --epochs 2"; TRAIN_END=${TRAIN_END:-240}
   NV=40; NT=48; TH=2; W=2; CORES_ALL=0-1
 else
-  DEV=cuda; SM=""; ARCH="--d-model 192 --n-layers 6 --batch-size 256 --epochs 30"; TRAIN_END=${TRAIN_END:-450}
-  NV=1600; NT=12000; TH=16; W=15; CORES_ALL=0-15
+  DEV=cuda; SM=""; ARCH="--d-model 192 --n-layers 6 --batch-size 256 --epochs ${EPOCHS:-30}"; TRAIN_END=${TRAIN_END:-450}
+  NV=1600; NT=${N_TRAIN:-12000}; TH=16; W=15; CORES_ALL=0-15
   python -c "import pyroomacoustics" 2>/dev/null || python -m pip install -q --no-deps --no-index .whl/ev/*.whl .whl/pra/*.whl 2>&1 | grep -v "root. user" | tail -n 3
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 fi
@@ -32,12 +33,15 @@ prep() {  # name bank extra-args...
     --n-train $NT --train-noise=-5,30,0.9 --silence-top-db -20 "$@" > "$OUT/r/prep_$name.log" 2>&1 || { tail -20 "$OUT/r/prep_$name.log"; exit 1; }
   say "prep $name done: $(tail -c 160 "$OUT/r/prep_$name.log")"
 }
+if [ "${SKIP_PREP:-0}" = 1 ]; then say "preps kept from the run before"; else
 prep xf $B/x --n-val $NV --validate-on $FOLD
 prep mf $B/m --n-val $NV --validate-on $FOLD
-prep ma $B/m
+[ "${ONLY_FOLD:-0}" = 1 ] || prep ma $B/m
+fi
 DEADLINE=$(( $(date +%s) + TRAIN_END ))
 BASE="--front-end logmel $ARCH --lr 0.004 --dropout 0.2 --patch-size 160 --n-mels 40 --time-mask 10 --channel-mask 8"
-for spec in "xf:0-4" "mf:5-9" "ma:10-15"; do
+SPECS="xf:0-4 mf:5-9 ma:10-15"; [ "${ONLY_FOLD:-0}" = 1 ] && SPECS="xf:0-7 mf:8-15"
+for spec in $SPECS; do
   IFS=: read b cores <<< "$spec"
   [ "$SMOKE" = 1 ] && cores=0-1
   taskset -c $cores python scripts/data13_train.py kws --run all --run-name kws-$b $BASE \
@@ -59,7 +63,7 @@ PY
 )
 say "decision: $GO"
 echo "$GO" > "$OUT/r/go"
-if [ "$GO" = 1 ]; then
+if [ "$GO" = 1 ] && [ "${ONLY_FOLD:-0}" != 1 ]; then
   taskset -c $CORES_ALL python scripts/data13_train.py kws --run all --run-name kws-ma-refit --device $DEV \
     --work /tmp/dvma --out "$OUT/r" --threads 2 $SM --init-from "$OUT/r/kws-ma" --refit-on-val \
     --epochs 2 --lr 0.001 --time-mask 10 --channel-mask 8 > "$OUT/r/kws-ma-refit.log" 2>&1
