@@ -52,7 +52,8 @@ system-test-deps:
 # Engines four and five of the keyword bank (model/data/kws_bank.py): MBROLA's recorded-diphone
 # voices (contrib / non-free) and SVOX Pico (non-free), and festival's British voices rab
 # (validation) and don (train) from contrib. Only for rebuilding the bank
-# (python scripts/build_data13_bank.py kws); the tests that render them skip without them.
+# (python scripts/build_data13_bank.py kws) and the real-speech check (Asterisk prompts,
+# python -m bench.real_speech); the tests that need them skip without them.
 MBROLA_VOICES ?= us1 us2 us3 en1 af1 nl2 fr1 fr4 de1 de2 de3 de4 de5 de6 gr2 hu1 pl1 ro1 sw1 sw2 \
 	es1 es2 fr2 fr3 fr5 fr6 fr7 id1 ir1
 speech-engines:
@@ -62,7 +63,8 @@ speech-engines:
 		> /etc/apt/sources.list.d/s4d-contrib-nonfree.sources
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 		espeak-ng mbrola $(addprefix mbrola-,$(MBROLA_VOICES)) libttspico-utils \
-		festvox-rablpc16k festvox-don festvox-us1 festvox-us3 rhvoice rhvoice-english
+		festvox-rablpc16k festvox-don festvox-us1 festvox-us3 rhvoice rhvoice-english \
+		asterisk-core-sounds-en asterisk-core-sounds-en-g722
 
 test: $(VENV)/.test system-test-deps
 	$(VENV)/bin/ruff check .

@@ -480,6 +480,25 @@ def keep_other_rows(section: str, old_table: str, measured: set[str]) -> str:
     return "\n".join(lines[: last_row + 1] + old_rows + lines[last_row + 1:])
 
 
+#: card sections other tools write (bench/real_speech.py); kept while the weights stay the same
+OTHER_SECTIONS = (("<!-- real_speech:begin -->", "<!-- real_speech:end -->"),)
+
+
+def measured_on_same_weights(folder: Path, dest: Path) -> str:
+    """The other tools' sections of the installed card, if the weights being installed are the
+    ones they measured (a re-choice of the detector), else "" (they would describe old weights)."""
+    old_card, old_weights = dest / "CARD.md", dest / "model.safetensors"
+    if not (old_card.is_file() and old_weights.is_file()):
+        return ""
+    if old_weights.read_bytes() != (folder / "model.safetensors").read_bytes():
+        return ""
+    text, kept = old_card.read_text(), ""
+    for begin, end in OTHER_SECTIONS:
+        if begin in text and end in text.split(begin, 1)[1]:
+            kept += "\n" + begin + text.split(begin, 1)[1].split(end, 1)[0] + end + "\n"
+    return kept
+
+
 def install(src: Path, checkpoints: Path, results: Path) -> list[str]:
     rows = []
     for name in NAMES:
@@ -493,6 +512,7 @@ def install(src: Path, checkpoints: Path, results: Path) -> list[str]:
             continue
         dest = checkpoints / name
         dest.mkdir(parents=True, exist_ok=True)
+        kept_sections = measured_on_same_weights(folder, dest)
         for f in ("config.json", "model.safetensors"):
             shutil.copyfile(folder / f, dest / f)
         m = json.loads((folder / "metrics.json").read_text())
@@ -507,7 +527,7 @@ def install(src: Path, checkpoints: Path, results: Path) -> list[str]:
         elif (dest / "engines.json").is_file():  # measured on the weights this run replaces
             (dest / "engines.json").unlink()
         (dest / "CARD.md").write_text(card(name, cfg, m, state_bytes, net.num_parameters(),
-                                           engines))
+                                           engines) + kept_sections)
         shutil.copyfile(folder / "metrics.json", dest / "metrics.json")
         rows.append((name, cfg, m))
     text = results.read_text() if results.exists() else "# Results\n"
