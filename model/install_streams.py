@@ -357,8 +357,10 @@ def card(name: str, cfg, m: dict, state_bytes: int, params: int,
 " (training streams also hold words of the keyword bank's other synthesizers: flite, festival, "
 "MBROLA, SVOX Pico)" if tr.get("extra_words") else "")) if kind == "kws"
 else "ECG simulated with neurokit2"}; the label is what the generator made. No human
-recordings were used, so quality on real {"microphones" if kind == "kws" else "patients"} is
-unmeasured and will be lower.{"" if kind == "kws" else " Not a medical device."}
+recordings were used for training, so quality on real {"microphones" if kind == "kws" else
+"patients"} will be lower{" (`python -m bench.real_speech --cards` measures it on real recorded "
+"speech; its section, where present, is below)" if kind == "kws" else
+": it is unmeasured. Not a medical device"}.
 
 ## Task
 - Input: 1 channel at {t.sample_rate} Hz; streaming frame {t.frame_size} samples

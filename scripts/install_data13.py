@@ -285,7 +285,7 @@ Lowest held-out-engine accuracy: {pct(min_loeo)}."""
 
 Keyword spotting on raw 16 kHz audio: 10 keywords + unknown + silence, 1 s windows, streamable in 20 ms frames.
 
-**Labels: keyword labels come from generated data. Every clip is speech synthesized locally by {n_engines} engines ({engine_list(engines)}; model/data/kws_bank.py) and augmented (model/data/kws_mix.py); the label is the word that was synthesized. No human recordings were used, so accuracy on real microphones is unmeasured and will be lower.**
+**Labels: keyword labels come from generated data. Every clip is speech synthesized locally by {n_engines} engines ({engine_list(engines)}; model/data/kws_bank.py) and augmented (model/data/kws_mix.py); the label is the word that was synthesized. No human recordings were used for training, so accuracy on real microphones will be lower (`python -m bench.real_speech --cards` measures it on real recorded speech: the section near the end).**
 
 ## Task
 - {KWS_DESCRIPTION}

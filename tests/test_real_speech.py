@@ -31,6 +31,11 @@ def test_transcripts_parse_and_keywords_are_whole_words():
     assert real_speech.keywords_in(text["call-fwd-no-ans"], KEYWORDS) == ["on", "no"]
     assert real_speech.keywords_in("Nobody has gone upstairs; stopping.", KEYWORDS) == []
     assert real_speech.keywords_in("Go, go! Stop.", KEYWORDS) == ["go", "stop"]
+    # other languages' transcripts: words of any script; a Spanish "no" is the keyword's word
+    assert real_speech.words("Composez votre numéro d'agent") == [
+        "composez", "votre", "numéro", "d'agent"]
+    assert real_speech.keywords_in("No hay mensajes. Número no válido", KEYWORDS) == ["no"]
+    assert real_speech.keywords_in("Этот оператор уже зарегистрирован", KEYWORDS) == []
 
 
 def test_g722_round_trip_keeps_a_tone():
@@ -50,16 +55,23 @@ def test_g722_round_trip_keeps_a_tone():
 
 
 def test_prompts_from_the_debian_packages(tmp_path):
-    reason = real_speech.unavailable_reason()
+    reason = real_speech.unavailable_reason("en")
     if reason:
         pytest.skip(reason)
-    prompts = real_speech.prompts(KEYWORDS)
+    assert real_speech.packages("fr") == ("asterisk-core-sounds-fr", "asterisk-core-sounds-fr-g722")
+    prompts = real_speech.prompts(KEYWORDS, "en")
     assert len(prompts) == 568
     by_name = {p["name"]: p for p in prompts}
     assert by_name["vm-nomore"]["keywords"] == ["no"] and by_name["digits/1"]["keywords"] == []
     assert 25 <= sum(1 for p in prompts if p["keywords"]) <= 30
     w = by_name["auth-thankyou"]["wav"]
     assert 0.5 < len(w) / real_speech.SAMPLE_RATE < 2 and 0.05 < np.abs(w).max() <= 1
+    for lang in ("fr", "it", "ru", "es"):
+        if real_speech.unavailable_reason(lang):
+            continue
+        other = {p["name"]: p for p in real_speech.prompts(KEYWORDS, lang)}
+        assert len(other) > 400 and "auth-thankyou" in other
+        assert other["auth-thankyou"]["text"] != by_name["auth-thankyou"]["text"]
 
 
 def test_card_sections_come_from_the_measured_json(tmp_path):
@@ -76,6 +88,10 @@ def test_card_sections_come_from_the_measured_json(tmp_path):
     assert [float(ln.split("|")[1].split()[0]) for ln in rows] == sorted(
         float(t) for t in e["by_threshold"])
     assert f"**{r['clips']['keyword_pct']} % fire a keyword**" in clips_section(r)
+    for lang, o in r["events"].get("other_languages", {}).items():
+        v = o["by_threshold"][f"{e['default_threshold']:g}"]
+        assert f"| {v['per_hour']} ({v['per_hour_ci95'][0]}-" in section
+        assert f"| {r['clips']['other_languages'][lang]['keyword_pct']} % |" in clips_section(r)
     card = tmp_path / "CARD.md"
     card.write_text("# card\n")
     for _ in range(2):  # a second write replaces the first
