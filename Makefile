@@ -64,7 +64,7 @@ speech-engines:
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 		espeak-ng mbrola $(addprefix mbrola-,$(MBROLA_VOICES)) libttspico-utils \
 		festvox-rablpc16k festvox-don festvox-us1 festvox-us3 rhvoice rhvoice-english \
-		asterisk-core-sounds-en asterisk-core-sounds-en-g722
+		$(foreach l,en fr it ru es,asterisk-core-sounds-$(l) asterisk-core-sounds-$(l)-g722)
 
 test: $(VENV)/.test system-test-deps
 	$(VENV)/bin/ruff check .
