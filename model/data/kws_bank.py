@@ -313,6 +313,16 @@ def _flite_command(j: dict, path: str) -> list[str]:
             "--setf", f"int_f0_target_mean={f0:.0f}", "-t", j["text"], "-o", path]
 
 
+def _festival_f0(voice: str, pitch: float) -> float | None:
+    """Mean pitch (Hz) for a festival voice with LR intonation (diphone voices: a male range;
+    the MBROLA voices: around their own), None for the others (HTS keeps its own)."""
+    if voice.endswith("_diphone"):
+        return 85 + 65 * pitch
+    if voice in FESTIVAL_MBROLA_F0:
+        return FESTIVAL_MBROLA_F0[voice] * (0.75 + 0.5 * pitch)
+    return None
+
+
 def _render_festival(jobs: list[dict]) -> list[np.ndarray]:
     """One festival process for all jobs (a Scheme script), then read the WAVs back."""
     import soundfile as sf
@@ -323,13 +333,8 @@ def _render_festival(jobs: list[dict]) -> list[np.ndarray]:
             text = j["text"].replace('"', "")
             lines.append(f"(voice_{j['voice']})")
             lines.append(f"(Parameter.set 'Duration_Stretch {j['stretch']})")
-            if j["voice"].endswith("_diphone"):
-                f0 = 85 + 65 * j["pitch"]
-                lines.append(f"(set! int_lr_params '((target_f0_mean {f0:.0f}) (target_f0_std "
-                             f"{10 + 25 * j['pitch']:.0f}) (model_f0_mean 170) "
-                             "(model_f0_std 34)))")
-            elif j["voice"] in FESTIVAL_MBROLA_F0:
-                f0 = FESTIVAL_MBROLA_F0[j["voice"]] * (0.75 + 0.5 * j["pitch"])
+            f0 = _festival_f0(j["voice"], j["pitch"])
+            if f0 is not None:  # the voice's linear-regression intonation, re-centred
                 lines.append(f"(set! int_lr_params '((target_f0_mean {f0:.0f}) (target_f0_std "
                              f"{10 + 25 * j['pitch']:.0f}) (model_f0_mean 170) "
                              "(model_f0_std 34)))")
