@@ -1,5 +1,7 @@
-"""The shipped keyword models on real recorded speech (`model.data.real_speech`: Allison Smith's
-Asterisk prompts, one US English speaker, ~25 min), which no training or choice has seen.
+"""The shipped keyword models on real recorded speech (`model.data.real_speech`: Asterisk's
+prompts, ~25 min per language: English by Allison Smith, and as non-English non-keyword speech
+French, Italian, Russian and Spanish by other speakers where their Debian packages are
+installed), which no training or choice has seen. CPU, about 12 minutes for all five.
 
     python -m bench.real_speech [--out bench/model_eval/real_speech.json] [--cards]
     python -m bench.real_speech --cards-only   # the cards' section from the existing JSON
@@ -8,10 +10,11 @@ Asterisk prompts, one US English speaker, ~25 min), which no training or choice 
   with GAP_S of a near-silent floor between them, as one stream through the batch path's
   detector (`model.events.detect`, the model's own settings and a few other thresholds):
   events per hour of that audio, with a Poisson 95 % interval.
-- kws-events-s4d, keywords: every prompt whose transcript says a keyword, alone (GAP_S before,
-  TAIL_S after, for the detector's lag): found iff an event of that keyword fires.
+- kws-events-s4d, keywords: every English prompt whose transcript says a keyword, alone (GAP_S
+  before, TAIL_S after, for the detector's lag): found iff an event of that keyword fires.
 - kws-s4d: the keyword-free prompts cut into 1 s windows (what the model classifies): the share
   called a keyword, `unknown`, `silence`.
+False alarms and windows are counted per language.
 """
 
 from __future__ import annotations
