@@ -33,9 +33,9 @@ FLOOR_DBFS = -70.0  # RMS of the white floor between prompts (a quiet room, not 
 THRESHOLDS = (0.9, 0.99, 0.999, 0.9998)
 BEGIN, END = "<!-- real_speech:begin -->", "<!-- real_speech:end -->"
 COMMAND = "python -m bench.real_speech --cards"
-SOURCE = ("Allison Smith's recordings of Asterisk's core prompts (Debian "
-          "`asterisk-core-sounds-en-g722`, CC-BY-SA-3.0, G.722 decoded at 16 kHz; "
-          "`model/data/real_speech.py`)")
+SOURCE = ("recordings of Asterisk's core prompts (Debian `asterisk-core-sounds-<language>-g722`, "
+          "CC-BY-SA-3.0, G.722 decoded at 16 kHz; `model/data/real_speech.py`), English by "
+          "Allison Smith")
 LANGUAGES = {"fr": "Canadian French (June Wallack)", "it": "Italian (Carlo Flora)",
              "ru": "Russian (IvrvoiceRU)", "es": "Mexican Spanish (Allison Smith)"}
 
@@ -45,11 +45,11 @@ def floor(rng: np.random.Generator, seconds: float, rate: int) -> np.ndarray:
 
 
 def poisson_ci(k: int, hours: float) -> list[float]:
-    """95 % interval of a rate per hour from k events (exact, chi-square)."""
-    from scipy.stats import chi2
+    """95 % interval of a rate per hour from k events (`evaluation.poisson_rate_interval`),
+    rounded for the JSON and the cards."""
+    from model.evaluation import poisson_rate_interval
 
-    lo = chi2.ppf(0.025, 2 * k) / 2 if k else 0.0
-    return [round(lo / hours, 2), round(chi2.ppf(0.975, 2 * k + 2) / 2 / hours, 2)]
+    return [round(v, 2) for v in poisson_rate_interval(k, hours)]
 
 
 def frame_probabilities(net, cfg, x: np.ndarray) -> tuple[np.ndarray, list[int]]:
@@ -86,11 +86,12 @@ def thresholds(cfg) -> tuple[float, ...]:
 def false_alarms(net, cfg, negatives: list[dict], rng: np.random.Generator, rate: int) -> dict:
     """Keyword-free prompts back to back (GAP_S of floor between) as one stream: events per
     hour at each threshold, and the prompts they fired in."""
-    parts, starts = [], []
+    parts, starts, at = [], [], 0
     for p in negatives:
-        parts.append(floor(rng, GAP_S, rate))
-        starts.append(sum(len(q) for q in parts))
-        parts.append(p["wav"])
+        gap = floor(rng, GAP_S, rate)
+        parts += [gap, p["wav"]]
+        starts.append(at + len(gap))
+        at += len(gap) + len(p["wav"])
     x = np.concatenate(parts + [floor(rng, TAIL_S, rate)])
     hours = len(x) / rate / 3600
     stream = frame_probabilities(net, cfg, x)
@@ -271,8 +272,7 @@ def main() -> None:
     rate = real_speech.SAMPLE_RATE
     minutes = {lang: round(sum(len(p["wav"]) for p in ps) / rate / 60, 2)
                for lang, ps in by_language.items()}
-    result = dict(source="Asterisk core prompts (Debian asterisk-core-sounds-<language>-g722, "
-                  "CC-BY-SA-3.0), G.722 decoded at 16 kHz",
+    result = dict(source=SOURCE,
                   speakers={lang: real_speech.SPEAKERS[lang] for lang in by_language},
                   prompts=len(prompts), minutes=minutes["en"],
                   other_languages={lang: dict(prompts=len(ps), minutes=minutes[lang],

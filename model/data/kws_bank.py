@@ -377,8 +377,9 @@ def mbrola_english_voices(root: Path | None = None) -> Path:
     database: `language en` plus the database's own phoneme table (from espeak-ng's native
     `mb/mb-<db>` voice), the recipe of espeak-ng's own accented voices such as mb-fr1-en. Returns
     the folder to pass as `espeak-ng --path` (made once; under the user cache by default)."""
-    root = Path(root or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-                / "s4d-espeak-mbrola-en")
+    if root is None:
+        cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+        root = cache / "s4d-espeak-mbrola-en"
     voices = root / "espeak-ng-data" / "voices" / "mb"
     if not all((voices / v).is_file() for v in EXTRA_VOICES["mbrola"]):
         root.parent.mkdir(parents=True, exist_ok=True)
@@ -428,25 +429,28 @@ def festival_voice_installed(voice: str) -> bool:
     return any(FESTIVAL_DIR.glob(f"*/{voice}/festvox"))
 
 
-def missing_voices(engine: str) -> list[str]:
-    """The engine's voices this machine lacks (festival and MBROLA install them one by one)."""
+def _voice_installed(engine: str, voice: str) -> bool:
+    """Whether one voice's files are here (festival, MBROLA and RHVoice install them one by one;
+    the other engines' voices come with the program)."""
     if engine == "festival":
-        return [v for v in FESTIVAL_VOICES if not festival_voice_installed(v)]
+        return festival_voice_installed(voice)
     if engine == "mbrola":
-        return [v for v in MBROLA_VOICES if not (MBROLA_DIR / _mbrola_database(v)).is_dir()]
+        return (MBROLA_DIR / _mbrola_database(voice)).is_dir()
     if engine == "rhvoice":
-        return [v for v in RHVOICE_VOICES if not (RHVOICE_DIR / v).is_dir()]
-    return []
+        return (RHVOICE_DIR / voice).is_dir()
+    return True
+
+
+def missing_voices(engine: str) -> list[str]:
+    """The engine's voices this machine lacks."""
+    voices = {"festival": FESTIVAL_VOICES, "mbrola": MBROLA_VOICES,
+              "rhvoice": RHVOICE_VOICES}.get(engine, {})
+    return [v for v in voices if not _voice_installed(engine, v)]
 
 
 def missing_extra_voices(engine: str) -> list[str]:
     """The engine's EXTRA_VOICES this machine lacks."""
-    if engine == "festival":
-        return [v for v in EXTRA_VOICES["festival"] if not festival_voice_installed(v)]
-    if engine == "mbrola":
-        return [v for v in EXTRA_VOICES["mbrola"]
-                if not (MBROLA_DIR / _mbrola_database(v)).is_dir()]
-    return []
+    return [v for v in EXTRA_VOICES.get(engine, ()) if not _voice_installed(engine, v)]
 
 
 def engine_available(engine: str) -> bool:
@@ -475,8 +479,13 @@ def unavailable_reason(engine: str) -> str:
     missing = missing_voices(engine)
     if not missing or shutil.which(PROGRAMS.get(engine, engine)) is None:
         return f"{engine} is not installed here"
-    packages = dict.fromkeys(_voice_package(engine, v) for v in missing)
-    return (f"{engine} lacks voices {', '.join(missing)} (Debian {', '.join(packages)}; "
+    return _lacking(engine, missing, "voices")
+
+
+def _lacking(engine: str, voices: list[str], what: str) -> str:
+    """'<engine> lacks <what> a, b (Debian <packages>; `make speech-engines` installs them)'."""
+    packages = dict.fromkeys(_voice_package(engine, v) for v in voices)
+    return (f"{engine} lacks {what} {', '.join(voices)} (Debian {', '.join(packages)}; "
             "`make speech-engines` installs them)")
 
 
@@ -527,9 +536,7 @@ def build_bank(bank: Path, engines=ENGINES, workers: int = 2, seed: int = 0,
             raise RuntimeError(unavailable_reason(engine))
         lacking = missing_extra_voices(engine) if extra_voices else []
         if lacking:
-            packages = dict.fromkeys(_voice_package(engine, v) for v in lacking)
-            raise RuntimeError(f"{engine} lacks extra voices {', '.join(lacking)} (Debian "
-                               f"{', '.join(packages)}; `make speech-engines` installs them)")
+            raise RuntimeError(_lacking(engine, lacking, "extra voices"))
         jobs = plan(engine, seed, train_passes, vocabulary, val_passes, val_phrases,
                     extra_voices)
         summary.append(write_engine(Path(bank), engine, jobs, render(jobs)))

@@ -62,7 +62,8 @@ def words(text: str) -> list[str]:
 def keywords_in(text: str, keywords) -> list[str]:
     """The keywords a transcript says, as whole words, each once, in order ("logged on" holds
     "on"; "one", "gone" and "nobody" hold none)."""
-    return list(dict.fromkeys(w for w in words(text) if w in set(keywords)))
+    wanted = set(keywords)
+    return list(dict.fromkeys(w for w in words(text) if w in wanted))
 
 
 def decode_g722(data: bytes) -> np.ndarray:
