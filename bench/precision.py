@@ -1,7 +1,7 @@
 """Precision modes against float64, per shipped checkpoint, on its test split (issue 10 item 3).
 
     python -m bench.precision [--device cpu|cuda] [--limit N] [--data DIR] [--out FILE.json]
-    python -m bench.precision --write-data DIR     # test splits for a machine without the generators
+    python -m bench.precision --write-data DIR [--limit N]  # test splits for the GPU machine
     python -m bench.precision --report FILE.json   # write the cards' and RESULTS.md's tables
 
 For each checkpoint and mode (fp32 | tf32 | bf16) both serving paths run in float32 (weights
@@ -45,7 +45,20 @@ def shipped() -> list[Path]:
 
 
 # ---- test splits ------------------------------------------------------------------------------
+# Continuous-stream models are trained on long streams; their precision check runs on the clip
+# test split of the task they were built from (same classes, same input), as that model's card says.
+CLIP_TASK = {"kws-events": "kws", "ecg-monitor": "ecg"}
+
+
 def split_args(config) -> tuple[str, int | None, int]:
+    """(clip task, n_test, data seed) of the split a checkpoint is checked on."""
+    base = CLIP_TASK.get(config.task.name)
+    if base is not None:
+        for ckpt in shipped():
+            other = load_config(ckpt)
+            if other.task.name == base:
+                return split_args(other)
+        raise KeyError(f"{config.task.name}: no shipped {base!r} checkpoint names its test split")
     tr = config.training or {}
     return config.task.name, tr.get("n_test"), int(tr.get("data_seed") or 0)
 
@@ -81,14 +94,21 @@ def load_test(config, data_dir: Path | None, limit: int | None):
     return x, lengths, np.asarray(y), source
 
 
-def write_data(out: Path) -> None:
+def write_data(out: Path, limit: int | None = None) -> None:
+    """Each clip task's test split once (first `limit` clips: the GPU call carries <= 64 MiB)."""
     from model.data import load_split
 
     out.mkdir(parents=True, exist_ok=True)
+    done = set()
     for ckpt in shipped():
         config = load_config(ckpt)
         task, n, seed = split_args(config)
+        if task in done:
+            continue
+        done.add(task)
         t0 = time.perf_counter()
+        if limit is not None and task != "fsdd":
+            n = min(limit, n or limit)
         seqs, y = load_split(task, "test", n, seed)
         x, lengths = padded(list(seqs), config.task.input_channels)
         store = x.astype(np.float16) if task == "kws" else x  # 1200 s of audio: 38 MB, not 77
@@ -252,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.write_data:
-        write_data(args.write_data)
+        write_data(args.write_data, args.limit)
         return 0
     if args.report:
         report(json.loads(args.report.read_text()), args.results_md)

@@ -25,7 +25,8 @@ clock, with emit_every = frame, so the server answers every frame. Frame k of a 
   (the cost-based real-time factor: 0.01 = one core serves ~100 streams).
 
 A run passes when p99 <= --p99-ms, no frame is late, no session failed, and the client kept
-up. Without --streams the sweep doubles N from --start until a run fails (or --max-streams),
+up. --streams N[,N...] runs just those counts (--repeat times each; max_streams is then the
+largest N whose every run passed). Without --streams the sweep doubles N from --start until a run fails (or --max-streams),
 then bisects between the last pass and the first failure; `max_streams` is the largest pass.
 Only the first --warmup seconds of each run are excluded from the statistics.
 """
@@ -54,6 +55,17 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 # ---------------------------------------------------------------------------- arguments
+def _int_list(text: str) -> list[int]:
+    """'2000,2048' -> [2000, 2048]."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected N[,N...], got {text!r}") from exc
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive counts, got {text!r}")
+    return values
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", default=None, help="benchmark this server instead of starting one")
     p.add_argument("--server-pid", type=int, default=None, help="pid of --url's server (CPU)")
@@ -61,7 +73,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--checkpoints", default=str(REPO_ROOT / "checkpoints"), help="checkpoint folder"
     )
     p.add_argument("--model", default="kws-s4d", help="model name (default kws-s4d)")
-    p.add_argument("--streams", type=int, default=None, help="run only this N (no sweep)")
+    p.add_argument("--streams", type=_int_list, default=None, metavar="N[,N...]",
+                   help="run only these N, in this order, on one server (no sweep)")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="with --streams: run each N this many times (an edge needs repeats)")
     p.add_argument("--start", type=int, default=1, help="first N of the sweep")
     p.add_argument("--max-streams", type=int, default=1024, help="largest N of the sweep")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per run")
@@ -467,7 +482,7 @@ def run(args: argparse.Namespace) -> int:
 
     server = None
     tmpdir = tempfile.mkdtemp(prefix="s4d-bench-")
-    max_n = args.streams if args.streams is not None else args.max_streams
+    max_n = max(args.streams) if args.streams is not None else args.max_streams
     try:
         if args.url is None:
             extra = dict(kv.split("=", 1) for kv in args.server_env)
@@ -551,8 +566,13 @@ def run(args: argparse.Namespace) -> int:
                 return res
 
             if args.streams is not None:
-                measure(args.streams)
-                best = args.streams if report["runs"][-1]["pass"] else None
+                passed: dict[int, bool] = {}
+                for n in args.streams:
+                    for _ in range(max(1, args.repeat)):
+                        ok = measure(n)["pass"]
+                        passed[n] = passed.get(n, True) and ok
+                # the largest N whose every repeat passed
+                best = max((n for n, ok in passed.items() if ok), default=None)
             else:
                 best, fail = None, None
                 n = max(1, args.start)

@@ -47,3 +47,15 @@ def test_precision_bench_and_card_report(tmp_path):
     card = (ckpts / "fsdd-s4d" / "CARD.md").read_text()
     assert card.count("## Precision modes") == 1 and "| bf16 | stream | 4 |" in card
     assert results.read_text().count("<!-- precision:begin -->") == 1
+
+
+def test_precision_stream_models_use_their_clip_split():
+    """kws-events / ecg-monitor are checked on the clip split of the task they were built from."""
+    from model.checkpoint import load_config
+
+    ckpts = precision.CHECKPOINTS
+    kws = precision.split_args(load_config(ckpts / "kws-s4d"))
+    assert precision.split_args(load_config(ckpts / "kws-events-s4d")) == kws
+    ecg = precision.split_args(load_config(ckpts / "ecg-s4d"))
+    assert precision.split_args(load_config(ckpts / "ecg-monitor-s4d")) == ecg
+    assert kws[0] == "kws" and ecg[0] == "ecg"
