@@ -259,7 +259,9 @@ async def _run_streams(cfg: dict) -> dict:
                 resume_buffer_seconds=1.0,
             )
         )
+    t_open = time.monotonic()
     opened = await asyncio.gather(*(s.open() for s in sessions), return_exceptions=True)
+    open_s = time.monotonic() - t_open
     t_start = max(cfg["start_at"], time.monotonic() + 0.05)
     frames = [
         np.ascontiguousarray(sig[(k * frame) % rate : (k * frame) % rate + frame])
@@ -299,6 +301,7 @@ async def _run_streams(cfg: dict) -> dict:
         "errors": errors,
         "server_latency_ms": np.asarray(server_lat, dtype=np.float64),
         "client_cpu_s": cpu,
+        "open_s": open_s,
         "t_start": t_start,
     }
 
@@ -360,7 +363,10 @@ def run_once(args: argparse.Namespace, ctx: dict, n: int, pool: cf.Executor) -> 
     rate, frame = ctx["rate"], ctx["frame"]
     fdur = frame / rate
     procs = max(1, min(ctx["procs"], n))
-    start_at = time.monotonic() + 1.0 + 0.004 * n
+    # time to open every session before the first frame; capped well inside the server's
+    # stream_idle_timeout_s (60 s): a session opened first must not sit silent past it
+    # (20,000 ECG streams at 4 ms each waited 81 s and every one was closed `timeout`)
+    start_at = time.monotonic() + 1.0 + min(0.004 * n, 40.0)
     counts = [n // procs + (1 if j < n % procs else 0) for j in range(procs)]
     cfgs = [
         dict(
@@ -438,6 +444,7 @@ def run_once(args: argparse.Namespace, ctx: dict, n: int, pool: cf.Executor) -> 
         ),
         "client_cpu_percent": 100 * client_cpu / total_s,
         "client_procs": procs,
+        "open_s_max": max(o["open_s"] for o in outs),  # slowest worker to open its sessions
         "errors": errors[:10],
         "error_count": len(errors),
     }
@@ -469,7 +476,7 @@ def _fmt(r: dict) -> str:
         f"N={r['streams']:5d}  p50 {f(lat['p50'])}  p95 {f(lat['p95'])}  p99 {f(lat['p99'])} ms"
         f"  late {r['late_frames']:6d}/{r['frames_measured']:<7d} rtf {r['rtf']:.3f}"
         f"  server cpu {'-' if cpu is None else f'{cpu:.0f}%'}"
-        f"  client cpu {r['client_cpu_percent']:.0f}%"
+        f"  client cpu {r['client_cpu_percent']:.0f}%  open {r['open_s_max']:.1f} s"
         f"  [{' '.join(f'{k.split(chr(58))[0]} {v:.0f}%' for k, v in top)}]"
         f"{'  CLIENT LAGGING' if r['client_lagging'] else ''}"
         f"{'  errors ' + str(r['error_count']) if r['error_count'] else ''}"
