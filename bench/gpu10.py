@@ -13,6 +13,8 @@ Sections, each written as JSON under --out (a failed section is recorded, the ot
 - memory: state bytes per session and a slab of 100,000 idle sessions on the device.
 - onnx: ONNX Runtime with device-resident state vs host arrays vs torch, if onnxruntime
   with the CUDA provider is importable (else recorded as skipped, with the reason).
+- compiled: the step through `StreamingNetwork.compile()` (torch.compile / Inductor) vs the
+  plain step, both CUDA-graphed as served; compile time; 1 s streamed vs float64.
 
 `python -m bench.gpu10 --out DIR [--smoke]`; exits 1 when an exactness check fails.
 """
@@ -111,6 +113,66 @@ def section_step(args, device) -> dict:
         r.get("graph_vs_eager", 0.0) <= (FP32_TOL if r["mode"] != "bf16" else 2e-2) for r in rows)
     return {"config": {"H": cfg.d_model, "N": cfg.d_state, "layers": cfg.n_layers, "patch": 1,
                        "frame": frame}, "fp32_matmul_gflops": mm,
+            "stream_1s_vs_float64_rel": exact, "rows": rows, "ok": ok}
+
+
+def section_compiled(args, device) -> dict:
+    """The step through `StreamingNetwork.compile()` (Inductor) against the plain step, both
+    as the server runs them (CUDA graphs on a GPU, eager on a CPU); 1 s streamed vs float64."""
+    cfg = design_cfg(args.smoke)
+    frame = 320 if not args.smoke else 64
+    net32 = S4DNetwork(cfg, seed=0).eval().to(device)
+    net64 = S4DNetwork(cfg, seed=0).double().eval().to(device)
+    gen = torch.Generator().manual_seed(0)
+    hist = torch.randn(8, RATE if not args.smoke else 4 * frame, 1, generator=gen).to(device)
+    with torch.inference_mode():
+        ref = net64(hist.double())
+    rows, exact, compile_s = [], {}, {}
+    for mode in args.compiled_modes:
+        plain = StreamingNetwork(net32, frame, device=device, precision=mode).eval()
+        fused = StreamingNetwork(net32, frame, device=device, precision=mode).eval().compile()
+        t0 = time.perf_counter()
+        with torch.inference_mode():  # first call compiles; 1 s streamed vs float64 FFT
+            st = fused.zero_state(hist.shape[0])
+            for s in range(0, hist.shape[1], frame):
+                logits, st = fused.step(hist[:, s : s + frame], st)
+            exact[mode] = rel(logits, ref)
+        compile_s[mode] = round(time.perf_counter() - t0, 1)
+        if device.type == "cuda":
+            from server.backends.cuda_graphs import GraphCache
+
+            runners = {"plain": GraphCache(plain, 1, max_batch=max(args.batches)),
+                       "compiled": GraphCache(fused, 1, max_batch=max(args.batches))}
+        else:
+            runners = {"plain": None, "compiled": None}
+        for b in args.batches:
+            x = torch.randn(b, frame, 1, generator=gen).to(device)
+            row = {"mode": mode, "sessions": b}
+            with torch.inference_mode():
+                state = {k: torch.randn(v.shape, generator=gen).to(device) * 0.1
+                         for k, v in plain.zero_state(b).items()}
+                state["count"] = torch.full_like(state["count"], 16.0)
+                outs = {}
+                for name, net in (("plain", plain), ("compiled", fused)):
+                    cache = runners[name]
+                    fn = cache.get(b, frame) if cache is not None else None
+                    fn = fn or net.step
+                    t = timeit(partial(fn, x, state), device, min_time=args.min_time)
+                    outs[name] = fn(x, state)
+                    row[f"{name}_ms"] = t * 1e3
+                    row[f"{name}_realtime_streams"] = b * frame / t / RATE
+                (pl, ps), (cl, cs) = outs["plain"], outs["compiled"]
+                row["compiled_vs_plain"] = max(rel(cl, pl), *(rel(cs[k], ps[k]) for k in ps))
+                row["speedup"] = row["plain_ms"] / row["compiled_ms"]
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        runners = plain = fused = None
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    ok = exact.get("fp32", 0.0) <= FP32_TOL and all(
+        r["compiled_vs_plain"] <= (FP32_TOL if r["mode"] != "bf16" else 2e-2) for r in rows)
+    return {"config": {"H": cfg.d_model, "N": cfg.d_state, "layers": cfg.n_layers, "patch": 1,
+                       "frame": frame}, "compile_seconds": compile_s,
             "stream_1s_vs_float64_rel": exact, "rows": rows, "ok": ok}
 
 
@@ -271,7 +333,7 @@ def report(directory: Path, results_md: Path) -> None:
 
 
 SECTIONS = {"step": section_step, "batch": section_batch, "memory": section_memory,
-            "onnx": section_onnx}
+            "onnx": section_onnx, "compiled": section_compiled}
 
 
 def main(argv=None) -> int:
@@ -291,6 +353,7 @@ def main(argv=None) -> int:
         ap.error("--out is required")
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     args.modes = list(PRECISIONS)
+    args.compiled_modes = list(PRECISIONS) if not args.smoke else ["fp32"]
     args.batches = [1, 16, 64, 512, 2048] if not args.smoke else [1, 4]
     args.clip_batches = [1, 16, 64] if not args.smoke else [1, 2]
     args.onnx_batches = [1, 16, 64] if not args.smoke else [1, 2]

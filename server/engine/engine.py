@@ -252,7 +252,11 @@ class Engine:
                     log.warning("front-end %s silent for %.1fs: %d session(s) detached",
                                 self._identity[idx], now - seen, n)
             for me in self.models:
-                n = me.expire(now, ttl)
+                try:
+                    n = me.expire(now, ttl)
+                except Exception:  # noqa: BLE001 - the reaper must outlive any one failure
+                    log.exception("engine: idle-TTL sweep of model %s failed", me.name)
+                    continue
                 if n:
                     log.info("idle_ttl model=%s evicted=%d", me.name, n)
 
