@@ -80,7 +80,8 @@ def load_test(config, data_dir: Path | None, limit: int | None):
     if data_dir is not None:
         with np.load(data_dir / f"{task}_test.npz") as d:
             x, lengths, y = d["x"].astype(np.float32), d["lengths"], d["y"]
-            source = f"{data_dir.name}/{task}_test.npz ({d['x'].dtype} as stored)"
+            source = (f"the first {len(y)} clips of load_split({task!r}, 'test', {n}, "
+                      f"seed={seed}), stored as {d['x'].dtype} in {data_dir.name}/{task}_test.npz")
     else:
         from model.data import load_split
 
@@ -239,7 +240,10 @@ def report(result: dict, results_md: Path, checkpoints: Path = CHECKPOINTS) -> N
     parts = []
     for name, rows in by_ckpt.items():
         subset = "" if result["limit"] is None else f" (first {result['limit']} clips only)"
-        body = (f"Measured on {where}; test split{subset}: {rows[0]['data']}. Float64 accuracy "
+        body = (f"Measured on {where}; clips{subset}: {rows[0]['data']} (the task generator's "
+                f"test split, `model.data.load_split`: for the keyword models the espeak-ng "
+                f"generator, not the bank of the accuracy sections; agreement with float64 is "
+                f"what this table measures). Float64 accuracy "
                 f"{rows[0]['float64_accuracy']:.2%}. The streaming state stays float32 in every "
                 f"mode.\n\n{table(rows)}")
         card = checkpoints / name / "CARD.md"

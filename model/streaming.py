@@ -139,11 +139,22 @@ class StreamingNetwork(nn.Module):
         C++ on CPU): the position-wise tail and the carry scan become a few fused passes over
         the activations instead of dozens of small kernels. The batch dimension is left
         dynamic, so one compilation serves every batch size (and CUDA graphs capture it as
-        they capture the eager step). Same arithmetic up to float32 reassociation; compiling
-        takes seconds to a minute on first use of each frame length."""
+        they capture the eager step); partial frames run the plain step. Same arithmetic up to
+        float32 reassociation; compiling takes seconds (GPU) to a minute (CPU) on first use."""
+        import torch._dynamo
+
         options.setdefault("fullgraph", True)
         options.setdefault("dynamic", None)  # static first, then dynamic batch on a new size
+        # every StreamingNetwork shares `_forward`'s code object: each instance, precision and
+        # frame length is a recompilation of it, and Dynamo's default limit (8) was hit by
+        # three precisions of one network (measured); a server holds several models
+        cfg = torch._dynamo.config
+        cfg.recompile_limit = max(cfg.recompile_limit, 64)
         self._compiled_forward = torch.compile(self._forward, **options)
+        return self
+
+    def uncompile(self) -> StreamingNetwork:
+        self._compiled_forward = None
         return self
 
     @property
@@ -183,8 +194,10 @@ class StreamingNetwork(nn.Module):
                 f"between {p} and frame_size={self.frame_size}"
             )
         with matmul_precision(self.precision, self.device):
-            impl = self._compiled_forward or self._forward
-            return impl(frames, x_re, x_im, pool, count)
+            # full frames only: a partial frame (`end`, `reset`) of a new length would
+            # recompile mid-stream; it runs the plain step (the same arithmetic)
+            impl = self._compiled_forward if length == self.frame_size else None
+            return (impl or self._forward)(frames, x_re, x_im, pool, count)
 
     def _forward(self, frames, x_re, x_im, pool, count):
         steps = frames.shape[1] // self.cfg.patch_size

@@ -72,11 +72,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def export_backend_settings(settings) -> None:
-    """Backends read their own knobs through Settings() (S4D_ONNX_*, S4D_PRECISION); a flag given on the
+    """Backends read their own knobs through Settings() (S4D_ONNX_*, S4D_PRECISION,
+    S4D_COMPILE_STEP); a flag given on the
     command line must reach them, and the engine processes that inherit this environment."""
     import os
 
-    for field in ("onnx_threads", "onnx_cache", "precision", "onnx_device_state"):
+    for field in ("onnx_threads", "onnx_cache", "precision", "onnx_device_state", "compile_step"):
         value = getattr(settings, field)
         if value is not None:
             os.environ[f"S4D_{field.upper()}"] = str(value)

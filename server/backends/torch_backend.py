@@ -4,7 +4,8 @@ Everything runs under `torch.inference_mode()`: the state slab is updated in pla
 autograd every frame would be chained into one ever-growing graph.
 
 Precision (`S4D_PRECISION`, `--precision`): fp32 (default, exact) | tf32 | bf16 for both
-paths (model/precision.py); the streaming state is float32 in every mode.
+paths (model/precision.py); the streaming state is float32 in every mode. `--compile-step`
+fuses the streaming step with torch.compile before the CUDA graphs capture it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,26 @@ from server.backends.base import Backend, BackendError, ModelMetadata, State, re
 from server.slab import TorchSlabStorage
 
 log = logging.getLogger("s4d.backend.torch")
+
+
+def compile_streaming(streaming, name: str) -> bool:
+    """`StreamingNetwork.compile()` and a first step, so that a compiler failure shows at load
+    (and the plain step serves) rather than in the middle of a stream."""
+    t0 = time.perf_counter()
+    try:
+        streaming.compile()
+        with torch.inference_mode():
+            for batch in (1, 2):  # the second size makes the batch dimension dynamic
+                frames = torch.zeros((batch, streaming.frame_size, streaming.cfg.d_input),
+                                     device=streaming.device)
+                streaming.step(frames, streaming.zero_state(batch))
+    except Exception:  # noqa: BLE001 - no compiler, an unsupported op: serve uncompiled
+        log.exception("model %s: compiling the streaming step failed; serving it uncompiled",
+                      name)
+        streaming.uncompile()
+        return False
+    log.info("model %s: streaming step compiled in %.1f s", name, time.perf_counter() - t0)
+    return True
 
 
 @register_backend
@@ -63,6 +84,8 @@ class TorchBackend(Backend):
             streaming = StreamingNetwork(network, frame_size, dtype=torch.float32, device=dev,
                                          precision=precision)
             streaming.eval()
+            if Settings().compile_step:
+                compile_streaming(streaming, name or checkpoint_dir.name)
         except NotStreamableError as exc:
             log.info("model %s is batch-only: %s", name or checkpoint_dir.name, exc)
         except ValueError as exc:
@@ -71,7 +94,9 @@ class TorchBackend(Backend):
             name or checkpoint_dir.name, config, frame_size=frame_size,
             streamable=streaming is not None,
             parameters=sum(p.numel() for p in network.parameters()),
-            backend=cls.name, device=str(dev), extra={"precision": precision},
+            backend=cls.name, device=str(dev),
+            extra={"precision": precision,
+                   "compiled_step": bool(streaming is not None and streaming.compiled)},
         )
         return cls(network, streaming, config, meta, dev, precision)
 
