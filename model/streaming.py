@@ -141,16 +141,21 @@ class StreamingNetwork(nn.Module):
         dynamic, so one compilation serves every batch size (and CUDA graphs capture it as
         they capture the eager step); partial frames run the plain step. Same arithmetic up to
         float32 reassociation; compiling takes seconds (GPU) to a minute (CPU) on first use."""
-        import torch._dynamo
+        import types
 
         options.setdefault("fullgraph", True)
         options.setdefault("dynamic", None)  # static first, then dynamic batch on a new size
-        # every StreamingNetwork shares `_forward`'s code object: each instance, precision and
-        # frame length is a recompilation of it, and Dynamo's default limit (8) was hit by
-        # three precisions of one network (measured); a server holds several models
-        cfg = torch._dynamo.config
-        cfg.recompile_limit = max(cfg.recompile_limit, 64)
-        self._compiled_forward = torch.compile(self._forward, **options)
+        # Dynamo keys its cache, its recompile limit (8) and its "this dimension changed, make
+        # it dynamic" memory on the code object. Shared by every StreamingNetwork, the fifth
+        # shipped model compiled in one process hit the limit (measured), as did three
+        # precisions of one network, and each model's frame length and widths would turn
+        # symbolic for the next. A copy of the code per instance keeps each model's shapes its
+        # own: only the batch dimension, the one that changes within an instance, is dynamic.
+        plain = type(self)._forward
+        code = plain.__code__.replace()
+        own = types.FunctionType(code, plain.__globals__, plain.__name__, plain.__defaults__,
+                                 plain.__closure__)
+        self._compiled_forward = torch.compile(types.MethodType(own, self), **options)
         return self
 
     def uncompile(self) -> StreamingNetwork:
@@ -196,10 +201,11 @@ class StreamingNetwork(nn.Module):
         with matmul_precision(self.precision, self.device):
             # full frames only: a partial frame (`end`, `reset`) of a new length would
             # recompile mid-stream; it runs the plain step (the same arithmetic)
-            impl = self._compiled_forward if length == self.frame_size else None
-            return (impl or self._forward)(frames, x_re, x_im, pool, count)
+            if self._compiled_forward is not None and length == self.frame_size:
+                return self._compiled_forward(frames, x_re, x_im, pool, count, fused=True)
+            return self._forward(frames, x_re, x_im, pool, count)
 
-    def _forward(self, frames, x_re, x_im, pool, count):
+    def _forward(self, frames, x_re, x_im, pool, count, fused: bool = False):
         steps = frames.shape[1] // self.cfg.patch_size
         # sub-blocks: separate GEMMs + an elementwise carry (b + 2N MACs per step and channel);
         # a full one-block frame at batch < 4 is faster as the single full-frame GEMM (fp32,
@@ -207,8 +213,10 @@ class StreamingNetwork(nn.Module):
         # other modes keep in float32)
         exact_carry = self.precision == "fp32" or (self.precision == "tf32"
                                                    and self.device.type != "cuda")
-        single_gemm = (steps == self.steps and self.matrices.numel() and frames.shape[0] < 4
-                       and exact_carry)
+        # (not when compiled: a branch on the batch size under a dynamic batch dimension, and
+        # Inductor failed to lower the single GEMM for the ECG models; measured)
+        single_gemm = (not fused and steps == self.steps and self.matrices.numel()
+                       and frames.shape[0] < 4 and exact_carry)
         h = self.net.embed(frames.to(self.dtype))  # [B, S, H]
         new_re, new_im = [], []
 
@@ -239,7 +247,7 @@ class StreamingNetwork(nn.Module):
         trailing block of r < b steps from slices of the same matrices."""
         h, batch, steps = u.shape
         b, m = self.block, self.cfg.n_modes
-        n_blocks, r = divmod(steps, b)
+        n_blocks, r = steps // b, steps % b  # (divmod: Dynamo refused it on ints)
         ys = []
         if n_blocks:
             full = u[..., : n_blocks * b].reshape(h, batch * n_blocks, b)
