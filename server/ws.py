@@ -22,6 +22,9 @@ from server.frontend.client import EngineUnavailable, StreamHandle
 from server.frontend.decoder import ENCODINGS, SampleDecoder
 from server.state import ServerState
 
+#: scope key of the server's own ASGI `send` (set by server.app.RawWebSocketSend)
+RAW_SEND = "s4d.raw_send"
+
 log = logging.getLogger("s4d.ws")
 
 _TYPES = {"start", "reset", "end"}
@@ -127,7 +130,10 @@ class StreamConnection:
             pass
 
     async def _sender_loop(self) -> None:
+        """Messages in order; after the handshake text goes to the server's own send
+        (server.app.RawWebSocketSend), close through Starlette (it tracks the state)."""
         ws = self.ws
+        raw = ws.scope.get(RAW_SEND)
         try:
             while True:
                 item = await self.outbox.get()
@@ -135,7 +141,11 @@ class StreamConnection:
                     if ws.application_state == WebSocketState.CONNECTED:
                         await ws.close(item[1])
                     return
-                await ws.send_text(orjson.dumps(item).decode())
+                text = orjson.dumps(item).decode()
+                if raw is not None:
+                    await raw({"type": "websocket.send", "text": text})
+                else:
+                    await ws.send_text(text)
         except asyncio.CancelledError:
             raise
         except Exception:  # peer gone: the reader sees the disconnect
