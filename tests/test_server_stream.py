@@ -193,3 +193,31 @@ def test_64_concurrent_sessions(live_server, ws_client, batch_predict, probs_clo
     count = [ln for ln in text.splitlines()
              if ln.startswith('s4d_scheduler_batch_size_count{model="tiny"}')]
     assert hist and count and float(hist[0].split()[-1]) < float(count[0].split()[-1])
+
+
+def test_idle_sweeps_pass_over_batch_only_models(start_server, checkpoint_dir, caplog):
+    """The idle-TTL reaper visits every model, the batch-only `tinybi` (no sessions, no sample
+    buffers) included, without an error; a stream left behind is still evicted after the TTL."""
+    import logging
+    import time
+
+    import httpx
+
+    with caplog.at_level(logging.ERROR, logger="s4d.engine"):
+        s = start_server(checkpoints=checkpoint_dir, idle_ttl_s=0.4)
+
+        async def leave_one() -> str:
+            async with websockets.connect(f"{s.ws_base}/v1/models/tiny/stream") as ws:
+                await ws.send(json.dumps({"type": "start", "sample_rate": 16000,
+                                          "encoding": "f32le", "channels": 1}))
+                started = json.loads(await ws.recv())
+                assert started["type"] == "started", started
+                return started["session_id"]
+
+        sid = asyncio.run(leave_one())  # closed without `end`: detached, resumable for the TTL
+        url = f"{s.base_url}/v1/sessions/{sid}/snapshot"
+        before = httpx.get(url, timeout=5).status_code
+        time.sleep(1.2)  # the TTL and several sweeps (every TTL / 4)
+        after = httpx.get(url, timeout=5)
+    assert "idle-TTL sweep" not in caplog.text
+    assert before == 200 and after.status_code == 404, after.text

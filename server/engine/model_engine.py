@@ -335,6 +335,8 @@ class ModelEngine:
         """Close sessions detached for longer than `ttl`. Only detached slots are visited (the
         owner column of the buffers says which): the reaper runs every second, and a walk over
         20,000 attached sessions held the engine's loop for milliseconds each time."""
+        if not self.streamable:  # batch-only: no sessions, no buffers
+            return 0
         slots = self.by_slot.array()
         n = 0
         for slot in slots[self.buffers.owner[slots] < 0].tolist():
