@@ -442,6 +442,14 @@ def run_once(args: argparse.Namespace, ctx: dict, n: int, pool: cf.Executor) -> 
         "server_cpu_per_audio_s": (
             None if s0 is None or s1 is None or audio_s == 0 else (s1 - s0) / audio_s
         ),
+        # CPU per answered frame, by role: what a change to the per-message path moves, with
+        # no dependence on how many streams happened to run
+        "server_cpu_us_per_frame": {
+            role: round(1e6 * sum(p1[k] - p0[k] for k in p1 if k in p0 and
+                                  k.split(":")[0].startswith(prefix)) / acked, 1)
+            for role, prefix in (("engine", "s4d-engine"), ("front-ends", "s4d-frontend"),
+                                 ("server", "server"))
+        } if acked else {},
         "client_cpu_percent": 100 * client_cpu / total_s,
         "client_procs": procs,
         "open_s_max": max(o["open_s"] for o in outs),  # slowest worker to open its sessions
@@ -477,6 +485,7 @@ def _fmt(r: dict) -> str:
         f"  late {r['late_frames']:6d}/{r['frames_measured']:<7d} rtf {r['rtf']:.3f}"
         f"  server cpu {'-' if cpu is None else f'{cpu:.0f}%'}"
         f"  client cpu {r['client_cpu_percent']:.0f}%  open {r['open_s_max']:.1f} s"
+        f"  us/frame {' '.join(f'{k} {v:.0f}' for k, v in r['server_cpu_us_per_frame'].items() if v)}"
         f"  [{' '.join(f'{k.split(chr(58))[0]} {v:.0f}%' for k, v in top)}]"
         f"{'  CLIENT LAGGING' if r['client_lagging'] else ''}"
         f"{'  errors ' + str(r['error_count']) if r['error_count'] else ''}"

@@ -361,6 +361,9 @@ def test_bench_serve_short(server, tmp_path):
     assert report["max_streams"] == (max(passed) if passed else None)
     if ckpt:
         assert report["server_started_here"] and run["server_cpu_percent"] >= 0
+        # one process serves here: all its CPU per answered frame is the "server" role's
+        per_frame = run["server_cpu_us_per_frame"]
+        assert per_frame["server"] > 0 and per_frame["engine"] == per_frame["front-ends"] == 0
 
 
 def test_async_client_results_iterator(server, kws_wav):
