@@ -58,24 +58,44 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def section_step(args, device) -> dict:
+def design_setup(args, device):
+    """The step sections' network (float32), frame, random generator, and 1 s of input for 8
+    sessions with its float64 FFT forward (the exactness reference)."""
     cfg = design_cfg(args.smoke)
     frame = 320 if not args.smoke else 64
     net32 = S4DNetwork(cfg, seed=0).eval().to(device)
     net64 = S4DNetwork(cfg, seed=0).double().eval().to(device)
-    mm = matmul_gflops(device) if not args.smoke else float("nan")
     gen = torch.Generator().manual_seed(0)
     hist = torch.randn(8, RATE if not args.smoke else 4 * frame, 1, generator=gen).to(device)
     with torch.inference_mode():
         ref = net64(hist.double())
+    return cfg, frame, net32, gen, hist, ref
+
+
+def streamed_rel(stream: StreamingNetwork, hist: torch.Tensor, ref: torch.Tensor) -> float:
+    """`hist` streamed in frames (state carried): relative error of the last logits vs `ref`."""
+    with torch.inference_mode():
+        st = stream.zero_state(hist.shape[0])
+        for s in range(0, hist.shape[1], stream.frame_size):
+            logits, st = stream.step(hist[:, s : s + stream.frame_size], st)
+    return rel(logits, ref)
+
+
+def random_state(stream: StreamingNetwork, batch: int, gen, device) -> dict:
+    """A mid-stream state for `batch` sessions (16 steps counted)."""
+    state = {k: torch.randn(v.shape, generator=gen).to(device) * 0.1
+             for k, v in stream.zero_state(batch).items()}
+    state["count"] = torch.full_like(state["count"], 16.0)
+    return state
+
+
+def section_step(args, device) -> dict:
+    cfg, frame, net32, gen, hist, ref = design_setup(args, device)
+    mm = matmul_gflops(device) if not args.smoke else float("nan")
     rows, exact = [], {}
     for mode in args.modes:
         stream = StreamingNetwork(net32, frame, device=device, precision=mode).eval()
-        with torch.inference_mode():  # 1 s streamed in frames vs float64 FFT
-            st = stream.zero_state(hist.shape[0])
-            for s in range(0, hist.shape[1], frame):
-                logits, st = stream.step(hist[:, s : s + frame], st)
-            exact[mode] = rel(logits, ref)
+        exact[mode] = streamed_rel(stream, hist, ref)
         graphs = None
         if device.type == "cuda":
             from server.backends.cuda_graphs import GraphCache
@@ -84,9 +104,7 @@ def section_step(args, device) -> dict:
         for b in args.batches:
             x = torch.randn(b, frame, 1, generator=gen).to(device)
             with torch.inference_mode():
-                state = {k: torch.randn(v.shape, generator=gen).to(device) * 0.1
-                         for k, v in stream.zero_state(b).items()}
-                state["count"] = torch.full_like(state["count"], 16.0)
+                state = random_state(stream, b, gen, device)
                 t_eager = timeit(partial(stream.step, x, state), device, min_time=args.min_time)
                 e_logits, e_state = stream.step(x, state)
                 row = {"mode": mode, "sessions": b, "eager_ms": t_eager * 1e3,
@@ -119,24 +137,13 @@ def section_step(args, device) -> dict:
 def section_compiled(args, device) -> dict:
     """The step through `StreamingNetwork.compile()` (Inductor) against the plain step, both
     as the server runs them (CUDA graphs on a GPU, eager on a CPU); 1 s streamed vs float64."""
-    cfg = design_cfg(args.smoke)
-    frame = 320 if not args.smoke else 64
-    net32 = S4DNetwork(cfg, seed=0).eval().to(device)
-    net64 = S4DNetwork(cfg, seed=0).double().eval().to(device)
-    gen = torch.Generator().manual_seed(0)
-    hist = torch.randn(8, RATE if not args.smoke else 4 * frame, 1, generator=gen).to(device)
-    with torch.inference_mode():
-        ref = net64(hist.double())
+    cfg, frame, net32, gen, hist, ref = design_setup(args, device)
     rows, exact, compile_s = [], {}, {}
     for mode in args.compiled_modes:
         plain = StreamingNetwork(net32, frame, device=device, precision=mode).eval()
         fused = StreamingNetwork(net32, frame, device=device, precision=mode).eval().compile()
         t0 = time.perf_counter()
-        with torch.inference_mode():  # first call compiles; 1 s streamed vs float64 FFT
-            st = fused.zero_state(hist.shape[0])
-            for s in range(0, hist.shape[1], frame):
-                logits, st = fused.step(hist[:, s : s + frame], st)
-            exact[mode] = rel(logits, ref)
+        exact[mode] = streamed_rel(fused, hist, ref)  # the first call compiles
         compile_s[mode] = round(time.perf_counter() - t0, 1)
         if device.type == "cuda":
             from server.backends.cuda_graphs import GraphCache
@@ -149,9 +156,7 @@ def section_compiled(args, device) -> dict:
             x = torch.randn(b, frame, 1, generator=gen).to(device)
             row = {"mode": mode, "sessions": b}
             with torch.inference_mode():
-                state = {k: torch.randn(v.shape, generator=gen).to(device) * 0.1
-                         for k, v in plain.zero_state(b).items()}
-                state["count"] = torch.full_like(state["count"], 16.0)
+                state = random_state(plain, b, gen, device)
                 outs = {}
                 for name, net in (("plain", plain), ("compiled", fused)):
                     cache = runners[name]
@@ -283,6 +288,14 @@ def section_onnx(args, device) -> dict:
             "ok": worst <= FP32_TOL}
 
 
+def md_table(header: list[str], rows: list[list]) -> str:
+    """A Markdown table: the first column left-aligned, the others (numbers) right-aligned."""
+    lines = ["| " + " | ".join(header) + " |",
+             "| --- |" + " ---: |" * (len(header) - 1)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
 def report(directory: Path, results_md: Path) -> None:
     """The measured step / batch / memory / onnx tables into bench/RESULTS.md (marked section)."""
     from bench.precision import put_section
@@ -299,18 +312,17 @@ def report(directory: Path, results_md: Path) -> None:
              "`StreamingNetwork.step`; graph = the torch backend's CUDA graph of the same step."]
     if step and "rows" in step:
         c = step["config"]
+        nan = float("nan")
         parts.append(f"### Streaming step (H={c['H']}, N={c['N']}, {c['layers']} layers, patch "
                      f"{c['patch']}, frame {c['frame']}; fp32 matmul "
-                     f"{step['fp32_matmul_gflops']:.0f} GFLOP/s)\n\n"
-                     "| mode | sessions | eager ms | eager RT streams | graph ms | "
-                     "graph RT streams | of fp32 matmul | graph vs eager |\n"
-                     "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-        for r in step["rows"]:
-            parts[-1] += (f"\n| {r['mode']} | {r['sessions']} | {r['eager_ms']:.2f} | "
-                          f"{r['eager_realtime_streams']:,.0f} | {r.get('graph_ms', float('nan')):.2f} | "
-                          f"{r.get('graph_realtime_streams', float('nan')):,.0f} | "
-                          f"{r['best_fraction_of_fp32_matmul']:.1%} | "
-                          f"{r.get('graph_vs_eager', float('nan')):.1e} |")
+                     f"{step['fp32_matmul_gflops']:.0f} GFLOP/s)\n\n" + md_table(
+                         ["mode", "sessions", "eager ms", "eager RT streams", "graph ms",
+                          "graph RT streams", "of fp32 matmul", "graph vs eager"],
+                         [[r["mode"], r["sessions"], f"{r['eager_ms']:.2f}",
+                           f"{r['eager_realtime_streams']:,.0f}", f"{r.get('graph_ms', nan):.2f}",
+                           f"{r.get('graph_realtime_streams', nan):,.0f}",
+                           f"{r['best_fraction_of_fp32_matmul']:.1%}",
+                           f"{r.get('graph_vs_eager', nan):.1e}"] for r in step["rows"]]))
         parts[-1] += ("\n\n1 s streamed in frames vs the float64 FFT forward (max rel error): "
                       + ", ".join(f"{m} {v:.1e}" for m, v in step["stream_1s_vs_float64_rel"].items()))
     if compiled and "rows" in compiled:
@@ -318,22 +330,21 @@ def report(directory: Path, results_md: Path) -> None:
                      "CUDA-graphed as served\n\n"
                      f"{compiled.get('device')}, {compiled.get('date')}; compile time (s): "
                      + ", ".join(f"{m} {v}" for m, v in compiled["compile_seconds"].items())
-                     + ".\n\n| mode | sessions | plain ms | plain RT streams | compiled ms | "
-                     "compiled RT streams | speed-up | compiled vs plain |\n"
-                     "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-        for r in compiled["rows"]:
-            parts[-1] += (f"\n| {r['mode']} | {r['sessions']} | {r['plain_ms']:.2f} | "
-                          f"{r['plain_realtime_streams']:,.0f} | {r['compiled_ms']:.2f} | "
-                          f"{r['compiled_realtime_streams']:,.0f} | {r['speedup']:.2f}x | "
-                          f"{r['compiled_vs_plain']:.1e} |")
+                     + ".\n\n" + md_table(
+                         ["mode", "sessions", "plain ms", "plain RT streams", "compiled ms",
+                          "compiled RT streams", "speed-up", "compiled vs plain"],
+                         [[r["mode"], r["sessions"], f"{r['plain_ms']:.2f}",
+                           f"{r['plain_realtime_streams']:,.0f}", f"{r['compiled_ms']:.2f}",
+                           f"{r['compiled_realtime_streams']:,.0f}", f"{r['speedup']:.2f}x",
+                           f"{r['compiled_vs_plain']:.1e}"] for r in compiled["rows"]]))
         parts[-1] += ("\n\n1 s streamed through the compiled step vs the float64 FFT forward: "
                       + ", ".join(f"{m} {v:.1e}" for m, v in
                                   compiled["stream_1s_vs_float64_rel"].items()))
     if batch and "rows" in batch:
-        parts.append("### Batch FFT path (REST /predict), 1 s clips\n\n"
-                     "| mode | batch | ms | clips/s |\n| --- | ---: | ---: | ---: |")
-        for r in batch["rows"]:
-            parts[-1] += f"\n| {r['mode']} | {r['batch']} | {r['ms']:.2f} | {r['clips_per_s']:,.0f} |"
+        parts.append("### Batch FFT path (REST /predict), 1 s clips\n\n" + md_table(
+            ["mode", "batch", "ms", "clips/s"],
+            [[r["mode"], r["batch"], f"{r['ms']:.2f}", f"{r['clips_per_s']:,.0f}"]
+             for r in batch["rows"]]))
         lg = batch["long"]
         parts[-1] += (f"\n\nOne {lg['samples']:,}-sample input (fp32): {lg['warm_s']:.3f} s warm "
                       f"({lg['first_call_s']:.3f} s first call), rel error vs float64 "

@@ -26,8 +26,8 @@ clock, with emit_every = frame, so the server answers every frame. Frame k of a 
 
 A run passes when p99 <= --p99-ms, no frame is late, no session failed, and the client kept
 up. --streams N[,N...] runs just those counts (--repeat times each; max_streams is then the
-largest N whose every run passed). Without --streams the sweep doubles N from --start until a run fails (or --max-streams),
-then bisects between the last pass and the first failure; `max_streams` is the largest pass.
+largest N whose every run passed). Without --streams the sweep doubles N from --start until a
+run fails (or --max-streams), then bisects between the last pass and the first failure; `max_streams` is the largest pass.
 Only the first --warmup seconds of each run are excluded from the statistics.
 """
 
@@ -417,6 +417,7 @@ def run_once(args: argparse.Namespace, ctx: dict, n: int, pool: cf.Executor) -> 
     lag_p99 = _pct(lag, 99)
     saturated = lag_p99 is not None and lag_p99 > fdur * 1000 / 2
     p99 = _pct(lat, 99)
+    cpu_s = {k: p1[k] - p0[k] for k in p1 if k in p0}  # CPU seconds in the window, by process
     res = {
         "streams": n,
         "frames_measured": frames_measured,
@@ -438,15 +439,14 @@ def run_once(args: argparse.Namespace, ctx: dict, n: int, pool: cf.Executor) -> 
         "audio_s_per_s": audio_s / win_s,
         "server_cpu_percent": None if s0 is None or s1 is None else 100 * (s1 - s0) / (t1 - t0),
         "server_cpu_percent_by_process": {
-            k: round(100 * (p1[k] - p0[k]) / (t1 - t0), 1) for k in p1 if k in p0},
+            k: round(100 * v / (t1 - t0), 1) for k, v in cpu_s.items()},
         "server_cpu_per_audio_s": (
             None if s0 is None or s1 is None or audio_s == 0 else (s1 - s0) / audio_s
         ),
         # CPU per answered frame, by role: what a change to the per-message path moves, with
         # no dependence on how many streams happened to run
         "server_cpu_us_per_frame": {
-            role: round(1e6 * sum(p1[k] - p0[k] for k in p1 if k in p0 and
-                                  k.split(":")[0].startswith(prefix)) / acked, 1)
+            role: round(1e6 * sum(v for k, v in cpu_s.items() if k.startswith(prefix)) / acked, 1)
             for role, prefix in (("engine", "s4d-engine"), ("front-ends", "s4d-frontend"),
                                  ("server", "server"))
         } if acked else {},

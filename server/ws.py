@@ -134,7 +134,7 @@ class StreamConnection:
         """Messages in order; after the handshake text goes to the server's own send
         (server.app.RawWebSocketSend), close through Starlette (it tracks the state)."""
         ws = self.ws
-        raw = ws.scope.get(RAW_SEND)
+        send = ws.scope.get(RAW_SEND) or ws.send
         try:
             while True:
                 item = await self.outbox.get()
@@ -142,11 +142,7 @@ class StreamConnection:
                     if ws.application_state == WebSocketState.CONNECTED:
                         await ws.close(item[1])
                     return
-                text = orjson.dumps(item).decode()
-                if raw is not None:
-                    await raw({"type": "websocket.send", "text": text})
-                else:
-                    await ws.send_text(text)
+                await send({"type": "websocket.send", "text": orjson.dumps(item).decode()})
         except asyncio.CancelledError:
             raise
         except Exception:  # peer gone: the reader sees the disconnect

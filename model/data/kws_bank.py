@@ -30,6 +30,7 @@ espeak-ng's own accented `mb-*-en` voices do) and festival's two MBROLA voices; 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -359,10 +360,9 @@ def _mbrola_database(voice: str) -> str:
 def _mbrola_command(j: dict, path: str) -> list[str]:
     """espeak-ng's English front end (phonemes, durations, pitch) + MBROLA's recorded diphones
     (an `EXTRA_VOICES` speaker through the voice files of `mbrola_english_voices`)."""
-    where = ([f"--path={mbrola_english_voices()}"]
-             if j["voice"] in EXTRA_VOICES["mbrola"] else [])
-    return ["espeak-ng", *where, "-v", j["voice"], "-s", str(_words_per_minute(j["stretch"])),
-            "-p", str(int(15 + 70 * j["pitch"])), "-w", path, j["text"]]
+    return ["espeak-ng", *_espeak_path(j["voice"]), "-v", j["voice"],
+            "-s", str(_words_per_minute(j["stretch"])), "-p", str(int(15 + 70 * j["pitch"])),
+            "-w", path, j["text"]]
 
 
 def espeak_data_dir() -> Path:
@@ -397,10 +397,21 @@ def mbrola_english_voices(root: Path | None = None) -> Path:
     return root
 
 
+@functools.cache
+def _english_voices_dir() -> Path:
+    return mbrola_english_voices()
+
+
+def _espeak_path(voice: str) -> list[str]:
+    """espeak-ng's `--path` to the voice files of an EXTRA_VOICES speaker (checked once per
+    process, not once per utterance), none for espeak-ng's own voices."""
+    return [f"--path={_english_voices_dir()}"] if voice in EXTRA_VOICES["mbrola"] else []
+
+
 def diphone_gaps(voice: str, words) -> list[str]:
     """The words an MBROLA voice (espeak-ng name) renders with a missing diphone (MBROLA warns
     `... unknown, replaced with _-_` and speaks silence there): how EXTRA_VOICES were chosen."""
-    where = ([f"--path={mbrola_english_voices()}"] if voice in EXTRA_VOICES["mbrola"] else [])
+    where = _espeak_path(voice)
     gaps = []
     with tempfile.TemporaryDirectory() as tmp:
         for w in words:

@@ -340,8 +340,8 @@ class ModelEngine:
         slots = self.by_slot.array()
         n = 0
         for slot in slots[self.buffers.owner[slots] < 0].tolist():
-            s = self.by_slot.get(slot)
-            if s is not None and not s.attached and now - s.detached_at > ttl:
+            s = self.by_slot[slot]
+            if now - s.detached_at > ttl:
                 self._close(s, "idle_timeout")
                 n += 1
         return n
