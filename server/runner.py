@@ -8,6 +8,7 @@ from server import logredact
 from server.app import configure_logging, create_app, drain
 from server.limits import uvicorn_options
 from server.settings import Settings
+from server.ws_direct import uvicorn_ws_option
 
 
 class S4DServer(uvicorn.Server):
@@ -37,7 +38,8 @@ def build_server(settings: Settings, *, engine_endpoints: list[str] | None = Non
         ws_max_size=max(4 * settings.max_frame_bytes, 1 << 22),
         timeout_graceful_shutdown=int(settings.graceful_timeout_s) + 1,
         lifespan="on",
-        **{**uvicorn_options(settings), **uvicorn_kwargs},  # TLS, timeouts, connection cap
+        # TLS, timeouts, connection cap; the WebSocket protocol with the streams' direct lane
+        **{**uvicorn_options(settings), **uvicorn_ws_option(), **uvicorn_kwargs},
     )
     logredact.install()  # session ids out of access / WebSocket log lines
     return S4DServer(config, app)

@@ -2,9 +2,14 @@
 
 One `StreamConnection` per socket. It validates every message, decodes bytes into samples and
 hands them to its `StreamHandle` (which batches them to the engine per tick); it stops reading
-while the session holds `max_buffer_samples` unconsumed samples (backpressure). A sender task
-writes results, replies and errors in order. A bad client gets an `error` and a close code;
-nothing it sends can reach another session.
+while the session holds `max_buffer_samples` unconsumed samples (backpressure). Results,
+replies and errors go out in order. A bad client gets an `error` and a close code; nothing it
+sends can reach another session.
+
+Under server.ws_direct's protocol an attached stream's audio and results skip the ASGI queues
+(the `direct lane`): binary messages are decoded inside the protocol's `data_received` while the
+reader waits with nothing queued, and a result is written at once while nothing waits in the
+outbox. Anything else (control messages, a full buffer, a close) takes the ASGI path in order.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from server.errors import StreamError
 from server.frontend.client import EngineUnavailable, StreamHandle
 from server.frontend.decoder import ENCODINGS, SampleDecoder
 from server.state import ServerState
+from server.ws_direct import DIRECT
 
 #: scope key of the server's own ASGI `send` (set by server.app.RawWebSocketSend)
 RAW_SEND = "s4d.raw_send"
@@ -84,16 +90,29 @@ class StreamConnection:
         self._finishing = False
         self._finished = asyncio.Event()
         self._failed: StreamError | None = None
+        # the direct lane (server.ws_direct), when the server offers it
+        self._direct = ws.scope.get(DIRECT)
+        self._last_lane_rx = float("-inf")  # loop time of the last message the lane took
+        self._eager = False  # results may be written at once (after `started`)
+        self._pending = 0  # outbox items not yet written: while any, later ones queue behind
+        self._decoder: SampleDecoder | None = None
 
     # ---- plumbing ----------------------------------------------------------------------
     async def _receive(self, timeout: float | None = None,
                        what: str = "a message") -> tuple[str, Any] | None:
         """The next message; `timeout` (s): a client that sends nothing for that long gets
         `timeout` (it must not hold a connection, and a state slot, forever)."""
-        try:
-            m = await asyncio.wait_for(self.ws.receive(), timeout or None)
-        except asyncio.TimeoutError:
-            raise StreamError("timeout", f"no {what} within {timeout:g} s") from None
+        loop = asyncio.get_running_loop()
+        t0, wait = loop.time(), timeout
+        while True:
+            try:
+                m = await asyncio.wait_for(self.ws.receive(), wait or None)
+                break
+            except asyncio.TimeoutError:  # messages the direct lane took count as activity
+                quiet = loop.time() - max(t0, self._last_lane_rx)
+                if quiet >= timeout:
+                    raise StreamError("timeout", f"no {what} within {timeout:g} s") from None
+                wait = timeout - quiet
         if m["type"] == "websocket.disconnect":
             return None
         limit = self.st.settings.max_frame_bytes
@@ -119,7 +138,27 @@ class StreamConnection:
         return "json", obj
 
     def send(self, msg) -> None:
+        """In order: written at once on the direct lane when nothing waits, else queued for
+        the sender task."""
+        if (self._eager and not self._pending and type(msg) is dict
+                and self._direct.send_text_now(orjson.dumps(msg))):
+            return
+        self._pending += 1
         self.outbox.put_nowait(msg)
+
+    def _take_bytes(self, data: bytes) -> bool:
+        """The direct lane's sink: a binary message decoded and queued for the engine now.
+        Declines (False: the reader gets it through ASGI, in order) whenever the plain path
+        must decide: the reader is busy, backpressure, a finish under way, a bad message."""
+        h = self.handle
+        if (h.closed or self._finishing or not h.space.is_set()
+                or len(data) > self.st.settings.max_frame_bytes):
+            return False
+        rows = self._decoder.feed(data)  # a StreamError leaves it unchanged: declined
+        now = asyncio.get_running_loop().time()
+        h.push(rows, now)
+        self._last_lane_rx = now
+        return True
 
     async def _send_direct(self, msg: dict, close: int | None = None) -> None:
         try:
@@ -143,6 +182,7 @@ class StreamConnection:
                         await ws.close(item[1])
                     return
                 await send({"type": "websocket.send", "text": orjson.dumps(item).decode()})
+                self._pending -= 1
         except asyncio.CancelledError:
             raise
         except Exception:  # peer gone: the reader sees the disconnect
@@ -229,6 +269,9 @@ class StreamConnection:
             log.exception("stream model=%s: unexpected error", self.model)
             await self._fail(StreamError("internal", f"unexpected server error: {type(exc).__name__}"))
         finally:
+            if self._direct is not None:
+                self._direct.binary_sink = None
+            self._eager = False
             self._detach()
             self.st.connections.discard(self)
 
@@ -277,7 +320,8 @@ class StreamConnection:
         h.detector = stream_events.detector(events, meta)
         held = h.received
         offset = held if p["offset"] is None else p["offset"]
-        decoder = SampleDecoder(p["encoding"], meta.input_channels, skip=held - offset)
+        decoder = self._decoder = SampleDecoder(p["encoding"], meta.input_channels,
+                                                skip=held - offset)
         if st.shutting_down:  # raced with the drain while opening
             h.client.close(h, "shutdown") if p["session_id"] is None else h.client.detach(h)
             h.closed = True
@@ -291,6 +335,8 @@ class StreamConnection:
         }).decode())
         self.sender = asyncio.get_running_loop().create_task(self._sender_loop())
         loop = asyncio.get_running_loop()
+        lane = self._direct
+        self._eager = lane is not None
 
         while True:
             if not h.space.is_set():  # backpressure: stop reading until the engine drains
@@ -298,7 +344,13 @@ class StreamConnection:
             if h.closed or self._finishing:
                 await self._until_finished()
                 return
-            m = await self._receive(st.settings.stream_idle_timeout_s, "data")
+            if lane is not None:  # armed while this reader waits (server.ws_direct)
+                lane.arm(self._take_bytes)
+            try:
+                m = await self._receive(st.settings.stream_idle_timeout_s, "data")
+            finally:
+                if lane is not None:
+                    lane.binary_sink = None
             if m is None:
                 return
             kind, obj = m

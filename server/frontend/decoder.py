@@ -27,13 +27,13 @@ class SampleDecoder:
         self.skip = skip
 
     def feed(self, data: bytes) -> np.ndarray:
+        """Samples of `data` (after the bytes kept from the last call). On a StreamError
+        nothing changes: the caller may hand the same bytes in again."""
         if self.pending:
             data = self.pending + data
-            self.pending = b""
         whole = len(data) - len(data) % self.sample_bytes
-        if whole < len(data):
-            self.pending = bytes(data[whole:])
         if not whole:
+            self.pending = bytes(data)
             return np.zeros((0, self.channels), np.float32)
         values = np.frombuffer(data, dtype=self._dtype, count=whole // self._dtype.itemsize)
         if self.encoding == "f32le":
@@ -42,6 +42,7 @@ class SampleDecoder:
             rows = values.astype(np.float32).reshape(-1, self.channels)
         else:
             rows = (values.astype(np.float32) * self._scale).reshape(-1, self.channels)
+        self.pending = bytes(data[whole:]) if whole < len(data) else b""
         if self.skip:
             dropped = min(self.skip, len(rows))
             rows = rows[dropped:]

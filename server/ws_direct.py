@@ -1,0 +1,81 @@
+"""uvicorn's sans-I/O WebSocket protocol with a direct lane for a stream's audio and results.
+
+Through ASGI every 20 ms frame costs two task switches: the protocol queues the message and
+wakes the app's reader coroutine (twenty frames deep in middleware), and each result goes
+through a queue to a sender task. This protocol lets an attached stream (server/ws.py) take a
+complete binary message synchronously inside `data_received`, and write a result synchronously
+to the transport, with the same framing and the same guards as uvicorn's own `send`.
+
+The lane is only ever a shortcut past an empty queue: the app's reader arms it each time it
+waits with nothing queued, and the moment any message takes uvicorn's path (a control message,
+or a binary one the stream declined) it is disarmed until the reader has dealt with that
+message and waits again, so nothing overtakes it. Handshake, control messages, pings, close and
+disconnect stay uvicorn's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+#: scope key under which the protocol offers itself to the app
+DIRECT = "s4d.ws_direct"
+
+try:  # uvicorn >= 0.35 with websockets >= 13 has the sans-I/O implementation
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+    from websockets.exceptions import InvalidState
+except ImportError:  # pragma: no cover - older uvicorn: streams use the plain ASGI path
+    WebSocketsSansIOProtocol = None
+
+
+if WebSocketsSansIOProtocol is not None:
+
+    class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
+        #: armed by the app's reader while it waits: bytes -> True if it took the message;
+        #: disarmed whenever a message goes to the app's queue
+        binary_sink: Callable[[bytes], bool] | None = None
+
+        def arm(self, sink: Callable[[bytes], bool]) -> None:
+            """Let `sink` take binary messages until one goes to the queue (not while any
+            message waits there: it must reach the reader first)."""
+            self.binary_sink = sink if self.queue.empty() else None
+
+        def handle_connect(self, event) -> None:
+            super().handle_connect(event)
+            scope = getattr(self, "scope", None)
+            if scope is not None:  # the app task is created but has not run yet
+                scope[DIRECT] = self
+
+        def handle_bytes(self, event) -> None:
+            sink = self.binary_sink
+            if sink is not None and event.fin and not self.close_sent and self.queue.empty():
+                try:
+                    if sink(event.data):
+                        return
+                except Exception:  # the ASGI path redoes it and reports any error
+                    pass
+            super().handle_bytes(event)
+
+        def send_receive_event_to_app(self) -> None:
+            self.binary_sink = None  # the reader has a message to handle first
+            super().send_receive_event_to_app()
+
+        def send_text_now(self, data: bytes) -> bool:
+            """A text message written now (as uvicorn's `websocket.send` would); False when
+            the connection can no longer take one (the caller falls back to ASGI send)."""
+            if (self.close_sent or not self.handshake_complete
+                    or self.initial_response is not None or self.transport.is_closing()):
+                return False
+            try:
+                self.conn.send_text(data)
+            except InvalidState:
+                return False
+            self.transport.write(b"".join(self.conn.data_to_send()))
+            return True
+
+else:  # pragma: no cover
+    DirectWebSocketProtocol = None
+
+
+def uvicorn_ws_option() -> dict:
+    """uvicorn.Config keyword selecting this protocol (nothing where uvicorn lacks it)."""
+    return {"ws": DirectWebSocketProtocol} if DirectWebSocketProtocol is not None else {}
