@@ -6,8 +6,9 @@
 # (W:N starts that config's sweep at N streams; default START). STREAMS="2000,2048" REPEAT=2
 # runs just those counts instead of a sweep. On a host with more cores give the load generator
 # more: SERVER_CPUS=0-15 CLIENT_CPUS=16-63 PROCS=40. P99 = the pass rule's p99 in ms.
-# PROFILE_AFTER=S (with py-spy installed): S seconds into each config, py-spy records the engine
-# and the first front-end for PROFILE_SECONDS (default 5) into $OUT/prof_*.txt (collapsed stacks).
+# PROFILE_AFTER=S (with py-spy installed): S seconds after the engine starts, py-spy records the
+# engine and the first front-end for PROFILE_SECONDS (default 5) into $OUT/prof_*.txt (collapsed
+# stacks; PROFILE_FLAGS=--native adds C frames).
 # "base" = the single-process server as of commit 610238e, unpacked in .baseline/.
 set -u
 OUT=${OUT:-/tmp/s4d-gpu-out}; MODEL=${MODEL:-kws-s4d}; CONFIGS=${CONFIGS:-"base 0 4 8 15"}
@@ -31,10 +32,11 @@ common=("${one[@]}" --model "$MODEL" --duration "$DUR" --warmup 1 --max-streams 
         --p99-ms "$P99")
 profile() {  # $1 = tag; samples the server's busiest processes while the load runs
   [ -n "${PROFILE_AFTER:-}" ] && command -v py-spy >/dev/null || return 0
-  sleep "$PROFILE_AFTER"
+  for _ in $(seq 600); do pgrep -x s4d-engine-0 >/dev/null && break; sleep 0.5; done
+  sleep "$PROFILE_AFTER"  # counted from the engine's start
   for name in s4d-engine-0 s4d-frontend-0; do
     pid=$(pgrep -x "$name" | head -1); [ -n "$pid" ] || continue
-    py-spy record --nonblocking --threads -r 200 -d "${PROFILE_SECONDS:-5}" -f raw -p "$pid" \
+    py-spy record --nonblocking --threads ${PROFILE_FLAGS:-} -r 200 -d "${PROFILE_SECONDS:-5}" -f raw -p "$pid" \
       -o "$OUT/prof_$1_$name.txt" >/dev/null 2>&1 &
   done
   wait

@@ -87,4 +87,10 @@ def engine_main(settings_json: str, endpoint: str, device: str | None = None,
     settings = Settings.model_validate_json(settings_json)
     configure_logging(settings.log_level)
     set_process_name(f"s4d-engine-{index}")
-    asyncio.run(serve_engine(settings, endpoint, device, index))
+    main = serve_engine(settings, endpoint, device, index)
+    try:  # uvicorn[standard] brings uvloop and the front-ends run on it; the engine's loop
+        import uvloop  # handles every tick of every front-end, and its callbacks cost less there
+    except ImportError:  # pragma: no cover - a plain asyncio loop serves the same
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
