@@ -340,7 +340,8 @@ def _cpu_times(pid: int | None) -> float | None:
 
 
 def _cpu_by_process(pid: int | None) -> dict[str, float]:
-    """CPU seconds of the server and each child, by process name (s4d-engine-0, ...)."""
+    """CPU seconds of the server and each child, by process name (s4d-engine-0, ...), and of
+    each engine's main thread."""
     if pid is None:
         return {}
     try:
@@ -352,6 +353,11 @@ def _cpu_by_process(pid: int | None) -> dict[str, float]:
             try:
                 name = p.name() if p.pid != pid else "server"
                 out[f"{name}:{p.pid}"] = sum(p.cpu_times()[:2])
+                if name.startswith("s4d-engine"):  # its event loop's thread apart from the
+                    # device lanes (a lane waiting on the GPU may spin: that is not the loop)
+                    main = [t for t in p.threads() if t.id == p.pid]
+                    if main:
+                        out[f"main-thread-of-{name}:{p.pid}"] = main[0].user_time + main[0].system_time
             except psutil.Error:
                 pass
         return out

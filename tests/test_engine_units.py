@@ -13,7 +13,7 @@ from server.backends.base import Backend, ModelMetadata
 from server.engine.buffers import RingOverflow, SlotBuffers, write_ring
 from server.engine.lane import DeviceLane
 from server.engine.model_engine import ModelEngine
-from server.engine.planner import bucket, buckets_upto, plan_round
+from server.engine.planner import bucket, buckets_upto, plan_round, split_batch
 from server.engine.wire import decode, encode
 from server.errors import StreamError
 from server.frontend.decoder import SampleDecoder
@@ -47,6 +47,15 @@ def test_plan_full_frames_and_flushes():
 
 
 # ---- sample rings ----------------------------------------------------------------------
+def test_split_batch_keeps_steps_within_the_fast_path():
+    slots = np.arange(2560)
+    parts = split_batch(slots, 2048)
+    assert [len(p) for p in parts] == [1280, 1280]
+    assert np.array_equal(np.concatenate(parts), slots)
+    assert [len(p) for p in split_batch(np.arange(5), 2)] == [2, 2, 1]
+    assert split_batch(slots, None)[0] is slots and split_batch(slots, 4096)[0] is slots
+
+
 def test_ring_write_read_wraps_and_refuses_overflow():
     b = SlotBuffers(capacity=3, ring=8, channels=2, classes=2)
     g = [b.open(s) for s in range(3)]
@@ -330,6 +339,11 @@ def test_rounds_step_full_frames_and_backlogs_catch_up_back_to_back():
         assert [tuple(s) for s in be.steps] == [(2, 8), (1, 8), (1, 8)]
         assert me.buffers.consumed[slots].tolist() == [24, 8]
         assert not await me._round()  # 3 samples left: less than a frame
+        be.max_step_batch = 1  # a round above the backend's fast path: one step per session
+        push(me, slots, gens, np.array([5, 8]), np.ones((13, 1), np.float32))
+        assert await me._round()
+        assert [tuple(s) for s in be.steps[3:]] == [(1, 8), (1, 8)]
+        assert me.buffers.consumed[slots].tolist() == [32, 16]
         await me.stop()
         lane.stop()
 

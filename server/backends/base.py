@@ -188,6 +188,9 @@ class Backend(ABC):
     #: pad stream batches to the planner's bucket sizes (fixed shapes for captured graphs);
     #: on a CPU padding rows are pure extra work, so backends that gain nothing leave it off
     pads_batches: bool = False
+    #: the largest batch a step runs on its fast path (captured graphs); the engine splits a
+    #: larger round into balanced steps below it (None: any batch)
+    max_step_batch: int | None = None
 
     def step_slots(self, storage: SlabStorage, slots: Sequence[int],
                    frames: np.ndarray) -> np.ndarray:

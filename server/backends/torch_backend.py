@@ -78,6 +78,7 @@ class TorchBackend(Backend):
 
             self.graphs = GraphCache(streaming, metadata.input_channels)
             self.pads_batches = True  # captured graphs have fixed batch sizes
+            self.max_step_batch = self.graphs.max_batch  # above it a step would run eagerly
 
     @classmethod
     def load(cls, checkpoint_dir: Path, device: str, *, name: str | None = None) -> TorchBackend:

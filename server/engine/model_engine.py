@@ -21,7 +21,7 @@ from server import snapshot as snapshots
 from server.batcher import PredictBatcher
 from server.engine.buffers import RingOverflow, SlotBuffers, ring_shape
 from server.engine.lane import DeviceLane
-from server.engine.planner import bucket, plan_round
+from server.engine.planner import bucket, plan_round, split_batch
 from server.errors import StreamError
 from server.metrics import Metrics
 from server.probs import softmax
@@ -397,8 +397,8 @@ class ModelEngine:
         if rnd.empty:
             return False
         self.lane.hold()  # our next step follows right after this one
-        if len(rnd.full):
-            await self._step(rnd.full, self.frame)
+        for part in split_batch(rnd.full, self.backend.max_step_batch) if len(rnd.full) else ():
+            await self._step(part, self.frame)
         for length, group in rnd.partial.items():
             await self._step(group, length)
         await self._finish_flushes(rnd.finished)

@@ -49,6 +49,16 @@ class Round:
         return not len(self.full) and not self.partial and not len(self.finished)
 
 
+def split_batch(slots: np.ndarray, limit: int | None) -> list[np.ndarray]:
+    """`slots` as steps of at most `limit` sessions, balanced (2,560 at a limit of 2,048: two
+    of 1,280). A round larger than the largest captured graph would otherwise run eagerly
+    (several times slower, and a compiled step would recompile for it) just when the engine
+    has fallen behind and needs its fastest step."""
+    if limit is None or len(slots) <= limit:
+        return [slots]
+    return np.array_split(slots, -(-len(slots) // limit))
+
+
 def plan_round(slots: np.ndarray, avail: np.ndarray, flushing: np.ndarray, *,
                frame: int, patch: int) -> Round:
     """`slots` / `avail`: active sessions and their buffered samples; `flushing`: slots with a
