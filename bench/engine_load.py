@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import resource
 import time
@@ -81,6 +82,15 @@ async def run(args: argparse.Namespace) -> dict:
     phase = np.arange(args.sessions) * frame_s / args.sessions  # staggered frame boundaries
     sent = np.zeros(args.sessions, np.int64)  # frames written per session
     owner = np.arange(args.sessions) % len(fes)
+    pauses: list[tuple[int, float]] = []  # (generation, seconds) of every collection
+    started: list[float] = []
+
+    def on_gc(phase: str, info: dict) -> None:
+        if phase == "start":
+            started.append(time.perf_counter())
+        elif started:
+            pauses.append((info["generation"], time.perf_counter() - started.pop()))
+
     loop = asyncio.get_running_loop()
     t_start = loop.time()
     window = (t_start + args.warmup, t_start + args.warmup + args.duration)
@@ -92,8 +102,10 @@ async def run(args: argparse.Namespace) -> dict:
         now = loop.time()
         if "start" not in marks and now >= window[0]:
             marks["start"] = (time.thread_time(), _cpu_s(), answered[0], fe_cpu, now)
+            gc.callbacks.append(on_gc)
         if now >= window[1]:
             marks["end"] = (time.thread_time(), _cpu_s(), answered[0], fe_cpu, now)
+            gc.callbacks.remove(on_gc)
             break
         c0 = time.thread_time()
         due = np.floor((now - t_start - phase) / frame_s).astype(np.int64) + 1
@@ -125,6 +137,10 @@ async def run(args: argparse.Namespace) -> dict:
         "engine_main_us_per_frame": round(main_us, 2),
         "lane_and_other_threads_us_per_frame": round(1e6 * ((p1 - p0) - (m1 - m0)) / frames, 2),
         "main_thread_busy": round(((m1 - m0) - (f1 - f0)) / (t1 - t0), 3),
+        # the cyclic collector in the window: collections per generation, longest pause
+        "gc_collections": [sum(g == k for g, _ in pauses) for k in range(3)],
+        "gc_longest_ms": round(1e3 * max((d for _, d in pauses), default=0.0), 2),
+        "gc_frozen_objects": gc.get_freeze_count(),
     }
 
 

@@ -19,6 +19,7 @@ from server import auth, oip_grpc, oip_v2, rest, sessions_api
 from server.errors import ApiError
 from server.frontend.client import EngineClient, EnginePool
 from server.frontend.links import InprocLink, ZmqLink
+from server.gcfreeze import freeze_startup_objects
 from server.metrics import Metrics
 from server.routes import openapi
 from server.settings import Settings
@@ -133,6 +134,7 @@ def create_app(settings: Settings | None = None, *, engine_endpoints: list[str] 
             for c, endpoint in zip(clients, engine_endpoints, strict=True):
                 c.link = ZmqLink(endpoint, identity)
         await pool.start()
+        freeze_startup_objects()  # this process's start-up objects: no collector pauses
         grpc_server = await oip_grpc.start(app)  # None unless settings.grpc_port
         try:
             yield

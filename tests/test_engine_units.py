@@ -348,3 +348,11 @@ def test_rounds_step_full_frames_and_backlogs_catch_up_back_to_back():
         lane.stop()
 
     asyncio.run(main())
+
+
+def test_server_start_freezes_its_startup_objects(live_server):
+    """After start-up the collector no longer walks the models' and libraries' objects (the
+    test server runs in this process)."""
+    import gc
+
+    assert gc.get_freeze_count() > 10_000

@@ -25,6 +25,7 @@ from server.engine.model_engine import ModelEngine
 from server.engine.planner import buckets_upto
 from server.engine.wire import ArrayList, lift_arrays
 from server.errors import StreamError
+from server.gcfreeze import freeze_startup_objects
 from server.metrics import Metrics
 from server.settings import Settings
 
@@ -201,6 +202,7 @@ class Engine:
                      meta.device, meta.streamable, meta.frame_size, meta.sample_rate,
                      len(meta.classes), meta.parameters, time.perf_counter() - t0)
         self.ready = True
+        freeze_startup_objects()
         log.info("ready models=%s", ",".join(self.by_name) or "(none)")
 
     def _ring_alloc(self, shape: tuple[int, ...]) -> tuple[np.ndarray, dict]:
