@@ -10,6 +10,10 @@ the pyzmq path does, and reports CPU microseconds per answered frame: the engine
 
     python -m bench.engine_load --checkpoints checkpoints --model kws-s4d --sessions 2000
 
+`bench.engine_overhead` asks how fast the engine's Python work can go (a no-op step, as fast as
+possible); this one asks how busy a real engine is at real time, with the model's real step on
+its device, the main thread apart from the lane.
+
 `--null-step` swaps the model's step for one that returns zero logits and the state unchanged:
 on a CPU the real step of 2,000 sessions cannot keep real time, and what is measured here is
 the host path around it (on a GPU the step is a graph replay on the lane thread).
