@@ -19,7 +19,7 @@ from server import auth, oip_grpc, oip_v2, rest, sessions_api
 from server.errors import ApiError
 from server.frontend.client import EngineClient, EnginePool
 from server.frontend.links import InprocLink, ZmqLink
-from server.gcfreeze import freeze_startup_objects
+from server.gc_pauses import freeze_startup_objects
 from server.metrics import Metrics
 from server.routes import openapi
 from server.settings import Settings
@@ -136,9 +136,11 @@ def create_app(settings: Settings | None = None, *, engine_endpoints: list[str] 
         await pool.start()
         freeze_startup_objects()  # this process's start-up objects: no collector pauses
         grpc_server = await oip_grpc.start(app)  # None unless settings.grpc_port
+        unwatch_gc = metrics.watch_gc("frontend" if engine_endpoints else "server")
         try:
             yield
         finally:
+            unwatch_gc()
             await oip_grpc.stop(grpc_server, settings.graceful_timeout_s)
             await drain(st)
             await pool.stop()

@@ -102,6 +102,10 @@ class Metrics:
         self.snapshot_seconds = Histogram(
             "s4d_snapshot_seconds", "One snapshot (capture, encode, store) or one periodic wave",
             ["kind"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.gc_pause = Histogram(
+            "s4d_gc_pause_seconds", "Pauses of the cyclic garbage collector: the whole process "
+            "(and every stream it serves) waits", ["process", "generation"],
+            buckets=_LATENCY_BUCKETS, registry=r)
         self.sessions_restored = Counter(
             "s4d_sessions_restored", "Sessions restored from a snapshot (resume or operator)",
             ["model"], registry=r)
@@ -116,6 +120,14 @@ class Metrics:
             m.labels(model=model)
         self.batch_size.labels(model=model)
         self.step_latency.labels(model=model)
+
+    def watch_gc(self, process: str):
+        """Record this process's collector pauses (`process`: engine, frontend or server);
+        returns the function that stops it."""
+        from server.gc_pauses import watch_pauses
+
+        series = [self.gc_pause.labels(process=process, generation=str(g)) for g in range(3)]
+        return watch_pauses(lambda gen, seconds: series[gen].observe(seconds))
 
     def error(self, code: str) -> None:
         self.errors.labels(code=code).inc()

@@ -170,6 +170,20 @@ def test_metrics_after_a_run(live_server, ws_client):
                   method="POST", status="200") >= 1
 
 
+def test_collector_pauses_are_observed(live_server):
+    """A collection in the server's process (the test server runs in this one) is a pause on
+    /metrics."""
+    import gc
+
+    def count() -> float:
+        return metric(live_server.metrics_text(), "s4d_gc_pause_seconds_count",
+                      process="server", generation="2")
+
+    before = count()
+    gc.collect()
+    assert count() >= before + 1
+
+
 def test_models_metadata_and_openapi(live_server):
     c = live_server.client()
     models = {m["name"]: m for m in c.get("/v1/models").json()["models"]}

@@ -25,7 +25,7 @@ from server.engine.model_engine import ModelEngine
 from server.engine.planner import buckets_upto
 from server.engine.wire import ArrayList, lift_arrays
 from server.errors import StreamError
-from server.gcfreeze import freeze_startup_objects
+from server.gc_pauses import freeze_startup_objects
 from server.metrics import Metrics
 from server.settings import Settings
 

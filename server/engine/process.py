@@ -38,6 +38,7 @@ async def serve_engine(settings: Settings, endpoint: str, device: str | None = N
         sock.send_multipart([identity, *encode(header, arrays)], copy=False)
 
     engine.attach_transport(send)
+    unwatch_gc = engine.metrics.watch_gc("engine")
     await engine.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -67,6 +68,7 @@ async def serve_engine(settings: Settings, endpoint: str, device: str | None = N
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     await engine.stop()
+    unwatch_gc()
     sock.close(linger=0)
 
 
