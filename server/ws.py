@@ -149,7 +149,8 @@ class StreamConnection:
     def _take_bytes(self, data: bytes) -> bool:
         """The direct lane's sink: a binary message decoded and queued for the engine now.
         Declines (False: the reader gets it through ASGI, in order) whenever the plain path
-        must decide: the reader is busy, backpressure, a finish under way, a bad message."""
+        must decide: backpressure, a finish under way, an oversized or bad message. (While
+        the reader handles a message the protocol keeps the lane disarmed.)"""
         h = self.handle
         if (h.closed or self._finishing or not h.space.is_set()
                 or len(data) > self.st.settings.max_frame_bytes):
