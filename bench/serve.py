@@ -321,6 +321,17 @@ def _pct(a: np.ndarray, q: float) -> float | None:
     return float(np.percentile(a, q)) if a.size else None
 
 
+def _late_bins(t: np.ndarray, top: int = 5) -> dict:
+    """Late frames by 100 ms of their due time (seconds after the window opened): how many
+    bins hold any, and the densest few as [start s, frames]."""
+    if not t.size:
+        return {"bins": 0, "densest": []}
+    bins, counts = np.unique(np.floor(t * 10).astype(np.int64), return_counts=True)
+    order = np.argsort(-counts, kind="stable")[:top]  # ties: earliest first
+    return {"bins": int(len(bins)),
+            "densest": [[round(float(bins[i]) / 10, 1), int(counts[i])] for i in order]}
+
+
 def _cpu_times(pid: int | None) -> float | None:
     if pid is None:
         return None
@@ -438,6 +449,10 @@ def run_once(args: argparse.Namespace, ctx: dict, n: int, pool: cf.Executor) -> 
         "server_latency_ms": {"p50": _pct(srv_lat, 50), "p99": _pct(srv_lat, 99)},
         "late_frames": late,
         "late_fraction": late / frames_measured if frames_measured else None,
+        # when and where: a stall of the server shows as a few dense 100 ms bins over many
+        # streams, a shortfall of capacity as late frames spread over the whole run
+        "late_streams": int(late_mask.any(axis=1).sum()),
+        "late_bins_100ms": _late_bins(due[late_mask] - w0),
         "missing_results": missing,
         "client_lag_ms": {"p50": _pct(lag, 50), "p99": lag_p99},
         "client_lagging": bool(saturated),
@@ -478,6 +493,16 @@ def _log(args: argparse.Namespace, msg: str) -> None:
     print(msg, file=sys.stderr if args.json else sys.stdout, flush=True)
 
 
+def late_where(r: dict) -> str:
+    """`  late in S streams, B bins of 100 ms (densest 12.3 s: n)` when any frame was late."""
+    if not r["late_frames"] or "late_bins_100ms" not in r:
+        return ""
+    bins = r["late_bins_100ms"]
+    top = bins["densest"][0]
+    return (f"  late in {r['late_streams']} streams, {bins['bins']} bins of 100 ms"
+            f" (densest {top[0]} s: {top[1]})")
+
+
 def _fmt(r: dict) -> str:
     lat = r["latency_ms"]
 
@@ -495,7 +520,7 @@ def _fmt(r: dict) -> str:
         f"  [{' '.join(f'{k.split(chr(58))[0]} {v:.0f}%' for k, v in top)}]"
         f"{'  CLIENT LAGGING' if r['client_lagging'] else ''}"
         f"{'  errors ' + str(r['error_count']) if r['error_count'] else ''}"
-        f"  {'PASS' if r['pass'] else 'FAIL'}"
+        f"{late_where(r)}  {'PASS' if r['pass'] else 'FAIL'}"
     )
 
 

@@ -357,6 +357,7 @@ def test_bench_serve_short(server, tmp_path):
     assert set(lat) >= {"p50", "p95", "p99", "max"} and 0 < lat["p50"] <= lat["p95"] <= lat["p99"]
     assert 0 < run["rtf"] <= 1.05 and isinstance(run["pass"], bool)
     assert 0 <= run["late_frames"] <= run["frames_measured"]
+    assert 0 <= run["late_streams"] <= run["streams"] and "bins" in run["late_bins_100ms"]
     passed = [r["streams"] for r in report["runs"] if r["pass"]]
     assert report["max_streams"] == (max(passed) if passed else None)
     if ckpt:
@@ -393,6 +394,17 @@ def test_async_client_results_iterator(server, kws_wav):
         range(320, len(x) + 1, 320)
     )
     np.testing.assert_allclose(_probs(final), _probs(ref), atol=1e-4)
+
+
+def test_bench_serve_says_when_frames_were_late():
+    from bench.serve import _late_bins, late_where
+
+    bins = _late_bins(np.array([0.01, 0.05, 0.07, 1.23, 5.0]))  # due times, s into the window
+    assert bins == {"bins": 3, "densest": [[0.0, 3], [1.2, 1], [5.0, 1]]}
+    assert _late_bins(np.array([])) == {"bins": 0, "densest": []}
+    line = late_where({"late_frames": 5, "late_streams": 2, "late_bins_100ms": bins})
+    assert line == "  late in 2 streams, 3 bins of 100 ms (densest 0.0 s: 3)"
+    assert late_where({"late_frames": 0, "late_streams": 0, "late_bins_100ms": bins}) == ""
 
 
 def test_bench_serve_stream_counts():
