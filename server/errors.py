@@ -31,6 +31,7 @@ WS_CLOSE_CODES: dict[str, int] = {
     "quota_exceeded": 1013,
     "session_forbidden": 1008,
     "timeout": 1008,
+    "slow_consumer": 1008,
     "store_unavailable": 1013,
     "shutting_down": 1001,
     "internal": 1011,

@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     max_buffer_samples: int = Field(
         16000 * 4, ge=1, description="per-session buffered samples before reading pauses"
     )
+    max_unsent_bytes: int = Field(
+        1 << 20, ge=1024, description="results written to a stream's socket and not yet taken "
+        "by the client; beyond it the client is too slow: `slow_consumer`, close 1008, the "
+        "session stays resumable")
     emit_every: int | None = Field(
         None, ge=0, description="default result period in samples (None = model frame size)"
     )

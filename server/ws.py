@@ -96,6 +96,7 @@ class StreamConnection:
         self._eager = False  # results may be written at once (after `started`)
         self._pending = 0  # outbox items not yet written: while any, later ones queue behind
         self._decoder: SampleDecoder | None = None
+        self._slow = False  # the client stopped reading its results (slow_consumer)
 
     # ---- plumbing ----------------------------------------------------------------------
     async def _receive(self, timeout: float | None = None,
@@ -142,9 +143,22 @@ class StreamConnection:
         the sender task."""
         if (self._eager and not self._pending and type(msg) is dict
                 and self._direct.send_text_now(orjson.dumps(msg))):
+            self._check_unsent()
             return
         self._pending += 1
         self.outbox.put_nowait(msg)
+
+    def _check_unsent(self) -> None:
+        """A client that does not read its results must not grow the server's memory without
+        bound: past `max_unsent_bytes` unread it gets `slow_consumer` and close 1008; its
+        session stays resumable (resume, then read)."""
+        lane, limit = self._direct, self.st.settings.max_unsent_bytes
+        if self._slow or lane is None or lane.unsent_bytes() <= limit:
+            return
+        self._slow, self._eager = True, False
+        err = StreamError("slow_consumer", f"more than {limit} bytes of results unread: "
+                          "resume the session and read its messages")
+        asyncio.get_running_loop().create_task(self._fail(err))
 
     def _take_bytes(self, data: bytes) -> bool:
         """The direct lane's sink: a binary message decoded and queued for the engine now.
@@ -184,6 +198,7 @@ class StreamConnection:
                     return
                 await send({"type": "websocket.send", "text": orjson.dumps(item).decode()})
                 self._pending -= 1
+                self._check_unsent()
         except asyncio.CancelledError:
             raise
         except Exception:  # peer gone: the reader sees the disconnect
@@ -244,8 +259,8 @@ class StreamConnection:
             self.send(err.to_message())
             self.send((_CLOSE, err.close_code))
             await self._wait_sender()
-            if err.code == "timeout":  # a silent client: free the connection, keep the session
-                h.client.detach(h)  # resumable for the idle TTL
+            if err.code in ("timeout", "slow_consumer"):  # free the connection, keep the
+                h.client.detach(h)  # session: resumable for the idle TTL
                 return
             h.client.close(h, "error")
             h.closed = True

@@ -55,6 +55,10 @@ if WebSocketsSansIOProtocol is not None:
                     pass
             super().handle_bytes(event)
 
+        def unsent_bytes(self) -> int:
+            """Bytes written to this connection that the client has not taken yet."""
+            return self.transport.get_write_buffer_size()
+
         def send_receive_event_to_app(self) -> None:
             self.binary_sink = None  # the reader has a message to handle first
             super().send_receive_event_to_app()

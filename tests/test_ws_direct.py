@@ -84,3 +84,45 @@ def test_streaming_past_the_idle_timeout_is_not_idle(start_server, checkpoint_di
     assert final["offset"] == len(x)
     probs_close(final["probabilities"], batch_predict(srv, "tiny", [x[:, None]])[0], 1e-5)
     assert silent["type"] == "error" and silent["code"] == "timeout"
+
+
+def test_a_client_that_does_not_read_gets_slow_consumer(start_server, checkpoint_dir):
+    """Results the client leaves unread pile up on the server only up to max_unsent_bytes:
+    then `slow_consumer`, close 1008, and the session resumes from where it was."""
+    import socket
+
+    srv = start_server(checkpoints=checkpoint_dir, models="tiny", max_unsent_bytes=4096)
+    x = (np.random.default_rng(5).standard_normal(400_000) * 0.3).astype("<f4")
+
+    async def main():
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a client that reads slowly
+        sock.connect(("127.0.0.1", srv.settings.port))
+        ws = await websockets.connect(srv.ws_url("tiny"), sock=sock, max_queue=1)
+        await ws.send(json.dumps({**START, "emit_every": 64}))
+        sid = json.loads(await ws.recv())["session_id"]
+        for conn in list(srv.server.server_state.connections):  # a slow link: small kernel
+            s = conn.transport.get_extra_info("socket")  # buffers on the server's side too
+            if s is not None and s.getpeername()[1] == sock.getsockname()[1]:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        for piece in np.array_split(x, 100):  # a result per 64 samples, none read meanwhile
+            await ws.send(piece.tobytes())
+        await asyncio.sleep(1.0)
+        msgs = []
+        try:
+            while True:
+                msgs.append(json.loads(await asyncio.wait_for(ws.recv(), 10)))
+        except websockets.ConnectionClosed:
+            pass
+        closed = ws.close_code
+        await asyncio.sleep(0.3)
+        async with websockets.connect(srv.ws_url("tiny")) as again:
+            await again.send(json.dumps({**START, "session_id": sid, "emit_every": 0}))
+            resumed = json.loads(await again.recv())
+        return msgs, closed, resumed, sid
+
+    msgs, closed, resumed, sid = asyncio.run(main())
+    assert msgs[-1]["type"] == "error" and msgs[-1]["code"] == "slow_consumer", msgs[-3:]
+    assert closed == 1008
+    assert resumed["type"] == "started" and resumed["session_id"] == sid
+    assert 0 < resumed["offset"] <= len(x)  # every sample taken before the close is held
