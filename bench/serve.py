@@ -321,6 +321,63 @@ def _pct(a: np.ndarray, q: float) -> float | None:
     return float(np.percentile(a, q)) if a.size else None
 
 
+_SCRAPED = ("s4d_step_latency_seconds_sum", "s4d_step_latency_seconds_count",
+            "s4d_scheduler_batch_size_sum", "s4d_gc_pause_seconds_sum",
+            "s4d_gc_pause_seconds_count", "s4d_step_latency_seconds_bucket")
+
+
+def _scrape(url: str) -> dict[str, float]:
+    """The server's /metrics series this bench reads ({} when it is not reachable)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except Exception:  # noqa: BLE001 - metrics private or server gone: nothing to add
+        return {}
+    out = {}
+    for line in text.splitlines():
+        if line.startswith(_SCRAPED):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out
+
+
+def _window_metrics(m0: dict, m1: dict, model: str) -> dict:
+    """Deltas over the window: steps of `model` (count, mean ms, mean batch, the bucket its
+    99th percentile falls in) and collector pauses by process (count, longest-possible total)."""
+    if not m0 or not m1:
+        return {}
+
+    def delta(key: str) -> float:
+        return m1.get(key, 0.0) - m0.get(key, 0.0)
+
+    sel = f'{{model="{model}"}}'
+    steps = delta(f"s4d_step_latency_seconds_count{sel}")
+    out: dict = {"steps": int(steps)}
+    if steps:
+        out["step_ms_mean"] = round(1e3 * delta(f"s4d_step_latency_seconds_sum{sel}") / steps, 3)
+        out["batch_mean"] = round(delta(f"s4d_scheduler_batch_size_sum{sel}") / steps, 1)
+        buckets = sorted(
+            (float(k.split('le="')[1].split('"')[0]), delta(k)) for k in m1
+            if k.startswith("s4d_step_latency_seconds_bucket") and f'model="{model}"' in k
+            and 'le="+Inf"' not in k)
+        p99 = next((le for le, n in buckets if n >= 0.99 * steps), None)
+        out["step_ms_p99_at_most"] = None if p99 is None else p99 * 1e3
+    gc_pauses: dict = {}
+    for key in m1:
+        if key.startswith("s4d_gc_pause_seconds_count"):
+            labels = dict(x.split("=") for x in key[key.index("{") + 1:-1].split(","))
+            proc = labels.get("process", "").strip('"')
+            n = delta(key)
+            if n:
+                g = gc_pauses.setdefault(proc, {"count": 0, "seconds": 0.0})
+                g["count"] += int(n)
+                g["seconds"] = round(g["seconds"] + delta(key.replace("_count", "_sum")), 4)
+    out["gc_pauses"] = gc_pauses
+    return out
+
+
 def _late_bins(t: np.ndarray, top: int = 5) -> dict:
     """Late frames by 100 ms of their due time (seconds after the window opened): how many
     bins hold any, and the densest few as [start s, frames]."""
@@ -406,10 +463,12 @@ def run_once(args: argparse.Namespace, ctx: dict, n: int, pool: cf.Executor) -> 
     w0, w1 = start_at + args.warmup, start_at + args.duration
     time.sleep(max(0.0, w0 - time.monotonic()))
     p0 = _cpu_by_process(ctx["server_pid"])
+    m0 = _scrape(ctx["url"])
     s0, t0 = _cpu_times(ctx["server_pid"]), time.monotonic()
     time.sleep(max(0.0, w1 - time.monotonic()))
     s1, t1 = _cpu_times(ctx["server_pid"]), time.monotonic()
     p1 = _cpu_by_process(ctx["server_pid"])
+    m1 = _scrape(ctx["url"])
     outs = [f.result(timeout=args.duration + 120) for f in futs]
 
     due = np.concatenate([o["due"] for o in outs])
@@ -471,6 +530,8 @@ def run_once(args: argparse.Namespace, ctx: dict, n: int, pool: cf.Executor) -> 
             for role, prefix in (("engine", "s4d-engine"), ("front-ends", "s4d-frontend"),
                                  ("server", "server"))
         } if acked else {},
+        # the server's own view of the window (its /metrics): device steps and collector pauses
+        "server_metrics": _window_metrics(m0, m1, args.model),
         "client_cpu_percent": 100 * client_cpu / total_s,
         "client_procs": procs,
         "open_s_max": max(o["open_s"] for o in outs),  # slowest worker to open its sessions
@@ -491,6 +552,16 @@ def run_once(args: argparse.Namespace, ctx: dict, n: int, pool: cf.Executor) -> 
 # ---------------------------------------------------------------------------- driver
 def _log(args: argparse.Namespace, msg: str) -> None:
     print(msg, file=sys.stderr if args.json else sys.stdout, flush=True)
+
+
+def server_view(r: dict) -> str:
+    """`  steps 2.6 ms x 1.8 sessions, gc engine 1 / frontend 2` from the server's /metrics."""
+    m = r.get("server_metrics") or {}
+    if not m.get("steps"):
+        return ""
+    gc_text = ", ".join(f"{p} {g['count']}" for p, g in sorted(m["gc_pauses"].items()))
+    return (f"  steps {m['step_ms_mean']:.1f} ms x {m['batch_mean']:.0f} sessions"
+            f"{'  gc ' + gc_text if gc_text else ''}")
 
 
 def late_where(r: dict) -> str:
@@ -520,7 +591,7 @@ def _fmt(r: dict) -> str:
         f"  [{' '.join(f'{k.split(chr(58))[0]} {v:.0f}%' for k, v in top)}]"
         f"{'  CLIENT LAGGING' if r['client_lagging'] else ''}"
         f"{'  errors ' + str(r['error_count']) if r['error_count'] else ''}"
-        f"{late_where(r)}  {'PASS' if r['pass'] else 'FAIL'}"
+        f"{server_view(r)}{late_where(r)}  {'PASS' if r['pass'] else 'FAIL'}"
     )
 
 

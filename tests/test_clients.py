@@ -365,6 +365,9 @@ def test_bench_serve_short(server, tmp_path):
         # one process serves here: all its CPU per answered frame is the "server" role's
         per_frame = run["server_cpu_us_per_frame"]
         assert per_frame["server"] > 0 and per_frame["engine"] == per_frame["front-ends"] == 0
+        seen = run["server_metrics"]  # the server's own /metrics over the window
+        assert seen["steps"] > 0 and seen["step_ms_mean"] > 0 and seen["batch_mean"] >= 1
+        assert isinstance(seen["gc_pauses"], dict)
 
 
 def test_async_client_results_iterator(server, kws_wav):
