@@ -28,13 +28,17 @@ import json, sys
 for r in json.load(open(sys.argv[1]))["runs"]:
     lat, cpu = r["latency_ms"], r.get("server_cpu_us_per_frame", {})
     fe = [v for k, v in r["server_cpu_percent_by_process"].items() if "frontend" in k]
-    eng = [v for k, v in r["server_cpu_percent_by_process"].items() if "engine" in k]
+    eng = [v for k, v in r["server_cpu_percent_by_process"].items()
+           if k.startswith("s4d-engine")]  # the process, not its main thread's own line
+    m = r.get("server_metrics") or {}
     print(f"{sys.argv[2]} N={r['streams']} p50/p95/p99={lat['p50']:.1f}/{lat['p95']:.1f}/"
           f"{lat['p99']:.1f} ms late={r['late_frames']}/{r['frames_measured']} "
           f"errors={r['error_count']} lag_p99={r['client_lag_ms']['p99']:.1f} "
           f"fe_us/frame={cpu.get('front-ends')} eng_us/frame={cpu.get('engine')} "
           f"fe_cpu={min(fe, default=0):.0f}-{max(fe, default=0):.0f}% "
-          f"engine_cpu={sum(eng):.0f}% pass={r['pass']}")
+          f"engine_cpu={max(eng, default=0):.0f}% steps={m.get('step_ms_mean')}ms"
+          f"x{m.get('batch_mean')} gc={m.get('gc_pauses')} late_streams={r.get('late_streams')} "
+          f"late_bins={r.get('late_bins_100ms')} pass={r['pass']}")
 PY
 }
 for round in $(seq "$ROUNDS"); do

@@ -4,8 +4,10 @@ the process serves waits for it."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import time
+from collections import deque
 from collections.abc import Callable
 
 
@@ -20,16 +22,47 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
-def watch_pauses(observe: Callable[[int, float], None]) -> Callable[[], None]:
-    """Call `observe(generation, seconds)` after every collection of this process; returns
-    the function that stops watching."""
-    started = [0.0]
+class PauseLog:
+    """Collector pauses, noted inside the collector's callback and handed on later.
 
-    def on_gc(phase: str, info: dict) -> None:
+    The callback runs wherever an allocation starts a collection, also in the middle of a
+    metric update that holds prometheus_client's (non-reentrant) lock: observing a metric
+    there deadlocked a front-end. So the callback only appends to a deque; `drain` (from the
+    event loop) passes the pauses on."""
+
+    def __init__(self, maxlen: int = 100_000):
+        self.pauses: deque[tuple[int, float]] = deque(maxlen=maxlen)
+        self._started = 0.0
+
+    def on_gc(self, phase: str, info: dict) -> None:
         if phase == "start":
-            started[0] = time.perf_counter()
+            self._started = time.perf_counter()
         else:
-            observe(info["generation"], time.perf_counter() - started[0])
+            self.pauses.append((info["generation"], time.perf_counter() - self._started))
 
-    gc.callbacks.append(on_gc)
-    return lambda: gc.callbacks.remove(on_gc) if on_gc in gc.callbacks else None
+    def drain(self, observe: Callable[[int, float], None]) -> None:
+        while self.pauses:
+            observe(*self.pauses.popleft())
+
+
+def watch_pauses(observe: Callable[[int, float], None], period_s: float = 1.0
+                 ) -> Callable[[], None]:
+    """`observe(generation, seconds)` for every collection of this process, called from the
+    running event loop every `period_s`; returns the function that stops watching."""
+    log = PauseLog()
+    gc.callbacks.append(log.on_gc)
+
+    async def pass_on() -> None:
+        while True:
+            await asyncio.sleep(period_s)
+            log.drain(observe)
+
+    task = asyncio.get_running_loop().create_task(pass_on(), name="gc-pauses")
+
+    def stop() -> None:
+        task.cancel()
+        if log.on_gc in gc.callbacks:
+            gc.callbacks.remove(log.on_gc)
+        log.drain(observe)
+
+    return stop

@@ -181,7 +181,28 @@ def test_collector_pauses_are_observed(live_server):
 
     before = count()
     gc.collect()
+    deadline = time.monotonic() + 5  # handed on from the event loop once a second
+    while count() < before + 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert count() >= before + 1
+
+
+def test_a_collection_inside_a_metric_update_does_not_deadlock(live_server):
+    """A collection may start inside any allocation, also while a metric's (non-reentrant)
+    lock is held: the collector's callback must not take it. Here the lock of the very series
+    the callback would update is held while another thread collects."""
+    import gc
+    import threading
+
+    metrics = live_server.server._s4d_app.state.s4d.metrics
+    series = metrics.gc_pause.labels(process="server", generation="2")
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (gc.collect(), done.set()), daemon=True)
+    with series._sum._lock:
+        worker.start()
+        finished = done.wait(5)
+    worker.join(10)
+    assert finished, "the collector's callback blocked on a metric lock"
 
 
 def test_models_metadata_and_openapi(live_server):
