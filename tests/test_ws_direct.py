@@ -86,7 +86,8 @@ def test_streaming_past_the_idle_timeout_is_not_idle(start_server, checkpoint_di
     assert silent["type"] == "error" and silent["code"] == "timeout"
 
 
-def test_a_client_that_does_not_read_gets_slow_consumer(start_server, checkpoint_dir):
+def test_a_client_that_does_not_read_gets_slow_consumer(start_server, checkpoint_dir,
+                                                        ws_client):
     """Results the client leaves unread pile up on the server only up to max_unsent_bytes:
     then `slow_consumer`, close 1008, and the session resumes from where it was."""
     import socket
@@ -108,13 +109,8 @@ def test_a_client_that_does_not_read_gets_slow_consumer(start_server, checkpoint
         for piece in np.array_split(x, 100):  # a result per 64 samples, none read meanwhile
             await ws.send(piece.tobytes())
         await asyncio.sleep(1.0)
-        msgs = []
-        try:
-            while True:
-                msgs.append(json.loads(await asyncio.wait_for(ws.recv(), 10)))
-        except websockets.ConnectionClosed:
-            pass
-        closed = ws.close_code
+        res = await ws_client.recv_all(ws, ws_client.StreamResult(), timeout=10)
+        msgs, closed = res.messages, res.close_code
         await asyncio.sleep(0.3)
         async with websockets.connect(srv.ws_url("tiny")) as again:
             await again.send(json.dumps({**START, "session_id": sid, "emit_every": 0}))
