@@ -321,59 +321,54 @@ def _pct(a: np.ndarray, q: float) -> float | None:
     return float(np.percentile(a, q)) if a.size else None
 
 
-_SCRAPED = ("s4d_step_latency_seconds_sum", "s4d_step_latency_seconds_count",
-            "s4d_scheduler_batch_size_sum", "s4d_gc_pause_seconds_sum",
-            "s4d_gc_pause_seconds_count", "s4d_step_latency_seconds_bucket")
+_SCRAPED = {"s4d_step_latency_seconds", "s4d_scheduler_batch_size", "s4d_gc_pause_seconds"}
 
 
-def _scrape(url: str) -> dict[str, float]:
-    """The server's /metrics series this bench reads ({} when it is not reachable)."""
+def _scrape(url: str) -> dict[tuple, float]:
+    """The server's /metrics samples this bench reads, by (name, sorted labels); {} when the
+    endpoint is not reachable (metrics private, server gone)."""
     import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
 
     try:
         with urllib.request.urlopen(f"{url}/metrics", timeout=5) as r:
             text = r.read().decode()
-    except Exception:  # noqa: BLE001 - metrics private or server gone: nothing to add
+    except Exception:  # noqa: BLE001 - nothing to add to the report
         return {}
-    out = {}
-    for line in text.splitlines():
-        if line.startswith(_SCRAPED):
-            key, _, value = line.rpartition(" ")
-            out[key] = float(value)
-    return out
+    return {(x.name, tuple(sorted(x.labels.items()))): x.value
+            for fam in text_string_to_metric_families(text) if fam.name in _SCRAPED
+            for x in fam.samples}
 
 
 def _window_metrics(m0: dict, m1: dict, model: str) -> dict:
     """Deltas over the window: steps of `model` (count, mean ms, mean batch, the bucket its
-    99th percentile falls in) and collector pauses by process (count, longest-possible total)."""
+    99th percentile falls in) and collector pauses by process (count, total seconds)."""
     if not m0 or not m1:
         return {}
 
-    def delta(key: str) -> float:
+    def delta(key: tuple) -> float:
         return m1.get(key, 0.0) - m0.get(key, 0.0)
 
-    sel = f'{{model="{model}"}}'
-    steps = delta(f"s4d_step_latency_seconds_count{sel}")
+    sel = (("model", model),)
+    steps = delta(("s4d_step_latency_seconds_count", sel))
     out: dict = {"steps": int(steps)}
     if steps:
-        out["step_ms_mean"] = round(1e3 * delta(f"s4d_step_latency_seconds_sum{sel}") / steps, 3)
-        out["batch_mean"] = round(delta(f"s4d_scheduler_batch_size_sum{sel}") / steps, 1)
-        buckets = sorted(
-            (float(k.split('le="')[1].split('"')[0]), delta(k)) for k in m1
-            if k.startswith("s4d_step_latency_seconds_bucket") and f'model="{model}"' in k
-            and 'le="+Inf"' not in k)
+        out["step_ms_mean"] = round(1e3 * delta(("s4d_step_latency_seconds_sum", sel)) / steps, 3)
+        out["batch_mean"] = round(delta(("s4d_scheduler_batch_size_sum", sel)) / steps, 1)
+        buckets = sorted((float(dict(labels)["le"]), delta((name, labels)))
+                         for name, labels in m1
+                         if name == "s4d_step_latency_seconds_bucket"
+                         and dict(labels).get("model") == model and dict(labels)["le"] != "+Inf")
         p99 = next((le for le, n in buckets if n >= 0.99 * steps), None)
         out["step_ms_p99_at_most"] = None if p99 is None else p99 * 1e3
     gc_pauses: dict = {}
-    for key in m1:
-        if key.startswith("s4d_gc_pause_seconds_count"):
-            labels = dict(x.split("=") for x in key[key.index("{") + 1:-1].split(","))
-            proc = labels.get("process", "").strip('"')
-            n = delta(key)
-            if n:
-                g = gc_pauses.setdefault(proc, {"count": 0, "seconds": 0.0})
-                g["count"] += int(n)
-                g["seconds"] = round(g["seconds"] + delta(key.replace("_count", "_sum")), 4)
+    for name, labels in m1:
+        n = delta((name, labels)) if name == "s4d_gc_pause_seconds_count" else 0
+        if n:
+            g = gc_pauses.setdefault(dict(labels)["process"], {"count": 0, "seconds": 0.0})
+            g["count"] += int(n)
+            g["seconds"] = round(g["seconds"] + delta(("s4d_gc_pause_seconds_sum", labels)), 4)
     out["gc_pauses"] = gc_pauses
     return out
 

@@ -24,7 +24,7 @@ from server.metrics import Metrics
 from server.routes import openapi
 from server.settings import Settings
 from server.state import ServerState
-from server.ws import RAW_SEND, stream_endpoint
+from server.ws import stream_endpoint
 
 log = logging.getLogger("s4d.app")
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -41,22 +41,6 @@ def configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     logging.getLogger("s4d").setLevel(level.upper())
-
-
-class RawWebSocketSend:
-    """Outermost for WebSockets: keeps the server's own `send` in the scope. After the
-    handshake a stream's messages go straight to it: every send wrapper between (the Host
-    guard, the key subprotocol, Starlette's exception tracking) acts only on the handshake, and
-    walking them for each result cost front-end CPU that serves streams."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "websocket":
-            scope[RAW_SEND] = send
-        await self.app(scope, receive, send)
-
 
 
 class LatencyMiddleware:
@@ -202,6 +186,5 @@ def create_app(settings: Settings | None = None, *, engine_endpoints: list[str] 
 
     openapi.customize(app, rest.BODY_MODELS)
     app.add_middleware(LatencyMiddleware, metrics=metrics)
-    auth.install(app, settings, metrics)  # API keys, Origin, CORS, trusted hosts
-    app.add_middleware(RawWebSocketSend)  # outermost of all
+    auth.install(app, settings, metrics)  # API keys, Origin, CORS, trusted hosts (outermost)
     return app

@@ -29,9 +29,6 @@ from server.frontend.decoder import ENCODINGS, SampleDecoder
 from server.state import ServerState
 from server.ws_direct import DIRECT
 
-#: scope key of the server's own ASGI `send` (set by server.app.RawWebSocketSend)
-RAW_SEND = "s4d.raw_send"
-
 log = logging.getLogger("s4d.ws")
 
 _TYPES = {"start", "reset", "end"}
@@ -185,10 +182,10 @@ class StreamConnection:
             pass
 
     async def _sender_loop(self) -> None:
-        """Messages in order; after the handshake text goes to the server's own send
-        (server.app.RawWebSocketSend), close through Starlette (it tracks the state)."""
-        ws = self.ws
-        send = ws.scope.get(RAW_SEND) or ws.send
+        """Messages in order; text straight to the transport where the server offers the
+        direct lane (past every middleware's send wrapper, which act only on the handshake),
+        else through Starlette; close through Starlette (it tracks the state)."""
+        ws, lane = self.ws, self._direct
         try:
             while True:
                 item = await self.outbox.get()
@@ -196,7 +193,11 @@ class StreamConnection:
                     if ws.application_state == WebSocketState.CONNECTED:
                         await ws.close(item[1])
                     return
-                await send({"type": "websocket.send", "text": orjson.dumps(item).decode()})
+                if lane is not None:
+                    if not lane.send_text_now(orjson.dumps(item)):
+                        return  # closing: the reader sees the disconnect
+                else:
+                    await ws.send_text(orjson.dumps(item).decode())
                 self._pending -= 1
                 self._check_unsent()
         except asyncio.CancelledError:

@@ -397,7 +397,7 @@ class ModelEngine:
         if rnd.empty:
             return False
         self.lane.hold()  # our next step follows right after this one
-        for part in split_batch(rnd.full, self.backend.max_step_batch) if len(rnd.full) else ():
+        for part in split_batch(rnd.full, self.backend.max_step_batch):
             await self._step(part, self.frame)
         for length, group in rnd.partial.items():
             await self._step(group, length)

@@ -53,7 +53,9 @@ def split_batch(slots: np.ndarray, limit: int | None) -> list[np.ndarray]:
     """`slots` as steps of at most `limit` sessions, balanced (2,560 at a limit of 2,048: two
     of 1,280). A round larger than the largest captured graph would otherwise run eagerly
     (several times slower, and a compiled step would recompile for it) just when the engine
-    has fallen behind and needs its fastest step."""
+    has fallen behind and needs its fastest step. No slots: no steps."""
+    if not len(slots):
+        return []
     if limit is None or len(slots) <= limit:
         return [slots]
     return np.array_split(slots, -(-len(slots) // limit))
