@@ -85,6 +85,9 @@ def choose_block(steps: int, block_size: int | None) -> int:
 class StreamingNetwork(nn.Module):
     """A frozen network that consumes frames and carries per-session state exactly."""
 
+    #: a one-block frame runs as the single full-frame GEMM below this batch size
+    single_gemm_below = 4
+
     def __init__(
         self,
         network: S4DNetwork,
@@ -93,6 +96,7 @@ class StreamingNetwork(nn.Module):
         device: torch.device | str | None = None,
         block_size: int | None = 64,
         precision: str = "fp32",
+        fused_core: bool | None = None,
     ):
         super().__init__()
         self.precision = check_precision(precision)
@@ -133,6 +137,24 @@ class StreamingNetwork(nn.Module):
         self.register_buffer("block_out_low", self.block_out.to(low) if low != dtype else g[:0])
         self.net = net.to(dtype)
         self._compiled_forward = None
+        self.fused_core = self._want_fused_core(fused_core, m)
+
+    def _want_fused_core(self, wanted: bool | None, modes: int) -> bool:
+        """Whether full frames run the Triton core (model/fused_core.py): by default on CUDA
+        in fp32 for frames of one block of at most fused_core.MAX_STEPS steps; True insists
+        (an error where it cannot run), False keeps the GEMM form."""
+        from . import fused_core
+
+        fits = (self.block == self.steps <= fused_core.MAX_STEPS and self.precision == "fp32"
+                and self.block_in.dtype == torch.float32)
+        if wanted is None:
+            return fits and self.device.type == "cuda" and fused_core.available(self.device)
+        if wanted and not (fits and fused_core.available(self.device)):
+            raise ValueError(
+                f"the fused core needs Triton on this device, float32, precision fp32 and a "
+                f"frame of one block of <= {fused_core.MAX_STEPS} steps (steps {self.steps}, "
+                f"block {self.block}, precision {self.precision})")
+        return bool(wanted)
 
     def compile(self, **options) -> StreamingNetwork:
         """Run the frame step through `torch.compile` (Inductor: fused Triton kernels on CUDA,
@@ -216,9 +238,21 @@ class StreamingNetwork(nn.Module):
         # (not when compiled: a branch on the batch size under a dynamic batch dimension, and
         # Inductor failed to lower the single GEMM for the ECG models; measured)
         single_gemm = (not fused and steps == self.steps and self.matrices.numel()
-                       and frames.shape[0] < 4 and exact_carry)
+                       and frames.shape[0] < self.single_gemm_below and exact_carry)
         h = self.net.embed(frames.to(self.dtype))  # [B, S, H]
-        new_re, new_im = [], []
+        count = count + steps
+        if self.fused_core and not fused and steps == self.steps:
+            from .fused_core import frame_core
+
+            # one kernel per layer reads the state and writes the new state in place of a stack
+            x_re, x_im = x_re.contiguous(), x_im.contiguous()
+            new_re, new_im = torch.empty_like(x_re), torch.empty_like(x_im)
+            h = run_blocks(self.net.blocks, h, lambda i, block, u: frame_core(
+                u, x_re[:, i], x_im[:, i], new_re[:, i], new_im[:, i], self.block_in[i],
+                self.block_out[i], self.block_carry[i]))
+            logits, pool = pooling_head(self.net, h, pool, count)
+            return logits.to(self.dtype), new_re, new_im, pool, count
+        re_parts, im_parts = [], []
 
         def core(i, block, u):
             u = u.permute(2, 0, 1)  # [H, B, S]
@@ -227,14 +261,14 @@ class StreamingNetwork(nn.Module):
                 y, xr, xi = self._core_full(self.matrices[i], u, xr, xi)
             else:
                 y, xr, xi = self._core_blocked(i, u, xr, xi)
-            new_re.append(xr.transpose(0, 1))
-            new_im.append(xi.transpose(0, 1))
+            re_parts.append(xr.transpose(0, 1))
+            im_parts.append(xi.transpose(0, 1))
             return y.permute(1, 2, 0).to(self.dtype)
 
         h = run_blocks(self.net.blocks, h, core)
-        count = count + steps
         logits, pool = pooling_head(self.net, h, pool, count)
-        return logits.to(self.dtype), torch.stack(new_re, 1), torch.stack(new_im, 1), pool, count
+        return (logits.to(self.dtype), torch.stack(re_parts, 1), torch.stack(im_parts, 1), pool,
+                count)
 
     def _core_full(self, g, u, xr, xi):
         """One GEMM: [u, Re x, Im x] @ G -> [y, Re x', Im x'] ([H, B, *])."""

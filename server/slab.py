@@ -15,17 +15,20 @@ from server.backends.base import SlabStorage, State
 
 
 class TorchSlabStorage:
-    """Device tensors [capacity, *row_shape] per state name (torch)."""
+    """Device tensors [capacity + 1, *row_shape] per state name (torch). Row `scratch_row`
+    (= capacity) belongs to no session: a captured whole-step graph points its padding rows
+    there (server/backends/cuda_graphs.py)."""
 
     def __init__(self, template: Mapping[str, Any], capacity: int, device: Any = None):
         import torch
 
         self._torch = torch
         self.capacity = int(capacity)
+        self.scratch_row = self.capacity
         with torch.inference_mode():
             self.tensors = {
                 k: torch.zeros(
-                    (self.capacity, *v.shape[1:]), dtype=v.dtype, device=device or v.device
+                    (self.capacity + 1, *v.shape[1:]), dtype=v.dtype, device=device or v.device
                 )
                 for k, v in template.items()
             }

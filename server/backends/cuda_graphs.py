@@ -7,15 +7,38 @@ graphs covers every step; partial frames (`end`, `reset`) and batches above `max
 eagerly (the same function, same numbers). All graphs share one memory pool: they are replayed
 one at a time on the device lane, and each replay's outputs are consumed (scattered into the
 slab, logits copied to the host) before the next.
+
+`SlabGraphedStep` puts the whole served step in one graph: the slab rows are gathered by an
+index tensor, stepped and scattered back inside the capture, the frames come in through a
+pinned buffer and the logits go out through one. The device lane then makes five torch calls
+per step instead of ~35, and each call is a point where the lane thread gives up the GIL and
+must win it back from the engine's event loop (up to the interpreter's switch interval, 5 ms
+by default, per call when the loop is busy: what made 2,000-stream steps take 8-10 ms).
 """
 
 from __future__ import annotations
 
 import logging
 
+import numpy as np
 import torch
 
 log = logging.getLogger("s4d.backend.torch")
+
+
+def capture(body, device, pool=None):
+    """(graph, body's outputs): `body` run twice on a side stream (lazy inits, autotune), then
+    captured. `body` must be safe to run for real (the warm-ups do run it)."""
+    side = torch.cuda.Stream(device=device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            body()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        out = body()
+    return graph, out
 
 
 class GraphedStep:
@@ -25,15 +48,8 @@ class GraphedStep:
         dev = streaming.device
         self.frames = torch.zeros((batch, length, channels), dtype=torch.float32, device=dev)
         self.state = {k: v.clone() for k, v in streaming.zero_state(batch).items()}
-        side = torch.cuda.Stream(device=dev)
-        side.wait_stream(torch.cuda.current_stream(dev))
-        with torch.cuda.stream(side):  # warm-up outside the capture (lazy inits, autotune)
-            for _ in range(2):
-                streaming.step(self.frames, self.state)
-        torch.cuda.current_stream(dev).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, pool=pool):
-            self.logits, self.new_state = streaming.step(self.frames, self.state)
+        self.graph, (self.logits, self.new_state) = capture(
+            lambda: streaming.step(self.frames, self.state), dev, pool)
 
     def __call__(self, frames: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
         self.frames.copy_(frames)
@@ -43,6 +59,47 @@ class GraphedStep:
         return self.logits, self.new_state
 
 
+class SlabGraphedStep:
+    """One served step of up to `batch` slab rows in one graph: gather the rows named by an
+    index tensor, step, scatter the new state back into the slab. Rows past the real ones
+    point at the slab's scratch row (`TorchSlabStorage.scratch_row`), so padding never
+    touches a session. Bound to one storage: its tensors' addresses are in the graph."""
+
+    def __init__(self, streaming, storage, batch: int, length: int, channels: int, pool=None):
+        dev = streaming.device
+        self.storage, self.batch, self.scratch = storage, batch, storage.scratch_row
+        self.frames = torch.zeros((batch, length, channels), dtype=torch.float32, device=dev)
+        self.index = torch.full((batch,), self.scratch, dtype=torch.long, device=dev)
+        self.frames_host = torch.zeros(self.frames.shape, dtype=torch.float32).pin_memory()
+        self.index_host = torch.full((batch,), self.scratch, dtype=torch.long).pin_memory()
+
+        def body():  # with the index on the scratch row, the warm-ups write nothing real
+            tensors = storage.tensors
+            state = {k: t.index_select(0, self.index) for k, t in tensors.items()}
+            logits, new = streaming.step(self.frames, state)
+            for k, t in tensors.items():
+                t.index_copy_(0, self.index, new[k])
+            return logits.float()
+
+        self.graph, self.logits = capture(body, dev, pool)
+        self.logits_host = torch.zeros(self.logits.shape, dtype=torch.float32).pin_memory()
+
+    def __call__(self, slots, frames) -> np.ndarray:
+        """Logits of `len(slots)` sessions after one frame each (`frames` [B', T, C] numpy,
+        len(slots) <= B' <= batch; rows past the slots are padding)."""
+        n = len(slots)
+        index, host = self.index_host.numpy(), self.frames_host.numpy()
+        index[:n] = slots
+        index[n:] = self.scratch
+        host[: len(frames)] = frames
+        host[len(frames):] = 0
+        self.index.copy_(self.index_host, non_blocking=True)
+        self.frames.copy_(self.frames_host, non_blocking=True)
+        self.graph.replay()
+        self.logits_host.copy_(self.logits)  # blocking: waits for the replay and the copies
+        return self.logits_host.numpy()[:n].copy()
+
+
 class GraphCache:
     """Graphs by (batch, frame length) up to `max_batch` rows: the buckets are captured at
     start-up (`TorchBackend.prepare_streaming`), any other size on first use."""
@@ -50,8 +107,31 @@ class GraphCache:
     def __init__(self, streaming, channels: int, *, max_batch: int = 2048):
         self.streaming, self.channels, self.max_batch = streaming, channels, max_batch
         self.graphs: dict[tuple[int, int], GraphedStep] = {}
+        self.slab_graphs: dict[tuple[int, int], SlabGraphedStep] = {}
+        self.storage = None  # the slab the slab graphs are bound to (the first one asked for)
         self.pool = torch.cuda.graph_pool_handle()
         self.disabled = False
+
+    def slab_step(self, storage, batch: int, length: int) -> SlabGraphedStep | None:
+        """The whole-step graph for `batch` rows of `storage`, or None (eager path): graphs
+        off, a size above `max_batch`, a partial frame, or another storage than the first."""
+        if self.disabled or batch > self.max_batch or length != self.streaming.frame_size:
+            return None
+        if self.storage is None:
+            self.storage = storage
+        elif storage is not self.storage:
+            return None
+        g = self.slab_graphs.get((batch, length))
+        if g is None:
+            try:
+                g = SlabGraphedStep(self.streaming, storage, batch, length, self.channels,
+                                    pool=self.pool)
+            except Exception:  # a capture failure must never break serving: stay eager
+                log.exception("CUDA graph capture failed (batch %d): running eagerly", batch)
+                self.disabled = True
+                return None
+            self.slab_graphs[(batch, length)] = g
+        return g
 
     def get(self, batch: int, length: int) -> GraphedStep | None:
         if self.disabled or batch > self.max_batch or length != self.streaming.frame_size:

@@ -180,9 +180,19 @@ class TorchBackend(Backend):
         t0 = time.perf_counter()
         with torch.inference_mode():
             for b in batch_sizes:
-                self.graphs.get(b, self.frame_size)
+                self.graphs.slab_step(storage, b, self.frame_size)
         log.info("model %s: %d CUDA graphs captured in %.1f s", self.metadata.name,
-                 len(self.graphs.graphs), time.perf_counter() - t0)
+                 len(self.graphs.slab_graphs), time.perf_counter() - t0)
+
+    def step_slots(self, storage, slots, frames: np.ndarray) -> np.ndarray:
+        """A full frame on CUDA runs gather, step and scatter as one graph replay
+        (`SlabGraphedStep`); anything else the generic gather / step / scatter."""
+        if self.graphs is not None and isinstance(storage, TorchSlabStorage):
+            graphed = self.graphs.slab_step(storage, len(frames), frames.shape[1])
+            if graphed is not None:
+                with torch.inference_mode():
+                    return graphed(slots, frames)
+        return super().step_slots(storage, slots, frames)
 
     def step(self, frames: np.ndarray, state: State) -> tuple[np.ndarray, State]:
         if self.streaming is None:
