@@ -157,6 +157,14 @@ class Settings(BaseSettings):
         "(Inductor) before CUDA graphs capture it: 1.3-2.8x faster steps on an H200 (bench/"
         "RESULTS.md), start-up longer by seconds per model; a CPU needs a C++ compiler; if "
         "compiling fails the plain step serves")
+    fused_core: bool = Field(
+        True, description="on CUDA in fp32, run the S4D core of frames of one block (<= 16 "
+        "steps: the keyword models) as one Triton kernel per layer (model/fused_core.py; "
+        "checked against the GEMM form at load, which serves if Triton fails)")
+    gil_switch_interval_ms: float = Field(
+        0.5, gt=0, le=100, description="the engine process's interpreter switch interval: how "
+        "long its event loop may keep the GIL from the device lane thread, which needs it "
+        "back after each torch call of a step (Python's default is 5 ms)")
     onnx_threads: int | None = Field(
         None, ge=1, description="intra-op threads of ONNX Runtime sessions (default: "
         "compute_threads)")

@@ -356,3 +356,12 @@ def test_server_start_freezes_its_startup_objects(live_server):
     import gc
 
     assert gc.get_freeze_count() > 10_000
+
+
+def test_server_start_sets_the_engine_switch_interval(live_server):
+    """The engine's event loop keeps the GIL from the device lane for at most
+    `gil_switch_interval_ms` (default 0.5 ms, not Python's 5 ms); the test server runs in
+    this process."""
+    import sys
+
+    assert sys.getswitchinterval() == pytest.approx(0.0005)

@@ -8,12 +8,12 @@ eagerly (the same function, same numbers). All graphs share one memory pool: the
 one at a time on the device lane, and each replay's outputs are consumed (scattered into the
 slab, logits copied to the host) before the next.
 
-`SlabGraphedStep` puts the whole served step in one graph: the slab rows are gathered by an
-index tensor, stepped and scattered back inside the capture, the frames come in through a
-pinned buffer and the logits go out through one. The device lane then makes five torch calls
-per step instead of ~35, and each call is a point where the lane thread gives up the GIL and
-must win it back from the engine's event loop (up to the interpreter's switch interval, 5 ms
-by default, per call when the loop is busy: what made 2,000-stream steps take 8-10 ms).
+`SlabGraphedStep` puts the whole served step in one graph: the index and the frames copied in
+from pinned host buffers, the slab rows gathered by the index, stepped and scattered back, the
+logits copied out to a pinned buffer. The device lane then makes two torch calls per step
+(replay, synchronize) instead of ~35. Each call is a point where the lane thread gives up the
+GIL and must win it back from the engine's event loop, which keeps it up to the interpreter's
+switch interval when busy (bench/step_contention.py measures what that costs a step).
 """
 
 from __future__ import annotations
@@ -60,10 +60,12 @@ class GraphedStep:
 
 
 class SlabGraphedStep:
-    """One served step of up to `batch` slab rows in one graph: gather the rows named by an
-    index tensor, step, scatter the new state back into the slab. Rows past the real ones
-    point at the slab's scratch row (`TorchSlabStorage.scratch_row`), so padding never
-    touches a session. Bound to one storage: its tensors' addresses are in the graph."""
+    """One served step of up to `batch` slab rows in one graph: copy the index and the frames
+    in from pinned host buffers, gather the rows named by the index, step, scatter the new
+    state back into the slab, copy the logits out to a pinned buffer. The device lane then
+    makes two torch calls per step (replay, synchronize). Rows past the real ones point at the
+    slab's scratch row (`TorchSlabStorage.scratch_row`), so padding never touches a session.
+    Bound to one storage: its tensors' addresses are in the graph."""
 
     def __init__(self, streaming, storage, batch: int, length: int, channels: int, pool=None):
         dev = streaming.device
@@ -72,17 +74,23 @@ class SlabGraphedStep:
         self.index = torch.full((batch,), self.scratch, dtype=torch.long, device=dev)
         self.frames_host = torch.zeros(self.frames.shape, dtype=torch.float32).pin_memory()
         self.index_host = torch.full((batch,), self.scratch, dtype=torch.long).pin_memory()
+        self.logits_host = None  # pinned, shaped by the first (warm-up) run
+        self.stream = None
 
         def body():  # with the index on the scratch row, the warm-ups write nothing real
+            self.index.copy_(self.index_host, non_blocking=True)
+            self.frames.copy_(self.frames_host, non_blocking=True)
             tensors = storage.tensors
             state = {k: t.index_select(0, self.index) for k, t in tensors.items()}
             logits, new = streaming.step(self.frames, state)
             for k, t in tensors.items():
                 t.index_copy_(0, self.index, new[k])
-            return logits.float()
+            if self.logits_host is None:
+                self.logits_host = torch.zeros(logits.shape, dtype=torch.float32).pin_memory()
+            self.logits_host.copy_(logits, non_blocking=True)
 
-        self.graph, self.logits = capture(body, dev, pool)
-        self.logits_host = torch.zeros(self.logits.shape, dtype=torch.float32).pin_memory()
+        self.graph, _ = capture(body, dev, pool)
+        self.stream = torch.cuda.current_stream(dev)
 
     def __call__(self, slots, frames) -> np.ndarray:
         """Logits of `len(slots)` sessions after one frame each (`frames` [B', T, C] numpy,
@@ -93,10 +101,8 @@ class SlabGraphedStep:
         index[n:] = self.scratch
         host[: len(frames)] = frames
         host[len(frames):] = 0
-        self.index.copy_(self.index_host, non_blocking=True)
-        self.frames.copy_(self.frames_host, non_blocking=True)
         self.graph.replay()
-        self.logits_host.copy_(self.logits)  # blocking: waits for the replay and the copies
+        self.stream.synchronize()  # the logits are in; the host buffers are free again
         return self.logits_host.numpy()[:n].copy()
 
 

@@ -29,6 +29,34 @@ log = logging.getLogger("s4d.backend.torch")
 COMPILED_TOLERANCE = {"fp32": 1e-4, "tf32": 1e-2, "bf16": 5e-2}
 
 
+def check_fused_core(streaming, name: str) -> bool:
+    """Keep the Triton core (model/fused_core.py) only if its first steps run and match the
+    GEMM form: a missing compiler or a kernel that fails shows at load, and the GEMM form
+    serves instead of failing mid-stream."""
+    if not streaming.fused_core:
+        return False
+    gen = torch.Generator().manual_seed(0)
+    try:
+        with torch.inference_mode():
+            frames = torch.randn((3, streaming.frame_size, streaming.cfg.d_input),
+                                 generator=gen).to(streaming.device) * 0.1
+            state = {k: (torch.randn(v.shape, generator=gen) * 0.1).to(v.device)
+                     for k, v in streaming.zero_state(3).items()}
+            got, _ = streaming.step(frames, state)
+            streaming.fused_core = False
+            want, _ = streaming.step(frames, state)
+            diff = float((got - want).abs().max() / want.abs().max().clamp(min=1e-30))
+            if not diff <= COMPILED_TOLERANCE["fp32"]:
+                raise ValueError(f"the fused core differs from the GEMM form by {diff:.1e}")
+            streaming.fused_core = True
+    except Exception:  # noqa: BLE001 - no Triton compiler, a failing kernel: the GEMM form
+        log.exception("model %s: the fused Triton core failed its check; serving the GEMM "
+                      "form", name)
+        streaming.fused_core = False
+        return False
+    return True
+
+
 def compile_streaming(streaming, name: str) -> bool:
     """`StreamingNetwork.compile()` and a first step at two batch sizes, checked against the
     plain step: a compiler failure or a wrong kernel shows at load (and the plain step serves)
@@ -95,10 +123,13 @@ class TorchBackend(Backend):
         frame_size = int(config.task.frame_size)
         streaming = None
         try:
+            settings = Settings()
             streaming = StreamingNetwork(network, frame_size, dtype=torch.float32, device=dev,
-                                         precision=precision)
+                                         precision=precision,
+                                         fused_core=None if settings.fused_core else False)
             streaming.eval()
-            if Settings().compile_step:
+            check_fused_core(streaming, name or checkpoint_dir.name)
+            if settings.compile_step:
                 compile_streaming(streaming, name or checkpoint_dir.name)
         except NotStreamableError as exc:
             log.info("model %s is batch-only: %s", name or checkpoint_dir.name, exc)
@@ -110,7 +141,8 @@ class TorchBackend(Backend):
             parameters=sum(p.numel() for p in network.parameters()),
             backend=cls.name, device=str(dev),
             extra={"precision": precision,
-                   "compiled_step": bool(streaming is not None and streaming.compiled)},
+                   "compiled_step": bool(streaming is not None and streaming.compiled),
+                   "fused_core": bool(streaming is not None and streaming.fused_core)},
         )
         return cls(network, streaming, config, meta, dev, precision)
 

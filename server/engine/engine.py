@@ -12,6 +12,7 @@ import asyncio
 import collections
 import logging
 import os
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -203,6 +204,9 @@ class Engine:
                      len(meta.classes), meta.parameters, time.perf_counter() - t0)
         self.ready = True
         freeze_startup_objects()
+        # the device lane gives up the GIL in every torch call of a step and must win it back
+        # from this loop: a busy loop keeps it for up to the switch interval (Python's 5 ms)
+        sys.setswitchinterval(self.settings.gil_switch_interval_ms / 1000)
         log.info("ready models=%s", ",".join(self.by_name) or "(none)")
 
     def _ring_alloc(self, shape: tuple[int, ...]) -> tuple[np.ndarray, dict]:
