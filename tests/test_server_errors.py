@@ -159,10 +159,10 @@ def test_internal_error_is_contained(start_server, checkpoint_dir):
     engine = srv.server._s4d_app.state.s4d.engine  # the in-process engine (--workers 0)
     backend = engine.by_name["tiny"].backend
 
-    def boom(frames, state):
+    def boom(storage, slots, frames):
         raise RuntimeError("injected failure")
 
-    backend.step = boom
+    backend.step_slots = boom  # what the engine calls (on CUDA it never calls `step`)
 
     async def main():
         async with websockets.connect(srv.ws_url("tiny")) as ws:
