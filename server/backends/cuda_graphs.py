@@ -121,34 +121,27 @@ class GraphCache:
     def slab_step(self, storage, batch: int, length: int) -> SlabGraphedStep | None:
         """The whole-step graph for `batch` rows of `storage`, or None (eager path): graphs
         off, a size above `max_batch`, a partial frame, or another storage than the first."""
-        if self.disabled or batch > self.max_batch or length != self.streaming.frame_size:
-            return None
         if self.storage is None:
             self.storage = storage
         elif storage is not self.storage:
             return None
-        g = self.slab_graphs.get((batch, length))
-        if g is None:
-            try:
-                g = SlabGraphedStep(self.streaming, storage, batch, length, self.channels,
-                                    pool=self.pool)
-            except Exception:  # a capture failure must never break serving: stay eager
-                log.exception("CUDA graph capture failed (batch %d): running eagerly", batch)
-                self.disabled = True
-                return None
-            self.slab_graphs[(batch, length)] = g
-        return g
+        return self._cached(self.slab_graphs, batch, length, lambda: SlabGraphedStep(
+            self.streaming, storage, batch, length, self.channels, pool=self.pool))
 
     def get(self, batch: int, length: int) -> GraphedStep | None:
+        return self._cached(self.graphs, batch, length, lambda: GraphedStep(
+            self.streaming, batch, length, self.channels, pool=self.pool))
+
+    def _cached(self, table: dict, batch: int, length: int, capture_one):
         if self.disabled or batch > self.max_batch or length != self.streaming.frame_size:
             return None
-        g = self.graphs.get((batch, length))
+        g = table.get((batch, length))
         if g is None:
             try:
-                g = GraphedStep(self.streaming, batch, length, self.channels, pool=self.pool)
+                g = capture_one()
             except Exception:  # a capture failure must never break serving: stay eager
                 log.exception("CUDA graph capture failed (batch %d): running eagerly", batch)
                 self.disabled = True
                 return None
-            self.graphs[(batch, length)] = g
+            table[(batch, length)] = g
         return g
