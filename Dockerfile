@@ -7,7 +7,10 @@
 # CUDA variant: PyPI's CUDA build of torch, which bundles the CUDA runtime libraries as wheels;
 # only the host's NVIDIA driver (nvidia-container-toolkit) is needed:
 #   docker build -t s4d-serve:cuda --build-arg TORCH_INDEX=https://pypi.org/simple \
-#     --build-arg EXTRAS=server,gpu .
+#     --build-arg EXTRAS=server,gpu --build-arg RUNTIME_PACKAGES="gcc libc6-dev" .
+# (RUNTIME_PACKAGES: Debian packages for the runtime stage. Triton, which the CUDA torch brings,
+# builds its small CUDA launcher with a C compiler on first use; without one the keyword
+# models' fused core logs why and the GEMM form serves, slower: bench/RESULTS.md.)
 #   docker run --gpus all -p 8000:8000 -e S4D_DEVICE=cuda s4d-serve:cuda
 # What the runtime stage carries: a virtualenv with the project installed (not editable) and
 # its serving dependencies, and checkpoints/. No compiler, no pip, no tests, no bytecode caches.
@@ -58,7 +61,9 @@ get_backend('torch').load(ckpt, 'cpu').warmup(); print('warm-up forward ok:', ck
     && find /opt/venv -name __pycache__ -type d -prune -exec rm -rf {} +
 
 FROM ${PYTHON_IMAGE} AS runtime
+ARG RUNTIME_PACKAGES=""
 ENV PATH=/opt/venv/bin:$PATH \
+    TRITON_CACHE_DIR=/home/s4d/.cache/triton \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     S4D_HOST=0.0.0.0 \
@@ -68,6 +73,10 @@ ENV PATH=/opt/venv/bin:$PATH \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 RUN groupadd --system --gid 10001 s4d \
     && useradd --system --uid 10001 --gid s4d --create-home --home-dir /home/s4d s4d
+RUN if [ -n "${RUNTIME_PACKAGES}" ]; then \
+      apt-get update && apt-get install -y --no-install-recommends ${RUNTIME_PACKAGES} \
+      && rm -rf /var/lib/apt/lists/*; \
+    fi
 COPY --from=build /opt/venv /opt/venv
 COPY --chown=10001:10001 checkpoints/ /app/checkpoints/
 WORKDIR /app
