@@ -321,7 +321,8 @@ def _pct(a: np.ndarray, q: float) -> float | None:
     return float(np.percentile(a, q)) if a.size else None
 
 
-_SCRAPED = {"s4d_step_latency_seconds", "s4d_scheduler_batch_size", "s4d_gc_pause_seconds"}
+_SCRAPED = {"s4d_step_latency_seconds", "s4d_scheduler_batch_size", "s4d_gc_pause_seconds",
+            "s4d_gc_pause_cpu_seconds"}
 
 
 def _scrape(url: str) -> dict[tuple, float]:
@@ -343,7 +344,8 @@ def _scrape(url: str) -> dict[tuple, float]:
 
 def _window_metrics(m0: dict, m1: dict, model: str) -> dict:
     """Deltas over the window: steps of `model` (count, mean ms, mean batch, the bucket its
-    99th percentile falls in) and collector pauses by process (count, total seconds)."""
+    99th percentile falls in) and collector pauses by process (count, total seconds, the
+    collecting threads' CPU seconds in them, the bucket bound the longest one is under)."""
     if not m0 or not m1:
         return {}
 
@@ -366,9 +368,20 @@ def _window_metrics(m0: dict, m1: dict, model: str) -> dict:
     for name, labels in m1:
         n = delta((name, labels)) if name == "s4d_gc_pause_seconds_count" else 0
         if n:
-            g = gc_pauses.setdefault(dict(labels)["process"], {"count": 0, "seconds": 0.0})
+            lab = dict(labels)
+            g = gc_pauses.setdefault(lab["process"], {"count": 0, "seconds": 0.0,
+                                                      "cpu_seconds": 0.0, "longest_at_most": 0.0})
             g["count"] += int(n)
             g["seconds"] = round(g["seconds"] + delta(("s4d_gc_pause_seconds_sum", labels)), 4)
+            g["cpu_seconds"] = round(g["cpu_seconds"]
+                                     + delta(("s4d_gc_pause_cpu_seconds_sum", labels)), 4)
+            # the longest pause, as the smallest bucket bound that holds every one of them
+            bounds = sorted(float(dict(lb)["le"]) for nm, lb in m1
+                            if nm == "s4d_gc_pause_seconds_bucket" and dict(lb)["le"] != "+Inf"
+                            and {k: v for k, v in lb if k != "le"} == lab
+                            and delta((nm, lb)) >= n)
+            if bounds:
+                g["longest_at_most"] = max(g["longest_at_most"], bounds[0])
     out["gc_pauses"] = gc_pauses
     return out
 

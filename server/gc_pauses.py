@@ -31,24 +31,28 @@ class PauseLog:
     event loop) passes the pauses on."""
 
     def __init__(self, maxlen: int = 100_000):
-        self.pauses: deque[tuple[int, float]] = deque(maxlen=maxlen)
-        self._started = 0.0
+        self.pauses: deque[tuple[int, float, float]] = deque(maxlen=maxlen)
+        self._started = (0.0, 0.0)
 
     def on_gc(self, phase: str, info: dict) -> None:
         if phase == "start":
-            self._started = time.perf_counter()
+            self._started = (time.perf_counter(), time.thread_time())
         else:
-            self.pauses.append((info["generation"], time.perf_counter() - self._started))
+            wall, cpu = self._started
+            self.pauses.append((info["generation"], time.perf_counter() - wall,
+                                time.thread_time() - cpu))
 
-    def drain(self, observe: Callable[[int, float], None]) -> None:
+    def drain(self, observe: Callable[[int, float, float], None]) -> None:
         while self.pauses:
             observe(*self.pauses.popleft())
 
 
-def watch_pauses(observe: Callable[[int, float], None], period_s: float = 1.0
+def watch_pauses(observe: Callable[[int, float, float], None], period_s: float = 1.0
                  ) -> Callable[[], None]:
-    """`observe(generation, seconds)` for every collection of this process, called from the
-    running event loop every `period_s`; returns the function that stops watching."""
+    """`observe(generation, seconds, cpu_seconds)` for every collection of this process,
+    called from the running event loop every `period_s`; returns the function that stops
+    watching. The CPU time is the collecting thread's: a pause much longer than it was the
+    process waiting for a core (descheduled mid-collection), not the collector's own work."""
     log = PauseLog()
     gc.callbacks.append(log.on_gc)
 

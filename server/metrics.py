@@ -106,6 +106,10 @@ class Metrics:
             "s4d_gc_pause_seconds", "Pauses of the cyclic garbage collector: the whole process "
             "(and every stream it serves) waits", ["process", "generation"],
             buckets=_LATENCY_BUCKETS, registry=r)
+        self.gc_pause_cpu = Histogram(
+            "s4d_gc_pause_cpu_seconds", "CPU time of the collecting thread in those pauses: "
+            "far below the pause, the process was waiting for a core, not collecting",
+            ["process", "generation"], buckets=_LATENCY_BUCKETS, registry=r)
         self.sessions_restored = Counter(
             "s4d_sessions_restored", "Sessions restored from a snapshot (resume or operator)",
             ["model"], registry=r)
@@ -126,8 +130,14 @@ class Metrics:
         returns the function that stops it."""
         from server.gc_pauses import watch_pauses
 
-        series = [self.gc_pause.labels(process=process, generation=str(g)) for g in range(3)]
-        return watch_pauses(lambda gen, seconds: series[gen].observe(seconds))
+        wall = [self.gc_pause.labels(process=process, generation=str(g)) for g in range(3)]
+        cpu = [self.gc_pause_cpu.labels(process=process, generation=str(g)) for g in range(3)]
+
+        def observe(gen: int, seconds: float, cpu_seconds: float) -> None:
+            wall[gen].observe(seconds)
+            cpu[gen].observe(cpu_seconds)
+
+        return watch_pauses(observe)
 
     def error(self, code: str) -> None:
         self.errors.labels(code=code).inc()

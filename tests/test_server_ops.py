@@ -175,16 +175,26 @@ def test_collector_pauses_are_observed(live_server):
     /metrics."""
     import gc
 
-    def count() -> float:
-        return metric(live_server.metrics_text(), "s4d_gc_pause_seconds_count",
-                      process="server", generation="2")
+    def count(name: str = "s4d_gc_pause_seconds") -> float:
+        return metric(live_server.metrics_text(), f"{name}_count", process="server",
+                      generation="2")
 
-    before = count()
+    def total(name: str) -> float:
+        return metric(live_server.metrics_text(), f"{name}_sum", process="server",
+                      generation="2")
+
+    before, before_cpu = count(), count("s4d_gc_pause_cpu_seconds")
+    wall0, cpu0 = total("s4d_gc_pause_seconds"), total("s4d_gc_pause_cpu_seconds")
     gc.collect()
     deadline = time.monotonic() + 5  # handed on from the event loop once a second
     while count() < before + 1 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert count() >= before + 1
+    # the collecting thread's CPU time beside each pause, never more than the pause itself
+    assert count("s4d_gc_pause_cpu_seconds") >= before_cpu + 1
+    cpu = total("s4d_gc_pause_cpu_seconds") - cpu0
+    wall = total("s4d_gc_pause_seconds") - wall0  # read second: includes every cpu part read
+    assert 0 < cpu <= wall + 1e-3
 
 
 def test_a_collection_inside_a_metric_update_does_not_deadlock(live_server):
