@@ -129,3 +129,18 @@ def test_onnx_settings_read_through_settings(monkeypatch, tmp_path):
     monkeypatch.setenv("S4D_ONNX_THREADS", "1")
     export_backend_settings(Settings(onnx_threads=5, onnx_cache=tmp_path / "d"))
     assert Settings().onnx_threads == 5 and cache_root() == tmp_path / "d"
+
+
+def test_fused_core_flag_reaches_the_backends(monkeypatch):
+    """`s4d serve --no-fused-core` must reach the torch backends, which read S4D_FUSED_CORE
+    through Settings() (also in engine processes, which inherit the environment)."""
+    import argparse
+
+    from server.cli import export_backend_settings, register, settings_from_args
+    from server.settings import Settings
+
+    monkeypatch.setenv("S4D_FUSED_CORE", "true")  # recorded: undone after the test
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    export_backend_settings(settings_from_args(parser.parse_args(["serve", "--no-fused-core"])))
+    assert Settings().fused_core is False
