@@ -22,6 +22,7 @@ fi
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 CUDA_VISIBLE_DEVICES=0
 export S4D_LOG_LEVEL=warning S4D_DEVICE=$DEVICE S4D_MODELS=$MODEL S4D_MAX_SESSIONS=$((${STREAMS##*,} + 64))
 nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1; nproc; date -u
+bash "$(dirname "$0")/cpu_topology.sh" "$SERVER_CPUS" "$CLIENT_CPUS"
 summary() {  # $1 = JSON of one bench.serve call, $2 = label
   "$PY" - "$1" "$2" <<'PY'
 import json, sys

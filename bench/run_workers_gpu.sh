@@ -26,6 +26,7 @@ export PATH=/tmp/site/bin:$PATH
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 CUDA_VISIBLE_DEVICES=0
 export S4D_LOG_LEVEL=warning S4D_DEVICE=cuda S4D_MODELS=$MODEL S4D_MAX_SESSIONS=$((MAXN + 8))
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; nproc; date -u
+bash "$(dirname "$0")/cpu_topology.sh" "$SERVER_CPUS" "$CLIENT_CPUS"
 one=(); [ -n "${STREAMS:-}" ] && one=(--streams "$STREAMS" --repeat "${REPEAT:-1}")  # no sweep
 common=("${one[@]}" --model "$MODEL" --duration "$DUR" --warmup 1 --max-streams "$MAXN"
         --bisect-tol 0.1 --client-procs "$PROCS" --client-cpus "$CLIENT_CPUS" --server-timeout 180
