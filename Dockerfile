@@ -73,6 +73,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 RUN groupadd --system --gid 10001 s4d \
     && useradd --system --uid 10001 --gid s4d --create-home --home-dir /home/s4d s4d
+# the packages are the builder's choice (a build argument), so their versions are too
+# hadolint ignore=DL3008
 RUN if [ -n "${RUNTIME_PACKAGES}" ]; then \
       apt-get update && apt-get install -y --no-install-recommends ${RUNTIME_PACKAGES} \
       && rm -rf /var/lib/apt/lists/*; \
