@@ -85,9 +85,6 @@ def choose_block(steps: int, block_size: int | None) -> int:
 class StreamingNetwork(nn.Module):
     """A frozen network that consumes frames and carries per-session state exactly."""
 
-    #: a one-block frame runs as the single full-frame GEMM below this batch size
-    single_gemm_below = 4
-
     def __init__(
         self,
         network: S4DNetwork,
@@ -137,9 +134,9 @@ class StreamingNetwork(nn.Module):
         self.register_buffer("block_out_low", self.block_out.to(low) if low != dtype else g[:0])
         self.net = net.to(dtype)
         self._compiled_forward = None
-        self.fused_core = self._want_fused_core(fused_core, m)
+        self.fused_core = self._want_fused_core(fused_core)
 
-    def _want_fused_core(self, wanted: bool | None, modes: int) -> bool:
+    def _want_fused_core(self, wanted: bool | None) -> bool:
         """Whether full frames run the Triton core (model/fused_core.py): by default on CUDA
         in fp32 for frames of one block of at most fused_core.MAX_STEPS steps; True insists
         (an error where it cannot run), False keeps the GEMM form."""
@@ -238,7 +235,7 @@ class StreamingNetwork(nn.Module):
         # (not when compiled: a branch on the batch size under a dynamic batch dimension, and
         # Inductor failed to lower the single GEMM for the ECG models; measured)
         single_gemm = (not fused and steps == self.steps and self.matrices.numel()
-                       and frames.shape[0] < self.single_gemm_below and exact_carry)
+                       and frames.shape[0] < 4 and exact_carry)
         h = self.net.embed(frames.to(self.dtype))  # [B, S, H]
         count = count + steps
         if self.fused_core and not fused and steps == self.steps:

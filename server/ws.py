@@ -287,7 +287,7 @@ class StreamConnection:
             await self._fail(StreamError("internal", f"unexpected server error: {type(exc).__name__}"))
         finally:
             if self._direct is not None:
-                self._direct.binary_sink = None
+                self._direct.disarm()
             self._eager = False
             self._detach()
             self.st.connections.discard(self)
@@ -367,7 +367,7 @@ class StreamConnection:
                 m = await self._receive(st.settings.stream_idle_timeout_s, "data")
             finally:
                 if lane is not None:
-                    lane.binary_sink = None
+                    lane.disarm()
             if m is None:
                 return
             kind, obj = m

@@ -39,6 +39,9 @@ if WebSocketsSansIOProtocol is not None:
             message waits there: it must reach the reader first)."""
             self.binary_sink = sink if self.queue.empty() else None
 
+        def disarm(self) -> None:
+            self.binary_sink = None
+
         def handle_connect(self, event) -> None:
             super().handle_connect(event)
             scope = getattr(self, "scope", None)
@@ -60,7 +63,7 @@ if WebSocketsSansIOProtocol is not None:
             return self.transport.get_write_buffer_size()
 
         def send_receive_event_to_app(self) -> None:
-            self.binary_sink = None  # the reader has a message to handle first
+            self.disarm()  # the reader has a message to handle first
             super().send_receive_event_to_app()
 
         def send_text_now(self, data: bytes) -> bool:

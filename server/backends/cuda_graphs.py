@@ -69,13 +69,12 @@ class SlabGraphedStep:
 
     def __init__(self, streaming, storage, batch: int, length: int, channels: int, pool=None):
         dev = streaming.device
-        self.storage, self.batch, self.scratch = storage, batch, storage.scratch_row
+        self.scratch = storage.scratch_row
         self.frames = torch.zeros((batch, length, channels), dtype=torch.float32, device=dev)
         self.index = torch.full((batch,), self.scratch, dtype=torch.long, device=dev)
         self.frames_host = torch.zeros(self.frames.shape, dtype=torch.float32).pin_memory()
         self.index_host = torch.full((batch,), self.scratch, dtype=torch.long).pin_memory()
         self.logits_host = None  # pinned, shaped by the first (warm-up) run
-        self.stream = None
 
         def body():  # with the index on the scratch row, the warm-ups write nothing real
             self.index.copy_(self.index_host, non_blocking=True)

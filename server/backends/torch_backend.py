@@ -29,6 +29,11 @@ log = logging.getLogger("s4d.backend.torch")
 COMPILED_TOLERANCE = {"fp32": 1e-4, "tf32": 1e-2, "bf16": 5e-2}
 
 
+def rel_diff(got: torch.Tensor, want: torch.Tensor) -> float:
+    """Largest absolute difference relative to the largest magnitude of `want`."""
+    return float((got - want).abs().max() / want.abs().max().clamp(min=1e-30))
+
+
 def check_fused_core(streaming, name: str) -> bool:
     """Keep the Triton core (model/fused_core.py) only if its first steps run and match the
     GEMM form: a missing compiler or a kernel that fails shows at load, and the GEMM form
@@ -45,7 +50,7 @@ def check_fused_core(streaming, name: str) -> bool:
             got, _ = streaming.step(frames, state)
             streaming.fused_core = False
             want, _ = streaming.step(frames, state)
-            diff = float((got - want).abs().max() / want.abs().max().clamp(min=1e-30))
+            diff = rel_diff(got, want)
             if not diff <= COMPILED_TOLERANCE["fp32"]:
                 raise ValueError(f"the fused core differs from the GEMM form by {diff:.1e}")
             streaming.fused_core = True
@@ -73,7 +78,7 @@ def compile_streaming(streaming, name: str) -> bool:
             streaming.compile()
             for frames, want in probes:
                 got, _ = streaming.step(frames, streaming.zero_state(len(frames)))
-                diff = float((got - want).abs().max() / want.abs().max().clamp(min=1e-30))
+                diff = rel_diff(got, want)
                 if not diff <= COMPILED_TOLERANCE[streaming.precision]:
                     raise ValueError(f"compiled step differs from the plain one by {diff:.1e}")
     except Exception:  # noqa: BLE001 - no compiler, an unsupported op: serve uncompiled
