@@ -46,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -322,7 +323,7 @@ def _pct(a: np.ndarray, q: float) -> float | None:
 
 
 _SCRAPED = {"s4d_step_latency_seconds", "s4d_scheduler_batch_size", "s4d_gc_pause_seconds",
-            "s4d_gc_pause_cpu_seconds"}
+            "s4d_gc_pause_cpu_seconds", "s4d_event_loop_lag_seconds"}
 
 
 def _scrape(url: str) -> dict[tuple, float]:
@@ -383,6 +384,29 @@ def _window_metrics(m0: dict, m1: dict, model: str) -> dict:
             if bounds:
                 g["longest_at_most"] = max(g["longest_at_most"], bounds[0])
     out["gc_pauses"] = gc_pauses
+    out["loop_lag"] = _loop_lag(m1, delta)
+    return out
+
+
+def _loop_lag(m1: dict, delta: Callable[[tuple], float]) -> dict:
+    """Event-loop stalls by process role over the window: samples of the 10 ms timer, how many
+    woke >= 20 ms and >= 50 ms late, and the bucket bound the latest one is under."""
+    out: dict = {}
+    for name, labels in m1:
+        if name != "s4d_event_loop_lag_seconds_count" or not delta((name, labels)):
+            continue
+        proc = dict(labels)["process"]
+        n = delta((name, labels))
+        buckets = sorted((float(dict(lb)["le"]), delta((nm, lb))) for nm, lb in m1
+                         if nm == "s4d_event_loop_lag_seconds_bucket"
+                         and dict(lb).get("process") == proc and dict(lb)["le"] != "+Inf")
+        below = dict(buckets)
+        out[proc] = {
+            "samples": int(n),
+            "over_20ms": int(n - below.get(0.02, n)),
+            "over_50ms": int(n - below.get(0.05, n)),
+            "longest_at_most": next((le for le, k in buckets if k >= n), None),
+        }
     return out
 
 
@@ -568,8 +592,12 @@ def server_view(r: dict) -> str:
     if not m.get("steps"):
         return ""
     gc_text = ", ".join(f"{p} {g['count']}" for p, g in sorted(m["gc_pauses"].items()))
+    lag_text = ", ".join(f"{p} {g['over_20ms']}/{g['over_50ms']}"
+                         for p, g in sorted(m.get("loop_lag", {}).items())
+                         if g["over_20ms"])
     return (f"  steps {m['step_ms_mean']:.1f} ms x {m['batch_mean']:.0f} sessions"
-            f"{'  gc ' + gc_text if gc_text else ''}")
+            f"{'  gc ' + gc_text if gc_text else ''}"
+            f"{'  loop stalls >=20/50 ms ' + lag_text if lag_text else ''}")
 
 
 def late_where(r: dict) -> str:

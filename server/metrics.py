@@ -17,6 +17,7 @@ from server.errors import WS_CLOSE_CODES
 _LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )
+_LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 KNOWN_ERROR_CODES = (
     *WS_CLOSE_CODES, "bad_request", "bad_input", "not_found", "too_large",
     "unsupported_media_type", "not_ready", "timeout", "bad_host",
@@ -110,6 +111,10 @@ class Metrics:
             "s4d_gc_pause_cpu_seconds", "CPU time of the collecting thread in those pauses: "
             "far below the pause, the process was waiting for a core, not collecting",
             ["process", "generation"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.loop_lag = Histogram(
+            "s4d_event_loop_lag_seconds", "How much later than asked a 10 ms timer of this "
+            "process's event loop fired: a stall of the process (every stream it serves waits)",
+            ["process"], buckets=_LAG_BUCKETS, registry=r)
         self.sessions_restored = Counter(
             "s4d_sessions_restored", "Sessions restored from a snapshot (resume or operator)",
             ["model"], registry=r)
@@ -124,6 +129,20 @@ class Metrics:
             m.labels(model=model)
         self.batch_size.labels(model=model)
         self.step_latency.labels(model=model)
+
+    def watch_loop(self, process: str):
+        """Sample this process's event-loop lag (server/loop_lag.py) and, below it, record its
+        collector pauses; returns the function that stops both."""
+        from server.loop_lag import watch_loop_lag
+
+        stop_lag = watch_loop_lag(self.loop_lag.labels(process=process).observe)
+        stop_gc = self.watch_gc(process)
+
+        def stop() -> None:
+            stop_lag()
+            stop_gc()
+
+        return stop
 
     def watch_gc(self, process: str):
         """Record this process's collector pauses (`process`: engine, frontend or server);

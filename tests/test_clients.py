@@ -368,6 +368,8 @@ def test_bench_serve_short(server, tmp_path):
         seen = run["server_metrics"]  # the server's own /metrics over the window
         assert seen["steps"] > 0 and seen["step_ms_mean"] > 0 and seen["batch_mean"] >= 1
         assert isinstance(seen["gc_pauses"], dict)
+        lag = seen["loop_lag"]["server"]  # the event loop's 10 ms timer, sampled all along
+        assert lag["samples"] > 0 and 0 <= lag["over_50ms"] <= lag["over_20ms"] <= lag["samples"]
 
 
 def test_async_client_results_iterator(server, kws_wav):

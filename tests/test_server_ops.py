@@ -197,6 +197,39 @@ def test_collector_pauses_are_observed(live_server):
     assert 0 < cpu <= wall + 1e-3
 
 
+def test_loop_lag_sees_a_stall():
+    """A callback that holds the event loop for 60 ms is a lag of about that much; a free loop
+    wakes within a few milliseconds."""
+    from server.loop_lag import watch_loop_lag
+
+    seen: list[float] = []
+
+    async def main():
+        stop = watch_loop_lag(seen.append, period_s=0.005)
+        await asyncio.sleep(0.05)
+        quiet = len(seen)
+        time.sleep(0.06)  # the stall: nothing else runs on this loop meanwhile
+        await asyncio.sleep(0.03)
+        stop()
+        return quiet
+
+    quiet = asyncio.run(main())
+    assert quiet >= 3 and all(0 <= v < 0.03 for v in seen[:quiet])
+    assert max(seen[quiet:]) >= 0.05
+
+
+def test_loop_lag_on_metrics(live_server):
+    """The server's own loop is sampled and on /metrics."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        n = metric(live_server.metrics_text(), "s4d_event_loop_lag_seconds_count",
+                   process="server")
+        if n >= 5:
+            break
+        time.sleep(0.1)
+    assert n >= 5
+
+
 def test_a_collection_inside_a_metric_update_does_not_deadlock(live_server):
     """A collection may start inside any allocation, also while a metric's (non-reentrant)
     lock is held: the collector's callback must not take it. Here the lock of the very series

@@ -135,8 +135,11 @@ def test_streams_through_workers_equal_batch(workers):
     opened = [ln for ln in text.splitlines() if ln.startswith('s4d_sessions_opened_total{model="tiny"}')]
     assert opened and float(opened[0].split()[-1]) >= 3  # the engine's counters, via a front-end
     gc_series = [ln for ln in text.splitlines() if ln.startswith("s4d_gc_pause_seconds_count{")]
-    for process in ("engine", "frontend"):  # each process watches its own collector
+    lag_series = [ln for ln in text.splitlines()
+                  if ln.startswith("s4d_event_loop_lag_seconds_count{")]
+    for process in ("engine", "frontend"):  # each process watches its collector and its loop
         assert any(f'process="{process}"' in ln for ln in gc_series), (process, gc_series)
+        assert any(f'process="{process}"' in ln for ln in lag_series), (process, lag_series)
 
 
 def test_frontend_sigkill_session_resumes_elsewhere(workers):

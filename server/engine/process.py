@@ -38,7 +38,7 @@ async def serve_engine(settings: Settings, endpoint: str, device: str | None = N
         sock.send_multipart([identity, *encode(header, arrays)], copy=False)
 
     engine.attach_transport(send)
-    unwatch_gc = engine.metrics.watch_gc("engine")
+    unwatch_loop = engine.metrics.watch_loop("engine")
     await engine.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -68,7 +68,7 @@ async def serve_engine(settings: Settings, endpoint: str, device: str | None = N
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     await engine.stop()
-    unwatch_gc()
+    unwatch_loop()
     sock.close(linger=0)
 
 
