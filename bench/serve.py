@@ -465,6 +465,44 @@ def _cpu_by_process(pid: int | None) -> dict[str, float]:
         return {}
 
 
+def _steal_seconds(cpus: set[int] | None) -> float | None:
+    """CPU time the hypervisor gave to others while these CPUs (all if None) had work: the
+    `steal` column of /proc/stat (Linux guests), seconds summed over the CPUs."""
+    try:
+        ticks = 0
+        with open("/proc/stat") as f:
+            for line in f:
+                if line.startswith("cpu") and line[3:4].isdigit():
+                    parts = line.split()
+                    if cpus is None or int(parts[0][3:]) in cpus:
+                        ticks += int(parts[8])
+        return ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _runqueue_wait_seconds(pid: int | None) -> float | None:
+    """Seconds the server's threads (every process, every thread) spent runnable but waiting for
+    a CPU (/proc/PID/task/TID/schedstat, field 2): CPU contention the server's own CPU time
+    cannot show."""
+    if pid is None:
+        return None
+    try:
+        import psutil
+
+        total = 0
+        root = psutil.Process(pid)
+        for p in [root, *root.children(recursive=True)]:
+            for task in Path(f"/proc/{p.pid}/task").iterdir():
+                try:
+                    total += int((task / "schedstat").read_text().split()[1])
+                except (OSError, ValueError, IndexError):
+                    pass
+        return total / 1e9
+    except Exception:  # noqa: BLE001 - psutil missing, no schedstat, process gone
+        return None
+
+
 def run_once(args: argparse.Namespace, ctx: dict, n: int, pool: cf.Executor) -> dict:
     rate, frame = ctx["rate"], ctx["frame"]
     fdur = frame / rate
@@ -496,9 +534,12 @@ def run_once(args: argparse.Namespace, ctx: dict, n: int, pool: cf.Executor) -> 
     time.sleep(max(0.0, w0 - time.monotonic()))
     p0 = _cpu_by_process(ctx["server_pid"])
     m0 = _scrape(ctx["url"])
+    server_cpus = cpu_list(args.server_cpus)
+    st0, q0 = _steal_seconds(server_cpus), _runqueue_wait_seconds(ctx["server_pid"])
     s0, t0 = _cpu_times(ctx["server_pid"]), time.monotonic()
     time.sleep(max(0.0, w1 - time.monotonic()))
     s1, t1 = _cpu_times(ctx["server_pid"]), time.monotonic()
+    st1, q1 = _steal_seconds(server_cpus), _runqueue_wait_seconds(ctx["server_pid"])
     p1 = _cpu_by_process(ctx["server_pid"])
     m1 = _scrape(ctx["url"])
     outs = [f.result(timeout=args.duration + 120) for f in futs]
@@ -562,6 +603,13 @@ def run_once(args: argparse.Namespace, ctx: dict, n: int, pool: cf.Executor) -> 
             for role, prefix in (("engine", "s4d-engine"), ("front-ends", "s4d-frontend"),
                                  ("server", "server"))
         } if acked else {},
+        # what the machine took from the server in the window, in % of one CPU like the CPU
+        # figures: hypervisor steal on the server's CPUs (all CPUs when it is not pinned), and
+        # the time its threads waited runnable for a CPU
+        "server_cpu_steal_percent": (
+            None if st0 is None or st1 is None else round(100 * (st1 - st0) / (t1 - t0), 1)),
+        "server_runqueue_wait_percent": (
+            None if q0 is None or q1 is None else round(100 * (q1 - q0) / (t1 - t0), 1)),
         # the server's own view of the window (its /metrics): device steps and collector pauses
         "server_metrics": _window_metrics(m0, m1, args.model),
         "client_cpu_percent": 100 * client_cpu / total_s,
@@ -600,6 +648,16 @@ def server_view(r: dict) -> str:
             f"{'  loop stalls >=20/50 ms ' + lag_text if lag_text else ''}")
 
 
+def machine_view(r: dict) -> str:
+    """` (steal 120%, run-queue wait 300%)` when the machine took CPU time from the server."""
+    parts = []
+    if r.get("server_cpu_steal_percent"):
+        parts.append(f"steal {r['server_cpu_steal_percent']:.0f}%")
+    if r.get("server_runqueue_wait_percent"):
+        parts.append(f"run-queue wait {r['server_runqueue_wait_percent']:.0f}%")
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def late_where(r: dict) -> str:
     """`  late in S streams, B bins of 100 ms (densest 12.3 s: n)` when any frame was late."""
     if not r["late_frames"] or "late_bins_100ms" not in r:
@@ -622,6 +680,7 @@ def _fmt(r: dict) -> str:
         f"N={r['streams']:5d}  p50 {f(lat['p50'])}  p95 {f(lat['p95'])}  p99 {f(lat['p99'])} ms"
         f"  late {r['late_frames']:6d}/{r['frames_measured']:<7d} rtf {r['rtf']:.3f}"
         f"  server cpu {'-' if cpu is None else f'{cpu:.0f}%'}"
+        f"{machine_view(r)}"
         f"  client cpu {r['client_cpu_percent']:.0f}%  open {r['open_s_max']:.1f} s"
         f"  us/frame {' '.join(f'{k} {v:.0f}' for k, v in r['server_cpu_us_per_frame'].items() if v)}"
         f"  [{' '.join(f'{k.split(chr(58))[0]} {v:.0f}%' for k, v in top)}]"

@@ -365,6 +365,8 @@ def test_bench_serve_short(server, tmp_path):
         # one process serves here: all its CPU per answered frame is the "server" role's
         per_frame = run["server_cpu_us_per_frame"]
         assert per_frame["server"] > 0 and per_frame["engine"] == per_frame["front-ends"] == 0
+        # what the machine took from the server (Linux: /proc/stat steal, schedstat waits)
+        assert run["server_cpu_steal_percent"] >= 0 and run["server_runqueue_wait_percent"] >= 0
         seen = run["server_metrics"]  # the server's own /metrics over the window
         assert seen["steps"] > 0 and seen["step_ms_mean"] > 0 and seen["batch_mean"] >= 1
         assert isinstance(seen["gc_pauses"], dict)
