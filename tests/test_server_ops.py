@@ -230,6 +230,36 @@ def test_loop_lag_on_metrics(live_server):
     assert n >= 5
 
 
+def test_metrics_render_does_not_stall_the_event_loop(live_server, monkeypatch):
+    """A slow /metrics render (the multiprocess collector merging every process's files) runs
+    beside the event loop: a request that arrives meanwhile is answered at once."""
+    import threading
+
+    metrics = live_server.server._s4d_app.state.s4d.metrics
+    render = metrics.render
+
+    def slow_render() -> bytes:
+        t_end = time.perf_counter() + 0.4
+        while time.perf_counter() < t_end:  # Python work: holds the GIL, as merging does
+            pass
+        return render()
+
+    monkeypatch.setattr(metrics, "render", slow_render)
+    c = live_server.client()
+    scraped: list = []
+    scrape = threading.Thread(target=lambda: scraped.append(c.get("/metrics")), daemon=True)
+    t0 = time.perf_counter()
+    scrape.start()
+    time.sleep(0.1)
+    t1 = time.perf_counter()
+    assert c.get("/healthz").status_code == 200
+    answered = time.perf_counter() - t1
+    scrape.join(10)
+    assert scraped and scraped[0].status_code == 200 and b"s4d_" in scraped[0].content
+    assert time.perf_counter() - t0 >= 0.4  # the render really was slow
+    assert answered < 0.2, f"/healthz waited {answered:.3f} s behind the /metrics render"
+
+
 def test_a_collection_inside_a_metric_update_does_not_deadlock(live_server):
     """A collection may start inside any allocation, also while a metric's (non-reentrant)
     lock is held: the collector's callback must not take it. Here the lock of the very series
