@@ -390,7 +390,7 @@ def _window_metrics(m0: dict, m1: dict, model: str) -> dict:
 
 def _loop_lag(m1: dict, delta: Callable[[tuple], float]) -> dict:
     """Event-loop stalls by process role over the window: samples of the 10 ms timer, how many
-    woke >= 20 ms and >= 50 ms late, and the bucket bound the latest one is under."""
+    woke >= 20 ms and >= 50 ms late, and the bucket bound the longest one is under."""
     out: dict = {}
     for name, labels in m1:
         if name != "s4d_event_loop_lag_seconds_count" or not delta((name, labels)):
