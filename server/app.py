@@ -15,7 +15,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from server import auth, oip_grpc, oip_v2, rest, sessions_api
+from server import auth, limits, oip_grpc, oip_v2, rest, sessions_api
 from server.errors import ApiError
 from server.frontend.client import EngineClient, EnginePool
 from server.frontend.links import InprocLink, ZmqLink
@@ -127,6 +127,9 @@ def create_app(settings: Settings | None = None, *, engine_endpoints: list[str] 
             unwatch_loop()
             await oip_grpc.stop(grpc_server, settings.graceful_timeout_s)
             await drain(st)
+            rest_limits = getattr(app.state, limits.APP_ATTR, None)
+            if rest_limits is not None:  # the decoding child processes, if any were started
+                rest_limits.pool.close()
             await pool.stop()
             if st.engine is not None:
                 await st.engine.stop()

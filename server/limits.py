@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import math
+import multiprocessing
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -25,16 +28,57 @@ T = TypeVar("T")
 
 class DecodePool:
     """Runs parsing/decoding in worker threads, at most `threads` at once; the rest wait.
-    The event loop stays free, so /healthz and live streams answer while a big upload decodes."""
+    The event loop stays free, so /healthz and live streams answer while a big upload decodes.
 
-    def __init__(self, threads: int):
+    A thread does not help where the work is one long C call that keeps the GIL: orjson parsing
+    a 32 MB JSON body holds it ~0.1 s (2-core machine), pydantic's validation and numpy's list
+    conversion as long again, and the event loop of this process (every stream it serves)
+    waits that long. Work of `size` >= `process_min_bytes` therefore runs in a child process
+    (spawned on first use, `threads` of them; 0 turns this off)."""
+
+    def __init__(self, threads: int, process_min_bytes: int = 0):
         self.threads = threads
+        self.process_min_bytes = process_min_bytes
         self._limiter: anyio.CapacityLimiter | None = None  # bound to the running loop lazily
+        self._procs: ProcessPoolExecutor | None = None
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+    async def run(self, fn: Callable[..., T], *args: Any, size: int = 0) -> T:
         if self._limiter is None:
             self._limiter = anyio.CapacityLimiter(self.threads)
-        return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+        if not self.process_min_bytes or size < self.process_min_bytes:
+            return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+        async with self._limiter:
+            return await self._in_child(fn, args)
+
+    async def _in_child(self, fn: Callable[..., T], args: tuple) -> T:
+        if self._procs is None:
+            self._procs = ProcessPoolExecutor(self.threads,
+                                              mp_context=multiprocessing.get_context("spawn"))
+        loop = asyncio.get_running_loop()
+        try:
+            outcome = await loop.run_in_executor(self._procs, _run_reporting_errors, fn, args)
+        except BrokenProcessPool:  # the child died (killed, out of memory): a fresh one next time
+            self._procs.shutdown(wait=False, cancel_futures=True)
+            self._procs = None
+            raise ApiError(503, "server_busy", "the decoding process failed; try again",
+                           headers={"Retry-After": "1"}) from None
+        if outcome[0] == "api_error":
+            raise ApiError(*outcome[1:])
+        return outcome[1]
+
+    def close(self) -> None:
+        if self._procs is not None:
+            self._procs.shutdown(wait=False, cancel_futures=True)
+            self._procs = None
+
+
+def _run_reporting_errors(fn: Callable, args: tuple) -> tuple:
+    """In the child: the result, or an ApiError's fields (its constructor is not its args, so
+    it would not unpickle as itself)."""
+    try:
+        return ("ok", fn(*args))
+    except ApiError as exc:
+        return ("api_error", exc.status, exc.code, exc.message, exc.headers)
 
 
 class SampleBudget:
@@ -84,7 +128,8 @@ def new_limits(st) -> HttpLimits:
     """For a ServerState: pool of `decode_threads`, budget of `max_pending_samples` per model
     (exported as s4d_pending_samples)."""
     gauge = st.metrics.pending_samples
-    return HttpLimits(pool=DecodePool(st.settings.decode_threads),
+    return HttpLimits(pool=DecodePool(st.settings.decode_threads,
+                                      st.settings.decode_process_min_bytes),
                       budget=SampleBudget(st.settings.max_pending_samples,
                                           lambda model, v: gauge.labels(model=model).set(v)))
 

@@ -9,7 +9,6 @@ encoding of the answer (per-step outputs can be megabytes of JSON).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,7 +22,7 @@ from server import audio, jsonbody, multipart, stream_events
 from server.batcher import BatcherBusy
 from server.errors import ApiError
 from server.frontend.client import EngineUnavailable, RemoteModel
-from server.limits import DecodePool, SampleBudget
+from server.limits import HttpLimits, app_limits
 from server.probs import softmax
 from server.routes.common import read_body, state_of
 from server.routes.schemas import (
@@ -54,26 +53,9 @@ REQUEST_BODY = {
 BODY_MODELS = (PredictJson, PredictMultipart)
 
 
-@dataclass
-class RestLimits:
-    pool: DecodePool
-    budget: SampleBudget
-
-
-def limits_of(request: Request) -> RestLimits:
-    """The app's decode pool and pending-sample budget, made on first use."""
-    app_state = request.app.state
-    lim = getattr(app_state, "s4d_rest_limits", None)
-    if lim is None:
-        st = state_of(request)
-        gauge = st.metrics.pending_samples
-        lim = RestLimits(
-            pool=DecodePool(st.settings.decode_threads),
-            budget=SampleBudget(st.settings.max_pending_samples,
-                                lambda model, v: gauge.labels(model=model).set(v)),
-        )
-        app_state.s4d_rest_limits = lim
-    return lim
+def limits_of(request: Request) -> HttpLimits:
+    """The app's decode pool and pending-sample budget (shared with OIP infer)."""
+    return app_limits(request.app)
 
 
 def _spec(lm: RemoteModel, st: ServerState) -> audio.DecodeSpec:
@@ -141,7 +123,8 @@ async def _sequences(lm: RemoteModel, request: Request, st: ServerState):
     per_step, events = False, False
     seqs: list[np.ndarray] = []
     if is_json:
-        seqs, per_step, events = await pool.run(decode_json, body, spec, s.max_batch_sequences)
+        seqs, per_step, events = await pool.run(decode_json, body, spec, s.max_batch_sequences,
+                                                size=len(body))
     elif ctype == "multipart/form-data":
         files, per_step = await pool.run(decode_form, body, full_type, spec,
                                          s.max_batch_sequences)
