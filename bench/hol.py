@@ -2,9 +2,12 @@
 
 Starts `s4d serve` (this tree, or `--tree DIR` for another checkout, e.g. the single-process
 server before the engine split), streams one real-time kws stream (20 ms frames, a result per
-frame) for `--seconds`, and after 2 s posts one NPY sequence of `--samples` samples. Reports the
-stream's latency (send of a frame -> its result) while the predict runs, and the predict's time.
-`python -m bench.hol --samples 10000000 [--tree .baseline] [--json]`
+frame) for `--seconds`, and after 2 s posts one sequence of `--samples` samples (NPY, or a JSON
+array with `--format json`). Reports the stream's latency (send of a frame -> its result) while
+the predict runs, and the predict's time. `--workers W` serves with W front-ends; `--env K=V`
+passes server settings.
+`python -m bench.hol --samples 10000000 [--tree .baseline] [--json]`,
+`python -m bench.hol --samples 1500000 --format json --workers 1 [--env S4D_DECODE_PROCESS_MIN_BYTES=0]`
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import httpx
 import numpy as np
 import websockets
 
-from bench.serve import free_port
+from bench.serve import _loop_lag, _scrape, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -74,13 +77,25 @@ def main() -> int:
     p.add_argument("--samples", type=int, default=10_000_000)
     p.add_argument("--seconds", type=float, default=30.0)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--format", choices=("npy", "json"), default="npy", help="the predict body")
+    p.add_argument("--workers", type=int, default=0, help="front-end processes (0: one process)")
+    p.add_argument("--env", action="append", default=[], metavar="K=V",
+                   help="extra server environment (settings)")
     a = p.parse_args()
+    x = (np.random.default_rng(0).standard_normal(a.samples) * 0.1).astype("<f4")
+    if a.format == "json":
+        body = ('{"inputs": [[' + ",".join(f"{v:.6f}" for v in x) + "]]}").encode()
+        ctype = "application/json"
+    else:
+        buf = io.BytesIO()
+        np.save(buf, x)
+        body, ctype = buf.getvalue(), "application/x-npy"
     port = free_port()
     env = {**os.environ, "PYTHONPATH": a.tree, "S4D_PORT": str(port), "S4D_MODELS": "kws-s4d",
            "S4D_LOG_LEVEL": "warning", "S4D_MAX_SEQUENCE_SAMPLES": str(a.samples),
-           "S4D_MAX_BODY_BYTES": str(4 * a.samples + (1 << 20)),
+           "S4D_MAX_BODY_BYTES": str(len(body) + (1 << 20)), "S4D_WORKERS": str(a.workers),
            "S4D_MAX_PENDING_SAMPLES": str(2 * a.samples), "S4D_BODY_TIMEOUT_S": "600",
-           "S4D_CHECKPOINTS": str(ROOT / "checkpoints")}
+           "S4D_CHECKPOINTS": str(ROOT / "checkpoints"), **dict(kv.split("=", 1) for kv in a.env)}
     proc = subprocess.Popen([sys.executable, "-m", "s4d_cli", "serve"], cwd=a.tree, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
@@ -92,18 +107,17 @@ def main() -> int:
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-        buf = io.BytesIO()
-        np.save(buf, (np.random.default_rng(0).standard_normal(a.samples) * 0.1).astype("<f4"))
-        body = buf.getvalue()
         marks: dict = {}
 
         def post():
             time.sleep(2.0)
+            marks["m0"] = _scrape(base)
             marks["t0"] = time.monotonic()
             r = httpx.post(f"{base}/v1/models/kws-s4d/predict", content=body,
-                           headers={"content-type": "application/x-npy"}, timeout=900)
+                           headers={"content-type": ctype}, timeout=900)
             marks["t1"] = time.monotonic()
             marks["status"] = r.status_code
+            marks["m1"] = _scrape(base)
 
         th = threading.Thread(target=post)
         th.start()
@@ -112,7 +126,8 @@ def main() -> int:
         th.join()
         marks.setdefault("t1", time.monotonic())
         during = np.array([d for t, d in lat if marks["t0"] <= t <= marks["t1"]]) * 1e3
-        res = {"tree": a.tree, "samples": a.samples, "predict_status": marks["status"],
+        res = {"tree": a.tree, "samples": a.samples, "format": a.format, "workers": a.workers,
+               "env": a.env, "body_bytes": len(body), "predict_status": marks["status"],
                "predict_s": round(marks["t1"] - marks["t0"], 2),
                "frames_during_predict": int(during.size),
                "stream_closed_by_server": marks.get("closed"),
@@ -120,6 +135,9 @@ def main() -> int:
                    "p50": round(float(np.percentile(during, 50)), 1) if during.size else None,
                    "p99": round(float(np.percentile(during, 99)), 1) if during.size else None,
                    "max": round(float(during.max()), 1) if during.size else None}}
+        m0, m1 = marks.get("m0", {}), marks.get("m1", {})
+        # the server's own event-loop stalls over the predict, by process role
+        res["server_loop_lag"] = _loop_lag(m1, lambda k: m1.get(k, 0.0) - m0.get(k, 0.0))
         print(json.dumps(res) if a.json else res)
     finally:
         proc.terminate()

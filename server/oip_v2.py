@@ -17,6 +17,7 @@ import logging
 import zlib
 from typing import Any
 
+import numpy as np
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -28,6 +29,7 @@ from server.auth import SCOPE_KEY
 from server.errors import ApiError
 from server.oip_core import (
     INLINE_DECODE_BYTES,
+    NUMERIC_TYPES,
     InferRequest,
     InferResponse,
     InputTensor,
@@ -182,7 +184,21 @@ def decode_infer(body: bytes, enc: str, header_length: str | None, limit: int, m
     """Body bytes -> InferRequest (decompress, split, parse). Runs in the decode threads: a
     32 MB JSON body takes a while, and the event loop must keep serving streams meanwhile."""
     doc, binary = split_body(header_length, decompress(body, enc, limit))
-    return parse_infer(doc, binary, model, version)
+    req = parse_infer(doc, binary, model, version)
+    for t in req.inputs:  # listed numbers become an array here, in the decode pool
+        t.values = numeric_values(t.values, t.datatype)
+    return req
+
+
+def numeric_values(values: Any, datatype: str) -> Any:
+    """Listed numbers of a numeric input as a float64 array (the form `tensor_array` reads);
+    anything else (BYTES, ragged or non-numeric lists) as it is, for its own error later."""
+    if not isinstance(values, list) or datatype not in NUMERIC_TYPES:
+        return values
+    try:
+        return np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
+        return values
 
 
 def _dict(v: Any, where: str) -> dict:
@@ -390,7 +406,9 @@ async def infer(name: str, request: Request, version: str = "") -> Response:
     if enc == "identity" and len(body) <= INLINE_DECODE_BYTES:  # a stream chunk: no thread hop
         req = decode_infer(*decode_args)
     else:  # big or compressed (its size unknown until decompressed): in the decode threads
-        req = await service.limits.pool.run(decode_infer, *decode_args)
+        # a plain JSON body of decode_process_min_bytes or more: parsed in a child process
+        size = len(body) if enc == "identity" and decode_args[2] is None else 0
+        req = await service.limits.pool.run(decode_infer, *decode_args, size=size)
     resp = await service.infer(req, request.scope.get(SCOPE_KEY))
     out, header_len = encode_infer(resp, req.parameters.get("binary_data_output", False))
     headers: dict[str, str] = {}

@@ -108,3 +108,53 @@ def test_big_json_predict_keeps_the_event_loop_free(start_server, checkpoint_dir
         assert p.keys() == want_p.keys()
         assert all(abs(p[k] - want_p[k]) < 1e-6 for k in p)
     assert answered < 0.2, f"/healthz waited {answered:.3f} s behind the decode"
+
+
+def _oip_body(n: int) -> bytes:
+    x = np.random.default_rng(2).standard_normal(n).astype(np.float32) * 0.3
+    head = f'{{"inputs": [{{"name": "input", "shape": [1, {n}], "datatype": "FP32", "data": ['
+    return (head + ",".join(f"{v:.6f}" for v in x) + "]}]}").encode()
+
+
+def test_oip_child_decode_equals_the_thread():
+    """OIP v2's JSON infer body: parsed (numbers to an array) in the child as in a thread."""
+    from server.oip_v2 import decode_infer
+
+    body = _oip_body(3000)
+    args = (body, "identity", None, 1 << 30, "tiny", "")
+
+    async def main():
+        pool = DecodePool(1, process_min_bytes=1)
+        try:
+            return await pool.run(decode_infer, *args, size=len(body))
+        finally:
+            pool.close()
+
+    child, ref = asyncio.run(main()), decode_infer(*args)
+    assert (child.model, child.id, child.parameters) == (ref.model, ref.id, ref.parameters)
+    (c,), (r,) = child.inputs, ref.inputs
+    assert (c.name, c.datatype, c.shape) == (r.name, r.datatype, r.shape) == ("input", "FP32",
+                                                                             [1, 3000])
+    assert isinstance(c.values, np.ndarray) and c.values.dtype == np.float64
+    np.testing.assert_array_equal(c.values, r.values)
+
+
+def test_oip_infer_through_the_child(start_server, checkpoint_dir, live_server):
+    """The same OIP answer whether the server parses a big body in a thread or a child."""
+    srv = start_server(checkpoints=checkpoint_dir, decode_process_min_bytes=1024)
+    body = _oip_body(4000)
+    outs = []
+    for s in (live_server, srv):
+        r = httpx.post(f"{s.base_url}/v2/models/tiny/infer", content=body,
+                       headers={"content-type": "application/json"}, timeout=30)
+        assert r.status_code == 200, r.text
+        outs.append({o["name"]: o["data"] for o in r.json()["outputs"]})
+    assert outs[0].keys() == outs[1].keys() and outs[0]["label"] == outs[1]["label"]
+    np.testing.assert_allclose(outs[1]["probabilities"], outs[0]["probabilities"], rtol=1e-6,
+                               atol=1e-7)
+    bad = body[:-10]  # cut: the same 400 from the child as from a thread
+    errs = [httpx.post(f"{s.base_url}/v2/models/tiny/infer", content=bad,
+                       headers={"content-type": "application/json"}, timeout=30)
+            for s in (live_server, srv)]
+    assert [e.status_code for e in errs] == [400, 400]
+    assert errs[0].json() == errs[1].json()
