@@ -110,9 +110,9 @@ class Settings(BaseSettings):
         2, ge=1, description="worker threads that parse/decode REST bodies (off the event loop); "
         "more concurrent requests wait for a thread")
     decode_process_min_bytes: int = Field(
-        4 << 20, ge=0, description="JSON bodies at least this large are parsed in a child "
-        "process: parsing keeps the GIL (~3 ms per MB), which would stall the event loop and "
-        "every stream of this process (0: always in a thread)")
+        4 << 20, ge=0, description="JSON and CSV bodies at least this large are parsed in a "
+        "child process: parsing keeps the GIL (~3 ms per MB), which would stall the event loop "
+        "and every stream of this process (0: always in a thread)")
     min_sample_rate: int = Field(1000, ge=1, description="lowest WAV/FLAC sample rate accepted")
     max_sample_rate: int = Field(384000, ge=1, description="highest WAV/FLAC sample rate accepted")
 

@@ -158,3 +158,26 @@ def test_oip_infer_through_the_child(start_server, checkpoint_dir, live_server):
             for s in (live_server, srv)]
     assert [e.status_code for e in errs] == [400, 400]
     assert errs[0].json() == errs[1].json()
+
+
+def test_csv_child_decode_equals_the_thread():
+    """A CSV body decodes in the child to the very array a thread makes; its errors match."""
+    x = np.random.default_rng(3).standard_normal(5000).astype(np.float32) * 0.3
+    good = ("value\n" + "\n".join(f"{v:.6f}" for v in x) + "\n").encode()
+    bad = b"1.0\n2.0\nthree\n"
+
+    async def main(body):
+        pool = DecodePool(1, process_min_bytes=1)
+        try:
+            return await pool.run(audio.decode_payload, body, "csv", SPEC, "body", size=len(body))
+        finally:
+            pool.close()
+
+    np.testing.assert_array_equal(asyncio.run(main(good)),
+                                  audio.decode_payload(good, "csv", SPEC, "body"))
+    with pytest.raises(ApiError) as child:
+        asyncio.run(main(bad))
+    with pytest.raises(ApiError) as thread:
+        audio.decode_payload(bad, "csv", SPEC, "body")
+    assert (child.value.status, child.value.code, child.value.message) == (
+        thread.value.status, thread.value.code, thread.value.message)

@@ -106,6 +106,13 @@ def decode_form(body: bytes, content_type: str, spec: audio.DecodeSpec, max_file
     return files, flag in ("1", "true", "yes")
 
 
+def _gil_bound_size(data: bytes, kind: str) -> int:
+    """The size the decode pool weighs for a child process: text (CSV) is parsed number by
+    number in C calls that keep the GIL, as JSON is; WAV / FLAC / OGG (libsndfile through cffi,
+    which lets the GIL go) and NPY (a copy) decode in threads whatever their size."""
+    return len(data) if kind == "csv" else 0
+
+
 async def _sequences(lm: RemoteModel, request: Request, st: ServerState):
     """Read the body (bounded in bytes and time), then parse/decode it in the decode pool."""
     s, meta = st.settings, lm.metadata
@@ -136,10 +143,14 @@ async def _sequences(lm: RemoteModel, request: Request, st: ServerState):
                 raise ApiError(415, "unsupported_media_type",
                                f"{where}: type {str(f.content_type)[:100]!r} is not "
                                "WAV/FLAC/OGG/CSV/NPY")
-            seqs.append(await pool.run(audio.decode_payload, bytes(f.data), kind, spec, where))
+            data = bytes(f.data)
+            seqs.append(await pool.run(audio.decode_payload, data, kind, spec, where,
+                                       size=_gil_bound_size(data, kind)))
             f.data = bytearray()
     else:
-        seqs.append(await pool.run(audio.decode_payload, body, audio.kind_of(ctype), spec, "body"))
+        kind = audio.kind_of(ctype)
+        seqs.append(await pool.run(audio.decode_payload, body, kind, spec, "body",
+                                   size=_gil_bound_size(body, kind)))
     if per_step and meta.pooling != "none":
         raise ApiError(400, "bad_request",
                        f"per_step needs a model with pooling 'none' (this one pools {meta.pooling!r})")
