@@ -53,7 +53,8 @@ class DecodePool:
     async def _in_child(self, fn: Callable[..., T], args: tuple) -> T:
         if self._procs is None:
             self._procs = ProcessPoolExecutor(self.threads,
-                                              mp_context=multiprocessing.get_context("spawn"))
+                                              mp_context=multiprocessing.get_context("spawn"),
+                                              initializer=_name_process)
         loop = asyncio.get_running_loop()
         try:
             outcome = await loop.run_in_executor(self._procs, _run_reporting_errors, fn, args)
@@ -70,6 +71,15 @@ class DecodePool:
         if self._procs is not None:
             self._procs.shutdown(wait=False, cancel_futures=True)
             self._procs = None
+
+
+def _name_process() -> None:
+    """`s4d-decode` in ps / top (Linux), beside the s4d-frontend-N that started it."""
+    try:
+        with open("/proc/self/comm", "w") as f:
+            f.write("s4d-decode")
+    except OSError:
+        pass
 
 
 def _run_reporting_errors(fn: Callable, args: tuple) -> tuple:

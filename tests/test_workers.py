@@ -142,6 +142,29 @@ def test_streams_through_workers_equal_batch(workers):
         assert any(f'process="{process}"' in ln for ln in lag_series), (process, lag_series)
 
 
+def test_big_json_predict_parses_in_a_decode_process(workers):
+    """A JSON body over decode_process_min_bytes (4 MiB) is parsed by a child of the front-end
+    (s4d-decode), and answers as a small body of the same numbers does through a thread."""
+    x = (np.random.default_rng(7).standard_normal(450_000) * 0.3).astype(np.float32)
+    body = ('{"inputs": [[' + ",".join(f"{v:.7f}" for v in x) + "]]}").encode()
+    assert len(body) > 4 << 20
+    r = httpx.post(f"{workers.base}/v1/models/tiny/predict", content=body,
+                   headers={"content-type": "application/json"}, timeout=120)
+    assert r.status_code == 200, r.text
+    decoders = [c for f in workers.children("s4d-frontend") for c in f.children()
+                if c.name() == "s4d-decode"]
+    assert decoders, "no s4d-decode process under any front-end"
+    # the same numbers as NPY (decoded in a thread): the same prediction
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, np.array([float(f"{v:.7f}") for v in x], np.float32))
+    ref = httpx.post(f"{workers.base}/v1/models/tiny/predict", content=buf.getvalue(),
+                     headers={"content-type": "application/x-npy"}, timeout=120)
+    assert_probs_close(r.json()["predictions"][0]["probabilities"],
+                       ref.json()["predictions"][0]["probabilities"], 1e-6)
+
+
 def test_frontend_sigkill_session_resumes_elsewhere(workers):
     """A front-end that dies takes only its sockets: the session resumes on another one."""
     x = (np.random.default_rng(1).standard_normal(900) * 0.3).astype(np.float32)
