@@ -68,8 +68,10 @@ class DecodePool:
         return outcome[1]
 
     def close(self) -> None:
+        """At shutdown: queued decodes cancelled, the children joined (not waiting for them
+        left their queues' semaphores to the resource tracker, which warned at exit)."""
         if self._procs is not None:
-            self._procs.shutdown(wait=False, cancel_futures=True)
+            self._procs.shutdown(wait=True, cancel_futures=True)
             self._procs = None
 
 
