@@ -181,3 +181,31 @@ def test_csv_child_decode_equals_the_thread():
         audio.decode_payload(bad, "csv", SPEC, "body")
     assert (child.value.status, child.value.code, child.value.message) == (
         thread.value.status, thread.value.code, thread.value.message)
+
+
+def test_per_step_answer_written_in_the_child(start_server, checkpoint_dir, live_server):
+    """A per-step answer big enough to go to the child (its rows are written by orjson, which
+    keeps the GIL) is the answer a thread writes, events included."""
+    import orjson
+
+    from server.limits import app_limits
+
+    x = (np.random.default_rng(4).standard_normal(3000) * 0.3).tolist()
+    body = orjson.dumps({"inputs": [x], "per_step": True, "events": True})
+
+    def ask(s):
+        r = httpx.post(f"{s.base_url}/v1/models/tinynone/predict", content=body,
+                       headers={"content-type": "application/json"}, timeout=30)
+        assert r.status_code == 200, r.text
+        return r.json()["predictions"][0]
+
+    thread = ask(live_server)
+    numbers = np.size(thread["per_step"])
+    assert 12 * numbers > len(body) + 1  # the answer's weight passes a threshold the body does not
+    srv = start_server(checkpoints=checkpoint_dir, decode_process_min_bytes=len(body) + 1)
+    pool = app_limits(srv.server._s4d_app).pool
+    child = ask(srv)
+    assert pool._procs is not None  # started by the answer: the body was parsed in a thread
+    assert np.shape(child["per_step"]) == np.shape(thread["per_step"])
+    np.testing.assert_allclose(child["per_step"], thread["per_step"], rtol=1e-6, atol=1e-7)
+    assert child["label"] == thread["label"] and child["events"] == thread["events"]

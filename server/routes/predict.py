@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from model.events import detect, frame_ends
 from server import audio, jsonbody, multipart, stream_events
+from server.backends.base import ModelMetadata
 from server.batcher import BatcherBusy
 from server.errors import ApiError
 from server.frontend.client import EngineUnavailable, RemoteModel
@@ -165,8 +166,8 @@ async def _sequences(lm: RemoteModel, request: Request, st: ServerState):
     return seqs, per_step, detector
 
 
-def _prediction(lm: RemoteModel, logits: np.ndarray, n: int, per_step: bool) -> dict:
-    classes = lm.metadata.classes
+def _prediction(meta: ModelMetadata, logits: np.ndarray, n: int, per_step: bool) -> dict:
+    classes = meta.classes
     steps = logits if logits.ndim == 2 else None
     last = logits[-1] if steps is not None else logits
     p = softmax(last.astype(np.float64))
@@ -180,42 +181,48 @@ def _prediction(lm: RemoteModel, logits: np.ndarray, n: int, per_step: bool) -> 
     return out
 
 
-def _events(lm: RemoteModel, settings, steps: np.ndarray, n: int) -> list[dict]:
+def _events(meta: ModelMetadata, settings, steps: np.ndarray, n: int) -> list[dict]:
     """The events a stream of this recording reports: the detector on the per-step
     probabilities at the stream's frame ends (pooling none: a frame's prediction is its last
     step's), softmax in float64 then float32 as the engine does."""
-    meta = lm.metadata
     ends = frame_ends(n, meta.frame_size, meta.patch_size)
     rows = steps[[e // meta.patch_size - 1 for e in ends]] if ends else steps[:0]
     probs = softmax(rows.astype(np.float64)).astype(np.float32)
     return detect(meta.classes, settings, ends, probs)
 
 
-def _frame_events(lm: RemoteModel, settings, frames: np.ndarray, n: int) -> list[dict]:
+def _frame_events(meta: ModelMetadata, settings, frames: np.ndarray, n: int) -> list[dict]:
     """Events of a pooled model: the detector on the logits after every frame end (softmax in
     float64 then float32, as the engine's stream step)."""
-    meta = lm.metadata
     ends = frame_ends(n, meta.frame_size, meta.patch_size)
     probs = softmax(np.asarray(frames, np.float64)).astype(np.float32)
     return detect(meta.classes, settings, ends, probs)
 
 
-def _answer(lm, name, logits, seqs, per_step, detector, pooled_events=False) -> bytes:
-    """The response body (PredictResponse). Runs in the decode pool. `pooled_events`: the
+def _answer(meta: ModelMetadata, name: str, logits: list[np.ndarray], lengths: list[int],
+            per_step: bool, detector, pooled_events: bool = False) -> bytes:
+    """The response body (PredictResponse). Runs in the decode pool (a child process when the
+    per-step rows are many: orjson keeps the GIL while it writes them). `pooled_events`: the
     logits are [frames, K], the prediction after every frame end (the last row is the whole
     recording's)."""
     if pooled_events:
-        preds = [_prediction(lm, lg[-1], len(x), False) for lg, x in zip(logits, seqs, strict=True)]
-        for pred, lg, x in zip(preds, logits, seqs, strict=True):
-            pred["events"] = _frame_events(lm, detector, lg, len(x))
+        preds = [_prediction(meta, lg[-1], n, False) for lg, n in zip(logits, lengths, strict=True)]
+        for pred, lg, n in zip(preds, logits, lengths, strict=True):
+            pred["events"] = _frame_events(meta, detector, lg, n)
         return orjson.dumps({"model": name, "predictions": preds},
                             option=orjson.OPT_SERIALIZE_NUMPY)
-    preds = [_prediction(lm, lg, len(x), per_step) for lg, x in zip(logits, seqs, strict=True)]
+    preds = [_prediction(meta, lg, n, per_step) for lg, n in zip(logits, lengths, strict=True)]
     if detector is not None:
-        for pred, lg, x in zip(preds, logits, seqs, strict=True):
-            pred["events"] = _events(lm, detector, lg, len(x))
+        for pred, lg, n in zip(preds, logits, lengths, strict=True):
+            pred["events"] = _events(meta, detector, lg, n)
     return orjson.dumps({"model": name, "predictions": preds},
                         option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _answer_size(logits: list[np.ndarray], per_step: bool) -> int:
+    """About the bytes of the answer's JSON that scale with the logits (~12 per number written
+    out): what the decode pool weighs for a child process. Only per-step rows are written out."""
+    return 12 * sum(lg.size for lg in logits) if per_step else 0
 
 
 @router.post(
@@ -240,7 +247,9 @@ async def predict(name: str, request: Request) -> Response:
     pooled_events = detector is not None and lm.metadata.pooling != "none"
     with lim.budget.reserve(name, sum(len(x) for x in seqs)):
         logits = await run_batch(lm, seqs, frames=pooled_events)
-    body = await lim.pool.run(_answer, lm, name, logits, seqs, per_step, detector, pooled_events)
+    body = await lim.pool.run(_answer, lm.metadata, name, logits, [len(x) for x in seqs],
+                              per_step, detector, pooled_events,
+                              size=_answer_size(logits, per_step))
     return Response(body, media_type="application/json")
 
 
