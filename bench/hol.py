@@ -27,7 +27,7 @@ import httpx
 import numpy as np
 import websockets
 
-from bench.serve import _loop_lag, _scrape, free_port
+from bench.serve import free_port, loop_stalls, scrape_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -111,13 +111,13 @@ def main() -> int:
 
         def post():
             time.sleep(2.0)
-            marks["m0"] = _scrape(base)
+            marks["m0"] = scrape_metrics(base)
             marks["t0"] = time.monotonic()
             r = httpx.post(f"{base}/v1/models/kws-s4d/predict", content=body,
                            headers={"content-type": ctype}, timeout=900)
             marks["t1"] = time.monotonic()
             marks["status"] = r.status_code
-            marks["m1"] = _scrape(base)
+            marks["m1"] = scrape_metrics(base)
 
         th = threading.Thread(target=post)
         th.start()
@@ -135,9 +135,8 @@ def main() -> int:
                    "p50": round(float(np.percentile(during, 50)), 1) if during.size else None,
                    "p99": round(float(np.percentile(during, 99)), 1) if during.size else None,
                    "max": round(float(during.max()), 1) if during.size else None}}
-        m0, m1 = marks.get("m0", {}), marks.get("m1", {})
         # the server's own event-loop stalls over the predict, by process role
-        res["server_loop_lag"] = _loop_lag(m1, lambda k: m1.get(k, 0.0) - m0.get(k, 0.0))
+        res["server_loop_lag"] = loop_stalls(marks.get("m0", {}), marks.get("m1", {}))
         print(json.dumps(res) if a.json else res)
     finally:
         proc.terminate()

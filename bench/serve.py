@@ -46,7 +46,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -326,7 +325,7 @@ _SCRAPED = {"s4d_step_latency_seconds", "s4d_scheduler_batch_size", "s4d_gc_paus
             "s4d_gc_pause_cpu_seconds", "s4d_event_loop_lag_seconds"}
 
 
-def _scrape(url: str) -> dict[tuple, float]:
+def scrape_metrics(url: str) -> dict[tuple, float]:
     """The server's /metrics samples this bench reads, by (name, sorted labels); {} when the
     endpoint is not reachable (metrics private, server gone)."""
     import urllib.request
@@ -384,13 +383,17 @@ def _window_metrics(m0: dict, m1: dict, model: str) -> dict:
             if bounds:
                 g["longest_at_most"] = max(g["longest_at_most"], bounds[0])
     out["gc_pauses"] = gc_pauses
-    out["loop_lag"] = _loop_lag(m1, delta)
+    out["loop_lag"] = loop_stalls(m0, m1)
     return out
 
 
-def _loop_lag(m1: dict, delta: Callable[[tuple], float]) -> dict:
-    """Event-loop stalls by process role over the window: samples of the 10 ms timer, how many
-    woke >= 20 ms and >= 50 ms late, and the bucket bound the longest one is under."""
+def loop_stalls(m0: dict, m1: dict) -> dict:
+    """Event-loop stalls by process role between two scrapes: samples of the 10 ms timer, how
+    many woke >= 20 ms and >= 50 ms late, and the bucket bound the longest one is under."""
+
+    def delta(key: tuple) -> float:
+        return m1.get(key, 0.0) - m0.get(key, 0.0)
+
     out: dict = {}
     for name, labels in m1:
         if name != "s4d_event_loop_lag_seconds_count" or not delta((name, labels)):
@@ -533,7 +536,7 @@ def run_once(args: argparse.Namespace, ctx: dict, n: int, pool: cf.Executor) -> 
     w0, w1 = start_at + args.warmup, start_at + args.duration
     time.sleep(max(0.0, w0 - time.monotonic()))
     p0 = _cpu_by_process(ctx["server_pid"])
-    m0 = _scrape(ctx["url"])
+    m0 = scrape_metrics(ctx["url"])
     server_cpus = cpu_list(args.server_cpus)
     st0, q0 = _steal_seconds(server_cpus), _runqueue_wait_seconds(ctx["server_pid"])
     s0, t0 = _cpu_times(ctx["server_pid"]), time.monotonic()
@@ -541,7 +544,7 @@ def run_once(args: argparse.Namespace, ctx: dict, n: int, pool: cf.Executor) -> 
     s1, t1 = _cpu_times(ctx["server_pid"]), time.monotonic()
     st1, q1 = _steal_seconds(server_cpus), _runqueue_wait_seconds(ctx["server_pid"])
     p1 = _cpu_by_process(ctx["server_pid"])
-    m1 = _scrape(ctx["url"])
+    m1 = scrape_metrics(ctx["url"])
     outs = [f.result(timeout=args.duration + 120) for f in futs]
 
     due = np.concatenate([o["due"] for o in outs])

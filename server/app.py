@@ -120,11 +120,11 @@ def create_app(settings: Settings | None = None, *, engine_endpoints: list[str] 
         await pool.start()
         freeze_startup_objects()  # this process's start-up objects: no collector pauses
         grpc_server = await oip_grpc.start(app)  # None unless settings.grpc_port
-        unwatch_loop = metrics.watch_loop("frontend" if engine_endpoints else "server")
+        unwatch = metrics.watch_process("frontend" if engine_endpoints else "server")
         try:
             yield
         finally:
-            unwatch_loop()
+            unwatch()
             await oip_grpc.stop(grpc_server, settings.graceful_timeout_s)
             await drain(st)
             rest_limits = getattr(app.state, limits.APP_ATTR, None)

@@ -130,8 +130,8 @@ class Metrics:
         self.batch_size.labels(model=model)
         self.step_latency.labels(model=model)
 
-    def watch_loop(self, process: str):
-        """Sample this process's event-loop lag (server/loop_lag.py) and, below it, record its
+    def watch_process(self, process: str):
+        """Watch this process's stalls: its event-loop lag (server/loop_lag.py) and its
         collector pauses; returns the function that stops both."""
         from server.loop_lag import watch_loop_lag
 

@@ -401,13 +401,13 @@ async def infer(name: str, request: Request, version: str = "") -> Response:
     enc = content_encoding(request)
     # bounded in bytes (Content-Length first, 413) and time (408) before anything is parsed
     body = await limits.read_body(request, s.max_body_bytes, s.body_timeout_s)
-    decode_args = (body, enc, request.headers.get(HEADER_LENGTH), s.max_body_bytes, name,
-                   version)
+    header_length = request.headers.get(HEADER_LENGTH)
+    decode_args = (body, enc, header_length, s.max_body_bytes, name, version)
     if enc == "identity" and len(body) <= INLINE_DECODE_BYTES:  # a stream chunk: no thread hop
         req = decode_infer(*decode_args)
     else:  # big or compressed (its size unknown until decompressed): in the decode threads
         # a plain JSON body of decode_process_min_bytes or more: parsed in a child process
-        size = len(body) if enc == "identity" and decode_args[2] is None else 0
+        size = len(body) if enc == "identity" and header_length is None else 0
         req = await service.limits.pool.run(decode_infer, *decode_args, size=size)
     resp = await service.infer(req, request.scope.get(SCOPE_KEY))
     out, header_len = encode_infer(resp, req.parameters.get("binary_data_output", False))

@@ -38,7 +38,7 @@ async def serve_engine(settings: Settings, endpoint: str, device: str | None = N
         sock.send_multipart([identity, *encode(header, arrays)], copy=False)
 
     engine.attach_transport(send)
-    unwatch_loop = engine.metrics.watch_loop("engine")
+    unwatch = engine.metrics.watch_process("engine")
     await engine.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -68,7 +68,7 @@ async def serve_engine(settings: Settings, endpoint: str, device: str | None = N
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     await engine.stop()
-    unwatch_loop()
+    unwatch()
     sock.close(linger=0)
 
 
