@@ -8,6 +8,7 @@ the predict runs, and the predict's time. `--workers W` serves with W front-ends
 passes server settings.
 `python -m bench.hol --samples 10000000 [--tree .baseline] [--json]`,
 `python -m bench.hol --samples 1500000 --format json --workers 1 [--env S4D_DECODE_PROCESS_MIN_BYTES=0]`
+`python -m bench.hol --samples 2400000 --format grpc --workers 1 [--tree .baseline]`
 """
 
 from __future__ import annotations
@@ -71,13 +72,32 @@ async def stream(url: str, seconds: float, marks: dict) -> list[tuple[float, flo
     return out
 
 
+def grpc_infer(port: int, body: bytes, size: int) -> str:
+    """One ModelInfer of a serialized request; its gRPC status name."""
+    import grpc
+
+    from server.proto import grpc_service_pb2 as pb
+    from server.proto import grpc_service_pb2_grpc as pb_grpc
+
+    opts = [("grpc.max_send_message_length", size + (1 << 20)),
+            ("grpc.max_receive_message_length", 1 << 26)]
+    with grpc.insecure_channel(f"127.0.0.1:{port}", options=opts) as ch:
+        try:
+            pb_grpc.GRPCInferenceServiceStub(ch).ModelInfer(
+                pb.ModelInferRequest.FromString(body), timeout=900)
+            return "OK"
+        except grpc.RpcError as exc:
+            return f"{exc.code().name}: {exc.details()}"
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--tree", default=str(ROOT), help="checkout whose server runs")
     p.add_argument("--samples", type=int, default=10_000_000)
     p.add_argument("--seconds", type=float, default=30.0)
     p.add_argument("--json", action="store_true")
-    p.add_argument("--format", choices=("npy", "json"), default="npy", help="the predict body")
+    p.add_argument("--format", choices=("npy", "json", "grpc", "grpc-int"), default="npy",
+                   help="the predict body (grpc: OIP ModelInfer with typed contents)")
     p.add_argument("--workers", type=int, default=0, help="front-end processes (0: one process)")
     p.add_argument("--env", action="append", default=[], metavar="K=V",
                    help="extra server environment (settings)")
@@ -86,16 +106,28 @@ def main() -> int:
     if a.format == "json":
         body = ('{"inputs": [[' + ",".join(f"{v:.6f}" for v in x) + "]]}").encode()
         ctype = "application/json"
+    elif a.format.startswith("grpc"):
+        from server.proto import grpc_service_pb2 as pb
+
+        req = pb.ModelInferRequest(model_name="kws-s4d")
+        if a.format == "grpc":
+            t = req.inputs.add(name="input", datatype="FP32", shape=[1, a.samples, 1])
+            t.contents.fp32_contents.extend(x.tolist())
+        else:
+            t = req.inputs.add(name="input", datatype="INT16", shape=[1, a.samples, 1])
+            t.contents.int_contents.extend(np.round(x * 32767).astype(np.int32).tolist())
+        body, ctype = req.SerializeToString(), "application/grpc"
     else:
         buf = io.BytesIO()
         np.save(buf, x)
         body, ctype = buf.getvalue(), "application/x-npy"
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     env = {**os.environ, "PYTHONPATH": a.tree, "S4D_PORT": str(port), "S4D_MODELS": "kws-s4d",
            "S4D_LOG_LEVEL": "warning", "S4D_MAX_SEQUENCE_SAMPLES": str(a.samples),
            "S4D_MAX_BODY_BYTES": str(len(body) + (1 << 20)), "S4D_WORKERS": str(a.workers),
            "S4D_MAX_PENDING_SAMPLES": str(2 * a.samples), "S4D_BODY_TIMEOUT_S": "600",
-           "S4D_CHECKPOINTS": str(ROOT / "checkpoints"), **dict(kv.split("=", 1) for kv in a.env)}
+           "S4D_CHECKPOINTS": str(ROOT / "checkpoints"), "S4D_GRPC_PORT": str(grpc_port),
+           **dict(kv.split("=", 1) for kv in a.env)}
     proc = subprocess.Popen([sys.executable, "-m", "s4d_cli", "serve"], cwd=a.tree, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
@@ -113,10 +145,13 @@ def main() -> int:
             time.sleep(2.0)
             marks["m0"] = scrape_metrics(base)
             marks["t0"] = time.monotonic()
-            r = httpx.post(f"{base}/v1/models/kws-s4d/predict", content=body,
-                           headers={"content-type": ctype}, timeout=900)
+            if ctype == "application/grpc":
+                marks["status"] = grpc_infer(grpc_port, body, len(body))
+            else:
+                r = httpx.post(f"{base}/v1/models/kws-s4d/predict", content=body,
+                               headers={"content-type": ctype}, timeout=900)
+                marks["status"] = r.status_code
             marks["t1"] = time.monotonic()
-            marks["status"] = r.status_code
             marks["m1"] = scrape_metrics(base)
 
         th = threading.Thread(target=post)

@@ -323,7 +323,8 @@ def test_grpc_infer_equals_v1_predict(grpc_client, srv, model, shape):
 
 
 def test_grpc_infer_with_typed_contents(srv):
-    """fp32_contents / int_contents (the non-raw form), through Triton's own generated stub."""
+    """The typed contents fields (the non-raw form: fp32 / fp64 / int / int64 / uint), through
+    Triton's own generated stub."""
     import grpc
     from tritonclient.grpc import service_pb2, service_pb2_grpc
 
@@ -331,7 +332,10 @@ def test_grpc_infer_with_typed_contents(srv):
     q = np.round(x * 100).astype(np.int32)
     with grpc.insecure_channel(f"127.0.0.1:{srv.settings.grpc_port}") as ch:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(ch)
-        for arr, dtype, field in ((x, "FP32", "fp32_contents"), (q, "INT32", "int_contents")):
+        for arr, dtype, field in ((x, "FP32", "fp32_contents"), (q, "INT32", "int_contents"),
+                                  (x.astype(np.float64), "FP64", "fp64_contents"),
+                                  (q.astype(np.int64) * 10**6, "INT64", "int64_contents"),
+                                  (np.abs(q).astype(np.uint16), "UINT16", "uint_contents")):
             req = service_pb2.ModelInferRequest(model_name="tiny")
             t = req.inputs.add(name="input", datatype=dtype, shape=list(arr.shape[:2]))
             getattr(t.contents, field).extend(arr.ravel().tolist())
@@ -339,6 +343,13 @@ def test_grpc_infer_with_typed_contents(srv):
             probs = np.frombuffer(resp.raw_output_contents[0], "<f4").reshape(2, 3)
             np.testing.assert_allclose(probs, v1_probs(srv, "tiny", arr.astype(np.float32)),
                                        atol=TOL, rtol=0)
+        req = service_pb2.ModelInferRequest(model_name="tiny")  # one value short
+        req.inputs.add(name="input", datatype="INT32", shape=[2, 80]).contents.int_contents.extend(
+            q.ravel()[:-1].tolist())
+        with pytest.raises(grpc.RpcError) as ei:
+            stub.ModelInfer(req, timeout=30)
+        assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "159 values, shape needs 160" in ei.value.details()
         req = service_pb2.ModelInferRequest(model_name="tiny")
         req.inputs.add(name="input", datatype="FP16", shape=[1, 4]).contents.fp32_contents.extend(
             [0.0] * 4)
