@@ -2,14 +2,17 @@
 
 s4d predict --url http://127.0.0.1:8000 --model kws-s4d a.wav b.csv    # one JSON line per file
 s4d stream  --url http://127.0.0.1:8000 --model kws-s4d a.wav --realtime
+arecord -q -t raw -f S16_LE -r 16000 -c 1 | s4d stream --model kws-s4d -    # live, until Ctrl-C
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import signal
 import sys
 from typing import Any
 
@@ -33,10 +36,12 @@ def register(subparsers: Any) -> None:
         "stream",
         help="stream a file to a running server over the WebSocket and print live results",
         description="Stream FILE to WS /v1/models/{model}/stream in chunks (resampled and "
-        "mixed down to the model's rate/channels here) and print results, then the final one.",
+        "mixed down to the model's rate/channels here) and print results, then the final one. "
+        "FILE '-' streams live input: raw PCM on stdin, as it comes, until EOF or Ctrl-C "
+        "(e.g. arecord -q -t raw -f S16_LE -r 16000 -c 1 | s4d stream -).",
     )
     _common(s)
-    s.add_argument("file", metavar="FILE")
+    s.add_argument("file", metavar="FILE", help="audio / ECG file, or - for raw PCM on stdin")
     s.add_argument("--realtime", action="store_true", help="pace chunks at real time")
     s.add_argument("--chunk-ms", type=float, default=20.0, help="chunk length (default 20 ms)")
     s.add_argument(
@@ -46,6 +51,12 @@ def register(subparsers: Any) -> None:
         help="samples between results (default: the model's frame size; 0: final only)",
     )
     s.add_argument("--encoding", choices=["pcm_s16le", "f32le"], default=None)
+    s.add_argument("--input-rate", type=int, default=None,
+                   help="FILE -: the input's sample rate (default: the model's; else resampled)")
+    s.add_argument("--input-channels", type=int, default=1,
+                   help="FILE -: interleaved channels of the input (default 1; mixed down)")
+    s.add_argument("--input-encoding", choices=["s16le", "f32le"], default="s16le",
+                   help="FILE -: little-endian 16-bit PCM (default) or 32-bit float, full scale")
     _scale_arg(s)
     s.add_argument("--json", action="store_true", help="print every message as a JSON line")
     s.add_argument("--events", default=None, type=_events_arg,
@@ -163,17 +174,21 @@ async def _stream(args: argparse.Namespace) -> int:
                 else:
                     print(_event_line(msg, rate), flush=True)
 
-            async for msg in client.stream_file(
-                args.model,
-                args.file,
-                realtime=args.realtime,
-                chunk_ms=args.chunk_ms,
-                emit_every=args.emit_every,
-                encoding=args.encoding,
-                scale=args.scale,
-                events=args.events,
-                on_event=on_event,
-            ):
+            if args.file == "-":
+                source = _live_source(client, args, on_event)
+            else:
+                source = client.stream_file(
+                    args.model,
+                    args.file,
+                    realtime=args.realtime,
+                    chunk_ms=args.chunk_ms,
+                    emit_every=args.emit_every,
+                    encoding=args.encoding,
+                    scale=args.scale,
+                    events=args.events,
+                    on_event=on_event,
+                )
+            async for msg in source:
                 if msg.get("type") == "final":
                     final = msg
                     continue
@@ -207,6 +222,31 @@ async def _stream(args: argparse.Namespace) -> int:
         finally:
             if live is not None:
                 live.stop()
+
+
+def _live_source(client, args: argparse.Namespace, on_event):
+    """Results of a live stream from stdin; Ctrl-C ends the input (not the program): what was
+    read is sent, the stream ends and its final result is printed."""
+    if sys.stdin.isatty():
+        raise ValueError("FILE '-' reads raw PCM from stdin: pipe it in, e.g. "
+                         "arecord -q -t raw -f S16_LE -r 16000 -c 1 | s4d stream -")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # not on every platform
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+
+    def on_trailing(n: int) -> None:
+        print(f"s4d stream: the last {n} bytes of stdin were not a whole sample frame; "
+              "not sent", file=sys.stderr)
+
+    return client.stream_live(
+        # the unbuffered stdin: its reads return what has arrived, and a read still waiting
+        # at exit holds no lock of the interpreter's (a buffered one aborts the shutdown)
+        args.model, sys.stdin.buffer.raw, rate=args.input_rate, channels=args.input_channels,
+        input_encoding=args.input_encoding, chunk_ms=args.chunk_ms, scale=args.scale,
+        stop=stop, on_trailing=on_trailing, emit_every=args.emit_every, events=args.events,
+        on_event=on_event,
+    )
 
 
 def run_stream(args: argparse.Namespace) -> int:

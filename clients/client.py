@@ -6,6 +6,8 @@
         print(c.predict("kws-s4d", "yes.wav")[0].label)
         for r in c.stream_file("kws-s4d", "yes.wav"):
             print(r["offset"], r["label"])
+        for r in c.stream_live("kws-s4d", sys.stdin.buffer.raw, rate=48000):  # raw s16le
+            print(r["offset"], r["label"])
 
 `AsyncS4DClient` is the same API with coroutines and async iterators.
 """
@@ -18,10 +20,10 @@ import json
 import os
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import httpx
 import numpy as np
@@ -29,6 +31,7 @@ import numpy as np
 from . import io as cio
 from ._portal import Portal
 from .errors import S4DError
+from .live import read_live
 from .stream import AsyncStreamSession, ws_url_for
 
 DEFAULT_URL = os.environ.get("S4D_URL", "http://127.0.0.1:8000")
@@ -385,10 +388,82 @@ class AsyncS4DClient:
         """Like stream_file for samples already in memory ([L] or [L, C] at sample_rate)."""
         x = cio.as_2d(x)
         chunk = max(1, int(round(sample_rate * chunk_ms / 1000.0)))
+
+        async def chunks() -> AsyncIterator[np.ndarray]:
+            t0 = time.monotonic()
+            for k, i in enumerate(range(0, len(x), chunk)):
+                if realtime:
+                    # chunk k is complete (as if recorded live) at t0 + (k+1) * chunk duration
+                    delay = t0 + (k + 1) * chunk / sample_rate - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                yield x[i : i + chunk]
+
+        async for msg in self.stream_chunks(
+            model, chunks(), sample_rate=sample_rate, channels=x.shape[1], encoding=encoding,
+            emit_every=emit_every, on_session=on_session, **kwargs,
+        ):
+            yield msg
+
+    async def stream_live(
+        self,
+        model: str,
+        reader: BinaryIO,
+        *,
+        rate: int | None = None,
+        channels: int = 1,
+        input_encoding: str = "s16le",
+        chunk_ms: float = 20.0,
+        scale: float | None = None,
+        stop: asyncio.Event | None = None,
+        on_trailing: Callable[[int], Any] | None = None,
+        emit_every: int | None = None,
+        on_session: Callable[[AsyncStreamSession], Any] | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[dict]:
+        """Stream raw interleaved PCM read live from ``reader`` (``sys.stdin.buffer.raw`` fed by
+        ``arecord``, ``sox -d`` or ``ffmpeg``; any binary file object) until EOF or until
+        ``stop`` is set; yields every result and, last, the final one. ``rate`` (default: the
+        model's) and ``channels`` describe the input; it is mixed down and resampled to the
+        model's as it arrives. ``input_encoding``: ``s16le`` or ``f32le`` (full scale).
+        ``on_trailing(n)`` hears of n bytes at the end that were not a whole frame."""
+        meta = await self._cached_model(model)
+        target_rate, target_channels = int(meta["sample_rate"]), int(meta.get("input_channels") or 1)
+        rate = int(rate or target_rate)
+        # the model's rate and layout in 16 bits, unscaled: sent as they came (lossless)
+        as_is = (input_encoding == "s16le" and rate == target_rate and channels == target_channels
+                 and scale is None)
+        chunks = read_live(reader, rate=rate, channels=channels, encoding=input_encoding,
+                           target_rate=target_rate, target_channels=target_channels,
+                           chunk_ms=chunk_ms, stop=stop, on_trailing=on_trailing)
+        if scale is not None:
+            chunks = _scaled(chunks, np.float32(scale))
+        async for msg in self.stream_chunks(
+            model, chunks, sample_rate=target_rate, channels=target_channels,
+            encoding="pcm_s16le" if as_is else "f32le", emit_every=emit_every,
+            on_session=on_session, **kwargs,
+        ):
+            yield msg
+
+    async def stream_chunks(
+        self,
+        model: str,
+        chunks: AsyncIterable[np.ndarray],
+        *,
+        sample_rate: int,
+        channels: int = 1,
+        encoding: str = "f32le",
+        emit_every: int | None = None,
+        on_session: Callable[[AsyncStreamSession], Any] | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[dict]:
+        """Stream chunks ([n] or [n, C] samples at the model's rate) as ``chunks`` yields
+        them, then end; yields every result and, last, the final one. The source runs beside
+        the results: a slow source never holds results back."""
         session = self.stream(
             model,
             sample_rate=sample_rate,
-            channels=x.shape[1],
+            channels=channels,
             encoding=encoding,
             emit_every=emit_every,
             **kwargs,
@@ -398,14 +473,8 @@ class AsyncS4DClient:
             on_session(session)
 
         async def feed() -> dict:
-            t0 = time.monotonic()
-            for k, i in enumerate(range(0, len(x), chunk)):
-                if realtime:
-                    # chunk k is complete (as if recorded live) at t0 + (k+1) * chunk duration
-                    delay = t0 + (k + 1) * chunk / sample_rate - time.monotonic()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                await session.send(x[i : i + chunk])
+            async for c in chunks:
+                await session.send(c)
             return await session.end()
 
         feeder = asyncio.get_running_loop().create_task(feed())
@@ -426,6 +495,11 @@ class AsyncS4DClient:
                     await feeder
             if not session._done:
                 await session.close()
+
+
+async def _scaled(chunks: AsyncIterable[np.ndarray], k: np.float32) -> AsyncIterator[np.ndarray]:
+    async for c in chunks:
+        yield c * k
 
 
 class StreamSession:
@@ -516,6 +590,10 @@ class S4DClient:
 
     def stream_array(self, model: str, x: np.ndarray, **kwargs: Any) -> Iterator[dict]:
         return self._portal.iterate(self._async.stream_array(model, x, **kwargs))
+
+    def stream_live(self, model: str, reader: BinaryIO, **kwargs: Any) -> Iterator[dict]:
+        """Raw PCM from `reader` until EOF (see AsyncS4DClient.stream_live)."""
+        return self._portal.iterate(self._async.stream_live(model, reader, **kwargs))
 
 
 async def _make_async(url: str, kwargs: dict) -> AsyncS4DClient:
