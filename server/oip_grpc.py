@@ -254,7 +254,7 @@ async def start(app) -> grpc.aio.Server | None:
     s = st.settings
     if not s.grpc_port:
         return None
-    server = grpc.aio.server(options=[
+    server = grpc.aio.server(maximum_concurrent_rpcs=s.grpc_max_concurrent_rpcs, options=[
         ("grpc.max_receive_message_length", s.max_body_bytes),
         # a taken port is an error, not a silently shared one; except between the front-end
         # processes of one server (--workers W), which all serve it

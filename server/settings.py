@@ -126,6 +126,10 @@ class Settings(BaseSettings):
     max_connections: int | None = Field(
         2048, ge=1, description="concurrent connections + WebSockets before 503 (uvicorn "
         "limit_concurrency); empty for no cap")
+    grpc_max_concurrent_rpcs: int | None = Field(
+        2048, ge=1, description="gRPC calls in progress (unary and streaming) before a new one "
+        "is refused RESOURCE_EXHAUSTED, so many big messages at once cannot exhaust memory "
+        "(grpc.aio maximum_concurrent_rpcs); empty for no cap")
     max_header_bytes: int = Field(
         64 << 10, ge=1024, description="largest request head (request line + headers), bytes")
 

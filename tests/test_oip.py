@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import json
 import queue
+import time
 import zlib
 
 import httpx
@@ -431,3 +432,46 @@ def test_grpc_port_setting(monkeypatch):
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
     assert settings_from_args(parser.parse_args(["serve", "--grpc-port", "8001"])).grpc_port == 8001
+
+
+def test_grpc_calls_in_progress_are_capped(start_server, checkpoint_dir):
+    """grpc_max_concurrent_rpcs: beyond it a call is refused RESOURCE_EXHAUSTED at once (many
+    big messages at once cannot exhaust memory); a streaming call counts for its whole life;
+    a finished call frees its place."""
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    h = start_server(checkpoints=checkpoint_dir, models="tiny", grpc_port=free_port(),
+                     grpc_max_concurrent_rpcs=2)
+    req = service_pb2.ModelInferRequest(model_name="tiny")
+    req.inputs.add(name="input", datatype="FP32", shape=[1, 40]).contents.fp32_contents.extend(
+        signal(1, 40, 1).ravel().tolist())
+
+    def held(q: queue.Queue):
+        while (item := q.get()) is not None:
+            yield item
+
+    with grpc.insecure_channel(f"127.0.0.1:{h.settings.grpc_port}") as ch:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(ch)
+        assert stub.ModelInfer(req, timeout=30).outputs  # under the cap
+        queues, streams = [queue.Queue(), queue.Queue()], []
+        for q in queues:  # two streaming calls, open until their request iterator ends
+            streams.append(stub.ModelStreamInfer(held(q), timeout=60))
+            q.put(req)
+            assert not next(streams[-1]).error_message
+        with pytest.raises(grpc.RpcError) as ei:
+            stub.ModelInfer(req, timeout=30)
+        assert ei.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        queues[0].put(None)
+        assert list(streams[0]) == []
+        for _ in range(50):  # the finished stream's place is given back
+            try:
+                assert stub.ModelInfer(req, timeout=30).outputs
+                break
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                time.sleep(0.1)
+        else:
+            pytest.fail("a place was not given back after a stream ended")
+        queues[1].put(None)
+        assert list(streams[1]) == []
