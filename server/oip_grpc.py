@@ -1,4 +1,5 @@
-"""KServe v2 `inference.GRPCInferenceService` on grpc.aio, in the HTTP app's process and loop.
+"""KServe v2 `inference.GRPCInferenceService` on grpc.aio, in the HTTP app's process and loop
+(with the HTTP listener's TLS certificate when it has one).
 
 Started and stopped by the app lifespan (`start(app)` / `stop(server, grace)`) when
 `grpc_port` is set. Every RPC goes through the same `OipService` as /v2 over HTTP (same
@@ -12,6 +13,7 @@ from __future__ import annotations
 import inspect
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -265,14 +267,30 @@ async def start(app) -> grpc.aio.Server | None:
         server)
     host = f"[{s.host}]" if ":" in s.host else s.host
     try:
-        port = server.add_insecure_port(f"{host}:{s.grpc_port}")
+        creds = tls_credentials(s)
+        port = (server.add_secure_port(f"{host}:{s.grpc_port}", creds) if creds is not None
+                else server.add_insecure_port(f"{host}:{s.grpc_port}"))
     except RuntimeError as exc:
         raise RuntimeError(f"gRPC: cannot bind {host}:{s.grpc_port}: {exc}") from exc
     if port == 0:
         raise RuntimeError(f"gRPC: cannot bind {host}:{s.grpc_port}")
     await server.start()
-    log.info("gRPC %s on %s:%d", SERVICE, host, port)
+    log.info("gRPC %s on %s:%d%s", SERVICE, host, port, " (TLS)" if creds is not None else "")
     return server
+
+
+def tls_credentials(s) -> grpc.ServerCredentials | None:
+    """The HTTP listener's certificate for gRPC too (None without one): API keys and audio
+    must not travel in clear on one port when the other is encrypted. A certificate file that
+    holds the private key as well serves as both, as it does for uvicorn."""
+    if s.ssl_certfile is None:
+        return None
+    try:
+        chain = Path(s.ssl_certfile).read_bytes()
+        key = Path(s.ssl_keyfile).read_bytes() if s.ssl_keyfile else chain
+    except OSError as exc:
+        raise RuntimeError(f"gRPC: cannot read the TLS certificate / key: {exc}") from exc
+    return grpc.ssl_server_credentials([(key, chain)])
 
 
 async def stop(server: grpc.aio.Server | None, grace: float) -> None:

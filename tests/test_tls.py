@@ -1,5 +1,6 @@
 """TLS end to end: a self-signed certificate made in the test (openssl CLI), the server on
-https/wss, the Python client and CLI verifying it with --ca-file and sending an API key."""
+https/wss (and its gRPC listener on TLS with the same certificate), the Python client and CLI
+verifying it with --ca-file and sending an API key."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from server.auth import key_line, new_key
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None,
                                 reason="needs the openssl program (Debian package openssl)")
 KEY = new_key()
+GRPC: dict = {}  # the TLS server's gRPC port
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +40,8 @@ def tls_server(checkpoint_dir, tmp_path_factory):
     keys.write_text(key_line("tls-user", KEY) + "\n")
     settings = Settings(checkpoints=checkpoint_dir, models="tiny", host="127.0.0.1",
                         port=free_port(), log_level="warning", ssl_certfile=cert,
-                        ssl_keyfile=pkey, api_keys_file=keys)
+                        ssl_keyfile=pkey, api_keys_file=keys, grpc_port=free_port())
+    GRPC["port"] = settings.grpc_port
     server = build_server(settings)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -108,3 +111,24 @@ def _env() -> dict:
     import os
 
     return {k: v for k, v in os.environ.items() if k != "S4D_API_KEY"}
+
+
+def test_grpc_uses_the_same_certificate(tls_server):
+    """gRPC beside an https listener is TLS too (an API key in call metadata never travels in
+    clear): a client trusting the CA gets answers, a plaintext client gets none."""
+    grpc = pytest.importorskip("grpc")
+    tg = pytest.importorskip("tritonclient.grpc")
+
+    _, cert = tls_server
+    target = f"127.0.0.1:{GRPC['port']}"
+    meta = {"authorization": f"Bearer {KEY}"}
+    with tg.InferenceServerClient(target, ssl=True, root_certificates=str(cert)) as c:
+        assert c.is_server_live()
+        x = (np.random.default_rng(5).standard_normal((1, 400, 1)) * 0.2).astype(np.float32)
+        inp = tg.InferInput("input", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        probs = c.infer("tiny", [inp], headers=meta).as_numpy("probabilities")
+        assert probs.shape[0] == 1 and abs(float(probs.sum()) - 1.0) < 1e-4
+    with grpc.insecure_channel(target) as ch:
+        with pytest.raises(grpc.FutureTimeoutError):
+            grpc.channel_ready_future(ch).result(timeout=3)
