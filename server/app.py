@@ -188,6 +188,7 @@ def create_app(settings: Settings | None = None, *, engine_endpoints: list[str] 
         return JSONResponse({"service": "s4d-serve", "docs": "/docs", "models": "/v1/models"})
 
     openapi.customize(app, rest.BODY_MODELS)
+    app.add_middleware(limits.BodyBudgetMiddleware, budget=lambda: limits.app_limits(app).bodies)
     app.add_middleware(LatencyMiddleware, metrics=metrics)
     auth.install(app, settings, metrics)  # API keys, Origin, CORS, trusted hosts (outermost)
     return app

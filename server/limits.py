@@ -128,12 +128,65 @@ class SampleBudget:
             self.on_change(model, value)
 
 
+class BodyBudget:
+    """Bytes of request bodies held by the requests in progress (one process). Each body is
+    bounded by max_body_bytes, but max_connections requests could each hold one at once (2,048
+    x 32 MiB); beyond the budget a request is refused 503 before its body is read, and its
+    bytes count until its response is sent (BodyBudgetMiddleware gives them back)."""
+
+    SCOPE_KEY = "s4d.body_bytes"  # per request: [bytes it holds]
+
+    def __init__(self, limit: int | None, on_change: Callable[[int], None] | None = None):
+        self.limit, self.held, self.on_change = limit, 0, on_change
+
+    def take(self, scope: dict, n: int) -> None:
+        """Count n more bytes for the request of `scope`, or ApiError 503 (nothing taken)."""
+        mine = scope.get(self.SCOPE_KEY)
+        if mine is None or n <= 0:  # outside the middleware (a bare app): not budgeted
+            return
+        if self.limit is not None and self.held + n > self.limit:
+            raise ApiError(503, "server_busy",
+                           f"request bodies of {self.held} bytes are being processed (limit "
+                           f"{self.limit} bytes in memory); try again later",
+                           headers={"Retry-After": "1", "Connection": "close"})
+        mine[0] += n
+        self._set(self.held + n)
+
+    def give_back(self, scope: dict) -> None:
+        mine = scope.get(self.SCOPE_KEY)
+        if mine and mine[0]:
+            self._set(self.held - mine[0])
+            mine[0] = 0
+
+    def _set(self, value: int) -> None:
+        self.held = value
+        if self.on_change is not None:
+            self.on_change(value)
+
+
+class BodyBudgetMiddleware:
+    """Pure ASGI: gives a request's body bytes back to the BodyBudget when it is over."""
+
+    def __init__(self, app, budget: Callable[[], BodyBudget]):
+        self.app, self.budget = app, budget
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        scope[BodyBudget.SCOPE_KEY] = [0]
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.budget().give_back(scope)
+
+
 @dataclass
 class HttpLimits:
-    """The decode threads and the pending-sample budget of one app."""
+    """The decode threads, the pending-sample budget and the body budget of one app."""
 
     pool: DecodePool
     budget: SampleBudget
+    bodies: BodyBudget
 
 
 def new_limits(st) -> HttpLimits:
@@ -143,7 +196,9 @@ def new_limits(st) -> HttpLimits:
     return HttpLimits(pool=DecodePool(st.settings.decode_threads,
                                       st.settings.decode_process_min_bytes),
                       budget=SampleBudget(st.settings.max_pending_samples,
-                                          lambda model, v: gauge.labels(model=model).set(v)))
+                                          lambda model, v: gauge.labels(model=model).set(v)),
+                      bodies=BodyBudget(st.settings.max_body_bytes_in_flight,
+                                        st.metrics.body_bytes.set))
 
 
 #: where an app keeps its limits; the /v1 predict route looks them up under the same name,
@@ -164,8 +219,11 @@ async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
     """The whole body, at most `limit` bytes (413) within `timeout_s` seconds (408): a client
     that sends a few bytes a minute cannot hold a worker and a buffer forever."""
     cl = request.headers.get("content-length")
-    if cl is not None and cl.isdigit() and int(cl) > limit:
+    declared = int(cl) if cl is not None and cl.isdigit() else None
+    if declared is not None and declared > limit:
         raise ApiError(413, "too_large", f"body of {cl} bytes exceeds the limit of {limit}")
+    bodies = app_limits(request.app).bodies
+    bodies.take(request.scope, declared or 0)  # before a byte is read: 503 rather than memory
     chunks, size = [], 0
     try:
         with anyio.fail_after(timeout_s):
@@ -173,6 +231,8 @@ async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
                 size += len(chunk)
                 if size > limit:
                     raise ApiError(413, "too_large", f"body exceeds the limit of {limit} bytes")
+                if declared is None:  # no Content-Length: counted as it comes
+                    bodies.take(request.scope, len(chunk))
                 chunks.append(chunk)
     except TimeoutError as exc:
         raise ApiError(408, "timeout", f"the request body did not arrive within {timeout_s:g} s "

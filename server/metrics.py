@@ -81,6 +81,11 @@ class Metrics:
             "s4d_pending_samples", "Samples of predict work accepted and not finished (budgeted "
             "by max_pending_samples)", ["model"], r,
         )
+        self.body_bytes = Gauge(
+            "s4d_request_body_bytes", "Bytes of request bodies read and held by requests in "
+            "progress (budgeted by max_body_bytes_in_flight, per process)", registry=r,
+            multiprocess_mode="livesum",
+        )
         self.auth_refused = Counter(
             "s4d_auth_refused", "Requests and WebSocket handshakes refused by access control",
             ["reason"], registry=r,

@@ -84,6 +84,11 @@ class Settings(BaseSettings):
 
     # batch (REST) path
     max_body_bytes: int = Field(32 << 20, ge=1024, description="largest REST body, bytes")
+    max_body_bytes_in_flight: int | None = Field(
+        512 << 20, ge=1024, description="request bodies held in memory at once by the requests "
+        "in progress, per process (a body without Content-Length counts as it arrives): a "
+        "request that would go beyond it gets 503 server_busy with Retry-After instead of "
+        "memory; empty for no cap")
     max_batch_sequences: int = Field(64, ge=1, description="sequences per request / per forward")
     max_sequence_samples: int = Field(
         16000 * 60, ge=1,

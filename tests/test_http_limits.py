@@ -144,3 +144,81 @@ def test_fused_core_flag_reaches_the_backends(monkeypatch):
     register(parser.add_subparsers(dest="command"))
     export_backend_settings(settings_from_args(parser.parse_args(["serve", "--no-fused-core"])))
     assert Settings().fused_core is False
+
+
+@pytest.fixture(scope="module")
+def budgeted(start_server, checkpoint_dir):
+    """Bodies up to 150 kB each, 200 kB held at once; slow bodies may take 20 s."""
+    return start_server(checkpoints=checkpoint_dir, models="tiny", max_body_bytes=150_000,
+                        max_body_bytes_in_flight=200_000, body_timeout_s=20.0)
+
+
+def _npy(n_bytes: int) -> bytes:
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.save(buf, np.zeros((n_bytes - 128) // 4, np.float32))
+    return buf.getvalue()
+
+
+def _body_bytes(srv) -> float:
+    for line in httpx.get(f"{srv.base_url}/metrics").text.splitlines():
+        if line.startswith("s4d_request_body_bytes "):
+            return float(line.split()[1])
+    raise AssertionError("s4d_request_body_bytes is not on /metrics")
+
+
+def test_bodies_in_memory_are_budgeted(budgeted):
+    """A request whose body would take the bodies held at once beyond
+    max_body_bytes_in_flight is refused 503 server_busy (Retry-After) before its body is read,
+    in each API's error format; a body without Content-Length counts as it arrives; the bytes
+    come back when the request holding them ends."""
+    url = budgeted.base_url
+    held = socket.create_connection(("127.0.0.1", _port(budgeted)))  # 150 kB declared, 10 sent
+    held.sendall(b"POST /v1/models/tiny/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                 b"Content-Type: application/x-npy\r\nContent-Length: 150000\r\n\r\n" + b"\0" * 10)
+    chunked = None
+    try:
+        deadline = time.monotonic() + 10
+        while _body_bytes(budgeted) < 150_000 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _body_bytes(budgeted) == 150_000
+        body = _npy(100_000)
+        r = httpx.post(f"{url}/v1/models/tiny/predict", content=body,
+                       headers={"content-type": "application/x-npy"})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "server_busy", r.text
+        assert r.headers["retry-after"] == "1"
+        r = httpx.post(f"{url}/v2/models/tiny/infer", content=b"{" + b" " * 99_000 + b"}",
+                       headers={"content-type": "application/json"})
+        assert r.status_code == 503 and "150000 bytes are being processed" in r.json()["error"]
+        small = httpx.post(f"{url}/v1/models/tiny/predict", content=_npy(20_000),
+                           headers={"content-type": "application/x-npy"})
+        assert small.status_code == 200, small.text  # 150 + 20 kB fit
+        held.close()  # the held request ends: its bytes come back
+        deadline = time.monotonic() + 10
+        while _body_bytes(budgeted) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _body_bytes(budgeted) == 0
+        chunked = socket.create_connection(("127.0.0.1", _port(budgeted)))
+        chunked.sendall(b"POST /v1/models/tiny/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                        b"Content-Type: application/x-npy\r\nTransfer-Encoding: chunked\r\n\r\n"
+                        + b"%x\r\n" % 120_000 + b"\0" * 120_000 + b"\r\n")
+        deadline = time.monotonic() + 10
+        while _body_bytes(budgeted) < 120_000 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _body_bytes(budgeted) == 120_000
+        r = httpx.post(f"{url}/v1/models/tiny/predict", content=body,
+                       headers={"content-type": "application/x-npy"})
+        assert r.status_code == 503, r.text
+    finally:
+        held.close()
+        if chunked is not None:
+            chunked.close()
+    deadline = time.monotonic() + 10
+    while _body_bytes(budgeted) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    r = httpx.post(f"{url}/v1/models/tiny/predict", content=body,
+                   headers={"content-type": "application/x-npy"})
+    assert r.status_code == 200, r.text
