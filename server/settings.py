@@ -36,6 +36,13 @@ class Settings(BaseSettings):
         0, ge=0, le=256,
         description="front-end processes sharing the port, each talking to one engine process "
         "per device over pyzmq; 0 = one process (front-end and engine in one event loop)")
+    engines_per_device: int = Field(
+        1, ge=1, le=32,
+        description="engine processes per device (with --workers W > 0): each steps its own "
+        "sessions (new ones go to the least loaded; session ids name their engine), so a "
+        "many-core CPU host runs the model on several cores in parallel (the compute threads "
+        "are shared out among its CPU engines), and a GPU gets more than one process to drive "
+        "it; max_sessions counts per engine")
     round_interval_ms: float = Field(
         4.0, ge=0, le=100,
         description="least time between two stream rounds of a model in the engine: frames "
@@ -224,12 +231,16 @@ class Settings(BaseSettings):
             return None
         return [m for m in self.models.split(",") if m]
 
-    def resolve_compute_threads(self) -> int:
+    def resolve_compute_threads(self, device: str = "cpu") -> int:
+        """Intra-op threads of one engine: compute_threads, else cores - 1, shared out among
+        the engines on the CPU (engines_per_device of them with --workers)."""
         if self.compute_threads:
             return self.compute_threads
         import os
 
-        return max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2) - 1)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
+        engines = self.engines_per_device if self.workers > 0 and device == "cpu" else 1
+        return max(1, (cores - 1) // engines)
 
     def resolve_device(self) -> str:
         if self.device != "auto":

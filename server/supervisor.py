@@ -1,4 +1,5 @@
-"""`s4d serve --workers W`: W front-end processes on one port, one engine process per device.
+"""`s4d serve --workers W`: W front-end processes on one port, one engine process per device
+(or `engines_per_device` of them).
 
 The supervisor binds the listening socket once and hands it to every front-end (they accept
 from the same queue), starts one engine per device on an ipc:// endpoint, restarts any child
@@ -28,13 +29,15 @@ log = logging.getLogger("s4d.supervisor")
 
 
 def engine_devices(settings: Settings) -> list[str]:
-    """One engine per device: every visible GPU, or the CPU."""
+    """The device of each engine: every visible GPU, or the CPU, engines_per_device times
+    each (engine i serves devices[i]; its session ids start with e<i>-)."""
     device = settings.resolve_device()
+    devices = [device]
     if device == "cuda":
         import torch
 
-        return [f"cuda:{i}" for i in range(torch.cuda.device_count())] or ["cpu"]
-    return [device]
+        devices = [f"cuda:{i}" for i in range(torch.cuda.device_count())] or ["cpu"]
+    return [d for d in devices for _ in range(settings.engines_per_device)]
 
 
 def listen_socket(host: str, port: int, *, reuse_port: bool, listen: bool = True) -> socket.socket:

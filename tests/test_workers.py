@@ -247,6 +247,91 @@ def test_engine_sigkill_fails_streams_then_recovers(checkpoint_dir):
     assert not _rings(new.pid)  # a stopped engine unlinks its own
 
 
+def test_several_engines_share_the_sessions(checkpoint_dir):
+    """engines_per_device = 2 on the CPU: the path of a multi-GPU host (the front-ends' pool
+    over several engines). New sessions spread over both engines (their ids name the engine);
+    every stream equals the batch prediction; a session detached from engine 1 resumes there
+    through whichever front-end takes the new connection; killing one engine fails only its
+    own streams, and the other engine's stream ends normally."""
+    w = Workers(checkpoint_dir, S4D_ENGINES_PER_DEVICE=2, S4D_IDLE_TTL_S=30)
+    rng = np.random.default_rng(7)
+    xs = [(rng.standard_normal(640) * 0.3).astype(np.float32) for _ in range(8)]
+    try:
+        assert len(w.children("s4d-engine")) == 2
+
+        async def open_stream(x):
+            ws = await websockets.connect(w.url())
+            await ws.send(json.dumps(START))
+            sid = json.loads(await ws.recv())["session_id"]
+            await ws.send(encode(x[:320, None], "f32le"))
+            return ws, sid
+
+        async def finish(ws, x):
+            await ws.send(encode(x[320:, None], "f32le"))
+            await ws.send(json.dumps({"type": "end"}))
+            final = json.loads(await ws.recv())
+            await ws.close()
+            return final
+
+        async def spread():
+            opened = [await open_stream(x) for x in xs]  # all open at once
+            finals = await asyncio.gather(*(finish(ws, x) for (ws, _), x in zip(opened, xs)))
+            return [sid for _, sid in opened], finals
+
+        sids, finals = asyncio.run(spread())
+        assert {sid.split("-", 1)[0] for sid in sids} == {"e0", "e1"}, sids
+        for final, x in zip(finals, xs, strict=True):
+            assert final["type"] == "final" and final["offset"] == len(x)
+            assert_probs_close(final["probabilities"], batch(w, x), 1e-5)
+
+        async def detach_and_resume(x):
+            for _ in range(20):  # a session on engine 1 (placement: least loaded)
+                ws, sid = await open_stream(x)
+                if sid.startswith("e1-"):
+                    break
+                await ws.send(json.dumps({"type": "end"}))
+                await ws.close()
+            else:
+                raise AssertionError("no session was placed on engine 1")
+            await asyncio.sleep(0.3)  # the samples reach the engine
+            await ws.close()  # no end: the session stays, detached
+            for _ in range(50):
+                async with websockets.connect(w.url()) as ws2:
+                    await ws2.send(json.dumps({**START, "session_id": sid, "offset": 320}))
+                    msg = json.loads(await ws2.recv())
+                    if msg["type"] == "error":  # the engine has not yet seen the close
+                        assert msg["code"] == "session_busy", msg
+                        await asyncio.sleep(0.1)
+                        continue
+                    assert msg["offset"] == 320 and msg["session_id"] == sid
+                    return await finish(ws2, x)
+            raise AssertionError("the session never became free to resume")
+
+        final = asyncio.run(detach_and_resume(xs[0]))
+        assert final["offset"] == len(xs[0])
+        assert_probs_close(final["probabilities"], batch(w, xs[0]), 1e-5)
+
+        async def kill_one():
+            pair = {}
+            while len(pair) < 2:  # one live stream on each engine
+                ws, sid = await open_stream(xs[1])
+                pair.setdefault(sid[:2], ws)
+            (victim,) = [c for c in w.children("s4d-engine") if c.name() == "s4d-engine-1"]
+            victim.send_signal(signal.SIGKILL)
+            msg = json.loads(await asyncio.wait_for(pair["e1"].recv(), 15))
+            with pytest.raises(websockets.ConnectionClosed):
+                await asyncio.wait_for(pair["e1"].recv(), 5)
+            final = await finish(pair["e0"], xs[1])
+            return msg, pair["e1"].close_code, final
+
+        msg, code, final = asyncio.run(kill_one())
+        assert msg["type"] == "error" and msg["code"] == "internal" and code == 1011
+        assert final["type"] == "final" and final["offset"] == len(xs[1])
+        assert_probs_close(final["probabilities"], batch(w, xs[1]), 1e-5)
+    finally:
+        w.stop()
+
+
 def _rings(pid: int) -> list[str]:
     return [p.name for p in Path("/dev/shm").glob(f"s4d-{pid}-*")]
 
@@ -323,3 +408,16 @@ def test_slab_full_and_backpressure_across_workers(checkpoint_dir):
         assert_probs_close(final["probabilities"], batch(w, x), 1e-5)
     finally:
         w.stop()
+
+
+def test_cpu_engines_share_the_compute_threads(monkeypatch):
+    from server.settings import Settings
+    from server.supervisor import engine_devices
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(13)), raising=False)
+    s = Settings(workers=2, engines_per_device=3, device="cpu")
+    assert engine_devices(s) == ["cpu", "cpu", "cpu"]
+    assert s.resolve_compute_threads("cpu") == 4  # (13 - 1) // 3
+    assert s.resolve_compute_threads("cuda") == 12  # a GPU engine's host threads: not shared out
+    assert Settings(workers=0, engines_per_device=3).resolve_compute_threads("cpu") == 12
+    assert Settings(workers=2, engines_per_device=3, compute_threads=5).resolve_compute_threads() == 5

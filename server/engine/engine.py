@@ -152,7 +152,7 @@ class Engine:
 
         s = self.settings
         backend_cls = get_backend(s.backend)
-        threads = s.resolve_compute_threads()
+        threads = s.resolve_compute_threads("cuda" if self.device.startswith("cuda") else "cpu")
         torch.set_num_threads(threads)
         os.environ.setdefault("S4D_ONNX_THREADS", str(threads))
         log.info("engine pid=%d device=%s compute threads=%d", os.getpid(), self.device, threads)
