@@ -336,16 +336,20 @@ def _rings(pid: int) -> list[str]:
     return [p.name for p in Path("/dev/shm").glob(f"s4d-{pid}-*")]
 
 
-def test_sigterm_drains_every_stream(checkpoint_dir):
-    w = Workers(checkpoint_dir)
+@pytest.mark.parametrize("engines", [1, 2])
+def test_sigterm_drains_every_stream(checkpoint_dir, engines):
+    """SIGTERM: every stream gets its final and 1001, with one engine or two (the engines stop
+    after the front-ends have drained)."""
+    w = Workers(checkpoint_dir, S4D_ENGINES_PER_DEVICE=engines)
     x = np.linspace(-1, 1, 500, dtype=np.float32)
+    sids = []
 
     async def main():
         socks = []
         for _ in range(4):
             ws = await websockets.connect(w.url())
             await ws.send(json.dumps(START))
-            await ws.recv()
+            sids.append(json.loads(await ws.recv())["session_id"])
             await ws.send(encode(x[:, None], "f32le"))
             socks.append(ws)
         await asyncio.sleep(0.5)
@@ -370,6 +374,7 @@ def test_sigterm_drains_every_stream(checkpoint_dir):
             assert_probs_close(final["probabilities"], expected, 1e-5)
             assert msgs[-1]["code"] == "shutting_down"
         assert w.proc.wait(30) == 0
+        assert len({sid[:2] for sid in sids}) == engines
     finally:
         w.stop()
 
