@@ -80,16 +80,25 @@ def _reader_thread(reader: BinaryIO, size: int, loop: asyncio.AbstractEventLoop,
                    queue: asyncio.Queue, stopped: threading.Event) -> None:
     # read1 (buffered) or a raw read: what has arrived, up to `size`, not a wait for `size`
     read = getattr(reader, "read1", None) or reader.read
+
+    def post(item) -> bool:
+        if stopped.is_set():  # the stream is over (its loop may be closed): drop, quietly
+            return False
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+        except RuntimeError:  # the loop closed between the check and the call
+            return False
+        return True
+
     try:
-        while not stopped.is_set():
+        while True:
             data = read(size)
-            if not data:
+            if not data or not post(data):
                 break
-            loop.call_soon_threadsafe(queue.put_nowait, data)
     except (OSError, ValueError) as exc:  # closed or broken source: the stream ends with it
-        loop.call_soon_threadsafe(queue.put_nowait, exc)
+        post(exc)
         return
-    loop.call_soon_threadsafe(queue.put_nowait, _EOF)
+    post(_EOF)
 
 
 async def read_live(reader: BinaryIO, *, rate: int, channels: int = 1, encoding: str = "s16le",
