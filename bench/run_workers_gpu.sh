@@ -6,6 +6,7 @@
 # (W:N starts that config's sweep at N streams; default START). STREAMS="2000,2048" REPEAT=2
 # runs just those counts instead of a sweep. On a host with more cores give the load generator
 # more: SERVER_CPUS=0-15 CLIENT_CPUS=16-63 PROCS=40. P99 = the pass rule's p99 in ms.
+# GPUS=0,1 serves on several GPUs (one engine each; CUDA_VISIBLE_DEVICES), default GPU 0.
 # PROFILE_AFTER=S (with py-spy installed): S seconds after the engine starts, py-spy records the
 # engine and the first front-end for PROFILE_SECONDS (default 5) into $OUT/prof_*.txt (collapsed
 # stacks; PROFILE_FLAGS=--native adds C frames).
@@ -23,7 +24,7 @@ if ls .whl/tools/py_spy-*.whl >/dev/null 2>&1; then  # optional: PROFILE_AFTER
       --target /tmp/site .whl/tools/py_spy-*.whl
 fi
 export PATH=/tmp/site/bin:$PATH
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 CUDA_VISIBLE_DEVICES=0
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 CUDA_VISIBLE_DEVICES=${GPUS:-0}
 export S4D_LOG_LEVEL=warning S4D_DEVICE=cuda S4D_MODELS=$MODEL S4D_MAX_SESSIONS=$((MAXN + 8))
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; nproc; date -u
 bash "$(dirname "$0")/cpu_topology.sh" "$SERVER_CPUS" "$CLIENT_CPUS"
