@@ -99,3 +99,17 @@ def test_device_state_setting_reaches_the_backend(monkeypatch):
     assert Settings().onnx_device_state is False
     monkeypatch.delenv("S4D_ONNX_DEVICE_STATE")
     assert Settings().onnx_device_state is None  # auto: on with CUDA, off on the CPU
+
+
+def test_cuda_provider_runs_on_the_engines_own_gpu(monkeypatch):
+    """An engine on cuda:1 must not run its ONNX sessions on GPU 0 (the provider's default)."""
+    ort = pytest.importorskip("onnxruntime")
+    from server.backends.onnx_backend import choose_providers
+
+    monkeypatch.setattr(ort, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    for device, index in (("cuda:1", "1"), ("cuda:3", "3"), ("cuda", "0"), ("cuda:0", "0")):
+        (name, options), cpu = choose_providers(device)
+        assert name == "CUDAExecutionProvider" and options["device_id"] == index
+        assert cpu == "CPUExecutionProvider"
+    assert choose_providers("cpu") == ["CPUExecutionProvider"]

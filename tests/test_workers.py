@@ -37,14 +37,14 @@ START = {"type": "start", "sample_rate": 16000, "encoding": "f32le", "channels":
 
 
 class Workers:
-    def __init__(self, checkpoints, workers: int = 2, **env):
+    def __init__(self, checkpoints, workers: int = 2, models: str = "tiny,tinynone", **env):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         e = {**os.environ, "S4D_FRONTEND_TIMEOUT_S": "1", "S4D_LOG_LEVEL": "warning",
              "PYTHONPATH": child_pythonpath(), **{k: str(v) for k, v in env.items()}}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "server", "--workers", str(workers), "--port", str(self.port),
-             "--checkpoints", str(checkpoints), "--models", "tiny,tinynone"],
+             "--checkpoints", str(checkpoints), "--models", models],
             env=e, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         self.wait_ready()
 
@@ -328,6 +328,49 @@ def test_several_engines_share_the_sessions(checkpoint_dir):
         assert msg["type"] == "error" and msg["code"] == "internal" and code == 1011
         assert final["type"] == "final" and final["offset"] == len(xs[1])
         assert_probs_close(final["probabilities"], batch(w, xs[1]), 1e-5)
+    finally:
+        w.stop()
+
+
+def _gpus() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except ImportError:
+        return 0
+
+
+@pytest.mark.skipif(_gpus() < 2, reason="needs two CUDA devices (one engine on each)")
+def test_two_gpus_each_serve_their_sessions():
+    """On a host with two GPUs an engine runs on each (cuda:0, cuda:1): the shipped keyword
+    model (its Triton core and CUDA graphs on the engine's own GPU) loads on both, sessions
+    spread over them, and every stream equals the batch path."""
+    ckpt = Path(__file__).resolve().parents[1] / "checkpoints"
+    w = Workers(ckpt, models="kws-s4d", S4D_DEVICE="cuda", CUDA_VISIBLE_DEVICES="0,1")
+    rng = np.random.default_rng(11)
+    xs = [(rng.standard_normal(3200) * 0.1).astype(np.float32) for _ in range(6)]
+    try:
+        async def main():
+            socks = []
+            for x in xs:
+                ws = await websockets.connect(w.url("kws-s4d"))
+                await ws.send(json.dumps(START))
+                sid = json.loads(await ws.recv())["session_id"]
+                await ws.send(encode(x[:, None], "f32le"))
+                socks.append((ws, sid))
+            out = []
+            for ws, sid in socks:
+                await ws.send(json.dumps({"type": "end"}))
+                out.append((sid, json.loads(await ws.recv())))
+                await ws.close()
+            return out
+
+        results = asyncio.run(main())
+        assert {sid[:2] for sid, _ in results} == {"e0", "e1"}
+        for (_, final), x in zip(results, xs, strict=True):
+            assert final["type"] == "final" and final["offset"] == len(x)
+            assert_probs_close(final["probabilities"], batch(w, x, "kws-s4d"), 1e-4)
     finally:
         w.stop()
 

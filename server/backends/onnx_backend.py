@@ -59,7 +59,9 @@ def choose_providers(device: str, *, tf32: bool = False, torch_stream: bool = Fa
 
     available = ort.get_available_providers()
     if device != "cpu" and "CUDAExecutionProvider" in available:
-        options = {"use_tf32": "1" if tf32 else "0"}
+        # the engine's own GPU: without device_id every session runs on GPU 0
+        index = device.partition(":")[2]
+        options = {"use_tf32": "1" if tf32 else "0", "device_id": index if index.isdigit() else "0"}
         if torch_stream:
             import torch
 

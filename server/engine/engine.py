@@ -156,9 +156,19 @@ class Engine:
         torch.set_num_threads(threads)
         os.environ.setdefault("S4D_ONNX_THREADS", str(threads))
         log.info("engine pid=%d device=%s compute threads=%d", os.getpid(), self.device, threads)
+        if self.device.startswith("cuda"):  # this thread's too (snapshots, restores)
+            torch.cuda.set_device(torch.device(self.device))
+
+        def lane_init() -> None:
+            torch.set_num_threads(threads)
+            if self.device.startswith("cuda"):
+                # CUDA's current device is per thread: a lane of the engine on cuda:1 left at
+                # device 0 launched Triton kernels and captured graphs on the wrong GPU
+                torch.cuda.set_device(torch.device(self.device))
+
         for name, path in discover(s):
             t0 = time.perf_counter()
-            lane = DeviceLane(name, init=lambda: torch.set_num_threads(threads))
+            lane = DeviceLane(name, init=lane_init)
             try:
                 backend = await lane.submit(lambda p=path, n=name: backend_cls.load(p, self.device, name=n))
                 if s.warmup:
