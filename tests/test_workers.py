@@ -40,8 +40,11 @@ class Workers:
     def __init__(self, checkpoints, workers: int = 2, models: str = "tiny,tinynone", **env):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
+        # one GPU at most unless a test asks for more: the tests count one engine per device
+        first_gpu = (os.environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0]
         e = {**os.environ, "S4D_FRONTEND_TIMEOUT_S": "1", "S4D_LOG_LEVEL": "warning",
-             "PYTHONPATH": child_pythonpath(), **{k: str(v) for k, v in env.items()}}
+             "PYTHONPATH": child_pythonpath(), "CUDA_VISIBLE_DEVICES": first_gpu,
+             **{k: str(v) for k, v in env.items()}}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "server", "--workers", str(workers), "--port", str(self.port),
              "--checkpoints", str(checkpoints), "--models", models],
@@ -253,7 +256,7 @@ def test_several_engines_share_the_sessions(checkpoint_dir):
     every stream equals the batch prediction; a session detached from engine 1 resumes there
     through whichever front-end takes the new connection; killing one engine fails only its
     own streams, and the other engine's stream ends normally."""
-    w = Workers(checkpoint_dir, S4D_ENGINES_PER_DEVICE=2, S4D_IDLE_TTL_S=30)
+    w = Workers(checkpoint_dir, S4D_ENGINES_PER_DEVICE=2, S4D_IDLE_TTL_S=30, S4D_DEVICE="cpu")
     rng = np.random.default_rng(7)
     xs = [(rng.standard_normal(640) * 0.3).astype(np.float32) for _ in range(8)]
     try:
@@ -383,7 +386,7 @@ def _rings(pid: int) -> list[str]:
 def test_sigterm_drains_every_stream(checkpoint_dir, engines):
     """SIGTERM: every stream gets its final and 1001, with one engine or two (the engines stop
     after the front-ends have drained)."""
-    w = Workers(checkpoint_dir, S4D_ENGINES_PER_DEVICE=engines)
+    w = Workers(checkpoint_dir, S4D_ENGINES_PER_DEVICE=engines, S4D_DEVICE="cpu")
     x = np.linspace(-1, 1, 500, dtype=np.float32)
     sids = []
 
