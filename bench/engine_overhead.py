@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from server.backends.base import ModelMetadata
+from server.backends.base import Backend, ModelMetadata
 from server.engine.buffers import write_ring
 from server.engine.engine import Engine
 from server.engine.lane import DeviceLane
@@ -28,7 +28,18 @@ from server.settings import Settings
 from server.slab import NumpySlabStorage
 
 
-class NoopBackend:
+class NoopBackend(Backend):
+    """A model whose step costs nothing (the engine's defaults for everything else)."""
+
+    name = "noop"
+
+    @classmethod
+    def load(cls, checkpoint_dir, device, *, name=None):
+        raise NotImplementedError
+
+    def new_slab(self, max_sessions):
+        return NumpySlabStorage({"x": np.zeros((1, 1), np.float32)}, max_sessions)
+
     def __init__(self, frame: int, classes: int = 12):
         self.metadata = ModelMetadata(
             name="noop", description="", task="t", sample_rate=16000, input_channels=1,
@@ -48,7 +59,7 @@ async def run(args) -> dict:
     frame = 320
     engine = Engine(Settings(warmup=False), Metrics(), device="cpu")
     be = NoopBackend(frame)
-    storage = NumpySlabStorage({"x": np.zeros((1, 1), np.float32)}, args.streams)
+    storage = be.new_slab(args.streams)
     me = ModelEngine(0, "noop", be, storage, DeviceLane("noop"), engine.metrics, engine.outbox,
                      batch_settings=dict(window_s=0.0, max_batch_sequences=1,
                                          max_batch_samples=1), round_interval_s=args.round_ms / 1e3)

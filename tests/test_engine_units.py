@@ -365,3 +365,60 @@ def test_server_start_sets_the_engine_switch_interval(live_server):
     import sys
 
     assert sys.getswitchinterval() == pytest.approx(0.0005)
+
+
+def test_unexpected_round_error_fails_the_waiting_sessions_and_the_loop_goes_on(monkeypatch):
+    """A bug outside the model step (here: the planner raising once) must not leave streams
+    waiting for results that never come: the sessions that round owed a step or a flush get
+    `internal`, a session with nothing pending is untouched, and the loop serves on."""
+    import server.engine.model_engine as model_engine
+
+    async def main():
+        be = FakeBackend()
+        me, sink, lane = make_engine(be, capacity=4)
+        me.start()
+        a = await me.open(1, session_id=None, offset=None, encoding="f32le", emit_every=8)
+        b = await me.open(1, session_id=None, offset=None, encoding="f32le", emit_every=8)
+        idle = await me.open(2, session_id=None, offset=None, encoding="f32le", emit_every=8)
+        real_plan, calls = model_engine.plan_round, []
+
+        def plan_once_broken(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 1:
+                raise ValueError("injected planner bug")
+            return real_plan(*args, **kwargs)
+
+        monkeypatch.setattr(model_engine, "plan_round", plan_once_broken)
+        me.flush(1, 3, b["slot"], b["gen"], reset=False, end=False)  # b: a flush pending
+        push(me, np.array([a["slot"]]), np.array([a["gen"]]), np.array([8]),
+             np.ones((8, 1), np.float32))  # a: a full frame pending
+        await _settle(me)
+        failed = {(o, m["slot"]) for o, m in sink.evt if m["code"] == "internal"}
+        assert failed == {(1, a["slot"]), (1, b["slot"])}
+        assert all("ValueError" in m["message"] for _, m in sink.evt)
+        assert (1, {"req": 3, "error": "internal", "message": "session closed (error)"}) in sink.ctl
+        assert set(me.sessions) == {idle["session_id"]}
+        # the loop still serves: the untouched session steps normally
+        push(me, np.array([idle["slot"]]), np.array([idle["gen"]]), np.array([8]),
+             np.ones((8, 1), np.float32))
+        await _settle(me)
+        assert me.buffers.consumed[idle["slot"]] == 8
+        assert any(o == 2 and c == 8 for o, _, c in sink.prog)
+        await me.stop()
+        lane.stop()
+
+    asyncio.run(main())
+
+
+def test_engine_overhead_bench_runs_and_every_frame_comes_back():
+    """bench/engine_overhead.py drives a real Engine with simulated front-ends; it ends only
+    once every frame's result has come back (it once spun forever after an engine change)."""
+    import argparse
+
+    from bench.engine_overhead import run
+
+    args = argparse.Namespace(streams=40, frontends=3, seconds=0.2, tick_ms=4.0, round_ms=4.0,
+                              profile=False)
+    out = asyncio.run(asyncio.wait_for(run(args), timeout=60))
+    assert out["frames"] == 40 * 10 and out["frontends"] == 3
+    assert out["cpu_us_per_frame"] > 0

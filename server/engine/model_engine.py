@@ -373,8 +373,26 @@ class ModelEngine:
                 await self._drain()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # never let the loop die
+            except Exception as exc:  # never let the loop die, and never leave a stream waiting
                 log.exception("engine %s: unexpected error in the stream loop", self.name)
+                self._fail_waiting(f"stream loop failed: {type(exc).__name__}")
+
+    def _fail_waiting(self, message: str) -> None:
+        """After an unexpected error mid-round, fail every session that round owed a step or a
+        flush: its state rows and counters may disagree now, and a session left as it is would
+        wait for results that never come (the same error would likely recur each round).
+        Sessions with nothing pending are untouched."""
+        self.lane.release()
+        slots = self.by_slot.array()
+        if not len(slots):
+            return
+        owed = self.buffers.available(slots) >= self.frame
+        owed |= np.isin(slots, np.fromiter(self.flushes, np.int64, len(self.flushes)))
+        for slot in slots[owed].tolist():
+            s = self.by_slot.get(slot)
+            if s is not None:  # closing it also answers its flushes with an error
+                self.metrics.error("internal")
+                self._fail(s, "internal", message)
 
     async def _drain(self) -> None:
         """Rounds back to back while any session has a full frame: a busy device batches by
