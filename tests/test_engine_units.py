@@ -422,3 +422,33 @@ def test_engine_overhead_bench_runs_and_every_frame_comes_back():
     out = asyncio.run(asyncio.wait_for(run(args), timeout=60))
     assert out["frames"] == 40 * 10 and out["frontends"] == 3
     assert out["cpu_us_per_frame"] > 0
+
+
+def test_lane_stop_waits_for_the_job_in_hand_so_the_process_exits_cleanly(tmp_path):
+    """A process that stopped its lanes and exited while a lane was inside torch aborted
+    ("terminate called without an active exception", status 134; seen at the end of
+    bench/engine_load.py): stop() now waits for the job in hand, and the exit is clean."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "lane_exit.py"
+    script.write_text(
+        "import asyncio, torch\n"
+        "from server.engine.lane import DeviceLane\n"
+        "async def main():\n"
+        "    lane = DeviceLane('t')\n"
+        "    x = torch.randn(512, 512)\n"
+        "    def work():\n"
+        "        for _ in range(300):\n"
+        "            x @ x\n"
+        "    lane.submit(work)\n"
+        "    await asyncio.sleep(0.05)\n"
+        "    lane.stop()\n"
+        "asyncio.run(main())\n")
+    root = Path(__file__).resolve().parents[1]
+    for _ in range(2):
+        r = subprocess.run([sys.executable, str(script)], cwd=root, capture_output=True,
+                           text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(root)})
+        assert r.returncode == 0, r.stderr[-500:]

@@ -104,7 +104,10 @@ class DeviceLane:
             except RuntimeError:  # loop closed: nobody waits any more
                 pass
 
-    def stop(self) -> None:
+    def stop(self, join_timeout_s: float = 10.0) -> None:
+        """Refuse new work, fail what is queued, and wait (bounded) for the job in hand: a
+        process that exits while this thread is inside torch aborts ("terminate called without
+        an active exception", exit status 134) instead of exiting cleanly."""
         with self._cv:
             self._stopped = True
             pending = list(self._high) + list(self._low)
@@ -117,6 +120,8 @@ class DeviceLane:
                                           RuntimeError("server is shutting down"))
             except RuntimeError:
                 pass
+        if threading.current_thread() is not self._thread:
+            self._thread.join(join_timeout_s)
 
 
 def _settle(fut: asyncio.Future, result, error) -> None:
