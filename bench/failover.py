@@ -47,6 +47,7 @@ def _pct(xs: list[float]) -> dict:
 
 # ---- the snapshot wave in an engine --------------------------------------------------------
 async def _wave(args) -> dict:
+    from server.engine.buffers import write_ring
     from server.engine.engine import Engine
     from server.metrics import Metrics
     from server.settings import Settings
@@ -70,8 +71,10 @@ async def _wave(args) -> dict:
         data = (0.05 * rng.standard_normal((n, meta.input_channels))).astype(np.float32)
         for i in range(0, n, me.credit):
             part = data[i:i + me.credit]
-            me.feed(np.array([info["slot"]]), np.array([info["gen"]]), np.array([len(part)]),
-                    part)
+            slot = info["slot"]  # as a front-end does: samples into the ring, then the count
+            write_ring(me.buffers.data, me.buffers.ring, slot, int(me.buffers.received[slot]),
+                       part)
+            me.feed(np.array([slot]), np.array([info["gen"]]), np.array([len(part)]))
             while me.buffers.available(np.array([info["slot"]]))[0] >= meta.frame_size:
                 await asyncio.sleep(0.001)
     await asyncio.sleep(0.5)

@@ -410,20 +410,6 @@ def test_unexpected_round_error_fails_the_waiting_sessions_and_the_loop_goes_on(
     asyncio.run(main())
 
 
-def test_engine_overhead_bench_runs_and_every_frame_comes_back():
-    """bench/engine_overhead.py drives a real Engine with simulated front-ends; it ends only
-    once every frame's result has come back (it once spun forever after an engine change)."""
-    import argparse
-
-    from bench.engine_overhead import run
-
-    args = argparse.Namespace(streams=40, frontends=3, seconds=0.2, tick_ms=4.0, round_ms=4.0,
-                              profile=False)
-    out = asyncio.run(asyncio.wait_for(run(args), timeout=60))
-    assert out["frames"] == 40 * 10 and out["frontends"] == 3
-    assert out["cpu_us_per_frame"] > 0
-
-
 def test_lane_stop_waits_for_the_job_in_hand_so_the_process_exits_cleanly(tmp_path):
     """A process that stopped its lanes and exited while a lane was inside torch aborted
     ("terminate called without an active exception", status 134; seen at the end of
