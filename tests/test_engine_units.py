@@ -210,6 +210,11 @@ def push(me, slots, gens, counts, data):
     me.feed(slots, gens, counts)
 
 
+async def open_new(me, owner):
+    """A new f32le session of `owner` with a result every frame."""
+    return await me.open(owner, session_id=None, offset=None, encoding="f32le", emit_every=8)
+
+
 async def _settle(me, rounds=20):
     for _ in range(rounds):
         await asyncio.sleep(0.01)
@@ -220,10 +225,10 @@ def test_engine_sessions_steps_flush_resume_and_expire():
         be = FakeBackend()
         me, sink, lane = make_engine(be, capacity=2)
         me.start()
-        a = await me.open(1, session_id=None, offset=None, encoding="f32le", emit_every=8)
-        b = await me.open(2, session_id=None, offset=None, encoding="f32le", emit_every=8)
+        a = await open_new(me, 1)
+        b = await open_new(me, 2)
         with pytest.raises(StreamError) as e:  # slab full
-            await me.open(1, session_id=None, offset=None, encoding="f32le", emit_every=8)
+            await open_new(me, 1)
         assert e.value.code == "server_busy"
         slots = np.array([a["slot"], b["slot"]])
         gens = np.array([a["gen"], b["gen"]])
@@ -270,7 +275,7 @@ def test_engine_step_failure_closes_only_those_sessions():
         be = FakeBackend(fail=True)
         me, sink, lane = make_engine(be)
         me.start()
-        a = await me.open(5, session_id=None, offset=None, encoding="f32le", emit_every=8)
+        a = await open_new(me, 5)
         push(me, np.array([a["slot"]]), np.array([a["gen"]]), np.array([8]),
              np.ones((8, 1), np.float32))
         await _settle(me)
@@ -328,8 +333,8 @@ def test_rounds_step_full_frames_and_backlogs_catch_up_back_to_back():
     async def main():
         be = FakeBackend()
         me, sink, lane = make_engine(be, capacity=2)  # loop not started: rounds by hand
-        a = await me.open(1, session_id=None, offset=None, encoding="f32le", emit_every=8)
-        b = await me.open(1, session_id=None, offset=None, encoding="f32le", emit_every=8)
+        a = await open_new(me, 1)
+        b = await open_new(me, 1)
         slots = np.array([a["slot"], b["slot"]])
         gens = np.array([a["gen"], b["gen"]])
         push(me, slots, gens, np.array([27, 8]), np.ones((35, 1), np.float32))
@@ -377,9 +382,9 @@ def test_unexpected_round_error_fails_the_waiting_sessions_and_the_loop_goes_on(
         be = FakeBackend()
         me, sink, lane = make_engine(be, capacity=4)
         me.start()
-        a = await me.open(1, session_id=None, offset=None, encoding="f32le", emit_every=8)
-        b = await me.open(1, session_id=None, offset=None, encoding="f32le", emit_every=8)
-        idle = await me.open(2, session_id=None, offset=None, encoding="f32le", emit_every=8)
+        a = await open_new(me, 1)
+        b = await open_new(me, 1)
+        idle = await open_new(me, 2)
         real_plan, calls = model_engine.plan_round, []
 
         def plan_once_broken(*args, **kwargs):
