@@ -191,7 +191,10 @@ class StreamConnection:
                 item = await self.outbox.get()
                 if isinstance(item, tuple) and item and item[0] is _CLOSE:
                     if ws.application_state == WebSocketState.CONNECTED:
-                        await ws.close(item[1])
+                        if lane is not None and lane.close_now(item[1]):
+                            ws.application_state = WebSocketState.DISCONNECTED  # as close() does
+                        else:
+                            await ws.close(item[1])
                     return
                 if lane is not None:
                     if not lane.send_text_now(orjson.dumps(item)):

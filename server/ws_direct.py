@@ -79,6 +79,28 @@ if WebSocketsSansIOProtocol is not None:
             self.transport.write(b"".join(self.conn.data_to_send()))
             return True
 
+        def close_now(self, code: int, reason: str = "") -> bool:
+            """The close frame written now (as uvicorn's `websocket.close` would, closing
+            timer included) without first waiting for the transport to become writable: a
+            client that stopped reading (slow_consumer) keeps it unwritable, and a close that
+            waited for it was cancelled with the stream's task and never sent, leaving the
+            connection open with no close. False when the connection is past that point."""
+            if (self.close_sent or not self.handshake_complete
+                    or self.initial_response is not None or self.transport.is_closing()):
+                return False
+            self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+            try:
+                self.conn.send_close(code, reason)
+            except InvalidState:
+                return False
+            self.transport.write(b"".join(self.conn.data_to_send()))
+            self.close_sent = True
+            if self.read_paused:
+                self.read_paused = False
+                self.transport.resume_reading()
+            self.close_timer = self.loop.call_later(self.close_timeout, self.transport.close)
+            return True
+
 else:  # pragma: no cover
     DirectWebSocketProtocol = None
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import numpy as np
 import websockets
@@ -86,10 +87,17 @@ def test_streaming_past_the_idle_timeout_is_not_idle(start_server, checkpoint_di
     assert silent["type"] == "error" and silent["code"] == "timeout"
 
 
+def _slow_consumers(metrics: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+               if line.startswith("s4d_errors_total{") and 'code="slow_consumer"' in line)
+
+
 def test_a_client_that_does_not_read_gets_slow_consumer(start_server, checkpoint_dir,
                                                         ws_client):
     """Results the client leaves unread pile up on the server only up to max_unsent_bytes:
-    then `slow_consumer`, close 1008, and the session resumes from where it was."""
+    then `slow_consumer`, close 1008 (written even while the socket is not writable and the
+    client stays away for longer than the server waits), and the session resumes from where
+    it was."""
     import socket
 
     srv = start_server(checkpoints=checkpoint_dir, models="tiny", max_unsent_bytes=4096)
@@ -106,19 +114,36 @@ def test_a_client_that_does_not_read_gets_slow_consumer(start_server, checkpoint
             s = conn.transport.get_extra_info("socket")  # buffers on the server's side too
             if s is not None and s.getpeername()[1] == sock.getsockname()[1]:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+                # as its transport does once unsent bytes pass the high-water mark (seen under
+                # load): the close must not wait for the socket to become writable again
+                conn.loop.call_soon_threadsafe(conn.pause_writing)
         for piece in np.array_split(x, 100):  # a result per 64 samples, none read meanwhile
             await ws.send(piece.tobytes())
-        await asyncio.sleep(1.0)
+        # read nothing until the server has given up on us: on a loaded machine the sends
+        # finish into kernel buffers long before the results exist, and a client that started
+        # reading then would be a fast one (seen: the results never piled up, no close came)
+        deadline = time.monotonic() + 90
+        while _slow_consumers(await asyncio.to_thread(srv.metrics_text)) < 1:
+            assert time.monotonic() < deadline, "no slow_consumer within 90 s"
+            await asyncio.sleep(0.2)
+        # and stay away longer than the server waits for its sender (5 s): the close must be
+        # written anyway (it used to wait for the socket to drain, was cancelled, never sent)
+        await asyncio.sleep(6)
         res = await ws_client.recv_all(ws, ws_client.StreamResult(), timeout=10)
         msgs, closed = res.messages, res.close_code
-        await asyncio.sleep(0.3)
-        async with websockets.connect(srv.ws_url("tiny")) as again:
-            await again.send(json.dumps({**START, "session_id": sid, "emit_every": 0}))
-            resumed = json.loads(await again.recv())
+        # the old connection detaches once every sample it sent has reached the engine
+        # (nothing accepted is dropped); until then a resume is `session_busy`
+        while True:
+            async with websockets.connect(srv.ws_url("tiny")) as again:
+                await again.send(json.dumps({**START, "session_id": sid, "emit_every": 0}))
+                resumed = json.loads(await again.recv())
+            if resumed.get("code") != "session_busy" or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
         return msgs, closed, resumed, sid
 
     msgs, closed, resumed, sid = asyncio.run(main())
     assert msgs[-1]["type"] == "error" and msgs[-1]["code"] == "slow_consumer", msgs[-3:]
     assert closed == 1008
-    assert resumed["type"] == "started" and resumed["session_id"] == sid
+    assert resumed["type"] == "started" and resumed["session_id"] == sid, resumed
     assert 0 < resumed["offset"] <= len(x)  # every sample taken before the close is held
