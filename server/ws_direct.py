@@ -88,11 +88,11 @@ if WebSocketsSansIOProtocol is not None:
             if (self.close_sent or not self.handshake_complete
                     or self.initial_response is not None or self.transport.is_closing()):
                 return False
-            self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
             try:
                 self.conn.send_close(code, reason)
             except InvalidState:
                 return False
+            self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
             self.transport.write(b"".join(self.conn.data_to_send()))
             self.close_sent = True
             if self.read_paused:
