@@ -215,7 +215,10 @@ def test_ctrl_c_ends_the_input_not_the_program(url):
     assert proc.wait(timeout=30) == 0, err.decode()
     writer.join(10)
     final = _messages(out)[-1]
-    assert final["type"] == "final" and final["offset"] == len(pcm) // 2
+    # what the client read before it handled the signal is sent: the whole file, plus any
+    # whole chunks of the still-running source that it read meanwhile (seen: one), never all
+    extra = final["offset"] - len(pcm) // 2
+    assert final["type"] == "final" and 0 <= extra < 75 * 320, final
     assert final["label"] == "yes"
     assert b"Fatal" not in err and b"Traceback" not in err and b"Exception" not in err
 
