@@ -153,11 +153,8 @@ class Engine:
         s = self.settings
         backend_cls = get_backend(s.backend)
         threads = s.resolve_compute_threads("cuda" if self.device.startswith("cuda") else "cpu")
-        torch.set_num_threads(threads)
         os.environ.setdefault("S4D_ONNX_THREADS", str(threads))
         log.info("engine pid=%d device=%s compute threads=%d", os.getpid(), self.device, threads)
-        if self.device.startswith("cuda"):  # this thread's too (snapshots, restores)
-            torch.cuda.set_device(torch.device(self.device))
 
         def lane_init() -> None:
             torch.set_num_threads(threads)
@@ -165,6 +162,8 @@ class Engine:
                 # CUDA's current device is per thread: a lane of the engine on cuda:1 left at
                 # device 0 launched Triton kernels and captured graphs on the wrong GPU
                 torch.cuda.set_device(torch.device(self.device))
+
+        lane_init()  # this thread's too (snapshots, restores)
 
         for name, path in discover(s):
             t0 = time.perf_counter()
