@@ -395,7 +395,9 @@ def train(
     data = data if data is not None else load_data(preset)
     train_set, val_set, test_set = data["train"], data["val"], data["test"]
     if preset.refit_on_val:  # the recipe was chosen on validation before; now it trains too
-        train_set = concat_splits(train_set, val_set)
+        # a training source that mixes clips itself (model.data.online_mix) joins them its way
+        join = getattr(train_set, "concat", None)
+        train_set = join(val_set) if join else concat_splits(train_set, val_set)
     from .data import TASKS
 
     n_classes = (

@@ -84,6 +84,8 @@ def prep_kws(args) -> None:
                                 "phrases"),
         }
         for s_i, (name, (flt, count, kind)) in enumerate(sets.items()):
+            if args.sets and name.split("_")[0] not in args.sets:
+                continue
             pool = kws_mix.select(rows, engines=(e,), **flt)
             if name.startswith("heldout_"):  # every voice, as rendered in a one-pass bank
                 pool = [r for r in pool if first_pass(r)]
@@ -98,11 +100,13 @@ def prep_kws(args) -> None:
             _save(work, name, x, y)
             np.save(work / f"{name}_texts.npy", said)  # what each clip says: phone targets
             made[name] = len(y)
-    test_pool = kws_mix.select(rows, splits=("test",))
-    x, y = kws_mix.make_clips(test_pool, n["kws_noise"], seed=0, kind="noise", code=199,
-                              workers=args.workers)
-    _save(work, "noise", x, y)
-    made["noise"] = len(y)
+    if not args.sets or "noise" in args.sets:
+        test_pool = kws_mix.select(rows, splits=("test",))
+        x, y = kws_mix.make_clips(test_pool, n["kws_noise"], seed=0, kind="noise", code=199,
+                                  workers=args.workers)
+        _save(work, "noise", x, y)
+        made["noise"] = len(y)
+    made["n_train"] = n["kws_train"]  # clips per engine (an online-mix epoch, if not prepared)
     made["formants"] = formants  # training clips only
     made["silence_top_db"] = args.silence_top_db  # training clips only (None: -40 dBFS)
     made["train_noise"] = noise  # training clips only (None: 0-30 dB SNR for 85 %)
@@ -184,6 +188,28 @@ def pick_init(candidates: list[str] | None, held: str | None) -> str | None:
     return None
 
 
+def _online_mixer(args, sets_meta: dict, engines: list[str]):
+    """The training source of `--online-mix`: the prep's training distribution (its noise and
+    silence settings, its validation fold) drawn afresh per batch on the training device from
+    the bank's clean training utterances (a refit: and the validation voices'; their prepared
+    clips join too); an epoch is as long as the prep's training set."""
+    from model.data import kws_mix
+    from model.data.kws_bank import load_bank, validate_on
+    from model.data.online_mix import OnlineMixer
+
+    rows = validate_on(load_bank(Path(args.bank)), sets_meta.get("validate_on") or [])
+    splits = ("train", "val") if args.refit_on_val else ("train",)  # a refit: val voices too
+    by_engine = {e: kws_mix.select(rows, engines=(e,), splits=splits,
+                                   kinds=("keyword", "unknown")) for e in engines}
+    noise = sets_meta.get("train_noise")
+    top_db = sets_meta.get("silence_top_db")
+    per_engine = int(sets_meta.get("n_train") or sets_meta.get(f"train_{engines[0]}"))
+    return OnlineMixer(by_engine, per_engine * len(engines), device=args.device, seed=0,
+                       noise=tuple(noise) if noise else kws_mix.TEST_NOISE,
+                       silence_top_db=-40.0 if top_db is None else top_db,
+                       n_rooms=args.rooms, workers=args.workers)
+
+
 def run_kws(args) -> None:
     import torch
 
@@ -196,12 +222,16 @@ def run_kws(args) -> None:
     held = None if args.run == "all" else args.run.split("-", 1)[1]
     engines = [e for e in ENGINES if e != held]
     init_from = pick_init(args.init_from, held)
+    sets_meta = json.loads((work / "kws_sets.json").read_text())
     data = {
-        "train": _split(*_concat(work, [f"train_{e}" for e in engines])),
+        "train": (_online_mixer(args, sets_meta, engines) if args.online_mix
+                  else _split(*_concat(work, [f"train_{e}" for e in engines]))),
         "val": _split(*_concat(work, [f"val_{e}" for e in engines])),
         "test": _split(*_concat(work, [f"test_{e}" for e in ENGINES] if held is None
                                 else [f"heldout_{held}"])),
     }
+    if args.phone_ctc and args.online_mix:
+        raise SystemExit("--phone-ctc needs prepared training clips (their texts), not --online-mix")
     if args.phone_ctc:  # each clip's phones, for the auxiliary CTC loss (val: for a refit)
         from model.data.phones import ctc_targets
 
@@ -226,7 +256,6 @@ def run_kws(args) -> None:
         overrides.update(SMOKE_MODEL)
     preset = PRESETS["kws"].with_overrides(**overrides)
     out = Path(args.out) / (args.run_name or f"kws-{args.run}")
-    sets_meta = json.loads((work / "kws_sets.json").read_text())
     formants = sets_meta.get("formants")
     knobs = " ".join(f"{k}={v}" for k, v in (("N_TRAIN", len(data["train"]) // len(engines)),
                                               ("FORMANTS", formants and f"{formants[0]:g},{formants[1]:g}"),
@@ -243,6 +272,7 @@ def run_kws(args) -> None:
                                               ("N_LAYERS", args.n_layers),
                                               ("BATCH", args.batch_size),
                                               ("PHONE_CTC", args.phone_ctc),
+                                              ("ONLINE_MIX", 1 if args.online_mix else None),
                                               ("SILENCE_TOP_DB", sets_meta.get("silence_top_db")),
                                               ("TRAIN_NOISE", sets_meta.get("train_noise") and
                                                ",".join(f"{v:g}" for v in sets_meta["train_noise"])))
@@ -262,6 +292,8 @@ def run_kws(args) -> None:
     cfg["training"]["train_noise"] = sets_meta.get("train_noise")  # None: 0-30 dB for 85 %
     cfg["training"]["bank"] = sets_meta.get("bank")  # None: a one-pass bank (older preps)
     cfg["training"]["validate_on"] = sets_meta.get("validate_on")  # moved training voices
+    if args.online_mix:  # training clips drawn afresh per batch (model/data/online_mix.py)
+        cfg["training"]["online_mix"] = dict(rooms=args.rooms, clips_per_epoch=len(data["train"]))
     cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
     if args.skip_extra:  # scripts/eval_data13.py measures phrases / noise / engines instead
         return
@@ -375,6 +407,14 @@ def main() -> None:
     ap.add_argument("--validate-on", nargs="+", default=None, metavar="ENGINE:VOICE",
                     help="prep-kws: training voices that validate instead (k-fold by voice)")
     ap.add_argument("--skip-extra", action="store_true", help="kws: no phrases/noise eval")
+    ap.add_argument("--sets", nargs="+", default=None,
+                    choices=("train", "val", "test", "heldout", "phrases", "valphrases", "noise"),
+                    help="prep-kws: make only these sets (default all)")
+    ap.add_argument("--online-mix", action="store_true",
+                    help="kws: mix fresh training clips per batch on the device from --bank's "
+                         "clean utterances (model/data/online_mix.py), not the prepared ones")
+    ap.add_argument("--rooms", type=int, default=512,
+                    help="kws --online-mix: simulated room impulse responses to draw from")
     ap.add_argument("--formants", default=None,
                     help="prep-kws: LO,HI formant shift range for the training clips")
     ap.add_argument("--refit-on-val", action="store_true",
