@@ -344,13 +344,18 @@ def _gpus() -> int:
         return 0
 
 
-@pytest.mark.skipif(_gpus() < 2, reason="needs two CUDA devices (one engine on each)")
-def test_two_gpus_each_serve_their_sessions():
-    """On a host with two GPUs an engine runs on each (cuda:0, cuda:1): the shipped keyword
-    model (its Triton core and CUDA graphs on the engine's own GPU) loads on both, sessions
-    spread over them, and every stream equals the batch path."""
+@pytest.mark.parametrize("gpus,engines_per_device", [(2, 1), (1, 2)])
+def test_two_gpu_engines_each_serve_their_sessions(gpus, engines_per_device):
+    """Two engines on GPUs: one on each of two GPUs (cuda:0, cuda:1), or two processes sharing
+    one GPU (--engines-per-device 2). The shipped keyword model (its Triton core and CUDA graphs
+    on the engine's own GPU, in its own CUDA context) loads in both, sessions spread over them,
+    and every stream equals the batch path."""
+    if _gpus() < gpus:
+        pytest.skip(f"needs {gpus} CUDA device(s)")
     ckpt = Path(__file__).resolve().parents[1] / "checkpoints"
-    w = Workers(ckpt, models="kws-s4d", S4D_DEVICE="cuda", CUDA_VISIBLE_DEVICES="0,1")
+    w = Workers(ckpt, models="kws-s4d", S4D_DEVICE="cuda",
+                CUDA_VISIBLE_DEVICES=",".join(str(i) for i in range(gpus)),
+                S4D_ENGINES_PER_DEVICE=engines_per_device)
     rng = np.random.default_rng(11)
     xs = [(rng.standard_normal(3200) * 0.1).astype(np.float32) for _ in range(6)]
     try:
