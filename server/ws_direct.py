@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import orjson
+
 #: scope key under which the protocol offers itself to the app
 DIRECT = "s4d.ws_direct"
 
@@ -78,6 +80,51 @@ if WebSocketsSansIOProtocol is not None:
                 return False
             self.transport.write(b"".join(self.conn.data_to_send()))
             return True
+
+        #: something arrived from the client since the last keepalive ping
+        _heard = False
+
+        def data_received(self, data: bytes) -> None:
+            self._heard = True
+            super().data_received(data)
+
+        def send_keepalive_ping(self) -> None:
+            self._heard = False
+            super().send_keepalive_ping()
+
+        def keepalive_timeout(self) -> None:
+            """No pong within `ws_ping_timeout` of a keepalive ping (sent every
+            `ws_ping_interval`). uvicorn then fails the connection with 1011 and no `error`
+            message, but 1011 means a server error here, and the pong may only be waiting
+            behind audio this server has not read yet: backpressure pauses reading while a
+            stream's buffer is full, and a client sending faster than real time has its
+            socket buffers full of audio ahead of the pong. So: while reading is paused, or
+            anything arrived since the ping, the client is not the one that stopped (wait
+            another `ws_ping_timeout`); else it stopped reading its socket or is gone: the
+            documented `timeout` error and close 1008 (the app sees the disconnect, so the
+            session stays resumable for the idle TTL)."""
+            self.pong_timer = None
+            if self.close_sent or self.transport.is_closing():
+                self.pending_ping_payload = None
+                return
+            if self.read_paused or self._heard:
+                self._heard = False
+                self.pong_timer = self.loop.call_later(self.ping_timeout, self.keepalive_timeout)
+                return
+            self.pending_ping_payload = None
+            try:
+                self.conn.send_text(orjson.dumps({
+                    "type": "error", "code": "timeout", "message": "no answer to the "
+                    f"server's ping within {self.ping_timeout:g} s: read the socket"}))
+            except InvalidState:
+                pass
+            self.conn.fail(1008, "keepalive ping timeout")
+            self.transport.write(b"".join(self.conn.data_to_send()))
+            self.close_sent = True
+            self.transport.close()
+            st = getattr(getattr(getattr(self, "scope", {}).get("app"), "state", None), "s4d", None)
+            if st is not None:
+                st.metrics.error("timeout")
 
         def close_now(self, code: int, reason: str = "") -> bool:
             """The close frame written now (as uvicorn's `websocket.close` would, closing
