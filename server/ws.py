@@ -122,8 +122,9 @@ class StreamConnection:
         text = m.get("text")
         if text is None:
             return None
-        if len(text) > limit:
-            raise StreamError("too_big", f"text message of {len(text)} bytes > limit {limit}")
+        size = len(text) if text.isascii() else len(text.encode())  # the limit is in bytes
+        if size > limit:
+            raise StreamError("too_big", f"text message of {size} bytes > limit {limit}")
         try:
             obj = orjson.loads(text)
         except orjson.JSONDecodeError as exc:

@@ -66,6 +66,18 @@ if WebSocketsSansIOProtocol is not None:
 
         def send_receive_event_to_app(self) -> None:
             self.disarm()  # the reader has a message to handle first
+            if self.curr_msg_data_type == "text" and not self.close_sent:
+                try:
+                    b"".join(self.frames).decode()
+                except UnicodeDecodeError:
+                    # RFC 6455: fail with 1007, as uvicorn does; but uvicorn logs a traceback
+                    # at ERROR for each, so any client could fill the server's logs with them
+                    self.frames = []
+                    self.logger.info("%s:%s - text message that is not UTF-8: closed with 1007",
+                                     *(self.client or ("?", "?")))
+                    self.conn.send_close(1007)
+                    self.handle_parser_exception()
+                    return
             super().send_receive_event_to_app()
 
         def send_text_now(self, data: bytes) -> bool:

@@ -77,6 +77,9 @@ CASES = {
     "non_finite": ([START, NAN], 1003),
     "partial_sample": ([START, b"\x00" * 7, {"type": "end"}], 1003),
     "too_big": ([START, b"\x00" * ((1 << 20) + 4)], 1009),
+    # the limit counts bytes: 2**19 + 1 two-byte characters are under it in characters
+    "too_big_text": ([START, "\u00e9" * ((1 << 19) + 1)], 1009, "too_big"),
+    "partial_sample_reset": ([START, b"\x00" * 7, {"type": "reset"}], 1003, "partial_sample"),
     "unknown_model": ([("model", "nope"), START], 1008),
     "not_streamable": ([("model", "tinybi"), START], 1008),
     "unknown_session": ([{**START, "session_id": "deadbeef", "offset": 0}], 1008),

@@ -32,6 +32,7 @@ from types import SimpleNamespace
 
 import httpx
 import numpy as np
+import pytest
 import websockets
 
 from tests.conftest import ROOT, TINY_MODELS, assert_probs_close, batch_probs
@@ -513,14 +514,14 @@ async def run_session(plan: Plan, url_of, pool: Pool) -> Outcome:
                 text = act.value
                 await ws.send(text)
                 out.sent.append(f"text {text[:40]!r}" + (f"...({len(text)})" if len(text) > 40 else ""))
-                fail("too_big" if len(text) > MAX_FRAME else "bad_json")
+                fail("too_big" if len(text.encode("utf-8", "surrogatepass")) > MAX_FRAME else "bad_json")
                 continue
             if k == "obj":
                 text = json.dumps(act.value)
                 await ws.send(_frags(text, act.frag))
                 out.sent.append(f"obj {text[:60]}")
                 if state in ("pre", "started"):
-                    if len(text) > MAX_FRAME:
+                    if len(text.encode("utf-8", "surrogatepass")) > MAX_FRAME:
                         fail("too_big")
                     else:
                         control(act.value)
@@ -959,3 +960,23 @@ def test_keepalive_timeout_is_a_documented_error(start_server, checkpoint_dir):
     assert resumed["type"] == "started" and resumed["offset"] == 100, resumed
     text = srv.metrics_text()
     assert _metric(text, 's4d_errors_total{code="timeout"}') >= [1.0]
+
+
+def test_text_that_is_not_utf8_closes_1007_without_an_error_log(live_server, caplog):
+    """RFC 6455: a text message that is not UTF-8 fails the connection with 1007. uvicorn logs
+    each at ERROR with a traceback, so any client could fill the server's logs: here it is one
+    INFO line, and the server serves on."""
+    import logging
+
+    async def main():
+        async with websockets.connect(live_server.ws_url("tiny")) as ws:
+            await ws.send(b'{"type": "end"}\xc3\x28', text=True)
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), 5)
+            return closed.value.rcvd.code if closed.value.rcvd else None
+
+    with caplog.at_level(logging.INFO, logger="uvicorn.error"):
+        assert asyncio.run(main()) == 1007
+    records = [r for r in caplog.records if r.name == "uvicorn.error" and "UTF-8" in r.getMessage()]
+    assert records and all(r.levelno == logging.INFO and r.exc_info is None for r in records)
+    assert httpx.get(live_server.base_url + "/healthz", timeout=5).status_code == 200
