@@ -39,6 +39,12 @@ def _int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _too_wide(v: Any) -> str:
+    """Why a whole number was refused: JSON integers past 64 bits are parsed as floats."""
+    return (" (integers past 64 bits are not accepted)"
+            if isinstance(v, float) and v.is_integer() and abs(v) >= 2**63 else "")
+
+
 def parse_start(msg: dict, meta, default_emit: int | None) -> dict:
     """Validated start fields, or StreamError (bad_start / bad_encoding / bad_sample_rate /
     bad_channels), in that order of precedence."""
@@ -54,13 +60,13 @@ def parse_start(msg: dict, meta, default_emit: int | None) -> dict:
     if emit is None:
         emit = meta.frame_size if default_emit is None else default_emit
     elif not _int(emit) or emit < 0:
-        raise StreamError("bad_start", "emit_every must be an integer >= 0 (samples)")
+        raise StreamError("bad_start", f"emit_every must be an integer >= 0 (samples){_too_wide(emit)}")
     sid, offset = msg.get("session_id"), msg.get("offset")
     if sid is not None and (not isinstance(sid, str) or not sid or len(sid) > 128):
         raise StreamError("bad_start", "session_id must be a non-empty string")
     if offset is not None:
         if not _int(offset) or offset < 0:
-            raise StreamError("bad_start", "offset must be an integer >= 0")
+            raise StreamError("bad_start", f"offset must be an integer >= 0{_too_wide(offset)}")
         if sid is None:
             raise StreamError("bad_start", "offset needs a session_id (resume)")
     if not isinstance(enc, str) or enc not in ENCODINGS:

@@ -980,3 +980,21 @@ def test_text_that_is_not_utf8_closes_1007_without_an_error_log(live_server, cap
     records = [r for r in caplog.records if r.name == "uvicorn.error" and "UTF-8" in r.getMessage()]
     assert records and all(r.levelno == logging.INFO and r.exc_info is None for r in records)
     assert httpx.get(live_server.base_url + "/healthz", timeout=5).status_code == 200
+
+
+def test_integers_past_64_bits_say_why_they_are_refused():
+    """JSON integers past 64 bits reach the server as floats: `bad_start` names the reason
+    rather than calling 2**64 + 5 "not an integer"; other bad values keep the plain message."""
+    import orjson
+
+    from server.ws import StreamError, parse_start
+
+    meta = SimpleNamespace(frame_size=320, sample_rate=16000, channels=1)
+    wide = b'{"type": "start", "sample_rate": 16000, "encoding": "f32le", "channels": 1, ' \
+           b'"session_id": "s", "offset": 18446744073709551621}'
+    with pytest.raises(StreamError) as err:
+        parse_start(orjson.loads(wide), meta, None)
+    assert err.value.code == "bad_start" and "past 64 bits" in str(err.value)
+    with pytest.raises(StreamError) as err:
+        parse_start({**json.loads(wide), "offset": 1.5}, meta, None)
+    assert err.value.code == "bad_start" and "past 64 bits" not in str(err.value)
