@@ -443,3 +443,16 @@ def test_lane_stop_waits_for_the_job_in_hand_so_the_process_exits_cleanly(tmp_pa
         r = subprocess.run([sys.executable, str(script)], cwd=root, capture_output=True,
                            text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(root)})
         assert r.returncode == 0, r.stderr[-500:]
+
+
+def test_cuda_index_of_an_engines_device():
+    """Every engine thread makes its GPU current; torch.cuda.set_device refuses a bare "cuda"
+    (the one-process server's device), so a bare "cuda" resolves to the current GPU: on a GPU
+    host `s4d serve` failed to load any model ("Expected a torch.device with a specified
+    index") until this. cuda:N is N; the CPU has none."""
+    from server.engine.engine import cuda_index
+
+    assert cuda_index("cpu") is None
+    assert cuda_index("cuda:1") == 1 and cuda_index("cuda:0") == 0
+    assert cuda_index("cuda", current=lambda: 0) == 0
+    assert cuda_index("cuda", current=lambda: 3) == 3

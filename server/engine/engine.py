@@ -156,12 +156,14 @@ class Engine:
         os.environ.setdefault("S4D_ONNX_THREADS", str(threads))
         log.info("engine pid=%d device=%s compute threads=%d", os.getpid(), self.device, threads)
 
+        gpu = cuda_index(self.device)
+
         def lane_init() -> None:
             torch.set_num_threads(threads)
-            if self.device.startswith("cuda"):
+            if gpu is not None:
                 # CUDA's current device is per thread: a lane of the engine on cuda:1 left at
                 # device 0 launched Triton kernels and captured graphs on the wrong GPU
-                torch.cuda.set_device(torch.device(self.device))
+                torch.cuda.set_device(gpu)
 
         lane_init()  # this thread's too (snapshots, restores)
 
@@ -396,3 +398,18 @@ def discover(settings: Settings) -> list[tuple[str, Path]]:
         raise FileNotFoundError(
             f"requested model(s) {missing} not found in {root} (available: {sorted(found)})")
     return [(w, found[w]) for w in wanted]
+
+
+def cuda_index(device: str, current: Callable[[], int] | None = None) -> int | None:
+    """The GPU an engine's threads make current: N of "cuda:N"; for a bare "cuda" (the
+    one-process server's `--device auto` / `cuda`) the GPU current where it is resolved, as
+    torch places "cuda" tensors there (`torch.cuda.set_device` refuses a device without an
+    index); None for the CPU."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return None
+    if dev.index is not None:
+        return dev.index
+    return (current or torch.cuda.current_device)()
