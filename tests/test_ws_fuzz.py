@@ -676,6 +676,16 @@ def _check(out: Outcome, expect, aborted: bool, feed, end_pos, held, skip, reset
         p.append(f"unexpected error {errors[0]} (close {out.close_code})")
 
 
+async def read_until_closed(ws, msgs: list, timeout: float = 60) -> int | None:
+    """Every message into `msgs` as it comes (as a client should read), until the close;
+    returns the close code the server sent (None: none came)."""
+    try:
+        while True:
+            msgs.append(json.loads(await asyncio.wait_for(ws.recv(), timeout)))
+    except websockets.ConnectionClosed as exc:
+        return exc.rcvd.code if exc.rcvd else None
+
+
 async def _clean_stream(url: str, model: str, enc: str, seed: int, done: asyncio.Event,
                         pool: Pool, min_chunks: int = 40) -> tuple[np.ndarray, list, int | None]:
     """A well-behaved stream, started before the fuzz and fed (random piece sizes, small
@@ -684,15 +694,6 @@ async def _clean_stream(url: str, model: str, enc: str, seed: int, done: asyncio
     _, ch, _, _ = SPECS[model]
     feed = Feed(rng, enc, ch)
     msgs: list = []
-    code = None
-
-    async def read(ws):  # results are read as they come, as a client should
-        nonlocal code
-        try:
-            while True:
-                msgs.append(json.loads(await asyncio.wait_for(ws.recv(), 60)))
-        except websockets.ConnectionClosed as exc:
-            code = exc.rcvd.code if exc.rcvd else None
 
     # no client keepalive: sending faster than the engine consumes, this client's pings wait
     # behind its own unread audio while backpressure pauses the server's reading
@@ -702,7 +703,7 @@ async def _clean_stream(url: str, model: str, enc: str, seed: int, done: asyncio
         started = json.loads(await ws.recv())
         assert started["type"] == "started", started
         pool.ids[started["session_id"]] = (model, "clean")
-        reader = asyncio.ensure_future(read(ws))
+        reader = asyncio.ensure_future(read_until_closed(ws, msgs))
         chunks = 0
         try:
             while (not done.is_set() or chunks < min_chunks) and feed.pos < 400_000 * feed.width:
@@ -713,7 +714,7 @@ async def _clean_stream(url: str, model: str, enc: str, seed: int, done: asyncio
             await ws.send(json.dumps({"type": "end"}))
         except websockets.ConnectionClosed:  # the server closed it: its messages say why
             pass
-        await reader
+        code = await reader
     return feed.samples(0, feed.pos // feed.width), msgs, code
 
 
@@ -900,17 +901,8 @@ def test_keepalive_waits_for_a_fast_client_under_backpressure(start_server, chec
             await ws.send(json.dumps({"type": "start", "sample_rate": 16000, "encoding": "f32le",
                                       "channels": 1, "emit_every": 0}))
             assert json.loads(await ws.recv())["type"] == "started"
-            msgs, code = [], None
-
-            async def read():
-                nonlocal code
-                try:
-                    while True:
-                        msgs.append(json.loads(await asyncio.wait_for(ws.recv(), 60)))
-                except websockets.ConnectionClosed as exc:
-                    code = exc.rcvd.code if exc.rcvd else None
-
-            reader = asyncio.ensure_future(read())
+            msgs: list = []
+            reader = asyncio.ensure_future(read_until_closed(ws, msgs))
             t0 = time.monotonic()
             data = pool.astype("<f4").tobytes()
             try:
@@ -922,7 +914,7 @@ def test_keepalive_waits_for_a_fast_client_under_backpressure(start_server, chec
                 await ws.send(json.dumps({"type": "end"}))
             except websockets.ConnectionClosed:
                 pass
-            await reader
+            code = await reader
             return msgs, code, time.monotonic() - t0
 
     msgs, code, elapsed = asyncio.run(main())
@@ -949,12 +941,8 @@ def test_keepalive_timeout_is_a_documented_error(start_server, checkpoint_dir):
         ws.transport.pause_reading()  # a client whose loop stopped reading: no pongs
         await asyncio.sleep(1.0)
         ws.transport.resume_reading()
-        msgs, code = [], None
-        try:
-            while True:
-                msgs.append(json.loads(await asyncio.wait_for(ws.recv(), 10)))
-        except websockets.ConnectionClosed as exc:
-            code = exc.rcvd.code if exc.rcvd else None
+        msgs: list = []
+        code = await read_until_closed(ws, msgs, 10)
         async with websockets.connect(srv.ws_url("tiny")) as ws:
             await ws.send(json.dumps({**start, "session_id": sid, "offset": 100}))
             resumed = json.loads(await ws.recv())
