@@ -828,6 +828,19 @@ def _assert_metrics_and_no_leaks(base: str, connections=None) -> None:
         f"left behind: {active} sessions, {slab} slab bytes, {conns} connections"
 
 
+def _assert_fuzz_held(outcomes, clean_out, health, handle, min_checked: int) -> int:
+    """Every session as predicted, health answered, the clean streams and the fuzz's own valid
+    streams equal to the batch path; returns how many finals were compared."""
+    assert not any(o.problems for o in outcomes), _report(outcomes)
+    _assert_clean_and_health(clean_out, health)
+    for x, msgs, _ in clean_out:
+        model = "tiny" if x.shape[1] == 1 else "tiny2"
+        assert_probs_close(msgs[-1]["probabilities"], batch_probs(handle, model, [x])[0], 1e-5)
+    checked = _compare_with_batch(outcomes, handle)
+    assert checked >= min_checked, checked  # the fuzz's own valid streams equal batch too
+    return checked
+
+
 def test_ws_fuzz_single_process(start_server, checkpoint_dir):
     srv = start_server(checkpoints=checkpoint_dir, max_sessions=512, idle_ttl_s=IDLE_TTL,
                        max_frame_bytes=MAX_FRAME)
@@ -835,13 +848,7 @@ def test_ws_fuzz_single_process(start_server, checkpoint_dir):
     outcomes, clean_out, health, elapsed = asyncio.run(
         fuzz(srv.base_url, srv.ws_base, n_sessions=240, concurrency=6, seed=SEED))
     assert len(outcomes) == 240
-    assert not any(o.problems for o in outcomes), _report(outcomes)
-    _assert_clean_and_health(clean_out, health)
-    for x, msgs, _ in clean_out:
-        model = "tiny" if x.shape[1] == 1 else "tiny2"
-        assert_probs_close(msgs[-1]["probabilities"], batch_probs(srv, model, [x])[0], 1e-5)
-    checked = _compare_with_batch(outcomes, srv)
-    assert checked >= 40, checked  # the fuzz's own valid streams equal the batch path too
+    checked = _assert_fuzz_held(outcomes, clean_out, health, srv, min_checked=40)
     st = srv.server._s4d_app.state.s4d
     _assert_metrics_and_no_leaks(srv.base_url, st.connections)
     print(f"fuzz: {len(outcomes)} sessions in {elapsed:.1f} s, {checked} finals vs batch, "
@@ -860,13 +867,7 @@ def test_ws_fuzz_workers(checkpoint_dir):
         outcomes, clean_out, health, elapsed = asyncio.run(
             fuzz(w.base, f"ws://127.0.0.1:{w.port}", n_sessions=80, concurrency=4,
                  seed=SEED + 1))
-        assert not any(o.problems for o in outcomes), _report(outcomes)
-        _assert_clean_and_health(clean_out, health)
-        for x, msgs, _ in clean_out:
-            model = "tiny" if x.shape[1] == 1 else "tiny2"
-            assert_probs_close(msgs[-1]["probabilities"], batch_probs(handle, model, [x])[0], 1e-5)
-        checked = _compare_with_batch(outcomes, handle)
-        assert checked >= 10, checked
+        checked = _assert_fuzz_held(outcomes, clean_out, health, handle, min_checked=10)
         _assert_metrics_and_no_leaks(w.base)
         assert w.proc.poll() is None
         print(f"fuzz (workers): {len(outcomes)} sessions in {elapsed:.1f} s, {checked} finals")
