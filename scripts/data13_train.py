@@ -222,6 +222,8 @@ def run_kws(args) -> None:
     held = None if args.run == "all" else args.run.split("-", 1)[1]
     engines = [e for e in ENGINES if e != held]
     init_from = pick_init(args.init_from, held)
+    if args.phone_ctc and args.online_mix:
+        raise SystemExit("--phone-ctc needs prepared training clips (their texts), not --online-mix")
     sets_meta = json.loads((work / "kws_sets.json").read_text())
     data = {
         "train": (_online_mixer(args, sets_meta, engines) if args.online_mix
@@ -230,8 +232,6 @@ def run_kws(args) -> None:
         "test": _split(*_concat(work, [f"test_{e}" for e in ENGINES] if held is None
                                 else [f"heldout_{held}"])),
     }
-    if args.phone_ctc and args.online_mix:
-        raise SystemExit("--phone-ctc needs prepared training clips (their texts), not --online-mix")
     if args.phone_ctc:  # each clip's phones, for the auxiliary CTC loss (val: for a refit)
         from model.data.phones import ctc_targets
 

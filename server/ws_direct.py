@@ -19,6 +19,8 @@ from collections.abc import Callable
 
 import orjson
 
+from server.errors import StreamError
+
 #: scope key under which the protocol offers itself to the app
 DIRECT = "s4d.ws_direct"
 
@@ -66,9 +68,10 @@ if WebSocketsSansIOProtocol is not None:
 
         def send_receive_event_to_app(self) -> None:
             self.disarm()  # the reader has a message to handle first
-            if self.curr_msg_data_type == "text" and not self.close_sent:
+            text = b"".join(self.frames) if self.curr_msg_data_type == "text" else b""
+            if not self.close_sent and not text.isascii():  # (ASCII text is UTF-8: no 2nd decode)
                 try:
-                    b"".join(self.frames).decode()
+                    text.decode()
                 except UnicodeDecodeError:
                     # RFC 6455: fail with 1007, as uvicorn does; but uvicorn logs a traceback
                     # at ERROR for each, so any client could fill the server's logs with them
@@ -80,11 +83,15 @@ if WebSocketsSansIOProtocol is not None:
                     return
             super().send_receive_event_to_app()
 
+        def _open(self) -> bool:
+            """Whether a frame written now still reaches an open WebSocket connection."""
+            return not (self.close_sent or not self.handshake_complete
+                        or self.initial_response is not None or self.transport.is_closing())
+
         def send_text_now(self, data: bytes) -> bool:
             """A text message written now (as uvicorn's `websocket.send` would); False when
             the connection can no longer take one (the caller falls back to ASGI send)."""
-            if (self.close_sent or not self.handshake_complete
-                    or self.initial_response is not None or self.transport.is_closing()):
+            if not self._open():
                 return False
             try:
                 self.conn.send_text(data)
@@ -124,19 +131,20 @@ if WebSocketsSansIOProtocol is not None:
                 self.pong_timer = self.loop.call_later(self.ping_timeout, self.keepalive_timeout)
                 return
             self.pending_ping_payload = None
+            err = StreamError("timeout", f"no answer to the server's ping within "
+                                         f"{self.ping_timeout:g} s: read the socket")
             try:
-                self.conn.send_text(orjson.dumps({
-                    "type": "error", "code": "timeout", "message": "no answer to the "
-                    f"server's ping within {self.ping_timeout:g} s: read the socket"}))
+                self.conn.send_text(orjson.dumps(err.to_message()))
             except InvalidState:
                 pass
-            self.conn.fail(1008, "keepalive ping timeout")
+            self.conn.fail(err.close_code, "keepalive ping timeout")
             self.transport.write(b"".join(self.conn.data_to_send()))
             self.close_sent = True
             self.transport.close()
-            st = getattr(getattr(getattr(self, "scope", {}).get("app"), "state", None), "s4d", None)
-            if st is not None:
-                st.metrics.error("timeout")
+            app = getattr(self, "scope", {}).get("app")
+            state = getattr(getattr(app, "state", None), "s4d", None)
+            if state is not None:
+                state.metrics.error(err.code)
 
         def close_now(self, code: int, reason: str = "") -> bool:
             """The close frame written now (as uvicorn's `websocket.close` would, closing
@@ -144,8 +152,7 @@ if WebSocketsSansIOProtocol is not None:
             client that stopped reading (slow_consumer) keeps it unwritable, and a close that
             waited for it was cancelled with the stream's task and never sent, leaving the
             connection open with no close. False when the connection is past that point."""
-            if (self.close_sent or not self.handshake_complete
-                    or self.initial_response is not None or self.transport.is_closing()):
+            if not self._open():
                 return False
             try:
                 self.conn.send_close(code, reason)

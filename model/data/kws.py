@@ -70,8 +70,9 @@ def _speak(rng: np.random.Generator, word: str, voice: str) -> np.ndarray:
     return wav.astype(np.float32)
 
 
-def _room(rng: np.random.Generator, wav: np.ndarray) -> np.ndarray:
-    """Convolve with the impulse response of a random small shoebox room."""
+def shoebox_rir(rng: np.random.Generator) -> np.ndarray:
+    """The impulse response (float64, 16 kHz) of a random small shoebox room: every room of
+    the keyword data (clips, streams, the training mixer) is drawn here."""
     import pyroomacoustics as pra
 
     dims = rng.uniform([3.0, 2.5, 2.4], [8.0, 6.0, 3.5])
@@ -82,8 +83,12 @@ def _room(rng: np.random.Generator, wav: np.ndarray) -> np.ndarray:
     room.add_source(rng.uniform(0.5, dims - 0.5))
     room.add_microphone(rng.uniform(0.5, dims - 0.5))
     room.compute_rir()
-    rir = np.asarray(room.rir[0][0], dtype=np.float64)
-    out = fftconvolve(wav, rir)[: CLIP - 160]
+    return np.asarray(room.rir[0][0], dtype=np.float64)
+
+
+def _room(rng: np.random.Generator, wav: np.ndarray) -> np.ndarray:
+    """Convolve with the impulse response of a random small shoebox room."""
+    out = fftconvolve(wav, shoebox_rir(rng))[: CLIP - 160]
     return (out / max(np.abs(out).max(), 1e-9)).astype(np.float32)
 
 

@@ -29,6 +29,8 @@ from .kws import CLASSES, CLIP, SAMPLE_RATE
 KEYWORD_INDEX = {w: i for i, w in enumerate(CLASSES[:10])}
 UNKNOWN, SILENCE = CLASSES.index("unknown"), CLASSES.index("silence")
 ROOM_PROB, NOISE_PROB = 0.3, 0.85
+SPEED = (0.85, 1.15)  # speed perturbation factor range
+PEAK_DB = (-26.0, -1.0)  # a speech clip's peak level, dBFS
 #: (SNR low dB, high dB, share of speech clips with noise): the test sets' setting, the default
 TEST_NOISE = (0.0, 30.0, NOISE_PROB)
 NOISE_KINDS = ("white", "pink", "babble")  # background noise, one drawn per noisy clip
@@ -36,7 +38,7 @@ _POOL: dict = {}
 
 
 def _speed(rng: np.random.Generator, wav: np.ndarray) -> np.ndarray:
-    factor = rng.uniform(0.85, 1.15)
+    factor = rng.uniform(*SPEED)
     n = max(2, int(round(len(wav) / factor)))
     return np.interp(np.linspace(0, len(wav) - 1, n), np.arange(len(wav)), wav)
 
@@ -113,7 +115,7 @@ def _speech_clip(rng: np.random.Generator, wav: np.ndarray, pool: list[np.ndarra
         background = _noise(rng, pool, drawn)
         drawn["snr_db"] = float(rng.uniform(lo_db, hi_db))
         clip += background * rms * 10 ** (-drawn["snr_db"] / 20)
-    return clip * (10 ** (rng.uniform(-26, -1) / 20) / max(np.abs(clip).max(), 1e-9))
+    return clip * (10 ** (rng.uniform(*PEAK_DB) / 20) / max(np.abs(clip).max(), 1e-9))
 
 
 def _silence_clip(rng: np.random.Generator, pool: list[np.ndarray], top_db: float,

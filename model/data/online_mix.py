@@ -21,30 +21,19 @@ from multiprocessing import get_context
 import numpy as np
 import torch
 
-from .kws import CLASSES, CLIP, SAMPLE_RATE
-from .kws_mix import NOISE_KINDS, ROOM_PROB, TEST_NOISE
+from .kws import CLASSES, CLIP, shoebox_rir
+from .kws_mix import NOISE_KINDS, PEAK_DB, ROOM_PROB, SPEED, TEST_NOISE
 
 N_CLASSES = len(CLASSES)
 UNKNOWN, SILENCE = CLASSES.index("unknown"), CLASSES.index("silence")
-SPEED = (0.85, 1.15)
-GAIN_DB = (-26.0, -1.0)
 BABBLE_WORDS = (3, 6)  # other utterances under a babble background, inclusive
 ROOM_OUT = CLIP - 160  # kws._room keeps this much of the reverberant utterance
 
 
 def room_impulse_response(seed: int) -> np.ndarray:
-    """One random small shoebox room's impulse response: `kws._room`'s draws, without the
-    utterance."""
-    import pyroomacoustics as pra
-
-    rng = np.random.default_rng([seed, 7])
-    dims = rng.uniform([3.0, 2.5, 2.4], [8.0, 6.0, 3.5])
-    room = pra.ShoeBox(dims, fs=SAMPLE_RATE, materials=pra.Material(float(rng.uniform(0.15, 0.7))),
-                       max_order=int(rng.integers(3, 12)))
-    room.add_source(rng.uniform(0.5, dims - 0.5))
-    room.add_microphone(rng.uniform(0.5, dims - 0.5))
-    room.compute_rir()
-    return np.asarray(room.rir[0][0], dtype=np.float32)[:ROOM_OUT]
+    """One random small shoebox room's impulse response (`kws.shoebox_rir`), as much of it as
+    `kws._room` keeps."""
+    return shoebox_rir(np.random.default_rng([seed, 7]))[:ROOM_OUT].astype(np.float32)
 
 
 def room_bank(n: int, seed: int, workers: int | None = None) -> list[np.ndarray]:
@@ -218,7 +207,7 @@ class OnlineMixer:
         noisy = self._u((b,), gen) < share
         snr_db = self._u((b,), gen, lo_db, hi_db)
         clip = clip + (noisy * rms * 10 ** (-snr_db / 20))[:, None] * noise
-        gain_db = self._u((b,), gen, *GAIN_DB)
+        gain_db = self._u((b,), gen, *PEAK_DB)
         clip = clip * (10 ** (gain_db / 20) / clip.abs().amax(1).clamp(min=1e-9))[:, None]
         # silence: noise only, 20 % of it near-digital (dither)
         dither = self._u((b,), gen) < 0.2

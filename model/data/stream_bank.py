@@ -111,18 +111,12 @@ def engine_words(data13_bank: str | Path, engines=None,
 
 
 def build_rirs(out: Path) -> None:
-    import pyroomacoustics as pra
+    from .kws import shoebox_rir
 
     rng = np.random.default_rng(11)
     rirs = np.zeros((N_RIRS, 4000), np.float32)  # 250 ms at 16 kHz
     for i in range(N_RIRS):
-        dims = rng.uniform([3.0, 2.5, 2.4], [8.0, 6.0, 3.5])
-        room = pra.ShoeBox(dims, fs=16000, materials=pra.Material(float(rng.uniform(0.15, 0.7))),
-                           max_order=int(rng.integers(3, 12)))
-        room.add_source(rng.uniform(0.5, dims - 0.5))
-        room.add_microphone(rng.uniform(0.5, dims - 0.5))
-        room.compute_rir()
-        rir = np.asarray(room.rir[0][0], np.float64)[:4000]
+        rir = shoebox_rir(rng)[:4000]
         rirs[i, : len(rir)] = rir / max(np.abs(rir).max(), 1e-9)
     np.savez_compressed(out / "rirs.npz", rirs=rirs.astype(np.float16))
 
