@@ -14,7 +14,7 @@ from .config import ModelConfig
 from .frontend import LogMelPatches
 from .pooling import pool_sequence, valid_mask
 from .precision import float32_region
-from .s4d import S4D
+from .s4d import S4D, causal_conv
 
 
 class S4DBlock(nn.Module):
@@ -169,9 +169,7 @@ class S4DNetwork(nn.Module):
             return z.cumsum(1) / t.to(z.dtype).view(1, -1, 1)
         log_a = self.cfg.ema_log_decay
         kernel = (torch.exp((t - 1) * log_a) * -math.expm1(log_a)).to(z.dtype)  # (1 - a) a^k
-        n = 2 * steps
-        p = torch.fft.irfft(torch.fft.rfft(z, n=n, dim=1) * torch.fft.rfft(kernel, n=n).view(1, -1, 1),
-                            n=n, dim=1)[:, :steps]
+        p = causal_conv(z, kernel, dim=1)
         return p / (-torch.expm1(t * log_a)).to(z.dtype).view(1, -1, 1)
 
     def num_parameters(self) -> int:

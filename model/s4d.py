@@ -116,12 +116,32 @@ def vandermonde_kernel(coef: torch.Tensor, log_da: torch.Tensor, length: int,
     return torch.cat(out, dim=-1)
 
 
-def causal_conv(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """y[..., t] = sum_{s<=t} k[..., t-s] u[..., s] by FFT of length 2L (no wrap-around)."""
-    length = u.shape[-1]
-    n = 2 * length
-    y = torch.fft.irfft(torch.fft.rfft(u, n=n) * torch.fft.rfft(k, n=n), n=n)
-    return y[..., :length]
+def fft_size(n: int) -> int:
+    """The smallest 2^a 3^b 5^c 7^d >= n. FFT libraries (pocketfft on the CPU, cuFFT) have
+    kernels for these factors only; a length with a large prime factor (2 x 16001, an odd
+    clip's 2L) goes through Bluestein's algorithm, 2-3x slower."""
+    best = 1 << max(0, n - 1).bit_length()
+    odd = [1]
+    for p in (3, 5, 7):
+        odd = [m * p**e for m in odd for e in range(best.bit_length()) if m * p**e < best]
+    for m in odd:
+        v = m
+        while v < n:
+            v *= 2
+        best = min(best, v)
+    return best
+
+
+def causal_conv(u: torch.Tensor, k: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """y[t] = sum_{s<=t} k[t-s] u[s] along `dim` (k's last dim) by FFT of a length >= 2L - 1
+    (no wrap-around). A traced length (torch.export's symbolic sizes) keeps 2L."""
+    dim %= u.ndim
+    length = u.shape[dim]
+    n = fft_size(2 * length - 1) if isinstance(length, int) else 2 * length
+    k_f = torch.fft.rfft(k, n=n)
+    k_f = k_f.reshape(*k_f.shape, *[1] * (u.ndim - 1 - dim))  # frequencies along `dim`
+    y = torch.fft.irfft(torch.fft.rfft(u, n=n, dim=dim) * k_f, n=n, dim=dim)
+    return y.narrow(dim, 0, length)
 
 
 class S4DKernel(nn.Module):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from model.config import ModelConfig
-from model.s4d import INITS, S4DKernel, causal_conv, init_modes
+from model.s4d import INITS, S4DKernel, causal_conv, fft_size, init_modes
 
 
 @pytest.mark.parametrize("init", INITS)
@@ -37,6 +37,37 @@ def test_fft_conv_is_causal_linear_convolution():
         [torch.stack([(k[h, : t + 1].flip(0) * u[h, : t + 1]).sum() for t in range(50)]) for h in range(3)]
     )
     assert torch.allclose(causal_conv(u, k), direct, atol=1e-12)
+
+
+def _smooth(n: int) -> bool:
+    for p in (2, 3, 5, 7):
+        while n % p == 0:
+            n //= p
+    return n == 1
+
+
+def test_fft_size_is_the_next_length_with_small_factors():
+    for n in [*range(1, 2100), 31999, 32001, 32003, 65537, 250_001]:
+        f = fft_size(n)
+        assert f >= n and _smooth(f), n
+        assert not any(_smooth(m) for m in range(n, f)), (n, f)
+    assert fft_size(2 * 16001 - 1) == 32256  # not 2 x 16001 (a prime: Bluestein)
+
+
+@pytest.mark.parametrize("length", [1, 2, 7, 61, 97, 128, 211])
+def test_fft_conv_any_length_and_along_a_middle_dim(length):
+    """Odd and prime lengths pad to fft_size(2L - 1), not 2L; still no wrap-around. `dim=1`
+    (the EMA pooling of prefix_logits) equals the last-dim form on the moved tensor."""
+    g = torch.Generator().manual_seed(length)
+    u = torch.randn(2, 3, length, dtype=torch.float64, generator=g)
+    k = torch.randn(3, length, dtype=torch.float64, generator=g)
+    lags = torch.arange(length)
+    toeplitz = torch.where(lags[:, None] >= lags, k[:, (lags[:, None] - lags).clamp(min=0)], 0)
+    direct = torch.einsum("hts,bhs->bht", toeplitz, u)
+    assert torch.allclose(causal_conv(u, k), direct, atol=1e-12)
+    one = k[0]
+    along = causal_conv(u.transpose(1, 2), one, dim=1)  # [B, L, C], one kernel for every C
+    assert torch.allclose(along, causal_conv(u, one.expand(3, -1)).transpose(1, 2), atol=1e-12)
 
 
 def test_init_formulas_match_the_paper():
