@@ -26,7 +26,8 @@ def parse(body: bytes) -> Any:
         raise _error(body, exc) from None
 
 
-def _error(body: bytes, exc: orjson.JSONDecodeError) -> ApiError:
+def _error(body: bytes | memoryview, exc: orjson.JSONDecodeError) -> ApiError:
+    body = bytes(body)  # a memoryview (the binary extension's JSON header) has no startswith
     pos = exc.pos if isinstance(exc.pos, int) else -1
     if pos >= 0 and any(body.startswith(t, p) for t in _NON_FINITE for p in (pos, pos - 1)):
         return ApiError(400, "non_finite", "NaN or Infinity in the input (not valid JSON either)")

@@ -1,0 +1,99 @@
+"""The Open Inference Protocol endpoints (HTTP and gRPC) against malformed requests:
+regressions of what a seeded protocol fuzz of them found, each answered 500 / UNKNOWN
+or wrongly accepted before its fix."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT, free_port
+
+pytest.importorskip("tritonclient.grpc")
+
+SEED = 20250311
+N_CASES = 300
+WORKERS = 4
+CALL_TIMEOUT = 10.0  # every call's deadline: past it, a hang
+TOL = 1e-5
+TINY = ("tiny", "tiny2", "tinynone", "tinybi", "tinyema")
+SHIPPED = ("ecg-s4d", "fsdd-s4d")
+MAX_SEQUENCE = 16000 * 60  # the server's max_sequence_samples (default)
+MAX_BATCH = 64  # max_batch_sequences (default)
+HL = "Inference-Header-Content-Length"
+SERVICE = "/inference.GRPCInferenceService/"
+#: HTTP status of an error -> the gRPC status PROTOCOL.md maps it to
+GRPC_OF = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND,
+           409: grpc.StatusCode.ABORTED, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+           415: grpc.StatusCode.INVALID_ARGUMENT}
+NP = {"FP16": "<f2", "FP32": "<f4", "FP64": "<f8", "INT8": "i1", "INT16": "<i2",
+      "INT32": "<i4", "INT64": "<i8", "UINT8": "u1", "UINT16": "<u2", "UINT32": "<u4",
+      "UINT64": "<u8"}
+CONTENTS = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT8": "int_contents",
+            "INT16": "int_contents", "INT32": "int_contents", "INT64": "int64_contents",
+            "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
+            "UINT64": "uint64_contents"}
+UNSET = object()
+
+
+@dataclass(frozen=True)
+class Spec:
+    channels: int
+    patch: int
+    classes: tuple
+    streamable: bool
+
+
+SPECS: dict[str, Spec] = {}  # filled from the server's /v1/models
+STREAMABLE: list[str] = []
+
+
+@pytest.fixture(scope="module")
+def srv(start_server, checkpoint_dir, tmp_path_factory):
+    """The tiny test models and two shipped checkpoints, in one folder (symlinks)."""
+    folder = tmp_path_factory.mktemp("oip-fuzz-checkpoints")
+    for name in TINY:
+        (folder / name).symlink_to(checkpoint_dir / name, target_is_directory=True)
+    for name in SHIPPED:
+        (folder / name).symlink_to(ROOT / "checkpoints" / name, target_is_directory=True)
+    h = start_server(checkpoints=folder, grpc_port=free_port(), idle_ttl_s=120.0)
+    for m in httpx.get(f"{h.base_url}/v1/models", timeout=10).json()["models"]:
+        SPECS[m["name"]] = Spec(m["input_channels"], m["patch_size"], tuple(m["classes"]),
+                                m["streamable"])
+    STREAMABLE[:] = [n for n, s in SPECS.items() if s.streamable]
+    assert set(SPECS) == set(TINY) | set(SHIPPED)
+    return h
+
+
+# ---- regressions of what the fuzz found -------------------------------------------------------
+def _oip_error(r: httpx.Response, status: int) -> str:
+    assert r.status_code == status, (r.status_code, r.text[:300])
+    body = r.json()
+    assert set(body) == {"error"} and isinstance(body["error"], str) and body["error"], body
+    return body["error"]
+
+
+def _infer_json(srv, inputs: list, **doc) -> httpx.Response:
+    return httpx.post(f"{srv.base_url}/v2/models/tiny/infer", json={"inputs": inputs, **doc},
+                      timeout=30)
+
+
+def test_binary_header_that_is_not_json_is_a_400(srv):
+    """A binary tensor request whose JSON header does not parse (here: cut short by too small
+    an Inference-Header-Content-Length) answered 500 `internal error (AttributeError)`: the
+    JSON parser's error path called `startswith` on the header, a memoryview."""
+    x = np.zeros(8, "<f4").tobytes()
+    header = json.dumps({"inputs": [{"name": "input", "shape": [1, 8], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": len(x)}}]}).encode()
+    for n in (len(header) - 1, 5, 1):
+        r = httpx.post(f"{srv.base_url}/v2/models/tiny/infer", content=header + x,
+                       headers={HL: str(n)}, timeout=30)
+        assert "inference header" in _oip_error(r, 400)
+    r = httpx.post(f"{srv.base_url}/v2/models/tiny/infer", content=header + x,
+                   headers={HL: str(len(header))}, timeout=30)
+    assert r.status_code == 200, r.text
