@@ -167,16 +167,26 @@ def split_body(header_length: str | None, body: bytes) -> tuple[Any, memoryview]
     if hl is None:
         header, binary = body, memoryview(b"")
     else:
-        if not hl.strip().isdigit() or int(hl) > len(body):
-            raise bad_request(f"{HEADER_LENGTH} {hl!r} must be an integer <= the body's "
-                              f"{len(body)} bytes")
-        n = int(hl)
+        n = _header_length(hl, len(body))
         header, binary = memoryview(body)[:n], memoryview(body)[n:]
     try:
         return jsonbody.parse(header), binary
     except ApiError as exc:
         where = "inference header" if hl is not None else "body"
         raise ApiError(400, exc.code, f"{where}: {exc.message}") from None
+
+
+def _header_length(value: str, body_bytes: int) -> int:
+    """The Inference-Header-Content-Length value: ASCII digits, at most the body's size.
+    (`str.isdigit` alone also passes "²" and other digits `int` refuses, and `int` refuses
+    more than 4300 digits: both were a 500.)"""
+    s = value.strip()
+    digits = s.lstrip("0") or "0"
+    if (not (s.isascii() and s.isdigit()) or len(digits) > len(str(body_bytes))
+            or int(digits) > body_bytes):
+        raise bad_request(f"{HEADER_LENGTH} {value[:40]!r} must be an integer <= the body's "
+                          f"{body_bytes} bytes")
+    return int(digits)
 
 
 def decode_infer(body: bytes, enc: str, header_length: str | None, limit: int, model: str,

@@ -97,3 +97,16 @@ def test_binary_header_that_is_not_json_is_a_400(srv):
     r = httpx.post(f"{srv.base_url}/v2/models/tiny/infer", content=header + x,
                    headers={HL: str(len(header))}, timeout=30)
     assert r.status_code == 200, r.text
+
+
+def test_header_length_must_be_ascii_digits(srv):
+    """Inference-Header-Content-Length "\u00b2" (`str.isdigit` passes it, `int` refuses it) or of
+    5000 digits (`int` refuses more than 4300) answered 500 `internal error (ValueError)`."""
+    body = b'{"inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP32", "data": [0, 1]}]}'
+    for value in (b"\xb2", b"\xb9\xb2", b"9" * 5000, "\u0661\u0662".encode()):
+        r = httpx.post(f"{srv.base_url}/v2/models/tiny/infer", content=body,
+                       headers={HL: value}, timeout=30)
+        assert HL in _oip_error(r, 400)
+    r = httpx.post(f"{srv.base_url}/v2/models/tiny/infer", content=body,
+                   headers={HL: "0" * 5000 + str(len(body))}, timeout=30)
+    assert r.status_code == 200, r.text  # leading zeros are still a number
