@@ -110,3 +110,13 @@ def test_header_length_must_be_ascii_digits(srv):
     r = httpx.post(f"{srv.base_url}/v2/models/tiny/infer", content=body,
                    headers={HL: "0" * 5000 + str(len(body))}, timeout=30)
     assert r.status_code == 200, r.text  # leading zeros are still a number
+
+
+def test_repository_index_body_parsed_like_every_other(srv):
+    """POST /v2/repository/index parsed its body with the stdlib's json: a deeply nested body
+    (RecursionError) or an integer of 5000 digits (ValueError) answered 500."""
+    for body in (b"[" * 100_000, b"1" * 5000, b'{"ready": NaN}'):
+        _oip_error(httpx.post(f"{srv.base_url}/v2/repository/index", content=body, timeout=30),
+                   400)
+    r = httpx.post(f"{srv.base_url}/v2/repository/index", content=b'{"ready": true}', timeout=30)
+    assert r.status_code == 200 and {m["name"] for m in r.json()} == set(SPECS)
