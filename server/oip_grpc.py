@@ -18,6 +18,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.message import DecodeError
 
 from server.auth import KeyInfo, KeyStore
 from server.errors import ApiError
@@ -61,6 +62,29 @@ def _param(p: pb.InferParameter) -> Any:
 
 def _bad(message: str) -> ApiError:
     return ApiError(400, "bad_request", message)
+
+
+class Undecodable:
+    """What a request message that does not parse becomes (not protobuf, truncated, a string
+    field that is not UTF-8): the RPC answers INVALID_ARGUMENT, `ModelStreamInfer` an
+    `error_message`. (grpc's own answer to a deserializer that raises is UNKNOWN, with a
+    traceback logged for every such message: any client could fill the logs.)"""
+
+    def __init__(self, cls):
+        self.message = f"request is not a valid {cls.DESCRIPTOR.full_name} message"
+
+    def refuse(self, _key=None):
+        raise _bad(self.message)
+
+
+def _deserializer(cls):
+    def parse(data: bytes):
+        try:
+            return cls.FromString(data)
+        except DecodeError:
+            return Undecodable(cls)
+
+    return parse
 
 
 def request_from_proto(r: pb.ModelInferRequest) -> InferRequest:
@@ -230,6 +254,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         async for request in request_iterator:
             obs = _Observed(self.metrics, "ModelStreamInfer")
             try:
+                if isinstance(request, Undecodable):
+                    request.refuse()
                 self.allow_model(key, request.model_name)
                 resp = await self.oip.infer(request_from_proto(request), key)
                 out = pb.ModelStreamInferResponse(infer_response=response_to_proto(resp))
@@ -245,9 +271,45 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             yield out
 
     @staticmethod
-    def _stream_error(request: pb.ModelInferRequest, message: str) -> pb.ModelStreamInferResponse:
+    def _stream_error(request: pb.ModelInferRequest | Undecodable,
+                      message: str) -> pb.ModelStreamInferResponse:
+        if isinstance(request, Undecodable):
+            return pb.ModelStreamInferResponse(error_message=message,
+                                               infer_response=pb.ModelInferResponse())
         return pb.ModelStreamInferResponse(error_message=message, infer_response=pb.ModelInferResponse(
             model_name=request.model_name, model_version=request.model_version, id=request.id))
+
+    def _checked(self, rpc: str, method):
+        """A unary RPC's handler that answers an undecodable request INVALID_ARGUMENT (after
+        the API key check, as a body is parsed after it over HTTP), observed like any RPC."""
+        async def handler(request, context):
+            if isinstance(request, Undecodable):
+                return await self._unary(rpc, context, request.refuse)
+            return await method(request, context)
+
+        return handler
+
+
+def add_servicer(servicer: InferenceServicer, server) -> None:
+    """Register the service's RPCs as the generated `add_GRPCInferenceServiceServicer_to_server`
+    does, with request deserializers that turn a message that does not parse into an
+    `Undecodable` the handlers refuse (instead of grpc's UNKNOWN and logged traceback)."""
+    handlers = {}
+    for m in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
+        req, resp = getattr(pb, m.input_type.name), getattr(pb, m.output_type.name)
+        method = getattr(servicer, m.name)
+        if m.client_streaming and m.server_streaming:  # ModelStreamInfer answers each itself
+            handlers[m.name] = grpc.stream_stream_rpc_method_handler(
+                method, request_deserializer=_deserializer(req),
+                response_serializer=resp.SerializeToString)
+        elif not m.client_streaming and not m.server_streaming:
+            handlers[m.name] = grpc.unary_unary_rpc_method_handler(
+                servicer._checked(m.name, method), request_deserializer=_deserializer(req),
+                response_serializer=resp.SerializeToString)
+        else:
+            raise TypeError(f"{m.name}: half-streaming RPCs are not served")
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
 
 
 async def start(app) -> grpc.aio.Server | None:
@@ -262,9 +324,8 @@ async def start(app) -> grpc.aio.Server | None:
         # processes of one server (--workers W), which all serve it
         ("grpc.so_reuseport", 1 if s.workers > 0 else 0),
     ])
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-        InferenceServicer(app.state.oip, st.metrics, getattr(app.state, "s4d_keys", None)),
-        server)
+    add_servicer(InferenceServicer(app.state.oip, st.metrics, getattr(app.state, "s4d_keys", None)),
+                 server)
     host = f"[{s.host}]" if ":" in s.host else s.host
     try:
         creds = tls_credentials(s)

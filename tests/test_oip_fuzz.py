@@ -5,6 +5,7 @@ or wrongly accepted before its fix."""
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 
 import grpc
@@ -15,6 +16,7 @@ import pytest
 from tests.conftest import ROOT, free_port
 
 pytest.importorskip("tritonclient.grpc")
+from tritonclient.grpc import service_pb2 as pb  # noqa: E402  (the public proto, not ours)
 
 SEED = 20250311
 N_CASES = 300
@@ -120,3 +122,36 @@ def test_repository_index_body_parsed_like_every_other(srv):
                    400)
     r = httpx.post(f"{srv.base_url}/v2/repository/index", content=b'{"ready": true}', timeout=30)
     assert r.status_code == 200 and {m["name"] for m in r.json()} == set(SPECS)
+
+
+def test_grpc_message_that_does_not_parse(srv, caplog):
+    """A gRPC request that is not a valid message (garbage, truncated, a string field that is
+    not UTF-8) was answered UNKNOWN `Unexpected <class 'DecodeError'>`, with a traceback
+    logged by grpc for every one: now INVALID_ARGUMENT, nothing logged, and on
+    ModelStreamInfer an `error_message` after which the stream goes on."""
+    good = pb.ModelInferRequest(model_name="tiny", id="ok")
+    good.inputs.add(name="input", datatype="FP32", shape=[1, 4])
+    good.raw_input_contents.append(np.zeros(4, "<f4").tobytes())
+    good = good.SerializeToString()
+    with grpc.insecure_channel(f"127.0.0.1:{srv.settings.grpc_port}") as ch:
+        for rpc, resp in (("ModelInfer", pb.ModelInferResponse),
+                          ("ModelMetadata", pb.ModelMetadataResponse),
+                          ("ServerLive", pb.ServerLiveResponse)):
+            call = ch.unary_unary(SERVICE + rpc, request_serializer=bytes,
+                                  response_deserializer=resp.FromString)
+            bad_ones = [b"\xff\xff\xff\xff", b"\x0a\x05ab", b"\x80"]
+            if rpc == "ModelInfer":
+                bad_ones += [b"\x0a\x02\xc3\x28", good[:-1]]
+            for payload in bad_ones:
+                with pytest.raises(grpc.RpcError) as ei:
+                    call(payload, timeout=10)
+                assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT, ei.value
+                assert "not a valid inference." in ei.value.details()
+        stream = ch.stream_stream(SERVICE + "ModelStreamInfer", request_serializer=bytes,
+                                  response_deserializer=pb.ModelStreamInferResponse.FromString)
+        answers = list(stream(iter([b"\xff\xff", good, b"\x0a\x02\xc3\x28", good]), timeout=10))
+    assert [bool(a.error_message) for a in answers] == [True, False, True, False], answers
+    assert "not a valid inference.ModelInferRequest" in answers[0].error_message
+    assert answers[1].infer_response.id == "ok"
+    logged = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not logged, [r.getMessage() for r in logged]
