@@ -478,9 +478,14 @@ def tensor_array(t: InputTensor, count: int) -> np.ndarray:
     if t.values is None:
         raise bad_request(f"input {t.name!r} has no data", "bad_input")
     try:
-        arr = np.asarray(t.values, dtype=np.float64).reshape(-1)
+        # no dtype here: numpy would read "1.5" and true as numbers, which /v1 predict refuses
+        arr = np.asarray(t.values)
     except (TypeError, ValueError, OverflowError) as exc:
         raise bad_request(f"input {t.name!r}: data is not numeric ({exc})", "bad_input") from exc
+    if arr.dtype.kind not in "iuf":
+        raise bad_request(f"input {t.name!r}: data must be numbers (no strings, booleans or "
+                          "nulls)", "bad_input")
+    arr = arr.astype(np.float64, copy=False).reshape(-1)
     if arr.size != count:
         raise bad_request(f"input {t.name!r}: data has {arr.size} values, shape needs {count}",
                           "bad_input")

@@ -202,13 +202,14 @@ def decode_infer(body: bytes, enc: str, header_length: str | None, limit: int, m
 
 def numeric_values(values: Any, datatype: str) -> Any:
     """Listed numbers of a numeric input as a float64 array (the form `tensor_array` reads);
-    anything else (BYTES, ragged or non-numeric lists) as it is, for its own error later."""
+    anything else (BYTES, ragged lists, strings, booleans) as it is, for its own error later."""
     if not isinstance(values, list) or datatype not in NUMERIC_TYPES:
         return values
     try:
-        return np.asarray(values, dtype=np.float64)
+        arr = np.asarray(values)
     except (TypeError, ValueError, OverflowError):
         return values
+    return arr.astype(np.float64, copy=False) if arr.dtype.kind in "iuf" else values
 
 
 def _dict(v: Any, where: str) -> dict:

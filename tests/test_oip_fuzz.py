@@ -155,3 +155,17 @@ def test_grpc_message_that_does_not_parse(srv, caplog):
     assert answers[1].infer_response.id == "ok"
     logged = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert not logged, [r.getMessage() for r in logged]
+
+
+def test_json_data_must_be_numbers(srv):
+    """JSON `data` of strings or booleans ("0.5", true) was read as numbers (numpy converts
+    them); /v1 predict refuses them, and /v2 now does too."""
+    for data in (["0.5", "1", "2"], [True, False, True], [0.5, "1", 2.0], ["abc"] * 3):
+        spec = {"name": "input", "shape": [1, 3], "datatype": "FP32", "data": data}
+        assert "numbers" in _oip_error(_infer_json(srv, [spec]), 400)
+    r = httpx.post(f"{srv.base_url}/v1/models/tiny/predict", json={"inputs": [["0.5", "1"]]},
+                   timeout=30)
+    assert r.status_code == 400, r.text
+    for data in ([1, 2, 3], [0.5, 1, 2.0], [[0.5, 1, 2]], [[0.5], [1], [2]]):  # flat or nested
+        spec = {"name": "input", "shape": [1, 3], "datatype": "INT32", "data": data}
+        assert _infer_json(srv, [spec]).status_code == 200
