@@ -139,10 +139,13 @@ def serialize_bytes(arr: np.ndarray) -> bytes:
 def sequence_control(params: dict[str, Any]) -> SequenceControl | None:
     """The request's sequence parameters, or None (no `sequence_id`, or Triton's 0 / "")."""
     sid = params.get("sequence_id")
-    if sid is None or sid == 0 or sid == "":
+    if sid is None:
         return None
+    # the type first: false and 0.0 equal 0, and were taken for "no sequence"
     if isinstance(sid, bool) or not isinstance(sid, (int, str)):
         raise bad_request("parameter sequence_id must be an integer or a string")
+    if sid == 0 or sid == "":
+        return None
     flags = {}
     for key in ("sequence_start", "sequence_end"):
         v = params.get(key, False)

@@ -169,3 +169,25 @@ def test_json_data_must_be_numbers(srv):
     for data in ([1, 2, 3], [0.5, 1, 2.0], [[0.5, 1, 2]], [[0.5], [1], [2]]):  # flat or nested
         spec = {"name": "input", "shape": [1, 3], "datatype": "INT32", "data": data}
         assert _infer_json(srv, [spec]).status_code == 200
+
+
+def test_sequence_id_false_or_float_zero_is_refused(srv):
+    """`sequence_id` false or 0.0 equals 0 in Python: both were taken for Triton's "no
+    sequence" (the request ran as a batch) while true and 1.5 were refused."""
+    spec = {"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [0.0, 0.5, 1.0]}
+    for sid in (False, 0.0, -0.0, True, 1.5):
+        r = _infer_json(srv, [spec], parameters={"sequence_id": sid, "sequence_start": True})
+        assert "sequence_id must be" in _oip_error(r, 400)
+    req = pb.ModelInferRequest(model_name="tiny")
+    req.parameters["sequence_id"].bool_param = False
+    req.inputs.add(name="input", datatype="FP32", shape=[1, 3])
+    req.raw_input_contents.append(np.zeros(3, "<f4").tobytes())
+    with grpc.insecure_channel(f"127.0.0.1:{srv.settings.grpc_port}") as ch:
+        call = ch.unary_unary(SERVICE + "ModelInfer", request_serializer=bytes,
+                              response_deserializer=pb.ModelInferResponse.FromString)
+        with pytest.raises(grpc.RpcError) as ei:
+            call(req.SerializeToString(), timeout=10)
+        assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    for sid in (0, ""):  # Triton's "no sequence": a batch request
+        r = _infer_json(srv, [spec], parameters={"sequence_id": sid, "sequence_start": True})
+        assert r.status_code == 200 and "parameters" not in r.json(), r.text
