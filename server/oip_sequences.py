@@ -60,7 +60,10 @@ def sequence_session_id(key: str | None, model: str, sequence_id: int | str,
 
 
 def _describe(sequence_id: int | str) -> str:
-    return f"sequence_id {sequence_id!r}"
+    """The id as error messages name it: a long one shortened, so that the message (cut at
+    500 characters) still says what is wrong."""
+    text = repr(sequence_id)
+    return f"sequence_id {text if len(text) <= 64 else text[:60] + '...'}"
 
 
 class OipSequences:

@@ -191,3 +191,17 @@ def test_sequence_id_false_or_float_zero_is_refused(srv):
     for sid in (0, ""):  # Triton's "no sequence": a batch request
         r = _infer_json(srv, [spec], parameters={"sequence_id": sid, "sequence_start": True})
         assert r.status_code == 200 and "parameters" not in r.json(), r.text
+
+
+def test_long_sequence_id_error_keeps_its_reason(srv):
+    """Error messages are cut at 500 characters, and a sequence error named its id in full: for
+    an id of 500 characters the message no longer said what was wrong."""
+    spec = {"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [0.0, 0.5, 1.0]}
+    sid = "s" * 2000
+    r = _infer_json(srv, [spec], parameters={"sequence_id": sid})
+    assert "is not open" in _oip_error(r, 400)
+    params = {"sequence_id": sid, "sequence_start": True}
+    assert _infer_json(srv, [spec], parameters=params).status_code == 200
+    assert "already started" in _oip_error(_infer_json(srv, [spec], parameters=params), 409)
+    r = _infer_json(srv, [spec], parameters={"sequence_id": sid, "sequence_end": True})
+    assert r.status_code == 200 and r.json()["parameters"]["sequence_offset"] == 6
