@@ -51,3 +51,15 @@ def test_engine_load_bench_answers_frames_and_exits_cleanly():
     assert r.returncode == 0, r.stderr[-800:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["sessions"] == 4 and out["frames_answered"] > 0
+
+
+def test_batch_fft_bench_runs_every_variant_within_float32():
+    """bench/batch_fft.py swaps model.s4d's convolution per variant: a model change must not
+    leave a variant calling a signature that no longer exists, or differ from float64."""
+    r = subprocess.run([sys.executable, "-m", "bench.batch_fft", "--smoke", "--device", "cpu",
+                        "--min-time", "0"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=180, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr[-800:]
+    rows = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    assert {row["variant"] for row in rows} == {"before", "fast", "direct", "pow2", "dim1"}
+    assert all(row["rel_err_vs_f64"] < 5e-5 for row in rows)

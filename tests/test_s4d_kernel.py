@@ -7,7 +7,15 @@ import pytest
 import torch
 
 from model.config import ModelConfig
-from model.s4d import INITS, S4DKernel, causal_conv, fft_size, init_modes
+from model.s4d import (
+    INITS,
+    S4DKernel,
+    causal_conv,
+    fft_size,
+    init_modes,
+    kernel_block,
+    vandermonde_kernel,
+)
 
 
 @pytest.mark.parametrize("init", INITS)
@@ -110,3 +118,25 @@ def test_ssm_parameter_group_has_own_lr_and_no_weight_decay():
     assert len(ssm["params"]) == 2 * 4  # log_dt, A real, A imag, B per layer
     ids = [id(p) for g in groups for p in g["params"]]
     assert len(ids) == len(set(ids)) == len(list(net.parameters()))
+
+
+@torch.no_grad()
+def test_batch_kernel_is_blocked_and_as_exact_as_the_direct_one():
+    """S4DKernel.kernel blocks the Vandermonde product from 64 lags (kernel_block): in float32
+    it stays as close to the float64 direct kernel as the float32 direct one is."""
+    assert kernel_block(63) is None and kernel_block(64) == 16 and kernel_block(10**6) == 256
+    cfg = ModelConfig(d_model=8, d_state=64)
+    kernel = S4DKernel(cfg, torch.Generator().manual_seed(3))
+    for length in (63, 64, 1000, 20000):
+        ref = vandermonde_kernel(*_kernel_args(kernel, torch.float64), length)
+        direct = vandermonde_kernel(*_kernel_args(kernel, torch.float32), length)
+        auto = kernel.kernel(length)
+        scale = ref.abs().max()
+        err_direct = float((direct.double() - ref).abs().max() / scale)
+        err_auto = float((auto.double() - ref).abs().max() / scale)
+        assert auto.shape == ref.shape and err_auto <= max(2 * err_direct, 1e-6), (length, err_auto)
+
+
+def _kernel_args(kernel, dtype):
+    _, db, log_da, c = kernel.discrete(dtype)
+    return c * db, log_da
