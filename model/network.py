@@ -122,18 +122,31 @@ class S4DNetwork(nn.Module):
         with float32_region(features.device.type):
             return self.decoder(features)
 
-    def features(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """Per-step features after the last block, [B, steps, H]."""
+    def kernels(self, max_steps: int) -> list[torch.Tensor]:
+        """Every layer's S4D kernel up to `max_steps` lags, for `forward(..., kernels=)`. For
+        fixed weights (a served model): at a few hundred steps computing them costs a CPU more
+        than the rest of the forward, and K_l does not depend on the length asked for."""
+        with torch.no_grad():
+            return [block.s4d.kernel.kernel(max_steps) for block in self.blocks]
+
+    def features(self, x: torch.Tensor, lengths: torch.Tensor | None = None,
+                 kernels: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Per-step features after the last block, [B, steps, H]. `kernels` (from `kernels`)
+        are used where they are long enough, else each layer computes its own."""
         h = self.embed(x)
         mask = None
         if lengths is not None:
             steps = torch.div(lengths, self.cfg.patch_size, rounding_mode="floor")
             mask = valid_mask(steps.to(h.device), h.shape[1], h.dtype)
-        return run_blocks(self.blocks, h, lambda i, block, u: block.conv(u, mask))
+        if kernels is not None and any(k.shape[-1] < h.shape[1] for k in kernels):
+            kernels = None
+        return run_blocks(self.blocks, h, lambda i, block, u: block.conv(
+            u, mask, None if kernels is None else kernels[i]))
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None,
+                kernels: list[torch.Tensor] | None = None) -> torch.Tensor:
         """Logits [B, classes] (mean/last/ema pooling) or [B, steps, classes] (pooling none)."""
-        return self.head(self.features(x, lengths), lengths)
+        return self.head(self.features(x, lengths, kernels), lengths)
 
     def head(self, h: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Pooling and the decoder on per-step features `h` (what `forward` does after
@@ -151,7 +164,8 @@ class S4DNetwork(nn.Module):
         pooled = pool_sequence(h, n_valid, self.cfg)
         return self.decode(pooled)
 
-    def prefix_logits(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    def prefix_logits(self, x: torch.Tensor, lengths: torch.Tensor | None = None,
+                      kernels: list[torch.Tensor] | None = None) -> torch.Tensor:
         """[B, steps, classes]: row t is the logits of the prediction after the first t + 1
         steps, what a stream reports after that many steps (pooling none: the per-step logits).
         Rows past a sequence's length are padding. Used to train on per-step targets and for
@@ -160,7 +174,7 @@ class S4DNetwork(nn.Module):
         The decoder is affine and every pooling's weights sum to one, so pooling the per-step
         logits equals decoding the pooled features: mean is a cumulative mean, ema a causal
         convolution with (1 - a) a^k (FFT, as the S4D kernel), bias-corrected by 1 - a^(t+1)."""
-        z = self.decoder(self.features(x, lengths))
+        z = self.decoder(self.features(x, lengths, kernels))
         pooling, steps = self.cfg.pooling, z.shape[1]
         if pooling in ("none", "last"):
             return z

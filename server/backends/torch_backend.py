@@ -90,9 +90,23 @@ def compile_streaming(streaming, name: str) -> bool:
     return True
 
 
+#: longest batch kernel kept per model (steps); longer forwards compute theirs
+MAX_KERNEL_STEPS = 1 << 16
+
+
+def batch_kernel_steps(settings, patch_size: int) -> int:
+    """Steps of the kernels kept for REST forwards: the longest sequence the batcher runs as
+    one FFT forward (longer ones go through the recurrence in chunks), capped."""
+    samples = settings.predict_chunk_samples or settings.max_sequence_samples
+    return max(1, min(MAX_KERNEL_STEPS, samples // patch_size))
+
+
 @register_backend
 class TorchBackend(Backend):
     name = "torch"
+
+    #: the S4D kernels of the REST forwards, computed once at load (`S4DNetwork.kernels`)
+    kernels: list | None = None
 
     #: capture CUDA graphs of the streaming step (set False to compare with eager steps)
     cuda_graphs = True
@@ -149,14 +163,16 @@ class TorchBackend(Backend):
                    "compiled_step": bool(streaming is not None and streaming.compiled),
                    "fused_core": bool(streaming is not None and streaming.fused_core)},
         )
-        return cls(network, streaming, config, meta, dev, precision)
+        backend = cls(network, streaming, config, meta, dev, precision)
+        backend.kernels = network.kernels(batch_kernel_steps(Settings(), meta.patch_size))
+        return backend
 
     def predict(self, batch: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
             n = torch.from_numpy(np.asarray(lengths, dtype=np.int64)).to(self.device)
             with matmul_precision(self.precision, self.device):
-                logits = self.network(x, n)
+                logits = self.network(x, n, kernels=self.kernels)
             return logits.float().cpu().numpy()
 
     def predict_frames(self, batch: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
@@ -168,7 +184,7 @@ class TorchBackend(Backend):
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
             n = torch.from_numpy(np.asarray(lengths, dtype=np.int64)).to(self.device)
-            steps = self.network.prefix_logits(x, n).float().cpu().numpy()
+            steps = self.network.prefix_logits(x, n, kernels=self.kernels).float().cpu().numpy()
         out = []
         for row, length in zip(steps, lengths, strict=True):
             idx = [e // p - 1 for e in frame_ends(int(length), t, p)]
