@@ -10,6 +10,8 @@ Variants of the S4D convolution, each swapped into the same network in the same 
 - `direct`: `fast` with the unblocked kernel (what the blocked kernel alone is worth).
 - `pow2`: the next power of two >= 2L - 1 (blocked kernel).
 - `dim1`: `fast`, transformed along the time axis of [B, L, H] in place (no transposes).
+- `kept`: `fast` with the kernels computed beforehand (`S4DNetwork.kernels`), as the torch
+  backend serves REST forwards.
 
 For each device, variant, clip length (1 s = 16,000 samples and one sample more) and batch:
 ms per forward and clips/s (`bench.core.timeit`: median after a warm-up), and the largest
@@ -34,7 +36,7 @@ from bench.core import timeit
 from model.config import ModelConfig
 from model.network import S4DNetwork
 
-VARIANTS = ("before", "fast", "direct", "pow2", "dim1")
+VARIANTS = ("before", "fast", "direct", "pow2", "dim1", "kept")
 FAST_CONV = s4d.causal_conv
 FAST_FORWARD = s4d.S4D.forward
 FAST_BLOCK = s4d.kernel_block
@@ -112,13 +114,16 @@ def run(args) -> dict:
         x = 0.1 * torch.randn(max(args.batches), clip, cfg.d_input, generator=gen).to(device)
         with torch.inference_mode():
             ref = net64(x[:2].double())
+        steps = clip // cfg.patch_size
         for name in args.variants:
             with variant(name), torch.inference_mode():
-                out = net(x[:2]).double()
+                kernels = net.kernels(steps) if name == "kept" else None
+                out = net(x[:2], kernels=kernels).double()
                 err = float((out - ref).abs().max() / ref.abs().max())
                 for b in args.batches:
                     xb = x[:b]
-                    t = timeit(lambda xb=xb: net(xb), device, min_time=args.min_time)
+                    t = timeit(lambda xb=xb, ks=kernels: net(xb, kernels=ks), device,
+                               min_time=args.min_time)
                     rows.append({"variant": name, "clip": clip, "batch": b, "ms": t * 1e3,
                                  "clips_per_s": b / t, "rel_err_vs_f64": err,
                                  "fft_length": {"before": 2 * clip, "pow2": 1 << (2 * clip - 2).bit_length()}

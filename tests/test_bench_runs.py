@@ -61,5 +61,5 @@ def test_batch_fft_bench_runs_every_variant_within_float32():
                        timeout=180, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0, r.stderr[-800:]
     rows = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
-    assert {row["variant"] for row in rows} == {"before", "fast", "direct", "pow2", "dim1"}
+    assert {row["variant"] for row in rows} == {"before", "fast", "direct", "pow2", "dim1", "kept"}
     assert all(row["rel_err_vs_f64"] < 5e-5 for row in rows)
