@@ -125,6 +125,7 @@ def test_batch_kernel_is_blocked_and_as_exact_as_the_direct_one():
     """S4DKernel.kernel blocks the Vandermonde product from 64 lags (kernel_block): in float32
     it stays as close to the float64 direct kernel as the float32 direct one is."""
     assert kernel_block(63) is None and kernel_block(64) == 16 and kernel_block(10**6) == 256
+    assert kernel_block(4095, "cuda") is None and kernel_block(4096, "cuda") == 64
     cfg = ModelConfig(d_model=8, d_state=64)
     kernel = S4DKernel(cfg, torch.Generator().manual_seed(3))
     for length in (63, 64, 1000, 20000):
