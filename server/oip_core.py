@@ -488,6 +488,12 @@ def tensor_array(t: InputTensor, count: int) -> np.ndarray:
     if arr.dtype.kind not in "iuf":
         raise bad_request(f"input {t.name!r}: data must be numbers (no strings, booleans or "
                           "nulls)", "bad_input")
+    if dtype.kind in "iu" and arr.size:  # an integer datatype holds integers in its range
+        info = np.iinfo(dtype)
+        if (arr.dtype.kind == "f" and not np.array_equal(arr, np.trunc(arr))) \
+                or arr.min() < info.min or arr.max() > info.max:
+            raise bad_request(f"input {t.name!r}: {t.datatype} data must be integers in "
+                              f"[{info.min}, {info.max}]", "bad_input")
     arr = arr.astype(np.float64, copy=False).reshape(-1)
     if arr.size != count:
         raise bad_request(f"input {t.name!r}: data has {arr.size} values, shape needs {count}",

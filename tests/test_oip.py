@@ -261,6 +261,13 @@ def test_http_errors_are_oip_shaped(http, srv):
                                                    b'[0.0, NaN]}]}'}, 400),
         ("post", "/models/tiny/infer", {"content": b"xx", "headers": {"Content-Encoding": "br"}},
          415),
+        # an integer datatype holds integers in its range (numpy would wrap 1000 to -24)
+        ("post", "/models/tiny/infer", {"json": {"inputs": [{"name": "input", "shape": [1, 2],
+                                                             "datatype": "INT8",
+                                                             "data": [1000, 0]}]}}, 400),
+        ("post", "/models/tiny/infer", {"json": {"inputs": [{"name": "input", "shape": [1, 2],
+                                                             "datatype": "UINT16",
+                                                             "data": [1.5, 2]}]}}, 400),
     ]
     for method, path, kw, status in cases:
         r = getattr(httpx, method)(base + path, **kw)

@@ -1478,9 +1478,12 @@ def test_json_data_must_be_numbers(srv):
     r = httpx.post(f"{srv.base_url}/v1/models/tiny/predict", json={"inputs": [["0.5", "1"]]},
                    timeout=30)
     assert r.status_code == 400, r.text
-    for data in ([1, 2, 3], [0.5, 1, 2.0], [[0.5, 1, 2]], [[0.5], [1], [2]]):  # flat or nested
+    for data in ([1, 2, 3], [1.0, 1, 2.0], [[-5, 1, 2]], [[7], [1], [2]]):  # flat or nested
         spec = {"name": "input", "shape": [1, 3], "datatype": "INT32", "data": data}
         assert _infer_json(srv, [spec]).status_code == 200
+    for data, dt in (([0.5, 1, 2], "INT32"), ([1000, 0, 1], "INT8"), ([-1, 0, 1], "UINT8")):
+        spec = {"name": "input", "shape": [1, 3], "datatype": dt, "data": data}
+        assert "integers in" in _oip_error(_infer_json(srv, [spec]), 400)  # not wrapped or cut
 
 
 def test_sequence_id_false_or_float_zero_is_refused(srv):
