@@ -127,6 +127,7 @@ def test_onnx_settings_read_through_settings(monkeypatch, tmp_path):
 
     # recorded by monkeypatch so that the values export_backend_settings writes are undone
     monkeypatch.setenv("S4D_ONNX_THREADS", "1")
+    _record_rest_lengths(monkeypatch)
     export_backend_settings(Settings(onnx_threads=5, onnx_cache=tmp_path / "d"))
     assert Settings().onnx_threads == 5 and cache_root() == tmp_path / "d"
 
@@ -140,10 +141,35 @@ def test_fused_core_flag_reaches_the_backends(monkeypatch):
     from server.settings import Settings
 
     monkeypatch.setenv("S4D_FUSED_CORE", "true")  # recorded: undone after the test
+    _record_rest_lengths(monkeypatch)
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))
     export_backend_settings(settings_from_args(parser.parse_args(["serve", "--no-fused-core"])))
     assert Settings().fused_core is False
+
+
+def _record_rest_lengths(monkeypatch) -> None:
+    """export_backend_settings writes these too: monkeypatch undoes what it recorded."""
+    for name in ("S4D_PREDICT_CHUNK_SAMPLES", "S4D_MAX_SEQUENCE_SAMPLES"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_rest_length_flags_reach_the_backends_kept_kernels(monkeypatch):
+    """The torch backend sizes its kept batch kernels from Settings() at load (also in engine
+    processes): `--predict-chunk-samples` given as a flag must reach it."""
+    import argparse
+
+    from server.backends.torch_backend import batch_kernel_steps
+    from server.cli import export_backend_settings, register, settings_from_args
+    from server.settings import Settings
+
+    _record_rest_lengths(monkeypatch)
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    export_backend_settings(settings_from_args(parser.parse_args(
+        ["serve", "--predict-chunk-samples", "3200"])))
+    assert Settings().predict_chunk_samples == 3200
+    assert batch_kernel_steps(Settings(), 160) == 20
 
 
 @pytest.fixture(scope="module")
