@@ -307,6 +307,8 @@ class OipService:
         return sorted(out, key=lambda m: m["name"])
 
     def statistics(self, name: str = "", version: str = "") -> list[dict]:
+        if not name and version:  # a version of no model (Triton: all models take no version)
+            raise bad_request("a model version needs a model name")
         names = [self.model(name, version).name] if name else list(self.st.registry.models)
         return [self.stats.get(n, ModelStats()).to_dict(n) for n in names]
 

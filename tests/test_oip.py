@@ -301,6 +301,9 @@ def test_statistics_count_requests(http, grpc_client, srv):
     assert everyone == {"tiny", "tiny2", "tinynone", "tinybi", "tinyema"}
     g = grpc_client.get_inference_statistics("tinybi", as_json=True)["model_stats"][0]
     assert int(g["inference_count"]) == after["inference_count"]
+    with pytest.raises(InferenceServerException) as ei:  # a version of no model: not "all"
+        grpc_client.get_inference_statistics("", model_version="2")
+    assert "INVALID_ARGUMENT" in str(ei.value.status()) and "model name" in ei.value.message()
 
 
 # ---- gRPC ---------------------------------------------------------------------------------
