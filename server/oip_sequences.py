@@ -71,7 +71,10 @@ class OipSequences:
 
     def __init__(self, st: ServerState):
         self.st = st
-        self._locks: dict[str, asyncio.Lock] = {}
+        #: per sequence: its lock and how many requests hold or wait for it (the entry goes
+        #: when the last leaves: a lock dropped while a woken waiter had not yet taken it let a
+        #: third request make a new one and run beside that waiter)
+        self._locks: dict[str, list] = {}
 
     async def infer(self, lm: RemoteModel, sequence_id: int | str, start: bool, end: bool,
                     rows: np.ndarray, key: KeyInfo | None) -> SequenceResult:
@@ -79,9 +82,10 @@ class OipSequences:
         pool = self.st.client
         sid = sequence_session_id(key.name if key else None, lm.name, sequence_id,
                                   len(pool.clients))
-        lock = self._locks.setdefault(sid, asyncio.Lock())
+        entry = self._locks.setdefault(sid, [asyncio.Lock(), 0])
+        entry[1] += 1
         try:
-            async with lock:  # this front-end serves a sequence's requests in arrival order
+            async with entry[0]:  # this front-end serves a sequence's requests in arrival order
                 return await self._serve(lm, sid, sequence_id, start, end, rows, key)
         except StreamError as err:
             status, code = _STATUS.get(err.code, (500, "internal"))
@@ -90,7 +94,8 @@ class OipSequences:
             raise ApiError(503, "server_busy", f"{exc}; try again shortly",
                            headers={"Retry-After": "1"}) from exc
         finally:
-            if not lock.locked() and self._locks.get(sid) is lock:
+            entry[1] -= 1
+            if entry[1] == 0 and self._locks.get(sid) is entry:
                 del self._locks[sid]
 
     async def _serve(self, lm: RemoteModel, sid: str, sequence_id, start: bool, end: bool,
