@@ -51,7 +51,25 @@ class Portal:
 
     def close(self) -> None:
         if self._loop.is_running():
+            # as asyncio.run ends: what is still pending (an async generator's aclose that
+            # an error left to its finalizer, a session's receiver) is cancelled and awaited
+            # here, not destroyed with the loop ("Task was destroyed but it is pending!")
+            try:
+                self.call(_drain(), timeout=5)
+            except Exception:  # noqa: BLE001 - best effort
+                pass
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=5)
         if not self._loop.is_running():
             self._loop.close()
+
+
+async def _drain() -> None:
+    loop = asyncio.get_running_loop()
+    await asyncio.sleep(0)  # let callbacks already scheduled (asyncgen finalizers) run
+    tasks = [t for t in asyncio.all_tasks(loop) if t is not asyncio.current_task()]
+    for t in tasks:
+        t.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=4)
+    await loop.shutdown_asyncgens()

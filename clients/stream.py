@@ -36,6 +36,9 @@ log = logging.getLogger("s4d.client")
 
 ENCODINGS = ("pcm_s16le", "f32le")
 _END = object()
+_DEFAULT: Any = object()  # end(): the session's end_timeout
+# how long a close waits for the server's closing handshake before dropping the connection
+_CLOSE_TIMEOUT = 2.0
 # close codes after which resuming makes no sense even without an error message
 _NO_RESUME_CLOSE = {1000, 1003, 1008, 1009, 1011, 1013}
 # failures of a resume attempt worth another try (session_busy: the server has not yet
@@ -97,6 +100,16 @@ class AsyncStreamSession:
     (from the server's ``started``); ``final`` (the final result once ``end`` returned);
     ``events`` (every ``event`` message, in order; ``on_event`` is called with each);
     ``reconnects`` (how many times the connection was resumed).
+
+    Timeouts (seconds): ``open_timeout`` (handshake + ``started``), ``end_timeout`` (the final
+    after ``end()``), and the WebSocket keepalive ``ping_interval`` / ``ping_timeout``: a
+    server that answers no ping in time is taken as gone (the connection drops, and is
+    resumed); a write that the server's flow control holds for ping_interval + ping_timeout
+    does the same (the keepalive's own ping would wait behind it).
+    Every failure is an S4DError (``bad_response`` for a message that breaks the protocol).
+    ``max_reconnects`` bounds the reconnect tries in a row that bring no progress: a resumed
+    connection that is lost again before the server acknowledged a new sample (a ``result``,
+    ``reset`` or ``stored`` offset) counts against it; progress makes it whole again.
     """
 
     def __init__(
@@ -116,6 +129,9 @@ class AsyncStreamSession:
         max_reconnects: int = 12,
         resume_buffer_seconds: float = 30.0,
         open_timeout: float = 10.0,
+        end_timeout: float | None = 60.0,
+        ping_interval: float | None = 20.0,
+        ping_timeout: float | None = 20.0,
         results_maxlen: int = 100_000,
         headers: dict[str, str] | None = None,
         ssl_context: Any = None,
@@ -148,6 +164,9 @@ class AsyncStreamSession:
         self.reconnect = reconnect
         self.max_reconnects = max_reconnects
         self.open_timeout = open_timeout
+        self.end_timeout = end_timeout
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
         self.headers = headers
         self.ssl_context = ssl_context  # for wss:// with a private CA (None: system defaults)
         self._max_buffer = max(1, int(resume_buffer_seconds * self.sample_rate))
@@ -163,6 +182,7 @@ class AsyncStreamSession:
         self._final_fut: asyncio.Future | None = None
         self._reset_waiters: collections.deque[asyncio.Future] = collections.deque()
         self._error: S4DError | None = None
+        self._reconnect_tries = 0  # reconnect tries since the server last acknowledged progress
         self._end_sent = False
         self._closing = False
         self._done = False
@@ -179,7 +199,12 @@ class AsyncStreamSession:
             await self.close()
 
     async def open(self) -> dict:
-        """Connect and send ``start`` (resuming when a session_id was given); returns ``started``."""
+        """Connect and send ``start`` (resuming when a session_id was given); returns ``started``.
+
+        ``open_timeout`` bounds the handshake and the wait for ``started`` (S4DError
+        ``timeout``, not retried); a refused connection and "try again" answers
+        (``server_busy``, HTTP 502/503/504, ...) are retried up to ``max_reconnects`` times.
+        A reply that is not a valid ``started`` is S4DError ``bad_response``."""
         loop = asyncio.get_running_loop()
         self._lock = asyncio.Lock()
         self._queue = asyncio.Queue()
@@ -187,30 +212,37 @@ class AsyncStreamSession:
         async with self._lock:
             ws, started = await self._connect_retrying(resume=self.session_id is not None)
             self._attach(ws, started)
-            if self.session_id is not None and started.get("offset", 0) > self.offset:
+            if self.session_id is not None and started["offset"] > self.offset:
                 # resuming by id: the caller's offset was behind what the server holds
-                self.offset = self.acked_offset = self._buf_start = int(started["offset"])
+                self.offset = self.acked_offset = self._buf_start = started["offset"]
         return started
 
     async def _connect_retrying(self, resume: bool) -> tuple[Any, dict]:
         """`_connect`, retried with backoff (up to `max_reconnects` times when `reconnect` is
         on) while the answer says "try again" (a busy server, a load balancer with no replica
-        ready yet: 502/503/504)."""
+        ready yet: 502/503/504, a refused connection). A server that did not answer within
+        `open_timeout` is not tried again: the caller's timeout is spent."""
         delay = 0.05
         for attempt in range(self.max_reconnects + 1 if self.reconnect else 1):
             try:
                 return await self._connect(resume=resume)
             except S4DError as exc:
-                if exc.code not in _RETRY_CODES or attempt >= self.max_reconnects or \
-                        not self.reconnect:
+                if exc.code not in _RETRY_CODES or exc.code == "timeout" or \
+                        attempt >= self.max_reconnects or not self.reconnect:
                     raise
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
         raise AssertionError("unreachable")
 
-    async def _connect(self, resume: bool) -> tuple[Any, dict]:
+    async def _connect(self, resume: bool, reconnect: bool = False) -> tuple[Any, dict]:
         from websockets.asyncio.client import connect
-        from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
+        from websockets.exceptions import (
+            ConnectionClosed,
+            InvalidMessage,
+            InvalidStatus,
+            InvalidURI,
+            WebSocketException,
+        )
 
         tls = {"ssl": self.ssl_context} if self.ssl_context and self.ws_url.startswith("wss:") else {}
         url = self.ws_url
@@ -225,8 +257,9 @@ class AsyncStreamSession:
                 max_size=2**22,
                 proxy=None,
                 additional_headers=self.headers,
-                ping_interval=20,
-                ping_timeout=20,
+                ping_interval=self.ping_interval,
+                ping_timeout=self.ping_timeout,
+                close_timeout=_CLOSE_TIMEOUT,
             )
         except InvalidStatus as exc:
             status = exc.response.status_code
@@ -234,8 +267,19 @@ class AsyncStreamSession:
             raise S4DError(code, message, status) from exc
         except InvalidURI as exc:
             raise S4DError("bad_url", str(exc)) from exc
-        except (OSError, asyncio.TimeoutError) as exc:
+        except asyncio.TimeoutError as exc:
+            raise S4DError("timeout", f"{self.ws_url}: no WebSocket handshake within "
+                           f"{self.open_timeout} s") from exc
+        except OSError as exc:
             raise S4DError("connection_error", f"{self.ws_url}: {exc}") from exc
+        except InvalidMessage as exc:  # no HTTP answer: the connection closed, or garbage
+            reason = exc.__cause__ or exc
+            code = "connection_error" if isinstance(reason, EOFError) else "bad_response"
+            raise S4DError(code, f"{self.ws_url}: no valid handshake response: {reason}") \
+                from exc
+        except WebSocketException as exc:  # a refused upgrade, a redirect loop, bad headers
+            raise S4DError("bad_response", f"{self.ws_url}: WebSocket handshake failed: "
+                           f"{type(exc).__name__}: {exc}") from exc
         start: dict[str, Any] = {
             "type": "start",
             "sample_rate": self.sample_rate,
@@ -261,25 +305,33 @@ class AsyncStreamSession:
             ) from exc
         except asyncio.TimeoutError as exc:
             await ws.close()
-            raise S4DError("timeout", "no reply to start") from exc
-        msg = _loads(raw)
-        if msg.get("type") == "error":
+            raise S4DError("timeout", f"no reply to start within {self.open_timeout} s") \
+                from exc
+        try:
+            msg = _loads(raw)
+            if msg.get("type") == "error":
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(ws.wait_closed(), _CLOSE_TIMEOUT)
+                raise _server_error(msg, _close_code(ws))
+            if msg.get("type") != "started":
+                raise S4DError("bad_response", f"expected 'started', got {_clip(raw)}")
+            _check_started(msg)
+            if reconnect and msg["offset"] > self.offset:
+                # the server cannot hold more of this session than this client sent
+                raise S4DError("bad_response", f"'started' offset {msg['offset']} is beyond "
+                               f"the {self.offset} samples sent")
+        except S4DError:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(ws.wait_closed(), 2.0)
-            raise S4DError(
-                str(msg.get("code", "error")), str(msg.get("message", "")), _close_code(ws)
-            )
-        if msg.get("type") != "started":
-            await ws.close()
-            raise S4DError("bad_response", f"expected 'started', got {msg!r}")
+                await ws.close()
+            raise
         return ws, msg
 
     def _attach(self, ws: Any, started: dict) -> None:
         self._ws = ws
         self.started = started
-        self.session_id = started.get("session_id", self.session_id)
-        self.frame_size = started.get("frame_size", self.frame_size)
-        self.classes = started.get("classes", self.classes)
+        self.session_id = started["session_id"]
+        self.frame_size = started["frame_size"]
+        self.classes = list(started["classes"])
         self.snapshots = bool(started.get("snapshots", False))
         self._recv_task = asyncio.get_running_loop().create_task(self._recv_loop(ws))
 
@@ -319,8 +371,24 @@ class AsyncStreamSession:
             self.offset += n
             self._trim()
             with contextlib.suppress(ConnectionClosed):
-                await self._ws.send(data)
+                await self._write(self._ws, data)
             # a dropped connection is noticed by the receiver, which resumes and resends
+
+    async def _write(self, ws: Any, data: str | bytes) -> None:
+        """``ws.send``, held by the server's flow control for at most ping_interval +
+        ping_timeout: a server that reads nothing for that long would not have answered a
+        ping either (and the keepalive cannot tell, its ping waits behind the data), so the
+        connection is dropped and the receiver resumes (ConnectionClosed: to the caller)."""
+        if self.ping_interval is None or self.ping_timeout is None:
+            await ws.send(data)
+            return
+        try:
+            await asyncio.wait_for(ws.send(data), self.ping_interval + self.ping_timeout)
+        except asyncio.TimeoutError:
+            log.info("the server read nothing for %.0f s: dropping the connection",
+                     self.ping_interval + self.ping_timeout)
+            if ws.transport is not None:
+                ws.transport.abort()
 
     def _trim(self) -> None:
         # forget what the server acknowledged (stored, when it keeps snapshots: another
@@ -339,7 +407,8 @@ class AsyncStreamSession:
 
     async def reset(self, timeout: float | None = 30.0) -> int:
         """Close the current segment (reported as a ``result`` with ``segment_end``), zero
-        the state; returns the server's offset at the reset."""
+        the state; returns the server's offset at the reset. No answer within ``timeout``
+        seconds: S4DError ``timeout`` (the session goes on)."""
         from websockets.exceptions import ConnectionClosed
 
         self._check()
@@ -347,13 +416,24 @@ class AsyncStreamSession:
         async with self._lock:
             self._reset_waiters.append(fut)
             with contextlib.suppress(ConnectionClosed):
-                await self._ws.send(json.dumps({"type": "reset"}))
-        return await asyncio.wait_for(fut, timeout)
+                await self._write(self._ws, json.dumps({"type": "reset"}))
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError as exc:
+            with contextlib.suppress(ValueError):
+                self._reset_waiters.remove(fut)
+            raise S4DError("timeout", f"no reply to reset within {timeout} s") from exc
 
-    async def end(self, timeout: float | None = 60.0) -> dict:
-        """Flush the remainder; returns the ``final`` result. The session is then closed."""
+    async def end(self, timeout: float | None | object = _DEFAULT) -> dict:
+        """Flush the remainder; returns the ``final`` result. The session is then closed.
+
+        ``timeout`` (default: the session's ``end_timeout``, 60 s): seconds to wait for the
+        final; past it the session is closed and S4DError ``timeout`` raised (``results()``
+        raises it too)."""
         from websockets.exceptions import ConnectionClosed
 
+        if timeout is _DEFAULT:
+            timeout = self.end_timeout
         if self.final is not None:
             return self.final
         self._check()
@@ -361,16 +441,19 @@ class AsyncStreamSession:
             async with self._lock:
                 self._end_sent = True
                 with contextlib.suppress(ConnectionClosed):
-                    await self._ws.send(json.dumps({"type": "end"}))
+                    await self._write(self._ws, json.dumps({"type": "end"}))
         try:
             final = await asyncio.wait_for(asyncio.shield(self._final_fut), timeout)
         except asyncio.TimeoutError as exc:
+            # the server's error, when it sent one and has not closed yet
+            err = self._error or S4DError("timeout", f"no final result within {timeout} s")
+            self._finish(err)
             await self.close()
-            raise S4DError("timeout", f"no final result within {timeout} s") from exc
+            raise err from exc
         self._done = True
         if self._ws is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._ws.wait_closed(), 2.0)
+                await asyncio.wait_for(self._ws.wait_closed(), _CLOSE_TIMEOUT)
         return final
 
     # ------------------------------------------------------------------ receiving
@@ -407,13 +490,14 @@ class AsyncStreamSession:
         try:
             async for raw in ws:
                 if isinstance(raw, bytes):
-                    continue
+                    continue  # not part of the protocol: ignored
+                if self.final is not None:
+                    continue  # the session is over: a second final (or anything) is ignored
                 msg = _loads(raw)
                 kind = msg.get("type")
                 if kind in ("result", "final"):
-                    off = msg.get("offset")
-                    if isinstance(off, int) and off > self.acked_offset:
-                        self.acked_offset = off
+                    _check_prediction(msg, self.offset)
+                    self._acked(msg["offset"])
                     self._put(msg)
                     if self.on_result is not None:
                         try:
@@ -425,6 +509,7 @@ class AsyncStreamSession:
                         if not self._final_fut.done():
                             self._final_fut.set_result(msg)
                 elif kind == "event":
+                    _check_event(msg, self.offset)
                     self.events.append(msg)
                     if self.on_event is not None:
                         try:
@@ -432,31 +517,37 @@ class AsyncStreamSession:
                         except Exception:  # noqa: BLE001 - a user callback
                             log.exception("on_event callback failed")
                 elif kind == "reset":
-                    off = msg.get("offset")
-                    if isinstance(off, int) and off > self.acked_offset:
-                        self.acked_offset = off
+                    off = _check_offset(msg, self.offset)
+                    self._acked(off)
                     if self._reset_waiters:
                         w = self._reset_waiters.popleft()
                         if not w.done():
-                            w.set_result(int(off) if isinstance(off, int) else self.acked_offset)
+                            w.set_result(off)
                 elif kind == "stored":
-                    off = msg.get("offset")
-                    if isinstance(off, int) and off > self.stored_offset:
+                    off = _check_offset(msg, self.offset)
+                    if off > self.stored_offset:
                         self.stored_offset = off
+                        self._reconnect_tries = 0  # progress
                 elif kind == "error" and msg.get("code") == "shutting_down" and msg.get("resume"):
                     pass  # drained with the session stored: resume (below) on another replica
-                elif kind == "error":
-                    self._error = S4DError(
-                        str(msg.get("code", "error")), str(msg.get("message", ""))
-                    )
+                elif kind == "error":  # every other error ends the stream
+                    self._error = _server_error(msg, None)
+                    break
+                # any other type: a newer server's message, ignored
         except ConnectionClosed:
             pass
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 - a malformed message
-            self._error = self._error or S4DError("bad_response", str(exc))
-            with contextlib.suppress(Exception):
-                await ws.close()
+        except Exception as exc:  # noqa: BLE001 - a malformed message: the session fails now
+            err = exc if isinstance(exc, S4DError) else S4DError("bad_response", str(exc))
+            if ws is self._ws:
+                self._finish(err)
+            await _close_draining(ws)
+            return
+        if self._error is not None:  # the server's error: its close (and code) comes next;
+            # a server that does not close is not waited for beyond the close timeout
+            await _drain(ws, _CLOSE_TIMEOUT)
+            await _close_draining(ws)
         if ws is not self._ws:
             return
         code = _close_code(ws)
@@ -474,17 +565,27 @@ class AsyncStreamSession:
                 S4DError("connection_lost", f"the server closed the stream ({code})", code)
             )
 
+    def _acked(self, offset: int) -> None:
+        if offset > self.acked_offset:
+            self.acked_offset = offset
+            self._reconnect_tries = 0  # progress: the reconnect budget is whole again
+
     async def _resume(self) -> None:
         from websockets.exceptions import ConnectionClosed
 
         delay = 0.05
         last: S4DError | None = None
         async with self._lock:
-            for _attempt in range(self.max_reconnects):
+            # max_reconnects bounds the tries in a row that bring no progress: a connection
+            # that drops again before the server acknowledged a new sample counts against
+            # the same budget as a failed try (else a server that accepts the resume and
+            # then drops every connection would be reconnected to forever)
+            while self._reconnect_tries < self.max_reconnects:
                 if self._closing:
                     return
+                self._reconnect_tries += 1
                 try:
-                    ws, started = await self._connect(resume=True)
+                    ws, started = await self._connect(resume=True, reconnect=True)
                 except S4DError as exc:
                     last = exc
                     if exc.code not in _RETRY_CODES:
@@ -494,7 +595,7 @@ class AsyncStreamSession:
                     delay = min(delay * 2, 2.0)
                     continue
                 self.reconnects += 1
-                held = int(started.get("offset", self._buf_start))
+                held = started["offset"]
                 if held > self.acked_offset:
                     self.acked_offset = held  # the server holds these: never needed again
                 resend = list(self._buf)
@@ -510,9 +611,9 @@ class AsyncStreamSession:
                     # the start message said resending begins at _buf_start: the server
                     # skips the held duplicates itself
                     for _start, _n, data in resend:
-                        await ws.send(data)
+                        await self._write(ws, data)
                     if self._end_sent:
-                        await ws.send(json.dumps({"type": "end"}))
+                        await self._write(ws, json.dumps({"type": "end"}))
                 except ConnectionClosed:
                     pass  # the new receiver resumes again
                 self._trim()
@@ -520,8 +621,9 @@ class AsyncStreamSession:
         self._finish(
             S4DError(
                 "connection_lost",
-                f"could not resume after {self.max_reconnects} tries: {last}",
-                last.status if last else None,
+                f"could not resume after {self.max_reconnects} tries without progress"
+                + (f": {last}" if last else ": every resumed connection dropped again"),
+                last.status if last else _close_code(self._ws),
             )
         )
 
@@ -553,6 +655,26 @@ class AsyncStreamSession:
             self._ws.transport.abort()
 
 
+async def _drain(ws: Any, timeout: float) -> None:
+    """Read (and drop) what still comes until the connection is closed, for at most
+    `timeout` seconds. Unread messages would fill the library's queue, and then it stops
+    reading the socket, closing frame included."""
+    async def read_all() -> None:
+        async for _ in ws:
+            pass
+
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(read_all(), timeout)
+
+
+async def _close_draining(ws: Any) -> None:
+    """Close the connection, reading what comes meanwhile (see `_drain`)."""
+    closing = asyncio.ensure_future(ws.close())
+    await _drain(ws, _CLOSE_TIMEOUT + 0.5)
+    with contextlib.suppress(Exception):
+        await closing
+
+
 def _close_code(ws: Any) -> int | None:
     try:
         return ws.close_code
@@ -560,16 +682,100 @@ def _close_code(ws: Any) -> int | None:
         return None
 
 
+def _clip(x: Any, n: int = 200) -> str:
+    text = repr(x)
+    return text if len(text) <= n else text[:n] + "..."
+
+
 def _loads(raw: str | bytes) -> dict:
-    msg = json.loads(raw)
+    """A server message: a JSON object (S4DError ``bad_response`` for anything else)."""
+    if isinstance(raw, bytes):
+        raise S4DError("bad_response", f"expected a JSON text message, got binary {_clip(raw)}")
+    try:
+        msg = json.loads(raw)
+    except ValueError as exc:
+        raise S4DError("bad_response", f"not JSON ({exc}): {_clip(raw)}") from None
     if not isinstance(msg, dict):
-        raise S4DError("bad_response", f"expected a JSON object, got {raw!r:.200}")
+        raise S4DError("bad_response", f"expected a JSON object, got {_clip(raw)}")
     return msg
 
 
+def _server_error(msg: dict, status: int | None) -> S4DError:
+    """The S4DError of an ``error`` message; a missing or odd code reads ``error``."""
+    code, message = msg.get("code"), msg.get("message")
+    if not isinstance(code, str) or not code:
+        code = "error"
+    if not isinstance(message, str) or not message:
+        message = f"the server reported an error: {_clip(msg)}"
+    return S4DError(code, message, status)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _bad(msg: dict, what: str) -> S4DError:
+    return S4DError("bad_response", f"{msg.get('type')!r} message with {what}: {_clip(msg)}")
+
+
+def _check_started(msg: dict) -> None:
+    """The fields of ``started`` that the client relies on (server/PROTOCOL.md)."""
+    if not isinstance(msg.get("session_id"), str) or not msg["session_id"]:
+        raise _bad(msg, "no session_id string")
+    if not _is_int(msg.get("offset")) or msg["offset"] < 0:
+        raise _bad(msg, "an offset that is not an integer >= 0")
+    for name in ("frame_size", "sample_rate", "channels"):
+        if not _is_int(msg.get(name)) or msg[name] <= 0:
+            raise _bad(msg, f"a {name} that is not an integer > 0")
+    classes = msg.get("classes")
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise _bad(msg, "classes that are not a list of strings")
+
+
+def _check_offset(msg: dict, sent: int) -> int:
+    """A message's ``offset``: an integer in 0..sent (no server acknowledges more samples
+    than this client sent)."""
+    off = msg.get("offset")
+    if not _is_int(off) or not 0 <= off <= sent:
+        raise _bad(msg, f"an offset that is not an integer in 0..{sent} (samples sent)")
+    return off
+
+
+def _check_prediction(msg: dict, sent: int) -> None:
+    """``result`` / ``final``: offset, label (str, or null before any prediction) and
+    probabilities ({class: number}, or null)."""
+    _check_offset(msg, sent)
+    if "label" not in msg or "probabilities" not in msg:
+        raise _bad(msg, "no label or no probabilities")
+    label, probs = msg["label"], msg["probabilities"]
+    if label is not None and not isinstance(label, str):
+        raise _bad(msg, "a label that is not a string")
+    if probs is not None and (not isinstance(probs, dict)
+                              or not all(_is_number(p) for p in probs.values())):
+        raise _bad(msg, "probabilities that are not {class: number}")
+
+
+def _check_event(msg: dict, sent: int) -> None:
+    _check_offset(msg, sent)
+    if not isinstance(msg.get("label"), str):
+        raise _bad(msg, "a label that is not a string")
+    if not _is_number(msg.get("probability")):
+        raise _bad(msg, "a probability that is not a number")
+
+
 def _parse_http_error(body: bytes | None, status: int) -> tuple[str, str]:
+    """(code, message) of an HTTP error body ``{"error": {"code", "message"}}``; anything
+    else reads ``http_<status>`` with the body's start."""
+    text = (body or b"").decode("utf-8", "replace")
     try:
-        err = json.loads(body or b"{}").get("error", {})
-        return str(err.get("code", f"http_{status}")), str(err.get("message", ""))
-    except Exception:  # noqa: BLE001
-        return f"http_{status}", (body or b"").decode("utf-8", "replace")[:500]
+        err = json.loads(text or "{}").get("error", {})
+        code, message = err.get("code"), err.get("message")
+    except Exception:  # noqa: BLE001 - not our JSON
+        return f"http_{status}", text[:500]
+    if not isinstance(code, str) or not code:
+        code = f"http_{status}"
+    return code, message if isinstance(message, str) else text[:500]
