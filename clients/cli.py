@@ -69,7 +69,10 @@ def register(subparsers: Any) -> None:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", default=DEFAULT_URL, help=f"server URL (default {DEFAULT_URL})")
     p.add_argument("--model", default="kws-s4d", help="model name (default kws-s4d)")
-    p.add_argument("--timeout", type=float, default=60.0, help="HTTP timeout, seconds")
+    p.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds to wait for the server: each HTTP request; for a stream, its "
+                   "WebSocket handshake + 'started', and its final result after the end "
+                   "(default 60)")
     p.add_argument("--api-key", default=os.environ.get("S4D_API_KEY"),
                    help="API key, sent as 'Authorization: Bearer KEY' (default: env S4D_API_KEY)")
     p.add_argument("--ca-file", default=None,
@@ -86,6 +89,11 @@ def _scale_arg(p: argparse.ArgumentParser) -> None:
 
 def _client_kwargs(args: argparse.Namespace) -> dict:
     return {"timeout": args.timeout, "api_key": args.api_key, "ca_file": args.ca_file}
+
+
+def _stream_timeouts(args: argparse.Namespace) -> dict:
+    """--timeout for a stream: the handshake + `started`, and the final after the end."""
+    return {"open_timeout": args.timeout, "end_timeout": args.timeout}
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -187,6 +195,7 @@ async def _stream(args: argparse.Namespace) -> int:
                     scale=args.scale,
                     events=args.events,
                     on_event=on_event,
+                    **_stream_timeouts(args),
                 )
             async for msg in source:
                 if msg.get("type") == "final":
@@ -245,7 +254,7 @@ def _live_source(client, args: argparse.Namespace, on_event):
         args.model, sys.stdin.buffer.raw, rate=args.input_rate, channels=args.input_channels,
         input_encoding=args.input_encoding, chunk_ms=args.chunk_ms, scale=args.scale,
         stop=stop, on_trailing=on_trailing, emit_every=args.emit_every, events=args.events,
-        on_event=on_event,
+        on_event=on_event, **_stream_timeouts(args),
     )
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import ssl
 import time
@@ -32,7 +31,7 @@ from . import io as cio
 from ._portal import Portal
 from .errors import S4DError
 from .live import read_live
-from .stream import AsyncStreamSession, ws_url_for
+from .stream import _DEFAULT, AsyncStreamSession, _parse_http_error, ws_url_for
 
 DEFAULT_URL = os.environ.get("S4D_URL", "http://127.0.0.1:8000")
 
@@ -50,13 +49,32 @@ class Prediction:
     raw: dict = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_json(cls, d: dict) -> Prediction:
+    def from_json(cls, d: Any) -> Prediction:
+        """One item of a predict response's ``predictions``; S4DError ``bad_response`` when
+        it is not one (see PROTOCOL.md)."""
+        if not isinstance(d, dict):
+            raise _bad_response("a prediction that is not an object", d)
+        label, probs, n = d.get("label"), d.get("probabilities"), d.get("num_samples")
+        if not isinstance(label, str):
+            raise _bad_response("a prediction whose label is not a string", d)
+        if not isinstance(probs, dict) or not all(_is_number(v) for v in probs.values()):
+            raise _bad_response("a prediction whose probabilities are not {class: number}", d)
+        if not _is_int(n) or n < 0:
+            raise _bad_response("a prediction whose num_samples is not an integer >= 0", d)
         per_step = d.get("per_step")
+        if per_step is not None:
+            try:
+                per_step = np.asarray(per_step, dtype=np.float32)
+            except (TypeError, ValueError):
+                per_step = None
+            if per_step is None or per_step.ndim != 2:
+                raise _bad_response("a prediction whose per_step is not [steps][classes] "
+                                    "numbers", d)
         return cls(
-            label=str(d.get("label")),
-            probabilities={str(k): float(v) for k, v in (d.get("probabilities") or {}).items()},
-            num_samples=int(d.get("num_samples", 0)),
-            per_step=None if per_step is None else np.asarray(per_step, dtype=np.float32),
+            label=label,
+            probabilities={str(k): float(v) for k, v in probs.items()},
+            num_samples=n,
+            per_step=per_step,
             raw=d,
         )
 
@@ -76,15 +94,43 @@ def _is_pathlike(x: Any) -> bool:
 
 
 def _error_from_response(resp: httpx.Response) -> S4DError:
-    try:
-        err = resp.json().get("error", {})
-        code, message = (
-            str(err.get("code", f"http_{resp.status_code}")),
-            str(err.get("message", "")),
-        )
-    except Exception:  # noqa: BLE001 - not our JSON
-        code, message = f"http_{resp.status_code}", resp.text[:500]
+    code, message = _parse_http_error(resp.content, resp.status_code)
     return S4DError(code, message, resp.status_code)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _bad_response(what: str, value: Any) -> S4DError:
+    text = repr(value)
+    return S4DError("bad_response", f"{what}: {text[:200]}{'...' if len(text) > 200 else ''}")
+
+
+def _check_meta(meta: Any) -> dict:
+    """A model's META, with the fields the client relies on checked."""
+    if not isinstance(meta, dict) or not isinstance(meta.get("name"), str):
+        raise _bad_response("model metadata that is not an object with a name", meta)
+    if not _is_int(meta.get("sample_rate")) or meta["sample_rate"] <= 0:
+        raise _bad_response("model metadata whose sample_rate is not an integer > 0", meta)
+    channels = meta.get("input_channels")
+    if channels is not None and (not _is_int(channels) or channels <= 0):
+        raise _bad_response("model metadata whose input_channels is not an integer > 0", meta)
+    return meta
+
+
+def _predictions(data: Any, n: int) -> list[Prediction]:
+    """A predict response's predictions: one per input, in order."""
+    preds = data.get("predictions") if isinstance(data, dict) else None
+    if not isinstance(preds, list):
+        raise _bad_response("a predict response without a predictions list", data)
+    if len(preds) != n:
+        raise S4DError("bad_response", f"{len(preds)} predictions for {n} inputs")
+    return [Prediction.from_json(p) for p in preds]
 
 
 def _seq_to_json(x: np.ndarray, what: str) -> list:
@@ -161,15 +207,29 @@ class AsyncS4DClient:
             raise S4DError("timeout", f"{method} {path}: {exc}") from exc
         except httpx.TransportError as exc:
             raise S4DError("connection_error", f"{self.url}{path}: {exc}") from exc
+        except httpx.RequestError as exc:  # e.g. a body its Content-Encoding cannot decode
+            raise S4DError("bad_response", f"{method} {path}: {type(exc).__name__}: {exc}") \
+                from exc
         if resp.status_code >= 400:
             raise _error_from_response(resp)
+        if not 200 <= resp.status_code < 300:  # redirects are not followed
+            where = resp.headers.get("location")
+            raise S4DError(
+                f"http_{resp.status_code}",
+                f"{method} {path}: unexpected HTTP {resp.status_code}"
+                + (f" (a redirect to {where}: use that URL)" if where else ""),
+                resp.status_code,
+            )
         try:
             return resp.json()
-        except json.JSONDecodeError as exc:
-            raise S4DError("bad_response", f"{path}: not JSON: {resp.text[:200]}") from exc
+        except ValueError as exc:  # not JSON, or not UTF-8
+            raise S4DError("bad_response", f"{path}: not JSON: {resp.text[:200]!r}") from exc
 
     async def health(self) -> dict:
-        return await self._request("GET", "/healthz")
+        data = await self._request("GET", "/healthz")
+        if not isinstance(data, dict):
+            raise _bad_response("/healthz answered", data)
+        return data
 
     async def ready(self) -> bool:
         try:
@@ -189,13 +249,18 @@ class AsyncS4DClient:
 
     async def models(self) -> list[dict]:
         """Metadata of every served model (see META in PROTOCOL.md)."""
-        models = (await self._request("GET", "/v1/models"))["models"]
+        data = await self._request("GET", "/v1/models")
+        models = data.get("models") if isinstance(data, dict) else None
+        if not isinstance(models, list):
+            raise _bad_response("/v1/models answered", data)
+        for m in models:
+            _check_meta(m)
         for m in models:
             self._meta[m["name"]] = m
         return models
 
     async def model(self, name: str) -> dict:
-        meta = await self._request("GET", f"/v1/models/{name}")
+        meta = _check_meta(await self._request("GET", f"/v1/models/{name}"))
         self._meta[name] = meta
         return meta
 
@@ -243,7 +308,7 @@ class AsyncS4DClient:
         if per_step:
             body["per_step"] = True
         data = await self._request("POST", f"/v1/models/{model}/predict", json=body)
-        return [Prediction.from_json(p) for p in data["predictions"]]
+        return _predictions(data, len(batch))
 
     async def _predict_files(
         self, model: str, paths: list[PathLike], per_step: bool, scale: float | None = None
@@ -267,11 +332,8 @@ class AsyncS4DClient:
                 out = await self._request(
                     "POST", f"/v1/models/{model}/predict", files=files, data=data
                 )
-            preds = out["predictions"]
-            if len(preds) != len(upload):
-                raise S4DError("bad_response", f"{len(preds)} predictions for {len(upload)} files")
-            for i, p in zip(upload, preds, strict=True):
-                results[i] = Prediction.from_json(p)
+            for i, p in zip(upload, _predictions(out, len(upload)), strict=True):
+                results[i] = p
         if other:
             meta = await self._cached_model(model)
             batch = []
@@ -305,7 +367,8 @@ class AsyncS4DClient:
 
         ``emit_every`` in samples (None = the model's frame size, 0 = only the final).
         Pass ``session_id`` and ``offset`` to resume a session left by another connection.
-        Other keywords: reconnect, max_reconnects, resume_buffer_seconds, open_timeout.
+        Other keywords: reconnect, max_reconnects, resume_buffer_seconds, open_timeout,
+        end_timeout (seconds ``end()`` waits for the final; the stream helpers' too).
         """
         return AsyncStreamSession(
             ws_url_for(self.url, model),
@@ -493,8 +556,7 @@ class AsyncS4DClient:
                 feeder.cancel()
                 with contextlib.suppress(BaseException):
                     await feeder
-            if not session._done:
-                await session.close()
+            await session.close()  # also when it failed: its receiver may still be closing
 
 
 async def _scaled(chunks: AsyncIterable[np.ndarray], k: np.float32) -> AsyncIterator[np.ndarray]:
@@ -529,7 +591,8 @@ class StreamSession:
     def reset(self, timeout: float | None = 30.0) -> int:
         return self._portal.call(self.inner.reset(timeout))
 
-    def end(self, timeout: float | None = 60.0) -> dict:
+    def end(self, timeout: float | None | object = _DEFAULT) -> dict:
+        """The final result (see AsyncStreamSession.end; default timeout: end_timeout)."""
         return self._portal.call(self.inner.end(timeout))
 
     def close(self) -> None:

@@ -6,9 +6,11 @@ from __future__ import annotations
 class S4DError(Exception):
     """An error reported by the server, or met by the client while talking to it.
 
-    `code` is the wire protocol's error code (``unknown_model``, ``bad_input``, ...) or, for
-    failures that never reached the server, a client-side code (``connection_error``,
-    ``connection_lost``, ``timeout``, ``bad_response``, ``non_finite``, ``bad_input``).
+    `code` is the wire protocol's error code (``unknown_model``, ``bad_input``, ...; an
+    error answer without a usable code reads ``http_<status>`` for REST, ``error`` for a
+    stream) or, for failures that never reached the server, a client-side code
+    (``connection_error``, ``connection_lost``, ``timeout``, ``bad_response`` (an answer
+    that breaks server/PROTOCOL.md), ``bad_url``, ``closed``, ``non_finite``, ``bad_input``).
     `status` is the HTTP status for REST calls, the WebSocket close code for streams, and
     None for client-side failures.
     """
