@@ -29,7 +29,8 @@ for model in ("kws-s4d", "ecg-s4d"):
     for n in (16000, 64000):
         x = (0.1 * np.random.default_rng(0).standard_normal((1, n, c))).astype(np.float32)
         lengths = np.array([n])
-        as_is, out_a = timed(lambda: be.batch_session.run(None, {"x": x, "lengths": lengths})[0])
-        padded, out_p = timed(lambda: be.predict(x, lengths))
+        feeds = {"x": x, "lengths": lengths}
+        as_is, out_a = timed(lambda be=be, feeds=feeds: be.batch_session.run(None, feeds)[0])
+        padded, out_p = timed(lambda be=be, x=x, n=lengths: be.predict(x, n))
         print(f"{model} {n} samples ({n // p} steps): as is {as_is:.1f} ms, padded "
               f"{padded:.1f} ms; logits {out_a[0][:3]} / {out_p[0][:3]}", flush=True)
