@@ -59,6 +59,9 @@ def register(subparsers: Any) -> None:
                    help="FILE -: little-endian 16-bit PCM (default) or 32-bit float, full scale")
     _scale_arg(s)
     s.add_argument("--json", action="store_true", help="print every message as a JSON line")
+    s.add_argument("--max-reconnects", type=int, default=12,
+                   help="connection tries in a row without progress before giving up (a server "
+                   "that refuses or keeps dropping the stream; default 12, with backoff)")
     s.add_argument("--events", default=None, type=_events_arg,
                    help="event detection: 'off', or a JSON object overriding the model's "
                    "defaults (threshold, hysteresis, holdoff_ms, min_on_ms, onset_lag_ms, label_thresholds, background), e.g. "
@@ -91,9 +94,11 @@ def _client_kwargs(args: argparse.Namespace) -> dict:
     return {"timeout": args.timeout, "api_key": args.api_key, "ca_file": args.ca_file}
 
 
-def _stream_timeouts(args: argparse.Namespace) -> dict:
-    """--timeout for a stream: the handshake + `started`, and the final after the end."""
-    return {"open_timeout": args.timeout, "end_timeout": args.timeout}
+def _session_options(args: argparse.Namespace) -> dict:
+    """--timeout for a stream (the handshake + `started`, and the final after the end) and
+    --max-reconnects."""
+    return {"open_timeout": args.timeout, "end_timeout": args.timeout,
+            "max_reconnects": args.max_reconnects}
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -195,7 +200,7 @@ async def _stream(args: argparse.Namespace) -> int:
                     scale=args.scale,
                     events=args.events,
                     on_event=on_event,
-                    **_stream_timeouts(args),
+                    **_session_options(args),
                 )
             async for msg in source:
                 if msg.get("type") == "final":
@@ -254,7 +259,7 @@ def _live_source(client, args: argparse.Namespace, on_event):
         args.model, sys.stdin.buffer.raw, rate=args.input_rate, channels=args.input_channels,
         input_encoding=args.input_encoding, chunk_ms=args.chunk_ms, scale=args.scale,
         stop=stop, on_trailing=on_trailing, emit_every=args.emit_every, events=args.events,
-        on_event=on_event, **_stream_timeouts(args),
+        on_event=on_event, **_session_options(args),
     )
 
 

@@ -1045,6 +1045,22 @@ def test_stream_client_against_faulty_server(spec: StreamSpec, fake_stream, tmp_
         assert case.connections == 1, f"{ctx}: reconnected with reconnect=False"
 
 
+def test_cli_max_reconnects_bounds_a_server_that_drops_every_start(fake_stream, tmp_path):
+    """`s4d stream --max-reconnects N`: a server that accepts the connection and drops it at
+    every start is tried N + 1 times, then one readable line (the default 12 takes ~17 s)."""
+    case = StreamCase("cli-max-reconnects", Fault("start", ("abort",), repeat=True,
+                                                  expect="error"))
+    model = fake_stream.add(case)
+    plan = make_plan(random.Random(1), bulk=False, reset=False, reconnect=True, keepalive=False)
+    wav = write_wav(tmp_path / "x.wav", plan.data)
+    t0 = time.monotonic()
+    r = run_cli("stream", "--url", fake_stream.url, "--model", model, str(wav),
+                "--max-reconnects", "1")
+    check_cli_failure(r, "max-reconnects 1", False, "s4d stream: ")
+    assert case.connections == 2, case.connections
+    assert time.monotonic() - t0 < 15
+
+
 # ---------------------------------------------------------------------------- REST cases
 def _good_body(n_preds: int = 1, **pred_fields: Any) -> dict:
     preds = [{"label": label_at(1000), "probabilities": probs_at(1000), "num_samples": 1000,
