@@ -23,6 +23,7 @@ relative difference from the float64 forward of the model's path.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 from contextlib import contextmanager
@@ -32,7 +33,7 @@ from pathlib import Path
 import torch
 
 import model.s4d as s4d
-from bench.core import timeit
+from bench.core import sync, timeit
 from model.config import ModelConfig
 from model.network import S4DNetwork
 
@@ -92,16 +93,9 @@ def load(args, device: torch.device) -> tuple[S4DNetwork, S4DNetwork]:
         from model.checkpoint import load_checkpoint
 
         net = load_checkpoint(args.checkpoint, device=device)[0]
-        net64 = load_checkpoint(args.checkpoint, device=device)[0].double()
     else:
         net = S4DNetwork(design_cfg(args.smoke), seed=0).to(device)
-        net64 = S4DNetwork(design_cfg(args.smoke), seed=0).double().to(device)
-    return net.eval(), net64.eval()
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    return net.eval(), copy.deepcopy(net).double().eval()
 
 
 def run(args) -> dict:

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import numpy as np
 import torch
 
+from bench.core import timeit
 from server.backends.torch_backend import TorchBackend
 
 MODELS = ("kws-s4d", "ecg-s4d", "fsdd-s4d")
@@ -39,14 +38,10 @@ def main(argv=None) -> int:
             rng = np.random.default_rng(0)
             x = (0.1 * rng.standard_normal((1, n, channels))).astype(np.float32)
             lengths = np.array([n])
-            backend.predict(x, lengths)
-            times = []
-            for _ in range(args.reps):
-                t0 = time.perf_counter()
-                backend.predict(x, lengths)
-                times.append(time.perf_counter() - t0)
+            seconds = timeit(lambda b=backend, x=x, lens=lengths: b.predict(x, lens), backend.device,
+                             min_time=0, min_reps=args.reps, max_reps=args.reps)
             print(json.dumps({"label": args.label, "model": model, "samples": n,
-                              "ms": round(statistics.median(times) * 1e3, 2)}), flush=True)
+                              "ms": round(seconds * 1e3, 2)}), flush=True)
     return 0
 
 

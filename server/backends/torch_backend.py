@@ -133,7 +133,8 @@ class TorchBackend(Backend):
         from model.streaming import NotStreamableError, StreamingNetwork
         from server.settings import Settings
 
-        precision = Settings().precision  # S4D_PRECISION (the CLI flag exports it)
+        settings = Settings()  # S4D_* (the CLI exports its flags for the backends)
+        precision = settings.precision
         checkpoint_dir = Path(checkpoint_dir)
         dev = torch.device(device)
         network, config = load_checkpoint(checkpoint_dir, device=str(dev), dtype=torch.float32)
@@ -142,7 +143,6 @@ class TorchBackend(Backend):
         frame_size = int(config.task.frame_size)
         streaming = None
         try:
-            settings = Settings()
             streaming = StreamingNetwork(network, frame_size, dtype=torch.float32, device=dev,
                                          precision=precision,
                                          fused_core=None if settings.fused_core else False)
@@ -164,7 +164,7 @@ class TorchBackend(Backend):
                    "fused_core": bool(streaming is not None and streaming.fused_core)},
         )
         backend = cls(network, streaming, config, meta, dev, precision)
-        backend.kernels = network.kernels(batch_kernel_steps(Settings(), meta.patch_size))
+        backend.kernels = network.kernels(batch_kernel_steps(settings, meta.patch_size))
         return backend
 
     def predict(self, batch: np.ndarray, lengths: np.ndarray) -> np.ndarray:

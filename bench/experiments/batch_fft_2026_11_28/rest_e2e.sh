@@ -1,12 +1,7 @@
 #!/usr/bin/env bash
 # REST latency end to end: a server from checkout $1 (absolute path) on port $2, label $3, 30 sequential predicts of the
 # 1 s kws sample WAV (after 3 warm-ups), median and p90 in ms.
-set -u
-PY=${PY:-$(cd "$(dirname "$0")/../../.." && pwd)/.venv/bin/python}
-cd "$1"
-PYTHONPATH="$1" "$PY" -m server --port "$2" --host 127.0.0.1 >/tmp/e2e_$2.log 2>&1 &
-PID=$!
-for i in $(seq 120); do curl -sf "http://127.0.0.1:$2/readyz" >/dev/null && break; sleep 0.5; done
+source "$(dirname "$0")/serve_checkout.sh"
 "$PY" - "$2" "$3" "$1" <<'PY'
 import sys, time, statistics, httpx
 port, label = sys.argv[1], sys.argv[2]
@@ -22,4 +17,3 @@ with httpx.Client() as c:
     ts.sort()
     print(label, "median %.1f ms, p90 %.1f ms" % (statistics.median(ts) * 1e3, ts[26] * 1e3), r.json()["outputs"][0]["label"] if "outputs" in r.json() else str(r.json())[:100])
 PY
-kill $PID; wait $PID 2>/dev/null

@@ -2,12 +2,7 @@
 # REST throughput: a server from checkout $1 (absolute path) on port $2, label $3; 16 clients
 # post the bundled 1 s kws WAV back to back for 10 s (after a 2 s warm-up); requests/s and
 # latency percentiles. The load generator shares the machine's cores with the server.
-set -u
-PY=${PY:-$(cd "$(dirname "$0")/../../.." && pwd)/.venv/bin/python}
-cd "$1"
-PYTHONPATH="$1" "$PY" -m server --port "$2" --host 127.0.0.1 >/tmp/load_$2.log 2>&1 &
-PID=$!
-for i in $(seq 120); do curl -sf "http://127.0.0.1:$2/readyz" >/dev/null && break; sleep 0.5; done
+source "$(dirname "$0")/serve_checkout.sh"
 "$PY" - "$2" "$3" "$1" <<'PY'
 import asyncio, sys, time
 import httpx, numpy as np
@@ -33,4 +28,3 @@ async def main():
 
 asyncio.run(main())
 PY
-kill $PID; wait $PID 2>/dev/null
