@@ -73,9 +73,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", default=DEFAULT_URL, help=f"server URL (default {DEFAULT_URL})")
     p.add_argument("--model", default="kws-s4d", help="model name (default kws-s4d)")
     p.add_argument("--timeout", type=float, default=60.0,
-                   help="seconds to wait for the server: each HTTP request; for a stream, its "
-                   "WebSocket handshake + 'started', and its final result after the end "
-                   "(default 60)")
+                   help="seconds to wait for the server: each HTTP call in all (connect to "
+                   "the answer's last byte); for a stream, its WebSocket handshake + "
+                   "'started', and its final result after the end (default 60)")
     p.add_argument("--api-key", default=os.environ.get("S4D_API_KEY"),
                    help="API key, sent as 'Authorization: Bearer KEY' (default: env S4D_API_KEY)")
     p.add_argument("--ca-file", default=None,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import os
 import ssl
 import time
@@ -36,6 +37,31 @@ from .stream import _DEFAULT, AsyncStreamSession, _parse_http_error, ws_url_for
 DEFAULT_URL = os.environ.get("S4D_URL", "http://127.0.0.1:8000")
 
 PathLike = str | os.PathLike
+
+# the deadline (time.monotonic()) of the REST call in progress in this task: every request it
+# makes is bounded by it (see AsyncS4DClient._request)
+_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("s4d_rest_deadline",
+                                                                         default=None)
+
+
+def _deadline_in(timeout: float | None) -> float | None:
+    """`timeout` seconds from now, or the enclosing call's deadline if that comes first."""
+    outer = _DEADLINE.get()
+    if timeout is None:
+        return outer
+    deadline = time.monotonic() + timeout
+    return deadline if outer is None else min(deadline, outer)
+
+
+@contextlib.contextmanager
+def _deadline(timeout: float | None) -> Iterator[None]:
+    """Every REST request made inside shares one deadline, `timeout` seconds from now (or
+    the enclosing one's, whichever is first); None: no deadline of its own."""
+    token = _DEADLINE.set(_deadline_in(timeout))
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
 
 
 @dataclass
@@ -160,6 +186,12 @@ def tls_context(ca_file: PathLike | None) -> ssl.SSLContext | None:
 class AsyncS4DClient:
     """Async client. ``await client.aclose()`` (or ``async with``) when done.
 
+    ``timeout`` (seconds; None: none) bounds each REST call as a whole: connecting, sending
+    the request and receiving the whole answer, however the server paces it (a server that
+    trickles its body byte by byte is cut off too); past it, S4DError ``timeout``. A call
+    that makes several requests (``predict`` of files that go up in separate requests) has
+    one deadline for all of them.
+
     ``api_key`` (default: env ``S4D_API_KEY``) is sent as ``Authorization: Bearer KEY`` on REST
     and on the WebSocket handshake. ``ca_file``: a PEM CA bundle to verify an https/wss server
     (e.g. one with a self-signed certificate)."""
@@ -168,13 +200,14 @@ class AsyncS4DClient:
         self,
         url: str = DEFAULT_URL,
         *,
-        timeout: float = 60.0,
+        timeout: float | None = 60.0,
         headers: dict[str, str] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         api_key: str | None = None,
         ca_file: PathLike | None = None,
     ) -> None:
         self.url = url.rstrip("/")
+        self.timeout = timeout
         api_key = api_key if api_key is not None else os.environ.get("S4D_API_KEY") or None
         if api_key:
             headers = {**(headers or {}), "Authorization": f"Bearer {api_key}"}
@@ -201,8 +234,19 @@ class AsyncS4DClient:
 
     # ------------------------------------------------------------------ REST
     async def _request(self, method: str, path: str, **kw: Any) -> Any:
+        """One request, answer read whole, bounded in all by ``timeout`` and by the deadline
+        of the call it is part of. httpx's own timeouts (also ``timeout``) bound each
+        connect / write / read only: a body trickling in one byte per read would never trip
+        them (httpx has no total timeout), so the whole request runs under asyncio.wait_for."""
+        deadline = _deadline_in(self.timeout)
+        left = None if deadline is None else deadline - time.monotonic()
         try:
-            resp = await self._http.request(method, path, **kw)
+            if left is not None and left <= 0:
+                raise asyncio.TimeoutError
+            resp = await asyncio.wait_for(self._http.request(method, path, **kw), left)
+        except asyncio.TimeoutError as exc:  # the total deadline
+            raise S4DError("timeout", f"{method} {path}: no complete answer within the "
+                           f"{self.timeout} s timeout") from exc
         except httpx.TimeoutException as exc:
             raise S4DError("timeout", f"{method} {path}: {exc}") from exc
         except httpx.TransportError as exc:
@@ -239,12 +283,14 @@ class AsyncS4DClient:
             return False
 
     async def wait_ready(self, timeout: float = 30.0, interval: float = 0.1) -> None:
-        """Poll /readyz until the server is ready; S4DError('timeout') otherwise."""
+        """Poll /readyz until the server is ready; S4DError('timeout') otherwise (each poll
+        is bounded by the client's timeout and by what is left of ``timeout``)."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if await self.ready():
-                return
-            await asyncio.sleep(interval)
+        with _deadline(timeout):
+            while time.monotonic() < deadline:
+                if await self.ready():
+                    return
+                await asyncio.sleep(max(0.0, min(interval, deadline - time.monotonic())))
         raise S4DError("timeout", f"{self.url} not ready within {timeout} s")
 
     async def models(self) -> list[dict]:
@@ -285,17 +331,21 @@ class AsyncS4DClient:
         the arrays' rate. ``scale`` multiplies every sample before sending, to bring a file
         into the model's input units (see its ``input_units``); files are then read here and
         sent as JSON, e.g. ``scale=0.001`` for an ECG stored as int16 microvolts.
+
+        The client's ``timeout`` bounds the whole call, every request it makes together.
         """
-        if _is_pathlike(inputs):
-            return await self._predict_files(model, [inputs], per_step, scale)
-        if isinstance(inputs, (list, tuple)) and inputs and all(_is_pathlike(x) for x in inputs):
-            return await self._predict_files(model, list(inputs), per_step, scale)
-        batch = _arrays_to_batch(inputs)
-        if not batch:
-            raise S4DError("bad_input", "no inputs")
-        if scale is not None:
-            batch = [np.asarray(x, dtype=np.float32) * np.float32(scale) for x in batch]
-        return await self._predict_json(model, batch, sample_rate, per_step)
+        with _deadline(self.timeout):
+            if _is_pathlike(inputs):
+                return await self._predict_files(model, [inputs], per_step, scale)
+            if isinstance(inputs, (list, tuple)) and inputs and \
+                    all(_is_pathlike(x) for x in inputs):
+                return await self._predict_files(model, list(inputs), per_step, scale)
+            batch = _arrays_to_batch(inputs)
+            if not batch:
+                raise S4DError("bad_input", "no inputs")
+            if scale is not None:
+                batch = [np.asarray(x, dtype=np.float32) * np.float32(scale) for x in batch]
+            return await self._predict_json(model, batch, sample_rate, per_step)
 
     async def _predict_json(
         self, model: str, batch: Sequence[np.ndarray], sample_rate: int | None, per_step: bool

@@ -449,7 +449,7 @@ class FakeHttp:
             w.flush()
             h.close_connection = True
 
-        if kind == "good":
+        if kind in ("good", "trickle"):
             if route == "predict":
                 preds = _good_predict(body, h.headers.get("Content-Type", ""))
                 payload = {"model": rest[2], "predictions": preds}
@@ -464,7 +464,24 @@ class FakeHttp:
             else:
                 respond(426, "text/plain", b"upgrade refused")
                 return
-            respond(200, "application/json", dumps(payload).encode())
+            if kind == "good":
+                respond(200, "application/json", dumps(payload).encode())
+                return
+            # ("trickle", seconds): the good answer, its body one byte at a time spread over
+            # `seconds` (every byte well inside any per-read timeout)
+            data = dumps(payload).encode()
+            gap = spec[1] / len(data)
+            w.write((f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n").encode())
+            h.close_connection = True
+            try:
+                for i in range(len(data)):
+                    w.write(data[i : i + 1])
+                    w.flush()
+                    if self.release.wait(gap):
+                        return
+            except OSError:  # the client gave up
+                pass
         elif kind == "json":  # ("json", status, obj[, content type])
             respond(spec[1], spec[3] if len(spec) > 3 else "application/json",
                     dumps(spec[2]).encode())
@@ -1290,3 +1307,66 @@ def test_rest_client_against_faulty_server(spec: RestSpec, fake_http, tmp_path):
         bound = BOUND
     elapsed = time.monotonic() - t0
     assert elapsed < bound, f"{ctx}: took {elapsed:.1f} s"
+
+
+# ---------------------------------------------------------------------------- regressions
+# Defects the fuzzing left, each pinned by a direct case on the same fake servers.
+TRICKLE_T = 0.4  # the client's timeout in the trickle cases (the body takes 4 s)
+TRICKLE_CALLS = {
+    "predict": "predict", "predict_file": "predict", "models": "models", "health": "health",
+    "async_predict": "predict", "async_models": "models", "async_health": "health",
+}
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("call", list(TRICKLE_CALLS))
+def test_rest_timeout_bounds_a_trickling_answer(call, fake_http, tmp_path):
+    """`timeout` bounds a REST call as a whole: a server that sends its answer one byte at a
+    time, each byte far inside the per-read timeout (the body takes 4 s), is cut off after
+    `timeout` with S4DError `timeout` (sync and async clients)."""
+    route = TRICKLE_CALLS[call]
+    url = fake_http.add(HttpCase(f"trickle-{call}", {route: ("trickle", 4.0)}))
+    wav = write_wav(tmp_path / "x.wav", np.zeros(1000, np.int16))
+    x = [np.zeros(1000, np.float32)]
+
+    def sync_call() -> Any:
+        with S4DClient(url, timeout=TRICKLE_T) as c:
+            if call == "predict":
+                return c.predict("m", x)
+            if call == "predict_file":
+                return c.predict("m", wav)
+            return c.models() if call == "models" else c.health()
+
+    async def async_call() -> Any:
+        async with AsyncS4DClient(url, timeout=TRICKLE_T) as c:
+            if call == "async_predict":
+                return await c.predict("m", x)
+            return await (c.models() if call == "async_models" else c.health())
+
+    fn = (lambda: asyncio.run(async_call())) if call.startswith("async") else sync_call
+    t0 = time.monotonic()
+    with pytest.raises(S4DError) as ei:
+        run_bounded(fn, BOUND, call)
+    elapsed = time.monotonic() - t0
+    assert ei.value.code == "timeout", ei.value
+    assert elapsed < TRICKLE_T + 1.5, f"{call}: {elapsed:.2f} s for a {TRICKLE_T} s timeout"
+
+
+@pytest.mark.timeout(30)
+def test_rest_timeout_is_one_deadline_for_all_requests_of_a_call(fake_http, tmp_path):
+    """predict(file, scale=) reads the model's metadata, then posts the samples: two
+    requests, each well inside `timeout` (0.7 s of 1 s), together past it: S4DError
+    `timeout` at `timeout`, not a result after 1.4 s."""
+    url = fake_http.add(HttpCase("trickle-two-requests",
+                                 {"meta": ("trickle", 0.7), "predict": ("trickle", 0.7)}))
+    wav = write_wav(tmp_path / "x.wav", np.zeros(1000, np.int16))
+
+    def call() -> Any:
+        with S4DClient(url, timeout=1.0) as c:
+            return c.predict("m", wav, scale=1.0)
+
+    t0 = time.monotonic()
+    with pytest.raises(S4DError) as ei:
+        run_bounded(call, BOUND, "two requests")
+    assert ei.value.code == "timeout", ei.value
+    assert time.monotonic() - t0 < 2.0
