@@ -10,7 +10,10 @@ class S4DError(Exception):
     error answer without a usable code reads ``http_<status>`` for REST, ``error`` for a
     stream) or, for failures that never reached the server, a client-side code
     (``connection_error``, ``connection_lost``, ``timeout``, ``bad_response`` (an answer
-    that breaks server/PROTOCOL.md), ``bad_url``, ``closed``, ``non_finite``, ``bad_input``).
+    that breaks server/PROTOCOL.md), ``bad_url``, ``closed`` (a stream session already over:
+    its final came, or close() was called; the message says which), ``non_finite``,
+    ``bad_input``). A send / reset / end on a session that an error ended raises that
+    error's code.
     `status` is the HTTP status for REST calls, the WebSocket close code for streams, and
     None for client-side failures.
     """

@@ -110,6 +110,9 @@ class AsyncStreamSession:
     ``max_reconnects`` bounds the reconnect tries in a row that bring no progress: a resumed
     connection that is lost again before the server acknowledged a new sample (a ``result``,
     ``reset`` or ``stored`` offset) counts against it; progress makes it whole again.
+    Once the session is over (its ``final``, an ``error``, a connection lost for good,
+    ``close()``), ``send`` / ``reset`` / ``end`` raise S4DError: nothing sent is dropped
+    silently (see ``send``).
     """
 
     def __init__(
@@ -193,8 +196,11 @@ class AsyncStreamSession:
         return self
 
     async def __aexit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None and not self._done and self._error is None:
+        if exc_type is None and self._error is None and not self._closing:
+            # end() also when the server already sent its final: it raises if that final
+            # left samples out (nothing sent is dropped silently)
             await self.end()
+            await self.close()  # a server that sent its final early may keep the connection
         else:
             await self.close()
 
@@ -337,7 +343,8 @@ class AsyncStreamSession:
 
     async def close(self) -> None:
         """Close the connection without ``end``: the server keeps the session for its idle
-        TTL, so it can be resumed with ``session_id`` and ``offset``."""
+        TTL, so it can be resumed with ``session_id`` and ``offset``. Afterwards ``send``,
+        ``reset`` and ``end`` raise S4DError ``closed``."""
         self._closing = True
         self._done = True
         if self._reconnect_task is not None:
@@ -352,8 +359,14 @@ class AsyncStreamSession:
 
     # ------------------------------------------------------------------ sending
     async def send(self, samples: Any) -> None:
-        """Send samples: [n] (one channel) or [n, channels]; floats in [-1, 1) or int16."""
+        """Send samples: [n] (one channel) or [n, channels]; floats in [-1, 1) or int16.
+
+        Samples sent while the connection is down (and will be resumed) are kept and resent.
+        Once the session is over (the server sent its ``final``, e.g. early when it shuts
+        down; an ``error``; the connection was lost for good; ``close()``) it raises
+        S4DError, with the server's error code or ``closed``: nothing is dropped silently."""
         data, n = encode_samples(samples, self.channels, self.encoding)
+        self._check()  # also for nothing: a send after the session ended is an error
         if n == 0:
             return
         await self._send_encoded(data, n)
@@ -429,12 +442,21 @@ class AsyncStreamSession:
 
         ``timeout`` (default: the session's ``end_timeout``, 60 s): seconds to wait for the
         final; past it the session is closed and S4DError ``timeout`` raised (``results()``
-        raises it too)."""
+        raises it too). A final that came before ``end`` (a server shutting down sends one)
+        is returned when it covers every sample sent; else S4DError ``closed``. A session
+        already over without a final (an error, close()) raises as ``send`` does."""
         from websockets.exceptions import ConnectionClosed
 
         if timeout is _DEFAULT:
             timeout = self.end_timeout
         if self.final is not None:
+            if self.final["offset"] < self.offset:  # an early final: it left samples out
+                raise S4DError(
+                    "closed",
+                    f"the session already ended: the server's final result covers "
+                    f"{self.final['offset']} of the {self.offset} samples sent; the rest "
+                    f"were not processed",
+                )
             return self.final
         self._check()
         if not self._end_sent:
@@ -643,10 +665,29 @@ class AsyncStreamSession:
         self._put(error if error is not None else _END)
 
     def _check(self) -> None:
-        if self._error is not None:
-            raise self._error
+        """Raise unless samples and messages can still go out: S4DError once the session is
+        over (see `_ended`), RuntimeError before open()."""
+        ended = self._ended()
+        if ended is not None:
+            raise ended
         if self._ws is None:
             raise RuntimeError("the session is not open: use 'async with' or await open()")
+
+    def _ended(self) -> S4DError | None:
+        """Why the session is over, as the S4DError that a send / reset / end now raises;
+        None while it goes on (a connection being resumed included)."""
+        err = self._error
+        if err is not None:
+            return S4DError(err.code, f"the session already ended: {err.message}", err.status)
+        if self.final is not None:
+            return S4DError("closed", "the session already ended: final result received "
+                            f"(offset {self.final['offset']})"
+                            + ("" if self._end_sent else ", sent by the server before end()"))
+        if self._closing:
+            return S4DError("closed", "the session already ended: closed by close()")
+        if self._done:
+            return S4DError("closed", "the session already ended")
+        return None
 
     # ------------------------------------------------------------------ testing aid
     def _abort_connection(self) -> None:

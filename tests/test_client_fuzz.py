@@ -279,6 +279,10 @@ class FakeStream:
             await ws.send(dumps(result_msg("final", sid, st.received + 1000, checksum=0)))
             await ws.close(1000)
             return "done"
+        if kind == "final_hold":  # a final before any end, the connection kept open
+            await ws.send(dumps(result_msg("final", sid, st.received, checksum=st.crc)))
+            await asyncio.wait_for(ws.wait_closed(), HANG_S)  # reading (and dropping) on
+            return "done"
         if kind == "final_then":  # ("final_then", message or None, close code)
             await ws.send(dumps(result_msg("final", sid, st.received, checksum=st.crc)))
             if action[1] is not None:
@@ -1370,3 +1374,94 @@ def test_rest_timeout_is_one_deadline_for_all_requests_of_a_call(fake_http, tmp_
         run_bounded(call, BOUND, "two requests")
     assert ei.value.code == "timeout", ei.value
     assert time.monotonic() - t0 < 2.0
+
+
+EARLY_FINALS = {
+    # PROTOCOL.md: a server draining without a session store sends `final`, then
+    # `shutting_down`, and closes 1001
+    "drain": ("final_then", {"type": "error", "code": "shutting_down", "message": "bye"}, 1001),
+    # a final before any end, the connection left open
+    "hold": ("final_hold",),
+}
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("how", list(EARLY_FINALS))
+def test_a_session_ended_by_an_early_final_refuses_more_audio(how, fake_stream):
+    """After a `final` the client did not ask for (no `end` sent), the session is over:
+    send / reset raise S4DError `closed` saying so; samples that went out before the final
+    came and that it does not cover make end() raise (none is dropped silently); end()
+    returns the final when it covers every sample sent."""
+
+    async def go(model: str, second: bool) -> None:
+        async with AsyncS4DClient(fake_stream.url, timeout=HTTP_T) as c:
+            s = c.stream(model, sample_rate=RATE, encoding="pcm_s16le", open_timeout=OPEN_T,
+                         end_timeout=END_T, reconnect=False)
+            await s.open()
+            try:
+                await s.send(np.zeros(FRAME, np.int16))  # a result, then the early final
+                if second:  # sent at once: before the final came, or refused after it
+                    await s.send(np.ones(100, np.int16))
+            except S4DError as exc:
+                assert second and exc.code == "closed" and "final" in exc.message, exc
+            msgs = [m async for m in s.results()]
+            assert msgs[-1]["type"] == "final" and msgs[-1]["offset"] == FRAME, msgs
+            for op in (lambda: s.send(np.ones(10, np.int16)), lambda: s.reset(RESET_T)):
+                with pytest.raises(S4DError) as ei:
+                    await op()
+                assert ei.value.code == "closed" and "final" in ei.value.message, ei.value
+                assert "before end()" in ei.value.message, ei.value
+            if s.offset > FRAME:  # the second send went out: the final left it out
+                with pytest.raises(S4DError) as ei:
+                    await s.end()
+                assert ei.value.code == "closed" and f"{FRAME} of the {FRAME + 100}" in \
+                    ei.value.message, ei.value
+            else:
+                assert await s.end() == msgs[-1]
+            await s.close()
+
+    for second in (False, True):
+        model = fake_stream.add(StreamCase(f"early-final-{how}-{second}",
+                                           Fault("result", EARLY_FINALS[how])))
+        run_bounded(lambda m=model, two=second: asyncio.run(go(m, two)), BOUND, f"{how} {second}")
+
+
+@pytest.mark.timeout(30)
+def test_stream_helper_reports_an_early_final_that_left_samples_out(fake_stream):
+    """stream_array: the server's final after the first result (a drain) covers a part of
+    the array: S4DError `closed`, not a clean end as if every sample was processed."""
+    model = fake_stream.add(StreamCase("early-final-helper",
+                                       Fault("result", EARLY_FINALS["drain"])))
+    x = np.zeros(700, np.float32)
+
+    def go() -> list:
+        with S4DClient(fake_stream.url, timeout=HTTP_T) as c:
+            return list(c.stream_array(model, x, sample_rate=RATE, encoding="pcm_s16le",
+                                       chunk_ms=7, open_timeout=OPEN_T, end_timeout=END_T,
+                                       reconnect=False))
+
+    with pytest.raises(S4DError) as ei:
+        run_bounded(go, BOUND, "helper")
+    assert ei.value.code == "closed" and "final" in ei.value.message, ei.value
+
+
+@pytest.mark.timeout(30)
+def test_send_after_close_raises(fake_stream):
+    """close() ends the session for this client: a later send / reset / end raises S4DError
+    `closed` (the samples are not buffered and dropped)."""
+    model = fake_stream.add(StreamCase("send-after-close", Fault("never", ("none",))))
+
+    async def go() -> None:
+        async with AsyncS4DClient(fake_stream.url, timeout=HTTP_T) as c:
+            s = c.stream(model, sample_rate=RATE, encoding="pcm_s16le", open_timeout=OPEN_T)
+            await s.open()
+            await s.send(np.zeros(FRAME, np.int16))
+            await s.close()
+            for op in (lambda: s.send(np.ones(10, np.int16)), lambda: s.reset(RESET_T),
+                       lambda: s.end(END_T)):
+                with pytest.raises(S4DError) as ei:
+                    await op()
+                assert ei.value.code == "closed" and "close()" in ei.value.message, ei.value
+            assert s.offset == FRAME
+
+    run_bounded(lambda: asyncio.run(go()), BOUND, "send after close")
