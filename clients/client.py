@@ -602,11 +602,15 @@ class AsyncS4DClient:
                 yield msg
             await feeder
         finally:
-            if not feeder.done():
-                feeder.cancel()
-                with contextlib.suppress(BaseException):
-                    await feeder
-            await session.close()  # also when it failed: its receiver may still be closing
+            try:
+                if not feeder.done():
+                    feeder.cancel()
+                    # asyncio.wait, not `await feeder`: the feeder's own CancelledError (or
+                    # failure, which its callback has seen) is not raised here, while a
+                    # cancellation of this task still is, once the session is closed
+                    await asyncio.wait({feeder})
+            finally:
+                await session.close()  # also when it failed: its receiver may still be closing
 
 
 async def _scaled(chunks: AsyncIterable[np.ndarray], k: np.float32) -> AsyncIterator[np.ndarray]:
@@ -673,9 +677,11 @@ class S4DClient:
         self.close()
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._portal.call(self._async.aclose(), timeout=10)
-        self._portal.close()
+        try:
+            with contextlib.suppress(Exception):  # best effort; KeyboardInterrupt goes on
+                self._portal.call(self._async.aclose(), timeout=10)
+        finally:
+            self._portal.close()
 
     def health(self) -> dict:
         return self._portal.call(self._async.health())

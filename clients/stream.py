@@ -199,8 +199,10 @@ class AsyncStreamSession:
         if exc_type is None and self._error is None and not self._closing:
             # end() also when the server already sent its final: it raises if that final
             # left samples out (nothing sent is dropped silently)
-            await self.end()
-            await self.close()  # a server that sent its final early may keep the connection
+            try:
+                await self.end()
+            finally:  # also on a failure or a cancellation of end(), which then propagates
+                await self.close()
         else:
             await self.close()
 
@@ -344,18 +346,29 @@ class AsyncStreamSession:
     async def close(self) -> None:
         """Close the connection without ``end``: the server keeps the session for its idle
         TTL, so it can be resumed with ``session_id`` and ``offset``. Afterwards ``send``,
-        ``reset`` and ``end`` raise S4DError ``closed``."""
+        ``reset`` and ``end`` raise S4DError ``closed``.
+
+        A cancellation of the task running close() is not swallowed: the connection is
+        dropped (without the closing handshake when that was under way), the receiver
+        stopped, and the CancelledError raised."""
         self._closing = True
         self._done = True
         if self._reconnect_task is not None:
             self._reconnect_task.cancel()
-        if self._ws is not None:
-            with contextlib.suppress(Exception):
-                await self._ws.close()
-        if self._recv_task is not None:
-            with contextlib.suppress(BaseException):
-                await asyncio.wait_for(self._recv_task, 2.0)
-        self._finish(None)
+        recv = self._recv_task
+        try:
+            if self._ws is not None:
+                with contextlib.suppress(Exception):  # not CancelledError (BaseException)
+                    await self._ws.close()
+            if recv is not None and not recv.done():
+                # asyncio.wait, not wait_for: the receiver's own end (it may have been
+                # cancelled elsewhere) is not raised here, a cancellation of this task is
+                await asyncio.wait({recv}, timeout=2.0)
+        finally:
+            if recv is not None and not recv.done():  # timed out, or this task cancelled
+                recv.cancel()
+                self._abort_connection()
+            self._finish(None)
 
     # ------------------------------------------------------------------ sending
     async def send(self, samples: Any) -> None:

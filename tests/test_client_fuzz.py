@@ -44,6 +44,7 @@ Another seed: S4D_CLIENT_FUZZ_SEED=N (the default is fixed).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import http.server
 import json
@@ -1465,3 +1466,137 @@ def test_send_after_close_raises(fake_stream):
             assert s.offset == FRAME
 
     run_bounded(lambda: asyncio.run(go()), BOUND, "send after close")
+
+
+def _cancelled(t: asyncio.Task) -> bool:
+    return t.done() and t.cancelled()
+
+
+@pytest.mark.timeout(30)
+def test_cancelling_close_while_it_waits_for_the_receiver_raises(fake_stream):
+    """close() waits (at most 2 s) for the session's receiver to finish; a cancellation of
+    the task running close() meanwhile propagates, and the receiver is stopped. (Stand-in
+    for a receiver still busy: a task that would take 30 s.)"""
+    model = fake_stream.add(StreamCase("cancel-close-recv", Fault("never", ("none",))))
+
+    async def go() -> None:
+        async with AsyncS4DClient(fake_stream.url, timeout=HTTP_T) as c:
+            s = c.stream(model, sample_rate=RATE, encoding="pcm_s16le", open_timeout=OPEN_T)
+            await s.open()
+            busy = s._recv_task = asyncio.ensure_future(asyncio.sleep(HANG_S))
+            closer = asyncio.ensure_future(s.close())
+            await asyncio.sleep(0.5)  # the closing handshake is done: close() waits on busy
+            assert not closer.done()
+            closer.cancel()
+            await asyncio.wait({closer}, timeout=3)
+            assert _cancelled(closer), "close() swallowed the cancellation"
+            await asyncio.sleep(0)
+            assert _cancelled(busy), "the receiver was left running"
+
+    run_bounded(lambda: asyncio.run(go()), BOUND, "cancel close")
+
+
+@pytest.mark.timeout(30)
+def test_cancelling_close_during_the_closing_handshake_cleans_up(fake_stream):
+    """A server that stopped reading holds the closing handshake (up to 2 s); close()
+    cancelled meanwhile raises CancelledError after dropping the connection: the receiver
+    stops and results() ends, instead of waiting for the server."""
+    model = fake_stream.add(StreamCase("cancel-close-handshake",
+                                       Fault("result", ("stall", None))))
+
+    async def go() -> None:
+        async with AsyncS4DClient(fake_stream.url, timeout=HTTP_T) as c:
+            s = c.stream(model, sample_rate=RATE, encoding="pcm_s16le", open_timeout=OPEN_T)
+            await s.open()
+            await s.send(np.zeros(FRAME, np.int16))
+            it = s.results()
+            assert (await asyncio.wait_for(it.__anext__(), 2))["type"] == "result"
+            closer = asyncio.ensure_future(s.close())
+            await asyncio.sleep(0.3)
+            assert not closer.done()
+            closer.cancel()
+            await asyncio.wait({closer}, timeout=3)
+            assert _cancelled(closer), "close() swallowed the cancellation"
+            rest = await asyncio.wait_for(_drain_results(it), 1.0)  # it ends
+            assert rest == [], rest
+            await asyncio.wait({s._recv_task}, timeout=1)
+            assert s._recv_task.done(), "the receiver was left running"
+
+    run_bounded(lambda: asyncio.run(go()), BOUND, "cancel close handshake")
+
+
+async def _drain_results(it: Any) -> list:
+    return [m async for m in it]
+
+
+@pytest.mark.timeout(30)
+def test_cancelling_async_with_exit_closes_then_raises(fake_stream):
+    """`async with` exit ends the session (end() waits for the final); cancelled while it
+    waits, the session is closed and the CancelledError propagates."""
+    model = fake_stream.add(StreamCase("cancel-aexit", Fault("end", ("hang",))))
+    box: dict = {}
+
+    async def body(c: AsyncS4DClient) -> None:
+        async with c.stream(model, sample_rate=RATE, encoding="pcm_s16le",
+                            open_timeout=OPEN_T, end_timeout=HANG_S) as s:
+            box["s"] = s
+            await s.send(np.zeros(FRAME, np.int16))
+
+    async def go() -> None:
+        async with AsyncS4DClient(fake_stream.url, timeout=HTTP_T) as c:
+            t = asyncio.ensure_future(body(c))
+            for _ in range(100):  # until end() waits for the final
+                await asyncio.sleep(0.02)
+                if "s" in box and box["s"]._end_sent:
+                    break
+            await asyncio.sleep(0.1)
+            t.cancel()
+            await asyncio.wait({t}, timeout=4)
+            assert _cancelled(t), t
+            s = box["s"]
+            assert s._closing, "the session was not closed"
+            await asyncio.wait({s._recv_task}, timeout=1)
+            assert s._recv_task.done(), "the receiver was left running"
+
+    run_bounded(lambda: asyncio.run(go()), BOUND, "cancel aexit")
+
+
+@pytest.mark.timeout(30)
+def test_cancelling_a_stream_helper_while_it_closes_propagates(fake_stream):
+    """stream_chunks left early: its cleanup cancels the chunk source and waits for it
+    (here a source slow to let go); a cancellation of the task meanwhile propagates, once
+    the session is closed, instead of being swallowed."""
+    model = fake_stream.add(StreamCase("cancel-helper-close", Fault("never", ("none",))))
+
+    async def go() -> None:
+        async with AsyncS4DClient(fake_stream.url, timeout=HTTP_T) as c:
+            letting_go = asyncio.Event()
+            sessions: list = []
+
+            async def source() -> Any:
+                try:
+                    yield np.zeros(FRAME, np.float32)
+                    await asyncio.sleep(HANG_S)  # a live source waiting for input
+                finally:
+                    letting_go.set()
+                    await asyncio.sleep(3)  # slow to let go
+
+            async def consume() -> str:
+                gen = c.stream_chunks(model, source(), sample_rate=RATE,
+                                      encoding="pcm_s16le", open_timeout=OPEN_T,
+                                      on_session=sessions.append)
+                async with contextlib.aclosing(gen) as it:
+                    async for m in it:
+                        if m["type"] == "result":
+                            break  # leave early: aclose() runs the helper's cleanup
+                return "went on"
+
+            t = asyncio.ensure_future(consume())
+            await asyncio.wait_for(letting_go.wait(), 3)
+            await asyncio.sleep(0.05)
+            t.cancel()
+            await asyncio.wait({t}, timeout=2.5)
+            assert _cancelled(t), "the helper's cleanup swallowed the cancellation"
+            assert sessions and sessions[0]._closing, "the session was not closed"
+
+    run_bounded(lambda: asyncio.run(go()), BOUND, "cancel helper")
