@@ -12,6 +12,10 @@ Variants of the S4D convolution, each swapped into the same network in the same 
 - `dim1`: `fast`, transformed along the time axis of [B, L, H] in place (no transposes).
 - `kept`: `fast` with the kernels computed beforehand (`S4DNetwork.kernels`), as the torch
   backend serves REST forwards.
+- `compiled`: `kept` through `torch.compile` (Inductor fuses the layer norms, transposes,
+  GELU / GLU and residuals around the FFTs and GEMMs), one graph per shape;
+  `compiled-dyn`: the same with dynamic shapes (one graph for every batch and length, what a
+  server needs); `compiled-max`: per shape, mode max-autotune-no-cudagraphs.
 
 For each device, variant, clip length (1 s = 16,000 samples and one sample more) and batch:
 ms per forward and clips/s (`bench.core.timeit`: median after a warm-up), and the largest
@@ -26,6 +30,7 @@ import argparse
 import copy
 import json
 import platform
+import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,8 +41,12 @@ import model.s4d as s4d
 from bench.core import sync, timeit
 from model.config import ModelConfig
 from model.network import S4DNetwork
+from model.precision import matmul_precision
 
-VARIANTS = ("before", "fast", "direct", "pow2", "dim1", "kept")
+VARIANTS = ("before", "fast", "direct", "pow2", "dim1", "kept", "compiled", "compiled-dyn",
+            "compiled-max")
+COMPILE_OPTIONS = {"compiled": {"dynamic": False}, "compiled-dyn": {"dynamic": True},
+                   "compiled-max": {"dynamic": False, "mode": "max-autotune-no-cudagraphs"}}
 FAST_CONV = s4d.causal_conv
 FAST_FORWARD = s4d.S4D.forward
 FAST_BLOCK = s4d.kernel_block
@@ -98,6 +107,14 @@ def load(args, device: torch.device) -> tuple[S4DNetwork, S4DNetwork]:
     return net.eval(), copy.deepcopy(net).double().eval()
 
 
+def forward_of(name: str, net: S4DNetwork):
+    """The callable a variant times: the network's forward, or its compiled form."""
+    if name not in COMPILE_OPTIONS:
+        return net
+    torch._dynamo.reset()  # every compiled variant starts from an empty cache
+    return torch.compile(net.forward, **COMPILE_OPTIONS[name])
+
+
 def run(args) -> dict:
     device = torch.device(args.device)
     net, net64 = load(args, device)
@@ -107,26 +124,33 @@ def run(args) -> dict:
     for clip in args.clips:
         x = 0.1 * torch.randn(max(args.batches), clip, cfg.d_input, generator=gen).to(device)
         with torch.inference_mode():
-            ref = net64(x[:2].double())
+            ref = net64(x.double())
         steps = clip // cfg.patch_size
         for name in args.variants:
-            with variant(name), torch.inference_mode():
-                kernels = net.kernels(steps) if name == "kept" else None
-                out = net(x[:2], kernels=kernels).double()
-                err = float((out - ref).abs().max() / ref.abs().max())
+            with variant(name), torch.inference_mode(), matmul_precision(args.precision, device):
+                keep = name == "kept" or name in COMPILE_OPTIONS
+                kernels = net.kernels(steps) if keep else None
+                fn = forward_of(name, net)
                 for b in args.batches:
                     xb = x[:b]
-                    t = timeit(lambda xb=xb, ks=kernels: net(xb, kernels=ks), device,
+                    t0 = time.perf_counter()
+                    out = fn(xb, kernels=kernels).double()
+                    sync(device)
+                    first_s = time.perf_counter() - t0
+                    err = float((out - ref[:b]).abs().max() / ref[:b].abs().max())
+                    t = timeit(lambda xb=xb, ks=kernels, fn=fn: fn(xb, kernels=ks), device,
                                min_time=args.min_time)
                     rows.append({"variant": name, "clip": clip, "batch": b, "ms": t * 1e3,
                                  "clips_per_s": b / t, "rel_err_vs_f64": err,
-                                 "fft_length": {"before": 2 * clip, "pow2": 1 << (2 * clip - 2).bit_length()}
-                                 .get(name, s4d.fft_size(2 * clip - 1))})
+                                 "first_call_s": first_s,
+                                 "fft_length": {"before": 2 * steps, "pow2": 1 << (2 * steps - 2).bit_length(),
+                                                "compiled-dyn": 2 * steps}
+                                 .get(name, s4d.fft_size(2 * steps - 1))})
                     print(json.dumps(rows[-1]), flush=True)
     return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "device": torch.cuda.get_device_name(device) if device.type == "cuda"
             else f"CPU {platform.machine()}, {torch.get_num_threads()} threads",
-            "torch": torch.__version__, "checkpoint": str(args.checkpoint or "DESIGN network"),
+            "torch": torch.__version__, "precision": args.precision, "checkpoint": str(args.checkpoint or "DESIGN network"),
             "network": f"H={cfg.d_model} N={cfg.d_state} layers={cfg.n_layers} patch {cfg.patch_size}",
             "rows": rows}
 
@@ -146,20 +170,23 @@ def table(result: dict) -> str:
 
 
 def profile(args) -> None:
-    """torch.profiler's operator table for the model's path at the largest clip and batch."""
+    """torch.profiler's operator table of `--profile-variant` (default: the served path,
+    kept kernels) at the largest clip and batch."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
     device = torch.device(args.device)
     net = load(args, device)[0]
     x = torch.randn(max(args.batches), max(args.clips), net.cfg.d_input, device=device)
+    kernels = net.kernels(x.shape[1] // net.cfg.patch_size)
+    fn = forward_of(args.profile_variant, net)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with torch.inference_mode():
-        net(x)
+        fn(x, kernels=kernels)
         sync(device)
         with torch_profile(activities=activities) as prof:
             for _ in range(3):
-                net(x)
+                fn(x, kernels=kernels)
             sync(device)
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     print(prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=60))
@@ -168,14 +195,19 @@ def profile(args) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    ap.add_argument("--variants", nargs="+", choices=VARIANTS,
+                    default=[v for v in VARIANTS if v not in COMPILE_OPTIONS],
+                    help="default: every variant but the compiled ones (seconds of compiling each)")
     ap.add_argument("--clips", type=int, nargs="+", default=None)
     ap.add_argument("--batches", type=int, nargs="+", default=None)
     ap.add_argument("--min-time", type=float, default=0.5)
+    ap.add_argument("--precision", default="fp32", choices=("fp32", "tf32", "bf16"),
+                    help="matmul precision (model/precision.py), as `s4d serve --precision`")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--checkpoint", type=Path, default=None,
                     help="a checkpoint directory instead of the DESIGN network (H=128, N=64, 4 layers, patch 1)")
     ap.add_argument("--profile", action="store_true", help="also print torch.profiler's table")
+    ap.add_argument("--profile-variant", default="kept", choices=("kept", *COMPILE_OPTIONS))
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     args.clips = args.clips or ([200, 201] if args.smoke else [16000, 16001])

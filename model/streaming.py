@@ -160,21 +160,15 @@ class StreamingNetwork(nn.Module):
         dynamic, so one compilation serves every batch size (and CUDA graphs capture it as
         they capture the eager step); partial frames run the plain step. Same arithmetic up to
         float32 reassociation; compiling takes seconds (GPU) to a minute (CPU) on first use."""
-        import types
+        from .compiled import compile_method
 
         options.setdefault("fullgraph", True)
         options.setdefault("dynamic", None)  # static first, then dynamic batch on a new size
-        # Dynamo keys its cache, its recompile limit (8) and its "this dimension changed, make
-        # it dynamic" memory on the code object. Shared by every StreamingNetwork, the fifth
-        # shipped model compiled in one process hit the limit (measured), as did three
-        # precisions of one network, and each model's frame length and widths would turn
-        # symbolic for the next. A copy of the code per instance keeps each model's shapes its
-        # own: only the batch dimension, the one that changes within an instance, is dynamic.
-        plain = type(self)._forward
-        code = plain.__code__.replace()
-        own = types.FunctionType(code, plain.__globals__, plain.__name__, plain.__defaults__,
-                                 plain.__closure__)
-        self._compiled_forward = torch.compile(types.MethodType(own, self), **options)
+        # a code object of its own (model/compiled.py): shared by every StreamingNetwork, the
+        # fifth shipped model compiled in one process hit Dynamo's recompile limit, and each
+        # model's frame length and widths would turn symbolic for the next; so only the batch
+        # dimension, the one that changes within an instance, is dynamic.
+        self._compiled_forward = compile_method(self, "_forward", **options)
         return self
 
     def uncompile(self) -> StreamingNetwork:

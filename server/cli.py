@@ -73,13 +73,13 @@ def run(args: argparse.Namespace) -> int:
 
 def export_backend_settings(settings) -> None:
     """Backends read their own knobs through Settings() (S4D_ONNX_*, S4D_PRECISION,
-    S4D_COMPILE_STEP, S4D_FUSED_CORE, and the REST lengths that size the kept batch kernels);
+    S4D_COMPILE_STEP, S4D_COMPILE_BATCH, S4D_FUSED_CORE, and the REST lengths that size the kept batch kernels);
     a flag given on the command line must reach them, and the engine processes that inherit
     this environment."""
     import os
 
     for field in ("onnx_threads", "onnx_cache", "precision", "onnx_device_state", "compile_step",
-                  "fused_core", "predict_chunk_samples", "max_sequence_samples"):
+                  "compile_batch", "fused_core", "predict_chunk_samples", "max_sequence_samples"):
         value = getattr(settings, field)
         if value is not None:
             os.environ[f"S4D_{field.upper()}"] = str(value)

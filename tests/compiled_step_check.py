@@ -5,6 +5,7 @@ onnxscript in later tests of the same pytest process.
 
     python tests/compiled_step_check.py chunking FRAME BLOCK PATCH
     python tests/compiled_step_check.py backend CHECKPOINT_DIR
+    python tests/compiled_step_check.py batch CHECKPOINT_DIR...   (`--compile-batch`)
 Exits 0 when every check holds; prints what differed otherwise."""
 
 from __future__ import annotations
@@ -79,9 +80,57 @@ def check_backend(checkpoint_dir: str) -> list[str]:
     return bad
 
 
+def check_batch(checkpoint_dir: str) -> list[str]:
+    """`--compile-batch`: REST forwards (`predict`, `predict_frames`) of the compiled backend
+    equal the plain backend's and the float64 forward for batch 1 and mixed batches, odd
+    lengths (padded to smooth step counts inside), lengths that are no whole number of
+    patches, and lengths past the kept kernels (served by the plain forward)."""
+    from model.checkpoint import load_checkpoint
+    from server.backends.torch_backend import TorchBackend
+
+    os.environ["S4D_PREDICT_CHUNK_SAMPLES"] = "256"  # kept kernels: 256 samples / patch
+    os.environ["S4D_COMPILE_BATCH"] = "true"
+    fused = TorchBackend.load(checkpoint_dir, "cpu")
+    os.environ["S4D_COMPILE_BATCH"] = "false"
+    plain = TorchBackend.load(checkpoint_dir, "cpu")
+    net64 = load_checkpoint(checkpoint_dir, dtype=torch.float64)[0].eval()
+    bad = []
+    if fused.metadata.extra["compiled_batch"] is not True or fused.compiled_features is None:
+        bad.append(f"compiled_batch of the compiled backend: {fused.metadata.extra}")
+    if plain.metadata.extra["compiled_batch"] is not False:
+        bad.append(f"compiled_batch of the plain backend: {plain.metadata.extra}")
+    rng = np.random.default_rng(2)
+    channels = fused.metadata.input_channels
+    for lengths in ([97], [200, 131, 64], [255, 7, 180, 33], [400, 300]):
+        batch = rng.standard_normal((len(lengths), max(lengths), channels)).astype(np.float32)
+        for row, n in zip(batch, lengths, strict=True):
+            row[n:] = 0
+        lens = np.array(lengths)
+        got, want = fused.predict(batch, lens), plain.predict(batch, lens)
+        with torch.inference_mode():
+            ref = net64(torch.from_numpy(batch).double(), torch.from_numpy(lens)).numpy()
+        if got.shape != want.shape:
+            bad.append(f"lengths {lengths}: shape {got.shape} vs {want.shape}")
+            continue
+        scale = np.abs(ref).max()
+        for what, other in (("plain", want), ("float64", ref)):
+            diff = np.abs(got - other).max() / scale
+            if not diff <= 1e-5:
+                bad.append(f"lengths {lengths}: predict vs {what} {diff:.1e}")
+        frames_got = fused.predict_frames(batch, lens)
+        frames_want = plain.predict_frames(batch, lens)
+        for i, (g, w) in enumerate(zip(frames_got, frames_want, strict=True)):
+            if g.shape != w.shape or not np.abs(g - w).max() <= 1e-5 * max(1.0, np.abs(w).max()):
+                bad.append(f"lengths {lengths}: predict_frames row {i} differs")
+    return bad
+
+
 if __name__ == "__main__":
     what, *args = sys.argv[1:]
-    problems = (check_chunking(*map(int, args)) if what == "chunking"
-                else check_backend(args[0]))
+    if what == "batch":
+        problems = [f"{path}: {p}" for path in args for p in check_batch(path)]
+    else:
+        problems = (check_chunking(*map(int, args)) if what == "chunking"
+                    else check_backend(args[0]))
     print("\n".join(problems) or "ok")
     sys.exit(1 if problems else 0)

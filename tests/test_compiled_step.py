@@ -1,6 +1,7 @@
 """The streaming step through torch.compile (`StreamingNetwork.compile()`, `--compile-step`):
 the same numbers as the plain step for any chunking (float64 reference), and a server whose
-compiler fails serves the plain step instead of failing to load. The compiling checks run in a
+compiler fails serves the plain step instead of failing to load. The same for the REST
+forwards (`S4DNetwork.compiled_features`, `--compile-batch`). The compiling checks run in a
 process of their own (tests/compiled_step_check.py says why)."""
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from model.network import S4DNetwork
 from model.streaming import StreamingNetwork
 from server.backends.torch_backend import TorchBackend
 
@@ -44,6 +47,30 @@ def test_compiled_step_equals_plain_and_float64_for_any_chunking(frame, block, p
 @needs_compiler
 def test_server_backend_compiles_the_step(checkpoint_dir):
     run_check("backend", str(checkpoint_dir / "tiny"))
+
+
+@needs_compiler
+def test_compiled_batch_forward_equals_plain_and_float64(checkpoint_dir):
+    """`--compile-batch`: patches of 2 samples, 2 channels and last pooling (tiny2),
+    per-step outputs (tinynone), ema pooling and events' per-prefix logits (tinyema)."""
+    run_check("batch", *(str(checkpoint_dir / m) for m in ("tiny2", "tinynone", "tinyema")))
+
+
+def test_a_failing_batch_compiler_leaves_the_plain_forward(monkeypatch, checkpoint_dir, caplog):
+    def no_compiler(self, **options):
+        raise RuntimeError("no working C++ compiler")
+
+    monkeypatch.setenv("S4D_COMPILE_BATCH", "true")
+    monkeypatch.setattr(S4DNetwork, "compiled_features", no_compiler)
+    backend = TorchBackend.load(checkpoint_dir / "tiny", "cpu")
+    assert backend.metadata.extra["compiled_batch"] is False
+    assert backend.compiled_features is None
+    assert "serving it uncompiled" in caplog.text
+    x = np.random.default_rng(0).standard_normal((2, 100, 1)).astype(np.float32)
+    got = backend.predict(x, np.array([100, 60]))
+    with torch.inference_mode():
+        want = backend.network(torch.from_numpy(x), torch.tensor([100, 60])).numpy()
+    assert np.allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_a_failing_compiler_leaves_the_plain_step(monkeypatch, checkpoint_dir, caplog):

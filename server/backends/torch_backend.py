@@ -5,7 +5,8 @@ autograd every frame would be chained into one ever-growing graph.
 
 Precision (`S4D_PRECISION`, `--precision`): fp32 (default, exact) | tf32 | bf16 for both
 paths (model/precision.py); the streaming state is float32 in every mode. `--compile-step`
-fuses the streaming step with torch.compile before the CUDA graphs capture it.
+fuses the streaming step with torch.compile before the CUDA graphs capture it; `--compile-batch`
+fuses the REST forwards (`S4DNetwork.compiled_features`).
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from model.precision import matmul_precision
+from model.s4d import fft_size
 from server.backends.base import Backend, BackendError, ModelMetadata, State, register_backend
 from server.slab import TorchSlabStorage
 
@@ -90,6 +93,34 @@ def compile_streaming(streaming, name: str) -> bool:
     return True
 
 
+def compile_batch(backend, name: str) -> bool:
+    """`S4DNetwork.compiled_features` for the REST forwards, run at load at batch 1 and 2
+    (batch 1 compiles apart) and checked against the plain forward: a compiler failure or a
+    wrong kernel shows here, and the plain forward serves."""
+    t0 = time.perf_counter()
+    gen = torch.Generator().manual_seed(0)
+    net, patch = backend.network, backend.metadata.patch_size
+    kept = backend.kernels[0].shape[-1]
+    try:
+        with torch.inference_mode(), matmul_precision(backend.precision, backend.device):
+            backend.compiled_features = net.compiled_features()
+            for batch, steps in ((1, min(kept, 30)), (2, min(kept, 48))):
+                x = torch.randn((batch, steps * patch, net.cfg.d_input),
+                                generator=gen).to(backend.device) * 0.1
+                n = torch.full((batch,), steps * patch, dtype=torch.long, device=backend.device)
+                got = net.head(backend.batch_features(x, n), n)
+                want = net(x, n, kernels=backend.kernels)
+                diff = rel_diff(got, want)
+                if not diff <= COMPILED_TOLERANCE[backend.precision]:
+                    raise ValueError(f"compiled forward differs from the plain one by {diff:.1e}")
+    except Exception:  # noqa: BLE001 - no compiler, an unsupported op: serve uncompiled
+        log.exception("model %s: compiling the batch forward failed; serving it uncompiled", name)
+        backend.compiled_features = None
+        return False
+    log.info("model %s: batch forward compiled in %.1f s", name, time.perf_counter() - t0)
+    return True
+
+
 #: longest batch kernel kept per model (steps); longer forwards compute theirs
 MAX_KERNEL_STEPS = 1 << 16
 
@@ -107,6 +138,9 @@ class TorchBackend(Backend):
 
     #: the S4D kernels of the REST forwards, computed once at load (`S4DNetwork.kernels`)
     kernels: list | None = None
+
+    #: `S4DNetwork.compiled_features` when `--compile-batch` compiled it at load
+    compiled_features = None
 
     #: capture CUDA graphs of the streaming step (set False to compare with eager steps)
     cuda_graphs = True
@@ -165,14 +199,30 @@ class TorchBackend(Backend):
         )
         backend = cls(network, streaming, config, meta, dev, precision)
         backend.kernels = network.kernels(batch_kernel_steps(settings, meta.patch_size))
+        if settings.compile_batch:
+            compile_batch(backend, name or checkpoint_dir.name)
+        meta.extra["compiled_batch"] = backend.compiled_features is not None
         return backend
+
+    def batch_features(self, x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        """Per-step features of a REST batch (`S4DNetwork.features` with the kept kernels):
+        compiled where they serve its length, with the steps zero-padded to a smooth count
+        (the compiled graph's FFT is 2L long; causal, so padding at the end changes no real
+        step) and cut back; else the plain forward."""
+        patch = self.metadata.patch_size
+        steps = x.shape[1] // patch
+        padded = fft_size(steps) if steps > 1 else 0
+        if self.compiled_features is None or not 0 < padded <= self.kernels[0].shape[-1]:
+            return self.network.features(x, n, kernels=self.kernels)
+        x = F.pad(x[:, : steps * patch], (0, 0, 0, (padded - steps) * patch))
+        return self.compiled_features(x, n, kernels=self.kernels)[:, :steps]
 
     def predict(self, batch: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
             n = torch.from_numpy(np.asarray(lengths, dtype=np.int64)).to(self.device)
             with matmul_precision(self.precision, self.device):
-                logits = self.network(x, n, kernels=self.kernels)
+                logits = self.network.head(self.batch_features(x, n), n)
             return logits.float().cpu().numpy()
 
     def predict_frames(self, batch: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
@@ -184,7 +234,9 @@ class TorchBackend(Backend):
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
             n = torch.from_numpy(np.asarray(lengths, dtype=np.int64)).to(self.device)
-            steps = self.network.prefix_logits(x, n, kernels=self.kernels).float().cpu().numpy()
+            with matmul_precision(self.precision, self.device):  # as the stream's steps
+                steps = self.network.prefix_head(self.batch_features(x, n))
+            steps = steps.float().cpu().numpy()
         out = []
         for row, length in zip(steps, lengths, strict=True):
             idx = [e // p - 1 for e in frame_ends(int(length), t, p)]
