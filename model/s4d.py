@@ -146,10 +146,12 @@ def kernel_block(length: int, device_type: str = "cpu") -> int | None:
 
 def causal_conv(u: torch.Tensor, k: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """y[t] = sum_{s<=t} k[t-s] u[s] along `dim` (k's last dim) by FFT of a length >= 2L - 1
-    (no wrap-around). A traced length (torch.export's symbolic sizes) keeps 2L."""
+    (no wrap-around). Traced (torch.compile, torch.export) it keeps 2L: Dynamo passes a
+    symbolic length as an int, and `fft_size` would pin the graph to that one length."""
     dim %= u.ndim
     length = u.shape[dim]
-    n = fft_size(2 * length - 1) if isinstance(length, int) else 2 * length
+    traced = not isinstance(length, int) or torch.compiler.is_compiling()
+    n = 2 * length if traced else fft_size(2 * length - 1)
     k_f = torch.fft.rfft(k, n=n)
     k_f = k_f.reshape(*k_f.shape, *[1] * (u.ndim - 1 - dim))  # frequencies along `dim`
     y = torch.fft.irfft(torch.fft.rfft(u, n=n, dim=dim) * k_f, n=n, dim=dim)

@@ -85,14 +85,18 @@ def check_batch(checkpoint_dir: str) -> list[str]:
     equal the plain backend's and the float64 forward for batch 1 and mixed batches, odd
     lengths (padded to smooth step counts inside), lengths that are no whole number of
     patches, and lengths past the kept kernels (served by the plain forward)."""
+    from torch._dynamo.utils import counters
+
     from model.checkpoint import load_checkpoint
     from server.backends.torch_backend import TorchBackend
 
+    device = os.environ.get("S4D_CHECK_DEVICE", "cpu")  # cuda: the same checks on a GPU
     os.environ["S4D_PREDICT_CHUNK_SAMPLES"] = "256"  # kept kernels: 256 samples / patch
     os.environ["S4D_COMPILE_BATCH"] = "true"
-    fused = TorchBackend.load(checkpoint_dir, "cpu")
+    fused = TorchBackend.load(checkpoint_dir, device)
+    graphs_at_load = counters["stats"]["unique_graphs"]
     os.environ["S4D_COMPILE_BATCH"] = "false"
-    plain = TorchBackend.load(checkpoint_dir, "cpu")
+    plain = TorchBackend.load(checkpoint_dir, device)
     net64 = load_checkpoint(checkpoint_dir, dtype=torch.float64)[0].eval()
     bad = []
     if fused.metadata.extra["compiled_batch"] is not True or fused.compiled_features is None:
@@ -122,6 +126,11 @@ def check_batch(checkpoint_dir: str) -> list[str]:
         for i, (g, w) in enumerate(zip(frames_got, frames_want, strict=True)):
             if g.shape != w.shape or not np.abs(g - w).max() <= 1e-5 * max(1.0, np.abs(w).max()):
                 bad.append(f"lengths {lengths}: predict_frames row {i} differs")
+    # the warm-up at load compiled every graph: a new length or batch must not recompile (a
+    # length pinned in the graph made every first request of a new length compile for 9 s)
+    if counters["stats"]["unique_graphs"] != graphs_at_load:
+        bad.append(f"requests compiled {counters['stats']['unique_graphs'] - graphs_at_load} "
+                   "more graphs after load")
     return bad
 
 

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from model.precision import matmul_precision
 from model.s4d import fft_size
@@ -93,18 +92,36 @@ def compile_streaming(streaming, name: str) -> bool:
     return True
 
 
+#: REST steps padded to a multiple of this for the compiled forward: Triton specialises a
+#: kernel on whether each size argument divides by 16 and compiles a variant on first use (a
+#: first request of a new length took seconds on an H200); whole multiples keep one variant
+COMPILED_STEP_MULTIPLE = 16
+
+
+def compiled_steps(steps: int) -> int:
+    """The padded step count the compiled forward runs: a multiple of 16 whose 2x is a
+    smooth FFT length (the symbolic graph's FFT is 2L, `causal_conv`)."""
+    m = COMPILED_STEP_MULTIPLE
+    return m * fft_size(-(-steps // m))
+
+
 def compile_batch(backend, name: str) -> bool:
-    """`S4DNetwork.compiled_features` for the REST forwards, run at load at batch 1 and 2
-    (batch 1 compiles apart) and checked against the plain forward: a compiler failure or a
-    wrong kernel shows here, and the plain forward serves."""
+    """`S4DNetwork.compiled_features` for the REST forwards, run at load and checked against
+    the plain forward: a compiler failure or a wrong kernel shows here, and the plain forward
+    serves. Batch 1 (a graph apart: size-1 specialisation), 2 and 16 (a dynamic batch that
+    does and does not divide by 16) compile every kernel variant a request can need."""
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(0)
     net, patch = backend.network, backend.metadata.patch_size
     kept = backend.kernels[0].shape[-1]
+    if kept < 2 * COMPILED_STEP_MULTIPLE:
+        log.info("model %s: batch forward not compiled: kept kernels of %d steps", name, kept)
+        return False
     try:
         with torch.inference_mode(), matmul_precision(backend.precision, backend.device):
             backend.compiled_features = net.compiled_features()
-            for batch, steps in ((1, min(kept, 30)), (2, min(kept, 48))):
+            for batch in (1, 2, 16):
+                steps = COMPILED_STEP_MULTIPLE + 1  # padded to 32
                 x = torch.randn((batch, steps * patch, net.cfg.d_input),
                                 generator=gen).to(backend.device) * 0.1
                 n = torch.full((batch,), steps * patch, dtype=torch.long, device=backend.device)
@@ -198,7 +215,12 @@ class TorchBackend(Backend):
                    "fused_core": bool(streaming is not None and streaming.fused_core)},
         )
         backend = cls(network, streaming, config, meta, dev, precision)
-        backend.kernels = network.kernels(batch_kernel_steps(settings, meta.patch_size))
+        kept = batch_kernel_steps(settings, meta.patch_size)
+        # compiled: the longest one-FFT sequence padded as the compiled forward pads it, and
+        # one step more: a graph traced with kernels longer than its input is guarded on it,
+        # and one of exactly the kernels' length would compile again
+        backend.kernels = network.kernels(
+            compiled_steps(kept) + 1 if settings.compile_batch else kept)
         if settings.compile_batch:
             compile_batch(backend, name or checkpoint_dir.name)
         meta.extra["compiled_batch"] = backend.compiled_features is not None
@@ -206,16 +228,19 @@ class TorchBackend(Backend):
 
     def batch_features(self, x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
         """Per-step features of a REST batch (`S4DNetwork.features` with the kept kernels):
-        compiled where they serve its length, with the steps zero-padded to a smooth count
-        (the compiled graph's FFT is 2L long; causal, so padding at the end changes no real
-        step) and cut back; else the plain forward."""
+        compiled where they serve its length, the steps zero-padded (`compiled_steps`;
+        causal, so padding at the end changes no real step) and cut back; else the plain
+        forward."""
         patch = self.metadata.patch_size
         steps = x.shape[1] // patch
-        padded = fft_size(steps) if steps > 1 else 0
-        if self.compiled_features is None or not 0 < padded <= self.kernels[0].shape[-1]:
+        padded = compiled_steps(steps) if steps > 1 else 0
+        if self.compiled_features is None or not 0 < padded < self.kernels[0].shape[-1]:
             return self.network.features(x, n, kernels=self.kernels)
-        x = F.pad(x[:, : steps * patch], (0, 0, 0, (padded - steps) * patch))
-        return self.compiled_features(x, n, kernels=self.kernels)[:, :steps]
+        # a fresh tensor: the graph is guarded on the input's strides too, and a view (batch
+        # 1's leading stride can be anything) would compile a graph of its own
+        padded_x = x.new_zeros((x.shape[0], padded * patch, x.shape[2]))
+        padded_x[:, : steps * patch] = x[:, : steps * patch]
+        return self.compiled_features(padded_x, n, kernels=self.kernels)[:, :steps]
 
     def predict(self, batch: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
