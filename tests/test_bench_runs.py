@@ -63,3 +63,14 @@ def test_batch_fft_bench_runs_every_variant_within_float32():
     rows = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
     assert {row["variant"] for row in rows} == {"before", "fast", "direct", "pow2", "dim1", "kept"}
     assert all(row["rel_err_vs_f64"] < 5e-5 for row in rows)
+
+
+def test_rest_load_bench_reports_a_real_server():
+    """bench/rest_load.py against a one-process server: every answer a 200, numbers reported."""
+    r = subprocess.run([sys.executable, "-m", "bench.rest_load", "--workers", "0", "--connections",
+                        "4", "--procs", "1", "--seconds", "1"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=180, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr[-800:]
+    row = json.loads(r.stdout.strip().splitlines()[-1])
+    assert row["workers"] == 0 and row["non_200"] == 0
+    assert row["requests_per_s"] > 0 and row["p50_ms"] <= row["p99_ms"]
