@@ -7,10 +7,18 @@ registration too, and the engine's unlink then crashed the tracker with KeyError
 shutdown, while a killed engine's rings stayed in /dev/shm. So the tracker never holds a ring:
 the engine unlinks its rings when it stops (`remove`), and the supervisor removes those of an
 engine that died (`remove_engine_segments`).
+
+Front-ends map a ring from /dev/shm without SharedMemory, and `remove` unlinks it there: before
+Python 3.13 attaching registers the name (and unregistering it again was the fix above), and
+the tracker keeps a set of names, not a count, so two front-ends attaching at once (register,
+register, unregister, unregister) still made it raise KeyError (seen at 8 workers on a GPU
+host). Where there is no /dev/shm, SharedMemory as before.
 """
 
 from __future__ import annotations
 
+import mmap
+import os
 from multiprocessing import resource_tracker, shared_memory
 from pathlib import Path
 
@@ -38,14 +46,31 @@ def create(name: str, shape: tuple[int, ...]) -> tuple[shared_memory.SharedMemor
     return seg, data
 
 
-def attach(name: str, shape: tuple[int, ...]) -> tuple[shared_memory.SharedMemory, np.ndarray]:
-    """Another process's segment as a float32 array (untracked: its owner unlinks it)."""
-    seg = shared_memory.SharedMemory(name=name, create=False)
-    _untrack(seg)
-    return seg, np.ndarray(shape, np.float32, buffer=seg.buf)
+SHM_DIR = Path("/dev/shm")  # POSIX shared memory segments, on Linux
+
+
+def attach(name: str, shape: tuple[int, ...]):
+    """Another process's segment as a float32 array, never told to the resource tracker (its
+    owner unlinks it): (the mapping to keep alive, the array)."""
+    if not SHM_DIR.is_dir():
+        seg = shared_memory.SharedMemory(name=name, create=False)
+        _untrack(seg)
+        return seg, np.ndarray(shape, np.float32, buffer=seg.buf)
+    fd = os.open(SHM_DIR / name, os.O_RDWR)
+    try:
+        mapping = mmap.mmap(fd, 0)
+    finally:
+        os.close(fd)
+    return mapping, np.ndarray(shape, np.float32, buffer=mapping)
 
 
 def remove(name: str) -> None:
+    if SHM_DIR.is_dir():
+        try:
+            os.unlink(SHM_DIR / name)
+        except FileNotFoundError:
+            pass
+        return
     try:
         seg = shared_memory.SharedMemory(name=name, create=False)
     except FileNotFoundError:
