@@ -121,7 +121,10 @@ def _is_pathlike(x: Any) -> bool:
 
 def _error_from_response(resp: httpx.Response) -> S4DError:
     code, message = _parse_http_error(resp.content, resp.status_code)
-    return S4DError(code, message, resp.status_code)
+    rid = resp.headers.get("x-request-id")
+    if rid is not None and not (0 < len(rid) <= 128 and rid.isascii() and rid.isprintable()):
+        rid = None  # not the server's token: never echo what could garble a log line
+    return S4DError(code, message, resp.status_code, rid)
 
 
 def _is_int(v: Any) -> bool:

@@ -21,6 +21,7 @@ from server.frontend.client import EngineClient, EnginePool
 from server.frontend.links import InprocLink, ZmqLink
 from server.gc_pauses import freeze_startup_objects
 from server.metrics import Metrics
+from server.request_id import RequestIdMiddleware, error_body
 from server.routes import openapi
 from server.settings import Settings
 from server.state import ServerState
@@ -155,22 +156,27 @@ def create_app(settings: Settings | None = None, *, engine_endpoints: list[str] 
     async def _http_error(request: Request, exc: StarletteHTTPException):
         code = _HTTP_CODES.get(exc.status_code, "bad_request" if exc.status_code < 500 else "internal")
         metrics.error(code)
-        return JSONResponse({"error": {"code": code, "message": str(exc.detail)}},
+        return JSONResponse(error_body(code, str(exc.detail)),
                             status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):
         metrics.error("bad_request")
         errs = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}" for e in exc.errors())
-        return JSONResponse({"error": {"code": "bad_request", "message": errs or "invalid request"}},
-                            status_code=400)
+        return JSONResponse(error_body("bad_request", errs or "invalid request"), status_code=400)
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception):
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        # Starlette answers this outside every middleware: the id comes from the scope
+        rid = request.scope.get("s4d.request_id")
+        log.exception("unhandled error on %s %s (request %s)", request.method, request.url.path,
+                      rid)
         metrics.error("internal")
-        return JSONResponse({"error": {"code": "internal", "message": type(exc).__name__}},
-                            status_code=500)
+        body = error_body("internal", type(exc).__name__)
+        if rid is not None:
+            body["error"]["request_id"] = rid
+        return JSONResponse(body, status_code=500,
+                            headers={"x-request-id": rid} if rid is not None else None)
 
     app.include_router(rest.router)
     oip_v2.install(app)  # /v2 routes, OIP error bodies on /v2 paths
@@ -190,5 +196,6 @@ def create_app(settings: Settings | None = None, *, engine_endpoints: list[str] 
     openapi.customize(app, rest.BODY_MODELS)
     app.add_middleware(limits.BodyBudgetMiddleware, budget=lambda: limits.app_limits(app).bodies)
     app.add_middleware(LatencyMiddleware, metrics=metrics)
-    auth.install(app, settings, metrics)  # API keys, Origin, CORS, trusted hosts (outermost)
+    auth.install(app, settings, metrics)  # API keys, Origin, CORS, trusted hosts
+    app.add_middleware(RequestIdMiddleware)  # outermost: every answer carries the id
     return app

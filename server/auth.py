@@ -27,6 +27,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from server.errors import WS_CLOSE_CODES
+from server.request_id import error_body
 
 log = logging.getLogger("s4d.auth")
 
@@ -280,7 +281,7 @@ def _presented_key(scope) -> tuple[str | None, bool]:
 
 
 async def _http_error(send, status: int, code: str, message: str, headers=()) -> None:
-    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    body = json.dumps(error_body(code, message)).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode()), *headers]})
@@ -334,7 +335,8 @@ def install(app, settings, metrics) -> None:
     if settings.allowed_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins,
                            allow_methods=["GET", "POST"],
-                           allow_headers=["authorization", "content-type"], max_age=600)
+                           allow_headers=["authorization", "content-type", "x-request-id"],
+                           expose_headers=["x-request-id"], max_age=600)
     hosts = settings.resolve_allowed_hosts()
     if hosts != ["*"]:
         app.add_middleware(TrustedHosts, allowed_hosts=hosts, metrics=metrics)

@@ -67,7 +67,7 @@ class StreamError(Exception):
 
 
 class ApiError(Exception):
-    """An HTTP error answered as `{"error": {"code", "message"}}`."""
+    """An HTTP error answered as `{"error": {"code", "message", "request_id"}}`."""
 
     def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
         message = safe_message(message)
@@ -78,4 +78,6 @@ class ApiError(Exception):
         self.headers = headers
 
     def to_body(self) -> dict:
-        return {"error": {"code": self.code, "message": self.message}}
+        from server.request_id import error_body
+
+        return error_body(self.code, self.message)

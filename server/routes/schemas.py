@@ -26,10 +26,12 @@ from pydantic.json_schema import WithJsonSchema
 class ErrorDetail(BaseModel):
     code: str = Field(description="a PROTOCOL.md error code, e.g. bad_input, unknown_model")
     message: str
+    request_id: str | None = Field(
+        None, description="the request's X-Request-ID (the client's, or one the server made)")
 
 
 class ErrorBody(BaseModel):
-    """Every /v1 error: `{"error": {"code", "message"}}`."""
+    """Every /v1 error: `{"error": {"code", "message", "request_id"}}`."""
 
     error: ErrorDetail
 
