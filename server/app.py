@@ -36,14 +36,6 @@ _HTTP_CODES = {
 }
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
-    logging.getLogger("s4d").setLevel(level.upper())
-
-
 class LatencyMiddleware:
     """Pure ASGI (WebSockets pass through untouched): request latency per route template."""
 

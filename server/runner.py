@@ -5,8 +5,9 @@ from __future__ import annotations
 import uvicorn
 
 from server import logredact
-from server.app import configure_logging, create_app, drain
+from server.app import create_app, drain
 from server.limits import uvicorn_options
+from server.logs import configure_logging, uvicorn_log_config
 from server.settings import Settings
 from server.ws_direct import uvicorn_ws_option
 
@@ -35,6 +36,7 @@ def build_server(settings: Settings, *, engine_endpoints: list[str] | None = Non
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        log_config=uvicorn_log_config(settings.log_format),
         ws_max_size=max(4 * settings.max_frame_bytes, 1 << 22),
         timeout_graceful_shutdown=int(settings.graceful_timeout_s) + 1,
         lifespan="on",
@@ -58,7 +60,7 @@ def raise_open_files_limit() -> None:
 
 
 def serve(settings: Settings) -> int:
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     raise_open_files_limit()  # children inherit it
     if settings.workers > 0:
         from server.supervisor import supervise

@@ -202,6 +202,9 @@ class Settings(BaseSettings):
     warmup: bool = Field(True, description="run a warm-up forward at load")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="debug | info | warning | error")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text lines | json: one JSON object per line (time, level, "
+        "logger, process, message, request_id of the HTTP request it belongs to, exc)")
     graceful_timeout_s: float = Field(10.0, ge=0, description="seconds to finish streams on shutdown")
 
     @field_validator("models")

@@ -57,13 +57,13 @@ def frontend_main(settings_json: str, index: int, endpoints: list[str],
     """Entry point of a front-end process: uvicorn on its port, no model state. With
     `reuse_port` it opens its own SO_REUSEPORT socket (the kernel spreads connections evenly
     over the front-ends); otherwise it accepts from the supervisor's shared socket."""
-    from server.app import configure_logging
     from server.engine.process import set_process_name
     from server.frontend.client import frontend_identity
+    from server.logs import configure_logging
     from server.runner import build_server
 
     settings = Settings.model_validate_json(settings_json)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     set_process_name(f"s4d-frontend-{index}")
     if sock is None:
         sock = listen_socket(settings.host, settings.port, reuse_port=True)

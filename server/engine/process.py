@@ -84,10 +84,10 @@ def set_process_name(name: str) -> None:
 def engine_main(settings_json: str, endpoint: str, device: str | None = None,
                 index: int = 0) -> None:
     """Entry point of the engine process (spawned: no torch state inherited)."""
-    from server.app import configure_logging
+    from server.logs import configure_logging
 
     settings = Settings.model_validate_json(settings_json)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     set_process_name(f"s4d-engine-{index}")
     main = serve_engine(settings, endpoint, device, index)
     try:  # uvicorn[standard] brings uvloop and the front-ends run on it; the engine's loop
