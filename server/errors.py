@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from server.request_id import error_body
+
 #: WebSocket error code -> close code (PROTOCOL.md table)
 WS_CLOSE_CODES: dict[str, int] = {
     "bad_json": 1003,
@@ -78,6 +80,4 @@ class ApiError(Exception):
         self.headers = headers
 
     def to_body(self) -> dict:
-        from server.request_id import error_body
-
         return error_body(self.code, self.message)
