@@ -195,8 +195,9 @@ class S4DNetwork(nn.Module):
         GELU / GLU and residuals around the FFTs and GEMMs: 1.4x at batch 64 on an H200,
         bench/RESULTS.md), with dynamic shapes by default: one graph serves every batch and
         length (sizes 1 compile apart). Under symbolic lengths the FFT is 2L long
-        (`causal_conv`), so callers pad the steps to `fft_size(steps)` to keep 2L smooth.
-        Same arithmetic up to float32 reassociation."""
+        (`causal_conv`), so callers pad the steps to a smooth count (the torch backend: a
+        multiple of 16 with a smooth double, `compiled_steps`). Same arithmetic up to float32
+        reassociation."""
         from .compiled import compile_method
 
         options.setdefault("dynamic", True)
