@@ -7,6 +7,7 @@ one column per channel) and the file's sample rate, or None where the format has
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 from pathlib import Path
@@ -56,9 +57,16 @@ def read_file(path: str | os.PathLike) -> tuple[np.ndarray, int | None]:
 
 
 def read_wav(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """Any format soundfile reads. A missing file is FileNotFoundError, one that is not audio
+    ValueError (both name the file), never soundfile's own error."""
     import soundfile as sf
 
-    data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    if not Path(path).is_file():
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except sf.SoundFileError as exc:
+        raise ValueError(f"{path}: not a readable audio file ({exc})") from None
     return np.ascontiguousarray(data, dtype=np.float32), int(rate)
 
 

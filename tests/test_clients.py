@@ -49,6 +49,18 @@ def test_read_wav(tmp_path):
     assert detect_format(p) == "wav"
 
 
+def test_read_wav_missing_or_not_audio(tmp_path):
+    """soundfile's own error (a RuntimeError) never escapes: `s4d stream` / `predict --scale`
+    caught only OSError / ValueError and printed a traceback for a missing or broken WAV."""
+    pytest.importorskip("soundfile")
+    with pytest.raises(FileNotFoundError, match="missing.wav"):
+        read_file(tmp_path / "missing.wav")
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFFjunkjunk")
+    with pytest.raises(ValueError, match="bad.wav: not a readable audio file"):
+        read_file(bad)
+
+
 def test_read_csv_with_and_without_header(tmp_path):
     x = np.arange(12, dtype=np.float32).reshape(6, 2) / 7
     p1 = tmp_path / "h.csv"
