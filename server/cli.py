@@ -27,7 +27,19 @@ def _add_setting(p: argparse.ArgumentParser, field: str, info) -> None:
     choices = list(get_args(info.annotation)) if get_origin(info.annotation) is Literal else None
     metavar = field.upper().removesuffix("_S")
     p.add_argument(*flag_names(field), dest=field, default=None, metavar=metavar,
-                   choices=choices, help=f"{help_} [env {env}]")
+                   choices=choices, help=f"{help_}{_default_note(info)} [env {env}]")
+
+
+def _default_note(info) -> str:
+    """' (default 8000)' for a setting with a plain default its description does not give
+    (None, empty lists and paths are described in words where they matter)."""
+    from pathlib import Path
+
+    d = info.get_default(call_default_factory=True)
+    text = info.description or ""
+    if d is None or isinstance(d, (list, tuple, dict, Path)) or "default:" in text or "(default" in text:
+        return ""
+    return f" (default {d})".replace("%", "%%")
 
 
 def register(subparsers) -> argparse.ArgumentParser:

@@ -181,7 +181,9 @@ class Settings(BaseSettings):
         False, description="fuse the torch backend's REST forwards (/predict, OIP batch "
         "infer, events on whole recordings) with torch.compile (Inductor, dynamic shapes): "
         "1.4x at batch 64 on an H200 (bench/RESULTS.md), start-up longer by 10-30 s per "
-        "model; a CPU needs a C++ compiler; if compiling fails the plain forward serves")
+        "model; a CPU needs a C++ compiler, and there it is faster for some shapes and slower for "
+        "others (bench/RESULTS.md): leave it off on a CPU; if compiling fails the plain forward "
+        "serves")
     fused_core: bool = Field(
         True, description="on CUDA in fp32, run the S4D core of frames of one block (<= 16 "
         "steps: the keyword models) as one Triton kernel per layer (model/fused_core.py; "

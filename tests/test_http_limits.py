@@ -117,6 +117,21 @@ def test_serve_flags_are_generated_from_settings(monkeypatch, tmp_path):
         parser.parse_args(["serve", "--device", "tpu"])
 
 
+def test_serve_help_gives_defaults(capsys):
+    """`s4d serve --help` gave the defaults of the boolean flags only: --port, --max-sessions
+    and the rest said nothing of theirs."""
+    import s4d_cli
+
+    with pytest.raises(SystemExit):
+        s4d_cli.build_parser("serve").parse_args(["serve", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for piece in ("TCP port (default 8000)", "bind address (default 127.0.0.1)",
+                  "state slots per model (default 256)", "(default fp32)",
+                  "leave it off on a CPU"):
+        assert piece in text, piece
+    assert "PydanticUndefined" not in text and "(default None)" not in text
+
+
 def test_onnx_settings_read_through_settings(monkeypatch, tmp_path):
     from server.backends.onnx_backend import cache_root
 
