@@ -50,7 +50,10 @@ def register(subparsers: Any) -> None:
         default=None,
         help="samples between results (default: the model's frame size; 0: final only)",
     )
-    s.add_argument("--encoding", choices=["pcm_s16le", "f32le"], default=None)
+    s.add_argument("--encoding", choices=["pcm_s16le", "f32le"], default=None,
+                   help="wire encoding (default: pcm_s16le for an unscaled 16-bit WAV at the "
+                   "model's rate, else f32le; pcm_s16le clips samples outside -1..1, so not "
+                   "for an ECG in mV)")
     s.add_argument("--input-rate", type=int, default=None,
                    help="FILE -: the input's sample rate (default: the model's; else resampled)")
     s.add_argument("--input-channels", type=int, default=1,
@@ -70,7 +73,8 @@ def register(subparsers: Any) -> None:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--url", default=DEFAULT_URL, help=f"server URL (default {DEFAULT_URL})")
+    p.add_argument("--url", default=DEFAULT_URL,
+                   help=f"server URL (default: env S4D_URL, else http://127.0.0.1:8000; now {DEFAULT_URL})")
     p.add_argument("--model", default="kws-s4d", help="model name (default kws-s4d)")
     p.add_argument("--timeout", type=float, default=60.0,
                    help="seconds to wait for the server: each HTTP call in all (connect to "
