@@ -67,5 +67,10 @@ def serve(settings: Settings) -> int:
 
         return supervise(settings)
     server = build_server(settings)
-    server.run()
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        # Ctrl-C: uvicorn has shut down gracefully and re-raises the signal; that is the
+        # normal way to stop `s4d serve`, not a crash to print a traceback for
+        pass
     return 0

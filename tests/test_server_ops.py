@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import re
 import time
 
@@ -403,6 +404,70 @@ def test_python_m_server_help():
                          text=True, timeout=60)
     assert out.returncode == 0 and "--max-sessions" in out.stdout, out.stderr
     assert time.monotonic() - t0 < 60
+
+
+def test_ctrl_c_stops_serve_without_a_traceback(checkpoint_dir):
+    """Ctrl-C (SIGINT) is how a user stops `s4d serve`: uvicorn shuts down gracefully, then
+    re-raised KeyboardInterrupt, which printed a traceback and exit status 1."""
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import child_pythonpath, free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server", "--port", str(port), "--checkpoints",
+         str(checkpoint_dir), "--no-warmup"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONPATH": child_pythonpath()})
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out[-2000:]
+    assert proc.returncode == 0, out[-2000:]
+    assert "Finished server process" in out
+
+
+def test_port_in_use_exits_instead_of_hanging():
+    """`s4d serve` on a taken port: uvicorn fails the bind while the models are still loading
+    and shuts the app down; that shutdown hung for good (the engine watch's cancel swallowed
+    by asyncio.wait_for, even SIGTERM did not end it), and once past that the process aborted
+    in torch ("terminate called ...", 134) as the lane still loading a model was never
+    stopped. It must exit with uvicorn's start-up failure status, promptly."""
+    import socket
+    import subprocess
+    import sys
+
+    from conftest import ROOT, child_pythonpath
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        try:
+            out = subprocess.run(
+                [sys.executable, "-m", "server", "--port", str(port), "--checkpoints",
+                 str(ROOT / "checkpoints")],
+                capture_output=True, text=True, timeout=60,
+                env={**os.environ, "PYTHONPATH": child_pythonpath()})
+        except subprocess.TimeoutExpired as exc:  # the hang; run() has killed it
+            pytest.fail(f"s4d serve on a taken port did not exit: {exc.stderr}")
+    text = out.stdout + out.stderr
+    assert "address already in use" in text, text[-2000:]
+    assert "terminate called" not in text and "Traceback" not in text, text[-2000:]
+    assert out.returncode == 3, (out.returncode, text[-2000:])
 
 
 @pytest.mark.parametrize("encoding", ["pcm_s16le"])
