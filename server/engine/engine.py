@@ -180,6 +180,9 @@ class Engine:
                     if s.warmup and backend.pads_batches:  # graphs before the first stream
                         await lane.submit(backend.prepare_streaming, storage,
                                           buckets_upto(s.max_sessions))
+            except asyncio.CancelledError:  # stopped while loading (e.g. the port was taken):
+                lane.stop()  # wait for the job in hand, or the exit aborts inside torch
+                raise
             except Exception as exc:  # a broken checkpoint must not take the others down
                 lane.stop()
                 if s.model_names() is not None:

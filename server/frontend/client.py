@@ -196,6 +196,7 @@ class EngineClient:
         self._last_tick = 0.0
         self._last_heard = time.monotonic()
         self._tasks: list[asyncio.Task] = []
+        self._stopping = False
 
     # ---- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -204,6 +205,7 @@ class EngineClient:
         self._tasks.append(loop.create_task(self._watch(), name="engine-watch"))
 
     async def stop(self) -> None:
+        self._stopping = True
         try:
             self._ops.append({"op": "bye"})
             self._send_tick()
@@ -215,8 +217,12 @@ class EngineClient:
         self.link.close()
 
     async def _watch(self) -> None:
-        """hello until the engine is ready, then heartbeats; a silent engine is declared lost."""
-        while True:
+        """hello until the engine is ready, then heartbeats; a silent engine is declared lost.
+
+        Ends on `stop()` by its flag, not only by cancellation: on Python 3.11 a cancel that
+        lands as a `hello` reply completes is swallowed by asyncio.wait_for, and the loop
+        went on forever (a server stopped while loading, e.g. its port taken, never exited)."""
+        while not self._stopping:
             now = time.monotonic()
             if self.link.remote and now - self._last_heard > self.engine_timeout_s:
                 if self.ready or self.epoch is not None:
