@@ -58,6 +58,8 @@ class ServerState:
         if lm is not None:
             return lm
         if not self.registry.ready:
+            if self.load_error:  # for good: waiting would not help (see GET /readyz)
+                raise ApiError(503, "server_busy", f"model loading failed: {self.load_error}")
             raise ApiError(503, "server_busy", "models are still loading; try again shortly",
                            headers={"Retry-After": "1"})
         raise ApiError(404, "unknown_model", f"no model named {name!r}; see GET /v1/models")

@@ -316,6 +316,8 @@ class StreamConnection:
         lm = st.registry.get(self.model)
         if lm is None:
             if not st.registry.ready:
+                if st.load_error:
+                    raise StreamError("server_busy", f"model loading failed: {st.load_error}")
                 raise StreamError("server_busy", "models are still loading; try again shortly")
             raise StreamError("unknown_model", f"no model named {self.model!r}")
         if not lm.streamable:

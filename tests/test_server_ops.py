@@ -470,6 +470,47 @@ def test_port_in_use_exits_instead_of_hanging():
     assert out.returncode == 3, (out.returncode, text[-2000:])
 
 
+def test_failed_load_is_named_not_called_still_loading(tmp_path):
+    """`s4d serve --models kws` (a typo): loading fails for good, /readyz says why, but a
+    predict or a stream was told 'models are still loading; try again shortly'."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, child_pythonpath, free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server", "--port", str(port), "--checkpoints",
+         str(ROOT / "checkpoints"), "--models", "kws"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": child_pythonpath()})
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                r = httpx.get(f"{base}/readyz", timeout=1)
+                if "loading failed" in r.text:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        r = httpx.post(f"{base}/v1/models/kws/predict", json={"inputs": [[0.0] * 400]}, timeout=10)
+        assert r.status_code == 503, r.text
+        msg = r.json()["error"]["message"]
+        assert "model loading failed" in msg and "not found" in msg, msg
+
+        async def stream() -> dict:
+            async with websockets.connect(f"ws://127.0.0.1:{port}/v1/models/kws/stream") as ws:
+                return json.loads(await asyncio.wait_for(ws.recv(), 10))
+
+        err = asyncio.run(stream())
+        assert err["code"] == "server_busy" and "model loading failed" in err["message"], err
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 @pytest.mark.parametrize("encoding", ["pcm_s16le"])
 def test_started_message_fields(live_server, encoding):
     async def main():
