@@ -16,7 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server import auth, limits, oip_grpc, oip_v2, rest, sessions_api
-from server.errors import ApiError
+from server.errors import LOAD_ERROR_EXIT, ApiError
 from server.frontend.client import EngineClient, EnginePool
 from server.frontend.links import InprocLink, ZmqLink
 from server.gc_pauses import freeze_startup_objects
@@ -105,6 +105,8 @@ def create_app(settings: Settings | None = None, *, engine_endpoints: list[str] 
             from server.engine.engine import Engine
 
             st.engine = Engine(settings, metrics)
+            if settings.exit_on_load_error:  # S4DServer stops on it, `s4d serve` exits 4
+                st.engine.on_load_error = lambda err: setattr(st, "exit_code", LOAD_ERROR_EXIT)
             clients[0].link = InprocLink(st.engine, identity)
             await st.engine.start()
         else:

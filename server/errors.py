@@ -68,6 +68,11 @@ class StreamError(Exception):
         return {"type": "error", "code": self.code, "message": self.message}
 
 
+#: exit status of `s4d serve` (and of an engine process) when a model fails to load and
+#: `exit_on_load_error` is on; 3 is uvicorn's for a port it cannot bind
+LOAD_ERROR_EXIT = 4
+
+
 class ApiError(Exception):
     """An HTTP error answered as `{"error": {"code", "message", "request_id"}}`."""
 

@@ -21,6 +21,11 @@ class S4DServer(uvicorn.Server):
         super().__init__(config)
         self._s4d_app = app
 
+    async def on_tick(self, counter: int) -> bool:
+        if self._s4d_app.state.s4d.exit_code is not None:  # e.g. a model failed to load
+            return True
+        return await super().on_tick(counter)
+
     async def shutdown(self, sockets=None) -> None:
         try:
             await drain(self._s4d_app.state.s4d)
@@ -73,4 +78,4 @@ def serve(settings: Settings) -> int:
         # Ctrl-C: uvicorn has shut down gracefully and re-raises the signal; that is the
         # normal way to stop `s4d serve`, not a crash to print a traceback for
         pass
-    return 0
+    return server._s4d_app.state.s4d.exit_code or 0

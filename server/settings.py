@@ -202,6 +202,10 @@ class Settings(BaseSettings):
         None, description="cache of exported ONNX graphs (default ~/.cache/s4d-serve/onnx)")
 
     warmup: bool = Field(True, description="run a warm-up forward at load")
+    exit_on_load_error: bool = Field(
+        True, description="exit (status 4) when a model fails to load, as Triton's "
+        "--exit-on-error: an orchestrator sees the failure and a typo in --models does not "
+        "leave a server that is never ready; off: keep running, /readyz 503 naming the error")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="debug | info | warning | error")
     log_format: Literal["text", "json"] = Field(

@@ -42,6 +42,7 @@ class ServerState:
     shutting_down: bool = False
     tasks: list[asyncio.Task] = field(default_factory=list)
     connections: set = field(default_factory=set)  # live WebSocket handlers (ws.StreamConnection)
+    exit_code: int | None = None  # set: the server should stop and exit with it
 
     @property
     def registry(self) -> ModelDirectory:

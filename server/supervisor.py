@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from server.errors import LOAD_ERROR_EXIT
 from server.settings import Settings
 
 log = logging.getLogger("s4d.supervisor")
@@ -91,6 +92,7 @@ class Supervisor:
         self.endpoints = [f"ipc://{self.run_dir}/engine-{i}.sock" for i in range(len(self.devices))]
         self.children: dict[tuple[str, int], Child] = {}
         self.stopping = False
+        self.exit_code = 0  # LOAD_ERROR_EXIT when an engine could not load its models
         self.sock: socket.socket | None = None
 
     def bind(self) -> socket.socket:
@@ -139,7 +141,7 @@ class Supervisor:
             self._shutdown()
         finally:
             shutil.rmtree(self.run_dir, ignore_errors=True)
-        return 0
+        return self.exit_code
 
     def _on_signal(self, signum, _frame) -> None:
         log.info("received %s: draining", signal.Signals(signum).name)
@@ -158,6 +160,12 @@ class Supervisor:
 
                 remove_engine_segments(child.proc.pid)
             if self.stopping:
+                continue
+            if child.kind == "engine" and code == LOAD_ERROR_EXIT:  # exit_on_load_error
+                log.error("engine %d could not load its models (its error above): stopping "
+                          "(--no-exit-on-load-error keeps the server up)", child.index)
+                self.exit_code = LOAD_ERROR_EXIT
+                self.stopping = True
                 continue
             log.error("%s %d (pid %d) exited with %s: restarting", child.kind, child.index,
                       child.proc.pid, code)

@@ -470,9 +470,30 @@ def test_port_in_use_exits_instead_of_hanging():
     assert out.returncode == 3, (out.returncode, text[-2000:])
 
 
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_failed_load_exits_with_status_4(workers):
+    """`s4d serve --models kws` (a typo): by default (`exit_on_load_error`, as Triton's
+    --exit-on-error) the server stops and exits 4 with the error logged, one process or a
+    supervisor whose engine failed (it used to restart it forever)."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, child_pythonpath, free_port
+
+    out = subprocess.run(
+        [sys.executable, "-m", "server", "--port", str(free_port()), "--checkpoints",
+         str(ROOT / "checkpoints"), "--models", "kws", "--workers", str(workers)],
+        capture_output=True, text=True, timeout=90,
+        env={**os.environ, "PYTHONPATH": child_pythonpath()})
+    text = out.stdout + out.stderr
+    assert out.returncode == 4, (out.returncode, text[-2000:])
+    assert "model loading failed" in text and "Traceback" not in text, text[-2000:]
+
+
 def test_failed_load_is_named_not_called_still_loading(tmp_path):
-    """`s4d serve --models kws` (a typo): loading fails for good, /readyz says why, but a
-    predict or a stream was told 'models are still loading; try again shortly'."""
+    """`s4d serve --models kws --no-exit-on-load-error` (a typo): loading fails for good,
+    /readyz says why, but a predict or a stream was told 'models are still loading; try again
+    shortly'."""
     import subprocess
     import sys
 
@@ -481,7 +502,7 @@ def test_failed_load_is_named_not_called_still_loading(tmp_path):
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "server", "--port", str(port), "--checkpoints",
-         str(ROOT / "checkpoints"), "--models", "kws"],
+         str(ROOT / "checkpoints"), "--models", "kws", "--no-exit-on-load-error"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         env={**os.environ, "PYTHONPATH": child_pythonpath()})
     base = f"http://127.0.0.1:{port}"

@@ -137,12 +137,17 @@ class Engine:
         self._tasks.append(loop.create_task(self._load(), name="engine-load"))
         self._tasks.append(loop.create_task(self._reaper(), name="engine-reaper"))
 
+    #: called with the error when loading fails (`exit_on_load_error`: the process stops)
+    on_load_error = None
+
     async def _load(self) -> None:
         try:
             await self.load_models()
         except Exception as exc:
             self.load_error = f"{type(exc).__name__}: {exc}"
             log.error("model loading failed: %s", self.load_error)
+            if self.on_load_error is not None:
+                self.on_load_error(self.load_error)
 
     async def load_models(self) -> None:
         """Load and warm every checkpoint on this engine's device, each on its own lane."""

@@ -11,9 +11,11 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 
 from server.engine.engine import Engine
 from server.engine.wire import decode, encode
+from server.errors import LOAD_ERROR_EXIT
 from server.metrics import Metrics
 from server.settings import Settings
 
@@ -21,7 +23,9 @@ log = logging.getLogger("s4d.engine")
 
 
 async def serve_engine(settings: Settings, endpoint: str, device: str | None = None,
-                       index: int = 0) -> None:
+                       index: int = 0) -> int:
+    """Serve front-ends until SIGTERM / SIGINT: 0, or LOAD_ERROR_EXIT when a model failed to
+    load and `exit_on_load_error` (the supervisor then stops the server)."""
     import zmq
     import zmq.asyncio
 
@@ -39,8 +43,15 @@ async def serve_engine(settings: Settings, endpoint: str, device: str | None = N
 
     engine.attach_transport(send)
     unwatch = engine.metrics.watch_process("engine")
-    await engine.start()
     stop = asyncio.Event()
+    status = [0]
+    if settings.exit_on_load_error:
+        def load_failed(_error: str) -> None:
+            status[0] = LOAD_ERROR_EXIT
+            stop.set()
+
+        engine.on_load_error = load_failed
+    await engine.start()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -70,6 +81,7 @@ async def serve_engine(settings: Settings, endpoint: str, device: str | None = N
     await engine.stop()
     unwatch()
     sock.close(linger=0)
+    return status[0]
 
 
 def set_process_name(name: str) -> None:
@@ -93,6 +105,8 @@ def engine_main(settings_json: str, endpoint: str, device: str | None = None,
     try:  # uvicorn[standard] brings uvloop and the front-ends run on it; the engine's loop
         import uvloop  # handles every tick of every front-end, and its callbacks cost less there
     except ImportError:  # pragma: no cover - a plain asyncio loop serves the same
-        asyncio.run(main)
+        code = asyncio.run(main)
     else:
-        uvloop.run(main)
+        code = uvloop.run(main)
+    if code:
+        sys.exit(code)
