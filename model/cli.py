@@ -55,6 +55,8 @@ def run_info(args) -> int:
         print(f"  streaming state: {info['state_bytes_per_session']:,} bytes per session")
     else:
         print(f"  not streamable: {info['not_streamable_reason']}")
+    shown = {"parameters", "state_bytes_per_session"}  # printed above from the network
     for k, v in info["metrics"].items():
-        print(f"  {k}: {v}")
+        if k not in shown and v is not None:  # None: not measured (e.g. no validation split)
+            print(f"  {k}: {v}")
     return 0
