@@ -1433,11 +1433,16 @@ def test_stream_helper_reports_an_early_final_that_left_samples_out(fake_stream)
     the array: S4DError `closed`, not a clean end as if every sample was processed."""
     model = fake_stream.add(StreamCase("early-final-helper",
                                        Fault("result", EARLY_FINALS["drain"])))
-    x = np.zeros(700, np.float32)
+    # paced in real time (0.5 s): the final comes after the first result, ~0.02 s in, with
+    # most of the array still to send. Sent at once, the client could coalesce the whole
+    # array into one message before the first result, and a final covering all of it is a
+    # clean end (a flake of the first version of this test).
+    x = np.zeros(RATE // 2, np.float32)
 
     def go() -> list:
         with S4DClient(fake_stream.url, timeout=HTTP_T) as c:
             return list(c.stream_array(model, x, sample_rate=RATE, encoding="pcm_s16le",
+                                       realtime=True,
                                        chunk_ms=7, open_timeout=OPEN_T, end_timeout=END_T,
                                        reconnect=False))
 
