@@ -68,9 +68,9 @@ def _generator(port: int, req: bytes, connections: int, start: float, seconds: f
 
 
 def load(port: int, req: bytes, connections: int, procs: int, seconds: float) -> dict:
-    out: mp.Queue = mp.get_context("spawn").Queue()
-    start = time.time() + 1.0  # every generator starts together
     ctx = mp.get_context("spawn")
+    out: mp.Queue = ctx.Queue()
+    start = time.time() + 1.0  # every generator starts together
     per = [connections // procs + (i < connections % procs) for i in range(procs)]
     workers = [ctx.Process(target=_generator, args=(port, req, c, start, seconds, out))
                for c in per if c]

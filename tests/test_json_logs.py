@@ -5,51 +5,28 @@ lines included, and a request's lines carry its X-Request-ID."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import free_port
-
-ROOT = Path(__file__).resolve().parent.parent
+from bench.serve import ServerProcess
 
 
 @pytest.mark.parametrize("workers", [0, 1])
 def test_json_logs_are_one_object_per_line_with_request_ids(checkpoint_dir, tmp_path, workers):
-    port = free_port()
     log_path = tmp_path / "server.log"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port),
-             "--checkpoints", str(checkpoint_dir), "--models", "tiny", "--workers",
-             str(workers), "--log-format", "json"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    server = ServerProcess(str(checkpoint_dir), "tiny", 8,
+                           {"S4D_LOG_FORMAT": "json", "S4D_LOG_LEVEL": "info",
+                            "S4D_WORKERS": str(workers)}, None, str(log_path))
     try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        else:
-            pytest.fail("server not ready: " + log_path.read_text()[-2000:])
-        r = httpx.get(f"{base}/v1/models/nope", headers={"x-request-id": "json-test-1"})
+        server.wait_ready(60)
+        r = httpx.get(f"{server.url}/v1/models/nope", headers={"x-request-id": "json-test-1"})
         assert r.status_code == 404
-        ok = httpx.post(f"{base}/v1/models/tiny/predict", json={"inputs": [[0.1] * 100]},
+        ok = httpx.post(f"{server.url}/v1/models/tiny/predict", json={"inputs": [[0.1] * 100]},
                         headers={"x-request-id": "json-test-2"})
         assert ok.status_code == 200
     finally:
-        proc.terminate()
-        proc.wait(30)
+        server.stop()
     lines = [line for line in log_path.read_text().splitlines() if line.strip()]
     docs = []
     for line in lines:
