@@ -26,7 +26,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,8 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+
+from bench.serve import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -97,12 +98,6 @@ async def _wave(args) -> dict:
 
 
 # ---- failover after a SIGKILL ---------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _kill_bench(args) -> dict:
     import httpx
 
@@ -114,7 +109,7 @@ def _kill_bench(args) -> dict:
     m, t = TINY_MODELS["tiny"]
     _make_checkpoint(ckpt, "tiny", m, t, seed=1)
     procs: list[subprocess.Popen] = []
-    rport, dport, lport, sport, port = (_free_port() for _ in range(5))
+    rport, dport, lport, sport, port = (free_port() for _ in range(5))
     addrs = ("127.0.0.1", "127.0.0.2", "127.0.0.3")
     hosts = tmp / "hosts"
     hosts.write_text("".join(f"{a} s4d-replicas.test\n" for a in addrs))

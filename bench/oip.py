@@ -28,13 +28,7 @@ import time
 import httpx
 import numpy as np
 
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from bench.serve import free_port
 
 
 def _timed(fn, n: int) -> dict:
@@ -52,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     import tritonclient.grpc as tg
     import tritonclient.http as th
 
-    port, gport = _free_port(), _free_port()
+    port, gport = free_port(), free_port()
     cmd = [sys.executable, "-m", "server", "--port", str(port), "--grpc-port", str(gport),
            "--models", args.model, "--log-level", "warning"]
     if args.checkpoints:

@@ -41,6 +41,7 @@ import math
 import multiprocessing as mp
 import os
 import platform
+import random
 import socket
 import subprocess
 import sys
@@ -119,10 +120,39 @@ def cpu_list(spec: str | None) -> set[int] | None:
     return cpus
 
 
+_handed_out: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port nobody listens on, picked below the kernel's ephemeral range.
+
+    Why not bind port 0: the kernel hands that port out again as the source port of the next
+    outgoing connection (tests open thousands on loopback), so a server started a moment later
+    could find it taken ("address already in use"). Ports below the ephemeral range are never
+    used as source ports; each is handed out once per process and checked free by a bind.
+    """
+    low = min(_ephemeral_low(), 65536)
+    lo, hi = (20000, low - 1) if low > 21000 else (1024, 65535)
+    rng = random.SystemRandom()
+    for _ in range(1000):
+        port = rng.randint(lo, hi)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free loopback port in {lo}-{hi}")
 
 
 class ServerProcess:

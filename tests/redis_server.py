@@ -17,14 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from bench.serve import free_port
+
 BINARY = shutil.which("redis-server")
 SKIP_REASON = "redis-server is not installed (apt-get install redis-server; make test does it)"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RedisServer:
@@ -32,7 +28,7 @@ class RedisServer:
         if BINARY is None:
             pytest.skip(SKIP_REASON)
         self.workdir = Path(workdir)
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.proc: subprocess.Popen | None = None
 
     @property

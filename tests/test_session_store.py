@@ -321,9 +321,9 @@ def test_redis_killed_paused_and_restarted(tmp_path):
 
 
 def test_unreachable_redis_at_start_is_unavailable_not_a_crash():
-    from tests.redis_server import _free_port
+    from bench.serve import free_port
 
-    store = open_store(f"redis://127.0.0.1:{_free_port()}/0", timeout_s=0.2)
+    store = open_store(f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.2)
 
     async def main():
         t0 = time.monotonic()
