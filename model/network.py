@@ -29,15 +29,37 @@ class S4DBlock(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         self.output_linear = nn.Linear(h, 2 * h)
 
-    def pre(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(x) if self.cfg.prenorm else x
+    def pre(self, x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+        return self._norm(x, dim) if self.cfg.prenorm else x
 
-    def post(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def post(self, x: torch.Tensor, y: torch.Tensor, dim: int = -1) -> torch.Tensor:
         """Everything after the S4D core: GELU, dropout, linear + GLU, dropout, residual."""
         z = self.dropout(F.gelu(y))
-        z = self.dropout(F.glu(self.output_linear(z), dim=-1))
+        z = self.dropout(self._glu_linear(z, dim))
         x = x + z
-        return x if self.cfg.prenorm else self.norm(x)
+        return x if self.cfg.prenorm else self._norm(x, dim)
+
+    # The channels are the last dimension (dim -1) everywhere but in the compiled streaming
+    # step, which keeps its activations channel-major ([H, B, S], dim 0): the S4D core's
+    # per-channel GEMMs read that layout without a transpose, and the linear is one GEMM.
+    def _norm(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        if dim == -1 or not isinstance(self.norm, nn.LayerNorm):
+            return self.norm(x)
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        mean = x.mean(0, keepdim=True)
+        var = (x - mean).square().mean(0, keepdim=True)
+        scaled = (x - mean) * torch.rsqrt(var + self.norm.eps)
+        return scaled * self.norm.weight.view(shape) + self.norm.bias.view(shape)
+
+    def _glu_linear(self, z: torch.Tensor, dim: int) -> torch.Tensor:
+        if dim == -1:
+            return F.glu(self.output_linear(z), dim=-1)
+        # one GEMM; the biases join the GLU's pass, added to each half (as mm + bias, Inductor
+        # makes it an addmm, which first copies the broadcast bias into the whole output)
+        w, bias, h = self.output_linear.weight, self.output_linear.bias, z.shape[0]
+        out = torch.mm(w, z.reshape(h, -1)).view(2 * h, *z.shape[1:])
+        shape = (-1,) + (1,) * (z.dim() - 1)
+        return (out[:h] + bias[:h].view(shape)) * torch.sigmoid(out[h:] + bias[h:].view(shape))
 
     def conv(self, u: torch.Tensor, mask: torch.Tensor | None = None,
              k: torch.Tensor | None = None) -> torch.Tensor:
@@ -50,13 +72,14 @@ class S4DBlock(nn.Module):
         return self.post(x, self.conv(self.pre(x), mask))
 
 
-def run_blocks(blocks, h: torch.Tensor, core) -> torch.Tensor:
+def run_blocks(blocks, h: torch.Tensor, core, dim: int = -1) -> torch.Tensor:
     """The residual block loop of every form of the network (batch convolution, chunked frame
     step, per-sample recurrence, both ONNX graphs): per block, pre (norm) -> S4D core ->
     post (GELU, GLU, residual, norm). `core(i, block, u)` is the form's S4D core; a form
-    with state keeps it in the closure."""
+    with state keeps it in the closure. `dim` is where the channels are (-1, or 0:
+    channel-major activations)."""
     for i, block in enumerate(blocks):
-        h = block.post(h, core(i, block, block.pre(h)))
+        h = block.post(h, core(i, block, block.pre(h, dim)), dim)
     return h
 
 

@@ -244,19 +244,27 @@ class StreamingNetwork(nn.Module):
             logits, pool = pooling_head(self.net, h, pool, count)
             return logits.to(self.dtype), new_re, new_im, pool, count
         re_parts, im_parts = [], []
+        # compiled: the activations stay channel-major, [H, B, S], through every block (the
+        # S4D core's GEMMs read them as they are); the plain step transposes per layer
+        channel_major = fused
+        if channel_major:
+            h = h.permute(2, 0, 1).contiguous()
 
         def core(i, block, u):
-            u = u.permute(2, 0, 1)  # [H, B, S]
+            if not channel_major:
+                u = u.permute(2, 0, 1)  # [H, B, S]
             xr, xi = x_re[:, i].transpose(0, 1), x_im[:, i].transpose(0, 1)  # [H, B, M]
             if single_gemm:
                 y, xr, xi = self._core_full(self.matrices[i], u, xr, xi)
             else:
-                y, xr, xi = self._core_blocked(i, u, xr, xi)
+                y, xr, xi = self._core_blocked(i, u, xr, xi, fused)
             re_parts.append(xr.transpose(0, 1))
             im_parts.append(xi.transpose(0, 1))
-            return y.permute(1, 2, 0).to(self.dtype)
+            return y.to(self.dtype) if channel_major else y.permute(1, 2, 0).to(self.dtype)
 
-        h = run_blocks(self.net.blocks, h, core)
+        h = run_blocks(self.net.blocks, h, core, dim=0 if channel_major else -1)
+        if channel_major:
+            h = h.permute(1, 2, 0)
         logits, pool = pooling_head(self.net, h, pool, count)
         return (logits.to(self.dtype), torch.stack(re_parts, 1), torch.stack(im_parts, 1), pool,
                 count)
@@ -267,15 +275,21 @@ class StreamingNetwork(nn.Module):
         out = torch.bmm(torch.cat([u, xr, xi], dim=-1), g)
         return out[..., :steps], out[..., steps : steps + m], out[..., steps + m :]
 
-    def _core_blocked(self, i, u, xr, xi):
+    def _core_blocked(self, i, u, xr, xi, fused: bool = False):
         """Sub-blocks of b steps: local GEMM, J-step state scan, state-output GEMM; then a
-        trailing block of r < b steps from slices of the same matrices."""
+        trailing block of r < b steps from slices of the same matrices.
+
+        `fused` (the torch.compile'd step) writes the same arithmetic for Inductor: the scan's
+        block starts are stacked rather than written into slices (the slice writes were a
+        kernel each, 14 % of the compiled step on an H200), and the state-output GEMM is a bmm
+        whose add joins the next fused pass (baddbmm on a strided input copied the whole
+        [H, B, S] activation first, 9 %)."""
         h, batch, steps = u.shape
         b, m = self.block, self.cfg.n_modes
         n_blocks, r = steps // b, steps % b  # (divmod: Dynamo refused it on ints)
         ys = []
         if n_blocks:
-            full = u[..., : n_blocks * b].reshape(h, batch * n_blocks, b)
+            full = (u if r == 0 else u[..., : n_blocks * b]).reshape(h, batch * n_blocks, b)
             low = self.block_in_low.numel() > 0
             if low:  # bf16 operands, float32 results: the carry below stays float32
                 local = torch.bmm(full.to(self.block_in_low.dtype), self.block_in_low[i]).to(u.dtype)
@@ -283,18 +297,28 @@ class StreamingNetwork(nn.Module):
                 local = torch.bmm(full, self.block_in[i])  # [H, B*J, b+2M]
             x_in = local[..., b:].reshape(h, batch, n_blocks, 2 * m)
             cr, ci = self.block_carry[i, 0].unsqueeze(1), self.block_carry[i, 1].unsqueeze(1)
-            starts = u.new_empty(h, batch, n_blocks, 2 * m)
-            for j in range(n_blocks):
-                starts[:, :, j, :m] = xr
-                starts[:, :, j, m:] = xi
-                xr, xi = (
-                    torch.addcmul(x_in[:, :, j, :m], cr, xr).sub_(ci * xi),
-                    torch.addcmul(x_in[:, :, j, m:], ci, xr).add_(cr * xi),
-                )
+            if fused:
+                begins = []
+                for j in range(n_blocks):
+                    begins.append(torch.cat([xr, xi], -1))
+                    xr, xi = (x_in[:, :, j, :m] + cr * xr - ci * xi,
+                              x_in[:, :, j, m:] + ci * xr + cr * xi)
+                starts = torch.stack(begins, 2)
+            else:
+                starts = u.new_empty(h, batch, n_blocks, 2 * m)
+                for j in range(n_blocks):
+                    starts[:, :, j, :m] = xr
+                    starts[:, :, j, m:] = xi
+                    xr, xi = (
+                        torch.addcmul(x_in[:, :, j, :m], cr, xr).sub_(ci * xi),
+                        torch.addcmul(x_in[:, :, j, m:], ci, xr).add_(cr * xi),
+                    )
             starts = starts.view(h, batch * n_blocks, 2 * m)
             if low:
                 out = self.block_out_low[i]
                 y = local[..., :b] + torch.bmm(starts.to(out.dtype), out).to(u.dtype)
+            elif fused:
+                y = local[..., :b] + torch.bmm(starts, self.block_out[i])
             else:
                 y = torch.baddbmm(local[..., :b], starts, self.block_out[i])
             ys.append(y.reshape(h, batch, n_blocks * b))

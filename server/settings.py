@@ -174,7 +174,7 @@ class Settings(BaseSettings):
         "tf32 (CUDA tensor cores; same as fp32 on a CPU) | bf16; streaming state stays float32")
     compile_step: bool = Field(
         False, description="fuse the torch backend's streaming step with torch.compile "
-        "(Inductor) before CUDA graphs capture it: 1.3-2.8x faster steps on an H200 (bench/"
+        "(Inductor) before CUDA graphs capture it: 1.6-2.4x faster steps on an H200 (bench/"
         "RESULTS.md), start-up longer by seconds per model; a CPU needs a C++ compiler; if "
         "compiling fails the plain step serves")
     compile_batch: bool = Field(

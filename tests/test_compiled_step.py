@@ -86,3 +86,32 @@ def test_a_failing_compiler_leaves_the_plain_step(monkeypatch, checkpoint_dir, c
     logits, _ = backend.step(np.zeros((1, backend.frame_size, backend.metadata.input_channels),
                                       np.float32), backend.streaming.zero_state(1))
     assert np.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("prenorm, norm", [(True, "layer"), (False, "layer"), (True, "none")])
+def test_compiled_forms_arithmetic_equals_plain_step_eagerly(prenorm, norm):
+    """What the compiled step runs (channel-major blocks, stacked scan, bmm + add; `fused=True`)
+    run eagerly, without a compiler: the plain step's numbers, for pre- and post-norm blocks,
+    full and partial sub-blocks."""
+    from model.config import ModelConfig
+    from model.state import STATE_NAMES
+
+    cfg = ModelConfig(d_input=1, d_model=8, d_state=8, n_layers=2, d_output=3, prenorm=prenorm,
+                      norm=norm)
+    net = S4DNetwork(cfg, seed=3).eval()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # trained-looking norms (a fresh LayerNorm is 1 and 0)
+        for p in (p for name, p in net.named_parameters() if ".norm." in name):
+            p.copy_(torch.randn(p.shape, generator=gen))
+    for frame, block in ((24, 8), (20, 8)):  # 3 full sub-blocks; 2 full + a trailing 4
+        stream = StreamingNetwork(net, frame, block_size=block).eval()
+        state = {k: torch.randn(v.shape, generator=gen) * 0.1
+                 for k, v in stream.zero_state(3).items()}
+        state["count"] = torch.full_like(state["count"], 5.0)
+        x = torch.randn(3, frame, 1, generator=gen)
+        args = (x, *(state[n] for n in STATE_NAMES))
+        with torch.inference_mode():
+            plain = stream._forward(*args)
+            fused = stream._forward(*args, fused=True)
+        for p, f in zip(plain, fused, strict=True):
+            torch.testing.assert_close(f, p, rtol=1e-5, atol=1e-6)
