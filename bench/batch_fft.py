@@ -15,7 +15,9 @@ Variants of the S4D convolution, each swapped into the same network in the same 
 - `compiled`: `kept` through `torch.compile` (Inductor fuses the layer norms, transposes,
   GELU / GLU and residuals around the FFTs and GEMMs), one graph per shape;
   `compiled-dyn`: the same with dynamic shapes (one graph for every batch and length, what a
-  server needs); `compiled-max`: per shape, mode max-autotune-no-cudagraphs.
+  server needs); `compiled-max`: per shape, mode max-autotune-no-cudagraphs;
+  `compiled-cm`: `compiled-dyn` with the blocks channel-major ([H, B, L]: FFTs along the
+  contiguous axis, each linear one GEMM), what `--compile-batch` serves.
 
 For each device, variant, clip length (1 s = 16,000 samples and one sample more) and batch:
 ms per forward and clips/s (`bench.core.timeit`: median after a warm-up), and the largest
@@ -44,8 +46,9 @@ from model.network import S4DNetwork
 from model.precision import matmul_precision
 
 VARIANTS = ("before", "fast", "direct", "pow2", "dim1", "kept", "compiled", "compiled-dyn",
-            "compiled-max")
+            "compiled-cm", "compiled-max")
 COMPILE_OPTIONS = {"compiled": {"dynamic": False}, "compiled-dyn": {"dynamic": True},
+                   "compiled-cm": {"dynamic": True},
                    "compiled-max": {"dynamic": False, "mode": "max-autotune-no-cudagraphs"}}
 FAST_CONV = s4d.causal_conv
 FAST_FORWARD = s4d.S4D.forward
@@ -112,6 +115,9 @@ def forward_of(name: str, net: S4DNetwork):
     if name not in COMPILE_OPTIONS:
         return net
     torch._dynamo.reset()  # every compiled variant starts from an empty cache
+    if name == "compiled-cm":
+        return torch.compile(lambda x, kernels=None: net.head(
+            net.features(x, None, kernels, channel_major=True)), **COMPILE_OPTIONS[name])
     return torch.compile(net.forward, **COMPILE_OPTIONS[name])
 
 
@@ -144,7 +150,8 @@ def run(args) -> dict:
                                  "clips_per_s": b / t, "rel_err_vs_f64": err,
                                  "first_call_s": first_s,
                                  "fft_length": {"before": 2 * steps, "pow2": 1 << (2 * steps - 2).bit_length(),
-                                                "compiled-dyn": 2 * steps}
+                                                "compiled-dyn": 2 * steps,
+                                                "compiled-cm": 2 * steps}
                                  .get(name, s4d.fft_size(2 * steps - 1))})
                     print(json.dumps(rows[-1]), flush=True)
     return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -3,8 +3,8 @@
     python -m bench.step_profile --out DIR [--batches 64,512] [--blocks 32,64,80,160]
         [--modes default,max-autotune-no-cudagraphs] [--profile-batch 512]
 
-The DESIGN network (bench.gpu10: H=128, N=64, 4 layers, patch 1, frame 320 at 16 kHz) in
-fp32, served as the torch backend serves it (a CUDA graph per batch): the plain step and
+The DESIGN network (bench.gpu10: H=128, N=64, 4 layers, patch 1, frame 320 at 16 kHz), or a
+shipped checkpoint with its own frame (--checkpoint), in fp32, served as the torch backend serves it (a CUDA graph per batch): the plain step and
 `StreamingNetwork.compile(mode=...)` for each Inductor mode, for each sub-block length b.
 Each row: ms per step, real-time streams, fraction of the fp32 matmul rate measured in the
 same run, and the difference to the plain b = 64 step (every variant computes the same
@@ -70,20 +70,32 @@ def main(argv=None) -> int:
     ap.add_argument("--profile-batch", type=int, default=512)
     ap.add_argument("--min-time", type=float, default=0.5)
     ap.add_argument("--smoke", action="store_true", help="a tiny network (CPU check)")
+    ap.add_argument("--checkpoint", type=Path, default=None,
+                    help="a checkpoint folder (its own frame) instead of the DESIGN network")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's)")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
     batches = [int(b) for b in args.batches.split(",")]
     blocks = [int(b) for b in args.blocks.split(",")]
     modes = args.modes.split(",")
-    cfg = design_cfg(args.smoke)
-    frame = 320 if not args.smoke else 64
-    net = S4DNetwork(cfg, seed=0).eval().to(device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.checkpoint is not None:
+        from model.checkpoint import load_checkpoint
+
+        net, ckpt = load_checkpoint(args.checkpoint, device=str(device))
+        cfg, frame, rate = ckpt.model, int(ckpt.task.frame_size), int(ckpt.task.sample_rate)
+    else:
+        cfg = design_cfg(args.smoke)
+        frame, rate = (320 if not args.smoke else 64), RATE
+        net = S4DNetwork(cfg, seed=0).eval().to(device)
     gen = torch.Generator().manual_seed(0)
     mm = matmul_gflops(device)
     print(json.dumps({"device": torch.cuda.get_device_name(device) if device.type == "cuda"
                       else "cpu", "torch": torch.__version__, "fp32_matmul_gflops": mm}), flush=True)
-    inputs = {b: torch.randn(b, frame, 1, generator=gen).to(device) for b in batches}
+    inputs = {b: torch.randn(b, frame, cfg.d_input, generator=gen).to(device) * 0.1
+              for b in batches}
     reference = StreamingNetwork(net, frame, device=device, block_size=64).eval()
     states = {b: _random_state(reference, b, gen, device) for b in batches}
     with torch.inference_mode():
@@ -108,8 +120,8 @@ def main(argv=None) -> int:
                 diff = max(rel(logits, pl), *(rel(new[k], ps[k]) for k in ps))
                 flops = chunked_step_flops(cfg, b, frame, stream.block)
                 row = {"precision": precision, "block": stream.block, "mode": mode,
-                       "sessions": b, "ms": t * 1e3,
-                       "realtime_streams": b * frame / t / RATE,
+                       "sessions": b, "ms": t * 1e3, "frame": frame,
+                       "realtime_streams": b * frame / t / rate,
                        "fraction_of_fp32_matmul": flops / t / 1e9 / mm,
                        "vs_plain_b64": diff, "compile_s": round(compile_s, 1)}
                 print(json.dumps(row), flush=True)

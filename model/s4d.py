@@ -235,18 +235,24 @@ class S4D(nn.Module):
         self.cfg = cfg
         self.kernel = S4DKernel(cfg, seed_generator)
 
-    def forward(self, u: torch.Tensor, k: torch.Tensor | None = None) -> torch.Tensor:
-        """The convolution form on [B, L, H]; `k` [n_kernels, H, >= L] is a precomputed
-        kernel (the ONNX batch graph's constant), else it is computed here."""
-        length = u.shape[1]
-        x = u.transpose(1, 2)  # [B, H, L]
+    def forward(self, u: torch.Tensor, k: torch.Tensor | None = None,
+                dim: int = -1) -> torch.Tensor:
+        """The convolution form on [B, L, H] (or channel-major [H, B, L], `dim` 0); `k`
+        [n_kernels, H, >= L] is a precomputed kernel (the ONNX batch graph's constant), else
+        it is computed here."""
+        channel_major = dim == 0
+        x = u if channel_major else u.transpose(1, 2)  # [H, B, L] or [B, H, L]
+        length = x.shape[-1]
         k = self.kernel.kernel(length, dtype=x.dtype) if k is None else k[..., :length]
+        if channel_major:  # one kernel per channel, broadcast over the batch
+            k = k.unsqueeze(2)
         y = causal_conv(x, k[0])
         if self.cfg.bidirectional:
-            k_back = F.pad(k[1, :, :-1], (1, 0))  # lags start at 1: no double-counted u_t
+            k_back = F.pad(k[1, ..., :-1], (1, 0))  # lags start at 1: no double-counted u_t
             y = y + causal_conv(x.flip(-1), k_back).flip(-1)
-        y = y + self.kernel.d.to(x.dtype).unsqueeze(-1) * x
-        return y.transpose(1, 2)
+        d = self.kernel.d.to(x.dtype)
+        y = y + (d.view(-1, 1, 1) if channel_major else d.unsqueeze(-1)) * x
+        return y if channel_major else y.transpose(1, 2)
 
     def step_parameters(self, dtype: torch.dtype | None = None):
         """(dA, dB, C, D) of the recurrence, computed once and passed to `step`."""

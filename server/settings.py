@@ -180,7 +180,7 @@ class Settings(BaseSettings):
     compile_batch: bool = Field(
         False, description="fuse the torch backend's REST forwards (/predict, OIP batch "
         "infer, events on whole recordings) with torch.compile (Inductor, dynamic shapes): "
-        "1.4x at batch 64 on an H200 (bench/RESULTS.md), start-up longer by 10-30 s per "
+        "1.6x at batch 64 on an H200 (bench/RESULTS.md), start-up longer by 10-30 s per "
         "model; a CPU needs a C++ compiler, and there it is faster for some shapes and slower for "
         "others (bench/RESULTS.md): leave it off on a CPU; if compiling fails the plain forward "
         "serves")

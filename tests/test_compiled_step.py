@@ -115,3 +115,27 @@ def test_compiled_forms_arithmetic_equals_plain_step_eagerly(prenorm, norm):
             fused = stream._forward(*args, fused=True)
         for p, f in zip(plain, fused, strict=True):
             torch.testing.assert_close(f, p, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("prenorm, bidirectional", [(True, False), (False, False), (True, True)])
+def test_channel_major_batch_features_equal_the_plain_forward(prenorm, bidirectional):
+    """The compiled REST forward's blocks on [H, B, steps] (`features(channel_major=True)`),
+    run eagerly: the plain features, with padding masks, kept kernels or not, and a
+    bidirectional network."""
+    from model.config import ModelConfig
+
+    cfg = ModelConfig(d_input=2, d_model=8, d_state=8, n_layers=2, d_output=3, prenorm=prenorm,
+                      bidirectional=bidirectional)
+    net = S4DNetwork(cfg, seed=5).eval()
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # trained-looking norms (a fresh LayerNorm is 1 and 0)
+        for p in (p for name, p in net.named_parameters() if ".norm." in name):
+            p.copy_(torch.randn(p.shape, generator=gen))
+    x = torch.randn(3, 40, 2, generator=gen)
+    lengths = torch.tensor([40, 23, 7])
+    with torch.inference_mode():
+        for kernels in (None, net.kernels(48)):
+            for lens in (None, lengths):
+                want = net.features(x, lens, kernels)
+                got = net.features(x, lens, kernels, channel_major=True)
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
