@@ -265,9 +265,17 @@ class Engine:
         ttl = self.settings.idle_ttl_s
         period = min(1.0, max(0.05, ttl / 4))
         silent = self.settings.frontend_timeout_s
+        last = time.monotonic()
         while True:
             await asyncio.sleep(period)
             now = time.monotonic()
+            # a sweep that wakes late found this process stalled (CPU-starved, paused): what
+            # the front-ends sent meanwhile waits unread in the socket, so the stall is not
+            # their silence (counted as theirs, every live stream was detached at once)
+            stalled, last = now - last - period, now
+            if stalled > 0.1 * period:
+                for idx in self._last_seen:
+                    self._last_seen[idx] += stalled
             for idx, seen in list(self._last_seen.items()):
                 if self.watch_frontends and now - seen > silent:  # a front-end died: keep its sessions resumable
                     del self._last_seen[idx]
@@ -304,6 +312,8 @@ class Engine:
                 self.models[model].feed(arrays[si], arrays[gi], arrays[ci])
         for op in header.get("ops", ()):
             kind = op.get("op")
+            if kind == "hello":  # a front-end that (again) holds no session of this engine
+                self._forget_owner(owner)
             if kind in ("hello", "ping"):
                 self.outbox.reply(owner, {
                     "req": op.get("req"), "epoch": self.epoch, "ready": self.ready,
@@ -322,6 +332,17 @@ class Engine:
                 if "req" in op:
                     self.outbox.reply(owner, {"req": op["req"], "error": "internal",
                                               "message": type(exc).__name__})
+
+    def _forget_owner(self, owner: int) -> None:
+        """The front-end holds none of this engine's sessions any more (it stopped, or it
+        declared this engine lost and failed its streams): the ones still attached to it stay
+        resumable for the idle TTL instead of staying attached, and busy, for ever."""
+        n = sum(me.detach_owner(owner) for me in self.models)
+        for me in self.models:
+            me.release_owner(owner)
+        if n:
+            log.warning("front-end %s holds no streams now: %d session(s) detached "
+                        "(resumable for the idle TTL)", self._identity[owner], n)
 
     def _op(self, owner: int, kind: str, op: dict, arrays: list[np.ndarray]) -> None:
         if kind == "open":
@@ -343,9 +364,7 @@ class Engine:
 
             asyncio.get_running_loop().create_task(run_session_op(self, owner, kind, op, arrays))
         elif kind == "bye":  # a front-end stops: its sessions stay resumable
-            for me in self.models:
-                me.detach_owner(owner)
-                me.release_owner(owner)
+            self._forget_owner(owner)
             self._last_seen.pop(owner, None)
         else:
             raise ValueError(f"unknown op {kind!r}")

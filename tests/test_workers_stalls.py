@@ -1,0 +1,152 @@
+"""`--workers 2` when a process stalls (SIGSTOP / SIGCONT: a process that stops running for a
+while, as a CPU-starved, throttled or paused one does, without dying).
+
+The engine and the front-ends each declare the other lost after `frontend_timeout_s` of
+silence. A stalled process has not read what the others sent meanwhile: its own stall is not
+their silence. Whatever the timing, a stream either goes on (every sample answered, `final`
+equal to the batch path) or gets an `error` and a close, and its session stays resumable; no
+session is left attached to a front-end that no longer serves it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+
+import httpx
+import numpy as np
+import websockets
+
+from tests.conftest import assert_probs_close, encode
+from tests.test_workers import START, Workers, batch
+
+EMIT = {**START, "emit_every": 64}
+
+
+def _active(w: Workers) -> float:
+    text = httpx.get(f"{w.base}/metrics", timeout=10).text
+    return sum(float(ln.split()[-1]) for ln in text.splitlines()
+               if ln.startswith("s4d_sessions_active{"))
+
+
+async def _results_until(ws, offset: int, timeout: float = 10.0) -> list[dict]:
+    """Messages until a result at `offset` (or an error / close): never waits forever."""
+    msgs = []
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        assert left > 0, f"no result at {offset} within {timeout}s (a hang): {msgs[-3:]}"
+        try:
+            msg = json.loads(await asyncio.wait_for(ws.recv(), left))
+        except websockets.ConnectionClosed:
+            return msgs
+        except asyncio.TimeoutError:
+            raise AssertionError(f"no result at {offset} within {timeout}s (a hang): "
+                                 f"{msgs[-3:]}") from None
+        msgs.append(msg)
+        if msg["type"] == "error" or (msg["type"] == "result" and msg["offset"] >= offset):
+            return msgs
+
+
+def test_engine_stall_does_not_count_as_frontend_silence(checkpoint_dir):
+    """The engine stops for 1.6 s while the front-end holding a stream had itself been quiet
+    for 0.6 s just before: 2.2 s of wall time without a message from it, but only 0.6 s of
+    the engine's running time, and the front-end's pings wait in the engine's socket. The
+    engine used to count its own stall, detach every session of that front-end and send their
+    results nowhere: the stream got no more results and hung (then expired with the idle TTL
+    while its client was still connected)."""
+    w = Workers(checkpoint_dir, S4D_FRONTEND_TIMEOUT_S=2, S4D_IDLE_TTL_S=5)
+    x = (np.random.default_rng(5).standard_normal(1280) * 0.3).astype(np.float32)
+    try:
+        async def main():
+            ws = await websockets.connect(w.url())
+            await ws.send(json.dumps(EMIT))
+            assert json.loads(await ws.recv())["type"] == "started"
+            await ws.send(encode(x[:640, None], "f32le"))
+            msgs = await _results_until(ws, 640)
+            assert msgs[-1]["type"] == "result", msgs[-1]
+            front = w.frontend_of(ws)
+            (engine,) = w.children("s4d-engine")
+            front.send_signal(signal.SIGSTOP)  # quiet: no pings from it
+            await asyncio.sleep(0.55)
+            engine.send_signal(signal.SIGSTOP)
+            await asyncio.sleep(0.05)
+            front.send_signal(signal.SIGCONT)  # its pings now wait for the engine
+            await asyncio.sleep(1.6)
+            engine.send_signal(signal.SIGCONT)
+            await asyncio.sleep(0.5)
+            await ws.send(encode(x[640:, None], "f32le"))
+            msgs = await _results_until(ws, 1280)
+            assert msgs[-1]["type"] == "result", msgs[-1]  # nobody was silent: no error
+            await ws.send(json.dumps({"type": "end"}))
+            final = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            await asyncio.wait_for(ws.wait_closed(), 10)
+            return final, ws.close_code
+
+        final, code = asyncio.run(main())
+        assert final["type"] == "final" and final["offset"] == len(x) and code == 1000
+        assert_probs_close(final["probabilities"], batch(w, x), 1e-5)
+    finally:
+        w.stop()
+
+
+def test_engine_lost_and_back_leaves_no_session_attached(checkpoint_dir):
+    """The engine stops for 4 s: the front-ends declare it lost and fail their streams
+    (`internal`, 1011), but the engine comes back with the same epoch, its sessions intact.
+    They must not stay attached to front-ends that dropped them (resume answered
+    `session_busy` for ever, the slot never freed): they are resumable for the idle TTL, then
+    expire, and `s4d_sessions_active` returns to 0."""
+    w = Workers(checkpoint_dir, S4D_FRONTEND_TIMEOUT_S=1, S4D_IDLE_TTL_S=4)
+    x = (np.random.default_rng(6).standard_normal(640) * 0.3).astype(np.float32)
+    try:
+        async def main():
+            ws = await websockets.connect(w.url())
+            await ws.send(json.dumps(EMIT))
+            sid = json.loads(await ws.recv())["session_id"]
+            await ws.send(encode(x[:320, None], "f32le"))
+            assert (await _results_until(ws, 320))[-1]["type"] == "result"
+            idle = await websockets.connect(w.url())  # one to leave alone: it must expire
+            await idle.send(json.dumps(EMIT))
+            assert json.loads(await idle.recv())["type"] == "started"
+            (engine,) = w.children("s4d-engine")
+            engine.send_signal(signal.SIGSTOP)
+            await asyncio.sleep(4)
+            engine.send_signal(signal.SIGCONT)
+            for sock in (ws, idle):
+                msg = json.loads(await asyncio.wait_for(sock.recv(), 10))
+                assert msg["type"] == "error" and msg["code"] == "internal", msg
+                await asyncio.wait_for(sock.wait_closed(), 10)
+                assert sock.close_code == 1011
+            deadline = time.monotonic() + 10
+            while True:  # the front-ends reconnect to the engine; then the session resumes
+                async with websockets.connect(w.url()) as ws2:
+                    try:  # a front-end still reconnecting refuses at once (server_busy, 1013)
+                        await ws2.send(json.dumps({**EMIT, "session_id": sid, "offset": 320}))
+                        msg = json.loads(await asyncio.wait_for(ws2.recv(), 10))
+                    except websockets.ConnectionClosed:
+                        assert ws2.close_code == 1013, ws2.close_code
+                        msg = {"type": "error", "code": "server_busy"}
+                    if msg["type"] == "error":
+                        assert msg["code"] in ("session_busy", "server_busy"), msg
+                        assert time.monotonic() < deadline, f"never resumable: {msg}"
+                        await asyncio.sleep(0.2)
+                        continue
+                    assert msg["offset"] == 320
+                    await ws2.send(encode(x[320:, None], "f32le"))
+                    await ws2.send(json.dumps({"type": "end"}))
+                    while (final := json.loads(await asyncio.wait_for(ws2.recv(), 10))
+                           )["type"] != "final":
+                        pass
+                    return final
+
+        final = asyncio.run(main())
+        assert final["offset"] == len(x)
+        assert_probs_close(final["probabilities"], batch(w, x), 1e-5)
+        deadline = time.monotonic() + 15  # the idle one expires with the TTL
+        while _active(w) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _active(w) == 0
+    finally:
+        w.stop()
