@@ -257,6 +257,32 @@ def test_sequence_expires_after_idle_ttl(start_server, checkpoint_dir):
     c.close()
 
 
+def test_cancelled_sequence_start_leaves_no_session(start_server, checkpoint_dir):
+    """gRPC deadlines that expire while `sequence_start` is opening the session (the server
+    cancels the handler): the engine's answer used to find nobody waiting and the session
+    stayed attached to the front-end for ever, so the sequence id answered 409 `already
+    started` for good and its state slot never came back. Every id starts again after it, and
+    no session is left once the started ones expire."""
+    s = start_server(checkpoints=checkpoint_dir, grpc_port=free_port(), idle_ttl_s=0.5)
+    c = tg.InferenceServerClient(f"127.0.0.1:{s.settings.grpc_port}")
+    x = signal(64, 1, seed=4)
+    for i in range(60):  # deadlines of 0.5-10 ms: some expire inside the open
+        try:
+            c.infer("tiny", [make_input(tg, x)], sequence_id=f"dl{i}", sequence_start=True,
+                    client_timeout=0.0005 * (i % 20 + 1))
+        except InferenceServerException as exc:
+            assert exc.status() == "StatusCode.DEADLINE_EXCEEDED", exc
+    time.sleep(1.5)  # the ones that did start expire (TTL plus a reaper period)
+    for i in range(60):
+        r = c.infer("tiny", [make_input(tg, x)], sequence_id=f"dl{i}", sequence_start=True,
+                    sequence_end=True)
+        assert offset_of(tg, r) == len(x)
+    text = httpx.get(f"{s.base_url}/metrics", timeout=10).text
+    active = [ln for ln in text.splitlines() if ln.startswith('s4d_sessions_active{model="tiny"}')]
+    assert active and float(active[0].split()[-1]) == 0, active
+    c.close()
+
+
 # ---- API keys ------------------------------------------------------------------------------
 def test_sequences_belong_to_their_key(start_server, checkpoint_dir, tmp_path):
     keys = {"alice": "ka-" + "1" * 20, "bob": "kb-" + "2" * 20, "carol": "kc-" + "3" * 20}

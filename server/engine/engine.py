@@ -376,7 +376,7 @@ class Engine:
                                  encoding=op["encoding"], emit_every=op["emit_every"],
                                  key=op.get("key"), key_max=op.get("key_max"),
                                  create_id=op.get("create_id"))
-            self.outbox.reply(owner, {"req": op["req"], **info})
+            self.outbox.reply(owner, {"req": op["req"], "opened": me.idx, **info})
         except StreamError as err:
             self.outbox.reply(owner, {"req": op["req"], "error": err.code, "message": err.message})
         except Exception as exc:

@@ -350,6 +350,8 @@ class EngineClient:
         for msg in header.get("ctl", ()):
             fut = self._futures.pop(msg.get("req"), None)
             if fut is None or fut.done():
+                if "opened" in msg:
+                    self._unclaimed(msg)
                 continue
             msg = drop_arrays(msg, arrays)
             if "error" in msg:
@@ -368,15 +370,33 @@ class EngineClient:
             self.post({"op": "released", "model": ev["model"], "slot": ev["slot"],
                        "gen": ev["gen"]})
 
+    def _unclaimed(self, msg: dict) -> None:
+        """An `open` answered after its caller gave up (a cancelled request: a gRPC deadline or
+        a client gone; or the engine was declared lost meanwhile). Nobody holds the session:
+        left attached to this front-end it stayed busy for ever. A new one is closed (the
+        caller never got it), a resumed one detached (resumable again)."""
+        if "error" in msg:
+            return
+        op = {"op": "detach" if msg.get("resumed") else "close", "model": msg["opened"],
+              "slot": msg["slot"], "gen": msg["gen"]}
+        if op["op"] == "close":
+            op["reason"] = "error"
+        self.post(op)
+
     # ---- sessions ------------------------------------------------------------------------
     async def open(self, model: RemoteModel, *, session_id: str | None, offset: int | None,
                    encoding: str, emit_every: int, on_result, on_closed,
                    key: str | None = None, key_max: int | None = None,
                    create_id: str | None = None) -> StreamHandle:
-        info = await self.request({"op": "open", "model": model.idx, "session_id": session_id,
-                                   "offset": offset, "encoding": encoding,
-                                   "emit_every": emit_every, "key": key, "key_max": key_max,
-                                   "create_id": create_id})
+        fut = self.request({"op": "open", "model": model.idx, "session_id": session_id,
+                            "offset": offset, "encoding": encoding, "emit_every": emit_every,
+                            "key": key, "key_max": key_max, "create_id": create_id})
+        try:
+            info = await fut
+        except asyncio.CancelledError:  # cancelled after the answer came: nobody will hold it
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self._unclaimed(fut.result())
+            raise
         h = StreamHandle(self, model, info, max_buffer_samples=self.max_buffer_samples,
                          emit_every=emit_every, on_result=on_result, on_closed=on_closed)
         self.handles[h.key] = h
