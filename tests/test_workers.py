@@ -430,6 +430,49 @@ def test_sigterm_drains_every_stream(checkpoint_dir, engines):
         w.stop()
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_process_group_signal_drains_every_stream(checkpoint_dir, sig):
+    """The signal sent to the whole process group, as Ctrl-C in a terminal (SIGINT), systemd's
+    default KillMode or `kill -TERM -PGID` do: the engines get it together with the
+    front-ends. They used to stop at once, and every draining stream lost its `final`
+    (`internal`, 1011, once its front-end gave the engine up); the engines now stop after
+    their front-ends have said goodbye."""
+    w = Workers(checkpoint_dir)
+    x = np.linspace(-1, 1, 700, dtype=np.float32)
+
+    async def main():
+        socks = []
+        for _ in range(3):
+            ws = await websockets.connect(w.url())
+            await ws.send(json.dumps(START))
+            assert json.loads(await ws.recv())["type"] == "started"
+            await ws.send(encode(x[:, None], "f32le"))
+            socks.append(ws)
+        await asyncio.sleep(0.5)
+        os.killpg(w.proc.pid, sig)
+        out = []
+        for ws in socks:
+            msgs = []
+            try:
+                while True:
+                    msgs.append(json.loads(await asyncio.wait_for(ws.recv(), 20)))
+            except websockets.ConnectionClosed:
+                pass
+            out.append((msgs, ws.close_code))
+        return out
+
+    try:
+        expected = batch(w, x)
+        for msgs, code in asyncio.run(main()):
+            assert code == 1001, msgs
+            assert [m["type"] for m in msgs] == ["final", "error"], msgs
+            assert msgs[0]["offset"] == len(x) and msgs[1]["code"] == "shutting_down"
+            assert_probs_close(msgs[0]["probabilities"], expected, 1e-5)
+        assert w.proc.wait(30) == 0
+    finally:
+        w.stop()
+
+
 def test_slab_full_and_backpressure_across_workers(checkpoint_dir):
     """Slab-full refusal (1013) holds with several front-ends; a client that sends far more
     than the buffer while the server is slow loses nothing."""

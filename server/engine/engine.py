@@ -127,6 +127,11 @@ class Engine:
         self._last_seen[idx] = time.monotonic()
         return idx
 
+    @property
+    def frontends(self) -> int:
+        """Front-ends heard from that have neither said `bye` nor gone silent."""
+        return len(self._last_seen)
+
     # ---- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
         loop = asyncio.get_running_loop()

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+import time
 
 from server.engine.engine import Engine
 from server.engine.wire import decode, encode
@@ -76,12 +77,27 @@ async def serve_engine(settings: Settings, endpoint: str, device: str | None = N
 
     task = loop.create_task(reader())
     await stop.wait()
+    await _frontends_gone(engine, settings.graceful_timeout_s + 5)
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     await engine.stop()
     unwatch()
     sock.close(linger=0)
     return status[0]
+
+
+async def _frontends_gone(engine: Engine, limit_s: float) -> None:
+    """Stop only once every front-end has said `bye` (or gone silent), within `limit_s`.
+    The supervisor signals the engines after the front-ends have drained, but a signal to
+    the whole process group (Ctrl-C in a terminal, systemd's default KillMode, `kill -PGID`)
+    reaches the engines at the same time: stopping then cut every draining stream off its
+    `final` (each got `internal`, 1011, once its front-end gave the engine up)."""
+    deadline = time.monotonic() + limit_s
+    if engine.frontends:
+        log.info("stop requested: waiting for %d front-end(s) to finish their streams",
+                 engine.frontends)
+    while engine.frontends and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
 
 
 def set_process_name(name: str) -> None:

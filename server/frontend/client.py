@@ -208,7 +208,12 @@ class EngineClient:
         self._stopping = True
         try:
             self._ops.append({"op": "bye"})
+            # answered after the bye: it arrived (a process that exits right after, e.g. on
+            # uvicorn's re-raised signal, loses what its socket has not sent yet, and the
+            # engine then waits out frontend_timeout_s before it detaches or stops)
+            seen = self.request({"op": "ping"}, stale_ok=True)
             self._send_tick()
+            await asyncio.wait_for(seen, 0.5)
         except Exception:  # the engine may be gone already
             pass
         for t in self._tasks:
