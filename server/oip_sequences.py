@@ -25,7 +25,7 @@ import numpy as np
 
 from server.auth import KeyInfo
 from server.errors import ApiError, StreamError
-from server.frontend.client import EngineUnavailable, RemoteModel, StreamHandle
+from server.frontend.client import EngineUnavailable, RemoteModel, StreamHandle, key_engine
 from server.state import ServerState
 
 #: stream error code -> (HTTP status, OIP error code) for answers to sequence requests
@@ -52,11 +52,15 @@ class SequenceResult:
 
 
 def sequence_session_id(key: str | None, model: str, sequence_id: int | str,
-                        engines: int) -> str:
-    """The session id of a sequence: the same from every front-end; int 7 and "7" differ."""
+                        engines: int, quota: bool = False) -> str:
+    """The session id of a sequence: the same from every front-end; int 7 and "7" differ.
+    A key with a session quota (`quota`) keeps its sequences on its own engine, where its
+    sessions are counted (frontend.client.key_engine)."""
     kind = "s" if isinstance(sequence_id, str) else "i"
     h = hashlib.sha256(f"{key or ''}\0{model}\0{kind}:{sequence_id}".encode()).hexdigest()
-    return f"e{int(h[:8], 16) % max(1, engines)}-q{h[:32]}"
+    engine = (key_engine(key, engines) if quota and key is not None
+              else int(h[:8], 16) % max(1, engines))
+    return f"e{engine}-q{h[:32]}"
 
 
 def _describe(sequence_id: int | str) -> str:
@@ -81,7 +85,8 @@ class OipSequences:
         """Feed `rows` [n, C] float32; the probabilities after them (flushed; `end`: final)."""
         pool = self.st.client
         sid = sequence_session_id(key.name if key else None, lm.name, sequence_id,
-                                  len(pool.clients))
+                                  len(pool.clients),
+                                  quota=key is not None and key.max_sessions is not None)
         entry = self._locks.setdefault(sid, [asyncio.Lock(), 0])
         entry[1] += 1
         try:

@@ -473,6 +473,49 @@ def test_process_group_signal_drains_every_stream(checkpoint_dir, sig):
         w.stop()
 
 
+def test_key_quota_holds_across_engines(checkpoint_dir, tmp_path):
+    """Two engines (engines_per_device 2): a key's `max_sessions` is its quota on the whole
+    server, for streams and OIP sequences. Each engine counted only its own sessions and new
+    sessions spread over the engines, so a key held max_sessions per engine."""
+    from server.auth import key_line, new_key
+
+    key = new_key()
+    keys = tmp_path / "keys"
+    keys.write_text(key_line("alice", key, None, 2) + "\n")
+    w = Workers(checkpoint_dir, workers=1, S4D_ENGINES_PER_DEVICE=2, S4D_DEVICE="cpu",
+                S4D_API_KEYS_FILE=keys)
+    auth = {"Authorization": f"Bearer {key}"}
+
+    async def streams():
+        held, answers = [], []
+        for _ in range(3):
+            ws = await websockets.connect(w.url(), additional_headers=auth)
+            await ws.send(json.dumps(START))
+            answers.append(json.loads(await asyncio.wait_for(ws.recv(), 10)))
+            held.append(ws)
+        for ws, a in zip(held, answers, strict=True):  # ended: they no longer count
+            if a["type"] == "started":
+                await ws.send(json.dumps({"type": "end"}))
+                assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "final"
+            await asyncio.wait_for(ws.wait_closed(), 10)
+        return answers, held[2].close_code
+
+    def infer(seq: str) -> httpx.Response:
+        body = {"parameters": {"sequence_id": seq, "sequence_start": True},
+                "inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
+                            "data": [0.0] * 64}]}
+        return httpx.post(f"{w.base}/v2/models/tiny/infer", json=body, headers=auth, timeout=30)
+
+    try:
+        answers, code = asyncio.run(streams())
+        assert [a["type"] for a in answers[:2]] == ["started", "started"], answers
+        assert answers[2].get("code") == "quota_exceeded" and code == 1013, answers[2]
+        statuses = [infer(seq).status_code for seq in ("q1", "q2", "q3", "q4")]
+        assert statuses == [200, 200, 429, 429], statuses
+    finally:
+        w.stop()
+
+
 def test_slab_full_and_backpressure_across_workers(checkpoint_dir):
     """Slab-full refusal (1013) holds with several front-ends; a client that sends far more
     than the buffer while the server is slow loses nothing."""

@@ -10,6 +10,7 @@ into `result` messages at `emit_every` boundaries and releases backpressure.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import logging
 import os
@@ -497,14 +498,22 @@ def _error(msg: dict) -> Exception:
     return StreamError(code, message)
 
 
+def key_engine(key: str, engines: int) -> int:
+    """The engine that holds every session of an API key with a session quota: each engine
+    counts the sessions it holds, so a key's sessions spread over several engines had its
+    `max_sessions` on each. The same on every front-end (a stable hash, not Python's)."""
+    return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % max(1, engines)
+
+
 def frontend_identity(index: int) -> bytes:
     return f"fe{index}-{os.getpid()}".encode()
 
 
 class EnginePool:
     """Every engine of the server (one per device), seen as one: new sessions go to the engine
-    with the fewest sessions from this front-end, a resume to the engine named in the session
-    id (`e<index>-...`), batch requests round-robin."""
+    with the fewest sessions from this front-end (those of an API key with a session quota to
+    that key's engine), a resume to the engine named in the session id (`e<index>-...`), batch
+    requests round-robin."""
 
     def __init__(self, clients: list[EngineClient]):
         self.clients = clients
@@ -558,6 +567,8 @@ class EnginePool:
         named = session_id or kw.get("create_id")  # a chosen new id names its engine too
         if named is not None:
             client = self._for_session(named)
+        elif kw.get("key") is not None and kw.get("key_max") is not None:
+            client = self.clients[key_engine(kw["key"], len(self.clients))]
         else:
             client = min(self.clients, key=lambda c: len(c.handles))
         return await client.open(self.model_on(client, model), session_id=session_id, **kw)
