@@ -150,3 +150,61 @@ def test_engine_lost_and_back_leaves_no_session_attached(checkpoint_dir):
         assert _active(w) == 0
     finally:
         w.stop()
+
+
+def test_frontend_silent_but_alive_hears_its_sessions_were_detached(checkpoint_dir):
+    """A front-end stops for 3 s (the engine, running, detaches its sessions: silence past
+    frontend_timeout_s) and comes back with an answer from the engine waiting in its socket,
+    so it does not take the engine for lost. It used to go on streaming into sessions the
+    engine had detached: results went nowhere and the stream hung. The engine now tells it,
+    and the stream gets an error and a close; its session resumes with every sample."""
+    w = Workers(checkpoint_dir, S4D_FRONTEND_TIMEOUT_S=1, S4D_IDLE_TTL_S=30)
+    x = (np.random.default_rng(8).standard_normal(1280) * 0.3).astype(np.float32)
+    try:
+        async def main():
+            ws = await websockets.connect(w.url())
+            await ws.send(json.dumps(EMIT))
+            sid = json.loads(await ws.recv())["session_id"]
+            await ws.send(encode(x[:640, None], "f32le"))
+            assert (await _results_until(ws, 640))[-1]["type"] == "result"
+            front = w.frontend_of(ws)
+            (engine,) = w.children("s4d-engine")
+            engine.send_signal(signal.SIGSTOP)  # the front-end's next ping waits unanswered
+            await asyncio.sleep(0.7)
+            front.send_signal(signal.SIGSTOP)  # ... while it stops
+            await asyncio.sleep(0.1)
+            engine.send_signal(signal.SIGCONT)  # answers the ping into the stopped front-end
+            await asyncio.sleep(3)  # and detaches its sessions after 1 s of silence
+            front.send_signal(signal.SIGCONT)
+            await asyncio.sleep(0.5)
+            msgs = []
+            try:
+                await ws.send(encode(x[640:, None], "f32le"))
+                msgs = await _results_until(ws, 1280)
+            except websockets.ConnectionClosed:
+                pass
+            if not msgs or msgs[-1]["type"] == "error":  # told: resume, resend what is missing
+                for _ in range(50):
+                    async with websockets.connect(w.url()) as ws2:
+                        await ws2.send(json.dumps({**EMIT, "session_id": sid, "offset": 640}))
+                        msg = json.loads(await asyncio.wait_for(ws2.recv(), 10))
+                        if msg["type"] == "error":
+                            assert msg["code"] == "session_busy", msg
+                            await asyncio.sleep(0.2)
+                            continue
+                        assert msg["offset"] >= 640
+                        await ws2.send(encode(x[msg["offset"]:, None], "f32le"))
+                        await ws2.send(json.dumps({"type": "end"}))
+                        while (final := json.loads(await asyncio.wait_for(ws2.recv(), 10))
+                               )["type"] != "final":
+                            pass
+                        return final
+                raise AssertionError("the session never became resumable")
+            await ws.send(json.dumps({"type": "end"}))
+            return json.loads(await asyncio.wait_for(ws.recv(), 10))
+
+        final = asyncio.run(main())
+        assert final["type"] == "final" and final["offset"] == len(x)
+        assert_probs_close(final["probabilities"], batch(w, x), 1e-5)
+    finally:
+        w.stop()

@@ -284,7 +284,9 @@ class Engine:
             for idx, seen in list(self._last_seen.items()):
                 if self.watch_frontends and now - seen > silent:  # a front-end died: keep its sessions resumable
                     del self._last_seen[idx]
-                    n = sum(me.detach_owner(idx) for me in self.models)
+                    why = (f"this server's front-end was silent for {now - seen:.1f} s: the "
+                           "session is detached, resume it")
+                    n = sum(me.detach_owner(idx, tell=why) for me in self.models)
                     for me in self.models:
                         me.release_owner(idx)
                     log.warning("front-end %s silent for %.1fs: %d session(s) detached",
@@ -314,7 +316,7 @@ class Engine:
         stale = header.get("ep") not in (None, self.epoch)
         if not stale:
             for model, si, gi, ci in header.get("feed", ()):
-                self.models[model].feed(arrays[si], arrays[gi], arrays[ci])
+                self.models[model].feed(arrays[si], arrays[gi], arrays[ci], owner)
         for op in header.get("ops", ()):
             kind = op.get("op")
             if kind == "hello":  # a front-end that (again) holds no session of this engine
@@ -356,9 +358,10 @@ class Engine:
             self.models[op["model"]].flush(owner, op["req"], op["slot"], op["gen"],
                                            reset=bool(op.get("reset")), end=bool(op.get("end")))
         elif kind == "detach":
-            self.models[op["model"]].detach(op["slot"], op["gen"])
+            self.models[op["model"]].detach(op["slot"], op["gen"], owner)
         elif kind == "close":
-            self.models[op["model"]].close(op["slot"], op["gen"], op.get("reason", "error"))
+            self.models[op["model"]].close(op["slot"], op["gen"], op.get("reason", "error"),
+                                           owner)
         elif kind == "predict":
             data, lengths = arrays[op["data"]], arrays[op["lengths"]]
             asyncio.get_running_loop().create_task(self._predict(owner, op, data, lengths))

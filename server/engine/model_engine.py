@@ -227,14 +227,18 @@ class ModelEngine:
         s = self.by_slot.get(slot)
         return s if s is not None and s.gen == gen else None
 
-    def feed(self, slots: np.ndarray, gens: np.ndarray, counts: np.ndarray) -> None:
+    def feed(self, slots: np.ndarray, gens: np.ndarray, counts: np.ndarray,
+             owner: int | None = None) -> None:
         """A tick's samples, already written into the ring by the front-end: commit them.
-        Entries of sessions that are gone are skipped (nobody can receive their results)."""
+        Entries of sessions that are gone, or attached to another front-end, are skipped
+        (nobody can receive their results)."""
         if not self.streamable or not len(slots):
             return
         slots = slots.astype(np.int64)
         counts = counts.astype(np.int64)
         ok = self.buffers.valid(slots, gens)
+        if owner is not None:  # a front-end that has not yet heard its session was detached
+            ok &= self.buffers.owner[slots] == owner
         if not ok.all():
             slots, counts = slots[ok], counts[ok]
         try:
@@ -262,16 +266,18 @@ class ModelEngine:
     def flush(self, owner: int, req: int, slot: int, gen: int, *, reset: bool, end: bool) -> None:
         """Run everything buffered (the trailing partial frame too), then answer `req`."""
         s = self.session_at(slot, gen)
-        if s is None:
+        if s is None or s.owner != owner:
             self.outbox.reply(owner, {"req": req, "error": "unknown_session",
                                       "message": "the session is closed"})
             return
         self.flushes.setdefault(slot, []).append(Flush(owner, req, reset, end))
         self._wake.set()
 
-    def detach(self, slot: int, gen: int) -> None:
+    def detach(self, slot: int, gen: int, owner: int | None = None) -> None:
+        """`owner`: the front-end asking; only the one the session is attached to may (one
+        whose sessions were detached while it was silent may not yet know)."""
         s = self.session_at(slot, gen)
-        if s is not None and s.attached:
+        if s is not None and s.attached and owner in (None, s.owner):
             self._set_owner(s, -1)
             s.detached_at = time.monotonic()
             if self.persistence is not None:
@@ -279,20 +285,26 @@ class ModelEngine:
             log.info("session_detach model=%s session=%s offset=%d", self.name, short_id(s.id),
                      int(self.buffers.received[slot]))
 
-    def detach_owner(self, owner: int) -> int:
-        """A front-end is gone: its sessions stay resumable for the idle TTL."""
+    def detach_owner(self, owner: int, tell: str | None = None) -> int:
+        """A front-end is gone: its sessions stay resumable for the idle TTL. `tell`: it may
+        still be alive (it was only silent), so each session is also reported closed to it
+        with this message: a front-end that still held one would stream on into a detached
+        session whose results go nowhere."""
         if not self.streamable:
             return 0
         slots = self.by_slot.array()  # the owner column: no walk over every session
         mine = slots[self.buffers.owner[slots] == owner].tolist()
         for slot in mine:
             s = self.by_slot[slot]
+            if tell is not None:
+                self.outbox.event(owner, {"ev": "closed", "model": self.idx, "slot": s.slot,
+                                          "gen": s.gen, "code": "internal", "message": tell})
             self.detach(s.slot, s.gen)
         return len(mine)
 
-    def close(self, slot: int, gen: int, reason: str) -> None:
+    def close(self, slot: int, gen: int, reason: str, owner: int | None = None) -> None:
         s = self.session_at(slot, gen)
-        if s is not None:
+        if s is not None and owner in (None, s.owner):
             self._close(s, reason)
 
     def _close(self, s: EngineSession, reason: str, quarantine: bool = False) -> None:
