@@ -285,6 +285,18 @@ def test_engine_step_failure_closes_only_those_sessions():
         assert me.slab.in_use == 1
         me.release(5, a["slot"], a["gen"])
         assert me.slab.in_use == 0
+        # ... and /metrics says so (the gauge was left at the quarantined slot's bytes)
+        in_use = me.metrics.registry.get_sample_value("s4d_state_slab_bytes_in_use",
+                                                      {"model": "fake"})
+        assert in_use == 0, in_use
+        b = await open_new(me, 6)  # a front-end gone for good frees its quarantine too
+        push(me, np.array([b["slot"]]), np.array([b["gen"]]), np.array([8]),
+             np.ones((8, 1), np.float32))
+        await _settle(me)
+        me.release_owner(6)
+        assert me.slab.in_use == 0
+        assert me.metrics.registry.get_sample_value("s4d_state_slab_bytes_in_use",
+                                                    {"model": "fake"}) == 0
         await me.stop()
         lane.stop()
 

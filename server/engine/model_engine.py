@@ -257,11 +257,15 @@ class ModelEngine:
         if (slot, gen) in held:
             held.remove((slot, gen))
             self.slab.free(slot)
+            self._gauges()  # the slot's bytes were still counted in use
 
     def release_owner(self, owner: int) -> None:
         """A front-end is gone: nothing it held can be written any more."""
-        for slot, _ in self.quarantine.pop(owner, []):
+        held = self.quarantine.pop(owner, [])
+        for slot, _ in held:
             self.slab.free(slot)
+        if held:
+            self._gauges()
 
     def flush(self, owner: int, req: int, slot: int, gen: int, *, reset: bool, end: bool) -> None:
         """Run everything buffered (the trailing partial frame too), then answer `req`."""
