@@ -125,6 +125,9 @@ class SequenceControl:
     sequence_id: int | str
     start: bool
     end: bool
+    #: `sequence_samples_sent`: the samples the client has sent this sequence before this
+    #: request, checked by the server (a retried chunk is not applied twice)
+    samples_sent: int | None = None
 
 
 def serialize_bytes(arr: np.ndarray) -> bytes:
@@ -152,7 +155,12 @@ def sequence_control(params: dict[str, Any]) -> SequenceControl | None:
         if not isinstance(v, bool):
             raise bad_request(f"parameter {key} must be a boolean")
         flags[key] = v
-    return SequenceControl(sid, flags["sequence_start"], flags["sequence_end"])
+    sent = params.get("sequence_samples_sent")
+    if sent is not None and (isinstance(sent, bool) or not isinstance(sent, int) or sent < 0):
+        raise bad_request("parameter sequence_samples_sent must be an integer >= 0")
+    if sent and flags["sequence_start"]:
+        raise bad_request("parameter sequence_samples_sent must be 0 with sequence_start")
+    return SequenceControl(sid, flags["sequence_start"], flags["sequence_end"], sent)
 
 
 # ---- statistics ----------------------------------------------------------------------------
@@ -329,7 +337,8 @@ class OipService:
             if seq is not None:
                 rows = await run(self._sequence_rows, lm, req.inputs)
                 t1 = time.perf_counter_ns()
-                r = await self.sequences.infer(lm, seq.sequence_id, seq.start, seq.end, rows, key)
+                r = await self.sequences.infer(lm, seq.sequence_id, seq.start, seq.end, rows, key,
+                                               samples_sent=seq.samples_sent)
                 t2 = time.perf_counter_ns()
                 k = len(lm.metadata.classes)
                 probs = (np.full((1, k), np.nan, np.float32) if r.probs is None

@@ -81,8 +81,12 @@ class OipSequences:
         self._locks: dict[str, list] = {}
 
     async def infer(self, lm: RemoteModel, sequence_id: int | str, start: bool, end: bool,
-                    rows: np.ndarray, key: KeyInfo | None) -> SequenceResult:
-        """Feed `rows` [n, C] float32; the probabilities after them (flushed; `end`: final)."""
+                    rows: np.ndarray, key: KeyInfo | None,
+                    samples_sent: int | None = None) -> SequenceResult:
+        """Feed `rows` [n, C] float32; the probabilities after them (flushed; `end`: final).
+        `samples_sent`: what the client has sent before; a request whose sequence holds
+        another count is refused unapplied (409), so a chunk retried after a timeout (its
+        first try was applied) is not applied twice."""
         pool = self.st.client
         sid = sequence_session_id(key.name if key else None, lm.name, sequence_id,
                                   len(pool.clients),
@@ -91,7 +95,8 @@ class OipSequences:
         entry[1] += 1
         try:
             async with entry[0]:  # this front-end serves a sequence's requests in arrival order
-                return await self._serve(lm, sid, sequence_id, start, end, rows, key)
+                return await self._serve(lm, sid, sequence_id, start, end, rows, key,
+                                         samples_sent)
         except StreamError as err:
             status, code = _STATUS.get(err.code, (500, "internal"))
             raise ApiError(status, code, _message(err, sequence_id, lm.name)) from None
@@ -104,8 +109,16 @@ class OipSequences:
                 del self._locks[sid]
 
     async def _serve(self, lm: RemoteModel, sid: str, sequence_id, start: bool, end: bool,
-                     rows: np.ndarray, key: KeyInfo | None) -> SequenceResult:
+                     rows: np.ndarray, key: KeyInfo | None,
+                     samples_sent: int | None) -> SequenceResult:
         h = await self._attach(lm, sid, start, key)
+        if samples_sent is not None and h.received != samples_sent:
+            await self._detach(h)
+            raise ApiError(409, "sequence_samples_mismatch", (
+                f"{_describe(sequence_id)} of model {lm.name!r} has received {h.received} "
+                f"samples, not {samples_sent} (sequence_samples_sent); nothing of this request "
+                "was applied (a chunk sent before with this count, whose answer was lost, "
+                "was applied: go on from the server's count)"))
         ended = False
         try:
             h.push(rows, asyncio.get_running_loop().time())

@@ -377,3 +377,32 @@ def test_v2_infer_body_limit_before_parsing(start_server, checkpoint_dir):
     r = httpx.post(f"{s.base_url}/v2/models/tiny/infer", content=b"[" * 10_000, timeout=30)
     assert r.status_code == 413 and isinstance(r.json()["error"], str)
 
+
+
+def test_sequence_samples_sent_refuses_a_retried_chunk(srv, http, grpc_client):
+    """A chunk whose answer was lost (a client timeout after the server received it) and that
+    is sent again with the same `sequence_samples_sent` is refused, not applied twice; the
+    sequence goes on from the server's count and still equals the batch path."""
+    x = signal(260, 1, seed=9)
+    for mod, client, sid in ((th, http, 4242), (tg, grpc_client, "retry-4242")):
+        def send(lo, hi, sent, mod=mod, client=client, sid=sid, **kw):
+            return client.infer("tiny", [make_input(mod, x[lo:hi])], sequence_id=sid,
+                                parameters={"sequence_samples_sent": sent}, **kw)
+
+        assert offset_of(mod, send(0, 100, 0, sequence_start=True)) == 100
+        assert offset_of(mod, send(100, 150, 100)) == 150
+        with pytest.raises(InferenceServerException) as ei:  # the same chunk again
+            send(100, 150, 100)
+        assert "has received 150 samples, not 100" in ei.value.message()
+        assert ei.value.status() in ("409", "StatusCode.ABORTED")
+        assert 'code="sequence_samples_mismatch"' in srv.metrics_text()
+        last = send(150, 260, 150, sequence_end=True)
+        assert offset_of(mod, last) == 260
+        expect = batch_probs(srv, "tiny", [x])[0]
+        assert np.abs(last.as_numpy("probabilities")[0] - expect).max() <= TOL
+        for bad, start in ((-1, False), ("7", False), (True, False), (5, True)):
+            with pytest.raises(InferenceServerException) as ei:
+                client.infer("tiny", [make_input(mod, x[:10])], sequence_id=f"{sid}-bad",
+                             sequence_start=start, parameters={"sequence_samples_sent": bad})
+            assert "sequence_samples_sent" in ei.value.message()
+            assert ei.value.status() in ("400", "StatusCode.INVALID_ARGUMENT")
