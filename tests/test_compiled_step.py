@@ -88,21 +88,28 @@ def test_a_failing_compiler_leaves_the_plain_step(monkeypatch, checkpoint_dir, c
     assert np.isfinite(logits).all()
 
 
+def trained_looking(model: dict, seed: int):
+    """A small network whose norms are not a fresh LayerNorm's 1 and 0 (a form that dropped a
+    norm's weight or bias would pass with those), and the generator that drew them."""
+    from model.config import ModelConfig
+
+    cfg = ModelConfig(d_model=8, d_state=8, n_layers=2, d_output=3, **model)
+    net = S4DNetwork(cfg, seed=seed).eval()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in (p for name, p in net.named_parameters() if ".norm." in name):
+            p.copy_(torch.randn(p.shape, generator=gen))
+    return net, gen
+
+
 @pytest.mark.parametrize("prenorm, norm", [(True, "layer"), (False, "layer"), (True, "none")])
 def test_compiled_forms_arithmetic_equals_plain_step_eagerly(prenorm, norm):
     """What the compiled step runs (channel-major blocks, stacked scan, bmm + add; `fused=True`)
     run eagerly, without a compiler: the plain step's numbers, for pre- and post-norm blocks,
     full and partial sub-blocks."""
-    from model.config import ModelConfig
     from model.state import STATE_NAMES
 
-    cfg = ModelConfig(d_input=1, d_model=8, d_state=8, n_layers=2, d_output=3, prenorm=prenorm,
-                      norm=norm)
-    net = S4DNetwork(cfg, seed=3).eval()
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # trained-looking norms (a fresh LayerNorm is 1 and 0)
-        for p in (p for name, p in net.named_parameters() if ".norm." in name):
-            p.copy_(torch.randn(p.shape, generator=gen))
+    net, gen = trained_looking(dict(d_input=1, prenorm=prenorm, norm=norm), seed=3)
     for frame, block in ((24, 8), (20, 8)):  # 3 full sub-blocks; 2 full + a trailing 4
         stream = StreamingNetwork(net, frame, block_size=block).eval()
         state = {k: torch.randn(v.shape, generator=gen) * 0.1
@@ -122,15 +129,8 @@ def test_channel_major_batch_features_equal_the_plain_forward(prenorm, bidirecti
     """The compiled REST forward's blocks on [H, B, steps] (`features(channel_major=True)`),
     run eagerly: the plain features, with padding masks, kept kernels or not, and a
     bidirectional network."""
-    from model.config import ModelConfig
-
-    cfg = ModelConfig(d_input=2, d_model=8, d_state=8, n_layers=2, d_output=3, prenorm=prenorm,
-                      bidirectional=bidirectional)
-    net = S4DNetwork(cfg, seed=5).eval()
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # trained-looking norms (a fresh LayerNorm is 1 and 0)
-        for p in (p for name, p in net.named_parameters() if ".norm." in name):
-            p.copy_(torch.randn(p.shape, generator=gen))
+    net, gen = trained_looking(dict(d_input=2, prenorm=prenorm, bidirectional=bidirectional),
+                               seed=5)
     x = torch.randn(3, 40, 2, generator=gen)
     lengths = torch.tensor([40, 23, 7])
     with torch.inference_mode():
