@@ -387,38 +387,43 @@ def _rings(pid: int) -> list[str]:
     return [p.name for p in Path("/dev/shm").glob(f"s4d-{pid}-*")]
 
 
+async def _streams_then(w: Workers, x: np.ndarray, n: int, stop) -> tuple[list, list]:
+    """`n` streams each send `x`, then `stop()` (a signal): their session ids, and per stream
+    every message until the server closed it, with the close code."""
+    socks, sids = [], []
+    for _ in range(n):
+        ws = await websockets.connect(w.url())
+        await ws.send(json.dumps(START))
+        started = json.loads(await ws.recv())
+        assert started["type"] == "started", started
+        sids.append(started["session_id"])
+        await ws.send(encode(x[:, None], "f32le"))
+        socks.append(ws)
+    await asyncio.sleep(0.5)
+    stop()
+    out = []
+    for ws in socks:
+        msgs = []
+        try:
+            while True:
+                msgs.append(json.loads(await asyncio.wait_for(ws.recv(), 20)))
+        except websockets.ConnectionClosed:
+            pass
+        out.append((msgs, ws.close_code))
+    return sids, out
+
+
 @pytest.mark.parametrize("engines", [1, 2])
 def test_sigterm_drains_every_stream(checkpoint_dir, engines):
     """SIGTERM: every stream gets its final and 1001, with one engine or two (the engines stop
     after the front-ends have drained)."""
     w = Workers(checkpoint_dir, S4D_ENGINES_PER_DEVICE=engines, S4D_DEVICE="cpu")
     x = np.linspace(-1, 1, 500, dtype=np.float32)
-    sids = []
-
-    async def main():
-        socks = []
-        for _ in range(4):
-            ws = await websockets.connect(w.url())
-            await ws.send(json.dumps(START))
-            sids.append(json.loads(await ws.recv())["session_id"])
-            await ws.send(encode(x[:, None], "f32le"))
-            socks.append(ws)
-        await asyncio.sleep(0.5)
-        os.kill(w.proc.pid, signal.SIGTERM)
-        out = []
-        for ws in socks:
-            msgs = []
-            try:
-                while True:
-                    msgs.append(json.loads(await asyncio.wait_for(ws.recv(), 20)))
-            except websockets.ConnectionClosed:
-                pass
-            out.append((msgs, ws.close_code))
-        return out
-
     try:
         expected = batch(w, x)
-        for msgs, code in asyncio.run(main()):
+        sids, out = asyncio.run(_streams_then(w, x, 4, lambda: os.kill(w.proc.pid,
+                                                                       signal.SIGTERM)))
+        for msgs, code in out:
             assert code == 1001, msgs
             final = next(m for m in msgs if m["type"] == "final")
             assert final["offset"] == len(x)
@@ -439,31 +444,10 @@ def test_process_group_signal_drains_every_stream(checkpoint_dir, sig):
     their front-ends have said goodbye."""
     w = Workers(checkpoint_dir)
     x = np.linspace(-1, 1, 700, dtype=np.float32)
-
-    async def main():
-        socks = []
-        for _ in range(3):
-            ws = await websockets.connect(w.url())
-            await ws.send(json.dumps(START))
-            assert json.loads(await ws.recv())["type"] == "started"
-            await ws.send(encode(x[:, None], "f32le"))
-            socks.append(ws)
-        await asyncio.sleep(0.5)
-        os.killpg(w.proc.pid, sig)
-        out = []
-        for ws in socks:
-            msgs = []
-            try:
-                while True:
-                    msgs.append(json.loads(await asyncio.wait_for(ws.recv(), 20)))
-            except websockets.ConnectionClosed:
-                pass
-            out.append((msgs, ws.close_code))
-        return out
-
     try:
         expected = batch(w, x)
-        for msgs, code in asyncio.run(main()):
+        _, out = asyncio.run(_streams_then(w, x, 3, lambda: os.killpg(w.proc.pid, sig)))
+        for msgs, code in out:
             assert code == 1001, msgs
             assert [m["type"] for m in msgs] == ["final", "error"], msgs
             assert msgs[0]["offset"] == len(x) and msgs[1]["code"] == "shutting_down"
