@@ -75,13 +75,17 @@ def test_ring_write_read_wraps_and_refuses_overflow():
     assert not b.valid(np.array([2]), np.array([g[2]])).any()
 
 
-def test_ring_matches_a_fifo_for_random_traffic():
+@pytest.mark.parametrize("via", ["write", "staging"])
+def test_ring_matches_a_fifo_for_random_traffic(via):
     """Mirrored ring (frame 5 of 15): any interleaving of writes and frame reads returns the
-    samples in order, for every slot independently."""
+    samples in order, for every slot independently. `staging`: as with front-end processes,
+    the samples are written into a staging ring and copied in at commit (`copy_in`), while
+    another staging ring (a stale front-end's) gets other samples at the same places."""
     rng = np.random.default_rng(1)
     b = SlotBuffers(capacity=4, ring=15, channels=2, classes=1, frame=5)
     for s in range(4):
         b.open(s)
+    staging, stale = np.zeros_like(b.data), np.zeros_like(b.data)
     fifo = {s: [] for s in range(4)}
     counter = 0
     for _ in range(400):
@@ -90,7 +94,17 @@ def test_ring_matches_a_fifo_for_random_traffic():
         counts = np.array([rng.integers(0, r + 1) for r in room])
         data = np.arange(counter, counter + 2 * counts.sum(), dtype=np.float32).reshape(-1, 2)
         counter += 2 * int(counts.sum())
-        b.write(slots, counts, data)
+        if via == "write":
+            b.write(slots, counts, data)
+        else:
+            at = 0
+            for s, n in zip(slots.tolist(), counts.tolist(), strict=True):
+                start = int(b.received[s])
+                write_ring(staging, 15, s, start, data[at:at + n])
+                write_ring(stale, 15, s, start, -1 - data[at:at + n])
+                at += n
+            b.copy_in(staging, slots, counts)
+            b.commit(slots, counts)
         at = 0
         for s, n in zip(slots.tolist(), counts.tolist(), strict=True):
             fifo[s].extend(data[at:at + n])

@@ -208,3 +208,88 @@ def test_frontend_silent_but_alive_hears_its_sessions_were_detached(checkpoint_d
         assert_probs_close(final["probabilities"], batch(w, x), 1e-5)
     finally:
         w.stop()
+
+
+async def _connect_not_to(w: Workers, stale, model: str, timeout: float = 20.0):
+    """A connection to another front-end than `stale` (stopped: one that lands on its socket
+    never completes the handshake)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            ws = await websockets.connect(w.url(model), open_timeout=1)
+        except (asyncio.TimeoutError, OSError, websockets.InvalidHandshake):
+            await asyncio.sleep(0.05)
+            continue
+        if w.frontend_of(ws).pid != stale.pid:
+            return ws
+        await ws.close()
+    raise AssertionError("no connection reached another front-end")
+
+
+def test_stale_frontend_waking_with_queued_samples_does_not_corrupt_resumed_session(
+        checkpoint_dir):
+    """A front-end stops (SIGSTOP) with samples of its client queued for its next tick (100 ms
+    apart here); the engine detaches its session after frontend_timeout_s of silence, and the
+    client resumes it through the other front-end and streams on (its last partial frame
+    buffered, not yet stepped). The stopped front-end then wakes (SIGCONT): its overdue tick
+    runs before it reads that the session was detached, and sends the samples it holds. The
+    owner check refused their commit, but they used to be written into the engine's shared
+    sample ring, in the session's slot, over the resumed stream's samples that the engine had
+    not read yet: `final` differed from the batch path. Samples now reach a session only from
+    the front-end it is attached to."""
+    w = Workers(checkpoint_dir, S4D_FRONTEND_TIMEOUT_S=1, S4D_IDLE_TTL_S=30,
+                S4D_TICK_INTERVAL_MS=100)
+    model, ring = "tinynone", 128  # its per-session sample ring: max(8 frames, rate / 2)
+    # (pooling none: `final` is the prediction after the last sample, so it shows any change)
+    n0, total = 64, 64 + 2 * ring + 9  # the resumed stream ends in a partial frame of 9
+    x = (np.random.default_rng(9).standard_normal(total) * 0.5).astype(np.float32)
+    start = {**EMIT, "sample_rate": 250}
+    try:
+        async def main():
+            ws_a = await websockets.connect(w.url(model))
+            await ws_a.send(json.dumps(start))
+            sid = json.loads(await ws_a.recv())["session_id"]
+            await ws_a.send(encode(x[:n0, None], "f32le"))
+            assert (await _results_until(ws_a, n0))[-1]["type"] == "result"
+            front = w.frontend_of(ws_a)  # it has heard every sample is consumed: full credit
+            # a tick went out just now: these wait for the next one, up to 100 ms later
+            await ws_a.send(encode(x[n0:n0 + ring, None], "f32le"))
+            await asyncio.sleep(0.03)
+            front.send_signal(signal.SIGSTOP)
+            try:
+                ws_b = await _connect_not_to(w, front, model)
+                deadline = time.monotonic() + 10
+                while True:  # session_busy until the engine detaches it (1 s of silence)
+                    await ws_b.send(json.dumps({**start, "session_id": sid}))
+                    msg = json.loads(await asyncio.wait_for(ws_b.recv(), 10))
+                    if msg["type"] == "started":
+                        break
+                    assert msg["code"] == "session_busy", msg
+                    assert time.monotonic() < deadline, "the session was never detached"
+                    await asyncio.wait_for(ws_b.wait_closed(), 10)
+                    await asyncio.sleep(0.2)
+                    ws_b = await _connect_not_to(w, front, model)
+                # n0; n0 + ring only if its tick went out before it stopped (a host too slow
+                # for the 30 ms above: then it holds nothing, and nothing is tested)
+                held = msg["offset"]
+                assert held in (n0, n0 + ring), msg
+                await ws_b.send(encode(x[held:, None], "f32le"))
+                # every full frame stepped; the last 9 samples go out with the next tick and
+                # wait in the slot's ring, where the stale front-end's samples n0 .. n0 + 8 go
+                assert (await _results_until(ws_b, total - 9))[-1]["type"] == "result"
+                await asyncio.sleep(0.5)
+            finally:
+                front.send_signal(signal.SIGCONT)
+            await asyncio.sleep(1.0)  # it wakes, ticks, then reads the detach
+            await ws_b.send(json.dumps({"type": "end"}))
+            while (final := json.loads(await asyncio.wait_for(ws_b.recv(), 10))
+                   )["type"] != "final":
+                assert final["type"] == "result", final
+            await ws_a.close()
+            return final
+
+        final = asyncio.run(main())
+        assert final["offset"] == total
+        assert_probs_close(final["probabilities"], batch(w, x, model), 1e-5)
+    finally:
+        w.stop()

@@ -6,12 +6,17 @@ contiguous window: reading one frame for each of n sessions is one strided copy
 (`sliding_window_view`), not n index computations (measured: 65 us for 512 kws frames against
 3.8 ms with per-element fancy indexing). Writes copy each session's chunk as one or two slices.
 
-The front-ends write their sessions' samples into the ring themselves (`write_ring`): in the
-same process, or through shared memory when the engine is its own process. A tick message then
-carries only (slot, generation, count) per session and the engine's part of a feed is one
-vectorised `commit`, whatever the number of sessions and samples. Front-ends never have more
-than `ring` unconsumed samples per session in flight (credit flow control), so a write never
-lands on samples the engine has not read; a commit beyond the credit is refused.
+The front-ends write their sessions' samples themselves (`write_ring`), at the sessions' slots
+and offsets: in the same process straight into the ring, and when the engine is its own process
+into that front-end's own staging ring in shared memory (same shape, written by nobody else).
+A tick message then carries only (slot, generation, count) per session; the engine checks that
+each session is live and attached to the sender, then copies exactly those samples from the
+sender's staging ring into its own (`copy_in`, one vectorised gather whatever the number of
+sessions) and commits them. So a front-end that lost a session (detached while it was stalled,
+slot reused since) and writes before it hears of it changes only its own staging ring: the ring
+the engine reads is written by the engine alone. Front-ends never have more than `ring`
+unconsumed samples per session in flight (credit flow control), so a write never lands on
+samples the engine has not read (or copied); a commit beyond the credit is refused.
 """
 
 from __future__ import annotations
@@ -43,6 +48,12 @@ def write_ring(data: np.ndarray, ring: int, slot: int, start: int, rows: np.ndar
     if p < mirror:  # the start of the ring is mirrored past its end
         end = min(p + first, mirror)
         row[ring + p:ring + end] = rows[:end - p]
+
+
+def _samples(data: np.ndarray) -> np.ndarray:
+    """A C-contiguous [capacity, width, C] ring as a flat array of whole samples (C floats as
+    one opaque item: fancy indexing copies each as a block)."""
+    return data.reshape(-1, data.shape[2]).view(np.dtype((np.void, 4 * data.shape[2]))).reshape(-1)
 
 
 class SlotBuffers:
@@ -94,6 +105,29 @@ class SlotBuffers:
         if np.any(self.available(slots) + counts > self.ring):
             raise RingOverflow("a session sent more samples than its buffer credit")
         self.received[slots] += counts
+
+    def copy_in(self, source: np.ndarray, slots: np.ndarray, counts: np.ndarray) -> None:
+        """Copy the next `counts[i]` samples of each slot (absolute offsets received..
+        received + count - 1, count <= ring) from `source`, a front-end's staging ring of this
+        ring's shape, into this ring, mirror included; call before `commit` (which then counts
+        them). One gather and scatter of whole samples (measured: 0.2 ms for 512 sessions of
+        64 samples, 0.6 ms for 2,048 of 25 samples of 12 channels)."""
+        counts = np.asarray(counts, np.int64)
+        total = int(counts.sum())
+        if not total:
+            return
+        slots = np.asarray(slots, np.int64)
+        width, ring = self.data.shape[1], self.ring
+        first = np.cumsum(counts) - counts  # where each slot's samples start in the batch
+        pos = np.arange(total) + np.repeat(self.received[slots] % ring - first, counts)
+        pos[pos >= ring] -= ring  # wrapped (a count is at most the ring)
+        rows = np.repeat(slots * width, counts) + pos  # samples of the flattened rings
+        dst, src = _samples(self.data), _samples(source)
+        dst[rows] = src.take(rows)
+        mirrored = pos < width - ring
+        if mirrored.any():
+            rows = rows[mirrored]
+            dst[rows + ring] = src.take(rows)
 
     def write(self, slots: np.ndarray, counts: np.ndarray, data: np.ndarray) -> None:
         """Append `counts[i]` rows of `data` (concatenated in order) to each slot."""

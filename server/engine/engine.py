@@ -93,8 +93,11 @@ class Engine:
         self.device = device or settings.resolve_device()
         self.index = index  # session ids start with e<index>- so a resume finds this engine
         self.watch_frontends = watch_frontends  # separate processes that may die silently
-        self.shared_rings = shared_rings  # sample rings in shared memory (front-end processes)
+        # front-ends are other processes: each writes its sessions' samples into its own
+        # staging rings in shared memory (one per model), created here at its hello
+        self.shared_rings = shared_rings
         self._shm: list = []
+        self._staging: dict[tuple[int, int], tuple[str, np.ndarray]] = {}  # (owner, model)
         self.key_sessions: collections.Counter = collections.Counter()
         self.epoch = epoch if epoch is not None else int(time.time() * 1000) % (1 << 31)
         self.models: list[ModelEngine] = []
@@ -205,7 +208,6 @@ class Engine:
             me = ModelEngine(
                 len(self.models), name, backend, storage, lane, self.metrics, self.outbox,
                 id_prefix=f"e{self.index}-", round_interval_s=s.round_interval_ms / 1000,
-                ring_alloc=self._ring_alloc,
                 batch_settings=dict(
                     window_s=s.batch_window_ms / 1000, max_batch_sequences=s.max_batch_sequences,
                     max_batch_samples=s.max_batch_samples, max_pending=s.max_pending_requests,
@@ -233,16 +235,36 @@ class Engine:
         sys.setswitchinterval(self.settings.gil_switch_interval_ms / 1000)
         log.info("ready models=%s", ",".join(self.by_name) or "(none)")
 
-    def _ring_alloc(self, shape: tuple[int, ...]) -> tuple[np.ndarray, dict]:
-        """A model's sample ring: in shared memory when front-ends are other processes (they
-        write their sessions' samples straight into it), else a plain array."""
-        if not self.shared_rings:
-            return np.zeros(shape, np.float32), {}
+    def staging(self, owner: int, me: ModelEngine) -> tuple[str, np.ndarray]:
+        """The front-end `owner`'s staging ring of a model (created at its first hello): the
+        only shared memory it writes. Its samples reach the model's own ring (read by the
+        engine alone) when a tick commits them for sessions attached to it, so a front-end
+        that writes for a session it lost (it was stalled: the session was detached, resumed
+        through another front-end, or its slot reused) writes only where nobody reads."""
+        key = (owner, me.idx)
+        if key not in self._staging:
+            from server.engine import shm
+
+            seg, data = shm.create(f"{shm.prefix(os.getpid())}m{me.idx}-f{owner}",
+                                   tuple(me.ring_info["shape"]))
+            self._shm.append(seg)
+            self._staging[key] = (seg.name, data)
+        return self._staging[key]
+
+    def _drop_staging(self, owner: int) -> None:
+        """A front-end said `bye`: its staging rings go (it writes no more; a silent one may
+        only be stalled, and keeps its own)."""
         from server.engine import shm
 
-        seg, data = shm.create(f"{shm.prefix(os.getpid())}{len(self._shm)}", shape)
-        self._shm.append(seg)
-        return data, {"shm": seg.name}
+        for key in [k for k in self._staging if k[0] == owner]:
+            name = self._staging.pop(key)[0]  # no view of it left here
+            for seg in [s for s in self._shm if s.name == name]:
+                self._shm.remove(seg)
+                try:
+                    seg.close()
+                except BufferError:  # a view still alive: the mapping goes with it
+                    pass
+            shm.remove(name)
 
     async def stop(self) -> None:
         if self.persistence is not None:  # before the lanes stop: snapshots need them
@@ -300,13 +322,19 @@ class Engine:
                 if n:
                     log.info("idle_ttl model=%s evicted=%d", me.name, n)
 
-    def models_info(self) -> list[dict]:
+    def models_info(self, owner: int | None = None) -> list[dict]:
+        """Every model's metadata, credit and ring: for the front-end `owner` in another
+        process, the shared memory of its own staging ring."""
         out = []
         for me in self.models:
             d = me.metadata.to_dict()
             d["idx"] = me.idx
             d["credit"] = me.credit
-            d["ring"] = me.ring_info if me.streamable else None
+            d["ring"] = None
+            if me.streamable:
+                d["ring"] = dict(me.ring_info)
+                if self.shared_rings and owner is not None:
+                    d["ring"]["shm"] = self.staging(owner, me)[0]
             out.append(d)
         return out
 
@@ -316,7 +344,13 @@ class Engine:
         stale = header.get("ep") not in (None, self.epoch)
         if not stale:
             for model, si, gi, ci in header.get("feed", ()):
-                self.models[model].feed(arrays[si], arrays[gi], arrays[ci], owner)
+                source = None  # same process: written straight into the model's ring
+                if self.shared_rings:
+                    staged = self._staging.get((owner, model))
+                    if staged is None:  # no staging ring: it cannot have written samples
+                        continue
+                    source = staged[1]
+                self.models[model].feed(arrays[si], arrays[gi], arrays[ci], owner, source)
         for op in header.get("ops", ()):
             kind = op.get("op")
             if kind == "hello":  # a front-end that (again) holds no session of this engine
@@ -325,7 +359,8 @@ class Engine:
                 self.outbox.reply(owner, {
                     "req": op.get("req"), "epoch": self.epoch, "ready": self.ready,
                     "load_error": self.load_error, "pid": os.getpid(), "failed": self.failed,
-                    "models": self.models_info() if kind == "hello" and self.ready else None})
+                    "models": self.models_info(owner) if kind == "hello" and self.ready
+                    else None})
                 continue
             if stale:
                 if "req" in op:
@@ -374,6 +409,7 @@ class Engine:
         elif kind == "bye":  # a front-end stops: its sessions stay resumable
             self._forget_owner(owner)
             self._last_seen.pop(owner, None)
+            self._drop_staging(owner)
         else:
             raise ValueError(f"unknown op {kind!r}")
 

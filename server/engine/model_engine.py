@@ -19,7 +19,7 @@ import numpy as np
 
 from server import snapshot as snapshots
 from server.batcher import PredictBatcher
-from server.engine.buffers import RingOverflow, SlotBuffers, ring_shape
+from server.engine.buffers import SlotBuffers, ring_shape
 from server.engine.lane import DeviceLane
 from server.engine.planner import bucket, plan_round, split_batch
 from server.errors import StreamError
@@ -89,7 +89,7 @@ class Flush:
 class ModelEngine:
     def __init__(self, idx: int, name: str, backend, storage, lane: DeviceLane, metrics: Metrics,
                  outbox, *, batch_settings: dict, id_prefix: str = "e0-",
-                 round_interval_s: float = 0.0, ring_alloc=None):
+                 round_interval_s: float = 0.0):
         meta = backend.metadata
         self.idx, self.name, self.backend, self.metadata = idx, name, backend, meta
         self.frame, self.patch = meta.frame_size, meta.patch_size
@@ -104,11 +104,9 @@ class ModelEngine:
             ring = max(8 * self.frame, meta.sample_rate // 2)
             ring = -(-ring // self.frame) * self.frame
             shape = ring_shape(storage.capacity, ring, self.frame, meta.input_channels)
-            # ring_alloc(shape) -> (array, what a front-end needs to write into it)
-            data, self.ring_info = ring_alloc(shape) if ring_alloc else (None, {})
             self.buffers = SlotBuffers(storage.capacity, ring, meta.input_channels,
-                                       len(meta.classes), frame=self.frame, data=data)
-            self.ring_info = {**self.ring_info, "ring": ring, "shape": list(shape)}
+                                       len(meta.classes), frame=self.frame)
+            self.ring_info = {"ring": ring, "shape": list(shape)}  # for front-ends' staging
         self.quarantine: dict[int, list[tuple[int, int]]] = {}  # owner -> failed (slot, gen)
         # open sessions per API key, shared by every model of the engine (set by the engine)
         self.key_sessions: collections.Counter = collections.Counter()
@@ -228,26 +226,30 @@ class ModelEngine:
         return s if s is not None and s.gen == gen else None
 
     def feed(self, slots: np.ndarray, gens: np.ndarray, counts: np.ndarray,
-             owner: int | None = None) -> None:
-        """A tick's samples, already written into the ring by the front-end: commit them.
-        Entries of sessions that are gone, or attached to another front-end, are skipped
-        (nobody can receive their results)."""
+             owner: int | None = None, source: np.ndarray | None = None) -> None:
+        """A tick's samples, written by the front-end `owner` at their slots and offsets into
+        `source` (its own staging ring; None: straight into this model's ring, in the same
+        process): commit them. Entries of sessions that are gone, or attached to another
+        front-end, are skipped (nobody can receive their results) and their samples never
+        reach the ring the engine reads."""
         if not self.streamable or not len(slots):
             return
+        b = self.buffers
         slots = slots.astype(np.int64)
         counts = counts.astype(np.int64)
-        ok = self.buffers.valid(slots, gens)
+        ok = b.valid(slots, gens)
         if owner is not None:  # a front-end that has not yet heard its session was detached
-            ok &= self.buffers.owner[slots] == owner
+            ok &= b.owner[slots] == owner
         if not ok.all():
             slots, counts = slots[ok], counts[ok]
-        try:
-            self.buffers.commit(slots, counts)
-        except RingOverflow:
-            over = self.buffers.available(slots) + counts > self.buffers.ring
+        over = b.available(slots) + counts > b.ring
+        if over.any():  # more than its credit: a bug, answered for those sessions only
             for slot in slots[over]:
                 self._fail(self.by_slot[int(slot)], "internal", "sample buffer overflow")
-            self.buffers.commit(slots[~over], counts[~over])
+            slots, counts = slots[~over], counts[~over]
+        if source is not None:
+            b.copy_in(source, slots, counts)
+        b.commit(slots, counts)
         self._wake.set()
 
     def release(self, owner: int, slot: int, gen: int) -> None:

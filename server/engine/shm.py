@@ -1,4 +1,5 @@
-"""The sample rings' shared memory: created by an engine, attached by its front-ends.
+"""The staging rings' shared memory: created by an engine, one per front-end and model, each
+attached (and written) by its front-end only; the engine copies committed samples out of it.
 
 The engine and its front-ends are children of one supervisor and share its multiprocessing
 resource tracker, which knows a segment by name only: a front-end that attached and then
@@ -37,13 +38,12 @@ def _untrack(seg: shared_memory.SharedMemory) -> None:
 
 
 def create(name: str, shape: tuple[int, ...]) -> tuple[shared_memory.SharedMemory, np.ndarray]:
-    """A zeroed float32 array of `shape` in a new segment `name` (untracked)."""
+    """A float32 array of `shape` in a new segment `name` (untracked). A new segment reads as
+    zeros and is not written here, so it takes memory only where it is written."""
     seg = shared_memory.SharedMemory(create=True, size=max(int(np.prod(shape)) * 4, 1),
                                      name=name)
     _untrack(seg)
-    data = np.ndarray(shape, np.float32, buffer=seg.buf)
-    data[:] = 0
-    return seg, data
+    return seg, np.ndarray(shape, np.float32, buffer=seg.buf)
 
 
 SHM_DIR = Path("/dev/shm")  # POSIX shared memory segments, on Linux

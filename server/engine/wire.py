@@ -7,8 +7,9 @@ lists each array's dtype and shape.
 
 Front-end -> engine header:
   ep    engine epoch the sender believes it talks to (stale-epoch ops are refused)
-  feed  [[model, slots_i, gens_i, counts_i, data_i], ...]  new samples per session (per model:
-        int32 slot/generation/count arrays and one float32 [sum(counts), C] array)
+  feed  [[model, slots_i, gens_i, counts_i], ...]  new samples per session (per model: int32
+        slot/generation/count arrays; the samples are in the sender's staging ring of the
+        model, at the sessions' slots and offsets: engine/buffers.py)
   ops   [{"op": "open" | "flush" | "detach" | "close" | "predict" | "ping" | "snapshot" |
         "restore" | "park", "req": int, ...}]  (the last three: engine/sessions_ops.py)
         applied after `feed`, in order

@@ -62,7 +62,8 @@ class RemoteModel:
         self.idx = info.pop("idx")
         self.credit = info.pop("credit")
         ring = info.pop("ring", None)
-        # the engine's sample ring of this model, written by this front-end for its sessions
+        # where this front-end writes its sessions' samples: in another process, its own staging
+        # ring of this model in shared memory (the engine copies out what a tick commits)
         self.ring = client.link.attach_ring(self.idx, ring) if ring else None
         self.ring_len = ring["ring"] if ring else 0
         info["classes"] = tuple(info["classes"])
@@ -300,7 +301,7 @@ class EngineClient:
             if rows is None:
                 continue
             m = h.model
-            write_ring(m.ring, m.ring_len, h.slot, start, rows)  # the samples go in directly
+            write_ring(m.ring, m.ring_len, h.slot, start, rows)  # the tick carries only counts
             s, g, c = per_model.setdefault(m.idx, ([], [], []))
             s.append(h.slot)
             g.append(h.gen)

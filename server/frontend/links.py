@@ -78,7 +78,7 @@ class ZmqLink:
         self.sock.send_multipart(encode(header, arrays), copy=False)
 
     def attach_ring(self, model: int, info: dict):
-        """The engine's sample ring of a model, mapped from its shared memory."""
+        """This front-end's staging ring of a model, mapped from the engine's shared memory."""
         from server.engine import shm
 
         seg, data = shm.attach(info["shm"], tuple(info["shape"]))  # the engine unlinks it
