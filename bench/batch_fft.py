@@ -64,7 +64,7 @@ def _conv_with(length_of):
     return conv
 
 
-def _forward_dim1(self, u, k=None):
+def _forward_dim1(self, u, k=None, dim=-1):
     """The S4D core on [B, L, H] with the FFT along L (no transposes); unidirectional."""
     length = u.shape[1]
     k = self.kernel.kernel(length, dtype=u.dtype) if k is None else k[..., :length]

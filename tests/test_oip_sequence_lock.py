@@ -19,7 +19,7 @@ def test_a_request_arriving_at_the_hand_over_waits_its_turn():
     rows = np.zeros((4, 1), np.float32)
     active, most, served, tasks = [0], [0], [], []
 
-    async def serve(lm_, sid, sequence_id, start, end, rows_, key):
+    async def serve(lm_, sid, sequence_id, start, end, rows_, key, samples_sent=None):
         active[0] += 1
         most[0] = max(most[0], active[0])
         await asyncio.sleep(0.01)
