@@ -547,3 +547,28 @@ def test_cpu_engines_share_the_compute_threads(monkeypatch):
     assert s.resolve_compute_threads("cuda") == 12  # a GPU engine's host threads: not shared out
     assert Settings(workers=0, engines_per_device=3).resolve_compute_threads("cpu") == 12
     assert Settings(workers=2, engines_per_device=3, compute_threads=5).resolve_compute_threads() == 5
+
+
+def test_killed_frontend_staging_rings_go(checkpoint_dir):
+    """A front-end killed without its `bye` left its staging rings (one per model, in
+    /dev/shm) until the engine stopped: once it has been silent past frontend_timeout_s and
+    its process is gone, the engine removes them; the restarted front-end has its own."""
+    w = Workers(checkpoint_dir)
+    try:
+        (engine,) = w.children("s4d-engine")
+
+        def staging() -> set[str]:
+            return {p.name for p in Path("/dev/shm").glob(f"s4d-{engine.pid}-m*-f*")}
+
+        before = staging()
+        assert len(before) == 4, before  # two front-ends x two models
+        w.children("s4d-frontend")[0].send_signal(signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            now = staging()
+            if len(now) == 4 and now != before:  # the new front-end's in, the dead one's out
+                break
+            time.sleep(0.2)
+        assert len(now) == 4 and len(now - before) == 2, (before, now)
+    finally:
+        w.stop()

@@ -98,6 +98,7 @@ class Engine:
         self.shared_rings = shared_rings
         self._shm: list = []
         self._staging: dict[tuple[int, int], tuple[str, np.ndarray]] = {}  # (owner, model)
+        self._silent: set[int] = set()  # front-ends gone silent that still have staging rings
         self.key_sessions: collections.Counter = collections.Counter()
         self.epoch = epoch if epoch is not None else int(time.time() * 1000) % (1 << 31)
         self.models: list[ModelEngine] = []
@@ -128,7 +129,17 @@ class Engine:
             idx = self._frontends[identity] = len(self._identity)
             self._identity.append(identity)
         self._last_seen[idx] = time.monotonic()
+        self._silent.discard(idx)
         return idx
+
+    def _drop_dead_staging(self) -> None:
+        """Staging rings of front-ends that went silent and whose process is gone (killed: no
+        `bye`; the supervisor starts another, with rings of its own). A silent front-end
+        whose process still exists may only be stalled and keeps its rings."""
+        for idx in list(self._silent):
+            if process_gone(self._identity[idx]):
+                self._silent.discard(idx)
+                self._drop_staging(idx)
 
     @property
     def frontends(self) -> int:
@@ -313,6 +324,9 @@ class Engine:
                         me.release_owner(idx)
                     log.warning("front-end %s silent for %.1fs: %d session(s) detached",
                                 self._identity[idx], now - seen, n)
+                    if any(k[0] == idx for k in self._staging):
+                        self._silent.add(idx)
+            self._drop_dead_staging()
             for me in self.models:
                 try:
                     n = me.expire(now, ttl)
@@ -484,3 +498,20 @@ def cuda_index(device: str, current: Callable[[], int] | None = None) -> int | N
     if dev.index is not None:
         return dev.index
     return (current or torch.cuda.current_device)()
+
+
+def process_gone(identity: bytes) -> bool:
+    """Whether the front-end process an identity names (`fe<index>-<pid>`, a process of this
+    host) no longer exists. A pid that exists is taken as the front-end (stalled, or a zombie
+    its supervisor has not reaped yet): the safe side, its rings stay a while longer."""
+    try:
+        pid = int(identity.rsplit(b"-", 1)[1])
+    except (IndexError, ValueError):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # another user's process: it exists
+        return False
+    return False
