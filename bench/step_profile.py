@@ -25,16 +25,9 @@ from pathlib import Path
 import torch
 
 from bench.core import chunked_step_flops, matmul_gflops, timeit
-from bench.gpu10 import RATE, design_cfg, rel
+from bench.gpu10 import RATE, design_cfg, random_state, rel
 from model.network import S4DNetwork
 from model.streaming import StreamingNetwork
-
-
-def _random_state(stream: StreamingNetwork, batch: int, gen, device) -> dict:
-    state = {k: torch.randn(v.shape, generator=gen).to(device) * 0.1
-             for k, v in stream.zero_state(batch).items()}
-    state["count"] = torch.full_like(state["count"], 16.0)
-    return state
 
 
 def _runner(stream: StreamingNetwork, batch: int, frame: int, device):
@@ -97,7 +90,7 @@ def main(argv=None) -> int:
     inputs = {b: torch.randn(b, frame, cfg.d_input, generator=gen).to(device) * 0.1
               for b in batches}
     reference = StreamingNetwork(net, frame, device=device, block_size=64).eval()
-    states = {b: _random_state(reference, b, gen, device) for b in batches}
+    states = {b: random_state(reference, b, gen, device) for b in batches}
     with torch.inference_mode():
         ref_out = {b: reference.step(inputs[b], states[b]) for b in batches}
     rows = []

@@ -244,14 +244,13 @@ class StreamingNetwork(nn.Module):
             logits, pool = pooling_head(self.net, h, pool, count)
             return logits.to(self.dtype), new_re, new_im, pool, count
         re_parts, im_parts = [], []
-        # compiled: the activations stay channel-major, [H, B, S], through every block (the
-        # S4D core's GEMMs read them as they are); the plain step transposes per layer
-        channel_major = fused
-        if channel_major:
+        # compiled (`fused`): the activations stay channel-major, [H, B, S], through every
+        # block (the S4D core's GEMMs read them as they are); the plain step transposes per layer
+        if fused:
             h = h.permute(2, 0, 1).contiguous()
 
         def core(i, block, u):
-            if not channel_major:
+            if not fused:
                 u = u.permute(2, 0, 1)  # [H, B, S]
             xr, xi = x_re[:, i].transpose(0, 1), x_im[:, i].transpose(0, 1)  # [H, B, M]
             if single_gemm:
@@ -260,10 +259,10 @@ class StreamingNetwork(nn.Module):
                 y, xr, xi = self._core_blocked(i, u, xr, xi, fused)
             re_parts.append(xr.transpose(0, 1))
             im_parts.append(xi.transpose(0, 1))
-            return y.to(self.dtype) if channel_major else y.permute(1, 2, 0).to(self.dtype)
+            return y.to(self.dtype) if fused else y.permute(1, 2, 0).to(self.dtype)
 
-        h = run_blocks(self.net.blocks, h, core, dim=0 if channel_major else -1)
-        if channel_major:
+        h = run_blocks(self.net.blocks, h, core, dim=0 if fused else -1)
+        if fused:
             h = h.permute(1, 2, 0)
         logits, pool = pooling_head(self.net, h, pool, count)
         return (logits.to(self.dtype), torch.stack(re_parts, 1), torch.stack(im_parts, 1), pool,

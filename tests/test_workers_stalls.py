@@ -50,6 +50,26 @@ async def _results_until(ws, offset: int, timeout: float = 10.0) -> list[dict]:
             return msgs
 
 
+async def _stream_to(w: Workers, samples: np.ndarray, start: dict = EMIT, model: str = "tiny"):
+    """A stream that sent `samples` and got its result at their end: (socket, session id)."""
+    ws = await websockets.connect(w.url(model))
+    await ws.send(json.dumps(start))
+    started = json.loads(await ws.recv())
+    assert started["type"] == "started", started
+    await ws.send(encode(samples[:, None], "f32le"))
+    msgs = await _results_until(ws, len(samples))
+    assert msgs[-1]["type"] == "result", msgs[-1]
+    return ws, started["session_id"]
+
+
+async def _end(ws) -> dict:
+    """`end`, then the stream's `final` (the results before it passed over)."""
+    await ws.send(json.dumps({"type": "end"}))
+    while (msg := json.loads(await asyncio.wait_for(ws.recv(), 10)))["type"] != "final":
+        assert msg["type"] == "result", msg
+    return msg
+
+
 def test_engine_stall_does_not_count_as_frontend_silence(checkpoint_dir):
     """The engine stops for 1.6 s while the front-end holding a stream had itself been quiet
     for 0.6 s just before: 2.2 s of wall time without a message from it, but only 0.6 s of
@@ -61,12 +81,7 @@ def test_engine_stall_does_not_count_as_frontend_silence(checkpoint_dir):
     x = (np.random.default_rng(5).standard_normal(1280) * 0.3).astype(np.float32)
     try:
         async def main():
-            ws = await websockets.connect(w.url())
-            await ws.send(json.dumps(EMIT))
-            assert json.loads(await ws.recv())["type"] == "started"
-            await ws.send(encode(x[:640, None], "f32le"))
-            msgs = await _results_until(ws, 640)
-            assert msgs[-1]["type"] == "result", msgs[-1]
+            ws, _ = await _stream_to(w, x[:640])
             front = w.frontend_of(ws)
             (engine,) = w.children("s4d-engine")
             front.send_signal(signal.SIGSTOP)  # quiet: no pings from it
@@ -80,8 +95,7 @@ def test_engine_stall_does_not_count_as_frontend_silence(checkpoint_dir):
             await ws.send(encode(x[640:, None], "f32le"))
             msgs = await _results_until(ws, 1280)
             assert msgs[-1]["type"] == "result", msgs[-1]  # nobody was silent: no error
-            await ws.send(json.dumps({"type": "end"}))
-            final = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            final = await _end(ws)
             await asyncio.wait_for(ws.wait_closed(), 10)
             return final, ws.close_code
 
@@ -102,11 +116,7 @@ def test_engine_lost_and_back_leaves_no_session_attached(checkpoint_dir):
     x = (np.random.default_rng(6).standard_normal(640) * 0.3).astype(np.float32)
     try:
         async def main():
-            ws = await websockets.connect(w.url())
-            await ws.send(json.dumps(EMIT))
-            sid = json.loads(await ws.recv())["session_id"]
-            await ws.send(encode(x[:320, None], "f32le"))
-            assert (await _results_until(ws, 320))[-1]["type"] == "result"
+            ws, sid = await _stream_to(w, x[:320])
             idle = await websockets.connect(w.url())  # one to leave alone: it must expire
             await idle.send(json.dumps(EMIT))
             assert json.loads(await idle.recv())["type"] == "started"
@@ -135,11 +145,7 @@ def test_engine_lost_and_back_leaves_no_session_attached(checkpoint_dir):
                         continue
                     assert msg["offset"] == 320
                     await ws2.send(encode(x[320:, None], "f32le"))
-                    await ws2.send(json.dumps({"type": "end"}))
-                    while (final := json.loads(await asyncio.wait_for(ws2.recv(), 10))
-                           )["type"] != "final":
-                        pass
-                    return final
+                    return await _end(ws2)
 
         final = asyncio.run(main())
         assert final["offset"] == len(x)
@@ -162,11 +168,7 @@ def test_frontend_silent_but_alive_hears_its_sessions_were_detached(checkpoint_d
     x = (np.random.default_rng(8).standard_normal(1280) * 0.3).astype(np.float32)
     try:
         async def main():
-            ws = await websockets.connect(w.url())
-            await ws.send(json.dumps(EMIT))
-            sid = json.loads(await ws.recv())["session_id"]
-            await ws.send(encode(x[:640, None], "f32le"))
-            assert (await _results_until(ws, 640))[-1]["type"] == "result"
+            ws, sid = await _stream_to(w, x[:640])
             front = w.frontend_of(ws)
             (engine,) = w.children("s4d-engine")
             engine.send_signal(signal.SIGSTOP)  # the front-end's next ping waits unanswered
@@ -194,14 +196,9 @@ def test_frontend_silent_but_alive_hears_its_sessions_were_detached(checkpoint_d
                             continue
                         assert msg["offset"] >= 640
                         await ws2.send(encode(x[msg["offset"]:, None], "f32le"))
-                        await ws2.send(json.dumps({"type": "end"}))
-                        while (final := json.loads(await asyncio.wait_for(ws2.recv(), 10))
-                               )["type"] != "final":
-                            pass
-                        return final
+                        return await _end(ws2)
                 raise AssertionError("the session never became resumable")
-            await ws.send(json.dumps({"type": "end"}))
-            return json.loads(await asyncio.wait_for(ws.recv(), 10))
+            return await _end(ws)
 
         final = asyncio.run(main())
         assert final["type"] == "final" and final["offset"] == len(x)
@@ -246,11 +243,7 @@ def test_stale_frontend_waking_with_queued_samples_does_not_corrupt_resumed_sess
     start = {**EMIT, "sample_rate": 250}
     try:
         async def main():
-            ws_a = await websockets.connect(w.url(model))
-            await ws_a.send(json.dumps(start))
-            sid = json.loads(await ws_a.recv())["session_id"]
-            await ws_a.send(encode(x[:n0, None], "f32le"))
-            assert (await _results_until(ws_a, n0))[-1]["type"] == "result"
+            ws_a, sid = await _stream_to(w, x[:n0], start, model)
             front = w.frontend_of(ws_a)  # it has heard every sample is consumed: full credit
             # a tick went out just now: these wait for the next one, up to 100 ms later
             await ws_a.send(encode(x[n0:n0 + ring, None], "f32le"))
@@ -281,10 +274,7 @@ def test_stale_frontend_waking_with_queued_samples_does_not_corrupt_resumed_sess
             finally:
                 front.send_signal(signal.SIGCONT)
             await asyncio.sleep(1.0)  # it wakes, ticks, then reads the detach
-            await ws_b.send(json.dumps({"type": "end"}))
-            while (final := json.loads(await asyncio.wait_for(ws_b.recv(), 10))
-                   )["type"] != "final":
-                assert final["type"] == "result", final
+            final = await _end(ws_b)
             await ws_a.close()
             return final
 

@@ -96,9 +96,7 @@ class Engine:
         # front-ends are other processes: each writes its sessions' samples into its own
         # staging rings in shared memory (one per model), created here at its hello
         self.shared_rings = shared_rings
-        self._shm: list = []
-        self._staging: dict[tuple[int, int], tuple[str, np.ndarray]] = {}  # (owner, model)
-        self._silent: set[int] = set()  # front-ends gone silent that still have staging rings
+        self._staging: dict[tuple[int, int], tuple] = {}  # (owner, model) -> (segment, array)
         self.key_sessions: collections.Counter = collections.Counter()
         self.epoch = epoch if epoch is not None else int(time.time() * 1000) % (1 << 31)
         self.models: list[ModelEngine] = []
@@ -129,17 +127,15 @@ class Engine:
             idx = self._frontends[identity] = len(self._identity)
             self._identity.append(identity)
         self._last_seen[idx] = time.monotonic()
-        self._silent.discard(idx)
         return idx
 
     def _drop_dead_staging(self) -> None:
         """Staging rings of front-ends that went silent and whose process is gone (killed: no
         `bye`; the supervisor starts another, with rings of its own). A silent front-end
         whose process still exists may only be stalled and keeps its rings."""
-        for idx in list(self._silent):
-            if process_gone(self._identity[idx]):
-                self._silent.discard(idx)
-                self._drop_staging(idx)
+        for owner in {o for o, _ in self._staging} - self._last_seen.keys():
+            if process_gone(self._identity[owner]):
+                self._drop_staging(owner)
 
     @property
     def frontends(self) -> int:
@@ -246,7 +242,7 @@ class Engine:
         sys.setswitchinterval(self.settings.gil_switch_interval_ms / 1000)
         log.info("ready models=%s", ",".join(self.by_name) or "(none)")
 
-    def staging(self, owner: int, me: ModelEngine) -> tuple[str, np.ndarray]:
+    def staging(self, owner: int, me: ModelEngine) -> str:
         """The front-end `owner`'s staging ring of a model (created at its first hello): the
         only shared memory it writes. Its samples reach the model's own ring (read by the
         engine alone) when a tick commits them for sessions attached to it, so a front-end
@@ -256,26 +252,22 @@ class Engine:
         if key not in self._staging:
             from server.engine import shm
 
-            seg, data = shm.create(f"{shm.prefix(os.getpid())}m{me.idx}-f{owner}",
-                                   tuple(me.ring_info["shape"]))
-            self._shm.append(seg)
-            self._staging[key] = (seg.name, data)
-        return self._staging[key]
+            self._staging[key] = shm.create(f"{shm.prefix(os.getpid())}m{me.idx}-f{owner}",
+                                            tuple(me.ring_info["shape"]))
+        return self._staging[key][0].name
 
-    def _drop_staging(self, owner: int) -> None:
-        """A front-end said `bye`: its staging rings go (it writes no more; a silent one may
-        only be stalled, and keeps its own)."""
+    def _drop_staging(self, owner: int | None = None) -> None:
+        """The staging rings of a front-end that writes no more (it said `bye`, or its process
+        is gone; a silent one may only be stalled, and keeps its own); None: every one."""
         from server.engine import shm
 
-        for key in [k for k in self._staging if k[0] == owner]:
-            name = self._staging.pop(key)[0]  # no view of it left here
-            for seg in [s for s in self._shm if s.name == name]:
-                self._shm.remove(seg)
-                try:
-                    seg.close()
-                except BufferError:  # a view still alive: the mapping goes with it
-                    pass
-            shm.remove(name)
+        for key in [k for k in self._staging if owner in (None, k[0])]:
+            seg, _ = self._staging.pop(key)  # no view of it left here
+            try:
+                seg.close()
+            except BufferError:  # a view still alive: the mapping goes with it
+                pass
+            shm.remove(seg.name)
 
     async def stop(self) -> None:
         if self.persistence is not None:  # before the lanes stop: snapshots need them
@@ -290,14 +282,7 @@ class Engine:
             lane.stop()
         for me in self.models:
             me.backend.close()
-        from server.engine import shm
-
-        for seg in self._shm:
-            try:
-                seg.close()
-            except BufferError:  # views still alive: the mapping goes with the process
-                pass
-            shm.remove(seg.name)
+        self._drop_staging()
 
     async def _reaper(self) -> None:
         ttl = self.settings.idle_ttl_s
@@ -317,15 +302,9 @@ class Engine:
             for idx, seen in list(self._last_seen.items()):
                 if self.watch_frontends and now - seen > silent:  # a front-end died: keep its sessions resumable
                     del self._last_seen[idx]
-                    why = (f"this server's front-end was silent for {now - seen:.1f} s: the "
-                           "session is detached, resume it")
-                    n = sum(me.detach_owner(idx, tell=why) for me in self.models)
-                    for me in self.models:
-                        me.release_owner(idx)
-                    log.warning("front-end %s silent for %.1fs: %d session(s) detached",
-                                self._identity[idx], now - seen, n)
-                    if any(k[0] == idx for k in self._staging):
-                        self._silent.add(idx)
+                    self._forget_owner(idx, f"silent for {now - seen:.1f} s", tell=(
+                        f"this server's front-end was silent for {now - seen:.1f} s: the "
+                        "session is detached, resume it"))
             self._drop_dead_staging()
             for me in self.models:
                 try:
@@ -348,7 +327,7 @@ class Engine:
             if me.streamable:
                 d["ring"] = dict(me.ring_info)
                 if self.shared_rings and owner is not None:
-                    d["ring"]["shm"] = self.staging(owner, me)[0]
+                    d["ring"]["shm"] = self.staging(owner, me)
             out.append(d)
         return out
 
@@ -363,12 +342,12 @@ class Engine:
                     staged = self._staging.get((owner, model))
                     if staged is None:  # no staging ring: it cannot have written samples
                         continue
-                    source = staged[1]
+                    source = staged[1]  # (segment, array)
                 self.models[model].feed(arrays[si], arrays[gi], arrays[ci], owner, source)
         for op in header.get("ops", ()):
             kind = op.get("op")
             if kind == "hello":  # a front-end that (again) holds no session of this engine
-                self._forget_owner(owner)
+                self._forget_owner(owner, "holds no streams now")
             if kind in ("hello", "ping"):
                 self.outbox.reply(owner, {
                     "req": op.get("req"), "epoch": self.epoch, "ready": self.ready,
@@ -389,16 +368,17 @@ class Engine:
                     self.outbox.reply(owner, {"req": op["req"], "error": "internal",
                                               "message": type(exc).__name__})
 
-    def _forget_owner(self, owner: int) -> None:
-        """The front-end holds none of this engine's sessions any more (it stopped, or it
-        declared this engine lost and failed its streams): the ones still attached to it stay
-        resumable for the idle TTL instead of staying attached, and busy, for ever."""
-        n = sum(me.detach_owner(owner) for me in self.models)
+    def _forget_owner(self, owner: int, why: str, tell: str | None = None) -> None:
+        """The front-end holds none of this engine's sessions any more (it stopped, went
+        silent, or declared this engine lost and failed its streams): the ones still attached
+        to it stay resumable for the idle TTL instead of staying attached, and busy, for ever.
+        `tell`: it may still be alive, so each session is also reported closed to it."""
+        n = sum(me.detach_owner(owner, tell=tell) for me in self.models)
         for me in self.models:
             me.release_owner(owner)
         if n:
-            log.warning("front-end %s holds no streams now: %d session(s) detached "
-                        "(resumable for the idle TTL)", self._identity[owner], n)
+            log.warning("front-end %s %s: %d session(s) detached (resumable for the idle TTL)",
+                        self._identity[owner], why, n)
 
     def _op(self, owner: int, kind: str, op: dict, arrays: list[np.ndarray]) -> None:
         if kind == "open":
@@ -421,7 +401,7 @@ class Engine:
 
             asyncio.get_running_loop().create_task(run_session_op(self, owner, kind, op, arrays))
         elif kind == "bye":  # a front-end stops: its sessions stay resumable
-            self._forget_owner(owner)
+            self._forget_owner(owner, "said bye")
             self._last_seen.pop(owner, None)
             self._drop_staging(owner)
         else:
