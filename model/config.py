@@ -96,7 +96,8 @@ class EventsConfig(BaseModel):
     min_on_ms (0: at the first such frame) and off below that threshold - hysteresis; an
     onset raises an event unless the label's previous event
     is less than holdoff_ms before it. The event's offset is the onset frame's, moved
-    onset_lag_ms earlier."""
+    onset_lag_ms earlier. With changes_only, a label raises no event while it is the label of
+    the last event (a rhythm monitor reports changes of rhythm)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -112,6 +113,10 @@ class EventsConfig(BaseModel):
                                 "before the segment's start): the model's typical lag behind "
                                 "what it detects, measured on validation streams (0: the "
                                 "frame itself)")
+    changes_only: bool = Field(False, description="raise an event only when its label differs "
+                               "from the last event's (since the start or a reset): a monitor "
+                               "reports changes, and the same rhythm again after a dip is none; "
+                               "False: every turn-on past the hold-off (keywords said twice)")
     background: list[str] | None = Field(
         None, description="labels that never raise events; None: the class names among "
         + ", ".join(DEFAULT_BACKGROUND)

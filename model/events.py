@@ -13,7 +13,10 @@ consumed so far; the `offset` of a `result` message). Per label that is not back
   when the label turns on, not when it turns off, so there is no peak to wait for; with
   min_on > 0 the event comes min_on samples after its onset);
 - unless that label's previous event is less than `holdoff` samples before: then it turns on
-  silently (one keyword said once raises one event even if the probability flickers).
+  silently (one keyword said once raises one event even if the probability flickers);
+- with `changes_only`, also silently while the label is that of the last event raised (since
+  the start or a reset): a rhythm monitor reports changes, and the rhythm it last reported
+  coming back after a dip in its probability is no change.
 The reported `offset` is the onset frame's moved `onset_lag` samples earlier (not before the
 segment's start): a model lags behind what it detects (a keyword is recognised some frames
 after it ends), and the lag measured on validation streams makes the offset an estimate of when
@@ -42,6 +45,7 @@ class DetectorSettings:
     min_on_samples: int = 0  # p >= on_threshold must hold this long before a label turns on
     onset_lag_samples: int = 0  # reported offsets: the onset frame's, this much earlier
     label_on: tuple[tuple[int, float], ...] = ()  # (class index, its own on-threshold)
+    changes_only: bool = False  # no event for the label of the last event
 
     def on_for(self, k: int) -> float:
         """Class k's on-threshold (its own where `label_on` names it)."""
@@ -76,6 +80,7 @@ class DetectorSettings:
             min_on_samples=int(round(cfg.min_on_ms * sample_rate / 1000.0)),
             onset_lag_samples=int(round(cfg.onset_lag_ms * sample_rate / 1000.0)),
             label_on=tuple((class_names.index(c), float(t)) for c, t in per_label.items()),
+            changes_only=cfg.changes_only,
         )
 
 
@@ -89,6 +94,7 @@ class EventDetector:
         self.last_event: dict[int, int] = {}
         self.onset: dict[int, tuple[int, float]] = {}  # label -> (offset, p) of a run not yet on
         self.segment_start = 0  # no event reports an offset before it
+        self.last_label: int | None = None  # of the last event raised (changes_only)
         self.on_at = {i: settings.on_for(i) for i in settings.watched}  # per-label thresholds,
         self.off_at = {i: settings.off_for(i) for i in settings.watched}  # looked up once
 
@@ -110,9 +116,12 @@ class EventDetector:
                 continue
             del self.onset[i]
             self.on[i] = True
+            if s.changes_only and i == self.last_label:
+                continue
             last = self.last_event.get(i)
             if last is None or start - last >= s.holdoff_samples:
                 self.last_event[i] = start
+                self.last_label = i
                 events.append({"label": self.class_names[i],
                                "offset": s.reported(start, self.segment_start),
                                "probability": p_start})
@@ -120,9 +129,11 @@ class EventDetector:
 
     def reset(self, at: int = 0) -> None:
         """A new segment from offset `at` (the model's state was reset): every label off and no
-        onset pending; hold-offs stay, as they count in samples of the same stream."""
+        onset pending, no label reported yet (changes_only reports the first again); hold-offs
+        stay, as they count in samples of the same stream."""
         self.on[:] = False
         self.onset.clear()
+        self.last_label = None
         self.segment_start = int(at)
 
 

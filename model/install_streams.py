@@ -20,7 +20,7 @@ import torch
 
 from .checkpoint import load_checkpoint
 from .data.kws_bank import ENGINE_NAMES, UNKNOWN_HELDOUT
-from .data.stream_bank import EXTRA_TRAIN_WORDS
+from .data.stream_bank import ECG_GENERATOR_TEXT, ECG_PER_SPLIT, EXTRA_TRAIN_WORDS
 from .data.streams import NOISE_KINDS
 from .evaluation import poisson_rate_interval, wilson_text
 from .stream_eval import ENVIRONMENTS, SNR_BANDS, snr_band_name
@@ -33,6 +33,11 @@ TARGETS = {
     "kws": "false rejection <= 10 % at <= 1 false alarm per hour; onset error p90 <= 300 ms",
     "ecg": ">= 95 % of rhythm changes detected within 15 s; <= 1 false change per hour",
 }
+
+
+#: who simulated an ECG model's training streams, for the card's labels line
+GENERATOR_SHORT = {"ecgsyn": "neurokit2", "template": "the template generator of model/data/ecg.py",
+                   "shift": "neurokit2 (ECGSYN with its noise model)"}
 
 
 def pct(v: float) -> str:
@@ -238,6 +243,24 @@ def ecg_lines(m: dict) -> list[str]:
     ]
 
 
+def generators_lines(g: dict | None) -> list[str]:
+    """Rhythm events on streams of other ECG generators (`--eval-generators`)."""
+    if not g:
+        return []
+    d, n = g["detector"], g["streams"]
+    rows = [f"  | {name} | {ECG_GENERATOR_TEXT[v['generator']]} | {pct(v['detected_share'])} of "
+            f"{v['changes']} | {v['delay_median_s']:.1f} s | {v['false_changes_per_hour']:.2f} "
+            f"({v['false_changes']} in {v['hours']:.1f} h) | {pct(v['frame_accuracy'])} |"
+            for name, v in g["per_bank"].items()]
+    return [
+        f"- Streams of other generators (trained on {g['trained_on']}; each bank's test split, "
+        f"{n['n']} streams of {n['seconds'] / 60:.0f} min composed the same way; the detector as "
+        f"shipped, threshold {d['threshold']:g}, nothing chosen on them; `{g['command']}`):", "",
+        "  | bank | generator | changes within 15 s | median delay | false changes / h | "
+        "frame accuracy |", "  | --- | --- | --- | --- | --- | --- |", *rows, "",
+    ]
+
+
 def sizes(recipe: dict, split: str) -> str:
     """'test: 300 keyword streams of 10-60 s + 6.0 h of non-keyword audio' from the recipe."""
     n, sec = recipe.get("eval_pos", {}).get(split, (0, None))
@@ -308,7 +331,7 @@ def engine_environment_lines(e: dict) -> list[str]:
 
 
 def card(name: str, cfg, m: dict, state_bytes: int, params: int,
-         engines: dict | None = None) -> str:
+         engines: dict | None = None, generators: dict | None = None) -> str:
     kind = m["kind"]
     tr = cfg.training
     t = cfg.task
@@ -334,10 +357,13 @@ def card(name: str, cfg, m: dict, state_bytes: int, params: int,
             "- Splits by voice (as kws-s4d): train/val/test renditions come from disjoint "
             f"voices. Evaluation (fixed seeds): {sizes(tr, 'val')}; {sizes(tr, 'test')}.")
     else:
+        generator = tr.get("ecg_generator", "ecgsyn")
+        per_split = ECG_PER_SPLIT[generator]
         data = (
-            "- Streams composed (`model/data/streams.py`) from 10 s windows of `model/data/ecg.py` "
-            "(neurokit2 ECGSYN + noise; 500 / 150 / 300 windows for train / val / test from "
-            "disjoint seed streams, `model/data/stream_bank.py`): segments of one rhythm, the "
+            "- Streams composed (`model/data/streams.py`) from 10 s windows of "
+            f"{ECG_GENERATOR_TEXT[generator]} ({' / '.join(str(n) for n in per_split.values())} "
+            f"windows for {' / '.join(per_split)} from disjoint seed streams, "
+            "`model/data/stream_bank.py`): segments of one rhythm, the "
             "rhythm changes between segments (always to another one); consecutive windows are "
             "joined by a 0.4 s crossfade everywhere, so a join carries no information.\n"
             f"- Training (scaled down): {tr['train_seconds'][0] / 60:.0f} min streams with "
@@ -356,11 +382,11 @@ def card(name: str, cfg, m: dict, state_bytes: int, params: int,
 **Labels come from generated data**: {("speech synthesized with espeak-ng" + (
 " (training streams also hold words of the keyword bank's other synthesizers: flite, festival, "
 "MBROLA, SVOX Pico)" if tr.get("extra_words") else "")) if kind == "kws"
-else "ECG simulated with neurokit2"}; the label is what the generator made. No human
+else "ECG simulated by " + GENERATOR_SHORT[tr.get("ecg_generator", "ecgsyn")]}; the label is what the generator made. No human
 recordings were used for training, so quality on real {"microphones" if kind == "kws" else
 "patients"} will be lower{" (`python -m bench.real_speech --cards` measures it on real recorded "
 "speech; its section, where present, is below)" if kind == "kws" else
-": it is unmeasured. Not a medical device"}.
+": no real recording here has rhythm labels (bench/RESULTS.md streams MIT-BIH 208 through it as a sanity check). Not a medical device"}.
 
 ## Task
 - Input: 1 channel at {t.sample_rate} Hz; streaming frame {t.frame_size} samples
@@ -383,7 +409,7 @@ recordings were used for training, so quality on real {"microphones" if kind == 
 
 ## Results on held-out streams (metrics computed by `model/stream_metrics.py`)
 Targets (issue 15): {TARGETS[kind]}.
-{chr(10).join(metric_lines + engines_lines(engines))}
+{chr(10).join(metric_lines + engines_lines(engines) + generators_lines(generators))}
 - Per-frame accuracy on the test streams (frames with a target): {pct(m["test_frame_accuracy"])}.
 
 ## Training
@@ -501,6 +527,17 @@ def measured_on_same_weights(folder: Path, dest: Path) -> str:
     return kept
 
 
+def measured_json(folder: Path, dest: Path, name: str) -> dict | None:
+    """A measurement file of the run being installed, copied beside its weights; one left in
+    `dest` from the weights this run replaces is removed (it measured other weights)."""
+    if (folder / name).is_file():
+        if folder.resolve() != dest.resolve():
+            shutil.copyfile(folder / name, dest / name)
+        return json.loads((folder / name).read_text())
+    (dest / name).unlink(missing_ok=True)
+    return None
+
+
 def install(src: Path, checkpoints: Path, results: Path) -> list[str]:
     rows = []
     for name in NAMES:
@@ -521,15 +558,11 @@ def install(src: Path, checkpoints: Path, results: Path) -> list[str]:
         net, cfg = load_checkpoint(dest)
         with torch.no_grad():
             state_bytes = StreamingNetwork(net, cfg.task.frame_size).state_bytes_per_session
-        engines = None  # `--eval-engines` results, measured on these weights
-        if (folder / "engines.json").is_file():
-            engines = json.loads((folder / "engines.json").read_text())
-            if folder.resolve() != dest.resolve():
-                shutil.copyfile(folder / "engines.json", dest / "engines.json")
-        elif (dest / "engines.json").is_file():  # measured on the weights this run replaces
-            (dest / "engines.json").unlink()
+        # `--eval-engines` / `--eval-generators` results, measured on these weights
+        engines, generators = (measured_json(folder, dest, f)
+                               for f in ("engines.json", "generators.json"))
         (dest / "CARD.md").write_text(card(name, cfg, m, state_bytes, net.num_parameters(),
-                                           engines) + kept_sections)
+                                           engines, generators) + kept_sections)
         shutil.copyfile(folder / "metrics.json", dest / "metrics.json")
         rows.append((name, cfg, m))
     text = results.read_text() if results.exists() else "# Results\n"

@@ -1,7 +1,8 @@
 """The evaluation streams of the stream presets and their scores: streams drawn on the CPU
 with fixed seeds (the same on every machine), each stream's frame probabilities, the event
-detector's metrics at a setting, and the keyword events on other synthesizers' voices
-(`train_streams --eval-engines`). `train_streams` trains and chooses; this module measures."""
+detector's metrics at a setting, the keyword events on other synthesizers' voices
+(`train_streams --eval-engines`) and the rhythm events on other ECG generators' streams
+(`--eval-generators`). `train_streams` trains and chooses; this module measures."""
 
 from __future__ import annotations
 
@@ -63,7 +64,8 @@ def eval_engines(preset: StreamPreset, checkpoint: Path, bank_dir: Path, data13:
     net, cfg = load_checkpoint(checkpoint, device=dev)
     net.eval()
     ev = cfg.task.events
-    preset = replace(preset, hysteresis=ev.hysteresis, holdoff_ms=ev.holdoff_ms)  # its detector
+    preset = replace(preset, hysteresis=ev.hysteresis, holdoff_ms=ev.holdoff_ms,
+                     changes_only=ev.changes_only)  # its detector
     names = cfg.class_names()
     label_on = {names.index(k): v for k, v in (ev.label_thresholds or {}).items()}
     engines = engines or other_engines(data13)
@@ -110,6 +112,45 @@ def eval_engines(preset: StreamPreset, checkpoint: Path, bank_dir: Path, data13:
     }  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     (out / "engines.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def eval_generators(preset: StreamPreset, checkpoint: Path, banks: dict[str, Path], out: Path,
+                    device: str, log=print) -> dict:
+    """Rhythm events on streams of ECG generators a monitor may never have seen, as a user
+    would meet them: each bank's test split (`stream_bank --ecg-generator G`), composed with
+    the preset's evaluation recipe and seeds and scored with the checkpoint's own event
+    defaults: nothing is chosen on them. Writes out/generators.json (install_streams puts it
+    on the card)."""
+    from .data.stream_bank import ecg_generator
+
+    if preset.kind != "ecg":
+        raise ValueError("--eval-generators measures ECG models")
+    dev = torch.device(device)
+    net, cfg = load_checkpoint(checkpoint, device=dev)
+    net.eval()
+    ev = cfg.task.events
+    preset = replace(preset, hysteresis=ev.hysteresis, holdoff_ms=ev.holdoff_ms,
+                     changes_only=ev.changes_only)  # its detector
+    per_bank = {}
+    for name, bank in banks.items():
+        data = evaluate(net, cfg, preset, bank, "test", dev)
+        per_bank[name] = {"generator": ecg_generator(bank), "bank": str(bank),
+                          **score(preset, cfg, data, ev.threshold, ev.min_on_ms),
+                          "frame_accuracy": data["frame_accuracy"]}
+        log(f"{preset.name} on {name} ({per_bank[name]['generator']}): {per_bank[name]}")
+    spec = ",".join(f"{k}={v}" for k, v in banks.items())
+    result = {
+        "checkpoint": str(checkpoint), "trained_on": cfg.training.get("ecg_generator", "ecgsyn"),
+        "detector": {"threshold": ev.threshold, "hysteresis": ev.hysteresis,
+                     "holdoff_ms": ev.holdoff_ms, "changes_only": ev.changes_only},
+        "streams": {"n": preset.eval_pos["test"][0], "seconds": preset.eval_pos["test"][1]},
+        "per_bank": per_bank, "streams_drawn_on": "cpu", "evaluated_on": hardware(dev),
+        "command": f"python -m model.train_streams {preset.name.removesuffix('-s4d')} "
+                   f"--eval-generators {checkpoint} --generator-banks {spec} --device {device}",
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "generators.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
 
 
@@ -195,7 +236,8 @@ def score(preset: StreamPreset, cfg, data: dict, threshold: float, min_on_ms: fl
           onset_lag_ms: float = 0.0, label_on: dict[int, float] | None = None) -> dict:
     names = cfg.class_names()
     st = settings_for(float(threshold), preset.hysteresis, preset.holdoff_ms, watched_labels(cfg),
-                      cfg.task.sample_rate, min_on_ms, onset_lag_ms, label_on)
+                      cfg.task.sample_rate, min_on_ms, onset_lag_ms, label_on,
+                      preset.changes_only)
     rate = cfg.task.sample_rate
     pos_events = detect_many([(p, e) for p, e, _ in data["pos"]], st, names)
     pos = [(ev, truth) for ev, (_, _, truth) in zip(pos_events, data["pos"], strict=True)]

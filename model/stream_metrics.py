@@ -39,19 +39,21 @@ def _onsets(probs: np.ndarray, offsets: np.ndarray, settings: DetectorSettings,
     Per label, over the maximal runs of frames with p >= on: a run that starts while the label
     is off turns it on at its first frame at least `min_on_samples` after the run's onset (a
     shorter run raises nothing); the label stays on until a frame with p < off. Turning on
-    raises an event at the onset unless the label's last event is < hold-off before."""
+    raises an event at the onset unless the label's last event is < hold-off before (or, with
+    `changes_only`, the label is that of the last event raised: then turn-ons of every label
+    are taken in the detector's order, frame by frame and by class within a frame)."""
     probs = np.asarray(probs, dtype=np.float64)
     offsets = np.asarray(offsets, dtype=np.int64)
     f = len(offsets)
-    out: list[tuple[int, int, dict]] = []
     if f == 0:
         return []
+    turn_ons: list[tuple[int, int, int, float]] = []  # (frame turned on, class, onset, p)
     for k in settings.watched:
         p = probs[:, k]
         edges = np.diff(np.concatenate([[0], (p >= settings.on_for(k)).astype(np.int8), [0]]))
         starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1) - 1
         below_off = np.flatnonzero(p < settings.off_for(k))
-        on_until, last = -1, None
+        on_until = -1
         for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
             if s <= on_until:  # the label is still on from an earlier run
                 continue
@@ -60,12 +62,19 @@ def _onsets(probs: np.ndarray, offsets: np.ndarray, settings: DetectorSettings,
                 continue
             j = int(np.searchsorted(below_off, c, side="right"))
             on_until = int(below_off[j]) - 1 if j < len(below_off) else f
-            onset = int(offsets[s])
-            if last is None or onset - last >= settings.holdoff_samples:
-                last = onset
-                out.append((onset, k, {"label": class_names[k],
-                                       "offset": settings.reported(onset),
-                                       "probability": float(p[s])}))
+            turn_ons.append((c, k, int(offsets[s]), float(p[s])))
+    if settings.changes_only:
+        turn_ons.sort()
+    out: list[tuple[int, int, dict]] = []
+    last: dict[int, int] = {}
+    last_label = None
+    for _, k, onset, p0 in turn_ons:  # per class in time order; all in order with changes_only
+        if settings.changes_only and k == last_label:
+            continue
+        if k not in last or onset - last[k] >= settings.holdoff_samples:
+            last[k], last_label = onset, k
+            out.append((onset, k, {"label": class_names[k], "offset": settings.reported(onset),
+                                   "probability": p0}))
     out.sort(key=lambda e: (e[2]["offset"], e[1]))
     return out
 
@@ -74,9 +83,11 @@ def detect_many(streams: Sequence[tuple[np.ndarray, np.ndarray]], settings: Dete
                 class_names: Sequence[str]) -> list[list[dict]]:
     """`detect_frames` of many streams in one pass: streams are laid end to end with a frame
     of p = -1 between them (every label off) and offsets moved past every hold-off, then
-    the events are split back (offsets restored)."""
+    the events are split back (offsets restored). With `changes_only` one by one."""
     if not streams:
         return []
+    if settings.changes_only:  # the last event's label must not cross into the next stream
+        return [detect_frames(p, e, settings, class_names) for p, e in streams]
     k = streams[0][0].shape[1]
     probs, offsets, shifts = [], [], []
     shift = 0
@@ -98,14 +109,16 @@ def detect_many(streams: Sequence[tuple[np.ndarray, np.ndarray]], settings: Dete
 
 def settings_for(threshold: float, hysteresis: float, holdoff_ms: float, watched: Sequence[int],
                  sample_rate: int, min_on_ms: float = 0.0, onset_lag_ms: float = 0.0,
-                 label_on: dict[int, float] | None = None) -> DetectorSettings:
+                 label_on: dict[int, float] | None = None,
+                 changes_only: bool = False) -> DetectorSettings:
     """`label_on`: class index -> its own on-threshold (the rest use `threshold`)."""
     return DetectorSettings(on_threshold=threshold, off_threshold=threshold - hysteresis,
                             holdoff_samples=int(round(holdoff_ms * sample_rate / 1000.0)),
                             watched=tuple(watched),
                             min_on_samples=int(round(min_on_ms * sample_rate / 1000.0)),
                             onset_lag_samples=int(round(onset_lag_ms * sample_rate / 1000.0)),
-                            label_on=tuple(sorted((label_on or {}).items())))
+                            label_on=tuple(sorted((label_on or {}).items())),
+                            changes_only=changes_only)
 
 
 # ----------------------------------------------------------------------------- keywords

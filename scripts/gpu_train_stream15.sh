@@ -10,7 +10,9 @@
 #   OUT=/some/dir bash scripts/gpu_train_stream15.sh          # on the GPU box (repo root)
 #   SMOKE=1 OUT=/tmp/o bash scripts/gpu_train_stream15.sh     # tiny CPU dry run
 #
-# Needs .cache/stream15/{words,rirs,ecg}.npz (python -m model.data.stream_bank .cache/stream15).
+# Needs .cache/stream15/{words,rirs}.npz (python -m model.data.stream_bank .cache/stream15
+# words,rirs) and the ECG bank .cache/stream15t5/ecg.npz of the template generator
+# (python -m model.data.stream_bank .cache/stream15t5 ecg; ECG_BANK to use another).
 # Writes $OUT/stream15/{kws-events-s4d,ecg-monitor-s4d}/{config.json,model.safetensors,
 # metrics.json}, *.log and env.json. Install here: python -m model.install_streams <that dir>.
 set -uo pipefail
@@ -19,8 +21,9 @@ DEST="$OUT/stream15"
 mkdir -p "$DEST"
 PY=${PYTHON:-python3}
 BANK=.cache/stream15
-for f in words rirs ecg; do
-  [ -f "$BANK/$f.npz" ] || { echo "missing $BANK/$f.npz (carry .cache/stream15)" >&2; exit 2; }
+ECG_BANK=${ECG_BANK:-.cache/stream15t5}
+for f in "$BANK/words" "$BANK/rirs" "$ECG_BANK/ecg"; do
+  [ -f "$f.npz" ] || { echo "missing $f.npz (carry $(dirname "$f"))" >&2; exit 2; }
 done
 if [ -z "${SMOKE:-}" ]; then
   "$PY" -m pip install -q --no-index --no-deps --find-links .whl/server --find-links .whl/train \
@@ -50,8 +53,8 @@ $PIN_KWS "$PY" -m model.train_streams kws-events --bank "$BANK" --device "$DEVIC
   --out "$DEST/kws-events-s4d" --budget-s "${KWS_BUDGET_S:-140}" "${EXTRA[@]}" \
   >"$DEST/kws-events.log" 2>&1 &
 kws=$!
-$PIN_ECG "$PY" -m model.train_streams ecg-monitor --bank "$BANK" --device "$DEVICE" \
-  --out "$DEST/ecg-monitor-s4d" --budget-s "${ECG_BUDGET_S:-120}" "${EXTRA[@]}" \
+$PIN_ECG "$PY" -m model.train_streams ecg-monitor --bank "$ECG_BANK" --device "$DEVICE" \
+  --out "$DEST/ecg-monitor-s4d" --budget-s "${ECG_BUDGET_S:-330}" "${EXTRA[@]}" \
   >"$DEST/ecg-monitor.log" 2>&1 &
 ecg=$!
 wait $kws; rk=$?

@@ -13,7 +13,7 @@ from model.events import DetectorSettings, EventDetector
 
 #: fields a client may override (the rest of META `events` is informational)
 OVERRIDABLE = ("threshold", "hysteresis", "holdoff_ms", "min_on_ms", "onset_lag_ms",
-               "label_thresholds", "background")
+               "label_thresholds", "background", "changes_only")
 
 
 class EventsSettingsError(ValueError):
@@ -33,8 +33,8 @@ def resolve(value: Any, meta) -> DetectorSettings | None:
 
     `value`: None (the model's defaults), a bool (on with defaults / off), or an object with
     any of threshold, hysteresis, holdoff_ms, min_on_ms, onset_lag_ms, label_thresholds,
-    background. A `threshold` without `label_thresholds` applies to every label (the model's
-    per-label thresholds are dropped)."""
+    background, changes_only. A `threshold` without `label_thresholds` applies to every label
+    (the model's per-label thresholds are dropped)."""
     defaults = dict(meta.events or {})
     if value is None:
         value = bool(defaults.get("enabled", True))
@@ -57,6 +57,8 @@ def resolve(value: Any, meta) -> DetectorSettings | None:
             not isinstance(per_label, dict) or not all(
                 isinstance(v, int | float) and not isinstance(v, bool) for v in per_label.values())):
         raise EventsSettingsError("events.label_thresholds must be an object of label: number")
+    if "changes_only" in value and not isinstance(value["changes_only"], bool):
+        raise EventsSettingsError("events.changes_only must be true or false")
     bg = value.get("background")
     if "background" in value and (not isinstance(bg, list)
                                   or not all(isinstance(b, str) for b in bg)):
@@ -92,4 +94,5 @@ def describe(settings: DetectorSettings | None, meta) -> dict | bool:
         "onset_lag_samples": settings.onset_lag_samples,
         "label_thresholds": {meta.classes[k]: t for k, t in settings.label_on},
         "background": [c for i, c in enumerate(meta.classes) if i not in watched],
+        "changes_only": settings.changes_only,
     }

@@ -134,3 +134,24 @@ def test_config_defaults_and_validation():
     s = DetectorSettings.from_config(cfg.task.events, CLASSES, 16000)
     assert s.holdoff_samples == 8000 and s.watched == (0, 1)
     assert np.isclose(s.off_threshold, 0.6)
+
+
+def test_changes_only_reports_changes_of_label():
+    """changes_only: the label of the last event coming back after a dip raises nothing; another
+    label does, and then the first one again; a reset reports the current label again."""
+    cfg = EventsConfig(threshold=0.8, hysteresis=0.2, holdoff_ms=0, background=[],
+                       changes_only=True)
+    s = DetectorSettings.from_config(cfg, CLASSES, 1000)
+    frames = [[0.9, 0.1, 0, 0], [0.5, 0.5, 0, 0], [0.9, 0.1, 0, 0],  # yes, dip, yes again
+              [0.1, 0.9, 0, 0], [0.9, 0.1, 0, 0]]  # no, then yes
+    offsets = [10, 20, 30, 40, 50]
+    assert [(e["label"], e["offset"]) for e in detect(CLASSES, s, offsets, frames)] == [
+        ("yes", 10), ("no", 40), ("yes", 50)]
+    plain = DetectorSettings.from_config(cfg.model_copy(update={"changes_only": False}),
+                                         CLASSES, 1000)
+    assert [e["offset"] for e in detect(CLASSES, plain, offsets, frames)] == [10, 30, 40, 50]
+    det = EventDetector(CLASSES, s)
+    assert len(det.update(10, frames[0])) == 1
+    det.reset(at=10)
+    assert [e["label"] for e in det.update(20, frames[0])] == ["yes"]
+    assert EventsConfig().changes_only is False

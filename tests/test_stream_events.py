@@ -94,11 +94,12 @@ def test_events_default_from_the_model_and_can_be_turned_off(live_server, ws_cli
     assert res.started["events"] == {"threshold": 0.8, "off_threshold": pytest.approx(0.6),
                                      "holdoff_samples": 1000, "min_on_samples": 0,
                                      "onset_lag_samples": 0, "label_thresholds": {},
-                                     "background": ["unknown"]}
+                                     "background": ["unknown"], "changes_only": False}
     meta = httpx.get(f"{live_server.base_url}/v1/models/{MODEL}").json()
     assert meta["events"] == {"enabled": True, "threshold": 0.8, "hysteresis": 0.2,
                               "holdoff_ms": 500.0, "min_on_ms": 0.0, "onset_lag_ms": 0.0,
-                              "label_thresholds": None, "background": ["unknown"]}
+                              "label_thresholds": None, "background": ["unknown"],
+                              "changes_only": False}
     assert meta["pooling"] == "ema"
     res = asyncio.run(ws_client.stream_signal(
         live_server.ws_url(MODEL), x,
@@ -145,6 +146,29 @@ def test_min_on_events_equal_the_detector_and_predict(live_server, ws_client):
     assert r.status_code == 200, r.text
     want = r.json()["predictions"][0]["events"]
     assert [(e["label"], e["offset"]) for e in want] == [(e["label"], e["offset"]) for e in got]
+
+
+def test_changes_only_on_the_wire_and_in_predict(live_server, ws_client):
+    """`changes_only`: the stream's events equal the detector's on the batch path's frames and
+    POST /predict's; watching one label, only its first turn-on is a change."""
+    x, ends, probs, label, base = one_label_setup(live_server, 2)  # several turn-ons
+    override = dict(base, changes_only=True)
+    settings = DetectorSettings.from_config(EventsConfig(**override), CLASSES, RATE)
+    expected = detect(CLASSES, settings, ends, probs)
+    plain = detect(CLASSES, DetectorSettings.from_config(EventsConfig(**base), CLASSES, RATE),
+                   ends, probs)
+    assert len(plain) > 1 and expected == plain[:1]
+    res = asyncio.run(ws_client.stream_signal(
+        live_server.ws_url(MODEL), x, sizes=[700, 13, 4000],
+        start={"sample_rate": RATE, "events": override}))
+    assert res.close_code == 1000, res.messages
+    assert res.started["events"]["changes_only"] is True
+    got = [(e["label"], e["offset"]) for e in events_of(res)]
+    assert got == [(e["label"], e["offset"]) for e in expected]
+    r = httpx.post(f"{live_server.base_url}/v1/models/{MODEL}/predict",
+                   json={"inputs": [x[:, 0].tolist()], "events": override}, timeout=60)
+    assert r.status_code == 200, r.text
+    assert [(e["label"], e["offset"]) for e in r.json()["predictions"][0]["events"]] == got
 
 
 def test_onset_lag_moves_event_offsets_on_the_wire_and_in_predict(live_server, ws_client):
@@ -220,6 +244,8 @@ def test_label_thresholds_on_the_wire_and_a_plain_threshold_replaces_them(live_s
     ({"label_thresholds": [0.5]}, "object of label: number"),
     ({"label_thresholds": {"yes": 0.1}}, "hysteresis"),
     ({"onset_lag_ms": "soon"}, "events.onset_lag_ms must be a number"),
+    ({"changes_only": "yes"}, "events.changes_only must be true or false"),
+    ({"changes_only": 1}, "events.changes_only must be true or false"),
 ])
 def test_bad_event_settings_are_bad_start(live_server, ws_client, events, needle):
     res = asyncio.run(ws_client.stream_signal(

@@ -4,6 +4,8 @@ detector and the stream metrics, the backends' frame outputs."""
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -141,11 +143,14 @@ def test_vectorised_detector_equals_the_detector(seed):
         return sorted(events, key=lambda e: (e["offset"], names.index(e["label"])))  # min_on
         # comes after its onset: compare in onset order
 
-    for on, hyst, hold, min_on, lag in [
-            (0.5, 0.1, 0, 0, 0), (0.7, 0.3, 200, 0, 0), (0.4, 0.0, 1000, 0, 0), (0.5, 0.1, 0, 60, 0),
-            (0.6, 0.2, 300, 100, 0), (0.4, 0.0, 0, 20, 0), (0.5, 0.1, 0, 0, 70),
-            (0.6, 0.2, 300, 100, 45), (0.4, 0.0, 0, 20, 5000)]:  # lag > a stream: all clamp
-        st = DetectorSettings(on, on - hyst, hold, (0, 1, 2), min_on, lag)
+    cases = [(0.5, 0.1, 0, 0, 0), (0.7, 0.3, 200, 0, 0), (0.4, 0.0, 1000, 0, 0),
+             (0.5, 0.1, 0, 60, 0), (0.6, 0.2, 300, 100, 0), (0.4, 0.0, 0, 20, 0),
+             (0.5, 0.1, 0, 0, 70), (0.6, 0.2, 300, 100, 45),
+             (0.4, 0.0, 0, 20, 5000)]  # lag > a stream: all clamp
+    suppressed = 0
+    for (on, hyst, hold, min_on, lag), changes_only in itertools.product(cases, (False, True)):
+        st = DetectorSettings(on, on - hyst, hold, (0, 1, 2), min_on, lag,
+                              changes_only=changes_only)
         streamed = by_onset(detect(names, st, offsets, probs))
         assert detect_frames(probs, offsets, st, names) == streamed
         assert len(streamed) > 0
@@ -153,6 +158,12 @@ def test_vectorised_detector_equals_the_detector(seed):
                  (probs[:1], offsets[:1])]
         assert detect_many(parts, st, names) == [by_onset(detect(names, st, o, p))
                                                  for p, o in parts]
+        if changes_only:  # never two events of one label in a row
+            in_order = [e["label"] for e in detect(names, st, offsets, probs)]
+            assert all(a != b for a, b in zip(in_order, in_order[1:]))
+            every = detect(names, dataclasses.replace(st, changes_only=False), offsets, probs)
+            suppressed += len(every) - len(streamed)
+    assert suppressed > 0  # the cases hold repeats that changes_only drops
 
 
 def test_min_on_ignores_blips_and_reports_the_onset():

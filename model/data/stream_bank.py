@@ -4,10 +4,14 @@ once and carried to a GPU box that has neither espeak-ng's wheel nor scipy / neu
 - word renditions (clean, trimmed, 16 kHz int16) from `kws._speak`, by split (voices never
   cross splits), keywords and non-keywords;
 - room impulse responses from pyroomacoustics (small shoebox rooms, as `kws._room`);
-- ECG windows (10 s, 250 Hz) from `ecg.generate`, the public window generator, by split.
+- ECG windows (10 s, 250 Hz, mV) by split, from one of `model/data/ecg.py`'s generators:
+  `template` (Gaussian-wave beats, ecg-s4d's generator; the default), `ecgsyn` (neurokit2's
+  ODE model, the first generator) or `shift` (ECGSYN beats with neurokit2's noise model, the
+  held-out generator of ecg-s4d's card). The file records which (`generator`).
 
-`python -m model.data.stream_bank OUT_DIR` writes words.npz, rirs.npz, ecg.npz (float16 /
-int16, compressed). Everything is seeded; the same command gives the same files.
+`python -m model.data.stream_bank OUT_DIR [words,rirs,ecg] [--ecg-generator G]` writes
+words.npz, rirs.npz, ecg.npz (float16 / int16, compressed). Everything is seeded; the same
+command gives the same files.
 """
 
 from __future__ import annotations
@@ -42,8 +46,21 @@ EXTRA_TRAIN_WORDS = (
     "stock", "dawn", "pup", "yak",
 )  # fmt: skip
 EXTRA_RENDITIONS = 6
-#: ECG windows per split
-ECG_PER_SPLIT = {"train": 500, "val": 150, "test": 300}
+#: ECG windows per split (ECGSYN's ODE is slow, so its training split was small; the template
+#: generator makes thousands a minute, and a monitor trained on 500 windows sees each one
+#: hundreds of times)
+ECG_PER_SPLIT = {"ecgsyn": {"train": 500, "val": 150, "test": 300},
+                 "template": {"train": 4000, "val": 150, "test": 300},
+                 "shift": {"val": 150, "test": 300}}
+ECG_GENERATORS = tuple(ECG_PER_SPLIT)
+#: what each generator is, for descriptions and cards
+ECG_GENERATOR_TEXT = {
+    "template": "template-generator ECG (`ecg.generate_template`, Gaussian-wave beats with "
+                "premature beats, varied morphology and noise: ecg-s4d's generator)",
+    "ecgsyn": "neurokit2 ECGSYN ECG (`ecg.generate`, the ODE model, the first generator)",
+    "shift": "ECGSYN beats with neurokit2's noise model (`ecg.generate_shift`, the held-out "
+             "generator of ecg-s4d's card)",
+}
 ECG_SEED = 1  # not the seed of ecg-s4d's training data
 N_RIRS = 120
 SPLITS = ("train", "val", "test")
@@ -121,24 +138,47 @@ def build_rirs(out: Path) -> None:
     np.savez_compressed(out / "rirs.npz", rirs=rirs.astype(np.float16))
 
 
-def build_ecg(out: Path, workers: int = 2) -> None:
+def ecg_windows(generator: str, split: str, n: int, workers: int = 2):
+    """(x [n, 2500] mV, y [n]) of one split from one of the ECG generators."""
     from . import ecg
 
-    arrays = {}
-    for split in SPLITS:
-        x, y = ecg.generate(split, ECG_PER_SPLIT[split], ECG_SEED, workers=workers)
+    if generator == "template":
+        return ecg.generate_template(split, n, ECG_SEED, workers=workers)
+    if generator == "shift":  # one seed per split: generate_shift draws test-coded windows
+        return ecg.generate_shift(n, ECG_SEED + ("val", "test").index(split), workers=workers)
+    return ecg.generate(split, n, ECG_SEED, workers=workers)
+
+
+def build_ecg(out: Path, workers: int = 2, generator: str = "template") -> None:
+    arrays = {"generator": np.array(generator)}
+    for split, n in ECG_PER_SPLIT[generator].items():
+        x, y = ecg_windows(generator, split, n, workers)
         arrays[f"{split}_x"] = x.astype(np.float16)
         arrays[f"{split}_y"] = y
     np.savez_compressed(out / "ecg.npz", **arrays)
 
 
+def ecg_generator(directory: str | Path) -> str:
+    """Which generator made a bank's ECG windows (banks made before it was recorded: ECGSYN)."""
+    with np.load(Path(directory) / "ecg.npz") as d:
+        return str(d["generator"]) if "generator" in d.files else "ecgsyn"
+
+
 def main(argv: list[str]) -> int:
-    out = Path(argv[0] if argv else ".cache/stream15")
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Build a stream bank (see the module docstring).")
+    ap.add_argument("out", nargs="?", default=".cache/stream15")
+    ap.add_argument("parts", nargs="?", default="words,rirs,ecg")
+    ap.add_argument("--ecg-generator", choices=ECG_GENERATORS, default="template")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    parts = argv[1].split(",") if len(argv) > 1 else ["words", "rirs", "ecg"]
-    for part in parts:
+    builders = {"words": build_words, "rirs": build_rirs,
+                "ecg": lambda o: build_ecg(o, generator=args.ecg_generator)}
+    for part in args.parts.split(","):
         t = time.time()
-        {"words": build_words, "rirs": build_rirs, "ecg": build_ecg}[part](out)
+        builders[part](out)
         print(f"{part}: {time.time() - t:.0f} s", flush=True)
     return 0
 

@@ -74,6 +74,7 @@ class EventsMeta(BaseModel):
     onset_lag_ms: float = 0.0
     label_thresholds: dict[str, float] | None = None
     background: list[str]
+    changes_only: bool = False
 
 
 class ModelMeta(BaseModel):
@@ -126,6 +127,7 @@ class EventsOverride(BaseModel):
     onset_lag_ms: StrictFloat | StrictInt | None = None
     label_thresholds: dict[StrictStr, StrictFloat | StrictInt] | None = None
     background: list[StrictStr] | None = None
+    changes_only: StrictBool | None = None
 
 
 class PredictJson(BaseModel):
