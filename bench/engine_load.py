@@ -17,6 +17,12 @@ its device, the main thread apart from the lane.
 `--null-step` swaps the model's step for one that returns zero logits and the state unchanged:
 on a CPU the real step of 2,000 sessions cannot keep real time, and what is measured here is
 the host path around it (on a GPU the step is a graph replay on the lane thread).
+
+As served with `--workers`, each front-end writes its own staging ring in shared memory (created
+by the engine at the front-end's `hello`) and the engine copies in what each tick commits
+(`SlotBuffers.copy_in`): that copy is on the main thread and measured here. `--direct-ring`
+writes straight into the engine's ring instead (the one-process server; the workers' path
+before the staging rings).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import time
 
 import numpy as np
 
+from server.engine import shm
 from server.engine.buffers import write_ring
 from server.engine.engine import Engine
 from server.engine.wire import encode
@@ -46,7 +53,7 @@ async def run(args: argparse.Namespace) -> dict:
     settings = Settings(checkpoints=args.checkpoints, models=args.model, device=args.device,
                         max_sessions=args.sessions + 8, log_level="warning",
                         round_interval_ms=args.round_ms)
-    engine = Engine(settings, Metrics(), device=args.device)
+    engine = Engine(settings, Metrics(), device=args.device, shared_rings=not args.direct_ring)
     replies: dict[int, dict] = {}
     answered = [0]
     consumed: dict[int, int] = {}  # slot -> samples the engine consumed (the credit's basis)
@@ -72,6 +79,16 @@ async def run(args: argparse.Namespace) -> dict:
                                                  state)
     frame, ring = me.frame, me.buffers.ring
     fes = [f"fe{i}".encode() for i in range(args.frontends)]
+    targets, mappings = [me.buffers.data] * len(fes), []  # where each front-end writes
+    if not args.direct_ring:  # each its own staging ring, from its hello as a front-end does
+        for i, fe in enumerate(fes):
+            engine.on_message(fe, {"ep": None, "ops": [{"op": "hello", "req": f"h{i}"}]}, [])
+        while not all(f"h{i}" in replies for i in range(len(fes))):
+            await asyncio.sleep(0.01)
+        for i in range(len(fes)):
+            info = replies[f"h{i}"]["models"][0]["ring"]
+            mapping, targets[i] = shm.attach(info["shm"], tuple(info["shape"]))
+            mappings.append(mapping)
     for i in range(args.sessions):
         engine.on_message(fes[i % len(fes)], {"ep": None, "ops": [{
             "op": "open", "req": i, "model": 0, "session_id": None, "offset": None,
@@ -120,7 +137,7 @@ async def run(args: argparse.Namespace) -> dict:
             if not len(idx):
                 continue
             for i in idx.tolist():
-                write_ring(me.buffers.data, ring, int(slots[i]), int(sent[i]) * frame, rows)
+                write_ring(targets[f], ring, int(slots[i]), int(sent[i]) * frame, rows)
             sent[idx] += 1
             fe_cpu += time.thread_time() - c0
             engine.on_message(ident, {"ep": engine.epoch, "feed": [[0, 0, 1, 2]], "ops": []},
@@ -136,7 +153,7 @@ async def run(args: argparse.Namespace) -> dict:
     return {
         "model": args.model, "sessions": args.sessions, "frontends": args.frontends,
         "tick_ms": args.tick_ms, "round_ms": args.round_ms, "device": args.device,
-        "null_step": args.null_step,
+        "null_step": args.null_step, "staging_rings": not args.direct_ring,
         "frames_answered": frames, "frames_due": int(args.sessions * (t1 - t0) / frame_s),
         "engine_main_us_per_frame": round(main_us, 2),
         "lane_and_other_threads_us_per_frame": round(1e6 * ((p1 - p0) - (m1 - m0)) / frames, 2),
@@ -160,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--round-ms", type=float, default=4.0)
     p.add_argument("--duration", type=float, default=5.0)
     p.add_argument("--warmup", type=float, default=2.0)
+    p.add_argument("--direct-ring", action="store_true",
+                   help="front-ends write the engine's ring itself (no staging rings, no copy-in)")
     p.add_argument("--null-step", action="store_true",
                    help="a zero-cost stand-in for the model's step (host path only)")
     args = p.parse_args(argv)

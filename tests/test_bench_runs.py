@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -39,18 +41,22 @@ def test_failover_wave_bench_snapshots_every_session():
     assert out["sessions"] == 6 and out["wave"]["n"] == 2 and out["snapshot_bytes"] > 0
 
 
-def test_engine_load_bench_answers_frames_and_exits_cleanly():
+@pytest.mark.parametrize("ring", ["staging", "direct"])
+def test_engine_load_bench_answers_frames_and_exits_cleanly(ring):
     """bench/engine_load.py with the shipped kws model on CPU (a few sessions, real time): it
     answers frames and its process exits with status 0 (it aborted at exit, status 134, while
-    its device lane was inside torch)."""
+    its device lane was inside torch); by default through staging rings as `--workers` serves
+    (copied in by the engine), with `--direct-ring` into the engine's ring."""
     r = subprocess.run(
         [sys.executable, "-m", "bench.engine_load", "--checkpoints", "checkpoints", "--model",
-         "kws-s4d", "--sessions", "4", "--frontends", "2", "--duration", "1", "--warmup", "0.5"],
+         "kws-s4d", "--sessions", "4", "--frontends", "2", "--duration", "1", "--warmup", "0.5",
+         *(["--direct-ring"] if ring == "direct" else [])],
         cwd=ROOT, capture_output=True, text=True, timeout=180,
         env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0, r.stderr[-800:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["sessions"] == 4 and out["frames_answered"] > 0
+    assert out["staging_rings"] is (ring == "staging")
 
 
 def test_batch_fft_bench_runs_every_variant_within_float32():

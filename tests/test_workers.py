@@ -229,7 +229,10 @@ def test_engine_sigkill_fails_streams_then_recovers(checkpoint_dir):
         sid, msg, code, dead = asyncio.run(main())
         assert msg["type"] == "error" and msg["code"] == "internal" and code == 1011
         r = httpx.get(f"{w.base}/readyz", timeout=5)
-        assert r.status_code == 503  # not ready until the engine is back
+        if r.status_code == 200:  # the supervisor had a new engine up already (a fast restart)
+            assert [p.pid for p in w.children("s4d-engine")] != [dead], "ready on a dead engine"
+        else:
+            assert r.status_code == 503  # not ready until the engine is back
         w.wait_ready()
         assert not _rings(dead)  # the supervisor removed the killed engine's rings
         (new,) = w.children("s4d-engine")
