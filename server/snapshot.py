@@ -61,6 +61,8 @@ ENCODINGS = ("pcm_s16le", "f32le")
 _INT_FIELDS = ("channels", "emit_every", "received", "consumed", "segment_consumed")
 _FLOAT_FIELDS = ("created_unix", "taken_unix")
 _STR_FIELDS = ("model", "model_hash", "session_id", "encoding", "owner_key")
+#: offsets and emit_every live in int64 arrays of the engine's buffers
+_MAX_INT = 2**63 - 1
 #: an API key NAME as the keys file allows it (server/auth.py), or "" for no key
 _OWNER_KEY = re.compile(r"[A-Za-z0-9_.@-]{0,64}")
 
@@ -118,6 +120,8 @@ class Snapshot:
             return f"buffered has {b.shape[1]} channels, the session {self.channels}"
         if min(self.received, self.consumed, self.segment_consumed, self.emit_every) < 0:
             return "offsets and emit_every must be >= 0"
+        if max(self.received, self.consumed, self.segment_consumed, self.emit_every) > _MAX_INT:
+            return "offsets and emit_every must fit in 64 bits"
         if self.received != self.consumed + len(b):
             return (f"received ({self.received}) != consumed ({self.consumed}) + buffered "
                     f"({len(b)}): taken while samples were inside a step?")

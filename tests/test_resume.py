@@ -231,6 +231,37 @@ def test_snapshot_of_other_weights_is_refused(here, redis, make_checkpoint, tmp_
     assert started["type"] == "started" and final["type"] == "final", (started, final)
 
 
+async def _detached_session(url: str, n: int = 300) -> str:
+    """A session fed `n` zeros, then detached (so its snapshot is stored, lease released)."""
+    async with websockets.connect(url) as ws:
+        await ws.send(json.dumps(START))
+        sid = json.loads(await ws.recv())["session_id"]
+        await ws.send(encode(np.zeros((n, 1), np.float32), "f32le"))
+        await asyncio.sleep(0.3)
+    await asyncio.sleep(0.5)
+    return sid
+
+
+def test_restore_of_offsets_past_64_bits_is_refused_without_a_leak(here):
+    """A snapshot whose offsets do not fit the engine's int64 counters was a 500
+    (OverflowError) that kept the state slot it had allocated: slab bytes grew per request."""
+    from safetensors.numpy import save as st_save
+
+    from server import snapshot as snapshots
+
+    sid = asyncio.run(_detached_session(here.ws_url("tiny")))
+    data = httpx.get(f"{here.base_url}/v1/sessions/{sid}/snapshot", timeout=10).content
+    meta = dict(snapshots.read_metadata(data))
+    n = int(meta["received"]) - int(meta["consumed"])
+    meta.update(session_id="huge-offsets", consumed=str(2**63), received=str(2**63 + n))
+    bad = st_save(snapshots.st_load(data), metadata=meta)
+    before = metric(here.base_url, "s4d_state_slab_bytes_in_use")
+    for _ in range(3):
+        r = httpx.post(f"{here.base_url}/v1/sessions/restore", content=bad, timeout=10)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "snapshot_corrupt", r.text
+    assert metric(here.base_url, "s4d_state_slab_bytes_in_use") == before
+
+
 def _tiny_config():
     from conftest import TINY_MODELS
 

@@ -196,6 +196,17 @@ def test_edited_fields_breaking_the_invariants_are_corrupt():
         assert e.value.code == "snapshot_corrupt", changes
 
 
+def test_offsets_past_64_bits_are_corrupt():
+    """The engine keeps offsets in int64 arrays: a restore of consumed = 2**63 failed there
+    with a 500 OverflowError and left its state slot allocated (a leak per request)."""
+    data = encode(make_snapshot())
+    for changes in ({"consumed": str(2**63), "received": str(2**63 + 46)},
+                    {"emit_every": str(2**70)}):
+        with pytest.raises(SnapshotError) as e:
+            decode(_with_metadata(data, **changes))
+        assert e.value.code == "snapshot_corrupt" and "64 bits" in e.value.message, changes
+
+
 def test_inconsistent_snapshot_cannot_be_built():
     with pytest.raises(ValueError, match="inside a step"):
         make_snapshot(received=700)
