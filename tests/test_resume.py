@@ -242,6 +242,25 @@ async def _detached_session(url: str, n: int = 300) -> str:
     return sid
 
 
+def test_stored_snapshot_of_another_session_is_corrupt(here, other, redis):
+    """Snapshot bytes stored under one id that name another session (a copied key, a damaged
+    header: the checksum covers the tensors only) were installed under the other id: the
+    client resuming A was handed session B on `other`."""
+    import redis as redis_py
+
+    a, b = (asyncio.run(_detached_session(here.ws_url("tiny"))) for _ in range(2))
+    r = redis_py.Redis(port=redis.port)
+    try:
+        r.set(f"s4d:{{{a}}}:snap", r.get(f"s4d:{{{b}}}:snap"))
+    finally:
+        r.close()
+    msg, _ = asyncio.run(_finish(other.ws(), a, 300, np.zeros(0, np.float32)))
+    assert msg["type"] == "error" and msg["code"] == "snapshot_corrupt", msg
+    started, final = asyncio.run(_finish(here.ws_url("tiny"), b, 300, np.zeros(0, np.float32)))
+    assert started["type"] == "started" and started["session_id"] == b, started
+    assert final["type"] == "final" and final["offset"] == 300, final
+
+
 def test_restore_of_offsets_past_64_bits_is_refused_without_a_leak(here):
     """A snapshot whose offsets do not fit the engine's int64 counters was a 500
     (OverflowError) that kept the state slot it had allocated: slab bytes grew per request."""

@@ -389,11 +389,11 @@ class Persistence:
             if data is None:
                 raise StreamError("unknown_session", f"no session {sid!r} here or in the session "
                                   "store (never existed, ended or expired)")
-            snap = _owned_by(me.decode_snapshot(data), key)
+            snap = _owned_by(_of_session(me.decode_snapshot(data), sid), key)
             token = await self._take_lease(sid)
             fresh = await self.store.get(sid)
             if fresh is not None and fresh != data:
-                snap = _owned_by(me.decode_snapshot(fresh), key)
+                snap = _owned_by(_of_session(me.decode_snapshot(fresh), sid), key)
             if offset is not None and offset > snap.received:
                 raise StreamError("offset_gap", f"offset {offset} > {snap.received} samples held "
                                   "(the latest snapshot)")
@@ -456,6 +456,14 @@ class Persistence:
                 self._unavailable(exc)
                 return
             await self._store_wave(me, [s], kind="restore", release=not s.attached)
+
+
+def _of_session(snap: snapshots.Snapshot, sid: str) -> snapshots.Snapshot:
+    """The snapshot, if it is of the session it was stored under. The checksum covers the
+    tensors, not the header: a copied or damaged one would install another session's id."""
+    if snap.session_id != sid:
+        raise StreamError("snapshot_corrupt", "the stored snapshot is of another session")
+    return snap
 
 
 def _owned_by(snap: snapshots.Snapshot, key: str | None) -> snapshots.Snapshot:
