@@ -261,6 +261,23 @@ def test_stored_snapshot_of_another_session_is_corrupt(here, other, redis):
     assert final["type"] == "final" and final["offset"] == 300, final
 
 
+def test_unreadable_stored_bytes_do_not_close_the_good_local_copy(here, redis):
+    """Garbage under a detached session's snapshot key made its own replica take the bytes
+    for another owner's newer snapshot: it closed its good copy, then refused the resume
+    (snapshot_corrupt): the session was lost although this replica held it intact."""
+    import redis as redis_py
+
+    sid = asyncio.run(_detached_session(here.ws_url("tiny")))
+    r = redis_py.Redis(port=redis.port)
+    try:
+        r.set(f"s4d:{{{sid}}}:snap", b"\xff" * 64)
+    finally:
+        r.close()
+    started, final = asyncio.run(_finish(here.ws_url("tiny"), sid, 300, np.zeros(0, np.float32)))
+    assert started["type"] == "started" and started["offset"] == 300, started
+    assert final["type"] == "final" and final["offset"] == 300, final
+
+
 def test_restore_of_offsets_past_64_bits_is_refused_without_a_leak(here):
     """A snapshot whose offsets do not fit the engine's int64 counters was a 500
     (OverflowError) that kept the state slot it had allocated: slab bytes grew per request."""

@@ -291,7 +291,9 @@ class Persistence:
         if data is not None:
             try:
                 taken = float(snapshots.read_metadata(data).get("taken_unix", "nan"))
-            except (snapshots.SnapshotError, ValueError):
+            except snapshots.SnapshotError:  # bytes no one can resume: ours is the only copy
+                taken = self.stored.get(s.id)
+            except ValueError:
                 taken = float("nan")
             if taken != self.stored.get(s.id):
                 await self.store.release(s.id, self.owner, token)
