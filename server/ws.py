@@ -414,7 +414,9 @@ class StreamConnection:
 
     async def _park(self) -> bool:
         """Store the session for another replica, then `shutting_down` + `resume: true`, 1001.
-        False (nothing sent) when it could not be stored."""
+        False (nothing sent) when it could not be stored. It gets half of the drain's time:
+        parks reach the store one at a time, and with the store hung each waits out its
+        timeout, so a full graceful_timeout_s left no time for the `final` instead."""
         h = self.handle
         if h is None or h.closed or self._finishing:
             return True
@@ -422,7 +424,7 @@ class StreamConnection:
         try:
             try:
                 offset = await asyncio.wait_for(h.client.park(h),
-                                                self.st.settings.graceful_timeout_s or None)
+                                                self.st.settings.graceful_timeout_s / 2 or None)
             except (asyncio.TimeoutError, StreamError, EngineUnavailable) as exc:
                 log.warning("drain: session not stored (%s): sending final instead", exc)
                 self._finishing = False

@@ -361,6 +361,48 @@ def test_drain_with_store_parks_sessions(start_server, checkpoint_dir, redis, ot
         assert_probs_close(final["probabilities"], batch(other.base, x), 1e-5)
 
 
+def test_drain_with_a_hung_store_sends_every_stream_its_final(start_server, checkpoint_dir,
+                                                             tmp_path):
+    """SIGTERM while Redis hangs: parks reach the store one at a time, each waiting out the
+    store's timeout, and each park had the whole graceful_timeout_s, so the `final` fallback
+    never ran: all but one stream were cut without a message or a close frame."""
+    r = RedisServer(tmp_path / "redis").start()
+    srv = start_server(checkpoints=checkpoint_dir, models="tiny", graceful_timeout_s=4.0,
+                       **_store_settings(r))
+    x = np.zeros(450, np.float32)
+
+    async def ending(ws) -> tuple[dict | None, int | None]:
+        try:
+            msgs = await _recv_until(ws, {"error", "final"})
+        except websockets.ConnectionClosed:
+            return None, ws.close_code
+        await ws.wait_closed()
+        return msgs[-1], ws.close_code
+
+    async def main():
+        socks = []
+        for _ in range(6):
+            ws = await websockets.connect(srv.ws_url("tiny"))
+            await ws.send(json.dumps(START))
+            assert json.loads(await ws.recv())["type"] == "started"
+            await ws.send(encode(x[:, None], "f32le"))
+            socks.append(ws)
+        await asyncio.sleep(0.5)
+        r.pause()
+        stopper = asyncio.get_running_loop().run_in_executor(None, srv.stop)
+        out = await asyncio.gather(*(ending(ws) for ws in socks))
+        await stopper
+        return out
+
+    try:
+        ends = asyncio.run(main())
+    finally:
+        r.stop()
+    for msg, code in ends:
+        assert msg is not None and code in (1000, 1001), (msg, code)
+        assert msg["type"] == "final" and msg["offset"] == 450, msg
+
+
 def test_redis_down_streams_go_on_then_snapshots_resume(start_server, checkpoint_dir,
                                                         tmp_path, caplog):
     r = RedisServer(tmp_path / "redis").start()
