@@ -17,9 +17,12 @@ from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
+import orjson
 from starlette.requests import Request
+from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from server import request_id
 from server.errors import ApiError
 from server.settings import Settings
 
@@ -284,12 +287,33 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         self._cancel_head_timer()
         super().on_headers_complete()
 
+    def _start_asgi_task(self, cycle, app) -> None:
+        # beyond limit_concurrency uvicorn runs its own text/plain 503: answer in the protocol's
+        super()._start_asgi_task(cycle, over_connection_cap if app is service_unavailable else app)
+
     def connection_lost(self, exc) -> None:
         self._cancel_head_timer()
         super().connection_lost(exc)
 
 
 _HEAD_TIMEOUT_BODY = b'{"error": {"code": "timeout", "message": "request headers took too long"}}'
+
+
+async def over_connection_cap(scope, receive, send) -> None:
+    """The answer beyond `max_connections` (uvicorn's own is a text/plain 503 without
+    Retry-After or X-Request-ID): 503 server_busy, OIP's `{"error": str}` under /v2."""
+    rid = request_id.from_headers(scope.get("headers", ()))
+    message = "too many connections to this server; try again shortly"
+    path = scope.get("path", "")
+    if path == "/v2" or path.startswith("/v2/"):
+        body = {"error": message}
+    else:
+        body = {"error": {"code": "server_busy", "message": message, "request_id": rid}}
+    data = orjson.dumps(body)
+    await send({"type": "http.response.start", "status": 503, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", b"%d" % len(data)),
+        (b"retry-after", b"1"), (b"connection", b"close"), (request_id.HEADER, rid.encode())]})
+    await send({"type": "http.response.body", "body": data})
 
 
 def uvicorn_options(settings: Settings) -> dict:

@@ -90,6 +90,25 @@ def test_connection_cap(strict):
     assert httpx.get(f"{strict.base_url}/healthz", timeout=5).status_code == 200
 
 
+def test_connection_cap_answers_in_the_protocols_json(strict):
+    """Beyond max_connections uvicorn answered its own text/plain 'Service Unavailable': no
+    JSON error body, no Retry-After, no X-Request-ID (every answer carries one)."""
+    socks = [socket.create_connection(("127.0.0.1", _port(strict))) for _ in range(8)]
+    try:
+        time.sleep(0.1)
+        v1 = httpx.get(f"{strict.base_url}/v1/models", timeout=5,
+                       headers={"X-Request-ID": "cap-1"})
+        v2 = httpx.get(f"{strict.base_url}/v2/models/tiny", timeout=5)
+    finally:
+        for s in socks:
+            s.close()
+    assert v1.status_code == 503 and v1.headers["content-type"] == "application/json", v1.text
+    assert v1.json()["error"]["code"] == "server_busy" and v1.json()["error"]["request_id"] == "cap-1"
+    assert v1.headers["x-request-id"] == "cap-1" and v1.headers["retry-after"] == "1"
+    assert v2.status_code == 503 and isinstance(v2.json()["error"], str), v2.text
+    assert v2.headers["retry-after"] == "1" and v2.headers["x-request-id"]
+
+
 def test_serve_flags_are_generated_from_settings(monkeypatch, tmp_path):
     import s4d_cli
     from server.cli import flag_names, settings_from_args
