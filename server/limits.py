@@ -135,7 +135,9 @@ class BodyBudget:
     """Bytes of request bodies held by the requests in progress (one process). Each body is
     bounded by max_body_bytes, but max_connections requests could each hold one at once (2,048
     x 32 MiB); beyond the budget a request is refused 503 before its body is read, and its
-    bytes count until its response is sent (BodyBudgetMiddleware gives them back)."""
+    bytes count until its response is sent (BodyBudgetMiddleware gives them back). A body
+    larger than the whole budget is still admitted when no other request holds one (it passed
+    max_body_bytes; refused, it would be refused on every retry)."""
 
     SCOPE_KEY = "s4d.body_bytes"  # per request: [bytes it holds]
 
@@ -147,7 +149,8 @@ class BodyBudget:
         mine = scope.get(self.SCOPE_KEY)
         if mine is None or n <= 0:  # outside the middleware (a bare app): not budgeted
             return
-        if self.limit is not None and self.held + n > self.limit:
+        others = self.held - mine[0]
+        if self.limit is not None and others and self.held + n > self.limit:
             raise ApiError(503, "server_busy",
                            f"request bodies of {self.held} bytes are being processed (limit "
                            f"{self.limit} bytes in memory); try again later",

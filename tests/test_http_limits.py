@@ -109,6 +109,18 @@ def test_connection_cap_answers_in_the_protocols_json(strict):
     assert v2.headers["retry-after"] == "1" and v2.headers["x-request-id"]
 
 
+def test_a_body_larger_than_the_whole_budget_is_admitted_alone(start_server, checkpoint_dir):
+    """max_body_bytes_in_flight below max_body_bytes: a body between the two was refused 503
+    'try again later' (Retry-After) even with nothing else held, so every retry failed too.
+    Alone it is admitted, as a predict larger than max_pending_samples is."""
+    srv = start_server(checkpoints=checkpoint_dir, models="tiny", max_body_bytes=150_000,
+                       max_body_bytes_in_flight=100_000)
+    r = httpx.post(f"{srv.base_url}/v1/models/tiny/predict", content=_npy(120_000),
+                   headers={"content-type": "application/x-npy"}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert _body_bytes(srv) == 0
+
+
 def test_serve_flags_are_generated_from_settings(monkeypatch, tmp_path):
     import s4d_cli
     from server.cli import flag_names, settings_from_args
