@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import anyio
 import anyio.to_thread
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -243,6 +243,9 @@ async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
     except TimeoutError as exc:
         raise ApiError(408, "timeout", f"the request body did not arrive within {timeout_s:g} s "
                        f"({size} bytes received)", headers={"Connection": "close"}) from exc
+    except ClientDisconnect:  # the client's own doing, not the server's: no 500, no traceback
+        raise ApiError(400, "bad_request", f"the client closed the connection after {size} "
+                       "bytes of the body", headers={"Connection": "close"}) from None
     body = b"".join(chunks)
     request._body = body  # let request.form() parse the bytes already read
     return body

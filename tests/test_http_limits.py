@@ -121,6 +121,31 @@ def test_a_body_larger_than_the_whole_budget_is_admitted_alone(start_server, che
     assert _body_bytes(srv) == 0
 
 
+def _errors(srv, code: str) -> float:
+    for line in httpx.get(f"{srv.base_url}/metrics").text.splitlines():
+        if line.startswith(f's4d_errors_total{{code="{code}"}}'):
+            return float(line.split()[1])
+    return 0.0
+
+
+def test_client_gone_mid_body_is_not_an_internal_error(strict):
+    """A client that closed its connection halfway through a body made starlette raise
+    ClientDisconnect out of read_body: a 500 `internal`, logged at ERROR with a traceback, and
+    s4d_errors_total{code="internal"} (what alerts watch) grew for every such client."""
+    before = _errors(strict, "internal")
+    for path in ("/v1/models/tiny/predict", "/v2/models/tiny/infer"):
+        s = socket.create_connection(("127.0.0.1", _port(strict)))
+        s.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+                  "application/json\r\nContent-Length: 100000\r\n\r\n".encode() + b" " * 1000)
+        time.sleep(0.1)
+        s.close()
+    time.sleep(0.3)  # both requests have taken their bodies' bytes; they give them back at the end
+    deadline = time.monotonic() + 5
+    while _body_bytes(strict) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _errors(strict, "internal") == before
+
+
 def test_serve_flags_are_generated_from_settings(monkeypatch, tmp_path):
     import s4d_cli
     from server.cli import flag_names, settings_from_args
