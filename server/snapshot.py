@@ -53,6 +53,8 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
+from server.session_store import MAX_SESSION_ID
+
 FORMAT = "s4d-session-snapshot"
 FORMAT_VERSION = 2
 STATE_PREFIX = "state."
@@ -127,6 +129,8 @@ class Snapshot:
                     f"({len(b)}): taken while samples were inside a step?")
         if self.segment_consumed > self.consumed:
             return "segment_consumed > consumed"
+        if not isinstance(self.session_id, str) or not 0 < len(self.session_id) <= MAX_SESSION_ID:
+            return f"session_id must be 1 to {MAX_SESSION_ID} characters (a store holds no other)"
         if not isinstance(self.owner_key, str) or not _OWNER_KEY.fullmatch(self.owner_key):
             return f"owner_key {str(self.owner_key)[:80]!r} is not an API key name"
         if self.encoding not in ENCODINGS:

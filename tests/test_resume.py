@@ -361,6 +361,27 @@ def test_drain_with_store_parks_sessions(start_server, checkpoint_dir, redis, ot
         assert_probs_close(final["probabilities"], batch(other.base, x), 1e-5)
 
 
+def test_session_ids_the_store_cannot_hold_are_client_errors(here):
+    """Ids past the store's 256 characters (or empty) reached its id check as ValueError:
+    GET .../snapshot was a 500, and a restore of such a snapshot a 500 that left the session
+    installed (s4d_sessions_active grew by one each time)."""
+    from safetensors.numpy import save as st_save
+
+    from server import snapshot as snapshots
+
+    r = httpx.get(f"{here.base_url}/v1/sessions/{'x' * 300}/snapshot", timeout=10)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_session", r.text
+    sid = asyncio.run(_detached_session(here.ws_url("tiny")))
+    data = httpx.get(f"{here.base_url}/v1/sessions/{sid}/snapshot", timeout=10).content
+    meta = dict(snapshots.read_metadata(data))
+    before = metric(here.base_url, "s4d_sessions_active")
+    for bad_id in ("y" * 300, ""):
+        bad = st_save(snapshots.st_load(data), metadata={**meta, "session_id": bad_id})
+        r = httpx.post(f"{here.base_url}/v1/sessions/restore", content=bad, timeout=10)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "snapshot_corrupt", r.text
+    assert metric(here.base_url, "s4d_sessions_active") == before
+
+
 def test_drain_with_a_hung_store_sends_every_stream_its_final(start_server, checkpoint_dir,
                                                              tmp_path):
     """SIGTERM while Redis hangs: parks reach the store one at a time, each waiting out the

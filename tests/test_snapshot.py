@@ -207,6 +207,17 @@ def test_offsets_past_64_bits_are_corrupt():
         assert e.value.code == "snapshot_corrupt" and "64 bits" in e.value.message, changes
 
 
+def test_session_ids_no_store_holds_are_corrupt():
+    """Installed by the restore route, a session whose id the store refuses (empty, over 256
+    characters) made its store calls raise ValueError: a 500, the session left installed."""
+    data = encode(make_snapshot())
+    for sid in ("", "x" * 257, "x" * 100_000):
+        with pytest.raises(SnapshotError) as e:
+            decode(_with_metadata(data, session_id=sid))
+        assert e.value.code == "snapshot_corrupt" and "session_id" in e.value.message
+    assert decode(_with_metadata(data, session_id="x" * 256)).session_id == "x" * 256
+
+
 def test_inconsistent_snapshot_cannot_be_built():
     with pytest.raises(ValueError, match="inside a step"):
         make_snapshot(received=700)

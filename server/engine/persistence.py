@@ -445,6 +445,8 @@ class Persistence:
             return await self.store.get(sid)
         except StoreUnavailable as exc:
             raise StreamError("store_unavailable", str(exc)) from exc
+        except ValueError:  # an id no store holds (empty, too long): never stored
+            return None
 
     async def adopt(self, me: ModelEngine, s: EngineSession) -> None:
         """After an operator restore: this engine owns the session now (the lease is taken
