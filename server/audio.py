@@ -149,6 +149,8 @@ def decode_audio(data: bytes, kind: str, spec: DecodeSpec, where: str) -> np.nda
                   f"{spec.channels}" + (" (stereo is mixed down)" if spec.channels == 1 else ""))
     ratio = spec.sample_rate / sr
     max_frames = math.floor(spec.max_len / ratio)  # input frames that stay within the limit
+    if info.frames == 0:  # empty, not too large (a JSON input must be non-empty too)
+        raise bad("bad_input", f"{where}: the audio file holds no samples")
     if info.frames <= 0 or info.frames > max_frames:
         n = math.ceil(info.frames * ratio) if info.frames > 0 else "unknown"
         raise bad("too_large", f"{where}: the header declares {info.frames} frames at {sr} Hz "

@@ -87,6 +87,9 @@ PROBES = {
                             headers={"content-type": "audio/wav"}), 400, "bad_channels"),
     "wav_garbage": (dict(content=b"RIFF....garbage", headers={"content-type": "audio/wav"}),
                     400, "bad_input"),
+    # an empty WAV was 413 too_large ("0 frames = unknown samples > limit")
+    "wav_no_frames": (dict(content=_wav_header_claiming(16000, 1, b""),
+                           headers={"content-type": "audio/wav"}), 400, "bad_input"),
     "csv_ragged": (dict(content=b"1,2\n3\n", headers={"content-type": "text/csv"}),
                    400, "bad_input"),
     "csv_empty_field": (dict(content=b"1,\n3,4\n", headers={"content-type": "text/csv"}),
