@@ -297,6 +297,20 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         # beyond limit_concurrency uvicorn runs its own text/plain 503: answer in the protocol's
         super()._start_asgi_task(cycle, over_connection_cap if app is service_unavailable else app)
 
+    def handle_websocket_upgrade(self) -> None:
+        # uvicorn applies limit_concurrency to HTTP requests only: a WebSocket past the cap
+        # (which counts them) is refused here, before its handshake, with the same 503
+        cap = self.limit_concurrency
+        if cap is not None and len(self.connections) >= cap:
+            rid, data = _over_cap_body(self.scope)
+            self.transport.write(
+                b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+                b"retry-after: 1\r\nconnection: close\r\nx-request-id: %s\r\n"
+                b"content-length: %d\r\n\r\n%s" % (rid.encode(), len(data), data))
+            self.transport.close()
+            return
+        super().handle_websocket_upgrade()
+
     def connection_lost(self, exc) -> None:
         self._cancel_head_timer()
         super().connection_lost(exc)
@@ -305,17 +319,21 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
 _HEAD_TIMEOUT_BODY = b'{"error": {"code": "timeout", "message": "request headers took too long"}}'
 
 
-async def over_connection_cap(scope, receive, send) -> None:
-    """The answer beyond `max_connections` (uvicorn's own is a text/plain 503 without
-    Retry-After or X-Request-ID): 503 server_busy, OIP's `{"error": str}` under /v2."""
+def _over_cap_body(scope) -> tuple[str, bytes]:
+    """The request id and the JSON body of the answer beyond `max_connections`."""
     rid = request_id.from_headers(scope.get("headers", ()))
     message = "too many connections to this server; try again shortly"
     path = scope.get("path", "")
     if path == "/v2" or path.startswith("/v2/"):
-        body = {"error": message}
-    else:
-        body = {"error": {"code": "server_busy", "message": message, "request_id": rid}}
-    data = orjson.dumps(body)
+        return rid, orjson.dumps({"error": message})
+    return rid, orjson.dumps({"error": {"code": "server_busy", "message": message,
+                                        "request_id": rid}})
+
+
+async def over_connection_cap(scope, receive, send) -> None:
+    """The answer beyond `max_connections` (uvicorn's own is a text/plain 503 without
+    Retry-After or X-Request-ID): 503 server_busy, OIP's `{"error": str}` under /v2."""
+    rid, data = _over_cap_body(scope)
     await send({"type": "http.response.start", "status": 503, "headers": [
         (b"content-type", b"application/json"), (b"content-length", b"%d" % len(data)),
         (b"retry-after", b"1"), (b"connection", b"close"), (request_id.HEADER, rid.encode())]})

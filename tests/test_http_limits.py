@@ -121,6 +121,34 @@ def test_a_body_larger_than_the_whole_budget_is_admitted_alone(start_server, che
     assert _body_bytes(srv) == 0
 
 
+def test_connection_cap_refuses_websocket_handshakes_too(strict):
+    """uvicorn checks limit_concurrency for HTTP requests only: past max_connections every
+    WebSocket handshake was still accepted (a flood of idle handshakes held sockets without
+    bound), though the cap counts WebSockets."""
+    import asyncio
+
+    import websockets
+    from websockets.exceptions import InvalidStatus
+
+    async def handshake():
+        async with websockets.connect(strict.ws_url("tiny"), open_timeout=5):
+            return 101
+
+    socks = [socket.create_connection(("127.0.0.1", _port(strict))) for _ in range(8)]
+    try:
+        time.sleep(0.1)
+        with pytest.raises(InvalidStatus) as exc:
+            asyncio.run(handshake())
+    finally:
+        for s in socks:
+            s.close()
+    response = exc.value.response
+    assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+    assert b'"server_busy"' in response.body
+    time.sleep(0.2)
+    assert asyncio.run(handshake()) == 101
+
+
 def _errors(srv, code: str) -> float:
     for line in httpx.get(f"{srv.base_url}/metrics").text.splitlines():
         if line.startswith(f's4d_errors_total{{code="{code}"}}'):
