@@ -424,6 +424,48 @@ def test_drain_with_a_hung_store_sends_every_stream_its_final(start_server, chec
         assert msg["type"] == "final" and msg["offset"] == 450, msg
 
 
+def test_session_ended_while_the_store_hung_is_not_resumable_later(start_server, checkpoint_dir,
+                                                                   tmp_path):
+    """`end` deletes the snapshot so that no resume brings the session back; with Redis hung
+    at that moment the delete failed once and was never retried: after Redis came back the
+    ended session (its final delivered) resumed on another replica for the idle TTL."""
+    import redis as redis_py
+
+    r = RedisServer(tmp_path / "redis").start()
+    srv = start_server(checkpoints=checkpoint_dir, models="tiny", **_store_settings(r))
+    other_here = SubServer(checkpoint_dir, r.url)
+
+    async def main():
+        async with websockets.connect(srv.ws_url("tiny")) as ws:
+            await ws.send(json.dumps(START))
+            sid = json.loads(await ws.recv())["session_id"]
+            await ws.send(encode(np.zeros((300, 1), np.float32), "f32le"))
+            await asyncio.sleep(0.6)  # a wave stored it
+            r.pause()
+            await ws.send(json.dumps({"type": "end"}))
+            final = (await _recv_until(ws, {"final", "error"}))[-1]
+        await asyncio.sleep(2.5)  # the delete has failed
+        return sid, final
+
+    client = None
+    try:
+        sid, final = asyncio.run(main())
+        r.resume()
+        client = redis_py.Redis(port=r.port)
+        deadline = time.monotonic() + 10
+        while client.exists(f"s4d:{{{sid}}}:snap") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        started, _ = asyncio.run(_finish(other_here.ws(), sid, 300, np.zeros(0, np.float32)))
+    finally:
+        r.resume()
+        if client is not None:
+            client.close()
+        other_here.stop()
+        r.stop()
+    assert final["type"] == "final" and final["offset"] == 300, final
+    assert started["type"] == "error" and started["code"] == "unknown_session", started
+
+
 def test_redis_down_streams_go_on_then_snapshots_resume(start_server, checkpoint_dir,
                                                         tmp_path, caplog):
     r = RedisServer(tmp_path / "redis").start()

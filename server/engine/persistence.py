@@ -12,7 +12,8 @@ this engine, fencing token) and a snapshot there that is never older than about
 * restored when a `start` names a session this engine does not hold (or holds a stale copy
   of): read the snapshot, take the lease, re-read (the last owner may have stored a newer one
   just before letting go), check the offset, install it in a slot;
-* deleted with the lease on `end` (and on an error close); left to expire with the idle TTL
+* deleted with the lease on `end` (and on an error close; with the store down, by a later
+  wave while the stored snapshot is still ours); left to expire with the idle TTL
   otherwise (every put sets the snapshot's TTL to `idle_ttl_s`).
 
 Taking a lease held by another owner: wait up to `lease_wait_s` for it to be released (an
@@ -87,6 +88,8 @@ class Persistence:
         self._stopped = False
         self._down_since: float | None = None
         self._last_warning = 0.0
+        #: ended while the store was down: session id -> (taken_unix we stored last, until)
+        self._unforgotten: dict[str, tuple[float, float]] = {}
 
     # ---- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -192,15 +195,17 @@ class Persistence:
         if self._stopped or reason == "moved":
             return
         token = self.tokens.pop(s.id, None)
-        self.stored.pop(s.id, None)
+        taken = self.stored.pop(s.id, None)
         self.granted.pop(s.id, None)
         if reason in ("end", "error"):
-            self._spawn(self._forget(s.id, token))
+            self._spawn(self._forget(s.id, token, taken))
         elif token is not None:  # idle_timeout, shutdown: the snapshot expires by itself
             self._spawn(self._release(s.id, token))
 
-    async def _forget(self, sid: str, token: int | None) -> None:
-        """The session ended: drop its snapshot and lease (a resume must not bring it back)."""
+    async def _forget(self, sid: str, token: int | None, taken: float | None = None) -> None:
+        """The session ended: drop its snapshot and lease (a resume must not bring it back).
+        With the store down, the next waves retry while its stored snapshot is still ours
+        (`taken`: the taken_unix of our last one)."""
         async with self._io:
             token = self.tokens.pop(sid, token)
             try:
@@ -211,6 +216,33 @@ class Persistence:
                 pass  # someone else has it now: theirs to end
             except StoreUnavailable as exc:
                 self._unavailable(exc)
+                if taken is not None:
+                    self._unforgotten[sid] = (taken, time.monotonic() + self.idle_ttl)
+
+    async def _retry_forgets(self) -> None:
+        """Delete the snapshots of sessions that ended while the store was down, unless
+        another owner has stored the session since. Caller holds `_io`; StoreUnavailable
+        leaves the rest for the next wave."""
+        for sid, (taken, until) in list(self._unforgotten.items()):
+            if time.monotonic() < until and await self._stored_is(sid, taken):
+                try:
+                    token = await self.store.acquire(sid, self.owner, self.lease_ttl)
+                except LeaseHeldError:
+                    token = None  # another owner holds it: theirs
+                if token is not None:
+                    if await self._stored_is(sid, taken):
+                        await self.store.delete(sid, token)
+                    else:
+                        await self.store.release(sid, self.owner, token)
+            del self._unforgotten[sid]
+
+    async def _stored_is(self, sid: str, taken: float) -> bool:
+        """Is the stored snapshot of `sid` the one taken at `taken` (ours)?"""
+        data = await self.store.get(sid)
+        try:
+            return data is not None and float(snapshots.read_metadata(data)["taken_unix"]) == taken
+        except (snapshots.SnapshotError, KeyError, ValueError):
+            return False
 
     async def _release(self, sid: str, token: int) -> None:
         async with self._io:
@@ -325,6 +357,11 @@ class Persistence:
         """Store every attached session of every model (one put_many per model)."""
         n = 0
         async with self._io:
+            if self._unforgotten:
+                try:
+                    await self._retry_forgets()
+                except StoreUnavailable:
+                    pass  # still down: counted by the wave below, retried by the next
             for me in list(self.models):
                 if not me.streamable:
                     continue
