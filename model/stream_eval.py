@@ -48,6 +48,16 @@ def watched_labels(cfg) -> list[int]:
     return [i for i, c in enumerate(names) if c not in background]
 
 
+def as_shipped(preset: StreamPreset, checkpoint: Path, dev: torch.device):
+    """(net in eval mode, config, the preset scoring with the checkpoint's own detector): the
+    measurements on other voices and generators choose nothing."""
+    net, cfg = load_checkpoint(checkpoint, device=dev)
+    net.eval()
+    ev = cfg.task.events
+    return net, cfg, replace(preset, hysteresis=ev.hysteresis, holdoff_ms=ev.holdoff_ms,
+                             changes_only=ev.changes_only)
+
+
 def eval_engines(preset: StreamPreset, checkpoint: Path, bank_dir: Path, data13: Path,
                  out: Path, device: str, engines=None, log=print) -> dict:
     """Keyword events on voices of other synthesizers, as a user would meet them: streams
@@ -61,11 +71,8 @@ def eval_engines(preset: StreamPreset, checkpoint: Path, bank_dir: Path, data13:
     if preset.kind != "kws":
         raise ValueError("--eval-engines measures keyword models")
     dev = torch.device(device)
-    net, cfg = load_checkpoint(checkpoint, device=dev)
-    net.eval()
+    net, cfg, preset = as_shipped(preset, checkpoint, dev)
     ev = cfg.task.events
-    preset = replace(preset, hysteresis=ev.hysteresis, holdoff_ms=ev.holdoff_ms,
-                     changes_only=ev.changes_only)  # its detector
     names = cfg.class_names()
     label_on = {names.index(k): v for k, v in (ev.label_thresholds or {}).items()}
     engines = engines or other_engines(data13)
@@ -127,11 +134,8 @@ def eval_generators(preset: StreamPreset, checkpoint: Path, banks: dict[str, Pat
     if preset.kind != "ecg":
         raise ValueError("--eval-generators measures ECG models")
     dev = torch.device(device)
-    net, cfg = load_checkpoint(checkpoint, device=dev)
-    net.eval()
+    net, cfg, preset = as_shipped(preset, checkpoint, dev)
     ev = cfg.task.events
-    preset = replace(preset, hysteresis=ev.hysteresis, holdoff_ms=ev.holdoff_ms,
-                     changes_only=ev.changes_only)  # its detector
     per_bank = {}
     for name, bank in banks.items():
         data = evaluate(net, cfg, preset, bank, "test", dev)

@@ -178,3 +178,20 @@ def test_other_tools_card_sections_survive_a_reinstall_of_the_same_weights(tmp_p
     (dest / "CARD.md").write_text("# a card without other sections\n")
     assert measured_on_same_weights(src, dest) == ""
     assert measured_on_same_weights(src, tmp_path / "new") == ""  # nothing installed yet
+
+
+def test_card_lists_other_generators_streams():
+    """`--eval-generators` results on an ECG card: one row per bank with its generator."""
+    from model.install_streams import generators_lines
+
+    row = {"generator": "shift", "changes": 113, "detected_share": 0.9027,
+           "delay_median_s": 5.6, "false_changes_per_hour": 5.833, "false_changes": 35,
+           "hours": 6.0, "frame_accuracy": 0.9531}
+    g = {"trained_on": "template", "detector": {"threshold": 0.999},
+         "streams": {"n": 12, "seconds": 1800.0}, "command": "python -m model.train_streams ...",
+         "per_bank": {"shift": row}}
+    text = "\n".join(generators_lines(g))
+    assert "trained on template; each bank's test split, 12 streams of 30 min" in text
+    assert "| shift | ECGSYN beats with neurokit2's noise model" in text
+    assert "| 90.3 % of 113 | 5.6 s | 5.83 (35 in 6.0 h) | 95.3 % |" in text
+    assert generators_lines(None) == []

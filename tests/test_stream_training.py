@@ -496,3 +496,53 @@ def test_eval_engines_scores_other_engines_test_voices_with_the_checkpoints_dete
     eval_engines(preset, tmp_path / "run", bank, data13, tmp_path / "out", "cpu",
                  log=lambda *a: None)
     assert (tmp_path / "out" / "engines.json").read_text() == first
+
+
+def _ecg_bank(path: Path, generator: str | None, seed: int) -> Path:
+    """A tiny ECG stream bank (val / test windows of every class; a class's windows sit at its
+    index in mV, as test_ecg_streams_change_rhythm... reads them) with or without its
+    generator recorded."""
+    rng = np.random.default_rng(seed)
+    path.mkdir(parents=True, exist_ok=True)
+    arrays = {} if generator is None else {"generator": np.array(generator)}
+    for split in ("val", "test"):
+        y = np.repeat(np.arange(5), 4)
+        arrays[f"{split}_x"] = (y[:, None] + 0.1 * rng.standard_normal((20, 2500))).astype(
+            np.float16)
+        arrays[f"{split}_y"] = y
+    np.savez(path / "ecg.npz", **arrays)
+    return path
+
+
+def test_eval_generators_scores_other_banks_with_the_checkpoints_detector(tmp_path):
+    """`--eval-generators`: each bank's test streams (the preset's recipe, CPU seeds) scored
+    with the checkpoint's own detector (changes_only and threshold from its config); the same
+    call twice writes the same file; a bank made before generators were recorded is ECGSYN."""
+    from dataclasses import replace as dc_replace
+
+    from model.checkpoint import save_checkpoint
+    from model.data.stream_bank import ecg_generator
+    from model.stream_eval import eval_generators, evaluate, score
+    from model.train_streams import PRESETS, build, smoke
+
+    preset = smoke(PRESETS["ecg-monitor"])
+    net, cfg = build(preset, "cpu")
+    events = cfg.task.events.model_copy(update={"threshold": 0.5, "changes_only": True})
+    cfg = cfg.model_copy(update={"task": cfg.task.model_copy(update={"events": events})})
+    save_checkpoint(tmp_path / "run", net, cfg)
+    banks = {"a": _ecg_bank(tmp_path / "a", "shift", 1), "b": _ecg_bank(tmp_path / "b", None, 2)}
+    assert ecg_generator(banks["a"]) == "shift" and ecg_generator(banks["b"]) == "ecgsyn"
+    m = eval_generators(dc_replace(preset, changes_only=False), tmp_path / "run", banks,
+                        tmp_path / "out", "cpu", log=lambda *a: None)
+    assert m["detector"]["changes_only"] is True and m["detector"]["threshold"] == 0.5
+    assert [v["generator"] for v in m["per_bank"].values()] == ["shift", "ecgsyn"]
+    shipped = dc_replace(preset, changes_only=True)
+    data = evaluate(net.eval(), cfg, shipped, banks["a"], "test", torch.device("cpu"))
+    want = score(shipped, cfg, data, 0.5)
+    got = {k: m["per_bank"]["a"][k] for k in want}
+    assert json.dumps(got, sort_keys=True) == json.dumps(want, sort_keys=True)  # NaN delays
+    first = (tmp_path / "out" / "generators.json").read_text()
+    eval_generators(preset, tmp_path / "run", banks, tmp_path / "out", "cpu", log=lambda *a: None)
+    assert (tmp_path / "out" / "generators.json").read_text() == first
+    with pytest.raises(ValueError, match="ECG models"):
+        eval_generators(PRESETS["kws-events"], tmp_path / "run", banks, tmp_path / "o", "cpu")
