@@ -42,9 +42,10 @@ def readme_commands() -> list[list[str]]:
 
 @pytest.fixture(scope="module")
 def served(start_server):
-    if not all((ROOT / "checkpoints" / m / "config.json").exists() for m in ("kws-s4d", "ecg-s4d")):
+    models = ("kws-s4d", "ecg-s4d", "ecg-monitor-s4d")
+    if not all((ROOT / "checkpoints" / m / "config.json").exists() for m in models):
         pytest.skip("shipped checkpoints are missing")
-    return start_server(checkpoints=ROOT / "checkpoints", models="kws-s4d,ecg-s4d", device="cpu",
+    return start_server(checkpoints=ROOT / "checkpoints", models=",".join(models), device="cpu",
                         max_sessions=8)
 
 
@@ -89,6 +90,17 @@ def _check_ecg_stream(out: str, window_s: float) -> None:
     assert sum(lab in plausible for lab in windows) >= len(windows) // 2, (windows, bpm)
 
 
+def _check_monitor_events(out: str) -> None:
+    """The monitor on the sample (MIT-BIH 208's first minute, 111-119 bpm by an R-peak detector
+    but one window at 99): a rhythm is reported within 15 s, it is a plausible one, and the
+    monitor does not flicker (rhythm changes, not a running commentary)."""
+    events = [(float(t), label) for t, label in
+              re.findall(r"^event\s+([\d.]+)s\s+(\S+)", out, re.M)]
+    assert events and events[0][0] <= 15.0, out
+    assert all(label in ("normal", "tachy", "wide_qrs") for _, label in events), out
+    assert len(events) <= 3, out
+
+
 def test_readme_commands_give_plausible_answers(served):
     cmds = readme_commands()
     assert cmds
@@ -100,6 +112,9 @@ def test_readme_commands_give_plausible_answers(served):
             assert json.loads(out.splitlines()[0])["label"] == "yes", out
         elif argv[0] == "stream" and mentions(argv, "kws_yes.wav"):
             assert re.search(r"^final\s.*\byes\b", out, re.M), out
+        elif argv[0] == "stream" and mentions(argv, "ecg_mitbih208.wav") and (
+                argv[argv.index("--model") + 1] == "ecg-monitor-s4d"):
+            _check_monitor_events(out)
         elif argv[0] == "stream" and mentions(argv, "ecg_mitbih208.wav"):
             every = int(argv[argv.index("--emit-every") + 1]) if "--emit-every" in argv else 250
             _check_ecg_stream(out, every / 250)
