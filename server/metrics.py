@@ -124,6 +124,24 @@ class Metrics:
             "s4d_sessions_restored", "Sessions restored from a snapshot (resume or operator)",
             ["model"], registry=r)
 
+        self._store_gauges: tuple[Gauge, Gauge] | None = None
+
+    def store_health(self) -> tuple[Gauge, Gauge]:
+        """`s4d_session_store_up` and `s4d_session_store_ping_seconds`, created by the one
+        process of a replica that checks the store (server/engine/store_health.py): a server
+        without a store has neither, rather than a 0 that reads as an outage."""
+        if self._store_gauges is None:
+            r = self.registry
+            self._store_gauges = (
+                Gauge("s4d_session_store_up", "1 while the session store answers this "
+                      "replica's periodic ping, 0 while it does not", registry=r,
+                      multiprocess_mode="livemin"),
+                Gauge("s4d_session_store_ping_seconds", "How long the last ping of the session "
+                      "store took (a failed one: up to store_health_timeout_s)", registry=r,
+                      multiprocess_mode="livemax"),
+            )
+        return self._store_gauges
+
     def init_model(self, model: str) -> None:
         """Create the labelled series so that they show up (at zero) before any traffic."""
         for m in (

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: a comma-separated list in env / CLI (`a,b`), or a JSON list in env
@@ -88,6 +88,12 @@ class Settings(BaseSettings):
     lease_wait_s: float = Field(
         1.0, ge=0, description="a resume on this replica waits this long for another live "
         "owner to release the session's lease, then takes it over (its writes are fenced)")
+    store_health_interval_s: float = Field(
+        5.0, ge=0.05, le=3600, description="with a session store: how often this replica "
+        "pings it, idle or not (s4d_session_store_up, /readyz session_store)")
+    store_health_timeout_s: float = Field(
+        1.0, gt=0, description="a store ping that takes longer counts as the store down "
+        "(at most store_health_interval_s)")
 
     # batch (REST) path
     max_body_bytes: int = Field(32 << 20, ge=1024, description="largest REST body, bytes")
@@ -212,6 +218,13 @@ class Settings(BaseSettings):
         "text", description="text lines | json: one JSON object per line (time, level, "
         "logger, process, message, request_id of the HTTP request it belongs to, exc)")
     graceful_timeout_s: float = Field(10.0, ge=0, description="seconds to finish streams on shutdown")
+
+    @model_validator(mode="after")
+    def _store_health_timeout(self):
+        if self.store_health_timeout_s > self.store_health_interval_s:
+            raise ValueError(f"store_health_timeout_s ({self.store_health_timeout_s}) must not "
+                             f"exceed store_health_interval_s ({self.store_health_interval_s})")
+        return self
 
     @field_validator("models")
     @classmethod

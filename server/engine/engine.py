@@ -112,6 +112,7 @@ class Engine:
         self._tasks: list[asyncio.Task] = []
         self._lanes: list[DeviceLane] = []
         self.persistence = None  # server.engine.persistence.Persistence with a session store
+        self.store_health = None  # server.engine.store_health.StoreHealth: engine 0's store
 
     # ---- wiring --------------------------------------------------------------------------
     def attach_transport(self, send: Send) -> None:
@@ -149,6 +150,14 @@ class Engine:
             from server.engine.sessions_ops import start_persistence
 
             self.persistence = start_persistence(self)
+            if self.index == 0:  # one check per replica (server/engine/store_health.py)
+                from server.engine.store_health import StoreHealth
+
+                self.store_health = StoreHealth(
+                    self.persistence.store, metrics=self.metrics,
+                    interval_s=self.settings.store_health_interval_s,
+                    timeout_s=self.settings.store_health_timeout_s)
+                await self.store_health.start()
         self._tasks.append(loop.create_task(self._load(), name="engine-load"))
         self._tasks.append(loop.create_task(self._reaper(), name="engine-reaper"))
 
@@ -270,6 +279,8 @@ class Engine:
             shm.remove(seg.name)
 
     async def stop(self) -> None:
+        if self.store_health is not None:  # before persistence closes the store's client
+            await self.store_health.stop()
         if self.persistence is not None:  # before the lanes stop: snapshots need them
             await self.persistence.stop()
         for t in self._tasks:
@@ -352,6 +363,7 @@ class Engine:
                 self.outbox.reply(owner, {
                     "req": op.get("req"), "epoch": self.epoch, "ready": self.ready,
                     "load_error": self.load_error, "pid": os.getpid(), "failed": self.failed,
+                    "store": self.store_health.state() if self.store_health else None,
                     "models": self.models_info(owner) if kind == "hello" and self.ready
                     else None})
                 continue

@@ -188,6 +188,7 @@ class EngineClient:
         self.ready = False
         self.load_error: str | None = None
         self.failed: dict[str, str] = {}  # checkpoints that did not load: name -> why
+        self.store: dict | None = None  # engine 0's session store check (StoreHealth.state)
         self.epoch: int | None = None
         self._futures: dict[int, asyncio.Future] = {}
         self._req = itertools.count(1)
@@ -249,6 +250,7 @@ class EngineClient:
     def _on_hello(self, reply: dict) -> None:
         self.load_error = reply.get("load_error")
         self.failed = dict(reply.get("failed") or {})
+        self.store = reply.get("store")
         epoch = reply.get("epoch")
         if self.epoch is not None and epoch != self.epoch:
             log.error("engine restarted (epoch %s -> %s): its sessions are gone", self.epoch, epoch)
@@ -261,6 +263,7 @@ class EngineClient:
 
     def _engine_lost(self, message: str) -> None:
         self.ready = False
+        self.store = None
         self.epoch = None
         for h in list(self.handles.values()):
             h.fail("internal", message)
@@ -540,6 +543,11 @@ class EnginePool:
     @property
     def failed(self) -> dict[str, str]:
         return self.clients[0].failed
+
+    @property
+    def store(self) -> dict | None:
+        """The session store's health as engine 0 checks it (None: no store)."""
+        return self.clients[0].store
 
     async def start(self) -> None:
         for c in self.clients:

@@ -4,6 +4,7 @@ can be closed with public_metrics=false, server/auth.py)."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -21,7 +22,7 @@ async def healthz() -> dict:
 
 
 @router.get("/readyz", summary="Readiness: every model loaded and warmed", response_model=Ready,
-            responses=error_responses(503))
+            response_model_exclude_unset=True, responses=error_responses(503))
 async def readyz(request: Request) -> dict:
     st = state_of(request)
     if st.load_error:
@@ -30,8 +31,21 @@ async def readyz(request: Request) -> dict:
         raise ApiError(503, "not_ready", "the server is shutting down")
     if not st.registry.ready:
         raise ApiError(503, "not_ready", "models are still loading")
-    # open to everyone: with API keys it names only the models the presented key may use
-    return {"status": "ready", "models": visible_models(request, st.registry.models)}
+    # open to everyone: with API keys it names only the models the presented key may use.
+    # A store that is down does not make the replica unready (server/PROTOCOL.md, /readyz).
+    ready = {"status": "ready", "models": visible_models(request, st.registry.models)}
+    store = st.client.store
+    if store is not None:  # without a store: no field (no value to misread as an outage)
+        ready["session_store"] = store_health(store)
+    return ready
+
+
+def store_health(state: dict) -> dict:
+    """Engine 0's check (server/engine/store_health.py) as /readyz shows it."""
+    latency, last_ok = state.get("latency_s"), state.get("last_ok_unix")
+    return {"up": state.get("up"),
+            "latency_ms": None if latency is None else round(latency * 1000, 3),
+            "last_ok_s_ago": None if last_ok is None else round(max(0.0, time.time() - last_ok), 3)}
 
 
 @router.get("/metrics", summary="Prometheus metrics (text format)", response_class=Response,

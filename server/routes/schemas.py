@@ -56,10 +56,21 @@ class Health(BaseModel):
     status: Literal["ok"]
 
 
+class StoreHealth(BaseModel):
+    up: bool | None = Field(description="the store answered this replica's last ping")
+    latency_ms: float | None = Field(description="how long that ping took (a failed one: up "
+                                     "to store_health_timeout_s)")
+    last_ok_s_ago: float | None = Field(description="seconds since the store last answered "
+                                        "(null: not since this replica started)")
+
+
 class Ready(BaseModel):
     status: Literal["ready"]
     models: list[str] = Field(description="served models (with API keys: those the presented "
                               "key may use; none without a key)")
+    session_store: StoreHealth | None = Field(
+        None, description="the session store's health (absent without a store); a store down "
+        "leaves the replica ready: streams and predictions do not need it")
 
 
 # ---- models -----------------------------------------------------------------------------------
