@@ -222,6 +222,11 @@ def evaluated_where(m: dict) -> str:
                "streams drawn with this device's RNG differ from GPU draws)."))
 
 
+#: what `changes_only` means on a card
+CHANGES_ONLY = (", and only when the rhythm differs from the last one reported (`changes_only`: "
+                "the same rhythm again after a dip in its probability is no change)")
+
+
 def ecg_lines(m: dict) -> list[str]:
     t, v = m["test"], m["validation"]
     ok = t["detected_share"] >= 0.95 and t["false_changes_per_hour"] <= 1.0
@@ -230,7 +235,8 @@ def ecg_lines(m: dict) -> list[str]:
         f"<= 1 false change per hour there): threshold {m['detector']['threshold']:g}, "
         f"hysteresis {m['detector']['hysteresis']}, hold-off "
         f"{m['detector']['holdoff_ms'] / 1000:.0f} s; every rhythm (normal too) raises "
-        f"events.{evaluated_where(m)}",
+        f"events{CHANGES_ONLY if m['detector'].get('changes_only') else ''}."
+        f"{evaluated_where(m)}",
         f"- Test: **{pct(t['detected_share'])} of {t['changes']} rhythm changes detected within "
         f"15 s** (95 % CI {wilson_text(t['detected'], t['changes'])}); delay median "
         f"{t['delay_median_s']:.1f} s, p90 {t['delay_p90_s']:.1f} s; "
@@ -508,8 +514,10 @@ def keep_other_rows(section: str, old_table: str, measured: set[str]) -> str:
     return "\n".join(lines[: last_row + 1] + old_rows + lines[last_row + 1:])
 
 
-#: card sections other tools write (bench/real_speech.py); kept while the weights stay the same
-OTHER_SECTIONS = (("<!-- real_speech:begin -->", "<!-- real_speech:end -->"),)
+#: card sections other tools write (bench/real_speech.py, bench/precision.py); kept while the
+#: weights stay the same
+OTHER_SECTIONS = (("<!-- real_speech:begin -->", "<!-- real_speech:end -->"),
+                  ("<!-- precision:begin -->", "<!-- precision:end -->"))  # bench/precision.py
 
 
 def measured_on_same_weights(folder: Path, dest: Path) -> str:

@@ -159,19 +159,21 @@ def test_card_says_when_the_detector_was_chosen_after_training(tmp_path):
 
 
 def test_other_tools_card_sections_survive_a_reinstall_of_the_same_weights(tmp_path):
-    """bench/real_speech.py's section stays on a card that install_streams rewrites for the same
-    weights (a re-choice of the detector), and goes when the weights change (it would describe
-    the old ones)."""
+    """bench/real_speech.py's and bench/precision.py's sections stay on a card that
+    install_streams rewrites for the same weights (a re-choice of the detector), and go when the
+    weights change (they would describe the old ones)."""
     from model.install_streams import measured_on_same_weights
 
     src, dest = tmp_path / "run", tmp_path / "ckpt"
     src.mkdir()
     dest.mkdir()
     block = "<!-- real_speech:begin -->\n## Real recorded speech\n| a | b |\n<!-- real_speech:end -->"
-    (dest / "CARD.md").write_text("# old card\n\nstuff\n\n" + block + "\n")
+    prec = "<!-- precision:begin -->\n## Precision modes\n| fp32 |\n<!-- precision:end -->"
+    (dest / "CARD.md").write_text("# old card\n\nstuff\n\n" + prec + "\n\n" + block + "\n")
     (dest / "model.safetensors").write_bytes(b"weights-1")
     (src / "model.safetensors").write_bytes(b"weights-1")
-    assert measured_on_same_weights(src, dest).strip() == block
+    kept = measured_on_same_weights(src, dest)
+    assert block in kept and prec in kept  # bench/precision.py's table too
     (src / "model.safetensors").write_bytes(b"weights-2")
     assert measured_on_same_weights(src, dest) == ""
     (src / "model.safetensors").write_bytes(b"weights-1")
