@@ -440,7 +440,13 @@ def test_session_ended_while_the_store_hung_is_not_resumable_later(start_server,
             await ws.send(json.dumps(START))
             sid = json.loads(await ws.recv())["session_id"]
             await ws.send(encode(np.zeros((300, 1), np.float32), "f32le"))
-            await asyncio.sleep(0.6)  # a wave stored it
+            # a wave stored it; the waves go on every 0.2 s, so Redis may hang with a put in
+            # flight that it applies when it wakes, after (or before) the failed delete
+            with redis_py.Redis(port=r.port) as probe:
+                deadline = time.monotonic() + 10
+                while not probe.exists(f"s4d:{{{sid}}}:snap") and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)
             r.pause()
             await ws.send(json.dumps({"type": "end"}))
             final = (await _recv_until(ws, {"final", "error"}))[-1]

@@ -80,6 +80,9 @@ class Persistence:
         self.stop_timeout = max(1.0, float(settings.graceful_timeout_s))
         self.tokens = _Tokens(self)  # session id -> our fencing token (lease held)
         self.stored: dict[str, float] = {}  # session id -> taken_unix of our latest stored one
+        #: session id -> taken_unix of a later put that failed for a hung store: Redis may still
+        #: apply it when it wakes, so that snapshot may be ours too
+        self.attempted: dict[str, float] = {}
         self.granted: dict[str, int] = {}  # session id -> the last token granted to us
         self._io = asyncio.Lock()
         self._restoring: dict[str, asyncio.Lock] = {}
@@ -89,7 +92,7 @@ class Persistence:
         self._down_since: float | None = None
         self._last_warning = 0.0
         #: ended while the store was down: session id -> (taken_unix we stored last, until)
-        self._unforgotten: dict[str, tuple[float, float]] = {}
+        self._unforgotten: dict[str, tuple[set[float], float]] = {}
 
     # ---- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -151,6 +154,7 @@ class Persistence:
         self.tokens.pop(s.id, None)
         self.granted.pop(s.id, None)
         self.stored.pop(s.id, None)
+        self.attempted.pop(s.id, None)
         if me.session_at(s.slot, s.gen) is not s:
             return
         log.warning("session %s moved to another owner (%s): closing the copy here",
@@ -195,17 +199,19 @@ class Persistence:
         if self._stopped or reason == "moved":
             return
         token = self.tokens.pop(s.id, None)
-        taken = self.stored.pop(s.id, None)
+        ours = {t for t in (self.stored.pop(s.id, None), self.attempted.pop(s.id, None))
+                if t is not None}
         self.granted.pop(s.id, None)
         if reason in ("end", "error"):
-            self._spawn(self._forget(s.id, token, taken))
+            self._spawn(self._forget(s.id, token, ours))
         elif token is not None:  # idle_timeout, shutdown: the snapshot expires by itself
             self._spawn(self._release(s.id, token))
 
-    async def _forget(self, sid: str, token: int | None, taken: float | None = None) -> None:
+    async def _forget(self, sid: str, token: int | None, ours: set[float] | None = None) -> None:
         """The session ended: drop its snapshot and lease (a resume must not bring it back).
         With the store down, the next waves retry while its stored snapshot is still ours
-        (`taken`: the taken_unix of our last one)."""
+        (`ours`: the taken_unix of our last stored one, and of a later put a hung store may
+        still apply)."""
         async with self._io:
             token = self.tokens.pop(sid, token)
             try:
@@ -216,31 +222,31 @@ class Persistence:
                 pass  # someone else has it now: theirs to end
             except StoreUnavailable as exc:
                 self._unavailable(exc)
-                if taken is not None:
-                    self._unforgotten[sid] = (taken, time.monotonic() + self.idle_ttl)
+                if ours:
+                    self._unforgotten[sid] = (ours, time.monotonic() + self.idle_ttl)
 
     async def _retry_forgets(self) -> None:
         """Delete the snapshots of sessions that ended while the store was down, unless
         another owner has stored the session since. Caller holds `_io`; StoreUnavailable
         leaves the rest for the next wave."""
-        for sid, (taken, until) in list(self._unforgotten.items()):
-            if time.monotonic() < until and await self._stored_is(sid, taken):
+        for sid, (ours, until) in list(self._unforgotten.items()):
+            if time.monotonic() < until and await self._stored_is(sid, ours):
                 try:
                     token = await self.store.acquire(sid, self.owner, self.lease_ttl)
                 except LeaseHeldError:
                     token = None  # another owner holds it: theirs
                 if token is not None:
-                    if await self._stored_is(sid, taken):
+                    if await self._stored_is(sid, ours):
                         await self.store.delete(sid, token)
                     else:
                         await self.store.release(sid, self.owner, token)
             del self._unforgotten[sid]
 
-    async def _stored_is(self, sid: str, taken: float) -> bool:
-        """Is the stored snapshot of `sid` the one taken at `taken` (ours)?"""
+    async def _stored_is(self, sid: str, ours: set[float]) -> bool:
+        """Is the stored snapshot of `sid` one taken at a time in `ours` (one of ours)?"""
         data = await self.store.get(sid)
         try:
-            return data is not None and float(snapshots.read_metadata(data)["taken_unix"]) == taken
+            return data is not None and float(snapshots.read_metadata(data)["taken_unix"]) in ours
         except (snapshots.SnapshotError, KeyError, ValueError):
             return False
 
@@ -280,6 +286,8 @@ class Persistence:
             results = await self.store.put_many(items, self.idle_ttl, lease_ttl_s=self.lease_ttl)
         except StoreUnavailable as exc:
             self._unavailable(exc, len(taken))
+            for s, snap in taken:  # sent perhaps: a hung Redis applies it when it wakes
+                self.attempted[s.id] = snap.taken_unix
             return 0
         self._reachable()
         stored = 0
@@ -290,6 +298,7 @@ class Persistence:
                 continue
             stored += 1
             self.stored[s.id] = snap.taken_unix
+            self.attempted.pop(s.id, None)
             if notify and s.attached and me.session_at(s.slot, s.gen) is s:
                 me.outbox.event(s.owner, {"ev": "stored", "model": me.idx, "slot": s.slot,
                                           "gen": s.gen, "offset": snap.received})
