@@ -20,7 +20,12 @@ import torch
 
 from .checkpoint import load_checkpoint
 from .data.kws_bank import ENGINE_NAMES, UNKNOWN_HELDOUT
-from .data.stream_bank import ECG_GENERATOR_TEXT, ECG_PER_SPLIT, EXTRA_TRAIN_WORDS
+from .data.stream_bank import (
+    ECG_GENERATOR_SOURCE,
+    ECG_GENERATOR_TEXT,
+    ECG_PER_SPLIT,
+    EXTRA_TRAIN_WORDS,
+)
 from .data.streams import NOISE_KINDS
 from .evaluation import poisson_rate_interval, wilson_text
 from .stream_eval import ENVIRONMENTS, SNR_BANDS, snr_band_name
@@ -33,11 +38,6 @@ TARGETS = {
     "kws": "false rejection <= 10 % at <= 1 false alarm per hour; onset error p90 <= 300 ms",
     "ecg": ">= 95 % of rhythm changes detected within 15 s; <= 1 false change per hour",
 }
-
-
-#: who simulated an ECG model's training streams, for the card's labels line
-GENERATOR_SHORT = {"ecgsyn": "neurokit2", "template": "the template generator of model/data/ecg.py",
-                   "shift": "neurokit2 (ECGSYN with its noise model)"}
 
 
 def pct(v: float) -> str:
@@ -388,7 +388,7 @@ def card(name: str, cfg, m: dict, state_bytes: int, params: int,
 **Labels come from generated data**: {("speech synthesized with espeak-ng" + (
 " (training streams also hold words of the keyword bank's other synthesizers: flite, festival, "
 "MBROLA, SVOX Pico)" if tr.get("extra_words") else "")) if kind == "kws"
-else "ECG simulated by " + GENERATOR_SHORT[tr.get("ecg_generator", "ecgsyn")]}; the label is what the generator made. No human
+else "ECG simulated by " + ECG_GENERATOR_SOURCE[tr.get("ecg_generator", "ecgsyn")]}; the label is what the generator made. No human
 recordings were used for training, so quality on real {"microphones" if kind == "kws" else
 "patients"} will be lower{" (`python -m bench.real_speech --cards` measures it on real recorded "
 "speech; its section, where present, is below)" if kind == "kws" else

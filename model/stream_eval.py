@@ -16,6 +16,7 @@ import torch
 
 from .checkpoint import load_checkpoint
 from .data import streams as S
+from .data.stream_bank import ecg_generator
 from .events import frame_ends
 from .network import S4DNetwork
 from .stream_metrics import detect_many, ecg_summary, kws_match, kws_summary, settings_for
@@ -129,8 +130,6 @@ def eval_generators(preset: StreamPreset, checkpoint: Path, banks: dict[str, Pat
     the preset's evaluation recipe and seeds and scored with the checkpoint's own event
     defaults: nothing is chosen on them. Writes out/generators.json (install_streams puts it
     on the card)."""
-    from .data.stream_bank import ecg_generator
-
     if preset.kind != "ecg":
         raise ValueError("--eval-generators measures ECG models")
     dev = torch.device(device)

@@ -61,6 +61,9 @@ ECG_GENERATOR_TEXT = {
     "shift": "ECGSYN beats with neurokit2's noise model (`ecg.generate_shift`, the held-out "
              "generator of ecg-s4d's card)",
 }
+#: who simulated a bank's ECG, for a card's "labels come from generated data" line
+ECG_GENERATOR_SOURCE = {"template": "the template generator of model/data/ecg.py",
+                        "ecgsyn": "neurokit2", "shift": "neurokit2 (ECGSYN with its noise model)"}
 ECG_SEED = 1  # not the seed of ecg-s4d's training data
 N_RIRS = 120
 SPLITS = ("train", "val", "test")

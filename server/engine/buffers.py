@@ -133,7 +133,7 @@ class SlotBuffers:
         end = pos + counts
         whole = (end <= ring) & ((pos >= mirror) | (end <= mirror)) & (counts > 0)
         if not whole.all():  # a chunk wraps or half touches the mirrored start: one path for
-            self._copy_samples(source, slots, counts)  # all (two would cost both overheads)
+            self._copy_samples(source, slots, counts, pos)  # all (two: both overheads)
             return
         dst, src = self.data.reshape(self.capacity, -1), source.reshape(self.capacity, -1)
         c0 = int(counts[0])
@@ -146,15 +146,16 @@ class SlotBuffers:
             if m.any():
                 into[s[m], (p[m] + ring) * ch] = out_of[s[m], p[m] * ch]
 
-    def _copy_samples(self, source: np.ndarray, slots: np.ndarray, counts: np.ndarray) -> None:
-        """`copy_in` for any chunks (wrapping, or touching the mirrored start): one gather and
-        scatter of whole samples."""
+    def _copy_samples(self, source: np.ndarray, slots: np.ndarray, counts: np.ndarray,
+                      start: np.ndarray) -> None:
+        """`copy_in` for any chunks (wrapping, or touching the mirrored start; `start`: each
+        chunk's position in its ring): one gather and scatter of whole samples."""
         total = int(counts.sum())
         if not total:
             return
         width, ring = self.data.shape[1], self.ring
         first = np.cumsum(counts) - counts  # where each slot's samples start in the batch
-        pos = np.arange(total) + np.repeat(self.received[slots] % ring - first, counts)
+        pos = np.arange(total) + np.repeat(start - first, counts)
         pos[pos >= ring] -= ring  # wrapped (a count is at most the ring)
         rows = np.repeat(slots * width, counts) + pos  # samples of the flattened rings
         dst, src = _samples(self.data), _samples(source)

@@ -91,7 +91,7 @@ class Persistence:
         self._stopped = False
         self._down_since: float | None = None
         self._last_warning = 0.0
-        #: ended while the store was down: session id -> (taken_unix we stored last, until)
+        #: ended while the store was down: session id -> (taken_unix of ours, retry until)
         self._unforgotten: dict[str, tuple[set[float], float]] = {}
 
     # ---- lifecycle -----------------------------------------------------------------------
